@@ -1,0 +1,13 @@
+"""mlx-spec: lossless speculative decoding for mlx-lm models."""
+from . import blas as _blas
+
+_blas.ensure()  # must run before the first `import mlx.core`
+
+__version__ = "0.1.0"
+
+from .api import GenerationChunk, GenerationResult, generate, make_decoder, stream_generate  # noqa: E402
+from .errors import MlxSpecError  # noqa: E402
+from .loading import SpecModel, load  # noqa: E402
+
+__all__ = ["load", "generate", "stream_generate", "make_decoder", "SpecModel", "GenerationChunk",
+           "GenerationResult", "MlxSpecError", "__version__"]

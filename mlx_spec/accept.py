@@ -1,0 +1,76 @@
+"""Deciding which drafted nodes the target accepts, exactly.
+
+Deterministic drafts (pld, lookahead, beams): draw the target's own next token at every node (argmax
+when greedy), then walk from the root following the child whose token equals that draw. Each draw
+uses only its node's target distribution, so the walked path is a sample of the target itself.
+
+Sampled chains (draft models at temperature > 0): standard speculative rejection sampling. Node i's
+token x was drawn from q; accept it with probability min(1, p(x)/q(x)); at the first rejection draw
+from normalize(max(0, p - q)). The output distribution is exactly p, and acceptance is sum min(p, q).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from .sampling import SamplingParams, choose, log_probs
+from .tree import Tree
+
+
+@dataclass
+class Acceptance:
+    path: list[int]    # accepted nodes, root first
+    tokens: list[int]  # new tokens: accepted drafts, then the target's bonus token
+
+    @property
+    def accepted_drafts(self) -> int:
+        return len(self.path) - 1
+
+
+def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None) -> Acceptance:
+    if tree.draft_probs is not None and not params.greedy:
+        return _accept_sampled_chain(tree, logits, params, key)
+    return _accept_by_walking(tree, choose(logits, params, key).tolist())
+
+
+def _accept_by_walking(tree: Tree, target_tokens: list[int]) -> Acceptance:
+    children = tree.children()
+    node, path, tokens = 0, [0], []
+    while True:
+        wanted = target_tokens[node]
+        match = next((c for c in children[node] if tree.tokens[c] == wanted), None)
+        tokens.append(wanted)
+        if match is None:
+            return Acceptance(path=path, tokens=tokens)
+        node = match
+        path.append(node)
+
+
+def _accept_sampled_chain(tree: Tree, logits: mx.array, params: SamplingParams, key) -> Acceptance:
+    if not tree.is_chain:
+        raise ValueError("rejection sampling here expects a chain of sampled drafts")
+    n = len(tree)
+    k_accept, k_residual, k_bonus = mx.random.split(key, 3)
+    p = mx.exp(log_probs(logits, params))                 # [n, V]: row i predicts node i + 1
+    q = tree.draft_probs[1:]                               # [n - 1, V]: draft dist of node i + 1
+    drafted = mx.array(tree.tokens[1:])
+    rows = mx.arange(n - 1)
+    p_x, q_x = p[rows, drafted], q[rows, drafted]
+    accept_prob = mx.minimum(1.0, p_x / mx.maximum(q_x, 1e-20))
+    accepted = mx.random.uniform(shape=(n - 1,), key=k_accept) < accept_prob
+    residual = mx.maximum(p[:-1] - q, 0.0)
+    residual = mx.where(residual.sum(-1, keepdims=True) > 0, residual, p[:-1])
+    residual_draw = mx.random.categorical(mx.log(residual), axis=-1, key=k_residual)
+    bonus_draw = mx.random.categorical(mx.log(p[-1]), key=k_bonus)
+    mx.eval(accepted, residual_draw, bonus_draw)  # the step's one host sync
+    accepted, residual_draw, bonus_draw = accepted.tolist(), residual_draw.tolist(), bonus_draw.item()
+    path, tokens = [0], []
+    for i, ok in enumerate(accepted):
+        if not ok:
+            tokens.append(residual_draw[i])
+            return Acceptance(path=path, tokens=tokens)
+        path.append(i + 1)
+        tokens.append(tree.tokens[i + 1])
+    tokens.append(bonus_draw)
+    return Acceptance(path=path, tokens=tokens)

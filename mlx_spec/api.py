@@ -1,0 +1,112 @@
+"""The public Python API: load, generate, stream_generate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence, Union
+
+from . import drafters
+from .engine import Decoder, Limits
+from .errors import MlxSpecError
+from .loading import SpecModel
+from .sampling import SamplingParams
+from .stats import GenerationStats
+from .target import Target
+
+
+@dataclass
+class GenerationChunk:
+    text: str                      # new text since the previous chunk
+    token_ids: list[int]           # new token ids since the previous chunk
+    finish_reason: Optional[str]   # None while generating; "stop", "length" or "context" at the end
+    stats: GenerationStats
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: Optional[str]
+    stats: GenerationStats
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "token_ids": self.token_ids,
+                "finish_reason": self.finish_reason, "stats": self.stats.to_dict()}
+
+
+def encode_prompt(model: SpecModel, prompt: Union[str, Sequence[int]], raw: bool = False) -> list[int]:
+    """raw=True tokenizes exactly as mlx_lm.generate does a plain string; raw=False first applies
+    the tokenizer's chat template when it has one."""
+    if not isinstance(prompt, str):
+        return [int(t) for t in prompt]
+    tokenizer = model.tokenizer
+    if not raw and getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                               tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    return list(tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos)))
+
+
+def make_decoder(model: SpecModel, method: str = "pld", kv_bits: Optional[int] = None,
+                 **method_options) -> Decoder:
+    """A conversation with `model` using `method`; reuse it across requests to keep caches."""
+    drafter = drafters.create(method, model, **method_options)
+    return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method)
+
+
+def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = "pld",
+                    max_tokens: int = 256, temperature: float = 0.0, seed: Optional[int] = None,
+                    raw: bool = False, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
+                    stop: Optional[Sequence[str]] = None, decoder: Optional[Decoder] = None,
+                    **method_options) -> Iterator[GenerationChunk]:
+    if max_tokens < 1:
+        raise MlxSpecError(f"max_tokens must be >= 1, got {max_tokens}")
+    sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
+    prompt_tokens = encode_prompt(model, prompt, raw)
+    if decoder is None:
+        decoder = make_decoder(model, method, **method_options)
+    elif method_options:
+        raise MlxSpecError("method options go to make_decoder when a decoder is passed")
+    limits = Limits(max_tokens=max_tokens, context_length=model.context_length,
+                    eos_token_ids=model.eos_token_ids)
+    detokenizer = model.tokenizer.detokenizer
+    detokenizer.reset()
+    stops = [s for s in (stop or []) if s]
+    text = ""
+    for step in decoder.generate(prompt_tokens, limits, sampling, seed=seed):
+        for token in step.token_ids:
+            detokenizer.add_token(token)
+        if step.finish_reason is not None:
+            detokenizer.finalize()
+        segment = detokenizer.last_segment
+        finish = step.finish_reason
+        if stops:
+            segment, cut = _cut_at_stop(text, segment, stops)
+            if cut:
+                finish = "stop"
+        text += segment
+        yield GenerationChunk(segment, step.token_ids, finish, step.stats)
+        if finish is not None:
+            return
+
+
+def _cut_at_stop(before: str, segment: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """Cut `segment` where a stop string first completes (it may start in `before`)."""
+    window = before[-max(map(len, stops)):] + segment
+    offset = len(window) - len(segment)
+    hits = [window.find(s) for s in stops]
+    hits = [h for h in hits if h >= 0 and h + 1 > 0]
+    if not hits:
+        return segment, False
+    return segment[:max(0, min(hits) - offset)], True
+
+
+def generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = "pld",
+             max_tokens: int = 256, temperature: float = 0.0, seed: Optional[int] = None,
+             raw: bool = False, **options) -> GenerationResult:
+    text, ids, finish, stats = [], [], None, GenerationStats(method=method)
+    for chunk in stream_generate(model, prompt, method=method, max_tokens=max_tokens,
+                                 temperature=temperature, seed=seed, raw=raw, **options):
+        text.append(chunk.text)
+        ids.extend(chunk.token_ids)
+        finish, stats = chunk.finish_reason, chunk.stats
+    return GenerationResult("".join(text), ids, finish, stats)

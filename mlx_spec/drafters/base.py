@@ -1,0 +1,38 @@
+"""What a drafting method is: something that proposes a Tree after the current root token and may
+learn from what the target accepted. It never sees how the target verifies."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..accept import Acceptance
+from ..sampling import SamplingParams
+from ..target import VerifyOutput
+from ..tree import Tree
+
+
+@dataclass
+class StepContext:
+    tokens: list[int]          # prompt + output so far; tokens[-1] is the root (not yet cached)
+    max_drafts: int            # never propose more candidate tokens than this
+    sampling: SamplingParams
+    key: Optional[object] = None  # an mx.random key for drafters that sample
+
+
+class Drafter:
+    name = "base"
+    # True for drafters that need the target's hidden states (the engine checks the model has them)
+    needs_hidden_states = False
+
+    def begin(self, prompt_tokens: list[int]) -> None:
+        """A new request starts; prompt_tokens ends with the root."""
+
+    def propose(self, ctx: StepContext) -> Tree:
+        raise NotImplementedError
+
+    def observe(self, ctx: StepContext, tree: Tree, acceptance: Acceptance,
+                out: VerifyOutput) -> None:
+        """The target verified `tree` and accepted `acceptance`; ctx.tokens is already extended."""
+
+    def end(self) -> None:
+        """The request finished (drafters that keep state across requests update it here)."""

@@ -1,0 +1,133 @@
+"""The decoding loop shared by every method:
+
+    propose (drafter) -> verify (target, one forward) -> accept -> commit KV -> observe -> stream
+
+A Decoder is one conversation: it keeps the target's KV cache between requests and reuses the
+longest cached prefix of the next prompt, so a chat turn only prefills what is new.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import mlx.core as mx
+
+from .accept import accept
+from .drafters import Drafter, StepContext
+from .errors import MlxSpecError
+from .sampling import SamplingParams
+from .stats import GenerationStats
+from .target import Target
+
+
+@dataclass
+class Step:
+    token_ids: list[int]            # new tokens this step (EOS excluded)
+    finish_reason: Optional[str]    # None, "stop" (EOS), "length" or "context"
+    stats: GenerationStats
+
+
+@dataclass
+class Limits:
+    max_tokens: int
+    context_length: Optional[int] = None
+    eos_token_ids: frozenset = field(default_factory=frozenset)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Decoder:
+    def __init__(self, target: Target, drafter: Drafter, method: str = ""):
+        self.target = target
+        self.drafter = drafter
+        self.method = method
+        self.cached_tokens: list[int] = []  # tokens whose keys/values are in the target cache
+        if drafter.needs_hidden_states and not target.has_hidden_states:
+            raise MlxSpecError(f"method {method!r} needs the target's hidden states, and this "
+                               "architecture's final norm could not be found")
+
+    def reset(self) -> None:
+        self.target.reset()
+        self.cached_tokens = []
+
+    def _prefill(self, tokens: list[int]) -> None:
+        """Make the cache hold exactly tokens[:-1] (the last token is the first root)."""
+        keep = _common_prefix(self.cached_tokens, tokens[:-1])
+        if keep < len(self.cached_tokens):
+            self.target.trim(len(self.cached_tokens) - keep)
+        self.target.prefill(tokens[keep:-1])
+        self.cached_tokens = list(tokens[:-1])
+
+    def generate(self, prompt_tokens: list[int], limits: Limits, sampling: SamplingParams,
+                 seed: Optional[int] = None) -> Iterator[Step]:
+        if not prompt_tokens:
+            raise MlxSpecError("the prompt is empty")
+        if limits.max_tokens < 1:
+            raise MlxSpecError(f"max_tokens must be >= 1, got {limits.max_tokens}")
+        if limits.context_length and len(prompt_tokens) >= limits.context_length:
+            raise MlxSpecError(f"the prompt has {len(prompt_tokens)} tokens; the model's context "
+                               f"is {limits.context_length}")
+        stats = GenerationStats(method=self.method, prompt_tokens=len(prompt_tokens))
+        key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
+
+        t0 = time.perf_counter()
+        self._prefill(prompt_tokens)
+        stats.prefill_s = time.perf_counter() - t0
+        tokens = list(prompt_tokens)
+        self.drafter.begin(tokens)
+        try:
+            yield from self._loop(tokens, limits, sampling, stats, key)
+        finally:
+            self.drafter.end()
+
+    def _loop(self, tokens, limits, sampling, stats, key) -> Iterator[Step]:
+        generated = 0
+        while True:
+            room = limits.max_tokens - generated
+            if limits.context_length:
+                room = min(room, limits.context_length - len(tokens))
+            if room <= 0:
+                yield Step([], "context", stats)
+                return
+            key, step_key, draft_key = mx.random.split(key, 3)
+            ctx = StepContext(tokens=tokens, max_drafts=room - 1, sampling=sampling, key=draft_key)
+
+            t0 = time.perf_counter()
+            tree = self.drafter.propose(ctx)
+            t1 = time.perf_counter()
+            out = self.target.verify(tree)
+            acceptance = accept(tree, out.logits, sampling, step_key)
+            t2 = time.perf_counter()
+
+            self.target.commit(acceptance.path, len(tree))
+            self.cached_tokens = tokens[:-1] + [tree.tokens[i] for i in acceptance.path]
+            new = acceptance.tokens[:room]
+            finish = None
+            for i, token in enumerate(new):
+                if token in limits.eos_token_ids:
+                    new, finish = new[:i], "stop"
+                    break
+            if finish is None and generated + len(new) >= limits.max_tokens:
+                finish = "length"
+            tokens.extend(new)
+            generated += len(new)
+            self.drafter.observe(ctx, tree, acceptance, out)
+
+            stats.target_calls += 1
+            stats.drafted_tokens += len(tree) - 1
+            stats.accepted_drafts += acceptance.accepted_drafts
+            stats.accepted_per_call.append(len(new) + (finish == "stop"))
+            stats.generated_tokens = generated
+            stats.draft_s += t1 - t0
+            stats.verify_s += t2 - t1
+            stats.other_s += time.perf_counter() - t2
+            yield Step(new, finish, stats)
+            if finish is not None:
+                return

@@ -1,0 +1,68 @@
+"""Sampling settings and the target distribution they define.
+
+The same processed distribution is used to sample from the target and to accept or reject drafts,
+so temperature / top-k / top-p / min-p change what "the target's distribution" means consistently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from .errors import MlxSpecError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise MlxSpecError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise MlxSpecError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise MlxSpecError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= self.min_p < 1:
+            raise MlxSpecError(f"min_p must be in [0, 1), got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def log_probs(logits: mx.array, params: SamplingParams) -> mx.array:
+    """Row-wise log-probabilities of the processed distribution (temperature, then top-k, top-p,
+    min-p filtering; filtered tokens get -inf). For greedy params this is the plain softmax."""
+    logits = logits.astype(mx.float32)
+    if params.temperature > 0:
+        logits = logits / params.temperature
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    if params.greedy:
+        return logprobs
+    keep = mx.ones(logprobs.shape, dtype=mx.bool_)
+    if params.top_k and params.top_k < logprobs.shape[-1]:
+        kth = mx.sort(logprobs, axis=-1)[..., -params.top_k][..., None]
+        keep = keep & (logprobs >= kth)
+    if params.top_p < 1.0:
+        order = mx.argsort(-logprobs, axis=-1)
+        sorted_probs = mx.take_along_axis(mx.exp(logprobs), order, axis=-1)
+        mass_before = mx.cumsum(sorted_probs, axis=-1) - sorted_probs
+        keep_sorted = mass_before < params.top_p  # smallest prefix whose mass reaches top_p
+        inverse = mx.argsort(order, axis=-1)
+        keep = keep & mx.take_along_axis(keep_sorted, inverse, axis=-1)
+    if params.min_p > 0:
+        threshold = mx.max(logprobs, axis=-1, keepdims=True) + mx.log(mx.array(params.min_p))
+        keep = keep & (logprobs >= threshold)
+    filtered = mx.where(keep, logprobs, -mx.inf)
+    return filtered - mx.logsumexp(filtered, axis=-1, keepdims=True)
+
+
+def choose(logits: mx.array, params: SamplingParams, key) -> mx.array:
+    """One token per row: argmax when greedy, else a sample of the processed distribution."""
+    if params.greedy:
+        return mx.argmax(logits, axis=-1)
+    return mx.random.categorical(log_probs(logits, params), axis=-1, key=key)

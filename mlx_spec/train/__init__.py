@@ -1,0 +1,1 @@
+"""Training: tokenizer, causal LMs for the shipped models, and (later) drafter distillation."""
