@@ -100,13 +100,18 @@ def _cut_at_stop(before: str, segment: str, stops: Sequence[str]) -> tuple[str, 
     return segment[:max(0, min(hits) - offset)], True
 
 
-def generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = "pld",
-             max_tokens: int = 256, temperature: float = 0.0, seed: Optional[int] = None,
-             raw: bool = False, **options) -> GenerationResult:
+def collect(chunks: Iterator[GenerationChunk], method: str = "") -> GenerationResult:
+    """Drain a stream into one result."""
     text, ids, finish, stats = [], [], None, GenerationStats(method=method)
-    for chunk in stream_generate(model, prompt, method=method, max_tokens=max_tokens,
-                                 temperature=temperature, seed=seed, raw=raw, **options):
+    for chunk in chunks:
         text.append(chunk.text)
         ids.extend(chunk.token_ids)
         finish, stats = chunk.finish_reason, chunk.stats
     return GenerationResult("".join(text), ids, finish, stats)
+
+
+def generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = "pld",
+             max_tokens: int = 256, temperature: float = 0.0, seed: Optional[int] = None,
+             raw: bool = False, **options) -> GenerationResult:
+    return collect(stream_generate(model, prompt, method=method, max_tokens=max_tokens,
+                                   temperature=temperature, seed=seed, raw=raw, **options), method)

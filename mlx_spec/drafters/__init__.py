@@ -23,11 +23,14 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_name(name: str) -> None:
+    if name not in available():
+        raise MlxSpecError(f"unknown method {name!r}; available: {', '.join(available())}")
+
+
 def create(name: str, model, **options) -> Drafter:
     """Build the drafter `name` for a loaded SpecModel; unknown options are a clear error."""
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise MlxSpecError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    check_name(name)
     factory = _REGISTRY[name]
     try:
         inspect.signature(factory).bind(model, **options)
@@ -40,7 +43,13 @@ def create(name: str, model, **options) -> Drafter:
 
 
 def _load_builtin() -> None:
-    from . import autoregressive, pld  # noqa: F401  (registration happens on import)
+    """Import every module of this package once; each registers its methods on import."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
-__all__ = ["Drafter", "StepContext", "register", "available", "create"]
+__all__ = ["Drafter", "StepContext", "register", "available", "check_name", "create"]

@@ -1,0 +1,70 @@
+"""Shared CLI plumbing: one-line errors, method options, the stats line."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command):
+    """Turn the library's user-facing errors into one line on stderr and a non-zero exit."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from mlx_spec.errors import MlxSpecError
+        try:
+            return command(*args, **kwargs)
+        except MlxSpecError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        except KeyboardInterrupt:
+            err_console.print("[dim]interrupted[/]")
+            raise typer.Exit(130)
+    return wrapper
+
+
+def parse_method_options(pairs: list[str]) -> dict:
+    """`--opt key=value` pairs -> keyword arguments (ints, floats, booleans, or strings)."""
+    options = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            fail(f"method option {pair!r} is not KEY=VALUE")
+        key, value = pair.split("=", 1)
+        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return options
+
+
+def _parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def stats_line(stats) -> str:
+    return (f"{stats.generated_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
+            f"{stats.mean_accepted:.2f} accepted per target call ({stats.target_calls} calls), "
+            f"method {stats.method}")
+
+
+def print_stats_line(stats) -> None:
+    err_console.print(f"[dim]{stats_line(stats)}[/]")
+
+
+def stdout_write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

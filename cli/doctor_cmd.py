@@ -1,0 +1,63 @@
+"""`mlxspec doctor`: what this machine will run on, and whether it is fast."""
+from __future__ import annotations
+
+import platform
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def _gemm_gflops() -> float:
+    import mlx.core as mx
+
+    a, b = mx.random.normal((1024, 1024)), mx.random.normal((1024, 64))
+    mx.eval(a @ b)
+    start = time.perf_counter()
+    for _ in range(10):
+        mx.eval(a @ b)
+    return 10 * 2 * 1024 * 1024 * 64 / (time.perf_counter() - start) / 1e9
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    def doctor():
+        """Print the backend, the BLAS in use, versions and the default model."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        import mlx.core as mx
+
+        import mlx_spec
+        from mlx_spec import blas, drafters
+        from mlx_spec.loading import DEFAULT_DRAFT, DEFAULT_TARGET, shipped_model
+
+        def ver(name):
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return "not installed"
+
+        if mx.metal.is_available():
+            backend = "Metal (Apple GPU)"
+        elif hasattr(mx, "cuda") and mx.cuda.is_available():
+            backend = "CUDA (NVIDIA GPU)"
+        else:
+            backend = "CPU"
+        table = Table(show_header=False, box=None)
+        rows = [
+            ("backend", backend),
+            ("BLAS", blas.describe()),
+            ("fp32 GEMM 1024x1024x64", f"{_gemm_gflops():.1f} GFLOP/s"),
+            ("mlx-spec", mlx_spec.__version__),
+            ("mlx", ver("mlx")),
+            ("mlx-lm", ver("mlx-lm")),
+            ("python", platform.python_version() + " on " + platform.platform(terse=True)),
+        ]
+        for name in (DEFAULT_TARGET, DEFAULT_DRAFT):
+            path = shipped_model(name)
+            rows.append((f"model {name}", str(path) if path else "missing (not built yet)"))
+        rows.append(("methods", ", ".join(drafters.available())))
+        for key, value in rows:
+            table.add_row(f"[bold]{key}[/]", value)
+        Console().print(table)

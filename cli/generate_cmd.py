@@ -1,0 +1,68 @@
+"""`mlxspec generate`: one prompt, streamed to the terminal or returned as JSON."""
+from __future__ import annotations
+
+import json
+from typing import List, Optional
+
+import typer
+
+from .common import parse_method_options, print_stats_line, stdout_write, user_errors
+
+DEFAULT_PROMPT = "Once upon a time, there was a little girl"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate")
+    @user_errors
+    def generate(
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="mlx-lm folder or hub id (default: the embedded story model)."),
+        method: str = typer.Option("pld", "--method", help="Decoding method (see `mlxspec methods`)."),
+        prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
+        max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
+        temp: float = typer.Option(0.0, "--temp", help="Sampling temperature (0 = greedy)."),
+        top_p: float = typer.Option(1.0, "--top-p"),
+        top_k: int = typer.Option(0, "--top-k"),
+        min_p: float = typer.Option(0.0, "--min-p"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same output)."),
+        raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
+        stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
+        draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model for draft/adaedl/dsi."),
+        num_draft_tokens: Optional[int] = typer.Option(None, "--num-draft-tokens", help="Draft length for chain methods."),
+        opt: List[str] = typer.Option([], "--opt", "-o", help="Method option KEY=VALUE (repeatable)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    ):
+        """Generate text from a prompt with a speculative method (lossless)."""
+        import sys
+
+        import mlx_spec
+        from mlx_spec.drafters import check_name
+        from mlx_spec.sampling import SamplingParams
+
+        check_name(method)
+        SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p)  # validates
+        if max_tokens < 1:
+            raise mlx_spec.MlxSpecError(f"--max-tokens must be >= 1, got {max_tokens}")
+        if prompt == "-":
+            prompt = sys.stdin.read()
+        options = parse_method_options(opt)
+        if draft_model is not None:
+            options["draft_model"] = draft_model
+        if num_draft_tokens is not None:
+            options["num_draft_tokens"] = num_draft_tokens
+        spec_model = mlx_spec.load(model)
+        chunks = mlx_spec.stream_generate(spec_model, prompt, method=method, max_tokens=max_tokens,
+                                          temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p,
+                                          seed=seed, raw=raw, stop=stop, **options)
+        if as_json:
+            result = mlx_spec.api.collect(chunks, method)
+            print(json.dumps(result.to_dict()))
+            return
+        if not raw and not getattr(spec_model.tokenizer, "chat_template", None):
+            stdout_write(prompt)  # plain continuation: show the text being continued
+        stats = None
+        for chunk in chunks:
+            stdout_write(chunk.text)
+            stats = chunk.stats
+        stdout_write("\n")
+        if stats is not None:
+            print_stats_line(stats)
