@@ -41,7 +41,8 @@ def _register_commands() -> None:
     import importlib
     import pkgutil
 
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+    package = importlib.import_module(__package__)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
         if info.name.endswith("_cmd"):
             importlib.import_module(f"{__package__}.{info.name}").register(app)
 
