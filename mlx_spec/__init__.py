@@ -1,5 +1,12 @@
 """mlx-spec: lossless speculative decoding for mlx-lm models."""
-from . import blas as _blas
+import os as _os
+
+# transformers (used by mlx-lm's tokenizer loading) prints advisory warnings that are noise for
+# users of a CLI; real failures still reach them as exceptions.
+_os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from . import blas as _blas  # noqa: E402
 
 _blas.ensure()  # must run before the first `import mlx.core`
 

@@ -1,0 +1,151 @@
+"""`mlxspec bench`: methods side by side on the same prompts, as a table, JSON and a plot."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .common import err_console, parse_method_options, user_errors
+
+DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter"]
+
+
+def _run_one(model, spec, prompt, max_tokens, temperature, seed):
+    import mlx_spec
+
+    if spec.name == "mlx-lm":
+        from mlx_spec.baselines import mlx_lm_speculative
+        return mlx_lm_speculative.run(model, prompt, max_tokens=max_tokens,
+                                      temperature=temperature, seed=seed, **spec.options)
+    decoder = mlx_spec.make_decoder(model, spec.name, **spec.options)
+    result = mlx_spec.api.collect(mlx_spec.stream_generate(
+        model, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, decoder=decoder),
+        spec.name)
+    return result.token_ids, result.stats
+
+
+def _fmt(value, digits=2):
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "[bold red]NO[/]"
+    return f"{value:.{digits}f}"
+
+
+def render_table(title: str, methods: dict) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("method", "tok/s", "speedup", "acc/call", "calls", "= ar", "draft%", "verify%",
+                   "other%"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, m in methods.items():
+        total = sum(m["time_split_s"].values()) or 1.0
+        split = [f"{100 * m['time_split_s'][k] / total:.0f}" for k in ("draft", "verify", "other")]
+        table.add_row(escape(name), _fmt(m["tokens_per_s"], 1), _fmt(m["speedup"]) + ("x" if m["speedup"] else ""),
+                      _fmt(m["mean_accepted"]), str(m["target_calls"]), _fmt(m["matches_ar"]), *split)
+    return table
+
+
+def write_plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from mlx_spec.errors import MlxSpecError
+        raise MlxSpecError("--plot needs matplotlib: pip install 'mlx-spec[plot]'") from None
+    methods = report["methods"]
+    names = list(methods)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.bar(names, [methods[n]["speedup"] or 0 for n in names], color="#4c72b0")
+    left.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    left.set_ylabel("speedup over ar")
+    left.set_title("decode speed")
+    left.tick_params(axis="x", rotation=30)
+    width = 0.8 / max(1, len(names))
+    lengths = set()
+    for i, name in enumerate(names):
+        hist = methods[name]["accepted_length_histogram"]
+        lengths.update(int(k) for k in hist)
+        xs = [int(k) + (i - (len(names) - 1) / 2) * width for k in hist]
+        right.bar(xs, list(hist.values()), width=width, label=name)
+    right.set_xticks(sorted(lengths))
+    right.set_xlabel("tokens per target call")
+    right.set_ylabel("target calls")
+    right.set_title("accepted lengths")
+    right.legend(fontsize=8)
+    fig.suptitle(f"mlxspec bench: {Path(report['model']).name}, temp {report['settings']['temperature']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    @user_errors
+    def bench(
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="mlx-lm folder or hub id (default: embedded)."),
+        methods: Optional[str] = typer.Option(None, "--methods", help="Comma list; NAME[key=value,...] sets options. Default: all methods."),
+        prompts: Optional[str] = typer.Option(None, "--prompts", help="question.jsonl or text lines (default: built-in story prompts)."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Use the first K prompts."),
+        max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
+        temp: float = typer.Option(0.0, "--temp"),
+        seed: int = typer.Option(0, "--seed"),
+        opt: List[str] = typer.Option([], "--opt", "-o", help="METHOD.KEY=VALUE option for one method (repeatable)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: speedups and accepted lengths."),
+        warmup_tokens: int = typer.Option(16, "--warmup-tokens"),
+    ):
+        """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
+        import mlx_spec
+        from mlx_spec import drafters
+        from mlx_spec.bench import REFERENCE, MethodSpec, load_prompts, run_bench, split_method_list
+        from mlx_spec.sampling import SamplingParams
+
+        if max_tokens < 1:
+            raise mlx_spec.MlxSpecError(f"--max-tokens must be >= 1, got {max_tokens}")
+        if limit is not None and limit < 1:
+            raise mlx_spec.MlxSpecError(f"--limit must be >= 1, got {limit}")
+        SamplingParams(temperature=temp)
+        names = split_method_list(methods) if methods else [m for m in DEFAULT_METHODS if m in drafters.available()]
+        specs = [MethodSpec.parse(n) for n in names]
+        for spec in specs:
+            if spec.name != "mlx-lm":
+                drafters.check_name(spec.name)
+        for key, value in parse_method_options(opt).items():
+            method, _, option = key.partition(".")
+            targets = [s for s in specs if s.name == method]
+            if not option or not targets:
+                raise mlx_spec.MlxSpecError(f"--opt {key}: use METHOD.KEY=VALUE for a method in --methods")
+            for spec in targets:
+                spec.options.setdefault(option, value)
+        if REFERENCE not in [s.label for s in specs]:
+            specs.insert(0, MethodSpec(REFERENCE, REFERENCE))
+        prompt_list = load_prompts(prompts)[:limit]
+        spec_model = mlx_spec.load(model)
+        err_console.print(f"[dim]{len(prompt_list)} prompts x {len(specs)} methods, "
+                          f"{max_tokens} tokens, temp {temp}[/]")
+        from rich.progress import Progress
+        with Progress(console=err_console, transient=True) as bar:
+            task = bar.add_task("bench", total=len(prompt_list) * len(specs))
+            report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, _run_one,
+                               warmup_tokens=warmup_tokens,
+                               progress=lambda label: bar.update(task, advance=1, description=label))
+        console = Console(width=None if Console().is_terminal else 120)
+        console.print(render_table(f"all prompts ({len(prompt_list)})", report["methods"]))
+        if len(report["by_category"]) > 1:
+            for category, table in report["by_category"].items():
+                console.print(render_table(f"category: {category}", table))
+        machine = report["machine"]
+        console.print(f"[dim]{machine['backend']} | {machine['blas']} | mlx {machine['mlx']} | "
+                      f"model {report['model']}[/]")
+        if json_out:
+            json_out.write_text(json.dumps(report, indent=2))
+        if plot:
+            write_plot(report, plot)
+        lossy = [n for n, m in report["methods"].items() if m.get("matches_ar") is False]
+        if lossy:
+            err_console.print(f"[bold red]output differs from ar for: {', '.join(lossy)}[/]")

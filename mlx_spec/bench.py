@@ -1,0 +1,197 @@
+"""`mlxspec bench`: methods side by side in one process, on the same prompts, interleaved.
+
+Each prompt is run by every method in a rotating order (so drift of the machine hits all methods
+alike), after one warm-up run per method. Speed is decode tokens/s (prefill excluded, it is the
+same for every method); "matches_ar" compares greedy token ids with the `ar` run of the same prompt.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import MlxSpecError
+from .stats import GenerationStats
+
+REFERENCE = "ar"
+
+
+@dataclass
+class MethodSpec:
+    """`name` or `name[key=value,...]`: a method with options, shown under its full spec."""
+    label: str
+    name: str
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "MethodSpec":
+        match = re.fullmatch(r"\s*([\w.-]+)\s*(?:\[(.*)\])?\s*", text)
+        if not match:
+            raise MlxSpecError(f"bad method spec {text!r}; use NAME or NAME[key=value,...]")
+        name, body = match.group(1), match.group(2)
+        options = {}
+        for pair in filter(None, (p.strip() for p in (body or "").split(","))):
+            if "=" not in pair:
+                raise MlxSpecError(f"bad option {pair!r} in {text!r}; use key=value")
+            key, value = pair.split("=", 1)
+            options[key.strip().replace("-", "_")] = _parse_scalar(value.strip())
+        return cls(label=text.strip(), name=name, options=options)
+
+
+def _parse_scalar(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def split_method_list(text: str) -> list[str]:
+    """Split on commas that are not inside [...]."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def load_prompts(path: Optional[str]) -> list[dict]:
+    """FastChat / Spec-Bench question.jsonl ({"question_id","category","turns"}: the first turn is
+    used) or plain text, one prompt per line; None gives the built-in story prompts."""
+    if path is None:
+        from .bench_prompts import builtin_prompts
+        return builtin_prompts()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MlxSpecError(f"cannot read prompts file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                record = json.loads(line)
+                turns = record["turns"]
+                prompt = turns[0] if isinstance(turns, list) else str(turns)
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+                raise MlxSpecError(f"{path}:{number}: expected a JSON object with \"turns\"") from None
+            prompts.append({"id": str(record.get("question_id", number)),
+                            "category": str(record.get("category", "default")), "prompt": prompt})
+        else:
+            prompts.append({"id": str(number), "category": "default", "prompt": line})
+    if not prompts:
+        raise MlxSpecError(f"no prompts in {path}")
+    return prompts
+
+
+@dataclass
+class Run:
+    method: str
+    prompt_id: str
+    category: str
+    token_ids: list[int]
+    stats: GenerationStats
+
+
+def _aggregate(runs: list[Run]) -> dict:
+    tokens = sum(r.stats.generated_tokens for r in runs)
+    decode_s = sum(r.stats.decode_s for r in runs)
+    calls = sum(r.stats.target_calls for r in runs)
+    per_call = [n for r in runs for n in r.stats.accepted_per_call]
+    return {
+        "tokens_per_s": tokens / decode_s if decode_s else 0.0,
+        "mean_accepted": sum(per_call) / max(1, calls),
+        "target_calls": calls,
+        "generated_tokens": tokens,
+        "decode_s": decode_s,
+        "time_split_s": {k: sum(getattr(r.stats, k + "_s") for r in runs)
+                         for k in ("draft", "verify", "other")},
+        "acceptance_rate": (sum(r.stats.accepted_drafts for r in runs)
+                            / max(1, sum(r.stats.drafted_tokens for r in runs))),
+        "accepted_length_histogram": _histogram(per_call),
+    }
+
+
+def _histogram(values: list[int]) -> dict:
+    counts = defaultdict(int)
+    for v in values:
+        counts[v] += 1
+    return {str(k): counts[k] for k in sorted(counts)}
+
+
+def summarize(runs: list[Run], greedy: bool) -> tuple[dict, dict]:
+    """Per method and per category: speed, speedup over ar, acceptance, equality with ar."""
+    reference_ids = {r.prompt_id: r.token_ids for r in runs if r.method == REFERENCE}
+
+    def table(selected: list[Run]) -> dict:
+        by_method: dict[str, list[Run]] = defaultdict(list)
+        for r in selected:
+            by_method[r.method].append(r)
+        out = {name: _aggregate(rs) for name, rs in by_method.items()}
+        ref_speed = out.get(REFERENCE, {}).get("tokens_per_s")
+        for name, rs in by_method.items():
+            out[name]["speedup"] = out[name]["tokens_per_s"] / ref_speed if ref_speed else None
+            if greedy and reference_ids:
+                out[name]["matches_ar"] = all(r.token_ids == reference_ids.get(r.prompt_id) for r in rs)
+                out[name]["mismatched_prompts"] = [r.prompt_id for r in rs
+                                                   if r.token_ids != reference_ids.get(r.prompt_id)]
+            else:
+                out[name]["matches_ar"] = None  # sampled outputs legitimately differ
+        return out
+
+    by_category: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        by_category[r.category].append(r)
+    return table(runs), {cat: table(rs) for cat, rs in by_category.items()}
+
+
+def machine_info() -> dict:
+    import os
+
+    import mlx.core as mx
+
+    from . import blas
+    from importlib.metadata import version
+
+    backend = "metal" if mx.metal.is_available() else (
+        "cuda" if hasattr(mx, "cuda") and mx.cuda.is_available() else "cpu")
+    return {"platform": platform.platform(terse=True), "processor": platform.machine(),
+            "cpu_count": os.cpu_count(), "backend": backend, "blas": blas.describe(),
+            "mlx": version("mlx"), "mlx_lm": version("mlx-lm"), "python": platform.python_version()}
+
+
+def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: int,
+              temperature: float, seed: int, run_one: Callable, warmup_tokens: int = 16,
+              progress: Optional[Callable[[str], None]] = None) -> dict:
+    """run_one(model, spec, prompt, max_tokens, temperature, seed) -> (token_ids, stats)."""
+    for spec in specs:  # warm-up: compile, allocate, load drafters; not timed
+        run_one(model, spec, prompts[0]["prompt"], warmup_tokens, temperature, seed)
+    runs = []
+    for i, prompt in enumerate(prompts):
+        rotation = specs[i % len(specs):] + specs[:i % len(specs)]
+        for spec in rotation:
+            ids, stats = run_one(model, spec, prompt["prompt"], max_tokens, temperature, seed)
+            runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats))
+            if progress:
+                progress(f"{prompt['id']} {spec.label}")
+    methods, by_category = summarize(runs, greedy=temperature == 0)
+    return {"methods": methods, "by_category": by_category, "machine": machine_info(),
+            "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
+                                              "seed": seed, "prompts": len(prompts),
+                                              "method_specs": [s.label for s in specs]},
+            "per_prompt": [{"method": r.method, "prompt_id": r.prompt_id, "category": r.category,
+                            "tokens_per_s": r.stats.tokens_per_s, "mean_accepted": r.stats.mean_accepted,
+                            "target_calls": r.stats.target_calls, "generated_tokens": r.stats.generated_tokens}
+                           for r in runs]}
