@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
         stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
         draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model for draft/adaedl/dsi."),
         num_draft_tokens: Optional[int] = typer.Option(None, "--num-draft-tokens", help="Draft length for chain methods."),
+        stop_rule: Optional[str] = typer.Option(None, "--stop-rule", help="adaedl: adaedl, max-confidence or static."),
+        lookahead_warmup: Optional[str] = typer.Option(None, "--lookahead-warmup", help="lookahead: past answers (text) or a saved trie."),
         opt: List[str] = typer.Option([], "--opt", "-o", help="Method option KEY=VALUE (repeatable)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     ):
@@ -47,8 +49,8 @@ def register(app: typer.Typer) -> None:
         options = parse_method_options(opt)
         if draft_model is not None:
             options["draft_model"] = draft_model
-        if num_draft_tokens is not None:
-            options["num_draft_tokens"] = num_draft_tokens
+        named = {"num_draft_tokens": num_draft_tokens, "stop_rule": stop_rule, "warmup": lookahead_warmup}
+        options.update({k: v for k, v in named.items() if v is not None})
         spec_model = mlx_spec.load(model)
         chunks = mlx_spec.stream_generate(spec_model, prompt, method=method, max_tokens=max_tokens,
                                           temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p,
