@@ -47,9 +47,7 @@ def register(app: typer.Typer) -> None:
         if prompt == "-":
             prompt = sys.stdin.read()
         options = parse_method_options(opt)
-        if draft_model is not None:
-            options["draft_model"] = draft_model
-        named = {"num_draft_tokens": num_draft_tokens, "stop_rule": stop_rule, "warmup": lookahead_warmup}
+        named = {"draft_model": draft_model, "num_draft_tokens": num_draft_tokens, "stop_rule": stop_rule, "warmup": lookahead_warmup}
         options.update({k: v for k, v in named.items() if v is not None})
         spec_model = mlx_spec.load(model)
         chunks = mlx_spec.stream_generate(spec_model, prompt, method=method, max_tokens=max_tokens,
