@@ -1,0 +1,64 @@
+"""Sampled output of every method has exactly the target's distribution (chi-square against the
+enumerated distribution of 3-token continuations), and a biased acceptance rule is caught."""
+import pytest
+
+import mlx_spec
+from mlx_spec.accept import Acceptance
+from mlx_spec.sampling import SamplingParams, choose
+from exactness import chi_square_pvalue, exact_distribution, sample_continuations
+
+LENGTH, SAMPLES, TOP_K = 3, 1200, 3
+# the prompt repeats itself so that pld/lookahead find matches and really draft
+PROMPT = [40, 41, 42, 43, 44, 40, 41, 42, 43, 44, 40, 41]
+METHODS = [("ar", {}), ("pld", {"num_draft_tokens": 3})]
+
+
+@pytest.fixture(scope="module")
+def small(random_models):
+    return random_models["llama"]
+
+
+def decoder_for(model, method, options):
+    return mlx_spec.make_decoder(model, method, **options)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+@pytest.mark.parametrize("method, options", METHODS)
+def test_sampled_output_has_target_distribution(small, method, options, temperature):
+    params = SamplingParams(temperature=temperature, top_k=TOP_K)
+    exact = exact_distribution(small.model, PROMPT, LENGTH, params)
+    decoder = decoder_for(small, method, options)
+    counts = sample_continuations(decoder, PROMPT, LENGTH, params, SAMPLES)
+    assert chi_square_pvalue(counts, exact) > 1e-4
+
+
+def _biased_accept(tree, logits, params, key=None):
+    """Deliberately wrong: follows a drafted child whenever the target gives it any probability
+    (instead of only when the target's own draw equals it)."""
+    draws = choose(logits, params, key).tolist()
+    kids = tree.children()
+    node, path, tokens = 0, [0], []
+    while kids[node]:
+        node = kids[node][0]
+        path.append(node)
+        tokens.append(tree.tokens[node])
+    tokens.append(draws[node])
+    return Acceptance(path=path, tokens=tokens)
+
+
+def test_biased_acceptance_is_caught(small, monkeypatch):
+    params = SamplingParams(temperature=1.0, top_k=TOP_K)
+    exact = exact_distribution(small.model, PROMPT, LENGTH, params)
+    monkeypatch.setattr("mlx_spec.engine.accept", _biased_accept)
+    decoder = decoder_for(small, "pld", {"num_draft_tokens": 3})
+    counts = sample_continuations(decoder, PROMPT, LENGTH, params, SAMPLES)
+    assert chi_square_pvalue(counts, exact) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["ar", "pld"])
+def test_same_seed_same_output(small, method):
+    first = mlx_spec.generate(small, PROMPT, method=method, max_tokens=20, temperature=0.9, seed=7)
+    again = mlx_spec.generate(small, PROMPT, method=method, max_tokens=20, temperature=0.9, seed=7)
+    other = mlx_spec.generate(small, PROMPT, method=method, max_tokens=20, temperature=0.9, seed=8)
+    assert first.token_ids == again.token_ids
+    assert first.token_ids != other.token_ids
