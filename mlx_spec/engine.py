@@ -87,47 +87,78 @@ class Decoder:
         finally:
             self.drafter.end()
 
+    def _room(self, tokens: list[int], generated: int, limits: Limits) -> int:
+        room = limits.max_tokens - generated
+        if limits.context_length:
+            room = min(room, limits.context_length - len(tokens))
+        return room
+
+    def _dispatch(self, tokens: list[int], room: int, sampling: SamplingParams, key) -> _InFlight:
+        """Propose the next tree and start verifying it asynchronously."""
+        t0 = time.perf_counter()
+        ctx = StepContext(tokens=tokens, max_drafts=room - 1, sampling=sampling, key=key)
+        tree = self.drafter.propose(ctx)
+        t1 = time.perf_counter()
+        out = self.target.verify(tree)
+        mx.async_eval(out.logits)
+        return _InFlight(ctx, tree, out, draft_s=t1 - t0, started=t1)
+
     def _loop(self, tokens, limits, sampling, stats, key) -> Iterator[Step]:
+        """Step n+1's verification is dispatched before step n's tokens are yielded, so whatever
+        the consumer does with them (detokenize, print, update a UI) overlaps the forward pass."""
         generated = 0
-        while True:
-            room = limits.max_tokens - generated
-            if limits.context_length:
-                room = min(room, limits.context_length - len(tokens))
-            if room <= 0:
-                yield Step([], "context", stats)
-                return
-            key, step_key, draft_key = mx.random.split(key, 3)
-            ctx = StepContext(tokens=tokens, max_drafts=room - 1, sampling=sampling, key=draft_key)
+        key, draft_key = mx.random.split(key)
+        flight = self._dispatch(tokens, self._room(tokens, generated, limits), sampling, draft_key)
+        try:
+            while flight is not None:
+                key, accept_key, draft_key = mx.random.split(key, 3)
+                tree, out, ctx = flight.tree, flight.out, flight.ctx
+                acceptance = accept(tree, out.logits, sampling, accept_key)  # the one host sync
+                t_synced = time.perf_counter()
+                verify_s = t_synced - flight.started - flight.consumer_s
 
-            t0 = time.perf_counter()
-            tree = self.drafter.propose(ctx)
-            t1 = time.perf_counter()
-            out = self.target.verify(tree)
-            acceptance = accept(tree, out.logits, sampling, step_key)
-            t2 = time.perf_counter()
+                self.target.commit(acceptance.path, len(tree))
+                self.cached_tokens = tokens[:-1] + [tree.tokens[i] for i in acceptance.path]
+                room = self._room(tokens, generated, limits)
+                new, finish = acceptance.tokens[:room], None
+                for i, token in enumerate(new):
+                    if token in limits.eos_token_ids:
+                        new, finish = new[:i], "stop"
+                        break
+                tokens.extend(new)
+                generated += len(new)
+                if finish is None and generated >= limits.max_tokens:
+                    finish = "length"
+                if finish is None and self._room(tokens, generated, limits) <= 0:
+                    finish = "context"
+                self.drafter.observe(ctx, tree, acceptance, out)
 
-            self.target.commit(acceptance.path, len(tree))
-            self.cached_tokens = tokens[:-1] + [tree.tokens[i] for i in acceptance.path]
-            new = acceptance.tokens[:room]
-            finish = None
-            for i, token in enumerate(new):
-                if token in limits.eos_token_ids:
-                    new, finish = new[:i], "stop"
-                    break
-            if finish is None and generated + len(new) >= limits.max_tokens:
-                finish = "length"
-            tokens.extend(new)
-            generated += len(new)
-            self.drafter.observe(ctx, tree, acceptance, out)
+                stats.target_calls += 1
+                stats.drafted_tokens += len(tree) - 1
+                stats.accepted_drafts += acceptance.accepted_drafts
+                stats.accepted_per_call.append(len(acceptance.tokens))
+                stats.generated_tokens = generated
+                stats.draft_s += flight.draft_s
+                stats.verify_s += verify_s
+                stats.other_s += time.perf_counter() - t_synced
+                flight = None
+                if finish is None:  # propose and start verifying the next tree before yielding
+                    flight = self._dispatch(tokens, self._room(tokens, generated, limits),
+                                            sampling, draft_key)
+                paused = time.perf_counter()
+                yield Step(new, finish, stats)
+                if flight is not None:
+                    flight.consumer_s = time.perf_counter() - paused
+        finally:
+            if flight is not None:  # the consumer stopped early: drop the tree still in flight
+                self.target.trim(len(flight.tree))
 
-            stats.target_calls += 1
-            stats.drafted_tokens += len(tree) - 1
-            stats.accepted_drafts += acceptance.accepted_drafts
-            stats.accepted_per_call.append(len(new) + (finish == "stop"))
-            stats.generated_tokens = generated
-            stats.draft_s += t1 - t0
-            stats.verify_s += t2 - t1
-            stats.other_s += time.perf_counter() - t2
-            yield Step(new, finish, stats)
-            if finish is not None:
-                return
+
+@dataclass
+class _InFlight:
+    ctx: StepContext
+    tree: object
+    out: object
+    draft_s: float
+    started: float
+    consumer_s: float = 0.0
