@@ -125,7 +125,9 @@ class KernelHarness:
         if launch.spec.has_mask and mask_dtype not in MASK_DTYPES:
             raise MlxSpecError(f"the CPU harness does not build {mask_dtype} masks")
         function = getattr(self.library, _symbol(launch.spec.name, mask_dtype if launch.spec.has_mask else None))
-        inputs = [np.ascontiguousarray(np.array(x), dtype=np.int32) for x in launch.inputs]
+        # zeros after every input too, so a thread past the grid reads harmless values
+        inputs = [np.concatenate([np.array(x, dtype=np.int32).ravel(), np.zeros(GUARD, np.int32)])
+                  for x in launch.inputs]
         outputs = []
         for shape, dtype in zip(launch.output_shapes, launch.output_dtypes):
             size = int(np.prod(shape))
