@@ -1,0 +1,185 @@
+"""`lookahead`: training-free multi-branch drafting from an n-gram trie (Ant Group's Lookahead,
+arXiv 2312.12728). No second model: the last 1-2 tokens are looked up in a trie of the prompt's
+n-grams and of earlier outputs, and the most frequent continuations are verified together as one
+tree, so it shines when the answer reuses the prompt (summaries, quotes, code edits) or repeats the
+model's habitual phrases.
+
+Two tries: the prompt's, rebuilt for every request, and the outputs', kept in `model.extras` so that
+every decoder on the same loaded model shares what was generated before (a chat session, an app);
+its counts decay after each request and it is pruned to `node_budget` nodes. `warmup` pre-fills it
+from a text file of past answers or a saved trie; `save_trie` writes it after each request.
+
+Adaptive budget: a wide tree costs more to verify (on a CPU, 32 tokens cost about 3 single-token
+forwards), so a wrong guess is not free. Every retrieval is kept until the tokens it guessed are
+known, and then scored for every candidate budget at once: the first d nodes of a retrieval are the
+tree a budget of d would have sent (retrieval is best-first), so the drafter learns, for each d, the
+tokens a call would have produced. It sends the budget with the best tokens per unit of verification
+cost, 0 (plain decoding) when guesses keep failing, and notices when they start matching again.
+
+All trie work happens inside propose(), so the engine's draft time is this method's whole cost.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..errors import MlxSpecError
+from ..tree import Tree
+from ..trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
+from . import register
+from .base import Drafter, StepContext
+
+OUTPUT_TRIE = "lookahead.output_trie"  # model.extras keys
+WARMED_FROM = "lookahead.warmed_from"
+PRUNE_SLACK = 1.25  # prune back to the budget once the trie is this much over it
+
+
+class BudgetChooser:
+    """Picks the number of draft nodes that maximises expected tokens per unit of verify cost,
+    from running averages of what each budget would have produced."""
+
+    def __init__(self, max_budget: int, verify_cost: float, rate: float = 0.2):
+        grid = {0, max_budget}
+        d = 1
+        while d < max_budget:
+            grid.update((d, d + d // 2))
+            d *= 2
+        self.budgets = sorted(b for b in grid if b <= max_budget)
+        self.verify_cost, self.rate = verify_cost, rate
+        self.reset()
+
+    def reset(self) -> None:
+        # a modest prior: a few accepted tokens, growing slowly with the budget
+        self.tokens = {d: 1.0 + 0.5 * math.log2(1 + d) for d in self.budgets}
+        self.cost = {d: self.cost_of(d) for d in self.budgets}
+
+    def cost_of(self, nodes: int) -> float:
+        return 1.0 + self.verify_cost * nodes
+
+    def choose(self) -> int:
+        return max(self.budgets, key=lambda d: (self.tokens[d] / self.cost[d], -d))
+
+    def record(self, matched_ranks: list[int], retrieved: int) -> None:
+        """The actual continuation walked through retrieval nodes `matched_ranks` (indices, so a
+        budget d includes those <= d) of a retrieval with `retrieved` draft nodes."""
+        for d in self.budgets:
+            accepted = sum(1 for rank in matched_ranks if rank <= d)
+            self.tokens[d] += self.rate * (1 + accepted - self.tokens[d])
+            self.cost[d] += self.rate * (self.cost_of(min(d, retrieved)) - self.cost[d])
+
+
+@register("lookahead")
+class Lookahead(Drafter):
+    def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
+                 match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
+                 decay: float = 0.9, adaptive: bool = True, verify_cost: float = 0.07,
+                 warmup: Optional[str] = None, save_trie: Optional[str] = None):
+        if decoding_length < 1 or branch_length < 1 or match_length < 1:
+            raise ValueError("need decoding_length, branch_length and match_length >= 1")
+        if mode not in ("multi", "single"):
+            raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
+        if node_budget < 1 or not 0.0 < decay <= 1.0 or verify_cost < 0:
+            raise ValueError("need node_budget >= 1, 0 < decay <= 1 and verify_cost >= 0")
+        self.decoding_length, self.branch_length = decoding_length, branch_length
+        self.match_length, self.mode = match_length, mode
+        self.window = match_length + branch_length
+        self.node_budget, self.decay_factor = node_budget, decay
+        self.save_path = save_trie
+        self.chooser = BudgetChooser(decoding_length, verify_cost) if adaptive else None
+        self.output_trie: NgramTrie = model.extras.setdefault(OUTPUT_TRIE, NgramTrie())
+        if warmup is not None:
+            self._warm_up(model, warmup)
+        self.prompt_trie = NgramTrie()
+        self.timing = {"calls": 0, "insert_s": 0.0, "retrieve_s": 0.0}
+        self._prompt: list[int] = []
+        self._stream: Optional[TrieStream] = None
+        self._stream_from = 0
+        self._pending: list[tuple[int, Retrieval]] = []
+
+    # -- warm start -------------------------------------------------------------------------------
+    def _warm_up(self, model, path: str) -> None:
+        """Fill the shared output trie once per loaded model and file."""
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise MlxSpecError(f"lookahead warmup file not found: {path}")
+        done = model.extras.setdefault(WARMED_FROM, set())
+        if str(file.resolve()) in done:
+            return
+        if is_saved_trie(file):
+            try:
+                self.output_trie.absorb(NgramTrie.load(file))
+            except ValueError as exc:
+                raise MlxSpecError(str(exc)) from None
+        else:
+            self._insert_answers(model.tokenizer, file.read_text(errors="replace"))
+        self.output_trie.prune(self.node_budget)
+        done.add(str(file.resolve()))
+
+    def _insert_answers(self, tokenizer, text: str) -> None:
+        """Past answers, one per paragraph (blank-line separated), as output branches."""
+        for answer in (part.strip() for part in text.split("\n\n")):
+            if answer:
+                self.output_trie.insert(tokenizer.encode(answer, add_special_tokens=False),
+                                        self.window)
+                if self.output_trie.size > PRUNE_SLACK * self.node_budget:
+                    self.output_trie.prune(self.node_budget)
+
+    # -- one request ------------------------------------------------------------------------------
+    def begin(self, prompt_tokens: list[int]) -> None:
+        # the prompt is indexed in the first propose(), so its cost shows in the draft time
+        self._prompt = list(prompt_tokens)
+        self.prompt_trie = NgramTrie()
+        self._stream = TrieStream(self.output_trie, self.window)
+        # output windows start a little before the answer, so its first tokens can be matched
+        self._stream_from = max(0, len(prompt_tokens) - self.match_length)
+        self._pending = []
+        if self.chooser is not None:
+            self.chooser.reset()
+        self.timing = {"calls": 0, "insert_s": 0.0, "retrieve_s": 0.0}
+
+    def propose(self, ctx: StepContext) -> Tree:
+        t0 = time.perf_counter()
+        tokens = ctx.tokens
+        if self._prompt:
+            self.prompt_trie.insert(self._prompt, self.window)
+            self._prompt = []
+        self._stream.extend(tokens[self._stream_from + len(self._stream.tokens):])
+        if self.output_trie.size > PRUNE_SLACK * self.node_budget:
+            self.output_trie.prune(self.node_budget)
+        t1 = time.perf_counter()
+
+        self._score_past_guesses(tokens)
+        depth = min(self.branch_length, ctx.max_drafts)
+        found = retrieve([self.prompt_trie, self.output_trie], tokens[-self.match_length:],
+                         self.decoding_length, depth, self.match_length, self.mode)
+        budget = self.decoding_length
+        if self.chooser is not None and len(found) > 1:
+            self._pending.append((len(tokens), found))
+            budget = self.chooser.choose()
+        keep = 1 + min(budget, ctx.max_drafts, len(found) - 1)
+        tree = Tree(tokens=found.tokens[:keep], parents=found.parents[:keep])
+
+        t2 = time.perf_counter()
+        self.timing["calls"] += 1
+        self.timing["insert_s"] += t1 - t0
+        self.timing["retrieve_s"] += t2 - t1
+        return tree
+
+    def _score_past_guesses(self, tokens: list[int]) -> None:
+        """Teach the budget chooser with every earlier retrieval whose outcome is now known."""
+        still_open = []
+        for start, found in self._pending:
+            continuation = tokens[start:start + self.branch_length]
+            ranks, ran_out = found.matched_ranks(continuation)
+            if ran_out and len(continuation) < self.branch_length:
+                still_open.append((start, found))
+            else:
+                self.chooser.record(ranks, len(found) - 1)
+        self._pending = still_open
+
+    def end(self) -> None:
+        self.output_trie.decay(self.decay_factor)
+        if self.save_path:
+            self.output_trie.save(self.save_path)

@@ -1,0 +1,253 @@
+"""The n-gram trie: counts equal brute-force n-gram counts, streaming equals batch insertion, decay,
+pruning, files, and retrieval that matches a brute-force search of continuations."""
+import random
+
+import pytest
+
+from mlx_spec.tree import Tree
+from mlx_spec.trie import NgramTrie, TrieStream, is_saved_trie, retrieve
+
+
+def occurrences(seq, gram):
+    n = len(gram)
+    return sum(1 for i in range(len(seq) - n + 1) if tuple(seq[i:i + n]) == tuple(gram))
+
+
+def all_paths(trie):
+    """Every stored n-gram with its count."""
+    out = {}
+    stack = [((), trie.root)]
+    while stack:
+        prefix, node = stack.pop()
+        for token, child in node.children.items():
+            out[prefix + (token,)] = child.freq / trie.weight
+            stack.append((prefix + (token,), child))
+    return out
+
+
+def random_seq(rng, n, vocab):
+    return [rng.randrange(vocab) for _ in range(n)]
+
+
+def test_insert_counts_equal_brute_force_ngram_counts():
+    rng = random.Random(0)
+    seq = random_seq(rng, 300, 6)
+    trie = NgramTrie()
+    trie.insert(seq, window=4)
+    paths = all_paths(trie)
+    assert trie.size == len(paths)
+    expected = {tuple(seq[i:i + n]) for i in range(len(seq)) for n in range(1, 5) if i + n <= len(seq)}
+    assert set(paths) == expected
+    for gram, count in paths.items():
+        assert count == occurrences(seq, gram)
+    assert trie.count([9, 9]) == 0 and trie.find([9]) is None
+
+
+def test_small_example_by_hand():
+    trie = NgramTrie()
+    trie.insert([1, 2, 3, 1, 2], window=3)
+    assert trie.count([1, 2]) == 2
+    assert trie.count([1, 2, 3]) == 1
+    assert trie.count([2, 3, 1]) == 1
+    assert trie.count([3, 1, 2]) == 1
+    assert trie.count([2, 3, 1, 2]) == 0  # longer than the window
+    assert set(all_paths(trie)) == {(1,), (1, 2), (1, 2, 3), (2,), (2, 3), (2, 3, 1), (3,), (3, 1),
+                                    (3, 1, 2)}
+    assert trie.size == 9
+
+
+def test_streaming_in_chunks_equals_inserting_the_whole_sequence():
+    rng = random.Random(1)
+    seq = random_seq(rng, 200, 5)
+    whole = NgramTrie()
+    whole.insert(seq, window=5)
+    streamed = NgramTrie()
+    stream = TrieStream(streamed, window=5)
+    i = 0
+    while i < len(seq):
+        step = rng.randint(1, 7)
+        stream.extend(seq[i:i + step])
+        i += step
+        # at every moment the counts are those of the prefix seen so far
+        for gram, count in list(all_paths(streamed).items())[:30]:
+            assert count == occurrences(seq[:i], gram)
+    assert all_paths(streamed) == all_paths(whole)
+    assert streamed.size == whole.size
+
+
+def test_decay_scales_counts_and_keeps_parents_at_least_children():
+    trie = NgramTrie()
+    trie.insert([1, 2, 3, 1, 2, 4], window=3)
+    trie.decay(0.5)
+    assert trie.count([1, 2]) == pytest.approx(1.0)
+    trie.insert([1, 2, 5], window=3)  # new occurrences weigh 1 against the decayed 0.5s
+    assert trie.count([1, 2]) == pytest.approx(2.0)
+    assert trie.count([1, 2, 5]) == pytest.approx(1.0)
+    assert trie.count([1, 2, 3]) == pytest.approx(0.5)
+    for _ in range(200):  # forces renormalisation of the lazy weight
+        trie.decay(0.5)
+    assert trie.weight < 1e12
+    assert trie.count([1, 2, 5]) == pytest.approx(0.5 ** 200, rel=1e-6)
+    with pytest.raises(ValueError):
+        trie.decay(0.0)
+
+
+def check_prefix_closed_and_monotone(trie):
+    count = 0
+    stack = [trie.root]
+    while stack:
+        node = stack.pop()
+        for child in node.children.values():
+            count += 1
+            if node is not trie.root:
+                assert (child.freq, child.last) <= (node.freq, node.last)
+            stack.append(child)
+    assert count == trie.size
+
+
+def test_prune_keeps_the_most_frequent_within_budget():
+    rng = random.Random(2)
+    trie = NgramTrie()
+    common = [7, 8, 9, 7, 8, 9]
+    for _ in range(30):
+        trie.insert(common, window=4)
+        trie.insert(random_seq(rng, 20, 50), window=4)
+    before = all_paths(trie)
+    trie.prune(40)
+    after = all_paths(trie)
+    assert 0 < trie.size <= 40
+    check_prefix_closed_and_monotone(trie)
+    assert trie.count([7, 8, 9, 7]) == before[(7, 8, 9, 7)]
+    dropped = set(before) - set(after)
+    assert dropped and min(after.values()) >= max(before[g] for g in dropped)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    rng = random.Random(3)
+    trie = NgramTrie()
+    trie.insert(random_seq(rng, 120, 8), window=4)
+    trie.decay(0.5)
+    path = tmp_path / "trie.bin"
+    trie.save(path)
+    assert is_saved_trie(path)
+    loaded = NgramTrie.load(path)
+    assert loaded.size == trie.size and loaded.tick == trie.tick
+    assert all_paths(loaded) == pytest.approx(all_paths(trie))
+    check_prefix_closed_and_monotone(loaded)
+    text = tmp_path / "answers.txt"
+    text.write_text("not a trie")
+    assert not is_saved_trie(text)
+    with pytest.raises(ValueError):
+        NgramTrie.load(text)
+
+
+def test_absorb_adds_counts():
+    a, b = NgramTrie(), NgramTrie()
+    a.insert([1, 2, 3], window=3)
+    b.insert([1, 2, 4, 1, 2], window=3)
+    b.decay(0.5)
+    a.absorb(b)
+    assert a.count([1, 2]) == pytest.approx(1 + 1.0)
+    assert a.count([1, 2, 4]) == pytest.approx(0.5)
+    assert a.size == len(all_paths(a))
+    check_prefix_closed_and_monotone(a)
+
+
+# -- retrieval ------------------------------------------------------------------------------------
+
+def retrieved_paths(found):
+    """Each retrieved node as the token path from the root (root excluded)."""
+    paths = []
+    for i in range(1, len(found)):
+        path, node = [], i
+        while node > 0:
+            path.append(found.tokens[node])
+            node = found.parents[node]
+        paths.append(tuple(reversed(path)))
+    return paths
+
+
+def brute_force_candidates(seq, suffix, depth, window):
+    """Every continuation (1..depth tokens) that followed `suffix` in seq, with its count."""
+    out = {}
+    k = len(suffix)
+    for n in range(1, min(depth, window - k) + 1):
+        for i in range(len(seq) - k - n + 1):
+            if tuple(seq[i:i + k]) == tuple(suffix):
+                cont = tuple(seq[i + k:i + k + n])
+                out[cont] = out.get(cont, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_unlimited_multi_branch_retrieval_equals_brute_force(seed):
+    rng = random.Random(seed)
+    seq = random_seq(rng, 150, 5)
+    trie = NgramTrie()
+    trie.insert(seq, window=6)
+    context = random_seq(rng, 2, 5)
+    found = retrieve([trie], context, budget=10_000, depth=4, max_match=2)
+    expected = set(brute_force_candidates(seq, context[-2:], 4, 6))
+    expected |= set(brute_force_candidates(seq, context[-1:], 4, 6))
+    paths = retrieved_paths(found)
+    assert len(paths) == len(set(paths))  # one node per distinct prefix
+    assert set(paths) == expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_budgeted_retrieval_takes_the_most_frequent_continuations(seed):
+    rng = random.Random(10 + seed)
+    seq = random_seq(rng, 400, 4)
+    trie = NgramTrie()
+    trie.insert(seq, window=7)
+    context = seq[-2:]
+    candidates = brute_force_candidates(seq[:-1], context, 5, 7)  # the last position adds none
+    budget = 12
+    assert len(candidates) > budget
+    found = retrieve([trie], context, budget=budget, depth=5, max_match=2)
+    chosen = retrieved_paths(found)
+    assert len(chosen) == budget
+    worst_chosen = min(candidates[p] for p in chosen)
+    best_left = max(c for p, c in candidates.items() if p not in chosen)
+    assert worst_chosen >= best_left
+    # any prefix of the selection order is a tree: parents come first
+    assert all(p < i for i, p in enumerate(found.parents) if i > 0)
+
+
+def test_single_mode_follows_the_most_frequent_child():
+    trie = NgramTrie()
+    trie.insert([5, 1, 2, 5, 1, 2, 5, 1, 3, 5, 4], window=5)
+    found = retrieve([trie], [0, 5], budget=8, depth=3, max_match=2, mode="single")
+    assert found.tokens[1:] == [1, 2, 5]
+    assert found.parents == [-1, 0, 1, 2]
+
+
+def test_falls_back_to_a_shorter_match():
+    trie = NgramTrie()
+    trie.insert([1, 2, 3, 4], window=4)
+    found = retrieve([trie], [9, 2], budget=8, depth=3, max_match=2)  # (9, 2) never seen
+    assert retrieved_paths(found) == [(3,), (3, 4)]
+    assert len(retrieve([trie], [9, 8], budget=8, depth=3)) == 1  # nothing: just the root
+
+
+def test_prompt_trie_ranks_first_and_shorter_matches_fill_the_budget():
+    prompt, output = NgramTrie(), NgramTrie()
+    prompt.insert([1, 2, 7], window=4)
+    for _ in range(5):
+        output.insert([1, 2, 8], window=4)
+    output.insert([6, 2, 9], window=4)
+    found = retrieve([prompt, output], [1, 2], budget=3, depth=2, max_match=2)
+    assert retrieved_paths(found) == [(7,), (8,), (9,)]  # 2-gram matches first, then "2" alone
+
+
+def test_merged_tree_has_one_node_per_distinct_prefix():
+    rng = random.Random(4)
+    seq = random_seq(rng, 300, 3)
+    trie = NgramTrie()
+    trie.insert(seq, window=6)
+    found = retrieve([trie], seq[-2:], budget=40, depth=4)
+    tree = Tree(tokens=found.tokens, parents=found.parents)
+    paths = [tuple(tree.tokens[n] for n in tree.path_to(i)) for i in range(len(tree))]
+    assert len(set(paths)) == len(tree)
+    leaves = [retrieved_paths(found)[i - 1] for i in tree.leaves()]
+    assert len(Tree.from_branches(found.tokens[0], leaves)) == len(tree)
