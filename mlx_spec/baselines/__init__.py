@@ -1,0 +1,1 @@
+"""External baselines the benchmark compares with, run on the same loaded models."""

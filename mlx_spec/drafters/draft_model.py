@@ -1,0 +1,172 @@
+"""`draft`: classic speculative decoding with a second, smaller mlx-lm model as the drafter.
+
+The drafter proposes a chain of k tokens one forward at a time; the target verifies the chain in one
+pass. Greedy drafts are the drafter's argmax. Sampled drafts are drawn from the drafter's processed
+distribution q (same temperature / top-k / top-p / min-p as the target) and the chain carries q, so
+acceptance is exact rejection sampling (accept with min(1, p/q)): the accepted rate is
+sum(min(p, q)), above mlx-lm's match rule (sum(p * q)), and the output is distributed as the target.
+
+The drafter keeps its own KV cache (plain mlx-lm KVCache) holding exactly `cached_tokens`. After each
+verification it is trimmed to the prefix the target accepted, and the next round feeds only the tokens
+it has not seen (the bonus token, plus the last draft when the whole chain was accepted).
+
+Drafting waits for the host once per round: each drafted token feeds the next forward while staying
+on the MLX graph (mx.async_eval pipelines the forwards). A stopping rule (see `adaedl`) needs one
+sync per token; its statistic is evaluated together with the token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+from .. import loading
+from ..engine import _common_prefix
+from ..errors import MlxSpecError
+from ..sampling import SamplingParams, log_probs
+from ..stopping import StopRule
+from ..tree import Tree
+from . import register
+from .base import Drafter, StepContext
+
+PREFILL_STEP = 512
+
+
+@dataclass
+class DraftModel:
+    module: object
+    tokenizer: object
+    path: str
+    width: int         # the drafter's logits width
+    target_width: int  # the target's logits width: drafts are distributions over these ids
+
+
+def _logits_width(module) -> int:
+    cache = make_prompt_cache(module)
+    return int(module(mx.array([[0]]), cache=cache).shape[-1])
+
+
+def _id_to_token(tokenizer) -> dict[int, str]:
+    return {int(i): t for t, i in tokenizer.get_vocab().items()}
+
+
+def check_vocabularies(target_tokenizer, draft_tokenizer, target_width: int, draft_width: int,
+                       draft_path: str = "the draft model") -> None:
+    """The pair must agree on every token id both know (one vocabulary may extend the other).
+    Drafter ids beyond the target's logits width are never proposed (their logits are dropped)."""
+    target_ids, draft_ids = _id_to_token(target_tokenizer), _id_to_token(draft_tokenizer)
+    common = sorted(set(target_ids) & set(draft_ids))
+    differing = [i for i in common if target_ids[i] != draft_ids[i]]
+    if differing or not common:
+        example = (f" (id {differing[0]} is {target_ids[differing[0]]!r} for the target and "
+                   f"{draft_ids[differing[0]]!r} for the drafter)") if differing else ""
+        raise MlxSpecError(f"{draft_path} does not share the target's vocabulary: {len(differing)} of "
+                           f"{len(common)} common token ids differ{example}; use a drafter from the "
+                           "same model family")
+    if min(target_width, draft_width) < min(len(target_ids), len(draft_ids)):
+        raise MlxSpecError(f"{draft_path}: logits width {draft_width} vs the target's {target_width} "
+                           "cannot cover the shared vocabulary")
+
+
+def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> DraftModel:
+    """Load (once per target, cached in model.extras) and check the drafter for `model`."""
+    where = loading.resolve(path or loading.DEFAULT_DRAFT)
+    key = ("draft-model", where)
+    if key not in model.extras:
+        module, tokenizer, _, where = loading.load_mlx_lm(where)
+        if any(type(c) is not KVCache for c in make_prompt_cache(module)):
+            raise MlxSpecError(f"the draft model in {where} uses caches that cannot be rewound after a "
+                               "rejection; pick a drafter with plain attention (KVCache)")
+        target_width, draft_width = _logits_width(model.model), _logits_width(module)
+        check_vocabularies(model.tokenizer, tokenizer, target_width, draft_width, where)
+        model.extras[key] = DraftModel(module, tokenizer, where, draft_width, target_width)
+    return model.extras[key]
+
+
+@register("draft")
+class DraftModelDrafter(Drafter):
+    def __init__(self, model, draft_model: Optional[str] = None, num_draft_tokens: int = 4):
+        if num_draft_tokens < 1:
+            raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        self.num_draft_tokens = num_draft_tokens
+        self.draft = load_draft_model(model, draft_model)
+        self.cache = make_prompt_cache(self.draft.module)
+        self.cached_tokens: list[int] = []  # exactly the tokens whose keys/values are in self.cache
+        self.stop_rule = StopRule()         # static: draft exactly k tokens
+        self._max_drafts = 0                # k of the round being verified, for the stop rule
+
+    # -- drafter cache -----------------------------------------------------------------------------
+    def _trim_to(self, tokens: list[int]) -> None:
+        """Drop cached tokens that are not a prefix of `tokens` (rejected drafts, a new prompt)."""
+        keep = _common_prefix(self.cached_tokens, tokens)
+        if keep < len(self.cached_tokens):
+            for c in self.cache:
+                c.trim(len(self.cached_tokens) - keep)
+            del self.cached_tokens[keep:]
+
+    def _forward(self, tokens) -> mx.array:
+        """Feed tokens (list or [n] array) after the cache; logits of the last one, [target_width]."""
+        ids = tokens if isinstance(tokens, mx.array) else mx.array(tokens)
+        logits = self.draft.module(ids[None], cache=self.cache)[0, -1]
+        width, target_width = self.draft.width, self.draft.target_width
+        if width > target_width:
+            logits = logits[:target_width]
+        elif width < target_width:  # ids the drafter lacks get probability 0
+            logits = mx.concatenate([logits, mx.full((target_width - width,), -mx.inf, logits.dtype)])
+        return logits
+
+    def _feed_unseen(self, tokens: list[int]) -> mx.array:
+        """Bring the cache to tokens[:-1] + root and return the logits after the root."""
+        self._trim_to(tokens[:-1])  # the root is always fed, so there are logits to draft from
+        start = len(self.cached_tokens)
+        while len(tokens) - start > PREFILL_STEP:  # long new prompts: chunked like mlx-lm
+            self._forward(tokens[start:start + PREFILL_STEP])
+            mx.eval([c.state for c in self.cache])
+            start += PREFILL_STEP
+        self.cached_tokens = list(tokens)
+        return self._forward(tokens[start:])
+
+    # -- drafting ----------------------------------------------------------------------------------
+    def propose(self, ctx: StepContext) -> Tree:
+        k = min(self.num_draft_tokens, ctx.max_drafts)
+        self._max_drafts = k
+        if k <= 0:
+            return Tree.from_chain(ctx.tokens[-1], [])
+        logits = self._feed_unseen(ctx.tokens)
+        sampling: SamplingParams = ctx.sampling
+        keys = mx.random.split(ctx.key, k) if not sampling.greedy else [None] * k
+        rule = self.stop_rule
+        drafted, probs = [], []
+        for i in range(k):
+            if i > 0:  # the previous draft is fed while still lazy: no host round trip
+                logits = self._forward(drafted[-1])
+                self.cached_tokens.append(None)  # placeholder until the token ids are known
+            needs_logprobs = not sampling.greedy or rule.checks
+            logprobs = log_probs(logits[None], sampling)[0] if needs_logprobs else None
+            if sampling.greedy:
+                token = mx.argmax(logits, keepdims=True)
+            else:
+                token = mx.random.categorical(logprobs, key=keys[i])[None]
+            if rule.checks and i > 0:  # at least one draft per round
+                statistic = rule.statistic(logprobs)
+                mx.eval(token, statistic)
+                if rule.should_stop(statistic.item()):
+                    break
+            else:
+                mx.async_eval(token)
+            drafted.append(token)
+            if not sampling.greedy:
+                probs.append(mx.exp(logprobs))
+        chain = mx.concatenate(drafted).tolist()
+        fed = len(self.cached_tokens) - len(ctx.tokens)
+        self.cached_tokens[len(ctx.tokens):] = chain[:fed]
+        draft_probs = None
+        if not sampling.greedy:  # row 0 (the root) is unused by acceptance
+            draft_probs = mx.stack([mx.zeros_like(probs[0]), *probs])
+        return Tree.from_chain(ctx.tokens[-1], chain, draft_probs=draft_probs)
+
+    def observe(self, ctx, tree, acceptance, out) -> None:
+        self._trim_to(ctx.tokens)
+        self.stop_rule.observe(acceptance.accepted_drafts, len(tree) - 1, self._max_drafts)
