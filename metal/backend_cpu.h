@@ -8,3 +8,8 @@
 #define constant
 #define threadgroup
 #define MASK_NEG_INF (-std::numeric_limits<float>::infinity())
+
+template <typename T>
+inline T mask_element(float value) {
+    return T(value);
+}

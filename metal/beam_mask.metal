@@ -34,7 +34,7 @@ if (beam_p < 0) {
     allowed = beam_q >= 0 && depth_q <= depth_p
               && owners[(b * width + beam_p) * length + depth_q] == beam_q;
 }
-mask[tid] = ADDITIVE ? T(allowed ? 0.0f : MASK_NEG_INF) : T(allowed ? 1.0f : 0.0f);
+mask[tid] = mask_element<T>(ADDITIVE ? (allowed ? 0.0f : MASK_NEG_INF) : (allowed ? 1.0f : 0.0f));
 
 if (column == 0) {
     positions[b * n + row] = prefix + (depth_p > 0 ? depth_p : 0);

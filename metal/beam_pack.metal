@@ -48,13 +48,13 @@ if (owner == beam) {
 }
 unpack[tid] = base_owner + depth - start_owner;
 
-const int local = tid - first;  // this thread's slot number, used to fill the padding tail
-if (local >= total) {
+const int index_in_row = tid - first;  // also the slot this thread pads if it is past the end
+if (index_in_row >= total) {
     tokens[tid] = pad;
     parents[tid] = -2;
     beam_of[tid] = -1;
     depth_of[tid] = -1;
 }
-if (local == 0) {
+if (index_in_row == 0) {
     count[first / size] = total;
 }

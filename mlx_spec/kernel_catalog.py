@@ -18,6 +18,8 @@ from typing import Optional
 
 import mlx.core as mx
 
+from .errors import MlxSpecError
+
 MASK_TYPE = "T"  # an output declared with this dtype has the mask's element type
 
 PROLOGUES = {
@@ -77,6 +79,10 @@ class Launch:
     output_dtypes: list
     threads: int
     template: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.threads >= 2**31:  # bodies index with int
+            raise MlxSpecError(f"{self.spec.name}: {self.threads} elements exceed one launch's int32 index")
 
     @property
     def mask_dtype(self):
