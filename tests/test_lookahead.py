@@ -101,9 +101,9 @@ def test_prompt_branches_last_one_request(trained_dir):
     drafter = decoder.drafter
     mlx_spec.generate(model, "lily found the ball", max_tokens=3, raw=True, decoder=decoder)
     ball = model.tokenizer.encode(" ball", add_special_tokens=False)
-    assert drafter.prompt_trie.find(ball) is not None
+    assert drafter.request_trie.find(ball) is not None
     mlx_spec.generate(model, "the sun was warm", max_tokens=3, raw=True, decoder=decoder)
-    assert drafter.prompt_trie.find(ball) is None
+    assert drafter.request_trie.find(ball) is None
 
 
 def test_warm_start_from_past_answers_and_from_a_saved_trie(trained_dir, tmp_path):

@@ -4,9 +4,11 @@ n-grams and of earlier outputs, and the most frequent continuations are verified
 tree, so it shines when the answer reuses the prompt (summaries, quotes, code edits) or repeats the
 model's habitual phrases.
 
-Two tries: the prompt's, rebuilt for every request, and the outputs', kept in `model.extras` so that
-every decoder on the same loaded model shares what was generated before (a chat session, an app);
-its counts decay after each request and it is pruned to `node_budget` nodes. `warmup` pre-fills it
+Two tries, ranked in this order: the request's (its prompt, then its output as it streams), rebuilt
+for every request, and the outputs', kept in `model.extras` so that every decoder on the same loaded
+model shares what was generated before (a chat session, an app); its counts decay after each request
+and it is pruned to `node_budget` nodes. The request's own output ranks with the prompt: a model that
+starts repeating itself must be followed at once, not outvoted by the prompt's paragraphs. `warmup` pre-fills it
 from a text file of past answers or a saved trie; `save_trie` writes it after each request.
 
 Adaptive budget: a wide tree costs more to verify (on a CPU, 32 tokens cost about 3 single-token
@@ -40,14 +42,15 @@ class BudgetChooser:
     """Picks the number of draft nodes that maximises expected tokens per unit of verify cost,
     from running averages of what each budget would have produced."""
 
-    def __init__(self, max_budget: int, verify_cost: float, rate: float = 0.2):
+    def __init__(self, max_budget: int, verify_cost: float, verify_overhead: float = 0.0,
+                 rate: float = 0.2):
         grid = {0, max_budget}
         d = 1
         while d < max_budget:
             grid.update((d, d + d // 2))
             d *= 2
         self.budgets = sorted(b for b in grid if b <= max_budget)
-        self.verify_cost, self.rate = verify_cost, rate
+        self.verify_cost, self.verify_overhead, self.rate = verify_cost, verify_overhead, rate
         self.reset()
 
     def reset(self) -> None:
@@ -56,7 +59,10 @@ class BudgetChooser:
         self.cost = {d: self.cost_of(d) for d in self.budgets}
 
     def cost_of(self, nodes: int) -> float:
-        return 1.0 + self.verify_cost * nodes
+        """A verify call with `nodes` drafts, in units of a one-token call: a fixed step up for
+        any draft at all (one-row matmuls are matrix-vector products, cheaper per row), then a
+        cost per node."""
+        return 1.0 + (self.verify_overhead + self.verify_cost * nodes if nodes else 0.0)
 
     def choose(self) -> int:
         return max(self.budgets, key=lambda d: (self.tokens[d] / self.cost[d], -d))
@@ -74,28 +80,30 @@ class BudgetChooser:
 class Lookahead(Drafter):
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
-                 decay: float = 0.9, adaptive: bool = True, verify_cost: float = 0.07,
+                 decay: float = 0.9, adaptive: bool = True, verify_cost: float = 0.06,
+                 verify_overhead: float = 0.15,
                  warmup: Optional[str] = None, save_trie: Optional[str] = None):
         if decoding_length < 1 or branch_length < 1 or match_length < 1:
             raise ValueError("need decoding_length, branch_length and match_length >= 1")
         if mode not in ("multi", "single"):
             raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
-        if node_budget < 1 or not 0.0 < decay <= 1.0 or verify_cost < 0:
-            raise ValueError("need node_budget >= 1, 0 < decay <= 1 and verify_cost >= 0")
+        if node_budget < 1 or not 0.0 < decay <= 1.0 or min(verify_cost, verify_overhead) < 0:
+            raise ValueError("need node_budget >= 1, 0 < decay <= 1 and verify costs >= 0")
         self.decoding_length, self.branch_length = decoding_length, branch_length
         self.match_length, self.mode = match_length, mode
         self.window = match_length + branch_length
         self.node_budget, self.decay_factor = node_budget, decay
         self.save_path = save_trie
-        self.chooser = BudgetChooser(decoding_length, verify_cost) if adaptive else None
+        self.chooser = (BudgetChooser(decoding_length, verify_cost, verify_overhead)
+                        if adaptive else None)
         self.output_trie: NgramTrie = model.extras.setdefault(OUTPUT_TRIE, NgramTrie())
         if warmup is not None:
             self._warm_up(model, warmup)
-        self.prompt_trie = NgramTrie()
+        self.request_trie = NgramTrie()
         self.timing = {"calls": 0, "insert_s": 0.0, "retrieve_s": 0.0}
-        self._prompt: list[int] = []
-        self._stream: Optional[TrieStream] = None
-        self._stream_from = 0
+        self._request: Optional[TrieStream] = None
+        self._output: Optional[TrieStream] = None
+        self._output_from = 0
         self._pending: list[tuple[int, Retrieval]] = []
 
     # -- warm start -------------------------------------------------------------------------------
@@ -129,11 +137,11 @@ class Lookahead(Drafter):
     # -- one request ------------------------------------------------------------------------------
     def begin(self, prompt_tokens: list[int]) -> None:
         # the prompt is indexed in the first propose(), so its cost shows in the draft time
-        self._prompt = list(prompt_tokens)
-        self.prompt_trie = NgramTrie()
-        self._stream = TrieStream(self.output_trie, self.window)
+        self.request_trie = NgramTrie()
+        self._request = TrieStream(self.request_trie, self.window)
+        self._output = TrieStream(self.output_trie, self.window)
         # output windows start a little before the answer, so its first tokens can be matched
-        self._stream_from = max(0, len(prompt_tokens) - self.match_length)
+        self._output_from = max(0, len(prompt_tokens) - self.match_length)
         self._pending = []
         if self.chooser is not None:
             self.chooser.reset()
@@ -142,17 +150,15 @@ class Lookahead(Drafter):
     def propose(self, ctx: StepContext) -> Tree:
         t0 = time.perf_counter()
         tokens = ctx.tokens
-        if self._prompt:
-            self.prompt_trie.insert(self._prompt, self.window)
-            self._prompt = []
-        self._stream.extend(tokens[self._stream_from + len(self._stream.tokens):])
+        self._request.extend(tokens[len(self._request.tokens):])
+        self._output.extend(tokens[self._output_from + len(self._output.tokens):])
         if self.output_trie.size > PRUNE_SLACK * self.node_budget:
             self.output_trie.prune(self.node_budget)
         t1 = time.perf_counter()
 
         self._score_past_guesses(tokens)
         depth = min(self.branch_length, ctx.max_drafts)
-        found = retrieve([self.prompt_trie, self.output_trie], tokens[-self.match_length:],
+        found = retrieve([self.request_trie, self.output_trie], tokens[-self.match_length:],
                          self.decoding_length, depth, self.match_length, self.mode)
         budget = self.decoding_length
         if self.chooser is not None and len(found) > 1:
