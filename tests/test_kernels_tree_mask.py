@@ -71,3 +71,21 @@ def test_additive_and_boolean_masks_attend_alike():
         mask, _ = kernels.tree_masks_and_positions(parents, 3, mask_dtype, backend="cpu")
         outs.append(mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask[:, None]))
     assert mx.allclose(outs[0], outs[1], atol=1e-6).item()
+
+
+def test_target_verifies_alike_with_the_kernel_mask(tmp_path, monkeypatch):
+    """The engine's one call, served by the kernel body instead of the reference, gives the same
+    verification: what Metal / CUDA machines run, minus the GPU."""
+    import mlx_spec
+    from mlx_spec.target import Target
+    from random_models import make_model_folder
+
+    spec_model = mlx_spec.load(str(make_model_folder(tmp_path / "llama", "llama")))
+    tree = Tree.from_branches(5, [[17, 3, 9], [17, 4], [8, 2, 2, 6], [8, 2, 7]])
+    logits = {}
+    for backend in ("reference", "cpu"):
+        monkeypatch.setattr(kernels, "active_backend", lambda backend=backend: backend)
+        target = Target(spec_model.model)
+        target.prefill(list(range(30, 70)))
+        logits[backend] = target.verify(tree).logits
+    assert mx.array_equal(logits["reference"], logits["cpu"]).item()
