@@ -60,10 +60,12 @@ class NgramTrie:
                 child.last = tick
             node = child
 
-    def insert(self, tokens: Sequence[int], window: int) -> None:
-        """Count every position of a finished token sequence with its next `window` tokens."""
+    def insert(self, tokens: Sequence[int], window: int, first: int = 0,
+               stop: Optional[int] = None) -> None:
+        """Count the positions first..stop-1 (default: all) of a finished token sequence, each with
+        its next `window` tokens (a long text goes in slices, pruned in between)."""
         tokens = list(tokens)
-        for start in range(len(tokens)):
+        for start in range(first, len(tokens) if stop is None else min(stop, len(tokens))):
             self.add_path(tokens[start:start + window], tick=self.tick)
             self.tick += 1
 

@@ -75,6 +75,15 @@ def test_streaming_in_chunks_equals_inserting_the_whole_sequence():
     assert streamed.size == whole.size
 
 
+def test_inserting_in_slices_equals_inserting_at_once():
+    seq = random_seq(random.Random(5), 120, 4)
+    whole, sliced = NgramTrie(), NgramTrie()
+    whole.insert(seq, window=5)
+    for first in range(0, len(seq), 17):
+        sliced.insert(seq, window=5, first=first, stop=first + 17)
+    assert all_paths(sliced) == all_paths(whole) and sliced.tick == whole.tick == len(seq)
+
+
 def test_decay_scales_counts_and_keeps_parents_at_least_children():
     trie = NgramTrie()
     trie.insert([1, 2, 3, 1, 2, 4], window=3)

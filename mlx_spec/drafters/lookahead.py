@@ -125,14 +125,15 @@ class Lookahead(Drafter):
         self.output_trie.prune(self.node_budget)
         done.add(str(file.resolve()))
 
-    def _insert_answers(self, tokenizer, text: str) -> None:
-        """Past answers, one per paragraph (blank-line separated), as output branches."""
-        for answer in (part.strip() for part in text.split("\n\n")):
-            if answer:
-                self.output_trie.insert(tokenizer.encode(answer, add_special_tokens=False),
-                                        self.window)
-                if self.output_trie.size > PRUNE_SLACK * self.node_budget:
-                    self.output_trie.prune(self.node_budget)
+    def _insert_answers(self, tokenizer, text: str, slice_tokens: int = 20_000) -> None:
+        """Past answers as output branches. The text is tokenized as one stream (so paragraph
+        breaks are tokenized as in generation) and counted in slices, pruning in between so a
+        large corpus never holds more than a little over the node budget."""
+        tokens = tokenizer.encode(text, add_special_tokens=False)
+        for first in range(0, len(tokens), slice_tokens):
+            self.output_trie.insert(tokens, self.window, first, first + slice_tokens)
+            if self.output_trie.size > PRUNE_SLACK * self.node_budget:
+                self.output_trie.prune(self.node_budget)
 
     # -- one request ------------------------------------------------------------------------------
     def begin(self, prompt_tokens: list[int]) -> None:
