@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         num_draft_tokens: Optional[int] = typer.Option(None, "--num-draft-tokens", help="Draft length for chain methods."),
         stop_rule: Optional[str] = typer.Option(None, "--stop-rule", help="adaedl: adaedl, max-confidence or static."),
         lookahead_warmup: Optional[str] = typer.Option(None, "--lookahead-warmup", help="lookahead: past answers (text) or a saved trie."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="dsi: target worker processes to start."),
         opt: List[str] = typer.Option([], "--opt", "-o", help="Method option KEY=VALUE (repeatable)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     ):
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
         if prompt == "-":
             prompt = sys.stdin.read()
         options = parse_method_options(opt)
-        named = {"draft_model": draft_model, "num_draft_tokens": num_draft_tokens, "stop_rule": stop_rule, "warmup": lookahead_warmup}
+        named = {"draft_model": draft_model, "num_draft_tokens": num_draft_tokens, "stop_rule": stop_rule, "warmup": lookahead_warmup, "workers": workers}
         options.update({k: v for k, v in named.items() if v is not None})
         spec_model = mlx_spec.load(model)
         chunks = mlx_spec.stream_generate(spec_model, prompt, method=method, max_tokens=max_tokens,

@@ -49,6 +49,9 @@ def encode_prompt(model: SpecModel, prompt: Union[str, Sequence[int]], raw: bool
 def make_decoder(model: SpecModel, method: str = "pld", kv_bits: Optional[int] = None,
                  **method_options) -> Decoder:
     """A conversation with `model` using `method`; reuse it across requests to keep caches."""
+    if method == "dsi":  # speculation parallelism: its own decoder over worker processes
+        from .dsi.decoder import make_dsi_decoder
+        return make_dsi_decoder(model, kv_bits=kv_bits, **method_options)
     drafter = drafters.create(method, model, **method_options)
     return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method)
 

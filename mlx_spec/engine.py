@@ -43,6 +43,16 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def check_request(prompt_tokens: Sequence[int], limits: Limits) -> None:
+    if not prompt_tokens:
+        raise MlxSpecError("the prompt is empty")
+    if limits.max_tokens < 1:
+        raise MlxSpecError(f"max_tokens must be >= 1, got {limits.max_tokens}")
+    if limits.context_length and len(prompt_tokens) >= limits.context_length:
+        raise MlxSpecError(f"the prompt has {len(prompt_tokens)} tokens; the model's context "
+                           f"is {limits.context_length}")
+
+
 class Decoder:
     def __init__(self, target: Target, drafter: Drafter, method: str = ""):
         self.target = target
@@ -67,13 +77,7 @@ class Decoder:
 
     def generate(self, prompt_tokens: list[int], limits: Limits, sampling: SamplingParams,
                  seed: Optional[int] = None) -> Iterator[Step]:
-        if not prompt_tokens:
-            raise MlxSpecError("the prompt is empty")
-        if limits.max_tokens < 1:
-            raise MlxSpecError(f"max_tokens must be >= 1, got {limits.max_tokens}")
-        if limits.context_length and len(prompt_tokens) >= limits.context_length:
-            raise MlxSpecError(f"the prompt has {len(prompt_tokens)} tokens; the model's context "
-                               f"is {limits.context_length}")
+        check_request(prompt_tokens, limits)
         stats = GenerationStats(method=self.method, prompt_tokens=len(prompt_tokens))
         key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
 

@@ -1,0 +1,83 @@
+"""`dsi` as a decoder with the engine's face: generate() yields engine Steps, so the API, the
+CLI and streaming treat it like every other method. Built by api.make_decoder for method "dsi"."""
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+from typing import Iterator, Optional
+
+from .. import drafters
+from ..engine import Limits, Step, check_request
+from ..errors import MlxSpecError
+from ..loading import SpecModel
+from ..sampling import SamplingParams
+from ..stats import GenerationStats
+from .orchestrator import Orchestrator
+
+
+def _tell_user(worker: int, reason: str) -> None:
+    print(f"warning: DSI worker {worker} failed ({reason}); its jobs go to the other workers",
+          file=sys.stderr, flush=True)
+
+
+class DsiDecoder:
+    def __init__(self, orchestrator: Orchestrator, method: str = "dsi"):
+        self.orchestrator = orchestrator
+        self.method = method
+
+    def reset(self) -> None:
+        """Workers reuse their caches by common prefix; nothing to reset here."""
+
+    def generate(self, prompt_tokens: list[int], limits: Limits, sampling: SamplingParams,
+                 seed: Optional[int] = None) -> Iterator[Step]:
+        check_request(prompt_tokens, limits)
+        stats = GenerationStats(method=self.method, prompt_tokens=len(prompt_tokens))
+        orch = self.orchestrator
+        t0 = time.perf_counter()
+        orch.prefill(list(prompt_tokens), sampling)
+        stats.prefill_s = time.perf_counter() - t0
+        seed = seed if seed is not None else time.time_ns() % (1 << 31)
+        start = time.perf_counter()
+        applied = 0
+        for commit in orch.generate(list(prompt_tokens), limits.max_tokens, sampling,
+                                    limits.eos_token_ids, limits.context_length, seed):
+            c = orch.counters
+            stats.generated_tokens += len(commit.tokens)
+            stats.accepted_per_call.extend([0] * (c.jobs_applied - applied))
+            if stats.accepted_per_call:
+                stats.accepted_per_call[-1] += len(commit.tokens) + (commit.finish == "stop")
+            applied = c.jobs_applied
+            stats.target_calls = c.jobs_applied
+            stats.drafted_tokens, stats.accepted_drafts = c.drafted, c.accepted
+            stats.draft_s, stats.verify_s = c.draft_s, c.wait_s
+            stats.other_s = max(0.0, time.perf_counter() - start - c.draft_s - c.wait_s)
+            yield Step(commit.tokens, commit.finish, stats)
+
+
+def _drafter_options(name: str, lookahead: int, draft_model, options: dict) -> dict:
+    factory_params = inspect.signature(drafters._REGISTRY[name]).parameters
+    if "num_draft_tokens" in factory_params:
+        options.setdefault("num_draft_tokens", lookahead)
+    if draft_model is not None:
+        options["draft_model"] = draft_model
+    return options
+
+
+def make_dsi_decoder(model: SpecModel, workers: int = 2, lookahead: int = 4,
+                     drafter: str = "draft", draft_model: Optional[str] = None,
+                     job_timeout: float = 120.0, kv_bits: Optional[int] = None,
+                     num_draft_tokens: Optional[int] = None, **drafter_options) -> DsiDecoder:
+    """DSI over worker processes: `workers` target copies (spawned here, or the ranks mlx.launch
+    started), `drafter` (any chain method) run ahead by `lookahead` tokens per job."""
+    from .launch import get_pool
+
+    lookahead = num_draft_tokens or lookahead
+    if drafter == "dsi":
+        raise MlxSpecError("dsi's drafter must be a drafting method such as draft or pld")
+    drafters.check_name(drafter)
+    proposer = drafters.create(drafter, model,
+                               **_drafter_options(drafter, lookahead, draft_model, drafter_options))
+    pool = get_pool(workers, model.path, kv_bits)
+    return DsiDecoder(Orchestrator(pool.pool, proposer, lookahead=lookahead,
+                                   job_timeout=job_timeout, on_failure=_tell_user))

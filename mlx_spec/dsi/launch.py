@@ -1,0 +1,133 @@
+"""Starting the DSI worker processes and joining them in one mx.distributed group.
+
+On one machine (`--workers N`): pick N + 1 free local ports, write a ring hostfile, start N worker
+processes with MLX_RANK 1..N, and make this process rank 0. Across machines the user starts every
+rank with mlx.launch and a hostfile (see `python -m mlx_spec.dsi`); then MLX_RANK is already set
+and nothing is spawned.
+
+The ring backend connects each rank only to its two ring neighbours, so rank 0 can reach at most
+two workers directly: local spawning is limited to 2 workers over ring (see the report/README).
+
+mx.distributed has one global group per process, so the pool is created once and reused by every
+DSI decoder in this process. Workers are stopped at exit (shutdown message, then kill).
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Optional
+
+import mlx.core as mx
+
+from ..errors import MlxSpecError
+from .transport import RingPool
+
+MAX_RING_WORKERS = 2  # rank 0 and its two ring neighbours
+_POOL: Optional["LocalPool"] = None
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _init_group(timeout: float):
+    """mx.distributed.init blocks until every rank connects: run it with a deadline."""
+    box = {}
+
+    def target():
+        try:
+            box["group"] = mx.distributed.init(backend="ring", strict=True)
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "group" in box:
+        return box["group"]
+    raise MlxSpecError(f"the DSI workers did not connect within {timeout:g} s"
+                       + (f": {box['error']}" if "error" in box else ""))
+
+
+class LocalPool:
+    """The ring pool plus the worker processes this process started (if any)."""
+
+    def __init__(self, pool: RingPool, processes: list, model_path: str, hostfile: Optional[str]):
+        self.pool, self.processes, self.model_path = pool, processes, model_path
+        self.hostfile = hostfile
+        atexit.register(self.close)
+
+    @property
+    def workers(self) -> int:
+        return len(self.pool.worker_ids)
+
+    def close(self) -> None:
+        self.pool.close()
+        for process in self.processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes = []
+        if self.hostfile and os.path.exists(self.hostfile):
+            os.unlink(self.hostfile)
+
+
+def _spawn(workers: int, model_path: str, kv_bits: Optional[int], connect_timeout: float) -> LocalPool:
+    if not 1 <= workers <= MAX_RING_WORKERS:
+        raise MlxSpecError(f"--workers must be 1..{MAX_RING_WORKERS} on one machine: mx.distributed's "
+                           "ring backend connects a process only to its two ring neighbours")
+    ports = free_ports(workers + 1)
+    fd, hostfile = tempfile.mkstemp(prefix="mlxspec-dsi-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump([[f"127.0.0.1:{port}"] for port in ports], f)
+    command = [sys.executable, "-m", "mlx_spec.dsi.worker", "--model", model_path]
+    if kv_bits:
+        command += ["--kv-bits", str(kv_bits)]
+    processes = []
+    for rank in range(1, workers + 1):
+        env = dict(os.environ, MLX_HOSTFILE=hostfile, MLX_RANK=str(rank))
+        processes.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
+    os.environ["MLX_HOSTFILE"], os.environ["MLX_RANK"] = hostfile, "0"
+    try:
+        group = _init_group(connect_timeout)
+    except BaseException:
+        for process in processes:
+            process.kill()
+        raise
+    return LocalPool(RingPool(group), processes, model_path, hostfile)
+
+
+def get_pool(workers: int, model_path: str, kv_bits: Optional[int] = None,
+             connect_timeout: float = 120.0) -> LocalPool:
+    """The process-wide worker pool: spawned on first use, or the group mlx.launch set up."""
+    global _POOL
+    if _POOL is not None:
+        if _POOL.model_path != model_path or (workers and _POOL.workers != workers):
+            raise MlxSpecError("this process already runs DSI workers for "
+                               f"{_POOL.model_path} ({_POOL.workers} workers); one pool per process")
+        return _POOL
+    if os.environ.get("MLX_RANK") is not None and os.environ.get("MLX_HOSTFILE"):
+        group = _init_group(connect_timeout)  # started by mlx.launch: the workers exist already
+        if group.rank() != 0:
+            raise MlxSpecError("the DSI orchestrator must be rank 0")
+        _POOL = LocalPool(RingPool(group), [], model_path, None)
+    else:
+        _POOL = _spawn(workers, model_path, kv_bits, connect_timeout)
+    return _POOL
