@@ -1,0 +1,127 @@
+"""The ReDrafter draft head (arXiv 2403.09919) and its checkpoint format.
+
+    s_t    = SiLU(W e(x_t) + U s_{t-1} + b),   s_0 = 0      (rnn=true; else s_t = s_{t-1} + e(x_t))
+    z      = input_proj([h, s_t])                           (only when exit_dim != 2 * hidden_size)
+    z      = z + SiLU(Linear(z))                            (num_draft_layers times)
+    logits = lm_head(z)
+
+h is the target's post-norm hidden state at the position whose logits chose x_1, e is the target's
+own (frozen) token embedding. Parameter names and config.json follow Apple's ml-recurrent-drafter
+(lm_head.N.linear.*, lm_head.K.weight, rnn_u.*, rnn_w.weight, input_proj.*), so heads move freely
+between that code and this one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..errors import ModelLoadError
+
+MODEL_TYPE = "recurrent_drafting_drafter"
+
+
+@dataclass
+class DrafterConfig:
+    vocab_size: int
+    hidden_size: int           # the target's hidden size (also the RNN state size)
+    exit_dim: int              # width of the residual blocks
+    num_draft_layers: int = 1
+    rnn: bool = True
+    extra: dict = field(default_factory=dict)  # other keys of a reference config, kept on save
+
+    @property
+    def has_input_proj(self) -> bool:
+        return self.exit_dim != 2 * self.hidden_size
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k != "extra"}
+        return {"model_type": MODEL_TYPE, **self.extra, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DrafterConfig":
+        if data.get("model_type") != MODEL_TYPE:
+            raise ModelLoadError(f"not a ReDrafter head: model_type is {data.get('model_type')!r}, "
+                                 f"expected {MODEL_TYPE!r}")
+        names = {f.name for f in fields(cls)} - {"extra"}
+        missing = [n for n in ("vocab_size", "hidden_size", "exit_dim") if n not in data]
+        if missing:
+            raise ModelLoadError(f"ReDrafter config lacks {', '.join(missing)}")
+        extra = {k: v for k, v in data.items() if k not in names and k != "model_type"}
+        return cls(**{k: data[k] for k in names if k in data}, extra=extra)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim, bias=True)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x + nn.silu(self.linear(x))
+
+
+class RecurrentDrafter(nn.Module):
+    def __init__(self, config: DrafterConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        if config.has_input_proj:
+            self.input_proj = nn.Linear(2 * d, config.exit_dim, bias=True)
+        # a list, so parameter names are lm_head.0.linear.weight ... lm_head.K.weight
+        self.lm_head = [ResBlock(config.exit_dim) for _ in range(config.num_draft_layers)]
+        self.lm_head.append(nn.Linear(config.exit_dim, config.vocab_size, bias=False))
+        if config.rnn:
+            self.rnn_u = nn.Linear(d, d, bias=True)
+            self.rnn_w = nn.Linear(d, d, bias=False)
+
+    def next_state(self, state: mx.array, token_embedding: mx.array) -> mx.array:
+        if self.config.rnn:
+            return nn.silu(self.rnn_w(token_embedding) + self.rnn_u(state))
+        return state + token_embedding
+
+    def __call__(self, context: mx.array, state: mx.array) -> mx.array:
+        """Logits of the next draft token from the target's hidden state and the RNN state."""
+        z = mx.concatenate([context, state], axis=-1)
+        if self.config.has_input_proj:
+            z = self.input_proj(z)
+        for layer in self.lm_head:
+            z = layer(z)
+        return z
+
+
+def save_drafter(drafter: RecurrentDrafter, folder: Path, dtype=mx.float16,
+                 training: dict | None = None) -> None:
+    """config.json + model.safetensors (16-bit storage) [+ training.json]."""
+    from mlx.utils import tree_flatten
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.astype(dtype) for k, v in tree_flatten(drafter.parameters())}
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(drafter.config.to_dict(), indent=2))
+    if training is not None:
+        (folder / "training.json").write_text(json.dumps(training, indent=2))
+
+
+def load_drafter(folder: str | Path, dtype=mx.float32) -> RecurrentDrafter:
+    """Load a head folder written here or by Apple's ml-recurrent-drafter (save_pretrained)."""
+    folder = Path(folder).expanduser()
+    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+    if not config_file.exists() or not weights_file.exists():
+        raise ModelLoadError(f"{folder} is not a ReDrafter head folder (needs config.json and "
+                             "model.safetensors)")
+    try:
+        config = DrafterConfig.from_dict(json.loads(config_file.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ModelLoadError(f"{config_file}: {exc}") from None
+    drafter = RecurrentDrafter(config)
+    weights = {k: v.astype(dtype) for k, v in mx.load(str(weights_file)).items()}
+    try:
+        drafter.load_weights(list(weights.items()), strict=True)
+    except ValueError as exc:
+        raise ModelLoadError(f"{weights_file} does not match its config.json: {exc}") from None
+    mx.eval(drafter.parameters())
+    return drafter

@@ -1,0 +1,187 @@
+"""ReDrafter: beam search against exhaustive enumeration, the beam tree, checkpoints with the
+reference key names, and lossless greedy decoding on random and trained models."""
+import itertools
+import json
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+import mlx_spec
+from mlx_spec.errors import ModelLoadError
+from mlx_spec.redrafter import (DrafterConfig, RecurrentDrafter, beam_search, load_drafter,
+                                save_drafter, warp_top_k)
+from mlx_spec.redrafter.beam_search import LOG_0, draft_log_probs
+from mlx_spec.tree import Tree
+
+PROMPTS = ["once upon a time there was", "lily found the ball under a big green tree and smiled. the sun"]
+
+
+def toy_drafter(vocab=6, hidden=8, exit_dim=12, seed=0, rnn=True, layers=1, scale=3.0):
+    mx.random.seed(seed)
+    drafter = RecurrentDrafter(DrafterConfig(vocab_size=vocab, hidden_size=hidden, exit_dim=exit_dim,
+                                             num_draft_layers=layers, rnn=rnn))
+    # sharper distributions than the default init, so beams differ clearly
+    drafter.update(nn.utils.tree_map(lambda p: p * scale, drafter.parameters()))
+    embed = nn.Embedding(vocab, hidden)
+    mx.eval(drafter.parameters(), embed.parameters())
+    return drafter, embed
+
+
+def exhaustive_scores(drafter, embed, context, root, length, top_k=50) -> dict:
+    """Every one of the vocab^(length-1) drafts, scored by teacher forcing the head."""
+    vocab = drafter.config.vocab_size
+    drafts = np.array(list(itertools.product(range(vocab), repeat=length - 1)))
+    full = np.concatenate([np.full((len(drafts), 1), root), drafts], axis=1)
+    ctx = mx.broadcast_to(context[None], (len(drafts), context.shape[-1]))
+    state, score = mx.zeros(ctx.shape), mx.zeros(len(drafts))
+    for k in range(length - 1):
+        state = drafter.next_state(state, embed(mx.array(full[:, k])))
+        log_p = draft_log_probs(drafter, ctx, state, top_k)
+        score = score + mx.take_along_axis(log_p, mx.array(full[:, k + 1])[:, None], axis=1)[:, 0]
+    return dict(zip(map(tuple, drafts.tolist()), np.array(score).tolist()))
+
+
+@pytest.mark.parametrize("vocab,length,width,exact", [
+    (6, 3, 6, True),    # every first token survives, so step two ranks all 36 drafts
+    (3, 4, 9, True),    # every 2-token prefix survives, so step three ranks all 27
+    (6, 5, 4, True),    # token-independent states (W = 0): scores add up per step, so it is exact
+    (5, 4, 3, False),   # pruning may drop the best draft; scores must still be right
+])
+def test_beam_search_returns_the_top_sequences(vocab, length, width, exact):
+    drafter, embed = toy_drafter(vocab=vocab, seed=vocab + length)
+    if length == 5:
+        drafter.rnn_w.weight = mx.zeros_like(drafter.rnn_w.weight)
+    contexts = mx.random.normal((2, 8))
+    roots = mx.array([1, 2])
+    beams = beam_search(drafter, embed, contexts, roots, width, length)
+    tokens, scores = np.array(beams.tokens), np.array(beams.scores)
+    assert tokens.shape == (2, width, length)
+    for b in range(2):
+        assert (tokens[b, :, 0] == int(roots[b])).all()
+        every = exhaustive_scores(drafter, embed, contexts[b], int(roots[b]), length)
+        found = [tuple(t) for t in tokens[b, :, 1:].tolist()]
+        assert len(set(found)) == width
+        np.testing.assert_allclose(scores[b], [every[f] for f in found], atol=1e-4)
+        assert (np.diff(scores[b]) <= 1e-6).all()  # best first
+        if exact:
+            assert found == sorted(every, key=every.get, reverse=True)[:width]
+    # per-step log-probabilities add up to the beam scores and match the full distributions
+    np.testing.assert_allclose(np.array(beams.token_log_probs).sum(-1), scores, atol=1e-4)
+    picked = mx.take_along_axis(beams.log_probs, beams.tokens[..., 1:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(np.array(picked), np.array(beams.token_log_probs), atol=1e-6)
+
+
+def test_warp_top_k_keeps_the_k_largest():
+    logits = mx.array([[3.0, 1.0, 2.0, 0.5, 2.5]])
+    warped = np.array(warp_top_k(logits, top_k=2))[0]
+    assert warped.max() == 0.0  # shifted by the max
+    assert warped[0] == 0.0 and warped[4] == pytest.approx(-0.5)
+    assert (warped[[1, 2, 3]] == LOG_0).all()
+    np.testing.assert_allclose(np.array(warp_top_k(logits, top_k=50)), np.array(logits - 3.0))
+
+
+def test_beam_tree_has_one_node_per_distinct_prefix():
+    drafter, embed = toy_drafter(vocab=4, seed=3)
+    beams = beam_search(drafter, embed, mx.random.normal((1, 8)), mx.array([0]), 8, 4)
+    drafts = [b[1:] for b in beams.tokens[0].tolist()]
+    prefixes = {tuple(d[:i]) for d in drafts for i in range(1, len(d) + 1)}
+    tree = Tree.from_branches(0, drafts)
+    assert len(tree) - 1 == len(prefixes) < sum(map(len, drafts))  # sharing happened
+    paths = {tuple(tree.tokens[n] for n in tree.path_to(i)[1:]) for i in range(1, len(tree))}
+    assert paths == prefixes
+    assert {tuple(tree.tokens[n] for n in tree.path_to(leaf)[1:]) for leaf in tree.leaves()} == \
+        {tuple(d) for d in drafts}
+
+
+REFERENCE_KEYS = {"input_proj.weight", "input_proj.bias", "lm_head.0.linear.weight",
+                  "lm_head.0.linear.bias", "lm_head.1.linear.weight", "lm_head.1.linear.bias",
+                  "lm_head.2.weight", "rnn_u.weight", "rnn_u.bias", "rnn_w.weight"}
+
+
+@pytest.mark.parametrize("exit_dim,rnn,keys", [
+    (12, True, REFERENCE_KEYS),
+    (16, True, REFERENCE_KEYS - {"input_proj.weight", "input_proj.bias"}),  # exit_dim = 2 * hidden
+    (12, False, REFERENCE_KEYS - {"rnn_u.weight", "rnn_u.bias", "rnn_w.weight"}),
+])
+def test_checkpoint_round_trip_with_reference_names(tmp_path, exit_dim, rnn, keys):
+    drafter, _ = toy_drafter(exit_dim=exit_dim, rnn=rnn, layers=2)
+    save_drafter(drafter, tmp_path / "head")
+    stored = mx.load(str(tmp_path / "head" / "model.safetensors"))
+    assert set(stored) == keys
+    assert all(v.dtype == mx.float16 for v in stored.values())
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert config["model_type"] == "recurrent_drafting_drafter"
+    assert {k: config[k] for k in ("vocab_size", "hidden_size", "exit_dim", "num_draft_layers", "rnn")} \
+        == dict(vocab_size=6, hidden_size=8, exit_dim=exit_dim, num_draft_layers=2, rnn=rnn)
+    loaded = load_drafter(tmp_path / "head")
+    x, s = mx.random.normal((3, 8)), mx.random.normal((3, 8))
+    np.testing.assert_allclose(np.array(loaded(x, s)), np.array(drafter(x, s)), atol=0.05, rtol=0.01)
+    # a reference config with extra keys loads, and keeps them on save
+    config["num_lookback_tokens"] = -1
+    (tmp_path / "head" / "config.json").write_text(json.dumps(config))
+    again = load_drafter(tmp_path / "head")
+    assert again.config.to_dict()["num_lookback_tokens"] == -1
+    # weights that do not match the config are a one-line error
+    config["num_draft_layers"] = 3
+    (tmp_path / "head" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError):
+        load_drafter(tmp_path / "head")
+
+
+def random_head_for(model, folder, seed=0):
+    drafter, _ = toy_drafter(vocab=model.config["vocab_size"], hidden=model.config["hidden_size"],
+                             exit_dim=48, seed=seed, scale=1.0)
+    save_drafter(drafter, folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_greedy_equals_ar_on_random_models(random_models, tmp_path, arch):
+    model = random_models[arch]
+    head = random_head_for(model, tmp_path / "head")
+    for prompt in PROMPTS:
+        ar = mlx_spec.generate(model, prompt, method="ar", max_tokens=40, raw=True)
+        for width, length in [(1, 2), (4, 4), (8, 3)]:
+            result = mlx_spec.generate(model, prompt, method="redrafter", max_tokens=40, raw=True,
+                                       head=head, beam_width=width, beam_length=length)
+            assert result.token_ids == ar.token_ids, (arch, prompt, width, length)
+            assert result.stats.target_calls <= len(ar.token_ids) + 1
+            assert result.stats.drafted_tokens > 0
+
+
+def test_near_the_token_limit_the_tree_fits(random_models, tmp_path):
+    model = random_models["llama"]
+    head = random_head_for(model, tmp_path / "head")
+    for n in (1, 2, 3):
+        ar = mlx_spec.generate(model, PROMPTS[0], method="ar", max_tokens=n, raw=True)
+        result = mlx_spec.generate(model, PROMPTS[0], method="redrafter", max_tokens=n, raw=True,
+                                   head=head, beam_width=8, beam_length=6)
+        assert result.token_ids == ar.token_ids
+
+
+def test_sampling_is_reproducible_and_valid(random_models, tmp_path):
+    model = random_models["llama"]
+    head = random_head_for(model, tmp_path / "head")
+    runs = [mlx_spec.generate(model, PROMPTS[0], method="redrafter", max_tokens=30, raw=True,
+                              temperature=0.8, seed=7, head=head) for _ in range(2)]
+    assert runs[0].token_ids == runs[1].token_ids
+    assert all(0 <= t < model.config["vocab_size"] for t in runs[0].token_ids)
+
+
+def test_head_for_another_target_is_refused(random_models, tmp_path):
+    model = random_models["llama"]
+    drafter, _ = toy_drafter(vocab=model.config["vocab_size"] + 1, hidden=model.config["hidden_size"])
+    save_drafter(drafter, tmp_path / "head")
+    with pytest.raises(mlx_spec.MlxSpecError, match="vocab"):
+        mlx_spec.make_decoder(model, "redrafter", head=str(tmp_path / "head"))
+
+
+def test_shipped_head_is_lossless_and_accepts_several_tokens():
+    model = mlx_spec.load()  # the embedded target; the shipped head is the default drafter
+    prompt = "Once upon a time, there was a little dog named Max. Max loved to"
+    ar = mlx_spec.generate(model, prompt, method="ar", max_tokens=64)
+    result = mlx_spec.generate(model, prompt, method="redrafter", max_tokens=64)
+    assert result.token_ids == ar.token_ids
+    assert result.stats.mean_accepted >= 2.0
