@@ -13,10 +13,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from mlx_spec.kernel_harness import HarnessUnavailable, KernelHarness, default_harness
+from mlx_spec.kernels import available_backends
 from mlx_spec.tree_mask import PAD_PARENT
 
 FUZZ = settings(deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+# the CPU harness everywhere, plus metal / cuda on machines that have them
+KERNEL_BACKENDS = [backend for backend in available_backends() if backend != "reference"]
 
 MASK_DTYPES = st.sampled_from([mx.bool_, mx.float32, mx.float16])
 # mostly short prefixes (cheap), sometimes long ones up to 4096

@@ -1,11 +1,12 @@
 """Beam dedup / packing and the closed-form beam mask: kernels (metal/beam_*.metal, run by the CPU
 harness) against the MLX reference, and the reference against Tree.from_branches."""
 import mlx.core as mx
-import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_cases import FUZZ, MASK_DTYPES, PREFIXES, assert_same, beam_batches, compiled_harness
+from kernel_cases import (FUZZ, KERNEL_BACKENDS, MASK_DTYPES, PREFIXES, assert_same, beam_batches,
+                          compiled_harness)
 from mlx_spec import kernels
 from mlx_spec.tree import Tree
 from mlx_spec.tree_mask import tree_mask_reference, unpack_to_beams
@@ -31,21 +32,23 @@ def test_reference_packing_is_the_merged_tree(beams):
         assert (tree.tokens, tree.parents, tree.depths) == (merged.tokens, merged.parents, merged.depths)
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @settings(FUZZ, max_examples=700)
 @given(beams=beam_batches(), pad=st.integers(-1, 9))
-def test_beam_packing_kernels_equal_reference(beams, pad):
-    packed = kernels.pack_beams(beams, pad_token=pad, backend="cpu")
+def test_beam_packing_kernels_equal_reference(backend, beams, pad):
+    packed = kernels.pack_beams(beams, pad_token=pad, backend=backend)
     expected = kernels.pack_beams(beams, pad_token=pad, backend="reference")
     for field in FIELDS:
         assert_same(getattr(packed, field), getattr(expected, field), field)
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @settings(FUZZ, max_examples=700)
 @given(beams=beam_batches(), prefix=PREFIXES, mask_dtype=MASK_DTYPES, trim=st.booleans())
-def test_beam_mask_kernel_equals_reference(beams, prefix, mask_dtype, trim):
+def test_beam_mask_kernel_equals_reference(backend, beams, prefix, mask_dtype, trim):
     packing = kernels.pack_beams(beams, backend="reference")
     packing = packing.trimmed() if trim else packing
-    mask, positions = kernels.beam_mask_and_positions(packing, prefix, mask_dtype, backend="cpu")
+    mask, positions = kernels.beam_mask_and_positions(packing, prefix, mask_dtype, backend=backend)
     ref_mask, ref_positions = kernels.beam_mask_and_positions(packing, prefix, mask_dtype,
                                                               backend="reference")
     assert_same(mask, ref_mask, "mask")
