@@ -3,7 +3,8 @@
 // This file is a kernel *body*: mx.fast.metal_kernel / mx.fast.cuda_kernel generate the signature
 // around it, and mlx_spec/kernel_harness.py wraps it in a C++ grid loop for the CPU tests. A
 // per-backend prologue defines `tid` (the flat thread index) before this line; backend_*.h define
-// MASK_NEG_INF and mask_element<T>(float), the float -> T conversion. Template arguments: T (mask element type), ADDITIVE (0 / -inf instead of 1 / 0).
+// MASK_NEG_INF and mask_element<T>(float), the float -> T conversion. Template arguments: T (the
+// mask's element type) and ADDITIVE (write 0 / -inf instead of 1 / 0).
 //
 // inputs   parents [B, n] int32: -1 a root, -2 a padding node, otherwise an earlier node (< index)
 //          dims {B, n, prefix}
