@@ -100,6 +100,9 @@ class FakePool:
     def abandon(self, worker):
         self.abandoned.add(worker)
 
+    def post(self, event):
+        self.events.put(event)
+
     def close(self):
         for inbox in self.inboxes.values():
             inbox.put(None)

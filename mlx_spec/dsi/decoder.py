@@ -13,6 +13,7 @@ from ..errors import MlxSpecError
 from ..loading import SpecModel
 from ..sampling import SamplingParams
 from ..stats import GenerationStats
+from .drafting import ThreadedDrafting
 from .orchestrator import Orchestrator
 
 
@@ -80,4 +81,5 @@ def make_dsi_decoder(model: SpecModel, workers: int = 2, lookahead: int = 4,
                                **_drafter_options(drafter, lookahead, draft_model, drafter_options))
     pool = get_pool(workers, model.path, kv_bits)
     return DsiDecoder(Orchestrator(pool.pool, proposer, lookahead=lookahead,
-                                   job_timeout=job_timeout, on_failure=_tell_user))
+                                   job_timeout=job_timeout, on_failure=_tell_user,
+                                   drafting=ThreadedDrafting(proposer, pool.pool.post)))

@@ -101,8 +101,10 @@ def _spawn(workers: int, model_path: str, kv_bits: Optional[int], connect_timeou
     if kv_bits:
         command += ["--kv-bits", str(kv_bits)]
     processes = []
+    # the workers share this machine's cores: one BLAS pool each of the whole machine oversubscribes
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // workers))
     for rank in range(1, workers + 1):
-        env = dict(os.environ, MLX_HOSTFILE=hostfile, MLX_RANK=str(rank))
+        env = dict(os.environ, MLX_HOSTFILE=hostfile, MLX_RANK=str(rank), OPENBLAS_NUM_THREADS=threads)
         processes.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
     os.environ["MLX_HOSTFILE"], os.environ["MLX_RANK"] = hostfile, "0"
     try:

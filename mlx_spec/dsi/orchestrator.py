@@ -17,7 +17,9 @@ the output equals the target's own. A bonus compared with an already-drafted roo
 own sample at that position, so matching it (rather than rejection sampling) stays exact.
 
 Never slower than plain decoding: when no job is in flight, a free worker gets the next job at once,
-even with no drafts (then it is one autoregressive step), so the target never waits for the drafter.
+even with no drafts (then it is one autoregressive step), so the target never waits for the drafter;
+and the drafter runs beside the scheduler (drafting.py), one token per step, so a reply is acted on
+as soon as it arrives.
 
 Workers that fail (a lost connection or no reply within `job_timeout`) are dropped; their job goes
 to another worker and `on_failure` tells the user. The pool interface (`submit`, `wait`,
@@ -34,6 +36,7 @@ import mlx.core as mx
 from ..drafters.base import Drafter, StepContext
 from ..errors import MlxSpecError
 from ..sampling import SamplingParams
+from .drafting import Drafted, InlineDrafting
 
 
 @dataclass
@@ -67,7 +70,7 @@ class Failure:
     reason: str
 
 
-Event = Union[Result, Failure]
+Event = Union[Result, Failure, Drafted]
 
 
 class WorkerPool(Protocol):
@@ -78,6 +81,9 @@ class WorkerPool(Protocol):
     def wait(self, timeout: Optional[float]) -> Optional[Event]: ...
 
     def abandon(self, worker: int) -> None: ...
+
+    def post(self, event: Event) -> None:
+        """Add an event to the stream `wait` reads (the drafter's results travel this way)."""
 
 
 @dataclass
@@ -100,15 +106,22 @@ class DsiCounters:
 
 class Orchestrator:
     def __init__(self, pool: WorkerPool, drafter: Drafter, lookahead: int = 4,
-                 job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None):
-        if lookahead < 1:
-            raise MlxSpecError(f"lookahead must be >= 1, got {lookahead}")
-        self.pool, self.drafter, self.lookahead = pool, drafter, lookahead
+                 job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None,
+                 draft_step: int = 1, drafting=None):
+        if lookahead < 1 or draft_step < 1:
+            raise MlxSpecError(f"lookahead and draft_step must be >= 1, got {lookahead}, {draft_step}")
+        self.pool, self.lookahead = pool, lookahead
+        # tokens per drafting step: small steps keep the speculation close to what workers need
+        # and waste little when a rejection makes the step in progress useless
+        self.draft_step = draft_step
+        self.drafting = drafting if drafting is not None else InlineDrafting(drafter, pool.post)
         self.job_timeout = job_timeout
         self.on_failure = on_failure
         self.live = list(pool.worker_ids)      # workers not known to have failed
         self.assigned: dict[int, Job] = {}      # worker -> the job it is computing (maybe cancelled)
         self.next_job_id = 1                    # unique across requests: stale replies are ignored
+        self.drafter_busy = False
+        self.version = 0                        # speculation version; a rejection starts a new one
         self.counters = DsiCounters()
 
     # -- public ---------------------------------------------------------------------------------
@@ -132,11 +145,18 @@ class Orchestrator:
         self.counters = DsiCounters(failures=self.counters.failures)
         run = _Run(self, list(prompt), max_tokens, sampling, frozenset(eos_token_ids),
                    context_length, seed)
-        self.drafter.begin(list(prompt))
+        self._settle_drafter(run)
+        self.drafting.begin(list(prompt))
         try:
             yield from run.loop()
         finally:
-            self.drafter.end()
+            self._settle_drafter(run)
+            self.drafting.end()
+
+    def _settle_drafter(self, run: "_Run") -> None:
+        """Wait for a drafting step still running from an earlier request (its result is stale)."""
+        while self.drafter_busy:
+            run._handle_events(block=True)
 
 
 class _Run:
@@ -156,6 +176,8 @@ class _Run:
         self.spec_probs: list = []            # per speculated token: the drafter's distribution
         self.jobs: list[Job] = []             # in order of `first`; front = oldest
         self.stalled = False                  # the drafter proposed fewer tokens than asked
+        self.restart_from: Optional[list[int]] = None  # the drafter must start over from these
+        orch.version += 1
         self.out: list[Commit] = []
         self.finish: Optional[str] = None
 
@@ -165,13 +187,10 @@ class _Run:
             yield Commit([], self.limit_reason)
             return
         while self.finish is None:
-            self._handle_events(block=False)
-            if self.finish is None:
-                self._dispatch()
-                if self._wants_drafts():
-                    self._draft()
-                else:
-                    self._handle_events(block=True)
+            self._dispatch()
+            if not self.o.drafter_busy and self._wants_drafts():
+                self._start_draft()
+            self._handle_events(block=True)
             yield from self._flush()
         yield from self._flush()
 
@@ -200,23 +219,25 @@ class _Run:
         depth_cap = (self.o.lookahead + 1) * (len(self.o.live) + 1)
         return len(self.spec) < depth_cap
 
-    def _draft(self) -> None:
+    def _start_draft(self) -> None:
         needed = self.o.lookahead - (len(self.spec) - self._next_first())
-        m = max(1, min(needed, self.o.lookahead, self._room()))
+        m = max(1, min(needed, self.o.draft_step, self._room()))
         self.key, draft_key = mx.random.split(self.key)
         ctx = StepContext(tokens=self.committed + self.spec, max_drafts=m, sampling=self.sampling,
                           key=draft_key)
-        t0 = time.perf_counter()
-        tree = self.o.drafter.propose(ctx)
-        if not tree.is_chain:
-            raise MlxSpecError("dsi needs a drafter that proposes chains (draft, pld, adaedl)")
-        drafts = [int(t) for t in tree.tokens[1:m + 1]]
-        probs = tree.draft_probs
-        self.spec.extend(drafts)
-        self.spec_probs.extend(probs[i + 1] if probs is not None else None for i in range(len(drafts)))
-        self.o.counters.draft_s += time.perf_counter() - t0
-        self.o.counters.drafted += len(drafts)
-        if len(drafts) < m:
+        self.o.drafter_busy = True
+        restart, self.restart_from = self.restart_from, None
+        self.o.drafting.start(self.o.version, ctx, restart)
+
+    def _drafted(self, event: Drafted) -> None:
+        self.o.drafter_busy = False
+        self.o.counters.draft_s += event.seconds
+        if event.version != self.o.version:
+            return  # drafted after speculation that a rejection has since discarded
+        self.spec.extend(event.tokens)
+        self.spec_probs.extend(event.probs)
+        self.o.counters.drafted += len(event.tokens)
+        if len(event.tokens) < event.asked:
             self.stalled = True
 
     # -- dispatching ----------------------------------------------------------------------------
@@ -277,7 +298,7 @@ class _Run:
 
     def _deadline_in(self) -> Optional[float]:
         if not self.o.assigned:
-            return 1.0  # nothing in flight: only a bug could leave us here; poll, never hang
+            return None if self.o.drafter_busy else 1.0  # (1.0: nothing in flight; never hang)
         oldest = min(job.sent_at for job in self.o.assigned.values())
         return max(0.0, oldest + self.o.job_timeout - time.monotonic())
 
@@ -288,6 +309,12 @@ class _Run:
                 self._fail(worker, f"no reply within {self.o.job_timeout:g} s (hung)")
 
     def _apply(self, event: Event) -> None:
+        if isinstance(event, BaseException):  # the drafter failed
+            self.o.drafter_busy = False
+            raise event
+        if isinstance(event, Drafted):
+            self._drafted(event)
+            return
         if isinstance(event, Failure):
             self._fail(event.worker, event.reason)
             return
@@ -334,10 +361,8 @@ class _Run:
                 self.o.counters.jobs_cancelled += sum(1 for j in self.jobs if j.worker is not None)
                 self.jobs.clear()
                 self.spec, self.spec_probs, self.stalled = [], [], False
-                if self.finish is None:
-                    # drafters expect their context to only grow (pld's index does): tell them the
-                    # speculation was rolled back, as if a request started from the committed text
-                    self.o.drafter.begin(list(self.committed))
+                self.o.version += 1
+                self.restart_from = list(self.committed)
             else:
                 del self.spec[:len(new)], self.spec_probs[:len(new)]
                 for later in self.jobs:

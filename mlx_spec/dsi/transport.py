@@ -90,6 +90,9 @@ class RingPool:
     def abandon(self, worker: int) -> None:
         self.abandoned.add(worker)
 
+    def post(self, event) -> None:
+        self.events.put(event)
+
     def close(self, timeout: float = 5.0) -> None:
         """Ask every live worker to stop and wait for their acknowledgements."""
         for worker in self.worker_ids:
