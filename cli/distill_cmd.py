@@ -23,9 +23,10 @@ def register(app: typer.Typer) -> None:
         continuation: int = typer.Option(96, min=8, help="Target tokens generated per context."),
         gen_batch: int = typer.Option(64, min=1, help="Contexts per batched target forward."),
         temp: float = typer.Option(0.0, "--temp", help="Sampling temperature of the continuations (0 = greedy)."),
-        exit_dim: int = typer.Option(512, min=8, help="Width of the head's residual blocks."),
-        layers: int = typer.Option(1, min=0, help="Residual blocks (num_draft_layers)."),
-        draft_steps: int = typer.Option(5, min=1, help="Draft steps trained (beam length up to this + 1)."),
+        exit_dim: int = typer.Option(256, min=8, help="Width of the head's residual blocks."),
+        layers: int = typer.Option(2, min=0, help="Residual blocks (num_draft_layers)."),
+        draft_steps: int = typer.Option(6, min=1, help="Draft steps trained (beam length up to this + 1)."),
+        init_head: Optional[Path] = typer.Option(None, help="Fine-tune this head folder instead of starting fresh."),
         steps: int = typer.Option(400, min=1, help="Optimizer steps."),
         batch_size: int = typer.Option(8, min=1, help="Sequences per optimizer step."),
         learning_rate: float = typer.Option(1e-3),
@@ -43,7 +44,8 @@ def register(app: typer.Typer) -> None:
                            temperature=temp, seed=seed)
         heldout = DataOptions(contexts=heldout_contexts, continuation=continuation,
                               batch=min(gen_batch, heldout_contexts), temperature=temp, seed=seed + 1)
-        head = HeadOptions(exit_dim=exit_dim, num_draft_layers=layers, draft_steps=draft_steps)
+        head = HeadOptions(exit_dim=exit_dim, num_draft_layers=layers, draft_steps=draft_steps,
+                           init_from=str(init_head) if init_head else None)
         train = TrainOptions(steps=steps, batch_size=batch_size, seq_len=continuation,
                              learning_rate=learning_rate, warmup_steps=min(20, steps // 10 + 1),
                              save_every=25, seed=seed)

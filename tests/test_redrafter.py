@@ -43,19 +43,25 @@ def exhaustive_scores(drafter, embed, context, root, length, top_k=50) -> dict:
     return dict(zip(map(tuple, drafts.tolist()), np.array(score).tolist()))
 
 
-@pytest.mark.parametrize("vocab,length,width,exact", [
+EXHAUSTIVE_CASES = [
     (6, 3, 6, True),    # every first token survives, so step two ranks all 36 drafts
     (3, 4, 9, True),    # every 2-token prefix survives, so step three ranks all 27
-    (6, 5, 4, True),    # token-independent states (W = 0): scores add up per step, so it is exact
     (5, 4, 3, False),   # pruning may drop the best draft; scores must still be right
+]
+HEADS = [(True, 12), (False, 16)]  # RNN state + input_proj; summed embeddings, no input_proj
+
+
+@pytest.mark.parametrize("vocab,length,width,exact,rnn,exit_dim", [
+    *[case + head for case in EXHAUSTIVE_CASES for head in HEADS],
+    (6, 5, 4, True, True, 12),  # token-independent RNN states (W = 0): scores add up, exact
 ])
-def test_beam_search_returns_the_top_sequences(vocab, length, width, exact):
-    drafter, embed = toy_drafter(vocab=vocab, seed=vocab + length)
+def test_beam_search_returns_the_top_sequences(vocab, length, width, exact, rnn, exit_dim):
+    drafter, embed = toy_drafter(vocab=vocab, seed=vocab + length, rnn=rnn, exit_dim=exit_dim)
     if length == 5:
         drafter.rnn_w.weight = mx.zeros_like(drafter.rnn_w.weight)
     contexts = mx.random.normal((2, 8))
     roots = mx.array([1, 2])
-    beams = beam_search(drafter, embed, contexts, roots, width, length)
+    beams = beam_search(drafter, embed, contexts, roots, width, length, keep_distributions=True)
     tokens, scores = np.array(beams.tokens), np.array(beams.scores)
     assert tokens.shape == (2, width, length)
     for b in range(2):

@@ -9,6 +9,7 @@ and top-k warped as in the reference before the log-softmax.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import mlx.core as mx
 
@@ -25,9 +26,13 @@ def warp_top_k(logits: mx.array, top_k: int = 50, mask_value: float = LOG_0) -> 
     return mx.where(logits < kth, mask_value, logits)
 
 
-def draft_log_probs(drafter, context: mx.array, state: mx.array, top_k: int) -> mx.array:
-    logits = warp_top_k(drafter(context, state).astype(mx.float32), top_k)
+def warped_log_probs(logits: mx.array, top_k: int) -> mx.array:
+    logits = warp_top_k(logits.astype(mx.float32), top_k)
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def draft_log_probs(drafter, context: mx.array, state: mx.array, top_k: int) -> mx.array:
+    return warped_log_probs(drafter(context, state), top_k)
 
 
 @dataclass
@@ -35,7 +40,7 @@ class Beams:
     tokens: mx.array           # [B, W, L] int32: root then L-1 draft tokens, best beam first
     scores: mx.array           # [B, W] log P(beam) under the head
     token_log_probs: mx.array  # [B, W, L-1] log-probability of each draft token
-    log_probs: mx.array        # [B, W, L-1, V] the head's (warped) distribution at each step
+    log_probs: Optional[mx.array] = None  # [B, W, L-1, V] the head's warped distributions
 
 
 def _top(scores: mx.array, k: int) -> tuple[mx.array, mx.array]:
@@ -56,28 +61,35 @@ def _pick(x: mx.array, parent: mx.array) -> mx.array:
 
 
 def beam_search(drafter, embed, context: mx.array, root: mx.array, width: int, length: int,
-                top_k: int = 50) -> Beams:
+                top_k: int = 50, keep_distributions: bool = False,
+                tables: Optional[dict] = None) -> Beams:
     """context: [B, D] target hidden states; root: [B] tokens the target chose from them;
-    embed: the target's token embedding (a callable). Returns lazy arrays."""
+    embed: the target's token embedding (a callable); tables: drafter.drafting_tables(embed),
+    made once per head (made here when absent). Returns lazy arrays; the full per-step
+    distributions only with keep_distributions (they cost a gather per step and beam)."""
     if width < 1 or length < 2:
         raise ValueError("beam search needs width >= 1 and length >= 2")
+    if tables is None:
+        tables = drafter.drafting_tables(embed)
     batch = root.shape[0]
-    context = mx.broadcast_to(context[:, None, :], (batch, width, context.shape[-1]))
+    features = drafter.context_features(context.astype(mx.float32), tables)[:, None, :]
     tokens = mx.broadcast_to(root.astype(mx.int32)[:, None, None], (batch, width, 1))
     scores = mx.broadcast_to(mx.array([0.0] + [LOG_0] * (width - 1)), (batch, width))
-    state = mx.zeros(context.shape, dtype=context.dtype)
-    step_log_probs = []
+    state = mx.zeros((batch, width, drafter.config.hidden_size))
+    features = mx.broadcast_to(features, (batch, width, features.shape[-1]))
+    chosen, distributions = [], []
     for _ in range(length - 1):
-        state = drafter.next_state(state, embed(tokens[..., -1]).astype(context.dtype))
-        log_p = draft_log_probs(drafter, context, state, top_k)          # [B, W, V]
+        state = drafter.state_from_token(state, tokens[..., -1], embed, tables)
+        log_p = warped_log_probs(drafter.logits_from_features(features, state, tables), top_k)
         vocab = log_p.shape[-1]
         flat = (log_p + scores[..., None]).reshape(batch, width * vocab)
-        index, scores = _top(flat, width)
+        index, new_scores = _top(flat, width)
         parent, token = index // vocab, (index % vocab).astype(mx.int32)
         tokens = mx.concatenate([_pick(tokens, parent), token[..., None]], axis=-1)
         state = _pick(state, parent)
-        log_p = _pick(log_p, parent)
-        step_log_probs = [_pick(x, parent) for x in step_log_probs] + [log_p]
-    log_probs = mx.stack(step_log_probs, axis=2)
-    chosen = mx.take_along_axis(log_probs, tokens[..., 1:, None], axis=-1)[..., 0]
-    return Beams(tokens=tokens, scores=scores, token_log_probs=chosen, log_probs=log_probs)
+        chosen = [_pick(x, parent) for x in chosen] + [new_scores - _pick(scores, parent)]
+        scores = new_scores
+        if keep_distributions:
+            distributions = [_pick(x, parent) for x in distributions] + [_pick(log_p, parent)]
+    return Beams(tokens=tokens, scores=scores, token_log_probs=mx.stack(chosen, axis=-1),
+                 log_probs=mx.stack(distributions, axis=2) if keep_distributions else None)

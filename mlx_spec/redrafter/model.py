@@ -87,9 +87,43 @@ class RecurrentDrafter(nn.Module):
         z = mx.concatenate([context, state], axis=-1)
         if self.config.has_input_proj:
             z = self.input_proj(z)
+        return self._blocks(z)
+
+    def _blocks(self, z: mx.array) -> mx.array:
         for layer in self.lm_head:
             z = layer(z)
         return z
+
+    # -- the same function, split for drafting: what is constant over a beam search is computed
+    # -- once (the context's share of input_proj, W e(x) for every token), not once per step
+    def drafting_tables(self, embed) -> dict:
+        """Per-head constants for drafting with the target's embedding `embed`."""
+        d = self.config.hidden_size
+        tables = {}
+        if self.config.has_input_proj:
+            weight = self.input_proj.weight
+            tables["proj_context"] = mx.contiguous(weight[:, :d].T)
+            tables["proj_state"] = mx.contiguous(weight[:, d:].T)
+        vocab = self.config.vocab_size
+        if self.config.rnn and vocab * d <= (1 << 25):  # <= 128 MB in fp32: a table of W e(x)
+            tables["token_input"] = self.rnn_w(embed(mx.arange(vocab)).astype(mx.float32))
+        mx.eval(tables)
+        return tables
+
+    def context_features(self, context: mx.array, tables: dict) -> mx.array:
+        if "proj_context" in tables:
+            return context @ tables["proj_context"] + self.input_proj.bias
+        return context
+
+    def state_from_token(self, state: mx.array, tokens: mx.array, embed, tables: dict) -> mx.array:
+        if "token_input" in tables:
+            return nn.silu(tables["token_input"][tokens] + self.rnn_u(state))
+        return self.next_state(state, embed(tokens).astype(state.dtype))
+
+    def logits_from_features(self, features: mx.array, state: mx.array, tables: dict) -> mx.array:
+        if "proj_state" in tables:
+            return self._blocks(features + state @ tables["proj_state"])
+        return self._blocks(mx.concatenate([features, state], axis=-1))
 
 
 def save_drafter(drafter: RecurrentDrafter, folder: Path, dtype=mx.float16,

@@ -16,8 +16,11 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+
+from ..errors import MlxSpecError
 
 from .distill_data import DataOptions, data_folder, generate_data, story_token_lists
 from .lm import Checkpoint, TrainOptions, count_parameters, learning_rate_schedule
@@ -25,30 +28,44 @@ from .lm import Checkpoint, TrainOptions, count_parameters, learning_rate_schedu
 
 @dataclass
 class HeadOptions:
-    exit_dim: int = 512
-    num_draft_layers: int = 1
+    exit_dim: int = 256             # 256 drafts ~2x faster than 512 on a 2-core CPU (measured)
+    num_draft_layers: int = 2
     rnn: bool = True
-    draft_steps: int = 5            # K: trained for beams of length up to K + 1
-    init_from_target_head: bool = True  # start the vocabulary projection from the target's
+    draft_steps: int = 6            # K: trained for beams of length up to K + 1
+    init_from_target_head: bool = True  # start from a rank-exit_dim factor of the target's head
+    init_from: Optional[str] = None     # or from a trained head folder (fine-tuning)
 
 
 def build_head(target_model, options: HeadOptions):
     import mlx.core as mx
 
-    from ..redrafter import DrafterConfig, RecurrentDrafter
+    from ..redrafter import DrafterConfig, RecurrentDrafter, load_drafter
     from ..redrafter.target_io import token_embedding
 
     embed = token_embedding(target_model)
     vocab, hidden = embed.weight.shape
+    if options.init_from:
+        head = load_drafter(options.init_from)
+        if (head.config.vocab_size, head.config.hidden_size) != (vocab, hidden):
+            raise MlxSpecError(f"{options.init_from} was made for another target (vocab "
+                               f"{head.config.vocab_size}, hidden {head.config.hidden_size})")
+        return head
     head = RecurrentDrafter(DrafterConfig(vocab_size=vocab, hidden_size=hidden,
                                           exit_dim=options.exit_dim,
                                           num_draft_layers=options.num_draft_layers,
                                           rnn=options.rnn))
     projection = getattr(target_model, "lm_head", None)
     weight = projection.weight if projection is not None else embed.weight
-    if options.init_from_target_head and options.exit_dim == hidden and weight.dtype == mx.float32:
-        # the target's own vocabulary projection: the head starts knowing the token geometry
-        head.lm_head[-1].weight = mx.array(weight)
+    rank = options.exit_dim
+    if options.init_from_target_head and head.config.has_input_proj and rank <= hidden \
+            and weight.dtype == mx.float32:
+        # the head starts as the target's own vocabulary projection through a rank-`rank`
+        # bottleneck (W ~ U S V^T): it knows the token geometry before it learns to look ahead
+        u, s, vt = np.linalg.svd(np.array(weight), full_matrices=False)
+        head.lm_head[-1].weight = mx.array(u[:, :rank] * s[:rank])
+        projection_in = np.array(head.input_proj.weight)
+        projection_in[:, :hidden] = vt[:rank]
+        head.input_proj.weight = mx.array(projection_in)
     mx.eval(head.parameters())
     return head
 
