@@ -193,6 +193,10 @@ def simulated_acceptance(head, embed, data: dict, width: int, length: int, posit
     return float(1.0 + accepted.mean())
 
 
+# (width, length) pairs whose greedy acceptance is simulated on held-out data after training
+EVAL_BEAMS = ((1, 4), (1, 5), (1, 6), (1, 7), (2, 5), (2, 6), (2, 7), (4, 5), (4, 6), (8, 6))
+
+
 @dataclass
 class DistillPaths:
     out: Path
@@ -201,7 +205,7 @@ class DistillPaths:
 
 def distill(target_path: str | None, text: Path, cased: Path | None, paths: DistillPaths,
             data_options: DataOptions, heldout_options: DataOptions, head_options: HeadOptions,
-            train_options: TrainOptions, eval_beams=((1, 4), (2, 5), (4, 5), (4, 6), (8, 6)),
+            train_options: TrainOptions, eval_beams=EVAL_BEAMS,
             log=print) -> dict:
     import mlx.core as mx
 
