@@ -149,12 +149,16 @@ def test_greedy_equals_ar_on_random_models(random_models, tmp_path, arch):
     head = random_head_for(model, tmp_path / "head")
     for prompt in PROMPTS:
         ar = mlx_spec.generate(model, prompt, method="ar", max_tokens=40, raw=True)
-        for width, length in [(1, 2), (4, 4), (8, 3)]:
+        drafted = {}
+        for width, length, min_prob in [(1, 2, 0), (4, 4, 0), (8, 3, 0), (4, 4, 0.02)]:
             result = mlx_spec.generate(model, prompt, method="redrafter", max_tokens=40, raw=True,
-                                       head=head, beam_width=width, beam_length=length)
+                                       head=head, beam_width=width, beam_length=length,
+                                       min_prob=min_prob)
             assert result.token_ids == ar.token_ids, (arch, prompt, width, length)
             assert result.stats.target_calls <= len(ar.token_ids) + 1
             assert result.stats.drafted_tokens > 0
+            drafted[width, length, min_prob] = result.stats.drafted_tokens
+        assert drafted[4, 4, 0.02] < drafted[4, 4, 0]  # pruning unlikely beams shrinks the trees
 
 
 def test_near_the_token_limit_the_tree_fits(random_models, tmp_path):

@@ -4,8 +4,9 @@ Teacher forcing over the head's K draft steps, as in the reference trainer: at c
 position j the head sees the target's hidden state h_j and, at step k, the RNN state after the
 embeddings of tokens j+1 .. j+k; it is scored on token j+k+1. The loss is the sum over steps of the
 mean cross-entropy (positions after EOS masked). AdamW with warm-up + cosine and atomic,
-resumable checkpoints come from train/lm.py. At the end the head is scored on held-out stories: top-1
-accuracy per step and the acceptance a beam search would get against the target's own greedy text.
+resumable checkpoints come from train/lm.py. At the end the head is scored on held-out stories:
+top-1 accuracy per step and the acceptance a beam search would get against the target's own
+greedy text.
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ def simulated_acceptance(head, embed, data: dict, width: int, length: int, posit
                         mx.array(tokens[rows, cols + 1]), width, length, top_k)
     drafts = np.array(beams.tokens[:, :, 1:])
     truth = np.stack([tokens[r, c + 2:c + length + 1] for r, c in zip(rows, cols)])
-    valid = np.array([[c + 2 + i < lengths[r] for i in range(length - 1)] for r, c in zip(rows, cols)])
+    valid = (cols[:, None] + 2 + np.arange(length - 1)[None]) < lengths[rows][:, None]
     match = (drafts == truth[:, None, :]) & valid[:, None, :]
     accepted = np.cumprod(match, axis=-1).sum(-1).max(-1)
     return float(1.0 + accepted.mean())

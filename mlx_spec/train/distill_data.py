@@ -144,4 +144,5 @@ def generate_data(model, stories: list[list[int]], folder: Path, options: DataOp
 
 def load_shards(folder: Path, count: int) -> dict:
     parts = [np.load(folder / f"shard-{i:05d}.npz") for i in range(count)]
-    return {name: np.concatenate([p[name] for p in parts]) for name in ("tokens", "hidden", "lengths")}
+    names = ("tokens", "hidden", "lengths")
+    return {name: np.concatenate([p[name] for p in parts]) for name in names}
