@@ -1,0 +1,220 @@
+"""A multi-turn conversation with one model, whose KV cache is reused from turn to turn.
+
+Each turn's prompt tokens are the previous turn's prompt tokens, then the reply's own token ids,
+then only the new text encoded: so the Decoder (which keeps the longest cached prefix) prefills
+just the new tokens. Re-encoding the whole conversation text instead would not do: a reply's text
+does not always encode back to the ids the model produced, and one changed id early on would force
+a prefill from there.
+
+With a chat template, the new text is what the template adds after the last reply (end of turn,
+the user's message, the assistant header). Without one (the embedded story model) the conversation
+is plain text continued by each message. When the conversation no longer fits the model's context,
+the oldest turns are dropped with a note, and the prompt is encoded afresh.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from . import drafters
+from .api import GenerationChunk, encode_prompt, stream_generate
+from .app import CANCELLED, DecoderPool
+from .engine import Decoder, _common_prefix
+from .errors import MlxSpecError
+from .loading import SpecModel
+from .sampling import SamplingParams
+
+
+@dataclass
+class TurnStats:
+    method: str
+    prompt_tokens: int        # the whole conversation sent this turn
+    prefilled_tokens: int     # of which not already in the KV cache
+    generated_tokens: int
+    target_calls: int
+    mean_accepted: float
+    tokens_per_s: float
+    finish_reason: Optional[str]
+
+
+def _ends_with_space(text: str) -> bool:
+    return not text or text[-1].isspace()
+
+
+class ChatSession:
+    def __init__(self, model: SpecModel, method: str = "pld", temperature: float = 0.0,
+                 max_tokens: int = 256, seed: Optional[int] = None, system: Optional[str] = None,
+                 method_options: Optional[dict] = None, on_note: Callable[[str], None] = print):
+        if max_tokens < 1:
+            raise MlxSpecError(f"max_tokens must be >= 1, got {max_tokens}")
+        self.model = model
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.system = system
+        self.on_note = on_note
+        self.uses_template = bool(getattr(model.tokenizer, "chat_template", None))
+        self.decoders = DecoderPool(model)
+        self.method_options: dict[str, dict] = {}
+        self.temperature = 0.0
+        self.set_temperature(temperature)
+        self.method = ""
+        self.set_method(method, **(method_options or {}))
+        self.reset()
+
+    # -- settings ------------------------------------------------------------------------------
+    def set_method(self, method: str, **options) -> None:
+        """Switch method (its decoder is made now, so bad options fail here); the conversation's
+        KV cache carries over, and the drafter left behind keeps its state."""
+        drafters.check_name(method)
+        if options:
+            self.method_options[method] = options
+        self.decoders.get(method, **self.method_options.get(method, {}))
+        self.method = method
+
+    def set_temperature(self, temperature: float) -> None:
+        SamplingParams(temperature=temperature)  # validates
+        self.temperature = float(temperature)
+
+    @property
+    def decoder(self) -> Decoder:
+        return self.decoders.get(self.method, **self.method_options.get(self.method, {}))
+
+    def reset(self) -> None:
+        """Forget the conversation and release every cache (KV caches and drafter state)."""
+        self.decoders.clear()
+        self.messages: list[dict] = []
+        self.turns: list[TurnStats] = []
+        self._tokens: list[int] = []   # the conversation so far: last prompt + reply ids
+        self._rendered = ""            # with a template: the text those tokens stand for
+
+    # -- a turn --------------------------------------------------------------------------------
+    def send(self, text: str) -> Iterator[GenerationChunk]:
+        """Add a user message and return the reply's stream. The prompt is built now (an
+        over-long message raises MlxSpecError here); decoding runs as the stream is read, on
+        whichever thread reads it. The reply joins the history when the stream ends or is closed
+        (a stopped reply is kept as far as it got)."""
+        if not text.strip():
+            raise MlxSpecError("the message is empty")
+        prompt, rendered, kept = self._prompt_for(text)
+        return self._reply(text, prompt, rendered, kept)
+
+    def _reply(self, text: str, prompt: list[int], rendered: str,
+               kept: int) -> Iterator[GenerationChunk]:
+        decoder = self.decoder
+        if decoder.target.offset != len(decoder.cached_tokens):
+            decoder.reset()  # a step was cut short (Ctrl-C on the decoding thread): start clean
+        reused = _common_prefix(decoder.cached_tokens, prompt[:-1])
+        seed = None if self.seed is None else self.seed + len(self.turns)
+        parts, ids, last = [], [], None
+        failed = False
+        try:
+            for chunk in stream_generate(self.model, prompt, method=self.method, decoder=decoder,
+                                         max_tokens=self.max_tokens, temperature=self.temperature,
+                                         seed=seed):
+                parts.append(chunk.text)
+                ids.extend(chunk.token_ids)
+                last = chunk
+                yield chunk
+        except Exception:
+            failed = True  # nothing is recorded; the conversation stays as it was
+            raise
+        finally:
+            if not failed:
+                reply = "".join(parts)
+                finish = last.finish_reason if last is not None and last.finish_reason else CANCELLED
+                self.messages = self.messages[len(self.messages) - kept:] + [
+                    {"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+                self._tokens = prompt + ids
+                self._rendered = rendered + reply
+                stats = last.stats if last is not None else None
+                self.turns.append(TurnStats(
+                    method=self.method, prompt_tokens=len(prompt),
+                    prefilled_tokens=len(prompt) - 1 - reused,
+                    generated_tokens=stats.generated_tokens if stats else 0,
+                    target_calls=stats.target_calls if stats else 0,
+                    mean_accepted=stats.mean_accepted if stats else 0.0,
+                    tokens_per_s=stats.tokens_per_s if stats else 0.0,
+                    finish_reason=finish))
+
+    # -- prompt building ---------------------------------------------------------------------------
+    def _prompt_for(self, text: str) -> tuple[list[int], str, int]:
+        """(prompt tokens, rendered text, how many past messages it keeps) for the conversation
+        plus `text`, dropping the oldest turns until it fits the context."""
+        user = {"role": "user", "content": text}
+        built = self._extend(user) if self.messages else None
+        history = self.messages
+        if built is None:
+            built = self._encode(history + [user])
+        limit = self._prompt_limit()
+        while limit is not None and len(built[0]) > limit and len(history) >= 2:
+            history = history[2:]
+            built = self._encode(history + [user])
+        if limit is not None and len(built[0]) > limit:
+            raise MlxSpecError(f"the message makes a prompt of {len(built[0])} tokens; with room "
+                               f"for the reply the model's context allows {limit}")
+        dropped = (len(self.messages) - len(history)) // 2
+        if dropped:
+            self.on_note(f"dropped the {dropped} oldest turn{'s' * (dropped > 1)} to fit the "
+                         f"model's context of {self.model.context_length} tokens")
+        return built[0], built[1], len(history)
+
+    def _prompt_limit(self) -> Optional[int]:
+        """Most prompt tokens: the context less room for a full reply (at most half of it)."""
+        context = self.model.context_length
+        if not context:
+            return None
+        return context - min(self.max_tokens, context // 2)
+
+    def _system(self) -> list[dict]:
+        return [{"role": "system", "content": self.system}] if self.system else []
+
+    def _render(self, messages: list[dict]) -> str:
+        return self.model.tokenizer.apply_chat_template(
+            self._system() + messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode(self, messages: list[dict]) -> tuple[list[int], str]:
+        """The whole conversation encoded afresh."""
+        if self.uses_template:
+            rendered = self._render(messages)
+        else:
+            rendered = self.system or ""
+            for message in messages:
+                rendered = self._continue_text(rendered, message["content"])
+        return encode_prompt(self.model, rendered, raw=True), rendered
+
+    def _extend(self, user: dict) -> Optional[tuple[list[int], str]]:
+        """The previous tokens plus the new text only; None when the template rewrote history."""
+        if self.uses_template:
+            rendered = self._render(self.messages + [user])
+            if not rendered.startswith(self._rendered):
+                return None
+        else:
+            rendered = self._continue_text(self._rendered, user["content"])
+        new_text = rendered[len(self._rendered):]
+        new = self.model.tokenizer.encode(new_text, add_special_tokens=False)
+        return self._tokens + list(new), rendered
+
+    @staticmethod
+    def _continue_text(before: str, text: str) -> str:
+        """Plain continuation: a message follows the text, with a space between words."""
+        if _ends_with_space(before) or text[:1].isspace():
+            return before + text
+        return before + " " + text
+
+    # -- reports -------------------------------------------------------------------------------
+    def transcript(self) -> dict:
+        return {"model": self.model.path, "chat_template": self.uses_template,
+                "system": self.system, "method": self.method, "temperature": self.temperature,
+                "max_tokens": self.max_tokens, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "messages": list(self.messages), "turns": [asdict(t) for t in self.turns]}
+
+    def save(self, path: str) -> Path:
+        target = Path(path).expanduser()
+        try:
+            target.write_text(json.dumps(self.transcript(), indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise MlxSpecError(f"cannot write {target}: {exc.strerror or exc}") from None
+        return target
