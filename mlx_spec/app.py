@@ -13,9 +13,12 @@ so the target's KV cache (a shared prompt prefix is not prefilled again) and the
 """
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from typing import Iterable, Iterator, Optional, Sequence, Union
+
+import mlx.core as mx
 
 from . import drafters
 from .api import GenerationChunk, GenerationResult, collect, stream_generate
@@ -128,6 +131,16 @@ class Generation:
                 close()  # a stopped generator runs its cleanup now, on this thread
 
 
+_open_workers: set = set()
+
+
+@atexit.register
+def _close_open_workers() -> None:
+    """A Worker left open would end with the process, its MLX streams alive: stop it cleanly."""
+    for worker in list(_open_workers):
+        worker.close(cancel=True, timeout=10)
+
+
 class Worker:
     """One background thread that runs generations for one model, in submission order."""
 
@@ -137,8 +150,10 @@ class Worker:
         self.method_options = method_options
         self.decoders = DecoderPool(model)
         self._jobs: queue.Queue = queue.Queue()
+        self._current: Optional[Generation] = None
         self._thread = threading.Thread(target=self._serve, name="mlx-spec-worker", daemon=True)
         self._thread.start()
+        _open_workers.add(self)
 
     def submit(self, prompt: Union[str, Sequence[int]], method: Optional[str] = None,
                **generate_options) -> Generation:
@@ -160,10 +175,17 @@ class Worker:
         self._jobs.put((generation, chunks))
         return generation
 
-    def close(self, timeout: Optional[float] = None) -> None:
-        """Finish the queued generations, then stop the thread."""
+    def close(self, cancel: bool = False, timeout: Optional[float] = None) -> None:
+        """Finish (or with cancel=True, cancel) the queued generations, then stop the thread."""
+        if cancel:
+            with self._jobs.mutex:
+                pending = [job[0] for job in self._jobs.queue if job is not None]
+            for generation in pending + [self._current]:
+                if generation is not None:
+                    generation.cancel()
         self._jobs.put(None)
         self._thread.join(timeout)
+        _open_workers.discard(self)
 
     def __enter__(self) -> "Worker":
         return self
@@ -172,9 +194,14 @@ class Worker:
         self.close()
 
     def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            generation, chunks = job
-            generation._run(chunks)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                self._current, chunks = job
+                self._current._run(chunks)
+        finally:
+            # MLX needs a thread's streams destroyed before the thread ends, or the process may
+            # abort at exit ("terminate called without an active exception")
+            mx.clear_streams()
