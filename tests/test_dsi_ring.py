@@ -21,6 +21,18 @@ SCRIPT = textwrap.dedent('''
                                   draft_model=draft, lookahead=lookahead)
             report[f"{name}-{lookahead}"] = [r.token_ids == ar, r.stats.target_calls,
                                              r.stats.accepted_drafts, len(r.token_ids)]
+    # kill a worker process mid-generation: the other one finishes, still losslessly
+    from mlx_spec.dsi import launch
+    decoder = mlx_spec.make_decoder(model, "dsi", workers=2, draft_model=target, lookahead=2)
+    ids = []
+    chunks = mlx_spec.stream_generate(model, prompt, method="dsi", max_tokens=30, raw=True,
+                                      decoder=decoder)
+    for i, chunk in enumerate(chunks):
+        ids.extend(chunk.token_ids)
+        if i == 1:
+            launch._POOL.processes[0].kill()
+    orch = decoder.orchestrator
+    report["killed"] = [ids == ar, orch.live, len(orch.counters.failures), len(ids)]
     print("REPORT", json.dumps(report), flush=True)
 ''')
 
@@ -45,10 +57,15 @@ def test_two_worker_ring_run_is_lossless(tmp_path):
     assert process.returncode == 0 and lines, err[-2000:]
     import json
     report = json.loads(lines[-1][len("REPORT "):])
+    equal, live, failures, n = report.pop("killed")
+    assert equal and n == 30
+    assert live == [2] and failures == 1
+    assert "DSI worker 1 failed" in err
     for name, (equal, calls, accepted, n) in report.items():
         assert equal, name
         assert n == 30
-    # a drafter identical to the target has every draft accepted: few target jobs
-    assert report["same-4"][1] <= 30 // 5 + 2 and report["same-4"][2] >= 20
+    # a drafter identical to the target has its drafts accepted: far fewer jobs than tokens (how
+    # many drafts each job carries depends on timing: a job leaves early when nothing is in flight)
+    assert report["same-4"][1] <= 15 and report["same-4"][2] >= 15
     # a random drafter is rejected every time: one token per job, like autoregressive decoding
     assert report["other-4"][1] >= 25

@@ -45,13 +45,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _init_group(timeout: float):
+def _init_group(timeout: float, backend: str = "ring"):
     """mx.distributed.init blocks until every rank connects: run it with a deadline."""
     box = {}
 
     def target():
         try:
-            box["group"] = mx.distributed.init(backend="ring", strict=True)
+            box["group"] = mx.distributed.init(backend=backend, strict=True)
         except Exception as exc:  # noqa: BLE001  (reported below)
             box["error"] = exc
 
@@ -126,7 +126,8 @@ def get_pool(workers: int, model_path: str, kv_bits: Optional[int] = None,
                                f"{_POOL.model_path} ({_POOL.workers} workers); one pool per process")
         return _POOL
     if os.environ.get("MLX_RANK") is not None and os.environ.get("MLX_HOSTFILE"):
-        group = _init_group(connect_timeout)  # started by mlx.launch: the workers exist already
+        # started by mlx.launch: the workers exist already, and so may the group (any backend)
+        group = _init_group(connect_timeout, backend="any")
         if group.rank() != 0:
             raise MlxSpecError("the DSI orchestrator must be rank 0")
         _POOL = LocalPool(RingPool(group), [], model_path, None)

@@ -102,6 +102,8 @@ class DsiCounters:
     failures: list[str] = field(default_factory=list)
     draft_s: float = 0.0
     wait_s: float = 0.0
+    replies: int = 0            # results received (used or not) and their total round-trip time:
+    reply_s: float = 0.0        # the target latency as the orchestrator sees it (compute + messages)
 
 
 class Orchestrator:
@@ -322,6 +324,8 @@ class _Run:
         if job is None or job.id != event.job_id:
             return  # a reply from a worker already declared failed
         del self.o.assigned[event.worker]
+        self.o.counters.replies += 1
+        self.o.counters.reply_s += time.monotonic() - job.sent_at
         if any(j is job for j in self.jobs):
             job.result = (event.tokens, event.accepted)
         else:

@@ -16,7 +16,8 @@ import traceback
 import mlx_spec  # noqa: F401  (loads the optimized BLAS before mlx computes anything)
 import mlx.core as mx
 
-from .transport import ERROR, HEADER, JOB, RESULT, SHUTDOWN, decode_sampling
+from .transport import (ERROR, JOB, JOB_FIELDS, JOB_SIZE, REPLY_SIZE, RESULT,
+                        SHUTDOWN, decode_sampling, frame, unframe)
 from .verifier import Verifier
 
 ORCHESTRATOR = 0
@@ -31,25 +32,31 @@ def serve(group, verifier: Verifier) -> None:
     def send(values) -> None:
         mx.eval(mx.distributed.send(mx.array(values, dtype=mx.int32), ORCHESTRATOR, group=group))
 
+    def reply(fields, tokens=()) -> None:
+        message, rest = frame(list(fields), list(tokens), REPLY_SIZE)
+        send(message)
+        if rest is not None:
+            send(rest)
+
     while True:
-        header = recv((HEADER,), mx.int32).tolist()
-        kind, job_id, keep, n_tail, n_chain, vocab, seed = header[:7]
+        message = recv((JOB_SIZE,), mx.int32).tolist()
+        kind, job_id, keep, n_tail, n_chain, vocab, seed = message[:7]
         if kind == SHUTDOWN:  # acknowledge, so rank 0 stops receiving before the socket closes
-            send([SHUTDOWN, 0, 0, 0])
+            reply([SHUTDOWN, 0, 0, 0])
             return
         if kind != JOB:
             raise RuntimeError(f"unexpected message kind {kind}")
-        tail = recv((n_tail,), mx.int32).tolist()
+        fields, tail = unframe(message, JOB_FIELDS, n_tail,
+                               lambda length: recv((length,), mx.int32).tolist())
         probs = recv((n_chain, vocab), mx.float32) if vocab else None
         try:
-            tokens, accepted = verifier.run(keep, tail, n_chain, decode_sampling(header[7:11]),
+            tokens, accepted = verifier.run(keep, tail, n_chain, decode_sampling(fields[7:11]),
                                             seed, probs)
         except Exception:  # report, then stop: this worker's cache can no longer be trusted
             traceback.print_exc()
-            send([ERROR, job_id, 0, 0])
+            reply([ERROR, job_id, 0, 0])
             return
-        send([RESULT, job_id, len(tokens), accepted])
-        send(tokens)
+        reply([RESULT, job_id, len(tokens), accepted], tokens)
 
 
 def main(argv=None) -> int:
