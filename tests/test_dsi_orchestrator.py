@@ -173,8 +173,8 @@ def test_dead_worker_jobs_are_reissued():
 
 def test_hung_worker_times_out_and_jobs_are_reissued():
     told = []
-    pool = FakePool([0.001, 0.001], hang_after={2: 2})
-    out, orch = run(pool, OracleDrafter(wrong=lambda p: p % 9 == 4), job_timeout=0.3,
+    pool = FakePool([0.001, 0.001], hang_after={2: 0})  # worker 2 gets the second job, at once
+    out, orch = run(pool, OracleDrafter(wrong=lambda p: p % 9 == 4), job_timeout=1.0,
                     on_failure=lambda w, why: told.append(w))
     assert out == target_text((3, 5, 8), 60)
     assert told == [2] and orch.live == [1]
