@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Callable, List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .common import parse_method_options, stats_line, user_errors
@@ -36,7 +38,7 @@ class ChatRepl:
         session.on_note = self.note
 
     def note(self, text: str) -> None:
-        self.console.print(f"[dim]{text}[/]", highlight=False)
+        self.console.print(f"[dim]{escape(text)}[/]", highlight=False, soft_wrap=True)
 
     def run(self) -> int:
         mode = "chat template" if self.session.uses_template else "plain continuation (no chat template)"
@@ -101,7 +103,7 @@ class ChatRepl:
                 return None
 
     def error(self, text: str) -> None:
-        self.console.print(f"[bold red]error:[/] {text}", highlight=False)
+        self.console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
     # -- slash commands --------------------------------------------------------------------------
     def command(self, line: str) -> Optional[str]:
@@ -137,14 +139,23 @@ class ChatRepl:
         self.note(f"temperature {value}")
 
     def _stats(self, arg: str):
-        table = Table(title="this session", title_style="bold")
-        for column in ("turn", "method", "prompt", "prefilled", "tokens", "calls",
-                       "accepted/call", "tokens/s", "finish"):
+        table = Table(title="this session", title_style="bold", box=box.SIMPLE_HEAD)
+        for column in ("turn", "method", "prompt", "prefill", "tokens", "calls", "acc/call",
+                       "tok/s", "finish"):
             table.add_column(column, justify="left" if column in ("method", "finish") else "right")
         for i, t in enumerate(self.session.turns, 1):
             table.add_row(str(i), t.method, str(t.prompt_tokens), str(t.prefilled_tokens),
                           str(t.generated_tokens), str(t.target_calls), f"{t.mean_accepted:.2f}",
                           f"{t.tokens_per_s:.1f}", str(t.finish_reason))
+        turns = self.session.turns
+        if len(turns) > 1:
+            tokens, calls = sum(t.generated_tokens for t in turns), sum(t.target_calls for t in turns)
+            seconds = sum(t.generated_tokens / t.tokens_per_s for t in turns if t.tokens_per_s)
+            accepted = sum(t.mean_accepted * t.target_calls for t in turns)
+            table.add_section()
+            table.add_row("all", "", str(sum(t.prompt_tokens for t in turns)),
+                          str(sum(t.prefilled_tokens for t in turns)), str(tokens), str(calls),
+                          f"{accepted / max(1, calls):.2f}", f"{tokens / seconds if seconds else 0:.1f}", "")
         self.console.print(table)
 
     def _reset(self, arg: str):

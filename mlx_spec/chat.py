@@ -149,9 +149,12 @@ class ChatSession:
         if built is None:
             built = self._encode(history + [user])
         limit = self._prompt_limit()
-        while limit is not None and len(built[0]) > limit and len(history) >= 2:
-            history = history[2:]
-            built = self._encode(history + [user])
+        if limit is not None and len(built[0]) > limit:
+            # drop down to half the limit, not just under it: the turns that follow then extend
+            # the cache again for a while instead of each one prefilling the whole prompt
+            while len(built[0]) > limit // 2 and len(history) >= 2:
+                history = history[2:]
+                built = self._encode(history + [user])
         if limit is not None and len(built[0]) > limit:
             raise MlxSpecError(f"the message makes a prompt of {len(built[0])} tokens; with room "
                                f"for the reply the model's context allows {limit}")

@@ -247,12 +247,15 @@ def test_repl_commands(models, tmp_path):
     saved = tmp_path / "chat.json"
     code, out, session = run_repl(models["plain"], [
         "once upon a time", "/stats", "/method ar", "/temp 0.5", "/temp hot", "/method nope",
-        "/frobnicate", "the ball", f"/save {saved}", "/help", "/reset", "/stats", "/quit",
+        "/frobnicate", "the ball", "/stats", f"/save {saved}", "/save /no/such/dir/chat.json", "/method", "/help", "/reset", "/stats", "/quit",
         "never read"], max_tokens=8, seed=1)
     assert code == 0
     assert "plain continuation" in out
     assert out.count("accepted per target call") == 2 and "method pld" in out and "method ar" in out
-    assert "prefilled" in out and "error: unknown method 'nope'" in out
+    assert "prefill" in out and "error: unknown method 'nope'" in out
+    totals = [line.split() for line in out.splitlines() if line.strip().startswith("all ")]
+    assert len(totals) == 1 and totals[0][3] == "16"  # two turns of 8 tokens
+    assert "error: cannot write /no/such/dir/chat.json" in out and "usage: /method NAME" in out
     assert "error: unknown command /frobnicate" in out and "error: usage: /temp" in out
     assert "/method NAME" in out and "conversation cleared" in out
     assert session.temperature == 0.5 and session.method == "ar" and session.messages == []
