@@ -85,7 +85,8 @@ class ChatSession:
     def reset(self) -> None:
         """Forget the conversation and release every cache (KV caches and drafter state)."""
         self.decoders.clear()
-        self.messages: list[dict] = []
+        self.messages: list[dict] = []  # what the model sees: the turns that fit the context
+        self.log: list[dict] = []       # every message of the conversation, for the transcript
         self.turns: list[TurnStats] = []
         self._tokens: list[int] = []   # the conversation so far: last prompt + reply ids
         self._rendered = ""            # with a template: the text those tokens stand for
@@ -125,8 +126,9 @@ class ChatSession:
             if not failed:
                 reply = "".join(parts)
                 finish = last.finish_reason if last is not None and last.finish_reason else CANCELLED
-                self.messages = self.messages[len(self.messages) - kept:] + [
-                    {"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+                exchange = [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+                self.messages = self.messages[len(self.messages) - kept:] + exchange
+                self.log += exchange
                 self._tokens = prompt + ids
                 self._rendered = rendered + reply
                 stats = last.stats if last is not None else None
@@ -212,7 +214,8 @@ class ChatSession:
         return {"model": self.model.path, "chat_template": self.uses_template,
                 "system": self.system, "method": self.method, "temperature": self.temperature,
                 "max_tokens": self.max_tokens, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "messages": list(self.messages), "turns": [asdict(t) for t in self.turns]}
+                "messages": list(self.log), "in_context": len(self.messages),
+                "turns": [asdict(t) for t in self.turns]}
 
     def save(self, path: str) -> Path:
         target = Path(path).expanduser()

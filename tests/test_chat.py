@@ -147,6 +147,8 @@ def test_history_beyond_the_context_is_dropped_with_a_note(models):
         assert session.turns[-1].prompt_tokens <= 64 - 8
     assert notes and all("dropped the" in note and "64 tokens" in note for note in notes)
     assert len(session.messages) < 24 and session.messages[-2]["content"] == "lily found ball 11"
+    transcript = session.transcript()  # the transcript keeps every turn
+    assert len(transcript["messages"]) == 24 and transcript["in_context"] == len(session.messages)
     with pytest.raises(mlx_spec.MlxSpecError, match="context allows 56"):
         session.send("lily " * 80)
     assert reply(session, "still here") is not None  # the session goes on
