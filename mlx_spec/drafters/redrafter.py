@@ -83,6 +83,7 @@ class ReDrafter(Drafter):
         if self._pending is None or self._pending[0] != root or ctx.max_drafts < 1:
             return Tree.from_chain(root, [])
         _, tokens, log_probs = self._pending
+        mx.eval(tokens, log_probs)  # one evaluation of the shared graph (no-op if already done)
         branches = [beam[1:1 + self._kept(lp, best=i == 0, limit=ctx.max_drafts)]
                     for i, (beam, lp) in enumerate(zip(tokens.tolist(), log_probs.tolist()))]
         tree = Tree.from_branches(root, [b for b in branches if b])

@@ -138,7 +138,7 @@ def generate_data(model, stories: list[list[int]], folder: Path, options: DataOp
             tmp = shard.with_name(shard.stem + ".tmp.npz")
             np.savez(tmp, **arrays)
             tmp.rename(shard)
-            bar.update(i + 1, tokens=(i + 1) * options.batch * options.continuation)
+            bar.update(i + 1, ktokens=(i + 1) * options.batch * options.continuation / 1000)
     return load_shards(folder, count)
 
 
