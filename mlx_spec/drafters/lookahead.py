@@ -81,7 +81,7 @@ class Lookahead(Drafter):
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
                  decay: float = 0.9, adaptive: bool = True, verify_cost: float = 0.06,
-                 verify_overhead: float = 0.15,
+                 verify_overhead: float = 0.25,
                  warmup: Optional[str] = None, save_trie: Optional[str] = None):
         if decoding_length < 1 or branch_length < 1 or match_length < 1:
             raise ValueError("need decoding_length, branch_length and match_length >= 1")
