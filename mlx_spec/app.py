@@ -54,10 +54,12 @@ class DecoderPool:
         return decoder
 
     def clear(self) -> None:
-        """Drop every decoder: the KV cache and all drafter state are released."""
+        """Drop every decoder: the KV cache and all drafter state are released, and MLX's cache
+        of freed buffers is returned to the system."""
         self.target.reset()
         self._decoders.clear()
         self._active = None
+        mx.clear_cache()
 
 
 class Generation:

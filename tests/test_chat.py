@@ -4,6 +4,7 @@ import io
 import json
 import shutil
 
+import mlx.core as mx
 import pytest
 from mlx_lm import stream_generate as mlx_lm_stream_generate
 from mlx_lm.sample_utils import make_sampler
@@ -185,6 +186,7 @@ def test_method_switch_keeps_the_cache_and_reset_releases_it(models, prefilled):
     assert session.decoder is pld and pld.cached_tokens and ar.cached_tokens == []
     session.reset()
     assert session.messages == [] and session.turns == [] and pld.target.offset == 0
+    assert mx.get_cache_memory() == 0  # freed buffers went back to the system
     assert session.decoder is not pld  # decoders (and their drafters' state) are dropped too
     prefilled.clear()
     reply(session, "lily")
