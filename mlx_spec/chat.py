@@ -26,6 +26,7 @@ from .engine import Decoder, _common_prefix
 from .errors import MlxSpecError
 from .loading import SpecModel
 from .sampling import SamplingParams
+from .stats import GenerationStats
 
 
 @dataclass
@@ -110,7 +111,6 @@ class ChatSession:
         reused = _common_prefix(decoder.cached_tokens, prompt[:-1])
         seed = None if self.seed is None else self.seed + len(self.turns)
         parts, ids, last = [], [], None
-        failed = False
         try:
             for chunk in stream_generate(self.model, prompt, method=self.method, decoder=decoder,
                                          max_tokens=self.max_tokens, temperature=self.temperature,
@@ -120,26 +120,24 @@ class ChatSession:
                 last = chunk
                 yield chunk
         except Exception:
-            failed = True  # nothing is recorded; the conversation stays as it was
+            raise  # nothing is recorded; the conversation stays as it was
+        except BaseException:  # closed early (GeneratorExit) or Ctrl-C: keep the partial reply
+            self._record(text, "".join(parts), prompt, ids, rendered, kept, reused, last)
             raise
-        finally:
-            if not failed:
-                reply = "".join(parts)
-                finish = last.finish_reason if last is not None and last.finish_reason else CANCELLED
-                exchange = [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
-                self.messages = self.messages[len(self.messages) - kept:] + exchange
-                self.log += exchange
-                self._tokens = prompt + ids
-                self._rendered = rendered + reply
-                stats = last.stats if last is not None else None
-                self.turns.append(TurnStats(
-                    method=self.method, prompt_tokens=len(prompt),
-                    prefilled_tokens=len(prompt) - 1 - reused,
-                    generated_tokens=stats.generated_tokens if stats else 0,
-                    target_calls=stats.target_calls if stats else 0,
-                    mean_accepted=stats.mean_accepted if stats else 0.0,
-                    tokens_per_s=stats.tokens_per_s if stats else 0.0,
-                    finish_reason=finish))
+        self._record(text, "".join(parts), prompt, ids, rendered, kept, reused, last)
+
+    def _record(self, text, reply, prompt, ids, rendered, kept, reused, last) -> None:
+        exchange = [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        self.messages = self.messages[len(self.messages) - kept:] + exchange
+        self.log += exchange
+        self._tokens = prompt + ids
+        self._rendered = rendered + reply
+        stats = last.stats if last is not None else GenerationStats()
+        self.turns.append(TurnStats(
+            method=self.method, prompt_tokens=len(prompt), prefilled_tokens=len(prompt) - 1 - reused,
+            generated_tokens=stats.generated_tokens, target_calls=stats.target_calls,
+            mean_accepted=stats.mean_accepted, tokens_per_s=stats.tokens_per_s,
+            finish_reason=(last.finish_reason if last is not None else None) or CANCELLED))
 
     # -- prompt building ---------------------------------------------------------------------------
     def _prompt_for(self, text: str) -> tuple[list[int], str, int]:
