@@ -15,12 +15,11 @@ SCRIPT = textwrap.dedent('''
     prompt = "once upon a time there was"
     ar = mlx_spec.generate(model, prompt, method="ar", max_tokens=30, raw=True).token_ids
     report = {}
-    for name, draft in [("same", target), ("other", drafter)]:
-        for lookahead in (1, 4):
-            r = mlx_spec.generate(model, prompt, method="dsi", max_tokens=30, raw=True, workers=2,
-                                  draft_model=draft, lookahead=lookahead)
-            report[f"{name}-{lookahead}"] = [r.token_ids == ar, r.stats.target_calls,
-                                             r.stats.accepted_drafts, len(r.token_ids)]
+    for name, draft, lookahead in [("same", target, 4), ("other", drafter, 2)]:
+        r = mlx_spec.generate(model, prompt, method="dsi", max_tokens=30, raw=True, workers=2,
+                              draft_model=draft, lookahead=lookahead)
+        report[f"{name}-{lookahead}"] = [r.token_ids == ar, r.stats.target_calls,
+                                         r.stats.accepted_drafts, len(r.token_ids)]
     # kill a worker process mid-generation: the other one finishes, still losslessly
     from mlx_spec.dsi import launch
     decoder = mlx_spec.make_decoder(model, "dsi", workers=2, draft_model=target, lookahead=2)
@@ -46,7 +45,7 @@ def test_two_worker_ring_run_is_lossless(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
-        out, err = process.communicate(timeout=120)
+        out, err = process.communicate(timeout=240)  # generous: shared CI machines
     finally:
         if process.poll() is None:  # never leave the orchestrator (or its workers) behind
             import os
@@ -68,4 +67,4 @@ def test_two_worker_ring_run_is_lossless(tmp_path):
     # many drafts each job carries depends on timing: a job leaves early when nothing is in flight)
     assert report["same-4"][1] <= 15 and report["same-4"][2] >= 15
     # a random drafter is rejected every time: one token per job, like autoregressive decoding
-    assert report["other-4"][1] >= 25
+    assert report["other-2"][1] >= 25

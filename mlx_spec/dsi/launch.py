@@ -64,6 +64,24 @@ def _init_group(timeout: float, backend: str = "ring"):
                        + (f": {box['error']}" if "error" in box else ""))
 
 
+def _wait_ready(processes: list, timeout: float) -> None:
+    """Each worker prints one line when its imports are done and it is about to connect."""
+    from .worker import READY
+
+    def read(process, lines):
+        lines.append(process.stdout.readline().strip())
+
+    lines: list[str] = []
+    readers = [threading.Thread(target=read, args=(p, lines), daemon=True) for p in processes]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(timeout)
+    if len(lines) < len(processes) or any(line != READY for line in lines):
+        raise MlxSpecError(f"the DSI workers did not start within {timeout:g} s "
+                           "(see their messages above)")
+
+
 class LocalPool:
     """The ring pool plus the worker processes this process started (if any)."""
 
@@ -105,9 +123,11 @@ def _spawn(workers: int, model_path: str, kv_bits: Optional[int], connect_timeou
     threads = os.environ.get("OPENBLAS_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // workers))
     for rank in range(1, workers + 1):
         env = dict(os.environ, MLX_HOSTFILE=hostfile, MLX_RANK=str(rank), OPENBLAS_NUM_THREADS=threads)
-        processes.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
+        processes.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, text=True))
     os.environ["MLX_HOSTFILE"], os.environ["MLX_RANK"] = hostfile, "0"
     try:
+        _wait_ready(processes, connect_timeout)
         group = _init_group(connect_timeout)
     except BaseException:
         for process in processes:

@@ -21,6 +21,7 @@ from .transport import (ERROR, JOB, JOB_FIELDS, JOB_SIZE, REPLY_SIZE, RESULT,
 from .verifier import Verifier
 
 ORCHESTRATOR = 0
+READY = "mlxspec-dsi-worker-ready"
 
 
 def serve(group, verifier: Verifier) -> None:
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--kv-bits", type=int, default=None)
     args = parser.parse_args(argv)
+    # imports are done: tell the spawning process to connect now (the ring backend only retries a
+    # connection for a short while, and imports on a busy machine can take longer than that)
+    print(READY, flush=True)
     group = mx.distributed.init(backend="ring", strict=True)
     run_worker(group, args.model, args.kv_bits)
     return 0
