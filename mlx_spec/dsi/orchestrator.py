@@ -21,7 +21,8 @@ even with no drafts (then it is one autoregressive step), so the target never wa
 and the drafter runs beside the scheduler (drafting.py), one token per step, so a reply is acted on
 as soon as it arrives.
 
-Workers that fail (a lost connection or no reply within `job_timeout`) are dropped; their job goes
+Workers that fail (a lost connection, or no reply by a deadline: `job_timeout` at first, then 50x
+the mean reply time, at least `min_job_timeout`) are dropped; their job goes
 to another worker and `on_failure` tells the user. The pool interface (`submit`, `wait`,
 `abandon`) is all the transport must provide; tests drive it with in-process fakes.
 """
@@ -109,7 +110,7 @@ class DsiCounters:
 class Orchestrator:
     def __init__(self, pool: WorkerPool, drafter: Drafter, lookahead: int = 4,
                  job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None,
-                 draft_step: int = 1, drafting=None):
+                 draft_step: int = 1, drafting=None, min_job_timeout: float = 10.0):
         if lookahead < 1 or draft_step < 1:
             raise MlxSpecError(f"lookahead and draft_step must be >= 1, got {lookahead}, {draft_step}")
         self.pool, self.lookahead = pool, lookahead
@@ -117,7 +118,7 @@ class Orchestrator:
         # and waste little when a rejection makes the step in progress useless
         self.draft_step = draft_step
         self.drafting = drafting if drafting is not None else InlineDrafting(drafter, pool.post)
-        self.job_timeout = job_timeout
+        self.job_timeout, self.min_job_timeout = job_timeout, min(min_job_timeout, job_timeout)
         self.on_failure = on_failure
         self.live = list(pool.worker_ids)      # workers not known to have failed
         self.assigned: dict[int, Job] = {}      # worker -> the job it is computing (maybe cancelled)
@@ -125,6 +126,15 @@ class Orchestrator:
         self.drafter_busy = False
         self.version = 0                        # speculation version; a rejection starts a new one
         self.counters = DsiCounters()
+        self.replies, self.reply_s = 0, 0.0     # over this orchestrator's life (deadlines)
+
+    def reply_deadline(self) -> float:
+        """How long a worker may take before it is declared hung: `job_timeout` until replies
+        have been seen (the first jobs load models and prefill), then 50 times the mean reply
+        time, at least min_job_timeout, at most job_timeout."""
+        if self.replies < 5:
+            return self.job_timeout
+        return min(self.job_timeout, max(self.min_job_timeout, 50 * self.reply_s / self.replies))
 
     # -- public ---------------------------------------------------------------------------------
     def prefill(self, prompt: list[int], sampling: SamplingParams) -> None:
@@ -302,13 +312,14 @@ class _Run:
         if not self.o.assigned:
             return None if self.o.drafter_busy else 1.0  # (1.0: nothing in flight; never hang)
         oldest = min(job.sent_at for job in self.o.assigned.values())
-        return max(0.0, oldest + self.o.job_timeout - time.monotonic())
+        return max(0.0, oldest + self.o.reply_deadline() - time.monotonic())
 
     def _expire_hung_workers(self) -> None:
         now = time.monotonic()
         for worker, job in list(self.o.assigned.items()):
-            if now - job.sent_at > self.o.job_timeout:
-                self._fail(worker, f"no reply within {self.o.job_timeout:g} s (hung)")
+            deadline = self.o.reply_deadline()
+            if now - job.sent_at > deadline:
+                self._fail(worker, f"no reply within {deadline:.3g} s (hung)")
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, BaseException):  # the drafter failed
@@ -324,8 +335,11 @@ class _Run:
         if job is None or job.id != event.job_id:
             return  # a reply from a worker already declared failed
         del self.o.assigned[event.worker]
+        elapsed = time.monotonic() - job.sent_at
         self.o.counters.replies += 1
-        self.o.counters.reply_s += time.monotonic() - job.sent_at
+        self.o.counters.reply_s += elapsed
+        self.o.replies += 1
+        self.o.reply_s += elapsed
         if any(j is job for j in self.jobs):
             job.result = (event.tokens, event.accepted)
         else:
