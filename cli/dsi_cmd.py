@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, "--workers", help="Target workers."),
         overhead_ms: float = typer.Option(0.0, "--overhead-ms", help="Per-job messaging overhead (ms)."),
         tokens: int = typer.Option(3000, "--tokens", help="Tokens per simulated run."),
+        run_dsi: bool = typer.Option(False, "--run-dsi", help="With --model: also run dsi and compare."),
         paper_grid: bool = typer.Option(False, "--paper-grid", help="The paper's Figure 2 grid: best DSI speedups."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ):
@@ -75,6 +76,19 @@ def register(app: typer.Typer) -> None:
         if measured is not None:
             report["measured_tokens_per_s"] = {"ar": measured.ar_tokens_per_s,
                                                "si": measured.si_tokens_per_s}
+            if run_dsi:
+                from mlx_spec.dsi.measure import measure_dsi
+                from mlx_spec.dsi.simulator import simulate_dsi_time_per_token
+
+                dsi = measure_dsi(mlx_spec.load(model), prompt, max_tokens, setting.lookahead,
+                                  draft_model=draft_model, workers=workers)
+                report["measured_tokens_per_s"]["dsi"] = dsi.tokens_per_s
+                report["dsi_lossless"] = dsi.lossless
+                # the same scheduler with the target latency the run actually saw (on a shared
+                # machine the workers slow each other down, and messages cost time)
+                in_situ = Setting(**{**setting.__dict__, "target": dsi.reply_s, "target_per_token": 0.0})
+                report["dsi_reply_ms"] = dsi.reply_s * 1e3
+                report["tokens_per_s"]["dsi_in_situ"] = 1 / simulate_dsi_time_per_token(in_situ, tokens)
         if as_json:
             print(json.dumps(report))
             return
@@ -89,5 +103,10 @@ def register(app: typer.Typer) -> None:
                   f"{report['tokens_per_s'][key]:8.1f} tokens/s")
         print(f"  DSI vs SI {p.dsi_over_si:.2f}x, vs min(SI, non-SI) {p.dsi_over_best:.2f}x")
         if measured is not None:
-            print(f"  measured: ar {measured.ar_tokens_per_s:.1f} tokens/s, "
-                  f"SI {measured.si_tokens_per_s:.1f} tokens/s")
+            line = (f"  measured: ar {measured.ar_tokens_per_s:.1f} tokens/s, "
+                    f"SI {measured.si_tokens_per_s:.1f} tokens/s")
+            if "dsi" in report["measured_tokens_per_s"]:
+                line += (f", DSI {report['measured_tokens_per_s']['dsi']:.1f} tokens/s (lossless: "
+                         f"{report['dsi_lossless']}; mean job round trip {report['dsi_reply_ms']:.1f} ms"
+                         f" -> simulated {report['tokens_per_s']['dsi_in_situ']:.1f} tokens/s)")
+            print(line)

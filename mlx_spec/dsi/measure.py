@@ -27,10 +27,12 @@ def acceptance_rate(accepted_per_call: list[int], lookahead: int) -> float:
 
 def measure(model: SpecModel, prompt, max_tokens: int = 128, lookahead: int = 4,
             drafter: str = "draft", draft_model: Optional[str] = None, workers: int = 2) -> Measured:
-    ar = generate(model, prompt, method="ar", max_tokens=max_tokens).stats
     options = {"num_draft_tokens": lookahead}
     if draft_model is not None:
         options["draft_model"] = draft_model
+    for method, kwargs in (("ar", {}), (drafter, options)):  # warm-up: first calls set things up
+        generate(model, prompt, method=method, max_tokens=8, **kwargs)
+    ar = generate(model, prompt, method="ar", max_tokens=max_tokens).stats
     si = generate(model, prompt, method=drafter, max_tokens=max_tokens, **options).stats
     target = ar.verify_s / max(1, ar.target_calls)
     verify_chain = si.verify_s / max(1, si.target_calls)
@@ -41,3 +43,26 @@ def measure(model: SpecModel, prompt, max_tokens: int = 128, lookahead: int = 4,
                       acceptance=acceptance_rate(calls, lookahead), lookahead=lookahead,
                       workers=workers, target_per_token=per_token)
     return Measured(setting, ar.tokens_per_s, si.tokens_per_s)
+
+
+@dataclass
+class MeasuredDsi:
+    tokens_per_s: float
+    reply_s: float        # mean job round trip as the orchestrator saw it (compute + messages)
+    lossless: bool        # equal to `ar` token for token
+
+
+def measure_dsi(model: SpecModel, prompt, max_tokens: int = 128, lookahead: int = 4,
+                drafter: str = "draft", draft_model: Optional[str] = None,
+                workers: int = 2) -> MeasuredDsi:
+    from ..api import make_decoder
+
+    reference = generate(model, prompt, method="ar", max_tokens=max_tokens).token_ids
+    options = {"draft_model": draft_model} if draft_model is not None else {}
+    decoder = make_decoder(model, "dsi", workers=workers, lookahead=lookahead, drafter=drafter,
+                           **options)
+    generate(model, prompt, method="dsi", max_tokens=8, decoder=decoder)  # warm-up
+    result = generate(model, prompt, method="dsi", max_tokens=max_tokens, decoder=decoder)
+    counters = decoder.orchestrator.counters
+    return MeasuredDsi(result.stats.tokens_per_s, counters.reply_s / max(1, counters.replies),
+                       result.token_ids == reference)
