@@ -131,7 +131,10 @@ class ChatSession:
         self.messages = self.messages[len(self.messages) - kept:] + exchange
         self.log += exchange
         self._tokens = prompt + ids
-        self._rendered = rendered + reply
+        # plain text is what the tokens decode to: streamed text can differ at the seams (a
+        # sentencepiece detokenizer drops the first token's leading space)
+        self._rendered = (rendered + reply if self.uses_template else
+                          self.model.tokenizer.decode(self._tokens, skip_special_tokens=True))
         stats = last.stats if last is not None else GenerationStats()
         self.turns.append(TurnStats(
             method=self.method, prompt_tokens=len(prompt), prefilled_tokens=len(prompt) - 1 - reused,
