@@ -55,3 +55,24 @@ def test_paper_grid_reproduces_figure_2d():
 def test_acceptance_rate_estimate():
     # calls of lookahead 3: emitted tokens = accepted + 1; a rejection ends every call but full ones
     assert acceptance_rate([4, 4, 1, 2], 3) == pytest.approx(7 / 9)
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", "from mlx_spec.cli.app import main; main()", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_dsi_sim_command():
+    import json
+    proc = _cli("dsi-sim", "--target-ms", "20", "--drafter-ms", "2", "--acceptance", "0.8",
+                "--workers", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    ms = report["ms_per_token"]
+    assert ms["nonsi"] == pytest.approx(20.0)
+    assert ms["dsi"] < ms["si"] < ms["nonsi"]
+    assert 1 <= report["setting"]["lookahead"] <= 10
+    proc = _cli("dsi-sim", "--target-ms", "20")
+    assert proc.returncode == 1 and "--drafter-ms" in proc.stderr
