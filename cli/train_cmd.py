@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(600, min=1),
         batch_size: int = typer.Option(4, min=1),
         seq_len: int = typer.Option(512, min=8),
-        learning_rate: float = typer.Option(1.5e-3),
+        learning_rate: float = typer.Option(2e-3),
         seed: int = typer.Option(0),
         checkpoint_dir: Optional[Path] = typer.Option(None, help="Resumable checkpoints (default OUT.ckpt)."),
     ):
