@@ -67,12 +67,12 @@ def _cli(*args):
 def test_dsi_sim_command():
     import json
     proc = _cli("dsi-sim", "--target-ms", "20", "--drafter-ms", "2", "--acceptance", "0.8",
-                "--workers", "4", "--json")
+                "--workers", "4", "--lookahead", "3", "--tokens", "600", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     ms = report["ms_per_token"]
     assert ms["nonsi"] == pytest.approx(20.0)
     assert ms["dsi"] < ms["si"] < ms["nonsi"]
-    assert 1 <= report["setting"]["lookahead"] <= 10
+    assert report["setting"]["lookahead"] == 3
     proc = _cli("dsi-sim", "--target-ms", "20")
     assert proc.returncode == 1 and "--drafter-ms" in proc.stderr

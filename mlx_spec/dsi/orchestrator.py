@@ -225,9 +225,6 @@ class _Run:
     def _wants_drafts(self) -> bool:
         if self.stalled or self._room() <= 0:
             return False
-        available = len(self.spec) - self._next_first()
-        if available >= self.o.lookahead:
-            return False
         depth_cap = (self.o.lookahead + 1) * (len(self.o.live) + 1)
         return len(self.spec) < depth_cap
 
