@@ -20,8 +20,7 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from . import drafters
-from .api import GenerationChunk, GenerationResult, collect, stream_generate
+from .api import GenerationChunk, GenerationResult, collect, make_decoder, stream_generate
 from .engine import Decoder
 from .loading import SpecModel
 from .target import Target
@@ -31,10 +30,11 @@ _END = object()  # queue sentinel: the generation is over (its result or error i
 
 
 class DecoderPool:
-    """One Decoder per (method, options) for one model, made on first use and kept, so drafter
-    state (tries, draft-model caches) persists across requests. All share one Target, that is
-    one KV cache: the decoder asked for takes the cache over with what it holds, so a switch of
-    method does not prefill the conversation again."""
+    """One decoder per (method, options) for one model, made on first use and kept, so drafter
+    state (tries, draft-model caches) persists across requests. The engine's decoders all share
+    one Target, that is one KV cache: the decoder asked for takes the cache over with what it
+    holds, so a switch of method does not prefill the conversation again. (A decoder of another
+    kind, such as dsi's, keeps its own caches.)"""
 
     def __init__(self, model: SpecModel):
         self.model = model
@@ -46,17 +46,21 @@ class DecoderPool:
         key = (method, tuple(sorted(options.items())))
         decoder = self._decoders.get(key)
         if decoder is None:
-            decoder = Decoder(self.target, drafters.create(method, self.model, **options), method)
+            decoder = make_decoder(self.model, method, **options)
+            if isinstance(decoder, Decoder):
+                decoder.target = self.target
             self._decoders[key] = decoder
-        if self._active is not None and self._active is not decoder:
-            decoder.cached_tokens, self._active.cached_tokens = self._active.cached_tokens, []
+        active = self._active
+        if isinstance(active, Decoder) and isinstance(decoder, Decoder) and active is not decoder:
+            decoder.cached_tokens, active.cached_tokens = active.cached_tokens, []
         self._active = decoder
         return decoder
 
     def clear(self) -> None:
         """Drop every decoder: the KV cache and all drafter state are released, and MLX's cache
         of freed buffers is returned to the system."""
-        self.target.reset()
+        for decoder in self._decoders.values():
+            decoder.reset()
         self._decoders.clear()
         self._active = None
         mx.clear_cache()

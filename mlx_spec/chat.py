@@ -106,9 +106,11 @@ class ChatSession:
     def _reply(self, text: str, prompt: list[int], rendered: str,
                kept: int) -> Iterator[GenerationChunk]:
         decoder = self.decoder
-        if decoder.target.offset != len(decoder.cached_tokens):
-            decoder.reset()  # a step was cut short (Ctrl-C on the decoding thread): start clean
-        reused = _common_prefix(decoder.cached_tokens, prompt[:-1])
+        reused = 0  # dsi's decoder keeps its caches in its workers
+        if isinstance(decoder, Decoder):
+            if decoder.target.offset != len(decoder.cached_tokens):
+                decoder.reset()  # a step was cut short (Ctrl-C on the decoding thread): start clean
+            reused = _common_prefix(decoder.cached_tokens, prompt[:-1])
         seed = None if self.seed is None else self.seed + len(self.turns)
         parts, ids, last = [], [], None
         try:
