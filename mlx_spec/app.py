@@ -41,6 +41,7 @@ class DecoderPool:
         self.target = Target(model.model)
         self._decoders: dict[tuple, Decoder] = {}
         self._active: Optional[Decoder] = None
+        self._foreign = False  # a decoder of another kind (dsi) was made
 
     def get(self, method: str, **options) -> Decoder:
         key = (method, tuple(sorted(options.items())))
@@ -49,6 +50,8 @@ class DecoderPool:
             decoder = make_decoder(self.model, method, **options)
             if isinstance(decoder, Decoder):
                 decoder.target = self.target
+            else:
+                self._foreign = True
             self._decoders[key] = decoder
         active = self._active
         if isinstance(active, Decoder) and isinstance(decoder, Decoder) and active is not decoder:
@@ -63,7 +66,8 @@ class DecoderPool:
             decoder.reset()
         self._decoders.clear()
         self._active = None
-        mx.clear_cache()
+        if not self._foreign:  # dsi's transport threads block in MLX; clearing would deadlock
+            mx.clear_cache()
 
 
 class Generation:

@@ -61,9 +61,9 @@ class ChatSession:
         self.method_options: dict[str, dict] = {}
         self.temperature = 0.0
         self.set_temperature(temperature)
+        self._forget()
         self.method = ""
         self.set_method(method, **(method_options or {}))
-        self.reset()
 
     # -- settings ------------------------------------------------------------------------------
     def set_method(self, method: str, **options) -> None:
@@ -86,6 +86,9 @@ class ChatSession:
     def reset(self) -> None:
         """Forget the conversation and release every cache (KV caches and drafter state)."""
         self.decoders.clear()
+        self._forget()
+
+    def _forget(self) -> None:
         self.messages: list[dict] = []  # what the model sees: the turns that fit the context
         self.log: list[dict] = []       # every message of the conversation, for the transcript
         self.turns: list[TurnStats] = []
