@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import Optional
 
 import mlx.core as mx
@@ -70,13 +71,16 @@ def _wait_ready(processes: list, timeout: float) -> None:
 
     def read(process, lines):
         lines.append(process.stdout.readline().strip())
+        for line in process.stdout:  # keep the pipe drained: a full pipe would block the worker
+            sys.stderr.write(line)
 
     lines: list[str] = []
     readers = [threading.Thread(target=read, args=(p, lines), daemon=True) for p in processes]
     for reader in readers:
         reader.start()
-    for reader in readers:
-        reader.join(timeout)
+    deadline = time.monotonic() + timeout
+    while len(lines) < len(processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if len(lines) < len(processes) or any(line != READY for line in lines):
         raise MlxSpecError(f"the DSI workers did not start within {timeout:g} s "
                            "(see their messages above)")
