@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
             result = mlx_spec.api.collect(chunks, method)
             print(json.dumps(result.to_dict()))
             return
-        if not raw and not getattr(spec_model.tokenizer, "chat_template", None):
+        if not mlx_spec.api.uses_chat_template(spec_model, prompt, raw):
             stdout_write(prompt)  # plain continuation: show the text being continued
         stats = None
         for chunk in chunks:

@@ -39,11 +39,24 @@ def encode_prompt(model: SpecModel, prompt: Union[str, Sequence[int]], raw: bool
     if not isinstance(prompt, str):
         return [int(t) for t in prompt]
     tokenizer = model.tokenizer
-    if not raw and getattr(tokenizer, "chat_template", None):
+    if uses_chat_template(model, prompt, raw):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
     return list(tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos)))
+
+
+def uses_chat_template(model: SpecModel, prompt, raw: bool) -> bool:
+    return isinstance(prompt, str) and not raw and bool(getattr(model.tokenizer, "chat_template", None))
+
+
+def _seam_space(tokenizer, last_prompt_token: int, first_token: int) -> str:
+    """SentencePiece streaming detokenizers drop the space before the first generated word (they
+    treat it as the start of a text); in a plain continuation that space belongs to the output."""
+    alone = tokenizer.decode([first_token])
+    before = tokenizer.decode([last_prompt_token])
+    joined = tokenizer.decode([last_prompt_token, first_token])
+    return " " if joined[len(before):].startswith(" ") and not alone.startswith(" ") else ""
 
 
 def make_decoder(model: SpecModel, method: str = "pld", kv_bits: Optional[int] = None,
@@ -74,13 +87,17 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
     detokenizer = model.tokenizer.detokenizer
     detokenizer.reset()
     stops = [s for s in (stop or []) if s]
-    text = ""
+    continuation = not uses_chat_template(model, prompt, raw)
+    text, seam = "", None
     for step in decoder.generate(prompt_tokens, limits, sampling, seed=seed):
         for token in step.token_ids:
             detokenizer.add_token(token)
         if step.finish_reason is not None:
             detokenizer.finalize()
         segment = detokenizer.last_segment
+        if seam is None and step.token_ids:
+            seam = _seam_space(model.tokenizer, prompt_tokens[-1], step.token_ids[0]) if continuation else ""
+            segment = seam + segment
         finish = step.finish_reason
         if stops:
             segment, cut = _cut_at_stop(text, segment, stops)
