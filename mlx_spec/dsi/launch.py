@@ -92,7 +92,15 @@ class LocalPool:
     def __init__(self, pool: RingPool, processes: list, model_path: str, hostfile: Optional[str]):
         self.pool, self.processes, self.model_path = pool, processes, model_path
         self.hostfile = hostfile
+        if processes:
+            pool.on_abandon = self._kill
         atexit.register(self.close)
+
+    def _kill(self, worker: int) -> None:
+        """A worker declared hung is stopped: its socket closes, so nothing stays blocked on it."""
+        process = self.processes[worker - 1]
+        if process.poll() is None:
+            process.kill()
 
     @property
     def workers(self) -> int:

@@ -79,6 +79,7 @@ class RingPool:
         self.events: "queue.Queue[Event]" = queue.Queue()
         self.cached: dict[int, list[int]] = {w: [] for w in self.worker_ids}  # mirrors worker caches
         self.abandoned: set[int] = set()
+        self.on_abandon = None  # set by whoever can stop a worker (local processes: kill it)
         self._streams = _ThreadStreams()
         self._threads = [threading.Thread(target=self._receive, args=(worker,), daemon=True,
                                           name=f"dsi-recv-{worker}") for worker in self.worker_ids]
@@ -109,6 +110,8 @@ class RingPool:
 
     def abandon(self, worker: int) -> None:
         self.abandoned.add(worker)
+        if self.on_abandon is not None:
+            self.on_abandon(worker)
 
     def post(self, event) -> None:
         self.events.put(event)
