@@ -110,7 +110,8 @@ class DsiCounters:
 class Orchestrator:
     def __init__(self, pool: WorkerPool, drafter: Drafter, lookahead: int = 4,
                  job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None,
-                 draft_step: int = 1, drafting=None, min_job_timeout: float = 10.0):
+                 draft_step: int = 1, drafting=None, min_job_timeout: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic):
         if lookahead < 1 or draft_step < 1:
             raise MlxSpecError(f"lookahead and draft_step must be >= 1, got {lookahead}, {draft_step}")
         self.pool, self.lookahead = pool, lookahead
@@ -126,7 +127,23 @@ class Orchestrator:
         self.drafter_busy = False
         self.version = 0                        # speculation version; a rejection starts a new one
         self.counters = DsiCounters()
+        self.clock = clock                      # the simulator runs the scheduler on a virtual one
         self.replies, self.reply_s = 0, 0.0     # over this orchestrator's life (deadlines)
+        self.drafted_total, self.drafting_s = 0, 0.0  # drafter pace as the scheduler sees it
+        self.accepted_total, self.rejections_total = 0, 0  # the acceptance rate so far
+        self.draft_started = 0.0
+
+    def worth_waiting(self, have: int) -> bool:
+        """Should a job wait for its block to fill (lookahead drafts) rather than leave with
+        `have`? Yes when the drafts still to come are expected to be accepted more often than
+        plain decoding would produce tokens while waiting for them: sum of a^i over the missing
+        positions i > (missing drafts x drafter pace) / target reply time. Unknown paces: no."""
+        if self.replies < 3 or self.drafted_total < 3:
+            return False
+        a = self.accepted_total / max(1, self.accepted_total + self.rejections_total)
+        gain = sum(a ** i for i in range(have + 1, self.lookahead + 1))
+        wait = (self.lookahead - have) * self.drafting_s / self.drafted_total
+        return gain > wait / (self.reply_s / self.replies)
 
     def reply_deadline(self) -> float:
         """How long a worker may take before it is declared hung: `job_timeout` until replies
@@ -235,12 +252,16 @@ class _Run:
         ctx = StepContext(tokens=self.committed + self.spec, max_drafts=m, sampling=self.sampling,
                           key=draft_key)
         self.o.drafter_busy = True
+        self.o.draft_started = self.o.clock()
         restart, self.restart_from = self.restart_from, None
         self.o.drafting.start(self.o.version, ctx, restart)
 
     def _drafted(self, event: Drafted) -> None:
         self.o.drafter_busy = False
         self.o.counters.draft_s += event.seconds
+        if event.tokens:
+            self.o.drafted_total += len(event.tokens)
+            self.o.drafting_s += self.o.clock() - self.o.draft_started
         if event.version != self.o.version:
             return  # drafted after speculation that a rejection has since discarded
         self.spec.extend(event.tokens)
@@ -270,10 +291,11 @@ class _Run:
         available = len(self.spec) - first
         if available < 0:
             return None  # the root itself is not drafted yet
-        nothing_in_flight = not self.jobs
-        if available < self.o.lookahead and not (nothing_in_flight or self.stalled
-                                                 or self._room() <= 0):
-            return None
+        if available < self.o.lookahead and not self.stalled and self._room() > 0:
+            # a short job leaves only when nothing is in flight (the target must not idle), and
+            # not when the missing drafts are worth their wait (see worth_waiting)
+            if self.jobs or self.o.worth_waiting(available):
+                return None
         n = min(available, self.o.lookahead)
         root = self.committed[-1] if first == 0 else self.spec[first - 1]
         context = self.committed[:-1] if first == 0 else self.committed + self.spec[:first - 1]
@@ -288,7 +310,7 @@ class _Run:
         return job
 
     def _send(self, job: Job, worker: int) -> None:
-        job.worker, job.sent_at = worker, time.monotonic()
+        job.worker, job.sent_at = worker, self.o.clock()
         self.o.assigned[worker] = job
         self.o.counters.jobs_sent += 1
         self.o.pool.submit(worker, job, self.sampling)
@@ -309,10 +331,10 @@ class _Run:
         if not self.o.assigned:
             return None if self.o.drafter_busy else 1.0  # (1.0: nothing in flight; never hang)
         oldest = min(job.sent_at for job in self.o.assigned.values())
-        return max(0.0, oldest + self.o.reply_deadline() - time.monotonic())
+        return max(0.0, oldest + self.o.reply_deadline() - self.o.clock())
 
     def _expire_hung_workers(self) -> None:
-        now = time.monotonic()
+        now = self.o.clock()
         for worker, job in list(self.o.assigned.items()):
             deadline = self.o.reply_deadline()
             if now - job.sent_at > deadline:
@@ -332,7 +354,7 @@ class _Run:
         if job is None or job.id != event.job_id:
             return  # a reply from a worker already declared failed
         del self.o.assigned[event.worker]
-        elapsed = time.monotonic() - job.sent_at
+        elapsed = self.o.clock() - job.sent_at
         self.o.counters.replies += 1
         self.o.counters.reply_s += elapsed
         self.o.replies += 1
@@ -364,6 +386,8 @@ class _Run:
             tokens, accepted = job.result
             self.o.counters.jobs_applied += 1
             self.o.counters.accepted += accepted
+            self.o.accepted_total += accepted
+            self.o.rejections_total += accepted < job.n_drafts
             n = job.n_drafts
             if accepted < n:
                 new, restart = self.spec[:accepted] + [tokens[-1]], True

@@ -180,7 +180,7 @@ def simulate_dsi_time_per_token(s: Setting, tokens: int = 3000, seed: int = 0) -
     pool = _SimPool(s, _Clock())
     drafter = _SimDrafter(s, random.Random(seed))
     orchestrator = Orchestrator(pool, drafter, lookahead=s.lookahead, job_timeout=math.inf,
-                                drafting=_SimDrafting(drafter, pool))
+                                drafting=_SimDrafting(drafter, pool), clock=lambda: pool.clock.now)
     generated = 0
     for commit in orchestrator.generate([1, 2, 3], tokens, SamplingParams(), seed=seed):
         generated += len(commit.tokens)
