@@ -110,7 +110,7 @@ class DsiCounters:
 class Orchestrator:
     def __init__(self, pool: WorkerPool, drafter: Drafter, lookahead: int = 4,
                  job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None,
-                 draft_step: int = 1, drafting=None, min_job_timeout: float = 10.0,
+                 draft_step: int = 1, drafting=None, min_job_timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
         if lookahead < 1 or draft_step < 1:
             raise MlxSpecError(f"lookahead and draft_step must be >= 1, got {lookahead}, {draft_step}")
