@@ -23,9 +23,12 @@ def _tell_user(worker: int, reason: str) -> None:
 
 
 class DsiDecoder:
-    def __init__(self, orchestrator: Orchestrator, method: str = "dsi"):
+    def __init__(self, orchestrator: Orchestrator, method: str = "dsi", drafting=None,
+                 lookahead: Optional[int] = None):
         self.orchestrator = orchestrator
         self.method = method
+        self.drafting = drafting or orchestrator.drafting
+        self.lookahead = lookahead or orchestrator.lookahead
 
     def reset(self) -> None:
         """Workers reuse their caches by common prefix; nothing to reset here."""
@@ -35,6 +38,7 @@ class DsiDecoder:
         check_request(prompt_tokens, limits)
         stats = GenerationStats(method=self.method, prompt_tokens=len(prompt_tokens))
         orch = self.orchestrator
+        orch.drafting, orch.lookahead = self.drafting, self.lookahead  # this decoder's drafter
         t0 = time.perf_counter()
         orch.prefill(list(prompt_tokens), sampling)
         stats.prefill_s = time.perf_counter() - t0
@@ -79,7 +83,14 @@ def make_dsi_decoder(model: SpecModel, workers: int = 2, lookahead: int = 4,
     drafters.check_name(drafter)
     proposer = drafters.create(drafter, model,
                                **_drafter_options(drafter, lookahead, draft_model, drafter_options))
+    if lookahead < 1:
+        raise MlxSpecError(f"lookahead must be >= 1, got {lookahead}")
     pool = get_pool(workers, model.path, kv_bits)
-    return DsiDecoder(Orchestrator(pool.pool, proposer, lookahead=lookahead,
-                                   job_timeout=job_timeout, on_failure=_tell_user,
-                                   drafting=ThreadedDrafting(proposer, pool.pool.post)))
+    drafting = ThreadedDrafting(proposer, pool.pool.post)
+    if pool.orchestrator is None:
+        # one orchestrator per pool: it alone knows which worker computes what and which failed,
+        # so every DSI decoder of this process shares it and brings its own drafter
+        pool.orchestrator = Orchestrator(pool.pool, proposer, lookahead=lookahead,
+                                         job_timeout=job_timeout, on_failure=_tell_user,
+                                         drafting=drafting)
+    return DsiDecoder(pool.orchestrator, drafting=drafting, lookahead=lookahead)

@@ -92,6 +92,7 @@ class LocalPool:
     def __init__(self, pool: RingPool, processes: list, model_path: str, hostfile: Optional[str]):
         self.pool, self.processes, self.model_path = pool, processes, model_path
         self.hostfile = hostfile
+        self.orchestrator = None  # the one scheduler of this pool (see dsi.decoder)
         if processes:
             pool.on_abandon = self._kill
         atexit.register(self.close)
