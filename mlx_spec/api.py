@@ -52,7 +52,10 @@ def uses_chat_template(model: SpecModel, prompt, raw: bool) -> bool:
 
 def _seam_space(tokenizer, last_prompt_token: int, first_token: int) -> str:
     """SentencePiece streaming detokenizers drop the space before the first generated word (they
-    treat it as the start of a text); in a plain continuation that space belongs to the output."""
+    treat it as the start of a text); in a plain continuation that space belongs to the output.
+    After a special token such as BOS the text does start there, so no space is added."""
+    if last_prompt_token in set(getattr(tokenizer, "all_special_ids", []) or []):
+        return ""
     alone = tokenizer.decode([first_token])
     before = tokenizer.decode([last_prompt_token])
     joined = tokenizer.decode([last_prompt_token, first_token])
