@@ -49,7 +49,9 @@ def target_fingerprint(model_path: str) -> str:
 
 def data_folder(work_dir: Path, model_path: str, options: DataOptions, split: str,
                 source: str) -> Path:
-    key = json.dumps({"target": target_fingerprint(model_path), "options": asdict(options),
+    # shard i does not depend on how many contexts are asked for: a larger run reuses the shards
+    settings = {k: v for k, v in asdict(options).items() if k != "contexts"}
+    key = json.dumps({"target": target_fingerprint(model_path), "options": settings,
                       "split": split, "source": source}, sort_keys=True, default=list)
     return Path(work_dir) / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
