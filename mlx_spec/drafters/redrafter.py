@@ -60,7 +60,7 @@ def _load_head(model, head: Optional[str]):
 class ReDrafter(Drafter):
     needs_hidden_states = True
 
-    def __init__(self, model, beam_width: int = 4, beam_length: int = 5, head: Optional[str] = None,
+    def __init__(self, model, beam_width: int = 2, beam_length: int = 7, head: Optional[str] = None,
                  top_k: int = 50, min_prob: float = 0.0):
         if beam_width < 1 or beam_length < 2:
             raise ValueError("need beam_width >= 1 and beam_length >= 2")
