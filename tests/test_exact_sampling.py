@@ -10,7 +10,7 @@ from exactness import chi_square_pvalue, exact_distribution, sample_continuation
 LENGTH, SAMPLES, TOP_K = 3, 1200, 3
 # the prompt repeats itself so that pld/lookahead find matches and really draft
 PROMPT = [40, 41, 42, 43, 44, 40, 41, 42, 43, 44, 40, 41]
-METHODS = [("ar", {}), ("pld", {"num_draft_tokens": 3})]
+METHODS = [("ar", {}), ("pld", {"num_draft_tokens": 3}), ("lookahead", {}), ("draft", "qwen2")]
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +18,18 @@ def small(random_models):
     return random_models["llama"]
 
 
-def decoder_for(model, method, options):
+def decoder_for(model, method, options, model_dirs=None):
+    if isinstance(options, str):  # a draft model from the random set, by architecture
+        options = {"draft_model": str(model_dirs[options]), "num_draft_tokens": 3}
     return mlx_spec.make_decoder(model, method, **options)
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.0])
 @pytest.mark.parametrize("method, options", METHODS)
-def test_sampled_output_has_target_distribution(small, method, options, temperature):
+def test_sampled_output_has_target_distribution(small, random_model_dirs, method, options, temperature):
     params = SamplingParams(temperature=temperature, top_k=TOP_K)
     exact = exact_distribution(small.model, PROMPT, LENGTH, params)
-    decoder = decoder_for(small, method, options)
+    decoder = decoder_for(small, method, options, random_model_dirs)
     counts = sample_continuations(decoder, PROMPT, LENGTH, params, SAMPLES)
     assert chi_square_pvalue(counts, exact) > 1e-4
 
