@@ -66,12 +66,13 @@ def write_plot(report: dict, path: Path) -> None:
     left.set_ylabel("speedup over ar")
     left.set_title("decode speed")
     left.tick_params(axis="x", rotation=30)
-    width = 0.8 / max(1, len(names))
+    drafting = [n for n in names if n != "ar"] or names  # ar is always 1 token per call
+    width = 0.8 / max(1, len(drafting))
     lengths = set()
-    for i, name in enumerate(names):
+    for i, name in enumerate(drafting):
         hist = methods[name]["accepted_length_histogram"]
         lengths.update(int(k) for k in hist)
-        xs = [int(k) + (i - (len(names) - 1) / 2) * width for k in hist]
+        xs = [int(k) + (i - (len(drafting) - 1) / 2) * width for k in hist]
         right.bar(xs, list(hist.values()), width=width, label=name)
     right.set_xticks(sorted(lengths))
     right.set_xlabel("tokens per target call")
