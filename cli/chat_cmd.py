@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .common import parse_method_options, stats_line, user_errors
+from .common import (DraftModelOption, MethodOption, MethodOptionsOption, ModelOption, TempOption,
+                     parse_method_options, stats_line, user_errors)
 
 HELP = """\
 /method NAME   switch decoding method (see `mlxspec methods`)
@@ -183,14 +184,14 @@ def register(app: typer.Typer) -> None:
     @app.command("chat")
     @user_errors
     def chat(
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="mlx-lm folder or hub id (default: the embedded story model)."),
-        method: str = typer.Option("pld", "--method", help="Decoding method (see `mlxspec methods`)."),
-        temp: float = typer.Option(0.0, "--temp", help="Sampling temperature (0 = greedy)."),
+        model: ModelOption = None,
+        method: MethodOption = "pld",
+        temp: TempOption = 0.0,
         max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens per reply."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (turn i uses seed + i)."),
         system: Optional[str] = typer.Option(None, "--system", help="System prompt (chat-template models)."),
-        draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model for draft/adaedl/dsi."),
-        opt: List[str] = typer.Option([], "--opt", "-o", help="Method option KEY=VALUE (repeatable)."),
+        draft_model: DraftModelOption = None,
+        opt: MethodOptionsOption = [],
     ):
         """Chat with a model; replies stream as tokens are accepted. /help lists the commands."""
         import mlx_spec

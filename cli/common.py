@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
 
 err_console = Console(stderr=True, highlight=False)
+
+# Options shared by the commands that decode (generate, chat), declared once.
+ModelOption = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="mlx-lm folder or hub id (default: the embedded story model).")]
+MethodOption = Annotated[str, typer.Option("--method", help="Decoding method (see `mlxspec methods`).")]
+TempOption = Annotated[float, typer.Option("--temp", help="Sampling temperature (0 = greedy).")]
+DraftModelOption = Annotated[Optional[str], typer.Option(
+    "--draft-model", help="Draft model for draft/adaedl/dsi.")]
+MethodOptionsOption = Annotated[List[str], typer.Option(
+    "--opt", "-o", help="Method option KEY=VALUE (repeatable).")]
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import parse_method_options, print_stats_line, stdout_write, user_errors
+from .common import (DraftModelOption, MethodOption, MethodOptionsOption, ModelOption, TempOption,
+                     parse_method_options, print_stats_line, stdout_write, user_errors)
 
 DEFAULT_PROMPT = "Once upon a time, there was a little girl"
 
@@ -15,23 +16,23 @@ def register(app: typer.Typer) -> None:
     @app.command("generate")
     @user_errors
     def generate(
-        model: Optional[str] = typer.Option(None, "--model", "-m", help="mlx-lm folder or hub id (default: the embedded story model)."),
-        method: str = typer.Option("pld", "--method", help="Decoding method (see `mlxspec methods`)."),
+        model: ModelOption = None,
+        method: MethodOption = "pld",
         prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
         max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
-        temp: float = typer.Option(0.0, "--temp", help="Sampling temperature (0 = greedy)."),
+        temp: TempOption = 0.0,
         top_p: float = typer.Option(1.0, "--top-p"),
         top_k: int = typer.Option(0, "--top-k"),
         min_p: float = typer.Option(0.0, "--min-p"),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same output)."),
         raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
         stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
-        draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Draft model for draft/adaedl/dsi."),
+        draft_model: DraftModelOption = None,
         num_draft_tokens: Optional[int] = typer.Option(None, "--num-draft-tokens", help="Draft length for chain methods."),
         stop_rule: Optional[str] = typer.Option(None, "--stop-rule", help="adaedl: adaedl, max-confidence or static."),
         lookahead_warmup: Optional[str] = typer.Option(None, "--lookahead-warmup", help="lookahead: past answers (text) or a saved trie."),
         workers: Optional[int] = typer.Option(None, "--workers", help="dsi: target worker processes to start."),
-        opt: List[str] = typer.Option([], "--opt", "-o", help="Method option KEY=VALUE (repeatable)."),
+        opt: MethodOptionsOption = [],
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
     ):
         """Generate text from a prompt with a speculative method (lossless)."""
