@@ -1,0 +1,42 @@
+"""The remaining commands through the CLI: doctor, methods, --version, and a tiny end-to-end
+tokenizer + model training run that resumes from its checkpoint."""
+import json
+
+from mlx_lm import load as mlx_lm_load
+from test_cli import run_cli
+
+STORIES = "\n".join(
+    f"Once upon a time, {name} had a {thing}. {name} liked to play with the {thing} every day.\n\n"
+    f"One day the {thing} was lost. {name} looked and looked, and then found it under the bed."
+    for name, thing in [("Lily", "ball"), ("Tom", "kite"), ("Mia", "cat"), ("Ben", "drum"),
+                        ("Sam", "boat"), ("Ann", "doll")] * 8)
+
+
+def test_doctor_methods_version():
+    code, out, err = run_cli("doctor")
+    assert code == 0, err
+    for field in ("backend", "BLAS", "mlx-lm", "tinystories-target", "methods"):
+        assert field in out
+    code, out, _ = run_cli("methods")
+    assert code == 0 and {"ar", "pld", "lookahead", "draft", "adaedl", "redrafter"} <= set(out.split())
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.startswith("mlx-spec ")
+
+
+def test_train_tokenizer_then_train_and_resume(tmp_path):
+    text = tmp_path / "stories.txt"
+    text.write_text(STORIES)
+    tok = tmp_path / "tok"
+    code, _, err = run_cli("train-tokenizer", "--text", str(text), "--out", str(tok), "--vocab-size", "300")
+    assert code == 0, err
+    out, ckpt = tmp_path / "model", tmp_path / "ckpt"
+    common = ["train", "--preset", "draft", "--text", str(text), "--tokenizer", str(tok), "--out",
+              str(out), "--checkpoint-dir", str(ckpt), "--batch-size", "2", "--seq-len", "32"]
+    code, _, err = run_cli(*common, "--steps", "2")
+    assert code == 0, err
+    report = json.loads((out / "training.json").read_text())
+    assert report["steps"] == 2 and report["heldout_loss_nats"] > 0
+    model, tokenizer = mlx_lm_load(str(out))  # an ordinary mlx-lm folder
+    code, stdout, err = run_cli(*common, "--steps", "3")
+    assert code == 0, err
+    assert "resumed" in stdout + err and json.loads((out / "training.json").read_text())["steps"] == 3
