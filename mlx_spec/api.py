@@ -116,8 +116,7 @@ def _cut_at_stop(before: str, segment: str, stops: Sequence[str]) -> tuple[str, 
     """Cut `segment` where a stop string first completes (it may start in `before`)."""
     window = before[-max(map(len, stops)):] + segment
     offset = len(window) - len(segment)
-    hits = [window.find(s) for s in stops]
-    hits = [h for h in hits if h >= 0 and h + 1 > 0]
+    hits = [h for h in (window.find(s) for s in stops) if h >= 0]
     if not hits:
         return segment, False
     return segment[:max(0, min(hits) - offset)], True

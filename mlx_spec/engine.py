@@ -79,7 +79,8 @@ class Decoder:
                  seed: Optional[int] = None) -> Iterator[Step]:
         check_request(prompt_tokens, limits)
         stats = GenerationStats(method=self.method, prompt_tokens=len(prompt_tokens))
-        key = mx.random.key(seed if seed is not None else time.time_ns() % (1 << 31))
+        seed = seed if seed is not None else time.time_ns() % (1 << 31)
+        key = None if sampling.greedy else mx.random.key(seed)
 
         t0 = time.perf_counter()
         self._prefill(prompt_tokens)
@@ -111,11 +112,11 @@ class Decoder:
         """Step n+1's verification is dispatched before step n's tokens are yielded, so whatever
         the consumer does with them (detokenize, print, update a UI) overlaps the forward pass."""
         generated = 0
-        key, draft_key = mx.random.split(key)
+        key, draft_key = _split(key, 2)
         flight = self._dispatch(tokens, self._room(tokens, generated, limits), sampling, draft_key)
         try:
             while flight is not None:
-                key, accept_key, draft_key = mx.random.split(key, 3)
+                key, accept_key, draft_key = _split(key, 3)
                 tree, out, ctx = flight.tree, flight.out, flight.ctx
                 acceptance = accept(tree, out.logits, sampling, accept_key)  # the one host sync
                 t_synced = time.perf_counter()
@@ -156,6 +157,12 @@ class Decoder:
         finally:
             if flight is not None:  # the consumer stopped early: drop the tree still in flight
                 self.target.trim(len(flight.tree))
+
+
+def _split(key, n: int) -> list:
+    """Fresh random keys for sampling; greedy decoding draws nothing and carries no key chain
+    (an unused lazy split per step would only grow an unevaluated graph)."""
+    return [None] * n if key is None else list(mx.random.split(key, n))
 
 
 @dataclass
