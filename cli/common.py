@@ -37,8 +37,8 @@ def user_errors(command):
             fail(str(exc))
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
-        except KeyboardInterrupt:
-            err_console.print("[dim]interrupted[/]")
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line (what to do next, when known)
+            err_console.print(f"[dim]{str(exc) or 'interrupted'}[/]", soft_wrap=True)
             raise typer.Exit(130)
     return wrapper
 

@@ -62,9 +62,11 @@ def register(app: typer.Typer) -> None:
         if not mlx_spec.api.uses_chat_template(spec_model, prompt, raw):
             stdout_write(prompt)  # plain continuation: show the text being continued
         stats = None
-        for chunk in chunks:
-            stdout_write(chunk.text)
-            stats = chunk.stats
-        stdout_write("\n")
+        try:
+            for chunk in chunks:
+                stdout_write(chunk.text)
+                stats = chunk.stats
+        finally:  # Ctrl-C included: end the text's line so the message below starts a fresh one
+            stdout_write("\n")
         if stats is not None:
             print_stats_line(stats)

@@ -6,9 +6,12 @@ from typing import Optional
 
 import typer
 
+from .common import user_errors
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train-tokenizer")
+    @user_errors
     def train_tokenizer(
         text: Path = typer.Option(..., help="Training text (stories separated by newlines)."),
         out: Path = typer.Option(..., help="Folder for tokenizer.model / tokenizer.json."),
@@ -24,6 +27,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote tokenizer to {out}")
 
     @app.command("train")
+    @user_errors
     def train_lm(
         text: Path = typer.Option(..., help="Training text (stories separated by newlines)."),
         tokenizer: Path = typer.Option(..., help="Folder made by `mlxspec train-tokenizer`."),

@@ -133,7 +133,8 @@ def train_head(head, embed_weight, data: dict, head_options: HeadOptions, option
         optimizer.update(head, grads)
         return loss, accuracy
 
-    with TrainingProgress("training ReDrafter head", options.steps, start=progress["step"]) as bar:
+    with checkpoint.resume_hint(), \
+            TrainingProgress("training ReDrafter head", options.steps, start=progress["step"]) as bar:
         while progress["step"] < options.steps:
             rng = np.random.default_rng([options.seed, progress["step"]])
             pick = np.sort(rng.choice(len(tokens), size=options.batch_size,

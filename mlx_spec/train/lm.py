@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -93,9 +94,17 @@ class Checkpoint:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.saved_step: int | None = None
 
     def exists(self) -> bool:
+        self._recover()
         return (self.folder / "progress.json").exists()
+
+    def _recover(self) -> None:
+        """A save stopped between its two renames leaves the previous checkpoint as .old."""
+        old = self.folder.with_name(self.folder.name + ".old")
+        if not self.folder.exists() and (old / "progress.json").exists():
+            old.rename(self.folder)
 
     def save(self, model, optimizer, progress: dict) -> None:
         import mlx.core as mx
@@ -113,6 +122,7 @@ class Checkpoint:
             self.folder.rename(old)
         tmp.rename(self.folder)
         shutil.rmtree(old, ignore_errors=True)
+        self.saved_step = progress["step"]
 
     def load(self, model, optimizer) -> dict:
         import mlx.core as mx
@@ -120,7 +130,20 @@ class Checkpoint:
 
         model.load_weights(str(self.folder / "weights.safetensors"))
         optimizer.state = tree_unflatten(list(mx.load(str(self.folder / "optimizer.safetensors")).items()))
-        return json.loads((self.folder / "progress.json").read_text())
+        progress = json.loads((self.folder / "progress.json").read_text())
+        self.saved_step = progress["step"]
+        return progress
+
+    @contextmanager
+    def resume_hint(self):
+        """Ctrl-C inside: re-raised with one line telling where the run will resume from."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if self.saved_step is None:
+                raise KeyboardInterrupt("interrupted before the first checkpoint") from None
+            raise KeyboardInterrupt(f"interrupted; the same command resumes from step {self.saved_step} "
+                                    f"({self.folder})") from None
 
 
 def learning_rate_schedule(options: TrainOptions):
@@ -178,7 +201,8 @@ def train_causal_lm(train_stories: list[str], heldout_stories: list[str], tokeni
         return loss
 
     tokens_per_step = options.batch_size * options.seq_len
-    with TrainingProgress(f"training {preset}", options.steps, start=progress["step"]) as bar:
+    with checkpoint.resume_hint(), \
+            TrainingProgress(f"training {preset}", options.steps, start=progress["step"]) as bar:
         while progress["step"] < options.steps:
             t0 = time.perf_counter()
             loss = train_step(mx.array(sample_batch(train_stream, options, progress["step"])))
