@@ -37,6 +37,14 @@ def _fmt(value, digits=2):
     return f"{value:.{digits}f}"
 
 
+def memory_line(memory: dict) -> str:
+    def mb(key):
+        return "?" if memory[key] is None else f"{memory[key]:.0f}"
+    return (f"memory: RSS {mb('rss_start_mb')} MB at start, {mb('rss_after_warmup_mb')} after warm-up, "
+            f"{mb('rss_end_mb')} at end, peak {mb('peak_rss_mb')}; MLX active "
+            f"{mb('mlx_active_mb')} MB, cache {mb('mlx_cache_mb')} MB")
+
+
 def render_table(title: str, methods: dict) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("method", "tok/s", "speedup", "acc/call", "calls", "= ar", "draft%", "verify%",
@@ -143,6 +151,7 @@ def register(app: typer.Typer) -> None:
         machine = report["machine"]
         console.print(f"[dim]{machine['backend']} | {machine['blas']} | mlx {machine['mlx']} | "
                       f"model {report['model']}[/]")
+        console.print(f"[dim]{memory_line(report['memory'])}[/]")
         if json_out:
             json_out.write_text(json.dumps(report, indent=2))
         if plot:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import memory
 from .errors import MlxSpecError
 from .stats import GenerationStats
 
@@ -172,12 +173,41 @@ def machine_info() -> dict:
             "mlx": version("mlx"), "mlx_lm": version("mlx-lm"), "python": platform.python_version()}
 
 
+class MemoryTrace:
+    """Resident memory over a bench run (MB): flat after the warm-up is what long use needs."""
+
+    def __init__(self):
+        self.start = memory.rss_mb()
+        self.warm: Optional[float] = None
+        self.per_prompt: list[Optional[float]] = []
+
+    def after_warmup(self) -> None:
+        self.warm = memory.rss_mb()
+
+    def after_prompt(self) -> None:
+        self.per_prompt.append(memory.rss_mb())
+
+    def report(self) -> dict:
+        end = memory.rss_mb()
+        growth = end - self.warm if end is not None and self.warm is not None else None
+        return {"rss_start_mb": _mb(self.start), "rss_after_warmup_mb": _mb(self.warm),
+                "rss_end_mb": _mb(end), "peak_rss_mb": _mb(memory.peak_rss_mb()),
+                "rss_growth_after_warmup_mb": _mb(growth),
+                "rss_after_prompt_mb": [_mb(x) for x in self.per_prompt], **memory.mlx_memory_mb()}
+
+
+def _mb(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 1)
+
+
 def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: int,
               temperature: float, seed: int, run_one: Callable, warmup_tokens: int = 16,
               progress: Optional[Callable[[str], None]] = None) -> dict:
     """run_one(model, spec, prompt, max_tokens, temperature, seed) -> (token_ids, stats)."""
+    memory = MemoryTrace()
     for spec in specs:  # warm-up: compile, allocate, load drafters; not timed
         run_one(model, spec, prompts[0]["prompt"], warmup_tokens, temperature, seed)
+    memory.after_warmup()
     runs = []
     for i, prompt in enumerate(prompts):
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
@@ -186,8 +216,10 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
             runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats))
             if progress:
                 progress(f"{prompt['id']} {spec.label}")
+        memory.after_prompt()
     methods, by_category = summarize(runs, greedy=temperature == 0)
-    return {"methods": methods, "by_category": by_category, "machine": machine_info(),
+    return {"methods": methods, "by_category": by_category, "memory": memory.report(),
+            "machine": machine_info(),
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
                                               "seed": seed, "prompts": len(prompts),
                                               "method_specs": [s.label for s in specs]},
