@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import io
 import itertools
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -149,7 +150,10 @@ class NgramTrie:
                             parents=np.array(parents, dtype=np.int64),
                             freqs=np.array(freqs, dtype=np.float64),
                             lasts=np.array(lasts, dtype=np.int64))
-        Path(path).write_bytes(buffer.getvalue())
+        # written beside, then renamed over: an interrupt leaves the previous file whole
+        partial = Path(f"{path}.partial")
+        partial.write_bytes(buffer.getvalue())
+        os.replace(partial, path)
 
     @classmethod
     def load(cls, path) -> "NgramTrie":

@@ -115,14 +115,30 @@ def endless_model(folder: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_ctrl_c_during_generate(random_model_dirs, tmp_path):
+def interrupt_generate(model: Path, *options) -> str:
+    """Interrupt `mlxspec generate` once generated text streams; checks the exit, returns stdout."""
     prompt = "once upon a time"
-    proc = start("generate", "--model", str(endless_model(random_model_dirs["llama"], tmp_path)),
-                 "--method", "pld", "--raw", "--prompt", prompt, "--max-tokens", "1900")
+    proc = start("generate", "--model", str(model), "--raw", "--prompt", prompt, "--max-tokens", "1900",
+                 *options)
     shown = proc.stdout.read(len(prompt) + 40)  # the prompt, then generated text is streaming
     out, err = interrupt_when(proc, lambda: True)
     assert assert_clean_interrupt(proc, err) == "interrupted"
-    assert (shown + out).startswith(prompt) and out.endswith("\n")  # the text's line is ended
+    assert (shown + out).startswith(prompt)
+    return shown + out
+
+
+def test_ctrl_c_during_generate(random_model_dirs, tmp_path):
+    out = interrupt_generate(endless_model(random_model_dirs["llama"], tmp_path), "--method", "pld")
+    assert out.endswith("\n")  # the interrupted text's line is ended
+
+
+def test_ctrl_c_during_generate_leaves_the_saved_trie_whole(random_model_dirs, tmp_path):
+    from mlx_spec.trie import NgramTrie
+
+    model, saved = endless_model(random_model_dirs["llama"], tmp_path), tmp_path / "trie.npz"
+    interrupt_generate(model, "--method", "lookahead", "--opt", f"save_trie={saved}")
+    assert NgramTrie.load(saved).size > 0  # written as the request ended, and whole
+    assert not Path(f"{saved}.partial").exists()
 
 
 def test_save_interrupted_between_renames_still_resumes(tmp_path):
