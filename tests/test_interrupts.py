@@ -63,10 +63,11 @@ def assert_consistent(folder, step_limit: int) -> int:
 
 def interrupt_then_resume(args, checkpoint_glob: str, steps: int):
     """Interrupt right after the first checkpoint, check it, run again to the end."""
-    proc = start(*args)
-    _, err = interrupt_when(proc, lambda: glob.glob(checkpoint_glob))
+    proc, seen = start(*args), []
+    _, err = interrupt_when(proc, lambda: seen.extend(glob.glob(checkpoint_glob)) or seen)
     line = assert_clean_interrupt(proc, err)
-    folder = Path(glob.glob(checkpoint_glob)[0]).parent
+    folder = Path(seen[0]).parent
+    assert Checkpoint(folder).exists()  # (recovers it if the Ctrl-C fell inside a save)
     step = assert_consistent(folder, steps)
     assert f"resumes from step {step}" in line
     done = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)

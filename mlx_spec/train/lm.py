@@ -121,8 +121,8 @@ class Checkpoint:
         if self.folder.exists():
             self.folder.rename(old)
         tmp.rename(self.folder)
-        shutil.rmtree(old, ignore_errors=True)
         self.saved_step = progress["step"]
+        shutil.rmtree(old, ignore_errors=True)
 
     def load(self, model, optimizer) -> dict:
         import mlx.core as mx
