@@ -1,6 +1,9 @@
-"""DSI for real: rank 0 in a child process, two worker processes over mx.distributed's ring backend
-on 127.0.0.1 (tiny random models), compared token for token with autoregressive decoding; then a
-worker is killed (lost connection) or frozen (hang, caught by the reply deadline) mid-generation."""
+"""DSI for real: rank 0 in a child process, two or three worker processes over mx.distributed's
+ring backend on 127.0.0.1 (tiny random models), compared token for token with autoregressive
+decoding; then a worker is killed (lost connection) or frozen (hang, caught by the reply deadline)
+mid-generation. With three workers, worker 2 is not rank 0's ring neighbour: its packets are
+relayed by worker 1, so killing worker 1 strands them and killing worker 2 is seen only by its
+neighbours, who tell rank 0."""
 import json
 import os
 import signal
@@ -17,17 +20,18 @@ SCRIPT = textwrap.dedent('''
     import mlx_spec
     from mlx_spec.dsi import launch
     target, drafter, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    workers, victim = int(sys.argv[4]), int(sys.argv[5])
     model = mlx_spec.load(target)
     prompt = "once upon a time there was"
     ar = mlx_spec.generate(model, prompt, method="ar", max_tokens=30, raw=True).token_ids
     report = {}
     if mode == "kill":
         for name, draft, lookahead in [("same", target, 4), ("other", drafter, 2)]:
-            r = mlx_spec.generate(model, prompt, method="dsi", max_tokens=30, raw=True, workers=2,
+            r = mlx_spec.generate(model, prompt, method="dsi", max_tokens=30, raw=True, workers=workers,
                                   draft_model=draft, lookahead=lookahead)
             report[f"{name}-{lookahead}"] = [r.token_ids == ar, r.stats.target_calls,
                                              r.stats.accepted_drafts, len(r.token_ids)]
-    decoder = mlx_spec.make_decoder(model, "dsi", workers=2, draft_model=target, lookahead=2,
+    decoder = mlx_spec.make_decoder(model, "dsi", workers=workers, draft_model=target, lookahead=2,
                                     job_timeout=3.0)
     ids = []
     chunks = mlx_spec.stream_generate(model, prompt, method="dsi", max_tokens=30, raw=True,
@@ -35,14 +39,14 @@ SCRIPT = textwrap.dedent('''
     for i, chunk in enumerate(chunks):
         ids.extend(chunk.token_ids)
         if i == 1:
-            worker = launch._POOL.processes[0]
+            worker = launch._POOL.processes[victim - 1]
             if mode == "kill":
                 worker.kill()
             else:  # frozen: alive, socket open, never replies
                 os.kill(worker.pid, signal.SIGSTOP)
     orch = decoder.orchestrator
     report["failure"] = [ids == ar, orch.live, len(orch.counters.failures), len(ids),
-                         launch._POOL.processes[0].poll() is not None]
+                         launch._POOL.processes[victim - 1].poll() is not None]
     print("REPORT", json.dumps(report), flush=True)
 ''')
 
@@ -54,11 +58,12 @@ def models(tmp_path_factory):
             make_model_folder(root / "draft", "llama", seed=1), root)
 
 
-def run_script(models, mode):
+def run_script(models, mode, workers=2, victim=1):
     target, drafter, root = models
     script = root / "run_dsi.py"
     script.write_text(SCRIPT)
-    process = subprocess.Popen([sys.executable, str(script), str(target), str(drafter), mode],
+    process = subprocess.Popen([sys.executable, str(script), str(target), str(drafter), mode,
+                                str(workers), str(victim)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
@@ -95,3 +100,17 @@ def test_a_frozen_worker_is_caught_by_the_deadline_and_stopped(models):
     assert live == [2] and failures == 1
     assert stopped  # the hung local worker was killed, so nothing stays blocked on it
     assert "hung" in err
+
+
+@pytest.mark.parametrize("victim", [1, 2])
+def test_three_workers_relay_round_the_ring_lossless_and_survive_a_killed_worker(models, victim):
+    """victim 1: the relay dies with worker 2's packets maybe inside it (they are re-sent the
+    other way round); victim 2: not rank 0's neighbour, so only its neighbours see it go."""
+    report, err = run_script(models, "kill", workers=3, victim=victim)
+    equal, live, failures, n, stopped = report.pop("failure")
+    assert equal and n == 30
+    assert live == [w for w in (1, 2, 3) if w != victim] and failures == 1 and stopped
+    assert f"DSI worker {victim} failed" in err
+    for name, (equal, calls, accepted, n) in report.items():
+        assert equal and n == 30, name
+    assert report["same-4"][2] >= 15 and report["other-2"][1] >= 25

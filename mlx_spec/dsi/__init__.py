@@ -3,7 +3,8 @@
 orchestrator.py  the scheduling, transport-free (tests drive it with fake workers)
 drafting.py      the drafter beside the scheduler (its own thread), one step at a time
 verifier.py      a worker's job: sync its KV cache, verify a chain, accept (mlx_spec.accept)
-transport.py     token-block messages over mx.distributed, with failure detection
+ring.py          addressed packets over the ring backend, relayed by the ranks in between
+transport.py     token-block jobs and replies over ring.py, with failure detection
 worker.py        the worker process loop
 launch.py        spawning local workers / joining the ranks mlx.launch started
 decoder.py       method `dsi` with the engine's Decoder face

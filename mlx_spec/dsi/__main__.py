@@ -4,9 +4,8 @@ schedules, prints the text), every other rank is a target worker.
     mlx.launch --backend ring --hostfile hosts.json -- \\
         python -m mlx_spec.dsi --model PATH --prompt "Once upon a time" --max-tokens 200
 
-The model path (or hub id) must resolve on every machine. With the ring backend rank 0 talks to
-its two ring neighbours, so use 3 ranks (2 workers); backends that connect every pair of ranks
-(Thunderbolt/RDMA `jaccl`, `mpi`) take more.
+The model path (or hub id) must resolve on every machine. Any number of ranks works with the ring
+backend: rank 0 talks to its two ring neighbours and the workers relay packets for the others.
 """
 from __future__ import annotations
 

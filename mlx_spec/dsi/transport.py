@@ -1,26 +1,32 @@
-"""DSI messages over MLX's own distributed layer (mx.distributed: ring over TCP, or any backend
-with point-to-point send/recv).
+"""DSI messages over MLX's own distributed layer (mx.distributed's ring backend over TCP), any
+number of workers: packets to ranks that are not rank 0's ring neighbours are relayed by the
+workers in between (ring.py).
 
-Messages are token blocks. A job is one fixed-size int32 message: header fields, then the token
-delta (the context the worker lacks, then the chain) when it fits, else the delta follows as a
-second message; for sampled drafts only, the drafter's probabilities of the chain follow. A reply
-is one fixed-size message: fields and the tokens the target chose. recv needs the shape up front,
-hence fixed sizes; one message per direction per job because on a busy machine every message
-costs a process wake-up (measured here: 0.3 to 8 ms per small ping-pong under load).
+Messages are token blocks. A job packet carries header fields, then the token delta (the context
+the worker lacks, then the chain), then, for sampled drafts only, the drafter's probabilities of
+the chain. A reply carries the job id, the number of accepted drafts and the tokens the target
+chose. One message per hop for token blocks: on a busy machine every message costs a process
+wake-up (measured here: 0.3 to 8 ms per small ping-pong under load).
 
-Failure detection, and why it looks like this: mx.distributed.recv blocks with no timeout, and a
-blocked recv occupies the stream it runs on. So each worker gets a receiver thread with its own
-CPU stream (streams are per thread in MLX) that blocks in recv and puts replies on a queue; the
-orchestrator waits on that queue with a deadline. A worker that dies closes its socket: the ring
-backend raises "connection to a peer was lost" in that thread, reported as a Failure at once. A
-worker that hangs keeps its socket open: only the orchestrator's deadline catches it; its
-receiver thread stays blocked (a daemon) and the worker is never sent to again. Measured on this
-machine: after a peer dies, traffic with the other peers continues normally.
+Failure detection, and why it looks like this: mx.distributed.recv blocks with no timeout, so
+each rank listens to each ring neighbour on its own thread and replies reach the orchestrator
+through a queue that it waits on with a deadline. A worker that dies closes its sockets: its ring
+neighbours' recv raises "connection to a peer was lost"; rank 0 sees that directly for its own
+neighbours, and a worker that loses a neighbour tells rank 0 (the other way round the ring). A
+worker that hangs keeps its sockets open: only the orchestrator's deadline catches it.
+
+Relays make two more things necessary. Packets that were inside a relay when it died are lost:
+when a worker is abandoned, every live worker whose jobs travelled through it gets its job in
+flight again (same id) by the other way round, with its cache mirror reset (the job carries the
+whole context) and a new epoch; the worker drops any older-epoch job that arrives late, so its
+cache always matches the mirror. Shutdown goes farthest worker first, so every acknowledgement
+still has live relays on its way back.
 """
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Optional
 
 import mlx.core as mx
@@ -29,26 +35,11 @@ import numpy as np
 from ..engine import _common_prefix
 from ..sampling import SamplingParams
 from .orchestrator import Event, Failure, Job, Result
+from .ring import ERROR, JOB, PEER_LOST, RESULT, SHUTDOWN, RingNode, closing_order
 
-JOB_FIELDS, JOB_SIZE = 12, 256      # [kind, job id, keep, tail length, chain length, vocab, seed,
-                                    #  top_k, temperature, top_p, min_p (bits), 0], then tokens
-REPLY_FIELDS, REPLY_SIZE = 4, 64    # [kind, job id, token count, accepted drafts], then tokens
-JOB, RESULT, SHUTDOWN, ERROR = 1, 2, 3, 4
-
-
-def frame(fields: list[int], payload: list[int], size: int) -> tuple[list[int], Optional[list[int]]]:
-    """The fixed-size first message, and the payload to send after it if it does not fit."""
-    room = size - len(fields)
-    if len(payload) <= room:
-        return fields + payload + [0] * (room - len(payload)), None
-    return fields + [0] * room, payload
-
-
-def unframe(message: list[int], n_fields: int, length: int, recv_rest) -> tuple[list[int], list[int]]:
-    fields = message[:n_fields]
-    if length <= len(message) - n_fields:
-        return fields, message[n_fields:n_fields + length]
-    return fields, recv_rest(length)
+# job payload: [job id, keep, tail length, chain length, vocab, seed, top_k, temperature, top_p,
+#               min_p (float bits), epoch], then the tail tokens, then the probabilities' bits
+JOB_FIELDS = 11
 
 
 def encode_sampling(params: SamplingParams) -> list[int]:
@@ -61,50 +52,62 @@ def decode_sampling(fields: list[int]) -> SamplingParams:
     return SamplingParams(temperature=temperature, top_p=top_p, top_k=int(fields[0]), min_p=min_p)
 
 
-class _ThreadStreams(threading.local):
-    """MLX streams belong to the thread that made them: one CPU stream per thread."""
+def encode_job(job: Job, keep: int, tail: list[int], sampling: SamplingParams, epoch: int) -> np.ndarray:
+    vocab = int(job.draft_probs.shape[-1]) if job.draft_probs is not None else 0
+    fields = [job.id, keep, len(tail), len(job.chain), vocab, job.seed, *encode_sampling(sampling),
+              epoch]
+    parts = [np.array(fields + list(tail), dtype=np.int32)]
+    if vocab:
+        parts.append(np.array(job.draft_probs.astype(mx.float32)).view(np.int32).ravel())
+    return np.concatenate(parts)
 
-    def get(self):
-        if not hasattr(self, "stream"):
-            self.stream = mx.new_stream(mx.cpu)
-        return self.stream
+
+def decode_job(payload: np.ndarray) -> dict:
+    fields = payload[:JOB_FIELDS].tolist()
+    job_id, keep, n_tail, n_chain, vocab, seed = fields[:6]
+    tail = payload[JOB_FIELDS:JOB_FIELDS + n_tail].tolist()
+    probs = None
+    if vocab:
+        bits = payload[JOB_FIELDS + n_tail:JOB_FIELDS + n_tail + n_chain * vocab]
+        probs = mx.array(bits.view(np.float32).reshape(n_chain, vocab))
+    return dict(job_id=job_id, keep=keep, tail=tail, n_chain=n_chain, seed=seed,
+                sampling=decode_sampling(fields[6:10]), epoch=fields[10], probs=probs)
 
 
 class RingPool:
     """The orchestrator's side: rank 0 of `group`; ranks 1.. are workers."""
 
     def __init__(self, group):
-        self.group = group
         self.worker_ids = list(range(1, group.size()))
         self.events: "queue.Queue[Event]" = queue.Queue()
         self.cached: dict[int, list[int]] = {w: [] for w in self.worker_ids}  # mirrors worker caches
+        self.epoch = {w: 0 for w in self.worker_ids}
+        self.relays: dict[int, list[int]] = {w: [] for w in self.worker_ids}  # of the last job
+        self.in_flight: dict[int, tuple[Job, SamplingParams]] = {}
         self.abandoned: set[int] = set()
+        self.closing: set[int] = set()
+        self.acknowledged: set[int] = set()
         self.on_abandon = None  # set by whoever can stop a worker (local processes: kill it)
-        self._streams = _ThreadStreams()
-        self._threads = [threading.Thread(target=self._receive, args=(worker,), daemon=True,
-                                          name=f"dsi-recv-{worker}") for worker in self.worker_ids]
-        for thread in self._threads:
-            thread.start()
+        self._lock = threading.Lock()
+        self.node = RingNode(group, self._deliver, self._link_lost)
 
     # -- sending --------------------------------------------------------------------------------
-    def _send(self, array: mx.array, worker: int) -> None:
-        mx.eval(mx.distributed.send(array, worker, group=self.group, stream=self._streams.get()))
-
     def submit(self, worker: int, job: Job, sampling: SamplingParams) -> None:
+        way = self.node.toward(worker, avoid=self.abandoned)
+        if way is None:
+            self.events.put(Failure(worker, "no way to it round the ring (workers on both "
+                                    "sides failed)"))
+            return
+        via, relays = way
         keep = _common_prefix(self.cached[worker], job.context)
         tail = job.context[keep:] + job.chain
-        vocab = int(job.draft_probs.shape[-1]) if job.draft_probs is not None else 0
-        fields = [JOB, job.id, keep, len(tail), len(job.chain), vocab, job.seed,
-                  *encode_sampling(sampling), 0]
-        message, rest = frame(fields, tail, JOB_SIZE)
+        with self._lock:
+            self.in_flight[worker] = (job, sampling)
+            self.relays[worker] = relays
         try:
-            self._send(mx.array(message, dtype=mx.int32), worker)
-            if rest is not None:
-                self._send(mx.array(rest, dtype=mx.int32), worker)
-            if vocab:
-                self._send(job.draft_probs.astype(mx.float32), worker)
-        except RuntimeError as exc:  # the connection is gone: the worker failed
-            self.events.put(Failure(worker, str(exc)))
+            self.node.send(worker, JOB, encode_job(job, keep, tail, sampling, self.epoch[worker]), via)
+        except RuntimeError as exc:  # the first hop is gone: that worker failed
+            self.events.put(Failure(via, str(exc)))
             return
         self.cached[worker] = job.context + job.chain
 
@@ -112,23 +115,36 @@ class RingPool:
         self.abandoned.add(worker)
         if self.on_abandon is not None:
             self.on_abandon(worker)
+        with self._lock:
+            stranded = [(w, job, sampling) for w, (job, sampling) in self.in_flight.items()
+                        if worker in self.relays[w] and w not in self.abandoned]
+            self.in_flight.pop(worker, None)
+        for w, job, sampling in stranded:  # its packets may have died inside the relay
+            self.cached[w] = []
+            self.epoch[w] += 1
+            self.submit(w, job, sampling)
 
     def post(self, event) -> None:
         self.events.put(event)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Ask every live worker to stop and wait for their acknowledgements."""
-        for worker in self.worker_ids:
-            if worker not in self.abandoned:
-                try:
-                    self._send(mx.array(frame([SHUTDOWN], [], JOB_SIZE)[0], dtype=mx.int32), worker)
-                except RuntimeError:
-                    self.abandoned.add(worker)
-        for worker, thread in zip(self.worker_ids, self._threads):
-            if worker not in self.abandoned:  # an abandoned (hung) worker never acknowledges
-                thread.join(timeout)
+        """Ask every live worker to stop, farthest first, and wait for each acknowledgement."""
+        size = len(self.worker_ids) + 1
+        for worker in sorted(self.worker_ids, key=lambda w: closing_order(w, size), reverse=True):
+            way = self.node.toward(worker, avoid=self.abandoned)
+            if worker in self.abandoned or worker in self.closing or way is None:
+                continue  # (closing: asked already; close may run twice, e.g. again at exit)
+            self.closing.add(worker)
+            try:
+                self.node.send(worker, SHUTDOWN, [], way[0])
+            except RuntimeError:
+                self.abandoned.add(worker)
+                continue
+            deadline = time.monotonic() + timeout
+            while worker not in self.acknowledged and time.monotonic() < deadline:
+                time.sleep(0.002)
 
-    # -- receiving ------------------------------------------------------------------------------
+    # -- receiving (listener threads) -----------------------------------------------------------
     def wait(self, timeout: Optional[float]) -> Optional[Event]:
         try:
             if timeout == 0:
@@ -137,25 +153,22 @@ class RingPool:
         except queue.Empty:
             return None
 
-    def _recv(self, shape, dtype, worker: int) -> mx.array:
-        array = mx.distributed.recv(shape, dtype, worker, group=self.group,
-                                    stream=self._streams.get())
-        mx.eval(array)
-        return array
+    def _deliver(self, src: int, kind: int, payload: np.ndarray, via: int) -> None:
+        if kind == RESULT:
+            job_id, accepted = payload[:2].tolist()
+            with self._lock:
+                if src in self.in_flight and self.in_flight[src][0].id == job_id:
+                    del self.in_flight[src]
+            self.events.put(Result(src, job_id, payload[2:].tolist(), accepted))
+        elif kind == SHUTDOWN:
+            self.acknowledged.add(src)
+        elif kind == PEER_LOST:
+            lost = int(payload[0])
+            if lost not in self.closing:
+                self.events.put(Failure(lost, f"connection lost (seen by worker {src})"))
+        else:
+            self.events.put(Failure(src, f"worker reported an error on job {int(payload[0])}"))
 
-    def _receive(self, worker: int) -> None:
-        try:
-            while True:
-                message = self._recv((REPLY_SIZE,), mx.int32, worker).tolist()
-                kind, job_id, n, accepted = message[:REPLY_FIELDS]
-                if kind == RESULT:
-                    _, tokens = unframe(message, REPLY_FIELDS, n, lambda length: self._recv(
-                        (length,), mx.int32, worker).tolist())
-                    self.events.put(Result(worker, job_id, tokens, accepted))
-                elif kind == SHUTDOWN:
-                    return
-                else:
-                    self.events.put(Failure(worker, f"worker reported an error on job {job_id}"))
-                    return
-        except RuntimeError as exc:
-            self.events.put(Failure(worker, str(exc)))
+    def _link_lost(self, neighbour: int, reason: str) -> None:
+        if neighbour not in self.closing:
+            self.events.put(Failure(neighbour, reason))

@@ -1,63 +1,84 @@
 """A DSI worker process: owns one copy of the target and its KV cache, verifies the jobs rank 0
-sends it, replies with the tokens the target chose.
+sends it, replies with the tokens the target chose, and relays packets for workers beyond it on
+the ring (ring.py).
 
     python -m mlx_spec.dsi.worker --model PATH      (with MLX_HOSTFILE and MLX_RANK set)
 
 `mlxspec generate --method dsi --workers N` starts these for you; across machines, `python -m
 mlx_spec.dsi` under mlx.launch runs the same loop on every rank but 0. The loop ends on a
-shutdown message or when rank 0 goes away (recv raises: the connection was lost).
+shutdown message, or when rank 0 can no longer be reached (its link, or both links, lost).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import queue
 import sys
 import traceback
 
 import mlx_spec  # noqa: F401  (loads the optimized BLAS before mlx computes anything)
 import mlx.core as mx
 
-from .transport import (ERROR, JOB, JOB_FIELDS, JOB_SIZE, REPLY_SIZE, RESULT,
-                        SHUTDOWN, decode_sampling, frame, unframe)
+from .ring import ERROR, JOB, PEER_LOST, RESULT, SHUTDOWN, RingNode
+from .transport import decode_job
 from .verifier import Verifier
 
 ORCHESTRATOR = 0
 READY = "mlxspec-dsi-worker-ready"
+_GONE = object()  # rank 0 is unreachable
+
+
+class WorkerNode:
+    """Jobs addressed to this rank queue up for the main thread; a lost neighbour is reported
+    to rank 0 the other way round the ring."""
+
+    def __init__(self, group):
+        self.jobs: queue.Queue = queue.Queue()
+        self.node = RingNode(group, self._deliver, self._link_lost)
+
+    def _deliver(self, src, kind, payload, via) -> None:
+        self.jobs.put((kind, payload, via))
+
+    def _link_lost(self, neighbour: int, reason: str) -> None:
+        others = [n for n in self.node.neighbours if n not in self.node.lost]
+        if neighbour == ORCHESTRATOR or not others:
+            self.jobs.put((_GONE, None, None))
+            return
+        try:
+            self.node.send(ORCHESTRATOR, PEER_LOST, [neighbour], others[0])
+        except RuntimeError:
+            pass
+
+    def reply(self, kind: int, payload, via: int) -> None:
+        """Back the way the job came: every rank on that way was alive a moment ago."""
+        self.node.send(ORCHESTRATOR, kind, payload, via)
 
 
 def serve(group, verifier: Verifier) -> None:
-    def recv(shape, dtype):
-        array = mx.distributed.recv(shape, dtype, ORCHESTRATOR, group=group)
-        mx.eval(array)
-        return array
-
-    def send(values) -> None:
-        mx.eval(mx.distributed.send(mx.array(values, dtype=mx.int32), ORCHESTRATOR, group=group))
-
-    def reply(fields, tokens=()) -> None:
-        message, rest = frame(list(fields), list(tokens), REPLY_SIZE)
-        send(message)
-        if rest is not None:
-            send(rest)
-
+    worker = WorkerNode(group)
+    epoch = 0
     while True:
-        message = recv((JOB_SIZE,), mx.int32).tolist()
-        kind, job_id, keep, n_tail, n_chain, vocab, seed = message[:7]
-        if kind == SHUTDOWN:  # acknowledge, so rank 0 stops receiving before the socket closes
-            reply([SHUTDOWN, 0, 0, 0])
+        kind, payload, via = worker.jobs.get()
+        if kind is _GONE:
+            raise RuntimeError("rank 0 is unreachable")
+        if kind == SHUTDOWN:  # acknowledge, so rank 0 knows before this rank's sockets close
+            worker.reply(SHUTDOWN, [], via)
+            worker.node.goodbye()
             return
         if kind != JOB:
             raise RuntimeError(f"unexpected message kind {kind}")
-        fields, tail = unframe(message, JOB_FIELDS, n_tail,
-                               lambda length: recv((length,), mx.int32).tolist())
-        probs = recv((n_chain, vocab), mx.float32) if vocab else None
+        job = decode_job(payload)
+        if job["epoch"] < epoch:
+            continue  # re-sent since by another way, with the whole context: this one is stale
+        epoch = job["epoch"]
         try:
-            tokens, accepted = verifier.run(keep, tail, n_chain, decode_sampling(fields[7:11]),
-                                            seed, probs)
+            tokens, accepted = verifier.run(job["keep"], job["tail"], job["n_chain"],
+                                            job["sampling"], job["seed"], job["probs"])
         except Exception:  # report, then stop: this worker's cache can no longer be trusted
             traceback.print_exc()
-            reply([ERROR, job_id, 0, 0])
+            worker.reply(ERROR, [job["job_id"]], via)
             return
-        reply([RESULT, job_id, len(tokens), accepted], tokens)
+        worker.reply(RESULT, [job["job_id"], accepted, *tokens], via)
 
 
 def main(argv=None) -> int:
@@ -70,7 +91,11 @@ def main(argv=None) -> int:
     print(READY, flush=True)
     group = mx.distributed.init(backend="ring", strict=True)
     run_worker(group, args.model, args.kv_bits)
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip interpreter teardown: listener threads may still be blocked inside MLX, and C++ static
+    # destructors running under them abort the process
+    os._exit(0)
 
 
 def run_worker(group, model_path: str, kv_bits=None) -> None:

@@ -1,0 +1,147 @@
+"""Addressed packets over mx.distributed's ring backend, relayed by the ranks in between.
+
+The ring backend connects each rank only to its two ring neighbours (send/recv to any other rank
+raises), so with N workers rank 0 reaches workers 1 and N directly and the others through them.
+Every rank runs one listener thread per neighbour; a packet addressed to another rank is passed on
+in the direction it was travelling. The sender picks the direction (rank 0 avoids ranks it knows
+are dead; a worker answers back along the way the job came), so relays need no routing state.
+
+A packet is one fixed-size int32 message [dest, src, kind, length, payload...] when the payload
+fits, else that message followed by the rest of the payload: one message per hop for token blocks,
+two for the drafter's probabilities. Each hop stores the whole packet before passing it on, so a
+relay that dies loses whole packets, never half of one. A rank that leaves on purpose says goodbye
+to its neighbours first, and they stop listening to it. Sends to one neighbour are serialized by a
+lock (the two messages of a packet must stay together); each thread uses its own CPU stream
+(streams belong to threads in MLX, and a blocked recv holds its stream).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+import mlx.core as mx
+import numpy as np
+
+HEADER, PACKET_SIZE = 4, 256    # [dest, src, kind, payload length], then the payload
+
+# packet kinds
+JOB, RESULT, SHUTDOWN, ERROR, PEER_LOST, GOODBYE = 1, 2, 3, 4, 5, 6
+
+
+def closing_order(rank: int, size: int) -> tuple[int, int]:
+    """Workers stop in decreasing order of this key, farthest from rank 0 first, so that every
+    acknowledgement still finds live relays on its way back."""
+    return min(rank, size - rank), rank
+
+
+class _ThreadStreams(threading.local):
+    def get(self):
+        if not hasattr(self, "stream"):
+            self.stream = mx.new_stream(mx.cpu)
+        return self.stream
+
+
+def ring_hops(src: int, dest: int, size: int, step: int) -> list[int]:
+    """The ranks a packet visits from src to dest going `step` (+1 or -1) around the ring,
+    dest included."""
+    hops, rank = [], src
+    while rank != dest:
+        rank = (rank + step) % size
+        hops.append(rank)
+    return hops
+
+
+class RingNode:
+    """One rank's end: send addressed packets, relay others' packets, hand its own to `deliver`.
+
+    deliver(src, kind, payload: np.ndarray int32, via: neighbour it came from) runs on a listener
+    thread; link_lost(neighbour, reason) is called once per neighbour whose connection breaks."""
+
+    def __init__(self, group, deliver: Callable, link_lost: Callable):
+        self.group = group
+        self.rank, self.size = group.rank(), group.size()
+        self.left, self.right = (self.rank - 1) % self.size, (self.rank + 1) % self.size
+        self.neighbours = sorted({self.left, self.right} - {self.rank})
+        self.deliver, self.link_lost = deliver, link_lost
+        self.lost: set[int] = set()
+        self._locks = {n: threading.Lock() for n in self.neighbours}
+        self._streams = _ThreadStreams()
+        self._threads = [threading.Thread(target=self._listen, args=(n,), daemon=True,
+                                          name=f"ring-{self.rank}-from-{n}") for n in self.neighbours]
+        for thread in self._threads:
+            thread.start()
+
+    # -- sending --------------------------------------------------------------------------------
+    def send(self, dest: int, kind: int, payload, via: int) -> None:
+        """Send to `dest` through neighbour `via`. Raises RuntimeError if that link is down."""
+        payload = np.asarray(payload, dtype=np.int32).ravel()
+        room = PACKET_SIZE - HEADER
+        first = np.zeros(PACKET_SIZE, dtype=np.int32)
+        first[:HEADER] = [dest, self.rank, kind, payload.size]
+        first[HEADER:HEADER + min(room, payload.size)] = payload[:room]
+        rest = payload[room:] if payload.size > room else None
+        self._send_parts(via, [mx.array(first)] + ([mx.array(rest)] if rest is not None else []))
+
+    def _send_parts(self, neighbour: int, parts: list) -> None:
+        with self._locks[neighbour]:
+            for part in parts:
+                mx.eval(mx.distributed.send(part, neighbour, group=self.group,
+                                            stream=self._streams.get()))
+
+    def goodbye(self) -> None:
+        """Before this rank exits: tell the neighbours that leave after it (closing_order) to stop
+        listening to it, so its sockets close with no recv pending on the other side (the ring
+        backend reports those loudly). Neighbours that left before it are not written to."""
+        mine = closing_order(self.rank, self.size)
+        for neighbour in self.neighbours:
+            if neighbour not in self.lost and closing_order(neighbour, self.size) < mine:
+                try:
+                    self.send(neighbour, GOODBYE, [], neighbour)
+                except RuntimeError:
+                    pass
+
+    def toward(self, dest: int, avoid=frozenset()) -> Optional[tuple[int, list[int]]]:
+        """(first hop, ranks in between) of the shortest way to dest that passes no rank in
+        `avoid`; None when both ways are blocked."""
+        best = None
+        for step in (1, -1):
+            hops = ring_hops(self.rank, dest, self.size, step)
+            between = hops[:-1]
+            if any(rank in avoid for rank in between):
+                continue
+            if best is None or len(hops) < len(best[1]) + 1:
+                best = (hops[0], between)
+        return best
+
+    # -- receiving ------------------------------------------------------------------------------
+    def _recv(self, shape, neighbour: int) -> mx.array:
+        array = mx.distributed.recv(shape, mx.int32, neighbour, group=self.group,
+                                    stream=self._streams.get())
+        mx.eval(array)
+        return array
+
+    def _listen(self, neighbour: int) -> None:
+        onward = self.right if neighbour == self.left else self.left
+        try:
+            while True:
+                first = self._recv((PACKET_SIZE,), neighbour)
+                header = np.array(first[:HEADER]).tolist()
+                dest, src, kind, length = header
+                room = PACKET_SIZE - HEADER
+                rest = self._recv((length - room,), neighbour) if length > room else None
+                if dest != self.rank:  # relay it on in the direction it travels
+                    try:
+                        self._send_parts(onward, [first] + ([rest] if rest is not None else []))
+                    except RuntimeError:
+                        pass  # onward link is down: the packet is lost; rank 0 re-sends jobs
+                    continue
+                if kind == GOODBYE:
+                    self.lost.add(neighbour)
+                    return
+                payload = np.array(first[HEADER:HEADER + min(length, room)])
+                if rest is not None:
+                    payload = np.concatenate([payload, np.array(rest)])
+                self.deliver(src, kind, payload, neighbour)
+        except RuntimeError as exc:  # the ring backend lost this neighbour
+            self.lost.add(neighbour)
+            self.link_lost(neighbour, str(exc))
