@@ -1,0 +1,123 @@
+"""Relaying over the ring without processes: which way packets go, what rank 0 re-sends when a
+relay dies, and that a worker drops a job that was overtaken by its re-sent copy."""
+import numpy as np
+import pytest
+import mlx.core as mx
+
+from mlx_spec.dsi import transport, worker
+from mlx_spec.dsi.orchestrator import Job, Result
+from mlx_spec.dsi.ring import JOB, RESULT, SHUTDOWN, RingNode, closing_order, ring_hops
+from mlx_spec.sampling import SamplingParams
+
+GREEDY = SamplingParams()
+
+
+class FakeGroup:
+    def __init__(self, rank, size):
+        self._rank, self._size = rank, size
+
+    def rank(self):
+        return self._rank
+
+    def size(self):
+        return self._size
+
+
+class FakeNode(RingNode):
+    """RingNode's routing without sockets: sends are recorded."""
+
+    def __init__(self, group, deliver, link_lost):
+        self.rank, self.size = group.rank(), group.size()
+        self.left, self.right = (self.rank - 1) % self.size, (self.rank + 1) % self.size
+        self.neighbours = sorted({self.left, self.right} - {self.rank})
+        self.deliver, self.link_lost, self.lost = deliver, link_lost, set()
+        self.sent = []
+
+    def send(self, dest, kind, payload, via):
+        self.sent.append((dest, kind, np.asarray(payload, dtype=np.int32), via))
+
+
+def test_ways_round_the_ring():
+    assert ring_hops(0, 2, 4, 1) == [1, 2] and ring_hops(0, 2, 4, -1) == [3, 2]
+    node = FakeNode(FakeGroup(0, 5), None, None)
+    assert node.toward(1) == (1, []) and node.toward(4) == (4, [])
+    assert node.toward(2) == (1, [1]) and node.toward(3) == (4, [4])
+    assert node.toward(2, avoid={1}) == (4, [4, 3])
+    assert node.toward(2, avoid={1, 3}) is None
+    # farthest first, and of two equally far the higher rank first
+    assert sorted(range(1, 5), key=lambda w: closing_order(w, 5), reverse=True) == [3, 2, 4, 1]
+
+
+def test_job_round_trip_with_draft_probabilities():
+    probs = mx.random.uniform(shape=(3, 7))
+    job = Job(5, 0, [1, 2, 3], [4, 5, 6], probs, seed=99)
+    params = SamplingParams(temperature=0.5, top_p=0.75, top_k=3, min_p=0.125)  # exact in fp32
+    decoded = transport.decode_job(transport.encode_job(job, 1, [2, 3, 4, 5, 6], params, epoch=2))
+    assert decoded["job_id"] == 5 and decoded["keep"] == 1 and decoded["tail"] == [2, 3, 4, 5, 6]
+    assert decoded["n_chain"] == 3 and decoded["seed"] == 99 and decoded["epoch"] == 2
+    assert decoded["sampling"] == params
+    assert np.array_equal(np.array(decoded["probs"]), np.array(probs))
+
+
+def test_jobs_stranded_in_a_dead_relay_are_resent_the_other_way(monkeypatch):
+    monkeypatch.setattr(transport, "RingNode", FakeNode)
+    pool = transport.RingPool(FakeGroup(0, 4))       # workers 1, 2, 3; 2 is reached through 1
+    first = Job(1, 0, [7, 8, 9], [10, 11], None, seed=0)
+    pool.submit(2, first, GREEDY)
+    pool.submit(3, Job(2, 0, [7, 8, 9], [10, 12], None, seed=0), GREEDY)
+    dest, kind, payload, via = pool.node.sent[0]
+    assert (dest, kind, via) == (2, JOB, 1)
+    assert transport.decode_job(payload)["keep"] == 0
+    pool._deliver(3, RESULT, np.array([2, 1, 12, 13]), via=3)  # worker 3 answered
+    assert pool.wait(0) == Result(3, 2, [12, 13], 1)
+    # a second job to worker 2 only sends the new tokens
+    second = Job(3, 0, [7, 8, 9, 10, 11], [13], None, seed=0)
+    pool._deliver(2, RESULT, np.array([1, 1, 11, 13]), via=1)
+    pool.submit(2, second, GREEDY)
+    assert transport.decode_job(pool.node.sent[-1][2])["keep"] == 5
+    pool.node.sent.clear()
+    pool.abandon(1)  # the relay died with worker 2's job maybe inside it
+    (dest, kind, payload, via), = pool.node.sent
+    resent = transport.decode_job(payload)
+    assert (dest, kind, via) == (2, JOB, 3)
+    assert resent["job_id"] == 3 and resent["keep"] == 0 and resent["epoch"] == 1
+    assert resent["tail"] == [7, 8, 9, 10, 11, 13]
+    pool.node.sent.clear()
+    pool.abandon(3)  # now nothing leads to worker 2
+    assert pool.wait(0).worker == 2 and not pool.node.sent
+
+
+def test_worker_drops_a_job_overtaken_by_its_resent_copy(monkeypatch):
+    monkeypatch.setattr(worker, "RingNode", FakeNode)
+
+    class Recorder:
+        def __init__(self):
+            self.runs = []
+
+        def run(self, keep, tail, n_chain, sampling, seed, probs):
+            self.runs.append((keep, tail))
+            return [tail[-1] + 1], 0
+
+    def job(job_id, keep, tail, epoch):
+        return transport.encode_job(Job(job_id, 0, [], tail[-1:], None, seed=0), keep, tail,
+                                    GREEDY, epoch)
+
+    recorder = Recorder()
+    nodes = []
+    real_init = worker.WorkerNode.__init__
+
+    def init(self, group):
+        real_init(self, group)
+        nodes.append(self)
+        self.jobs.put((JOB, job(1, 0, [5, 6], 0), 1))
+        self.jobs.put((JOB, job(1, 0, [5, 6], 1), 3))   # re-sent by the other way
+        self.jobs.put((JOB, job(1, 0, [5, 6], 0), 1))   # the original, late: dropped
+        self.jobs.put((JOB, job(2, 2, [7], 1), 3))
+        self.jobs.put((SHUTDOWN, np.zeros(0, np.int32), 3))
+
+    monkeypatch.setattr(worker.WorkerNode, "__init__", init)
+    worker.serve(FakeGroup(2, 4), recorder)
+    assert recorder.runs == [(0, [5, 6]), (0, [5, 6]), (2, [7])]
+    replies = [(kind, payload.tolist(), via) for dest, kind, payload, via in nodes[0].node.sent]
+    assert replies[:3] == [(RESULT, [1, 0, 7], 1), (RESULT, [1, 0, 7], 3), (RESULT, [2, 0, 8], 3)]
+    assert replies[3][0] == SHUTDOWN
