@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
 from .sampling import SamplingParams, choose, log_probs
 from .tree import Tree
@@ -29,8 +30,10 @@ class Acceptance:
 
 
 def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None) -> Acceptance:
-    if tree.draft_probs is not None and not params.greedy:
-        return _accept_sampled_chain(tree, logits, params, key)
+    if tree.draft_probs is not None and not params.greedy and len(tree) > 1:
+        if tree.is_chain and tree.draws is None:
+            return _accept_sampled_chain(tree, logits, params, key)
+        return _accept_sampled_tree(tree, logits, params, key)
     return _accept_by_walking(tree, choose(logits, params, key).tolist())
 
 
@@ -74,3 +77,28 @@ def _accept_sampled_chain(tree: Tree, logits: mx.array, params: SamplingParams, 
         tokens.append(tree.tokens[i + 1])
     tokens.append(bonus_draw)
     return Acceptance(path=path, tokens=tokens)
+
+
+def _accept_sampled_tree(tree: Tree, logits: mx.array, params: SamplingParams, key) -> Acceptance:
+    p = np.array(mx.exp(log_probs(logits, params)), dtype=np.float64)  # [n, V]: after node i
+    q = np.array(tree.draft_probs.astype(mx.float32), dtype=np.float64)  # row c: c's draft dist
+    rng = np.random.default_rng(mx.random.randint(0, 1 << 31, key=key).item())
+    draws = tree.draws if tree.draws is not None else tree.children()
+    node, path, tokens = 0, [0], []
+    while True:
+        residual, chosen = p[node], None
+        for child in draws[node]:
+            x = tree.tokens[child]
+            if rng.random() * q[child, x] < residual[x]:  # probability min(1, r(x) / q(x))
+                chosen = child
+                break
+            shrunk = np.maximum(residual - q[child], 0.0)
+            total = shrunk.sum()
+            if total > 0:  # zero only when r == q, where x could not have been rejected
+                residual = shrunk / total
+        if chosen is None:
+            tokens.append(int(rng.choice(len(residual), p=residual / residual.sum())))
+            return Acceptance(path=path, tokens=tokens)
+        tokens.append(tree.tokens[chosen])
+        path.append(chosen)
+        node = chosen

@@ -18,6 +18,10 @@ class Tree:
     # Sampled drafts only: per non-root node, the drafter's probability distribution it was drawn
     # from (an mx.array [n, V] aligned with nodes, row 0 unused). None for deterministic drafts.
     draft_probs: Optional[object] = None
+    # Sampled trees only: per node, its children in the order they were drawn, repeated once per
+    # draw (independent chains often draw the same token; merged, it still counts as each draw).
+    # None means one draw per child, in node order.
+    draws: Optional[list[list[int]]] = None
 
     def __post_init__(self):
         if len(self.tokens) != len(self.parents) or not self.tokens or self.parents[0] != -1:
@@ -40,18 +44,28 @@ class Tree:
     def from_branches(cls, root: int, branches: Sequence[Sequence[int]]) -> "Tree":
         """Merge branches (token sequences following the root) so that every distinct prefix is
         one node: branches that share a beginning share those nodes."""
-        tokens, parents = [root], [-1]
-        child_of: dict[tuple[int, int], int] = {}
-        for branch in branches:
-            node = 0
-            for token in branch:
-                key = (node, int(token))
-                if key not in child_of:
-                    child_of[key] = len(tokens)
-                    tokens.append(int(token))
-                    parents.append(node)
-                node = child_of[key]
+        tokens, parents, _ = _merge(root, branches)
         return cls(tokens=tokens, parents=parents)
+
+    @classmethod
+    def from_sampled_branches(cls, root: int, branches: Sequence[Sequence[int]],
+                              branch_probs) -> "Tree":
+        """Merge independently sampled branches; branch_probs[b, t] (an mx.array [B, L, V]) is the
+        distribution token t of branch b was drawn from. Shared prefixes are merged as in
+        from_branches, and every draw is kept in `draws` for exact multi-draft acceptance."""
+        import mlx.core as mx
+
+        tokens, parents, visits = _merge(root, branches)
+        draws: list[list[int]] = [[] for _ in tokens]
+        drawn_at = {0: (0, 0)}  # node -> (branch, step) of its first draw; the root's row is unused
+        for b, nodes in enumerate(visits):
+            for t, node in enumerate(nodes):
+                drawn_at.setdefault(node, (b, t))
+                draws[parents[node]].append(node)
+        rows_b = mx.array([drawn_at[i][0] for i in range(len(tokens))])
+        rows_t = mx.array([drawn_at[i][1] for i in range(len(tokens))])
+        return cls(tokens=tokens, parents=parents, draft_probs=branch_probs[rows_b, rows_t],
+                   draws=draws)
 
     @property
     def is_chain(self) -> bool:
@@ -74,3 +88,22 @@ class Tree:
     def leaves(self) -> list[int]:
         has_child = set(self.parents[1:])
         return [i for i in range(len(self.tokens)) if i not in has_child]
+
+
+def _merge(root: int, branches: Sequence[Sequence[int]]):
+    """Tokens and parents of the merged tree, and for each branch the nodes it passes through."""
+    tokens, parents = [root], [-1]
+    child_of: dict[tuple[int, int], int] = {}
+    visits = []
+    for branch in branches:
+        node, nodes = 0, []
+        for token in branch:
+            key = (node, int(token))
+            if key not in child_of:
+                child_of[key] = len(tokens)
+                tokens.append(int(token))
+                parents.append(node)
+            node = child_of[key]
+            nodes.append(node)
+        visits.append(nodes)
+    return tokens, parents, visits

@@ -98,11 +98,14 @@ def test_trained_head_is_lossless_greedy(small, trained):
     assert result.stats.mean_accepted > 1.5  # the trained head really drafts what the target says
 
 
-def test_trained_head_samples_the_target_distribution(small, trained):
-    params = SamplingParams(temperature=1.0, top_k=3)
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+@pytest.mark.parametrize("sampled_drafts", [True, False])  # sampled chains, or beams walked
+def test_trained_head_samples_the_target_distribution(small, trained, temperature, sampled_drafts):
+    params = SamplingParams(temperature=temperature, top_k=3)
     prompt = story_prompt(small)
     exact = exact_distribution(small.model, prompt, 3, params)
-    decoder = mlx_spec.make_decoder(small, "redrafter", head=trained[3], beam_width=4, beam_length=3)
+    decoder = mlx_spec.make_decoder(small, "redrafter", head=trained[3], beam_width=4, beam_length=3,
+                                    sampled_drafts=sampled_drafts)
     counts = sample_continuations(decoder, prompt, 3, params, 600)
     assert chi_square_pvalue(counts, exact) > 1e-4
 
