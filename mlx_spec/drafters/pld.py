@@ -3,9 +3,16 @@
 
 An incremental index (n-gram -> where its latest earlier occurrence ended) keeps each step O(n)
 instead of rescanning the whole context.
+
+Adaptive length (mlx_spec/draft_length.py): every lookup is remembered until the tokens it guessed
+are known, then scored as if all of it had been sent (acceptance walks the target's own draws, so
+what the target says does not depend on what was drafted). Guesses that keep failing (sampling at a
+high temperature, text that does not repeat) shrink the draft down to plain decoding; the scoring
+goes on, so drafting resumes when guesses start to match.
 """
 from __future__ import annotations
 
+from ..draft_length import DraftLengthChooser
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
@@ -43,17 +50,41 @@ class NgramIndex:
 
 @register("pld")
 class PromptLookup(Drafter):
-    def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1):
+    def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1,
+                 adaptive: bool = True, verify_cost: float = 0.07, verify_overhead: float = 0.2):
         if num_draft_tokens < 1 or not 1 <= ngram_min <= ngram_max:
             raise ValueError("need num_draft_tokens >= 1 and 1 <= ngram_min <= ngram_max")
         self.num_draft_tokens = num_draft_tokens
         self.index = NgramIndex(ngram_min, ngram_max)
+        self.chooser = (DraftLengthChooser(num_draft_tokens, 0, verify_cost, verify_overhead)
+                        if adaptive else None)
+        self._guesses: list[tuple[int, list[int]]] = []  # (where a lookup was made, its tokens)
 
     def begin(self, prompt_tokens: list[int]) -> None:
         self.index.reset(prompt_tokens)
+        self._guesses = []
+        if self.chooser is not None:
+            self.chooser.reset()
 
     def propose(self, ctx: StepContext) -> Tree:
         if len(self.index.tokens) != len(ctx.tokens):
             self.index.extend(ctx.tokens[len(self.index.tokens):])
-        draft = self.index.lookup(min(self.num_draft_tokens, ctx.max_drafts))
-        return Tree.from_chain(ctx.tokens[-1], draft)
+        draft = self.index.lookup(self.num_draft_tokens)
+        if self.chooser is not None:
+            self._score_guesses(ctx.tokens)
+            if draft:
+                self._guesses.append((len(ctx.tokens), draft))
+                draft = draft[:self.chooser.choose()]
+        return Tree.from_chain(ctx.tokens[-1], draft[:ctx.max_drafts])
+
+    def _score_guesses(self, tokens: list[int]) -> None:
+        """Teach the chooser with every earlier guess whose outcome is now known."""
+        still_open = []
+        for start, guess in self._guesses:
+            actual = tokens[start:start + len(guess)]
+            matched = next((i for i, (a, b) in enumerate(zip(actual, guess)) if a != b), len(actual))
+            if matched == len(actual) < len(guess):
+                still_open.append((start, guess))
+            else:
+                self.chooser.record(matched, len(guess))
+        self._guesses = still_open

@@ -3,20 +3,31 @@ accepted node and beam-searches W continuations of length L (root included); the
 tree with shared prefixes merged, verified in a single target pass, and the longest matching path
 over all beams is accepted (greedy, or exactly by sampling the target at each node).
 
+When the target samples, beams are a poor guess of a random continuation: the head samples W
+independent chains instead (same tree, same single verification), and multi-draft rejection
+sampling accepts them exactly (see mlx_spec/accept.py). `sampled_drafts=False` keeps beams.
+
+The draft depth adapts (mlx_spec/draft_length.py): learned per-depth acceptance against the cost
+of drafting and verifying each extra level, so drafts shrink where the head keeps missing (high
+temperatures, unfamiliar text) and grow back to beam_length when it keeps hitting.
+
 On a GPU the next beam search starts asynchronously as soon as a verification is observed, so it
 runs while the engine commits the cache and streams text.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
 
+from ..draft_length import DraftLengthChooser
 from ..errors import MlxSpecError
 from ..loading import compute_on_cpu, shipped_model
 from ..redrafter import beam_search, load_drafter
+from ..redrafter.chain_sampling import sample_chains
 from ..redrafter.target_io import token_embedding
 from ..tree import Tree
 from . import register
@@ -61,7 +72,9 @@ class ReDrafter(Drafter):
     needs_hidden_states = True
 
     def __init__(self, model, beam_width: int = 2, beam_length: int = 7, head: Optional[str] = None,
-                 top_k: int = 50, min_prob: float = 0.0):
+                 top_k: int = 50, min_prob: float = 0.0, sampled_drafts: bool = True,
+                 adaptive: Optional[bool] = None, verify_cost: float = 0.07, verify_overhead: float = 0.15,
+                 draft_cost: float = 0.06, head_temperature: float = 1.0):
         if beam_width < 1 or beam_length < 2:
             raise ValueError("need beam_width >= 1 and beam_length >= 2")
         if not 0.0 <= min_prob < 1.0:
@@ -70,19 +83,29 @@ class ReDrafter(Drafter):
         # a beam is cut where the head's probability of its prefix drops below min_prob: such
         # nodes would cost verification work for little expected gain
         self.min_log_prob = math.log(min_prob) if min_prob > 0 else -math.inf
+        self.sampled_drafts, self.head_temperature = sampled_drafts, head_temperature
+        # adaptive=None: adapt the depth only when sampling (measured greedy on the default
+        # models: the fixed beam_length was faster, as the head's misses there are short-lived)
+        self.adaptive = adaptive
+        self.chooser = (DraftLengthChooser(beam_length - 1, 1, verify_cost, verify_overhead,
+                                           draft_cost) if adaptive is not False else None)
         self.head, self.tables = _load_head(model, head)
         self.embed = token_embedding(model.model)
-        self._pending = None  # (root, beam tokens [W, L], draft log-probs [W, L-1]) in flight
+        self._pending = None  # the drafts for the next root, still lazy (see _Drafts)
 
     def begin(self, prompt_tokens: list[int]) -> None:
         # no hidden state for the prompt's last token yet: the first step verifies the root alone
         self._pending = None
+        if self.chooser is not None:
+            self.chooser.reset()
 
     def propose(self, ctx: StepContext) -> Tree:
-        root = ctx.tokens[-1]
-        if self._pending is None or self._pending[0] != root or ctx.max_drafts < 1:
+        root, pending = ctx.tokens[-1], self._pending
+        if pending is None or pending.root != root or ctx.max_drafts < 1:
             return Tree.from_chain(root, [])
-        _, tokens, log_probs = self._pending
+        if pending.probs is not None:
+            return self._sampled_tree(root, pending, ctx.max_drafts)
+        tokens, log_probs = pending.tokens, pending.log_probs
         mx.eval(tokens, log_probs)  # one evaluation of the shared graph (no-op if already done)
         branches = [beam[1:1 + self._kept(lp, best=i == 0, limit=ctx.max_drafts)]
                     for i, (beam, lp) in enumerate(zip(tokens.tolist(), log_probs.tolist()))]
@@ -90,6 +113,13 @@ class ReDrafter(Drafter):
         if len(tree) - 1 > ctx.max_drafts:  # near the token limit: keep the best beam only
             tree = Tree.from_chain(root, branches[0])
         return tree
+
+    def _sampled_tree(self, root: int, pending: "_Drafts", max_drafts: int) -> Tree:
+        mx.eval(pending.tokens, pending.probs)
+        branches = pending.tokens.tolist()
+        if sum(len(b) for b in branches) > max_drafts:  # near the token limit: one chain is
+            branches = [branches[0][:max_drafts]]         # still an exact sample of the head
+        return Tree.from_sampled_branches(root, branches, pending.probs)
 
     def _kept(self, log_probs: list[float], best: bool, limit: int) -> int:
         """How many draft tokens of a beam to keep (the best beam keeps at least one)."""
@@ -102,14 +132,37 @@ class ReDrafter(Drafter):
         return kept
 
     def observe(self, ctx, tree, acceptance, out) -> None:
+        adapting = self.chooser is not None and (self.adaptive or not ctx.sampling.greedy)
+        if adapting and len(tree) > 1:
+            self.chooser.record(acceptance.accepted_drafts, max(tree.depths), len(tree) - 1)
+        depth = self.chooser.choose() if adapting else self.length - 1
         root = acceptance.tokens[-1]
         hidden = out.hidden[acceptance.path[-1]]
-        beams = beam_search(self.head, self.embed, hidden[None], mx.array([root]), self.width,
-                            self.length, self.top_k, tables=self.tables)
-        tokens, log_probs = beams.tokens[0], beams.token_log_probs[0]
+        if ctx.sampling.greedy or not self.sampled_drafts:
+            beams = beam_search(self.head, self.embed, hidden[None], mx.array([root]), self.width,
+                                depth + 1, self.top_k, tables=self.tables)
+            drafts = _Drafts(root, beams.tokens[0], log_probs=beams.token_log_probs[0])
+        else:
+            tokens, probs = sample_chains(self.head, self.embed, hidden, root, self.width,
+                                          depth + 1, ctx.sampling, ctx.key, self.tables,
+                                          self.head_temperature)
+            drafts = _Drafts(root, tokens, probs=probs)
         if _EVAL_OVERLAPS:  # the GPU drafts while the engine commits the cache and streams
-            mx.async_eval(tokens, log_probs)
-        self._pending = (root, tokens, log_probs)
+            mx.async_eval(*drafts.arrays())
+        self._pending = drafts
 
     def end(self) -> None:
         self._pending = None
+
+
+@dataclass
+class _Drafts:
+    """Drafts made after `root`: beams (tokens [W, L] with the root first, per-token log-probs)
+    or sampled chains (tokens [W, L-1] without the root, the distributions they came from)."""
+    root: int
+    tokens: mx.array
+    log_probs: Optional[mx.array] = None
+    probs: Optional[mx.array] = None
+
+    def arrays(self) -> list:
+        return [a for a in (self.tokens, self.log_probs, self.probs) if a is not None]

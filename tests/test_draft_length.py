@@ -1,0 +1,72 @@
+"""The adaptive draft length (mlx_spec/draft_length.py) and pld's use of it: drafts grow while
+guesses are accepted, shrink to plain decoding when they keep failing, and come back."""
+from mlx_spec.draft_length import DraftLengthChooser
+from mlx_spec.drafters.base import StepContext
+from mlx_spec.drafters.pld import PromptLookup
+from mlx_spec.sampling import SamplingParams
+
+
+def test_all_accepted_means_the_longest_draft():
+    chooser = DraftLengthChooser(max_length=8)
+    for _ in range(30):
+        chooser.record(accepted=8, offered=8)
+    assert chooser.choose() == 8
+    assert chooser.choose(limit=3) == 3  # never past the caller's limit
+
+
+def test_first_token_always_rejected_means_no_draft():
+    chooser = DraftLengthChooser(max_length=8)
+    for _ in range(30):
+        chooser.record(accepted=0, offered=8)
+    assert chooser.choose() == 0
+    assert DraftLengthChooser(max_length=8, min_length=1).choose() >= 1
+
+
+def test_length_tracks_where_acceptance_stops():
+    chooser = DraftLengthChooser(max_length=12)
+    for _ in range(40):
+        chooser.record(accepted=3, offered=12)  # the 4th token is always wrong
+    assert chooser.choose() == 3
+
+
+def test_unseen_depths_are_tried_again():
+    chooser = DraftLengthChooser(max_length=8, min_length=1)
+    for _ in range(30):
+        chooser.record(accepted=0, offered=8)
+    assert chooser.choose() == 1
+    for _ in range(60):  # depth 1 now always succeeds; depths beyond drift back to the prior
+        chooser.record(accepted=chooser.choose(), offered=chooser.choose())
+    assert chooser.choose() > 2
+
+
+def test_wider_trees_cost_more():
+    narrow, wide = DraftLengthChooser(max_length=8), DraftLengthChooser(max_length=8)
+    for _ in range(30):
+        narrow.record(accepted=2, offered=6, nodes=6)
+        wide.record(accepted=2, offered=6, nodes=24)
+    assert wide.cost(6) > narrow.cost(6)
+
+
+def drafted_lengths(drafter: PromptLookup, sequence: list[int], prompt_len: int) -> list[int]:
+    """Run the drafter over a known token sequence, one token per step (as if each draft
+    gained exactly the one token the target produced), and return its draft lengths."""
+    drafter.begin(sequence[:prompt_len])
+    lengths = []
+    for end in range(prompt_len, len(sequence)):
+        ctx = StepContext(tokens=sequence[:end], max_drafts=64, sampling=SamplingParams())
+        lengths.append(len(drafter.propose(ctx)) - 1)
+    return lengths
+
+
+def test_pld_stops_drafting_when_lookups_fail_and_resumes_when_they_match():
+    # a repeating phrase (lookups match), then text where the last token's earlier continuation
+    # is always wrong (lookups fail), then the phrase again
+    phrase = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    misleading = [t for i in range(40) for t in (10, 11 + i)]  # "10" is followed by a new token
+    sequence = phrase * 4 + misleading + phrase * 4
+    adaptive = drafted_lengths(PromptLookup(None), sequence, len(phrase))
+    fixed = drafted_lengths(PromptLookup(None, adaptive=False), sequence, len(phrase))
+    start, end = 4 * len(phrase), 4 * len(phrase) + len(misleading)
+    tail = slice(start - len(phrase) + 40, end - len(phrase))  # well inside the misleading stretch
+    assert max(adaptive[tail]) == 0 < max(fixed[tail])
+    assert max(adaptive[-len(phrase):]) > 0  # drafting is back for the repeated phrase
