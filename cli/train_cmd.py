@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
         learning_rate: float = typer.Option(2e-3),
         seed: int = typer.Option(0),
         checkpoint_dir: Optional[Path] = typer.Option(None, help="Resumable checkpoints (default OUT.ckpt)."),
+        teacher: Optional[Path] = typer.Option(None, help="Distill from this model (e.g. the target): "
+                                               "match its next-token distributions."),
+        init: Optional[Path] = typer.Option(None, help="Start from this model folder's weights (same preset)."),
     ):
         """Train a causal LM (llama architecture) on a text file; resumes from its checkpoint."""
         from mlx_spec.train.corpus import load_corpus
@@ -50,4 +53,5 @@ def register(app: typer.Typer) -> None:
         corpus = load_corpus(text, cased)
         options = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len,
                                learning_rate=learning_rate, seed=seed)
-        train_causal_lm(corpus.train, corpus.heldout, tokenizer, out, preset, options, checkpoint_dir)
+        train_causal_lm(corpus.train, corpus.heldout, tokenizer, out, preset, options, checkpoint_dir,
+                        teacher_dir=teacher, init_dir=init)

@@ -1,5 +1,10 @@
 """Causal-LM training with MLX for the shipped models: AdamW, warm-up + cosine, gradient clipping,
-resumable checkpoints, and a rich progress bar. The result is a plain mlx-lm model folder."""
+resumable checkpoints, and a rich progress bar. The result is a plain mlx-lm model folder.
+
+With a teacher (the target), a draft model is distilled instead: its loss is the cross-entropy
+against the teacher's whole next-token distribution on the same text (token-level knowledge
+distillation, as DistillSpec does for drafters), so the draft learns to agree with the target
+rather than with the corpus; acceptance of its drafts is what that buys."""
 from __future__ import annotations
 
 import json
@@ -64,6 +69,32 @@ def sample_batch(stream: np.ndarray, options: TrainOptions, step: int) -> np.nda
     rng = np.random.default_rng([options.seed, step])
     starts = rng.integers(0, len(stream) - options.seq_len - 1, size=options.batch_size)
     return np.stack([stream[s:s + options.seq_len + 1] for s in starts]).astype(np.int32)
+
+
+def soft_cross_entropy(logits, teacher_probs):
+    """Mean over positions of -sum_v p_teacher(v) log p_student(v)."""
+    import mlx.core as mx
+
+    log_q = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return -(teacher_probs * log_q).sum(axis=-1).mean()
+
+
+def heldout_agreement(model, teacher, stream: np.ndarray, seq_len: int, windows: int = 16) -> float:
+    """How often the model's argmax equals the teacher's over the first held-out windows."""
+    import mlx.core as mx
+
+    n = min(windows, (len(stream) - 1) // seq_len)
+    batch = mx.array(np.stack([stream[i * seq_len:(i + 1) * seq_len] for i in range(n)]).astype(np.int32))
+    same = mx.argmax(model(batch), axis=-1) == mx.argmax(teacher(batch), axis=-1)
+    return same.astype(mx.float32).mean().item()
+
+
+def load_weights_from(model, folder: Path) -> None:
+    """Start from an existing mlx-lm folder of the same architecture (fine-tuning)."""
+    import mlx.core as mx
+
+    weights = mx.load(str(Path(folder) / "model.safetensors"))
+    model.load_weights([(k, v.astype(mx.float32)) for k, v in weights.items()], strict=True)
 
 
 def count_parameters(model) -> int:
@@ -158,9 +189,11 @@ def learning_rate_schedule(options: TrainOptions):
 
 def train_causal_lm(train_stories: list[str], heldout_stories: list[str], tokenizer_dir: Path,
                     out_dir: Path, preset: str, options: TrainOptions,
-                    checkpoint_dir: Path | None = None, log=print) -> dict:
-    """Train a llama model from scratch and write an mlx-lm folder to out_dir. Resumes from
-    checkpoint_dir when it holds a checkpoint of the same run."""
+                    checkpoint_dir: Path | None = None, log=print, teacher_dir: Path | None = None,
+                    init_dir: Path | None = None) -> dict:
+    """Train a llama model (from scratch, or from init_dir's weights) and write an mlx-lm folder
+    to out_dir; with teacher_dir, distill from that model. Resumes from checkpoint_dir when it
+    holds a checkpoint of the same run."""
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -176,6 +209,15 @@ def train_causal_lm(train_stories: list[str], heldout_stories: list[str], tokeni
                           tokenizer.bos_token_id, tokenizer.eos_token_id)
     mx.random.seed(options.seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
+    if init_dir is not None:
+        load_weights_from(model, init_dir)
+    teacher = None
+    if teacher_dir is not None:
+        from ..loading import load_mlx_lm
+
+        teacher = load_mlx_lm(str(teacher_dir))[0]
+        teacher.set_dtype(mx.float32)
+        teacher.freeze()
     n_params = count_parameters(model)
     optimizer = optim.AdamW(learning_rate=learning_rate_schedule(options),
                             weight_decay=options.weight_decay, betas=[0.9, options.beta2],
@@ -188,24 +230,32 @@ def train_causal_lm(train_stories: list[str], heldout_stories: list[str], tokeni
     log(f"{preset}: {n_params / 1e6:.2f}M parameters, {len(train_stream):,} training tokens, "
         f"{len(heldout_stream):,} held-out tokens")
 
-    def loss_fn(model, batch):
+    def loss_fn(model, batch, teacher_probs):
+        if teacher is not None:
+            return soft_cross_entropy(model(batch[:, :-1]), teacher_probs)
         return nn.losses.cross_entropy(model(batch[:, :-1]), batch[:, 1:], reduction="mean")
 
     state = [model.state, optimizer.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def train_step(batch):
-        loss, grads = nn.value_and_grad(model, loss_fn)(model, batch)
+    def train_step(batch, teacher_probs):
+        loss, grads = nn.value_and_grad(model, loss_fn)(model, batch, teacher_probs)
         grads, _ = optim.clip_grad_norm(grads, options.grad_clip)
         optimizer.update(model, grads)
         return loss
+
+    def teacher_probs_for(batch):
+        if teacher is None:
+            return mx.zeros((1,))
+        return mx.softmax(teacher(batch[:, :-1]).astype(mx.float32), axis=-1)
 
     tokens_per_step = options.batch_size * options.seq_len
     with checkpoint.resume_hint(), \
             TrainingProgress(f"training {preset}", options.steps, start=progress["step"]) as bar:
         while progress["step"] < options.steps:
             t0 = time.perf_counter()
-            loss = train_step(mx.array(sample_batch(train_stream, options, progress["step"])))
+            batch = mx.array(sample_batch(train_stream, options, progress["step"]))
+            loss = train_step(batch, teacher_probs_for(batch))
             mx.eval(state, loss)
             progress["seconds"] += time.perf_counter() - t0
             progress["step"] += 1
@@ -223,6 +273,13 @@ def train_causal_lm(train_stories: list[str], heldout_stories: list[str], tokeni
                   train_seconds=round(progress["seconds"], 1),
                   final_train_loss=float(np.mean(progress["losses"][-20:])),
                   options=asdict(options))
+    if teacher is not None:
+        report.update(teacher=str(teacher_dir), init=str(init_dir) if init_dir else None,
+                      loss="cross-entropy against the teacher's distribution",
+                      heldout_top1_agreement_with_teacher=round(
+                          heldout_agreement(model, teacher, heldout_stream, options.seq_len), 4))
+        log(f"held-out top-1 agreement with the teacher: "
+            f"{report['heldout_top1_agreement_with_teacher']:.4f}")
     write_model_folder(model, config, tokenizer_dir, out_dir, report)
     log(f"held-out loss {loss:.4f} nats/token (perplexity {math.exp(loss):.2f}); wrote {out_dir}")
     return report
