@@ -6,7 +6,8 @@ import mlx.core as mx
 
 from mlx_spec.dsi import transport, worker
 from mlx_spec.dsi.orchestrator import Job, Result
-from mlx_spec.dsi.ring import JOB, RESULT, SHUTDOWN, RingNode, closing_order, ring_hops
+from mlx_spec.dsi.ring import (JOB, RESULT, SHUTDOWN, RingNode, carries_traffic, closing_order,
+                                ring_hops)
 from mlx_spec.sampling import SamplingParams
 
 GREEDY = SamplingParams()
@@ -31,7 +32,7 @@ class FakeNode(RingNode):
         self.left, self.right = (self.rank - 1) % self.size, (self.rank + 1) % self.size
         self.neighbours = sorted({self.left, self.right} - {self.rank})
         self.deliver, self.link_lost, self.lost = deliver, link_lost, set()
-        self.sent = []
+        self.sent, self._outboxes = [], {}
 
     def send(self, dest, kind, payload, via):
         self.sent.append((dest, kind, np.asarray(payload, dtype=np.int32), via))
@@ -44,6 +45,9 @@ def test_ways_round_the_ring():
     assert node.toward(2) == (1, [1]) and node.toward(3) == (4, [4])
     assert node.toward(2, avoid={1}) == (4, [4, 3])
     assert node.toward(2, avoid={1, 3}) is None
+    # in a ring of 3 the two workers never talk to each other; in larger rings relays do
+    assert not carries_traffic(1, 2, 3) and carries_traffic(1, 0, 3) and carries_traffic(0, 2, 3)
+    assert carries_traffic(1, 2, 4)
     # farthest first, and of two equally far the higher rank first
     assert sorted(range(1, 5), key=lambda w: closing_order(w, 5), reverse=True) == [3, 2, 4, 1]
 

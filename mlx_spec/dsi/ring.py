@@ -9,14 +9,22 @@ are dead; a worker answers back along the way the job came), so relays need no r
 A packet is one fixed-size int32 message [dest, src, kind, length, payload...] when the payload
 fits, else that message followed by the rest of the payload: one message per hop for token blocks,
 two for the drafter's probabilities. Each hop stores the whole packet before passing it on, so a
-relay that dies loses whole packets, never half of one. A rank that leaves on purpose says goodbye
+relay that dies loses whole packets, never half of one.
+
+Sending is asynchronous: one sender thread per neighbour takes packets from its outbox in order (so
+the two messages of a packet stay together). A send to a peer that just died can block inside the
+ring backend for seconds; on its own thread it holds up only that link, never a listener (a relay
+that stopped reading while forwarding to a dead peer looked hung) nor the orchestrator. A failed
+send reports the link as lost, like a failed recv. A rank that leaves on purpose says goodbye
 to its neighbours first, and they stop listening to it. Sends to one neighbour are serialized by a
-lock (the two messages of a packet must stay together); each thread uses its own CPU stream
-(streams belong to threads in MLX, and a blocked recv holds its stream).
+lock Each thread uses its own CPU stream (streams belong to threads in MLX, and a blocked recv holds
+its stream).
 """
 from __future__ import annotations
 
+import queue
 import threading
+import time
 from typing import Callable, Optional
 
 import mlx.core as mx
@@ -26,6 +34,14 @@ HEADER, PACKET_SIZE = 4, 256    # [dest, src, kind, payload length], then the pa
 
 # packet kinds
 JOB, RESULT, SHUTDOWN, ERROR, PEER_LOST, GOODBYE = 1, 2, 3, 4, 5, 6
+
+
+def carries_traffic(rank: int, neighbour: int, size: int) -> bool:
+    """Can packets ever come over this link? Every packet starts or ends at rank 0, so in a ring
+    of 3 the link between the two workers is never used (rank 0 reaches both directly, and a
+    worker whose direct link broke is dead). Not listening there matters: a pending recv of the
+    ring backend keeps a thread busy (measured here: 0.1 to 0.2 of a core each, idle)."""
+    return rank == 0 or neighbour == 0 or size > 3
 
 
 def closing_order(rank: int, size: int) -> tuple[int, int]:
@@ -55,7 +71,8 @@ class RingNode:
     """One rank's end: send addressed packets, relay others' packets, hand its own to `deliver`.
 
     deliver(src, kind, payload: np.ndarray int32, via: neighbour it came from) runs on a listener
-    thread; link_lost(neighbour, reason) is called once per neighbour whose connection breaks."""
+    thread; link_lost(neighbour, reason) is called once per neighbour whose connection breaks
+    (on a listener or sender thread)."""
 
     def __init__(self, group, deliver: Callable, link_lost: Callable):
         self.group = group
@@ -64,29 +81,57 @@ class RingNode:
         self.neighbours = sorted({self.left, self.right} - {self.rank})
         self.deliver, self.link_lost = deliver, link_lost
         self.lost: set[int] = set()
-        self._locks = {n: threading.Lock() for n in self.neighbours}
+        self._lost_lock = threading.Lock()
         self._streams = _ThreadStreams()
-        self._threads = [threading.Thread(target=self._listen, args=(n,), daemon=True,
-                                          name=f"ring-{self.rank}-from-{n}") for n in self.neighbours]
-        for thread in self._threads:
+        self._outboxes = {n: queue.Queue() for n in self.neighbours}
+        threads = [threading.Thread(target=self._listen, args=(n,), daemon=True,
+                                    name=f"ring-{self.rank}-from-{n}")
+                   for n in self.neighbours if carries_traffic(self.rank, n, self.size)]
+        threads += [threading.Thread(target=self._send_loop, args=(n,), daemon=True,
+                                     name=f"ring-{self.rank}-to-{n}") for n in self.neighbours]
+        for thread in threads:
             thread.start()
 
     # -- sending --------------------------------------------------------------------------------
     def send(self, dest: int, kind: int, payload, via: int) -> None:
-        """Send to `dest` through neighbour `via`. Raises RuntimeError if that link is down."""
+        """Queue a packet to `dest` through neighbour `via` (dropped if that link is down)."""
         payload = np.asarray(payload, dtype=np.int32).ravel()
         room = PACKET_SIZE - HEADER
         first = np.zeros(PACKET_SIZE, dtype=np.int32)
         first[:HEADER] = [dest, self.rank, kind, payload.size]
         first[HEADER:HEADER + min(room, payload.size)] = payload[:room]
         rest = payload[room:] if payload.size > room else None
-        self._send_parts(via, [mx.array(first)] + ([mx.array(rest)] if rest is not None else []))
+        self._outboxes[via].put([mx.array(first)] + ([mx.array(rest)] if rest is not None else []))
 
-    def _send_parts(self, neighbour: int, parts: list) -> None:
-        with self._locks[neighbour]:
-            for part in parts:
-                mx.eval(mx.distributed.send(part, neighbour, group=self.group,
-                                            stream=self._streams.get()))
+    def _send_loop(self, neighbour: int) -> None:
+        outbox = self._outboxes[neighbour]
+        while True:
+            parts = outbox.get()
+            try:
+                if neighbour not in self.lost:
+                    for part in parts:
+                        mx.eval(mx.distributed.send(part, neighbour, group=self.group,
+                                                    stream=self._streams.get()))
+            except RuntimeError as exc:
+                self._mark_lost(neighbour, str(exc))
+            finally:
+                outbox.task_done()
+
+    def flush(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) until every queued packet has been handed to the sockets."""
+        deadline = time.monotonic() + timeout
+        while any(box.unfinished_tasks for box in self._outboxes.values()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
+
+    def _mark_lost(self, neighbour: int, reason: str, report: bool = True) -> None:
+        with self._lost_lock:
+            if neighbour in self.lost:
+                return
+            self.lost.add(neighbour)
+        if report:
+            self.link_lost(neighbour, reason)
 
     def goodbye(self) -> None:
         """Before this rank exits: tell the neighbours that leave after it (closing_order) to stop
@@ -94,11 +139,9 @@ class RingNode:
         backend reports those loudly). Neighbours that left before it are not written to."""
         mine = closing_order(self.rank, self.size)
         for neighbour in self.neighbours:
-            if neighbour not in self.lost and closing_order(neighbour, self.size) < mine:
-                try:
-                    self.send(neighbour, GOODBYE, [], neighbour)
-                except RuntimeError:
-                    pass
+            if (neighbour not in self.lost and closing_order(neighbour, self.size) < mine
+                    and carries_traffic(neighbour, self.rank, self.size)):
+                self.send(neighbour, GOODBYE, [], neighbour)
 
     def toward(self, dest: int, avoid=frozenset()) -> Optional[tuple[int, list[int]]]:
         """(first hop, ranks in between) of the shortest way to dest that passes no rank in
@@ -129,19 +172,16 @@ class RingNode:
                 dest, src, kind, length = header
                 room = PACKET_SIZE - HEADER
                 rest = self._recv((length - room,), neighbour) if length > room else None
-                if dest != self.rank:  # relay it on in the direction it travels
-                    try:
-                        self._send_parts(onward, [first] + ([rest] if rest is not None else []))
-                    except RuntimeError:
-                        pass  # onward link is down: the packet is lost; rank 0 re-sends jobs
+                if dest != self.rank:  # relay it on in the direction it travels (if that link is
+                    # down the packet is lost: rank 0 re-sends jobs that went through a dead rank)
+                    self._outboxes[onward].put([first] + ([rest] if rest is not None else []))
                     continue
                 if kind == GOODBYE:
-                    self.lost.add(neighbour)
+                    self._mark_lost(neighbour, "goodbye", report=False)
                     return
                 payload = np.array(first[HEADER:HEADER + min(length, room)])
                 if rest is not None:
                     payload = np.concatenate([payload, np.array(rest)])
                 self.deliver(src, kind, payload, neighbour)
         except RuntimeError as exc:  # the ring backend lost this neighbour
-            self.lost.add(neighbour)
-            self.link_lost(neighbour, str(exc))
+            self._mark_lost(neighbour, str(exc))

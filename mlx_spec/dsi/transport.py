@@ -104,11 +104,8 @@ class RingPool:
         with self._lock:
             self.in_flight[worker] = (job, sampling)
             self.relays[worker] = relays
-        try:
-            self.node.send(worker, JOB, encode_job(job, keep, tail, sampling, self.epoch[worker]), via)
-        except RuntimeError as exc:  # the first hop is gone: that worker failed
-            self.events.put(Failure(via, str(exc)))
-            return
+        # (a send that fails reports its link as lost: a Failure of that neighbour)
+        self.node.send(worker, JOB, encode_job(job, keep, tail, sampling, self.epoch[worker]), via)
         self.cached[worker] = job.context + job.chain
 
     def abandon(self, worker: int) -> None:
@@ -135,13 +132,10 @@ class RingPool:
             if worker in self.abandoned or worker in self.closing or way is None:
                 continue  # (closing: asked already; close may run twice, e.g. again at exit)
             self.closing.add(worker)
-            try:
-                self.node.send(worker, SHUTDOWN, [], way[0])
-            except RuntimeError:
-                self.abandoned.add(worker)
-                continue
+            self.node.send(worker, SHUTDOWN, [], way[0])
             deadline = time.monotonic() + timeout
-            while worker not in self.acknowledged and time.monotonic() < deadline:
+            while (worker not in self.acknowledged and way[0] not in self.node.lost
+                   and time.monotonic() < deadline):
                 time.sleep(0.002)
 
     # -- receiving (listener threads) -----------------------------------------------------------

@@ -44,10 +44,7 @@ class WorkerNode:
         if neighbour == ORCHESTRATOR or not others:
             self.jobs.put((_GONE, None, None))
             return
-        try:
-            self.node.send(ORCHESTRATOR, PEER_LOST, [neighbour], others[0])
-        except RuntimeError:
-            pass
+        self.node.send(ORCHESTRATOR, PEER_LOST, [neighbour], others[0])
 
     def reply(self, kind: int, payload, via: int) -> None:
         """Back the way the job came: every rank on that way was alive a moment ago."""
@@ -64,6 +61,7 @@ def serve(group, verifier: Verifier) -> None:
         if kind == SHUTDOWN:  # acknowledge, so rank 0 knows before this rank's sockets close
             worker.reply(SHUTDOWN, [], via)
             worker.node.goodbye()
+            worker.node.flush(timeout=5.0)  # the process exits right after
             return
         if kind != JOB:
             raise RuntimeError(f"unexpected message kind {kind}")
@@ -77,6 +75,7 @@ def serve(group, verifier: Verifier) -> None:
         except Exception:  # report, then stop: this worker's cache can no longer be trusted
             traceback.print_exc()
             worker.reply(ERROR, [job["job_id"]], via)
+            worker.node.flush(timeout=5.0)
             return
         worker.reply(RESULT, [job["job_id"], accepted, *tokens], via)
 
