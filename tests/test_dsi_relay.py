@@ -125,3 +125,50 @@ def test_worker_drops_a_job_overtaken_by_its_resent_copy(monkeypatch):
     replies = [(kind, payload.tolist(), via) for dest, kind, payload, via in nodes[0].node.sent]
     assert replies[:3] == [(RESULT, [1, 0, 7], 1), (RESULT, [1, 0, 7], 3), (RESULT, [2, 0, 8], 3)]
     assert replies[3][0] == SHUTDOWN
+
+
+def test_a_worker_stuck_behind_a_hung_relay_is_not_blamed():
+    """Worker 2's packets go through worker 1 (as on a ring of 4): when 1 hangs, 2's job waits
+    too. 2's late job is re-sent another way (reroute) and completes; only 1 is failed."""
+    from test_dsi_orchestrator import FakePool, OracleDrafter, run, target_text
+
+    class RelayedPool(FakePool):
+        def __init__(self):
+            super().__init__([0.001, 0.001, 0.001], hang_after={1: 2})
+            self.held = []
+
+        def submit(self, worker, job, sampling):
+            if worker == 2 and self.jobs_done[1] >= 2:  # the relay is hung: the packet waits
+                self.held.append(job)
+            else:
+                super().submit(worker, job, sampling)
+
+        def reroute(self, worker):
+            if worker != 2 or not self.held:
+                return False
+            for job in self.held:  # re-sent the other way round
+                self.inboxes[2].put(job)
+            self.held.clear()
+            return True
+
+    told = []
+    pool = RelayedPool()
+    out, orch = run(pool, OracleDrafter(wrong=lambda p: p % 6 == 1), job_timeout=0.5,
+                    min_job_timeout=0.5, on_failure=lambda w, why: told.append(w))
+    assert out == target_text((3, 5, 8), 60)
+    assert told == [1] and orch.live == [2, 3]
+
+
+def test_a_late_job_through_relays_is_rerouted_once(monkeypatch):
+    monkeypatch.setattr(transport, "RingNode", FakeNode)
+    pool = transport.RingPool(FakeGroup(0, 5))     # workers 1..4; 2 through 1, 3 through 4
+    job = Job(1, 0, [7, 8], [9, 10], None, seed=0)
+    pool.submit(2, job, GREEDY)
+    assert pool.reroute(1) is False                 # a neighbour of rank 0: nothing to avoid
+    assert pool.reroute(2) is True and pool.suspects == {1}
+    dest, kind, payload, via = pool.node.sent[-1]
+    resent = transport.decode_job(payload)
+    assert (dest, via, resent["job_id"], resent["epoch"], resent["keep"]) == (2, 4, 1, 1, 0)
+    # from now on worker 2 is reached the long way, avoiding the suspect
+    pool.submit(2, Job(2, 0, [7, 8, 9, 10], [11], None, seed=0), GREEDY)
+    assert pool.node.sent[-1][3] == 4 and pool.relays[2] == [4, 3]

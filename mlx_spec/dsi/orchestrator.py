@@ -24,7 +24,8 @@ as soon as it arrives.
 Workers that fail (a lost connection, or no reply by a deadline: `job_timeout` at first, then 50x
 the mean reply time, at least `min_job_timeout`) are dropped; their job goes
 to another worker and `on_failure` tells the user. The pool interface (`submit`, `wait`,
-`abandon`) is all the transport must provide; tests drive it with in-process fakes.
+`abandon`; optionally `reroute`) is all the transport must provide; tests drive it with in-process
+fakes.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class Job:
     worker: Optional[int] = None
     sent_at: float = 0.0
     result: Optional[tuple[list[int], int]] = None  # (accepted drafts + target token, n accepted)
+    rerouted: bool = False          # re-sent another way round after missing its deadline
 
     @property
     def n_drafts(self) -> int:
@@ -310,7 +312,7 @@ class _Run:
         return job
 
     def _send(self, job: Job, worker: int) -> None:
-        job.worker, job.sent_at = worker, self.o.clock()
+        job.worker, job.sent_at, job.rerouted = worker, self.o.clock(), False
         self.o.assigned[worker] = job
         self.o.counters.jobs_sent += 1
         self.o.pool.submit(worker, job, self.sampling)
@@ -334,11 +336,17 @@ class _Run:
         return max(0.0, oldest + self.o.reply_deadline() - self.o.clock())
 
     def _expire_hung_workers(self) -> None:
-        now = self.o.clock()
+        now, deadline = self.o.clock(), self.o.reply_deadline()
+        # a worker reached through relays (transport.py) may only be stuck behind a hung relay:
+        # its job is first re-sent another way (pool.reroute) with a new deadline
+        reroute = getattr(self.o.pool, "reroute", None)
         for worker, job in list(self.o.assigned.items()):
-            deadline = self.o.reply_deadline()
-            if now - job.sent_at > deadline:
-                self._fail(worker, f"no reply within {deadline:.3g} s (hung)")
+            if now - job.sent_at <= deadline:
+                continue
+            if reroute is not None and not job.rerouted and reroute(worker):
+                job.rerouted, job.sent_at = True, now
+                continue
+            self._fail(worker, f"no reply within {deadline:.3g} s (hung)")
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, BaseException):  # the drafter failed

@@ -19,7 +19,9 @@ Relays make two more things necessary. Packets that were inside a relay when it 
 when a worker is abandoned, every live worker whose jobs travelled through it gets its job in
 flight again (same id) by the other way round, with its cache mirror reset (the job carries the
 whole context) and a new epoch; the worker drops any older-epoch job that arrives late, so its
-cache always matches the mirror. Shutdown goes farthest worker first, so every acknowledgement
+cache always matches the mirror. A relay that hangs looks like a hang of every worker behind it:
+a late job that went through relays is first re-sent another way (`reroute`, those relays avoided
+from then on), and only a second miss fails the worker. Shutdown goes farthest worker first, so every acknowledgement
 still has live relays on its way back.
 """
 from __future__ import annotations
@@ -85,6 +87,7 @@ class RingPool:
         self.relays: dict[int, list[int]] = {w: [] for w in self.worker_ids}  # of the last job
         self.in_flight: dict[int, tuple[Job, SamplingParams]] = {}
         self.abandoned: set[int] = set()
+        self.suspects: set[int] = set()   # relays avoided since a job through them was late
         self.closing: set[int] = set()
         self.acknowledged: set[int] = set()
         self.on_abandon = None  # set by whoever can stop a worker (local processes: kill it)
@@ -93,7 +96,8 @@ class RingPool:
 
     # -- sending --------------------------------------------------------------------------------
     def submit(self, worker: int, job: Job, sampling: SamplingParams) -> None:
-        way = self.node.toward(worker, avoid=self.abandoned)
+        way = (self.node.toward(worker, avoid=self.abandoned | self.suspects)
+               or self.node.toward(worker, avoid=self.abandoned))
         if way is None:
             self.events.put(Failure(worker, "no way to it round the ring (workers on both "
                                     "sides failed)"))
@@ -108,6 +112,25 @@ class RingPool:
         self.node.send(worker, JOB, encode_job(job, keep, tail, sampling, self.epoch[worker]), via)
         self.cached[worker] = job.context + job.chain
 
+    def reroute(self, worker: int) -> bool:
+        """The worker's job is late and went through relays: maybe a relay hangs, not the worker.
+        Avoid those relays from now on and re-send the job another way (False: no other way)."""
+        with self._lock:
+            relays, pending = self.relays[worker], self.in_flight.get(worker)
+        if not relays or pending is None:
+            return False
+        if self.node.toward(worker, avoid=self.abandoned | self.suspects | set(relays)) is None:
+            return False
+        self.suspects.update(relays)
+        self._resend(worker, *pending)
+        return True
+
+    def _resend(self, worker: int, job: Job, sampling: SamplingParams) -> None:
+        """Again with the whole context and a new epoch: the first copy may be lost or late."""
+        self.cached[worker] = []
+        self.epoch[worker] += 1
+        self.submit(worker, job, sampling)
+
     def abandon(self, worker: int) -> None:
         self.abandoned.add(worker)
         if self.on_abandon is not None:
@@ -117,9 +140,7 @@ class RingPool:
                         if worker in self.relays[w] and w not in self.abandoned]
             self.in_flight.pop(worker, None)
         for w, job, sampling in stranded:  # its packets may have died inside the relay
-            self.cached[w] = []
-            self.epoch[w] += 1
-            self.submit(w, job, sampling)
+            self._resend(w, job, sampling)
 
     def post(self, event) -> None:
         self.events.put(event)
