@@ -28,11 +28,11 @@ def main(argv=None) -> int:
     parser.add_argument("--kv-bits", type=int, default=None)
     args = parser.parse_args(argv)
     group = mx.distributed.init(strict=True)
-    if group.rank() != 0:
-        from .worker import run_worker
+    from .worker import exit_now, run_worker
 
+    if group.rank() != 0:
         run_worker(group, args.model, args.kv_bits)
-        return 0
+        exit_now(0)
     model = mlx_spec.load(args.model)
     chunks = mlx_spec.stream_generate(model, args.prompt, method="dsi", max_tokens=args.max_tokens,
                                       temperature=args.temp, drafter=args.drafter,
@@ -46,7 +46,10 @@ def main(argv=None) -> int:
     if stats is not None:
         print(f"\n{stats.generated_tokens} tokens, {stats.tokens_per_s:.1f} tokens/s, "
               f"{stats.target_calls} target jobs, method dsi", file=sys.stderr)
-    return 0
+    from .launch import close_pool
+
+    close_pool()  # the workers stop (farthest first) before this rank's sockets close
+    exit_now(0)
 
 
 if __name__ == "__main__":

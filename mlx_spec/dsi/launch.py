@@ -165,3 +165,9 @@ def get_pool(workers: int, model_path: str, kv_bits: Optional[int] = None,
     else:
         _POOL = _spawn(workers, model_path, kv_bits, connect_timeout)
     return _POOL
+
+
+def close_pool() -> None:
+    """Stop this process's workers now (also done at exit)."""
+    if _POOL is not None:
+        _POOL.close()

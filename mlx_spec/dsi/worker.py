@@ -90,11 +90,15 @@ def main(argv=None) -> int:
     print(READY, flush=True)
     group = mx.distributed.init(backend="ring", strict=True)
     run_worker(group, args.model, args.kv_bits)
+    exit_now(0)
+
+
+def exit_now(code: int) -> None:
+    """Skip interpreter teardown: ring listener threads may still be blocked inside MLX, and C++
+    static destructors running under them abort the process ("terminate called ...")."""
     sys.stdout.flush()
     sys.stderr.flush()
-    # skip interpreter teardown: listener threads may still be blocked inside MLX, and C++ static
-    # destructors running under them abort the process
-    os._exit(0)
+    os._exit(code)
 
 
 def run_worker(group, model_path: str, kv_bits=None) -> None:
