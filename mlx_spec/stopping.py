@@ -13,6 +13,14 @@ token before that token is drafted.
 
 A rule's `statistic` is an MLX scalar computed next to the drafted token, so the drafter evaluates
 both in one host sync; `should_stop` then decides on the Python float.
+
+Which distribution the statistic reads: when sampling, the drafter's processed distribution (the
+one drafts are drawn from, as in the paper). When greedy, drafts are argmaxes and a temperature-1
+softmax of a small drafter is nearly flat (the default draft model's entropy is above 3 nats at
+most positions, matched or not), so AdaEDL reads the drafter's distribution sharpened to
+`greedy_entropy_temperature` (0.5): measured offline on held-out story openings, its entropy
+separates matching positions from the rest (match rate 0.99 below 0.5 nats, 0.32 at 2-3 nats),
+where the temperature-1 entropy did not.
 """
 from __future__ import annotations
 
@@ -91,6 +99,10 @@ class StopRule:
     name = "static"
     checks = False  # whether the drafter must compute `statistic` and sync on each token
 
+    def greedy_log_probs(self, logits: mx.array) -> mx.array:
+        """The distribution `statistic` reads when decoding greedily."""
+        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
     def statistic(self, logprobs: mx.array) -> Optional[mx.array]:
         return None
 
@@ -105,8 +117,14 @@ class AdaEDLRule(StopRule):
     name = "adaedl"
     checks = True
 
-    def __init__(self, threshold: AdaEDLThreshold):
+    def __init__(self, threshold: AdaEDLThreshold, greedy_entropy_temperature: float = 0.5):
+        if greedy_entropy_temperature <= 0:
+            raise ValueError("greedy_entropy_temperature must be > 0")
         self.threshold = threshold
+        self.greedy_entropy_temperature = greedy_entropy_temperature
+
+    def greedy_log_probs(self, logits: mx.array) -> mx.array:
+        return super().greedy_log_probs(logits / self.greedy_entropy_temperature)
 
     def statistic(self, logprobs: mx.array) -> mx.array:
         return entropy(logprobs)
@@ -136,12 +154,12 @@ class MaxConfidenceRule(StopRule):
 
 def make_rule(name: str, lam: float = 0.5, gamma: float = 0.2, beta1: float = 0.5,
               beta2: float = 0.9, epsilon: float = 0.01, alpha: float = 0.9,
-              confidence_threshold: float = 0.5) -> StopRule:
+              confidence_threshold: float = 0.5, greedy_entropy_temperature: float = 0.5) -> StopRule:
     if name == "static":
         return StopRule()
     if name == "adaedl":
         return AdaEDLRule(AdaEDLThreshold(lam=lam, gamma=gamma, beta1=beta1, beta2=beta2,
-                                          epsilon=epsilon, alpha=alpha))
+                                          epsilon=epsilon, alpha=alpha), greedy_entropy_temperature)
     if name == "max-confidence":
         return MaxConfidenceRule(confidence_threshold)
     raise ValueError(f"unknown stop_rule {name!r}; choose one of {', '.join(STOP_RULES)}")

@@ -126,3 +126,18 @@ def test_unknown_stop_rule_is_a_one_line_error(random_models, random_model_dirs)
     with pytest.raises(mlx_spec.MlxSpecError, match="stop_rule"):
         mlx_spec.make_decoder(random_models["llama"], "adaedl", draft_model=str(random_model_dirs["llama"]),
                               stop_rule="sometimes")
+
+
+def test_greedy_decoding_reads_a_sharpened_distribution():
+    """Greedy drafts are argmaxes: AdaEDL's entropy is taken at greedy_entropy_temperature, which
+    separates a clear favourite from a flat distribution that temperature 1 would blur."""
+    rule = make_rule("adaedl", greedy_entropy_temperature=0.5)
+    logits = mx.array([3.0, 1.0, 0.5, 0.0])
+    sharpened = rule.greedy_log_probs(logits)
+    expected = 2 * logits - mx.logsumexp(2 * logits)
+    assert mx.allclose(sharpened, expected, atol=1e-6).item()
+    assert entropy(sharpened[None]).item() < entropy((logits - mx.logsumexp(logits))[None]).item()
+    assert make_rule("max-confidence").greedy_log_probs(logits).tolist() == \
+        (logits - mx.logsumexp(logits)).tolist()  # other rules read the plain softmax
+    with pytest.raises(ValueError):
+        make_rule("adaedl", greedy_entropy_temperature=0.0)

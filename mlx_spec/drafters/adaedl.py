@@ -29,10 +29,11 @@ class AdaEDLDrafter(DraftModelDrafter):
     def __init__(self, model, draft_model: Optional[str] = None, num_draft_tokens: int = 8,
                  stop_rule: str = "adaedl", lam: float = 0.1, gamma: float = 0.2,
                  beta1: float = 0.5, beta2: float = 0.9, epsilon: float = 0.01, alpha: float = 0.9,
-                 confidence_threshold: float = 0.1):
+                 confidence_threshold: float = 0.1, greedy_entropy_temperature: float = 0.5):
         super().__init__(model, draft_model=draft_model, num_draft_tokens=num_draft_tokens)
         settings = dict(lam=lam, gamma=gamma, beta1=beta1, beta2=beta2, epsilon=epsilon,
-                        alpha=alpha, confidence_threshold=confidence_threshold)
+                        alpha=alpha, confidence_threshold=confidence_threshold,
+                        greedy_entropy_temperature=greedy_entropy_temperature)
         key = ("stop-rule", self.draft.path, stop_rule, num_draft_tokens, tuple(sorted(settings.items())))
         if key not in model.extras:
             model.extras[key] = make_rule(stop_rule, **settings)

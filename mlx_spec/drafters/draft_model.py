@@ -143,14 +143,14 @@ class DraftModelDrafter(Drafter):
             if i > 0:  # the previous draft is fed while still lazy: no host round trip
                 logits = self._forward(drafted[-1])
                 self.cached_tokens.append(None)  # placeholder until the token ids are known
-            needs_logprobs = not sampling.greedy or rule.checks
-            logprobs = log_probs(logits[None], sampling)[0] if needs_logprobs else None
+            logprobs = log_probs(logits[None], sampling)[0] if not sampling.greedy else None
             if sampling.greedy:
                 token = mx.argmax(logits, keepdims=True)
             else:
                 token = mx.random.categorical(logprobs, key=keys[i])[None]
             if rule.checks and i > 0:  # at least one draft per round
-                statistic = rule.statistic(logprobs)
+                statistic = rule.statistic(rule.greedy_log_probs(logits) if sampling.greedy
+                                           else logprobs)
                 mx.eval(token, statistic)
                 if rule.should_stop(statistic.item()):
                     break
