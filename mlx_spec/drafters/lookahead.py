@@ -35,7 +35,8 @@ from .base import Drafter, StepContext
 
 OUTPUT_TRIE = "lookahead.output_trie"  # model.extras keys
 WARMED_FROM = "lookahead.warmed_from"
-PRUNE_SLACK = 1.25  # prune back to the budget once the trie is this much over it
+PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction of it (so a
+# sorting prune runs once per many requests, not on every step that adds a node)
 
 
 class BudgetChooser:
@@ -132,10 +133,13 @@ class Lookahead(Drafter):
         tokens = tokenizer.encode(text, add_special_tokens=False)
         for first in range(0, len(tokens), slice_tokens):
             self.output_trie.insert(tokens, self.window, first, first + slice_tokens)
-            if self.output_trie.size > PRUNE_SLACK * self.node_budget:
-                self.output_trie.prune(self.node_budget)
+            self._keep_within_budget()
 
     # -- one request ------------------------------------------------------------------------------
+    def _keep_within_budget(self) -> None:
+        if self.output_trie.size > self.node_budget:
+            self.output_trie.prune(int(PRUNE_TO * self.node_budget))
+
     def begin(self, prompt_tokens: list[int]) -> None:
         # the prompt is indexed in the first propose(), so its cost shows in the draft time
         self.request_trie = NgramTrie()
@@ -153,8 +157,7 @@ class Lookahead(Drafter):
         tokens = ctx.tokens
         self._request.extend(tokens[len(self._request.tokens):])
         self._output.extend(tokens[self._output_from + len(self._output.tokens):])
-        if self.output_trie.size > PRUNE_SLACK * self.node_budget:
-            self.output_trie.prune(self.node_budget)
+        self._keep_within_budget()
         t1 = time.perf_counter()
 
         self._score_past_guesses(tokens)
