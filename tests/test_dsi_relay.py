@@ -134,11 +134,11 @@ def test_a_worker_stuck_behind_a_hung_relay_is_not_blamed():
 
     class RelayedPool(FakePool):
         def __init__(self):
-            super().__init__([0.001, 0.001, 0.001], hang_after={1: 2})
+            super().__init__([0.001, 0.001, 0.001], hang_after={1: 0})  # 1 hangs from the start
             self.held = []
 
         def submit(self, worker, job, sampling):
-            if worker == 2 and self.jobs_done[1] >= 2:  # the relay is hung: the packet waits
+            if worker == 2 and 1 not in self.abandoned:  # the relay is hung: the packet waits
                 self.held.append(job)
             else:
                 super().submit(worker, job, sampling)
