@@ -12,7 +12,7 @@ import mlx_spec
 from mlx_spec.errors import ModelLoadError
 from mlx_spec.redrafter import (DrafterConfig, RecurrentDrafter, beam_search, load_drafter,
                                 save_drafter, warp_top_k)
-from mlx_spec.redrafter.beam_search import LOG_0, draft_log_probs
+from mlx_spec.redrafter.beam_search import LOG_0, draft_log_probs, greedy_chain
 from mlx_spec.tree import Tree
 
 PROMPTS = ["once upon a time there was", "lily found the ball under a big green tree and smiled. the sun"]
@@ -150,7 +150,8 @@ def test_greedy_equals_ar_on_random_models(random_models, tmp_path, arch):
     for prompt in PROMPTS:
         ar = mlx_spec.generate(model, prompt, method="ar", max_tokens=40, raw=True)
         drafted = {}
-        for width, length, min_prob in [(1, 2, 0), (4, 4, 0), (8, 3, 0), (4, 4, 0.02)]:
+        for width, length, min_prob in [(1, 2, 0), (1, 6, 0), (1, 6, 0.02), (4, 4, 0), (8, 3, 0),
+                                        (4, 4, 0.02)]:
             result = mlx_spec.generate(model, prompt, method="redrafter", max_tokens=40, raw=True,
                                        head=head, beam_width=width, beam_length=length,
                                        min_prob=min_prob)
@@ -195,3 +196,12 @@ def test_shipped_head_is_lossless_and_accepts_several_tokens():
     result = mlx_spec.generate(model, prompt, method="redrafter", max_tokens=64)
     assert result.token_ids == ar.token_ids
     assert result.stats.mean_accepted >= 2.0
+
+
+@pytest.mark.parametrize("rnn", [True, False])
+def test_greedy_chain_is_the_width_one_beam(rnn):
+    drafter, embed = toy_drafter(vocab=9, hidden=8, exit_dim=12, seed=3, rnn=rnn)
+    context, root = mx.random.normal((2, 8), key=mx.random.key(1)), mx.array([1, 4])
+    beams = beam_search(drafter, embed, context, root, width=1, length=6, top_k=3)
+    chain = greedy_chain(drafter, embed, context, root, length=6)
+    assert chain.tolist() == beams.tokens[:, 0].tolist()

@@ -27,6 +27,7 @@ from ..draft_length import DraftLengthChooser
 from ..errors import MlxSpecError
 from ..loading import compute_on_cpu, shipped_model
 from ..redrafter import beam_search, load_drafter
+from ..redrafter.beam_search import greedy_chain
 from ..redrafter.chain_sampling import sample_chains
 from ..redrafter.target_io import token_embedding
 from ..tree import Tree
@@ -71,7 +72,7 @@ def _load_head(model, head: Optional[str]):
 class ReDrafter(Drafter):
     needs_hidden_states = True
 
-    def __init__(self, model, beam_width: int = 2, beam_length: int = 7, head: Optional[str] = None,
+    def __init__(self, model, beam_width: int = 1, beam_length: int = 10, head: Optional[str] = None,
                  top_k: int = 50, min_prob: float = 0.0, sampled_drafts: bool = True,
                  adaptive: Optional[bool] = None, verify_cost: float = 0.07, verify_overhead: float = 0.15,
                  draft_cost: float = 0.06, head_temperature: float = 1.0):
@@ -105,6 +106,8 @@ class ReDrafter(Drafter):
             return Tree.from_chain(root, [])
         if pending.probs is not None:
             return self._sampled_tree(root, pending, ctx.max_drafts)
+        if pending.log_probs is None:  # a greedy chain: every token kept
+            return Tree.from_chain(root, pending.tokens.tolist()[0][1:1 + ctx.max_drafts])
         tokens, log_probs = pending.tokens, pending.log_probs
         mx.eval(tokens, log_probs)  # one evaluation of the shared graph (no-op if already done)
         branches = [beam[1:1 + self._kept(lp, best=i == 0, limit=ctx.max_drafts)]
@@ -138,7 +141,11 @@ class ReDrafter(Drafter):
         depth = self.chooser.choose() if adapting else self.length - 1
         root = acceptance.tokens[-1]
         hidden = out.hidden[acceptance.path[-1]]
-        if ctx.sampling.greedy or not self.sampled_drafts:
+        if self.width == 1 and ctx.sampling.greedy and self.min_log_prob == -math.inf:
+            tokens = greedy_chain(self.head, self.embed, hidden[None], mx.array([root]), depth + 1,
+                                  self.tables)
+            drafts = _Drafts(root, tokens)  # nothing reads a greedy chain's probabilities
+        elif ctx.sampling.greedy or not self.sampled_drafts:
             beams = beam_search(self.head, self.embed, hidden[None], mx.array([root]), self.width,
                                 depth + 1, self.top_k, tables=self.tables)
             drafts = _Drafts(root, beams.tokens[0], log_probs=beams.token_log_probs[0])
@@ -157,8 +164,9 @@ class ReDrafter(Drafter):
 
 @dataclass
 class _Drafts:
-    """Drafts made after `root`: beams (tokens [W, L] with the root first, per-token log-probs)
-    or sampled chains (tokens [W, L-1] without the root, the distributions they came from)."""
+    """Drafts made after `root`: beams (tokens [W, L] with the root first, per-token log-probs),
+    a greedy chain (tokens [1, L] with the root first, no log-probs) or sampled chains (tokens
+    [W, L-1] without the root, the distributions they came from)."""
     root: int
     tokens: mx.array
     log_probs: Optional[mx.array] = None
