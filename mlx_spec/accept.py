@@ -3,6 +3,8 @@
 Deterministic drafts (pld, lookahead, beams): draw the target's own next token at every node (argmax
 when greedy), then walk from the root following the child whose token equals that draw. Each draw
 uses only its node's target distribution, so the walked path is a sample of the target itself.
+Given the request's seed, each draw uses the key of the position its token would take
+(sampling.position_key), so these methods reproduce `ar`'s sampled output exactly.
 
 Sampled chains (draft models at temperature > 0): standard speculative rejection sampling. Node i's
 token x was drawn from q; accept it with probability min(1, p(x)/q(x)); at the first rejection draw
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .sampling import SamplingParams, choose, log_probs
+from .sampling import SamplingParams, choose, choose_at_positions, log_probs
 from .tree import Tree
 
 
@@ -29,12 +31,18 @@ class Acceptance:
         return len(self.path) - 1
 
 
-def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None) -> Acceptance:
+def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
+           seed: int | None = None, root_position: int | None = None) -> Acceptance:
+    """key: this step's random key. seed and root_position (the root token's index in prompt +
+    output) switch the target's own draws to per-position keys."""
     if tree.draft_probs is not None and not params.greedy and len(tree) > 1:
         if tree.is_chain and tree.draws is None:
             return _accept_sampled_chain(tree, logits, params, key)
         return _accept_sampled_tree(tree, logits, params, key)
-    return _accept_by_walking(tree, choose(logits, params, key).tolist())
+    if params.greedy or seed is None or root_position is None:
+        return _accept_by_walking(tree, choose(logits, params, key).tolist())
+    positions = [root_position + depth + 1 for depth in tree.depths]
+    return _accept_by_walking(tree, choose_at_positions(logits, params, seed, positions).tolist())
 
 
 def _accept_by_walking(tree: Tree, target_tokens: list[int]) -> Acceptance:

@@ -57,7 +57,8 @@ class DraftLengthChooser:
 
     def record(self, accepted: int, offered: int, nodes: int | None = None) -> None:
         """A draft `offered` tokens deep (per branch) had its first `accepted` tokens accepted;
-        `nodes` is its tree size without the root, when it was a tree."""
+        `nodes` is its tree size without the root, when it was a tree. offered=0 (a step that
+        drafted nothing) teaches nothing, but lets every depth drift back towards the prior."""
         offered = min(offered, self.max_length)
         seen = min(accepted + 1, offered)
         for d in range(1, self.max_length + 1):

@@ -88,7 +88,7 @@ class Decoder:
         tokens = list(prompt_tokens)
         self.drafter.begin(tokens)
         try:
-            yield from self._loop(tokens, limits, sampling, stats, key)
+            yield from self._loop(tokens, limits, sampling, stats, key, seed)
         finally:
             self.drafter.end()
 
@@ -108,7 +108,7 @@ class Decoder:
         mx.async_eval(out.logits)
         return _InFlight(ctx, tree, out, draft_s=t1 - t0, started=t1)
 
-    def _loop(self, tokens, limits, sampling, stats, key) -> Iterator[Step]:
+    def _loop(self, tokens, limits, sampling, stats, key, seed) -> Iterator[Step]:
         """Step n+1's verification is dispatched before step n's tokens are yielded, so whatever
         the consumer does with them (detokenize, print, update a UI) overlaps the forward pass."""
         generated = 0
@@ -118,7 +118,8 @@ class Decoder:
             while flight is not None:
                 key, accept_key, draft_key = _split(key, 3)
                 tree, out, ctx = flight.tree, flight.out, flight.ctx
-                acceptance = accept(tree, out.logits, sampling, accept_key)  # the one host sync
+                acceptance = accept(tree, out.logits, sampling, accept_key, seed,  # the one host
+                                    len(ctx.tokens) - 1)                       # sync
                 t_synced = time.perf_counter()
                 verify_s = t_synced - flight.started - flight.consumer_s
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
+import numpy as np
 
 from .errors import MlxSpecError
 
@@ -66,3 +67,23 @@ def choose(logits: mx.array, params: SamplingParams, key) -> mx.array:
     if params.greedy:
         return mx.argmax(logits, axis=-1)
     return mx.random.categorical(log_probs(logits, params), axis=-1, key=key)
+
+
+def position_uniform(seed: int, position: int) -> float:
+    """The uniform number behind the target's own draw of the token at `position` (its index in
+    prompt + output): a function of the request's seed and the position alone, so a method whose
+    drafts are only followed, never mixed into the draw (ar, pld, lookahead, beams), samples
+    exactly the tokens `ar` samples with the same seed, whatever it drafted and whatever state it
+    carried over from earlier requests."""
+    return float(np.random.default_rng([seed, position]).random())
+
+
+def choose_at_positions(logits: mx.array, params: SamplingParams, seed: int,
+                        positions: list[int]) -> mx.array:
+    """One sample per row by inverting its CDF at position_uniform(seed, positions[i]): one
+    random number per row instead of a Gumbel draw per vocabulary entry (on a CPU, sampling 32
+    rows of 4,096 the usual way took 4.7 ms)."""
+    uniforms = mx.array([position_uniform(seed, p) for p in positions], dtype=mx.float32)
+    cdf = mx.cumsum(mx.exp(log_probs(logits, params)), axis=-1)
+    below = cdf < uniforms[:, None] * cdf[:, -1:]  # scaled by the total: rounding never overflows
+    return mx.minimum(below.sum(axis=-1), logits.shape[-1] - 1)

@@ -70,3 +70,15 @@ def test_pld_stops_drafting_when_lookups_fail_and_resumes_when_they_match():
     tail = slice(start - len(phrase) + 40, end - len(phrase))  # well inside the misleading stretch
     assert max(adaptive[tail]) == 0 < max(fixed[tail])
     assert max(adaptive[-len(phrase):]) > 0  # drafting is back for the repeated phrase
+
+
+def test_after_giving_up_drafting_is_tried_again():
+    chooser = DraftLengthChooser(max_length=8)
+    for _ in range(30):
+        chooser.record(accepted=0, offered=4)
+    assert chooser.choose() == 0
+    steps = 0
+    while chooser.choose() == 0:  # steps that draft nothing
+        chooser.record(accepted=0, offered=0)
+        steps += 1
+    assert 1 < steps < 200

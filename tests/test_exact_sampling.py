@@ -10,7 +10,8 @@ from exactness import chi_square_pvalue, exact_distribution, sample_continuation
 LENGTH, SAMPLES, TOP_K = 3, 1200, 3
 # the prompt repeats itself so that pld/lookahead find matches and really draft
 PROMPT = [40, 41, 42, 43, 44, 40, 41, 42, 43, 44, 40, 41]
-METHODS = [("ar", {}), ("pld", {"num_draft_tokens": 3}), ("lookahead", {}), ("draft", "qwen2")]
+METHODS = [("ar", {}), ("pld", {"num_draft_tokens": 3}), ("lookahead", {}), ("draft", "qwen2"),
+           ("adaedl", "qwen2")]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_sampled_output_has_target_distribution(small, random_model_dirs, method
     assert chi_square_pvalue(counts, exact) > 1e-4
 
 
-def _biased_accept(tree, logits, params, key=None):
+def _biased_accept(tree, logits, params, key=None, seed=None, root_position=None):
     """Deliberately wrong: follows a drafted child whenever the target gives it any probability
     (instead of only when the target's own draw equals it)."""
     draws = choose(logits, params, key).tolist()
@@ -64,3 +65,15 @@ def test_same_seed_same_output(small, method):
     other = mlx_spec.generate(small, PROMPT, method=method, max_tokens=20, temperature=0.9, seed=8)
     assert first.token_ids == again.token_ids
     assert first.token_ids != other.token_ids
+
+
+def test_followed_drafts_sample_exactly_what_ar_samples(small):
+    """Methods whose drafts are only followed draw the target's token at each position with that
+    position's own random number, so with the same seed they reproduce ar's sampled text exactly,
+    whatever they drafted (lookahead's shared trie included, even on a repeated call)."""
+    for seed in (1, 2):
+        ar = mlx_spec.generate(small, PROMPT, method="ar", max_tokens=24, temperature=0.9, seed=seed)
+        for method in ("pld", "lookahead", "lookahead"):
+            other = mlx_spec.generate(small, PROMPT, method=method, max_tokens=24, temperature=0.9,
+                                      seed=seed)
+            assert other.token_ids == ar.token_ids, (method, seed)

@@ -88,7 +88,7 @@ class ReDrafter(Drafter):
         # adaptive=None: adapt the depth only when sampling (measured greedy on the default
         # models: the fixed beam_length was faster, as the head's misses there are short-lived)
         self.adaptive = adaptive
-        self.chooser = (DraftLengthChooser(beam_length - 1, 1, verify_cost, verify_overhead,
+        self.chooser = (DraftLengthChooser(beam_length - 1, 0, verify_cost, verify_overhead,
                                            draft_cost) if adaptive is not False else None)
         self.head, self.tables = _load_head(model, head)
         self.embed = token_embedding(model.model)
@@ -136,9 +136,12 @@ class ReDrafter(Drafter):
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         adapting = self.chooser is not None and (self.adaptive or not ctx.sampling.greedy)
-        if adapting and len(tree) > 1:
+        if adapting:  # a root-only tree (nothing drafted) lets unexplored depths drift back up
             self.chooser.record(acceptance.accepted_drafts, max(tree.depths), len(tree) - 1)
         depth = self.chooser.choose() if adapting else self.length - 1
+        if depth == 0:  # plain decoding pays more here than drafting wins back
+            self._pending = None
+            return
         root = acceptance.tokens[-1]
         hidden = out.hidden[acceptance.path[-1]]
         if self.width == 1 and ctx.sampling.greedy and self.min_log_prob == -math.inf:
