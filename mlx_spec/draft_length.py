@@ -68,3 +68,16 @@ class DraftLengthChooser:
                 self.hazard[d] += self.rate * DRIFT * (PRIOR - self.hazard[d])
         if nodes and offered:
             self.nodes_per_depth += self.rate * (nodes / offered - self.nodes_per_depth)
+
+
+def shared_chooser(model, key: tuple, make) -> DraftLengthChooser:
+    """One chooser per loaded model and drafter settings (in model.extras), so what it learned
+    carries over to the next request and decoder; a fresh one where there is no model. Only for
+    drafters whose drafts never change the output (pld: the target's draws depend on the seed and
+    position alone), since a carried-over state changes what is drafted."""
+    if model is None:
+        return make()
+    key = ("draft-length",) + key
+    if key not in model.extras:
+        model.extras[key] = make()
+    return model.extras[key]

@@ -8,11 +8,12 @@ Adaptive length (mlx_spec/draft_length.py): every lookup is remembered until the
 are known, then scored as if all of it had been sent (acceptance walks the target's own draws, so
 what the target says does not depend on what was drafted). Guesses that keep failing (sampling at a
 high temperature, text that does not repeat) shrink the draft down to plain decoding; the scoring
-goes on, so drafting resumes when guesses start to match.
+goes on, so drafting resumes when guesses start to match. What it learned is kept per loaded model,
+so the next request starts from it.
 """
 from __future__ import annotations
 
-from ..draft_length import DraftLengthChooser
+from ..draft_length import DraftLengthChooser, shared_chooser
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
@@ -56,15 +57,14 @@ class PromptLookup(Drafter):
             raise ValueError("need num_draft_tokens >= 1 and 1 <= ngram_min <= ngram_max")
         self.num_draft_tokens = num_draft_tokens
         self.index = NgramIndex(ngram_min, ngram_max)
-        self.chooser = (DraftLengthChooser(num_draft_tokens, 0, verify_cost, verify_overhead)
-                        if adaptive else None)
+        settings = ("pld", num_draft_tokens, verify_cost, verify_overhead)
+        self.chooser = (shared_chooser(model, settings, lambda: DraftLengthChooser(
+            num_draft_tokens, 0, verify_cost, verify_overhead)) if adaptive else None)
         self._guesses: list[tuple[int, list[int]]] = []  # (where a lookup was made, its tokens)
 
     def begin(self, prompt_tokens: list[int]) -> None:
         self.index.reset(prompt_tokens)
-        self._guesses = []
-        if self.chooser is not None:
-            self.chooser.reset()
+        self._guesses = []  # the chooser keeps what earlier requests taught it
 
     def propose(self, ctx: StepContext) -> Tree:
         if len(self.index.tokens) != len(ctx.tokens):
