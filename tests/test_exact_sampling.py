@@ -10,8 +10,8 @@ from exactness import chi_square_pvalue, exact_distribution, sample_continuation
 LENGTH, SAMPLES, TOP_K = 3, 1200, 3
 # the prompt repeats itself so that pld/lookahead find matches and really draft
 PROMPT = [40, 41, 42, 43, 44, 40, 41, 42, 43, 44, 40, 41]
-METHODS = [("ar", {}), ("pld", {"num_draft_tokens": 3, "adaptive": False}), ("lookahead", {}), ("draft", "qwen2"),
-           ("adaedl", "qwen2")]
+METHODS = [("ar", {}), ("pld", {"num_draft_tokens": 3, "adaptive": False}), ("lookahead", {}),
+           ("draft", "qwen2"), ("adaedl", "qwen2")]
 
 
 @pytest.fixture(scope="module")
