@@ -3,8 +3,8 @@
 Deterministic drafts (pld, lookahead, beams): draw the target's own next token at every node (argmax
 when greedy), then walk from the root following the child whose token equals that draw. Each draw
 uses only its node's target distribution, so the walked path is a sample of the target itself.
-Given the request's seed, each draw uses the key of the position its token would take
-(sampling.position_key), so these methods reproduce `ar`'s sampled output exactly.
+Given the request's seed, each draw uses the uniform number of the position its token would take
+(sampling.position_uniform), so these methods reproduce `ar`'s sampled output exactly.
 
 Sampled chains (draft models at temperature > 0): standard speculative rejection sampling. Node i's
 token x was drawn from q; accept it with probability min(1, p(x)/q(x)); at the first rejection draw
@@ -34,7 +34,7 @@ class Acceptance:
 def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
            seed: int | None = None, root_position: int | None = None) -> Acceptance:
     """key: this step's random key. seed and root_position (the root token's index in prompt +
-    output) switch the target's own draws to per-position keys."""
+    output) switch the target's own draws to per-position uniforms."""
     if tree.draft_probs is not None and not params.greedy and len(tree) > 1:
         if tree.is_chain and tree.draws is None:
             return _accept_sampled_chain(tree, logits, params, key)

@@ -118,8 +118,9 @@ class Decoder:
             while flight is not None:
                 key, accept_key, draft_key = _split(key, 3)
                 tree, out, ctx = flight.tree, flight.out, flight.ctx
-                acceptance = accept(tree, out.logits, sampling, accept_key, seed,  # the one host
-                                    len(ctx.tokens) - 1)                       # sync
+                root_position = len(ctx.tokens) - 1
+                acceptance = accept(tree, out.logits, sampling, accept_key, seed,
+                                    root_position)  # the step's one host sync
                 t_synced = time.perf_counter()
                 verify_s = t_synced - flight.started - flight.consumer_s
 

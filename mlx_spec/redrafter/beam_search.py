@@ -72,11 +72,9 @@ def beam_search(drafter, embed, context: mx.array, root: mx.array, width: int, l
     if tables is None:
         tables = drafter.drafting_tables(embed)
     batch = root.shape[0]
-    features = drafter.context_features(context.astype(mx.float32), tables)[:, None, :]
+    features, state = drafter.start_drafting(context, width, tables)
     tokens = mx.broadcast_to(root.astype(mx.int32)[:, None, None], (batch, width, 1))
     scores = mx.broadcast_to(mx.array([0.0] + [LOG_0] * (width - 1)), (batch, width))
-    state = mx.zeros((batch, width, drafter.config.hidden_size))
-    features = mx.broadcast_to(features, (batch, width, features.shape[-1]))
     chosen, distributions = [], []
     for _ in range(length - 1):
         state = drafter.state_from_token(state, tokens[..., -1], embed, tables)
@@ -105,9 +103,8 @@ def greedy_chain(drafter, embed, context: mx.array, root: mx.array, length: int,
         raise ValueError("a draft chain needs length >= 2")
     if tables is None:
         tables = drafter.drafting_tables(embed)
-    features = drafter.context_features(context.astype(mx.float32), tables)[:, None, :]
+    features, state = drafter.start_drafting(context, 1, tables)
     token = root.astype(mx.int32)[:, None]
-    state = mx.zeros((root.shape[0], 1, drafter.config.hidden_size))
     tokens = [token]
     for _ in range(length - 1):
         state = drafter.state_from_token(state, token, embed, tables)

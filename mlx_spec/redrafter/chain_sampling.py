@@ -20,10 +20,8 @@ def sample_chains(drafter, embed, context: mx.array, root: int, width: int, leng
     and the distributions they were drawn from [W, L-1, V] (lazy). head_temperature flattens the
     head's logits before the target's settings apply: a head distilled from greedy text is
     sharper than a sampling target, and a flatter q is accepted more often."""
-    features = drafter.context_features(context.astype(mx.float32)[None], tables)[:, None, :]
-    features = mx.broadcast_to(features, (1, width, features.shape[-1]))
+    features, state = drafter.start_drafting(context[None], width, tables)
     token = mx.full((1, width), root, dtype=mx.int32)
-    state = mx.zeros((1, width, drafter.config.hidden_size))
     tokens, probs = [], []
     for step_key in mx.random.split(key, length - 1):
         state = drafter.state_from_token(state, token, embed, tables)

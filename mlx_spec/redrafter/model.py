@@ -110,6 +110,15 @@ class RecurrentDrafter(nn.Module):
         mx.eval(tables)
         return tables
 
+    def start_drafting(self, context: mx.array, width: int,
+                       tables: dict) -> tuple[mx.array, mx.array]:
+        """For `width` drafts from each of the [B, D] target hidden states: the context's features
+        [B, W, F] (shared by every step) and the initial RNN state s_0 = 0, [B, W, D]."""
+        features = self.context_features(context.astype(mx.float32), tables)[:, None, :]
+        batch = context.shape[0]
+        return (mx.broadcast_to(features, (batch, width, features.shape[-1])),
+                mx.zeros((batch, width, self.config.hidden_size)))
+
     def context_features(self, context: mx.array, tables: dict) -> mx.array:
         if "proj_context" in tables:
             return context @ tables["proj_context"] + self.input_proj.bias
