@@ -122,6 +122,22 @@ def test_lambda_adapts_and_persists_across_requests(random_models, random_model_
     assert second.drafter.stop_rule.threshold.lam == lam
 
 
+def test_greedy_and_each_sampling_setting_keep_their_own_lambda(random_models, random_model_dirs):
+    model = random_models["llama"]
+    options = dict(draft_model=str(random_model_dirs["qwen3"]), num_draft_tokens=4, lam=0.3)
+    decoder = mlx_spec.make_decoder(model, "adaedl", **options)
+    mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder)
+    greedy = decoder.drafter.stop_rule
+    assert greedy.threshold.lam != 0.3
+    lam = greedy.threshold.lam
+    mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder, temperature=1.0)
+    sampled = decoder.drafter.stop_rule
+    assert sampled is not greedy and sampled.threshold.lam != 0.3
+    assert greedy.threshold.lam == lam  # sampling did not move the greedy threshold
+    mlx_spec.generate(model, PROMPTS[1], max_tokens=30, raw=True, decoder=decoder)
+    assert decoder.drafter.stop_rule is greedy
+
+
 def test_unknown_stop_rule_is_a_one_line_error(random_models, random_model_dirs):
     with pytest.raises(mlx_spec.MlxSpecError, match="stop_rule"):
         mlx_spec.make_decoder(random_models["llama"], "adaedl", draft_model=str(random_model_dirs["llama"]),

@@ -20,15 +20,19 @@ embedded pair:
   vs 1.63x for alpha 0.5 in the cost model). Pass alpha=0.9 for the paper's setting.
 confidence_threshold 0.1 suits small drafters with broad distributions (calibrated on prompts the
 benchmark does not use: below a top probability of 0.1 greedy agreement falls from ~0.5 to ~0.24).
-The adaptive state (lambda and the running acceptance rate) lives in model.extras, per drafter and
-settings, so it keeps learning across the requests of one loaded model instead of starting over
-with every prompt.
+The adaptive state (lambda and the running acceptance rate) lives in model.extras, per drafter,
+settings and sampling regime, so it keeps learning across the requests of one loaded model instead
+of starting over with every prompt. Greedy decoding and each sampling setting keep their own state:
+the entropy the rule reads is the sharpened greedy one in the first case and the processed
+sampling distribution's in the others, on scales too different for one lambda to serve both.
 """
 from __future__ import annotations
 
+from dataclasses import astuple
 from typing import Optional
 
-from ..stopping import make_rule
+from ..sampling import SamplingParams
+from ..stopping import StopRule, make_rule
 from . import register
 from .draft_model import DraftModelDrafter
 
@@ -43,7 +47,15 @@ class AdaEDLDrafter(DraftModelDrafter):
         settings = dict(lam=lam, gamma=gamma, beta1=beta1, beta2=beta2, epsilon=epsilon,
                         alpha=alpha, confidence_threshold=confidence_threshold,
                         greedy_entropy_temperature=greedy_entropy_temperature)
-        key = ("stop-rule", self.draft.path, stop_rule, num_draft_tokens, tuple(sorted(settings.items())))
-        if key not in model.extras:
-            model.extras[key] = make_rule(stop_rule, **settings)
-        self.stop_rule = model.extras[key]
+        self._rules = model.extras
+        self._rule_key = ("stop-rule", self.draft.path, stop_rule, num_draft_tokens,
+                          tuple(sorted(settings.items())))
+        self._make_rule = lambda: make_rule(stop_rule, **settings)
+        self.stop_rule = self.rule_for(SamplingParams())
+
+    def rule_for(self, sampling: SamplingParams) -> StopRule:
+        key = self._rule_key + ((None,) if sampling.greedy else (astuple(sampling),))
+        if key not in self._rules:
+            self._rules[key] = self._make_rule()
+        self.stop_rule = self._rules[key]  # what observe() updates after this round
+        return self.stop_rule

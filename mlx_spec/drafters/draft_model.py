@@ -30,6 +30,7 @@ from ..stopping import StopRule
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
+from .draft_step import DraftForward, supports_compiled_step
 
 PREFILL_STEP = 512
 
@@ -41,6 +42,7 @@ class DraftModel:
     path: str
     width: int         # the drafter's logits width
     target_width: int  # the target's logits width: drafts are distributions over these ids
+    compiled_step: bool = False  # whether its one-token forward runs compiled (draft_step.py)
 
 
 def _logits_width(module) -> int:
@@ -81,7 +83,8 @@ def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> Dr
                                "rejection; pick a drafter with plain attention (KVCache)")
         target_width, draft_width = _logits_width(model.model), _logits_width(module)
         check_vocabularies(model.tokenizer, tokenizer, target_width, draft_width, where)
-        model.extras[key] = DraftModel(module, tokenizer, where, draft_width, target_width)
+        model.extras[key] = DraftModel(module, tokenizer, where, draft_width, target_width,
+                                       supports_compiled_step(module, min(draft_width, target_width)))
     return model.extras[key]
 
 
@@ -92,8 +95,8 @@ class DraftModelDrafter(Drafter):
             raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
         self.num_draft_tokens = num_draft_tokens
         self.draft = load_draft_model(model, draft_model)
-        self.cache = make_prompt_cache(self.draft.module)
-        self.cached_tokens: list[int] = []  # exactly the tokens whose keys/values are in self.cache
+        self.forward = DraftForward(self.draft.module, self.draft.compiled_step)
+        self.cached_tokens: list[int] = []  # exactly the tokens whose keys/values are in self.forward.cache
         self.stop_rule = StopRule()         # static: draft exactly k tokens
         self._max_drafts = 0                # k of the round being verified, for the stop rule
 
@@ -102,14 +105,12 @@ class DraftModelDrafter(Drafter):
         """Drop cached tokens that are not a prefix of `tokens` (rejected drafts, a new prompt)."""
         keep = _common_prefix(self.cached_tokens, tokens)
         if keep < len(self.cached_tokens):
-            for c in self.cache:
-                c.trim(len(self.cached_tokens) - keep)
+            self.forward.trim(len(self.cached_tokens) - keep)
             del self.cached_tokens[keep:]
 
     def _forward(self, tokens) -> mx.array:
         """Feed tokens (list or [n] array) after the cache; logits of the last one, [target_width]."""
-        ids = tokens if isinstance(tokens, mx.array) else mx.array(tokens)
-        logits = self.draft.module(ids[None], cache=self.cache)[0, -1]
+        logits = self.forward(tokens if isinstance(tokens, mx.array) else mx.array(tokens))
         width, target_width = self.draft.width, self.draft.target_width
         if width > target_width:
             logits = logits[:target_width]
@@ -123,12 +124,16 @@ class DraftModelDrafter(Drafter):
         start = len(self.cached_tokens)
         while len(tokens) - start > PREFILL_STEP:  # long new prompts: chunked like mlx-lm
             self._forward(tokens[start:start + PREFILL_STEP])
-            mx.eval([c.state for c in self.cache])
+            mx.eval([c.state for c in self.forward.cache])
             start += PREFILL_STEP
         self.cached_tokens = list(tokens)
         return self._forward(tokens[start:])
 
     # -- drafting ----------------------------------------------------------------------------------
+    def rule_for(self, sampling: SamplingParams) -> StopRule:
+        """The stop rule of this round (static here; adaedl keeps one per sampling regime)."""
+        return self.stop_rule
+
     def propose(self, ctx: StepContext) -> Tree:
         k = min(self.num_draft_tokens, ctx.max_drafts)
         self._max_drafts = k
@@ -137,31 +142,41 @@ class DraftModelDrafter(Drafter):
         logits = self._feed_unseen(ctx.tokens)
         sampling: SamplingParams = ctx.sampling
         keys = mx.random.split(ctx.key, k) if not sampling.greedy else [None] * k
-        rule = self.stop_rule
-        drafted, probs = [], []
+        rule = self.rule_for(sampling)
+        drafted, probs, statistics = [], [], []
+        fed = 0         # drafts fed back to the drafter this round
+        length = k      # how many drafts the chain keeps
         for i in range(k):
             if i > 0:  # the previous draft is fed while still lazy: no host round trip
                 logits = self._forward(drafted[-1])
-                self.cached_tokens.append(None)  # placeholder until the token ids are known
+                fed += 1
             logprobs = log_probs(logits[None], sampling)[0] if not sampling.greedy else None
             if sampling.greedy:
                 token = mx.argmax(logits, keepdims=True)
             else:
                 token = mx.random.categorical(logprobs, key=keys[i])[None]
+            statistic = None
             if rule.checks and i > 0:  # at least one draft per round
                 statistic = rule.statistic(rule.greedy_log_probs(logits) if sampling.greedy
                                            else logprobs)
-                mx.eval(token, statistic)
-                if rule.should_stop(statistic.item()):
-                    break
-            else:
-                mx.async_eval(token)
+            mx.async_eval(token, *([statistic] if statistic is not None else []))
             drafted.append(token)
+            statistics.append(statistic)
             if not sampling.greedy:
                 probs.append(mx.exp(logprobs))
-        chain = mx.concatenate(drafted).tolist()
-        fed = len(self.cached_tokens) - len(ctx.tokens)
-        self.cached_tokens[len(ctx.tokens):] = chain[:fed]
+            # Draft i-1 is judged only now, with the forward that drafts i already queued: the
+            # host reads the rule's statistic while the drafter computes, at the price of one
+            # wasted forward in the rounds the rule stops.
+            if i >= 2 and rule.checks and rule.should_stop(statistics[i - 1].item()):
+                length = i - 1
+                break
+        else:
+            if k >= 2 and rule.checks and rule.should_stop(statistics[k - 1].item()):
+                length = k - 1
+        ids = mx.concatenate(drafted[:max(length, fed)]).tolist()
+        chain = ids[:length]
+        self.cached_tokens.extend(ids[:fed])  # a fed draft the rule then dropped stays cached
+        probs = probs[:length]
         draft_probs = None
         if not sampling.greedy:  # row 0 (the root) is unused by acceptance
             draft_probs = mx.stack([mx.zeros_like(probs[0]), *probs])
