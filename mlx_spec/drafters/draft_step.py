@@ -1,4 +1,4 @@
-"""The draft model's forward over its own KV cache, with the one-token step compiled.
+"""The draft model's forward over its own KV cache, with short feeds (drafting) compiled.
 
 A drafter spends its time in one-token forwards, and on a small model each forward is mostly
 per-operation overhead (the default 2-layer drafter: ~1.1 ms of dispatch for a few hundred
@@ -21,6 +21,8 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 CAPACITY_STEP = 256  # buffers grow in these steps: each new capacity traces the step once more
+COMPILED_FEED = 2    # feeds of up to this many tokens run compiled (a draft round feeds 1, or 2
+                     # after a fully accepted chain); each length is traced once
 
 
 class SlotKVCache:
@@ -85,8 +87,8 @@ class SlotKVCache:
 class DraftForward:
     """Feeds tokens to the draft model and returns the logits after the last one.
 
-    Multi-token feeds (prompts, the bonus token with a fully accepted draft) run the model
-    directly; one-token feeds run the compiled step when `compiled` is true."""
+    Short feeds (drafting) run the compiled step when `compiled` is true; prompts run the model
+    directly over the same buffers."""
 
     def __init__(self, module, compiled: bool):
         self.module = module
@@ -94,7 +96,7 @@ class DraftForward:
         self.cache = [SlotKVCache() for _ in module.layers] if compiled else make_prompt_cache(module)
         if compiled:
             self._scratch = [SlotKVCache() for _ in module.layers]
-            self._step = mx.compile(self._one_token)
+            self._step = mx.compile(self._short_feed)
 
     @property
     def offset(self) -> int:
@@ -104,29 +106,30 @@ class DraftForward:
         for c in self.cache:
             c.trim(n)
 
-    def _one_token(self, token, offset, *buffers):
+    def _short_feed(self, ids, offset, *buffers):
         for i, c in enumerate(self._scratch):
             c.keys, c.values, c.offset = buffers[2 * i], buffers[2 * i + 1], offset
-        logits = self.module(token[None], cache=self._scratch)[0, -1]
+        logits = self.module(ids[None], cache=self._scratch)[0, -1]
         return (logits, *[b for c in self._scratch for b in (c.keys, c.values)])
 
     def __call__(self, ids: mx.array) -> mx.array:
         """ids: [n] token ids after the cache; the logits row after the last one."""
-        if not self.compiled or ids.shape[0] != 1 or self.cache[0].keys is None:
+        n = ids.shape[0]
+        if not self.compiled or n > COMPILED_FEED or self.cache[0].keys is None:
             return self.module(ids[None], cache=self.cache)[0, -1]
         offset = self.offset
         for c in self.cache:
-            c.reserve(offset + 1, c.keys, c.values)
+            c.reserve(offset + n, c.keys, c.values)
         buffers = [b for c in self.cache for b in (c.keys, c.values)]
         logits, *buffers = self._step(ids, mx.array(offset, dtype=mx.int32), *buffers)
         for i, c in enumerate(self.cache):
-            c.keys, c.values, c.offset = buffers[2 * i], buffers[2 * i + 1], offset + 1
+            c.keys, c.values, c.offset = buffers[2 * i], buffers[2 * i + 1], offset + n
         return logits
 
 
 def supports_compiled_step(module, vocab_size: int) -> bool:
-    """True when the compiled one-token path reproduces the plain forward on this model, through a
-    prefill, single steps, a rewind over them and steps over the rewound slots."""
+    """True when the compiled path reproduces the plain forward on this model, through a prefill,
+    one- and two-token steps, a rewind over them and steps over the rewound slots."""
     if not hasattr(module, "layers"):
         return False
     sequence = [(7 * i + 3) % max(vocab_size, 1) for i in range(14)]
@@ -136,10 +139,12 @@ def supports_compiled_step(module, vocab_size: int) -> bool:
         forward = DraftForward(module, compiled=True)
         got = []
         forward(mx.array(sequence[:6]))
-        for i in range(6, 14):
+        for i in range(6, 12):
             got.append((sequence, i, forward(mx.array([sequence[i]]))))
+        got.append((sequence, 13, forward(mx.array(sequence[12:14]))))
         forward.trim(5)
-        for i in range(9, 14):
+        got.append((rewound, 10, forward(mx.array(rewound[9:11]))))
+        for i in range(11, 14):
             got.append((rewound, i, forward(mx.array([rewound[i]]))))
         for seq, i, logits in got:
             expected = reference[tuple(seq)][i]
