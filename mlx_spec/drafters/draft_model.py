@@ -11,8 +11,11 @@ verification it is trimmed to the prefix the target accepted, and the next round
 it has not seen (the bonus token, plus the last draft when the whole chain was accepted).
 
 Drafting waits for the host once per round: each drafted token feeds the next forward while staying
-on the MLX graph (mx.async_eval pipelines the forwards). A stopping rule (see `adaedl`) needs one
-sync per token; its statistic is evaluated together with the token.
+on the MLX graph (mx.async_eval pipelines the forwards), and the one-token forwards run compiled
+(draft_step.py). A stopping rule (see `adaedl`) reads one statistic per token, one token late: the
+forward that drafts token i is queued before the host reads whether token i-1 should have been
+drafted, so the host never idles the drafter; a round the rule stops costs one forward whose token
+is dropped (its keys stay cached, which is harmless: the cache is trimmed to the accepted prefix).
 """
 from __future__ import annotations
 
