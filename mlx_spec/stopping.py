@@ -59,8 +59,10 @@ class AdaEDLThreshold:
         lambda  <- beta2 * lambda + (1 - beta2) * lambda'
 
     The paper leaves the initial lambda open (it sweeps it); AR starts at alpha. Our one addition:
-    lambda is clamped to [0, 1], the range of the bound where it can matter, so a long run of one
-    kind cannot wind it up beyond recovery.
+    lambda is clamped to [-1, 1], so a long run of one kind cannot wind it up beyond recovery. The
+    bound is negative for entropies above 1 / gamma (5 nats), common for small drafters when
+    sampling, and never below 1 - sqrt(0.2 * ln 256000) = -0.58 for vocabularies up to 256k: a
+    lambda below 0 is how the rule learns to keep drafting through such positions.
     """
     lam: float = 0.5
     gamma: float = 0.2
@@ -91,7 +93,7 @@ class AdaEDLThreshold:
             proposed = self.lam - self.epsilon
         else:
             proposed = self.lam
-        self.lam = min(1.0, max(0.0, self.beta2 * self.lam + (1 - self.beta2) * proposed))
+        self.lam = min(1.0, max(-1.0, self.beta2 * self.lam + (1 - self.beta2) * proposed))
 
 
 class StopRule:

@@ -6,6 +6,7 @@ import mlx.core as mx
 import pytest
 
 import mlx_spec
+from mlx_spec.sampling import SamplingParams
 from mlx_spec.stopping import (AdaEDLThreshold, MaxConfidenceRule, acceptance_lower_bound, entropy,
                                make_rule)
 from test_greedy_equality import PROMPTS, mlx_lm_greedy
@@ -50,6 +51,13 @@ def test_threshold_update_follows_algorithm_1():
     t = AdaEDLThreshold(lam=0.9995, acceptance=0.0, epsilon=0.1)
     t.update(accepted=0, drafted=1, max_drafts=8)
     assert t.lam == 1.0  # clamped
+
+    t = AdaEDLThreshold(lam=0.0, acceptance=1.0, epsilon=0.5)
+    t.update(accepted=2, drafted=2, max_drafts=8)
+    assert t.lam == pytest.approx(-0.05)  # below 0: keeps drafting where the bound is negative
+    for _ in range(100):
+        t.update(accepted=2, drafted=2, max_drafts=8)
+    assert t.lam == -1.0  # clamped
 
 
 def test_lambda_converges_towards_the_acceptance_target():
@@ -124,15 +132,17 @@ def test_lambda_adapts_and_persists_across_requests(random_models, random_model_
 
 def test_greedy_and_each_sampling_setting_keep_their_own_lambda(random_models, random_model_dirs):
     model = random_models["llama"]
-    options = dict(draft_model=str(random_model_dirs["qwen3"]), num_draft_tokens=4, lam=0.3)
+    options = dict(draft_model=str(random_model_dirs["qwen3"]), num_draft_tokens=4, lam=0.3,
+                   sampling_lam=0.1)
     decoder = mlx_spec.make_decoder(model, "adaedl", **options)
     mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder)
     greedy = decoder.drafter.stop_rule
     assert greedy.threshold.lam != 0.3
     lam = greedy.threshold.lam
+    sampled = decoder.drafter.rule_for(SamplingParams(temperature=1.0))
+    assert sampled is not greedy and sampled.threshold.lam == 0.1  # starts from sampling_lam
     mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder, temperature=1.0)
-    sampled = decoder.drafter.stop_rule
-    assert sampled is not greedy and sampled.threshold.lam != 0.3
+    assert decoder.drafter.stop_rule is sampled and sampled.threshold.lam != 0.1
     assert greedy.threshold.lam == lam  # sampling did not move the greedy threshold
     mlx_spec.generate(model, PROMPTS[1], max_tokens=30, raw=True, decoder=decoder)
     assert decoder.drafter.stop_rule is greedy

@@ -12,8 +12,11 @@ num_draft_tokens is the longest chain a round may draft. gamma, beta1, beta2 and
 paper's. Two settings are ours, chosen by counting target calls and drafted tokens (a cost model of
 this CPU's measured step times) on held-out story openings and the built-in prompts, greedy, with the
 embedded pair:
-- the initial lambda, which the paper leaves open (it sweeps it): 0.3. lambda moves by at most
-  (1 - beta2) * epsilon = 0.001 per round, so where it starts decides most of a short session.
+- the initial lambda, which the paper leaves open (it sweeps it): 0.3 for greedy decoding (`lam`)
+  and 0.0 when sampling (`sampling_lam`: the bound's own zero, stop only where it is vacuous; the
+  sampled distributions of this drafter have 3-8 nats, where the bound is 0.1 or less whatever the
+  acceptance). lambda moves by at most (1 - beta2) * epsilon = 0.001 per round, so where it starts
+  decides most of a short session.
 - alpha 0.5 instead of the paper's 0.9: alpha is the share of drafted tokens the rule aims to have
   accepted, and 0.9 suits pairs that agree that often; this ~1M-parameter drafter agrees with the
   target on about 0.5-0.7 of tokens, so alpha 0.9 keeps cutting drafts to one token (greedy 1.48x
@@ -50,20 +53,22 @@ class AdaEDLDrafter(DraftModelDrafter):
     def __init__(self, model, draft_model: Optional[str] = None, num_draft_tokens: int = 8,
                  stop_rule: str = "adaedl", lam: float = 0.3, gamma: float = 0.2,
                  beta1: float = 0.5, beta2: float = 0.9, epsilon: float = 0.01, alpha: float = 0.5,
-                 confidence_threshold: float = 0.1, greedy_entropy_temperature: float = 0.5):
+                 confidence_threshold: float = 0.1, greedy_entropy_temperature: float = 0.5,
+                 sampling_lam: float = 0.0):
         super().__init__(model, draft_model=draft_model, num_draft_tokens=num_draft_tokens)
         settings = dict(lam=lam, gamma=gamma, beta1=beta1, beta2=beta2, epsilon=epsilon,
                         alpha=alpha, confidence_threshold=confidence_threshold,
                         greedy_entropy_temperature=greedy_entropy_temperature)
         self._rules = model.extras
         self._rule_key = ("stop-rule", self.draft.path, stop_rule, num_draft_tokens,
-                          tuple(sorted(settings.items())))
-        self._make_rule = lambda: make_rule(stop_rule, **settings)
+                          tuple(sorted(settings.items())), sampling_lam)
+        self._make_rule = lambda lam: make_rule(stop_rule, **{**settings, "lam": lam})
+        self._initial_lam = (lam, sampling_lam)
         self.stop_rule = self.rule_for(SamplingParams())
 
     def rule_for(self, sampling: SamplingParams) -> StopRule:
         key = self._rule_key + ((None,) if sampling.greedy else (astuple(sampling),))
         if key not in self._rules:
-            self._rules[key] = self._make_rule()
+            self._rules[key] = self._make_rule(self._initial_lam[0 if sampling.greedy else 1])
         self.stop_rule = self._rules[key]  # what observe() updates after this round
         return self.stop_rule
