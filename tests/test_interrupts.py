@@ -37,6 +37,7 @@ def interrupt_when(proc: subprocess.Popen, ready, timeout: float = 120) -> tuple
         assert proc.poll() is None, f"ended before it could be interrupted: {proc.communicate()}"
         assert time.monotonic() < deadline, "never became ready"
         time.sleep(0.01)
+    assert proc.poll() is None, f"finished before the interrupt (give it more steps): {proc.communicate()}"
     proc.send_signal(signal.SIGINT)
     return proc.communicate(timeout=60)
 
@@ -81,7 +82,9 @@ def interrupt_then_resume(args, checkpoint_glob: str, steps: int):
 def test_ctrl_c_during_distill_then_resume(random_model_dirs, tmp_path):
     text = tmp_path / "stories.txt"
     text.write_text("\n".join(DISTILL_STORIES) + "\n")
-    work, out, steps = tmp_path / "work", tmp_path / "head", 600
+    # this tiny head trains ~600 steps a second: enough steps that a loaded machine's poll still
+    # catches it running (a run once finished before its Ctrl-C arrived)
+    work, out, steps = tmp_path / "work", tmp_path / "head", 2000
     args = ["distill", "--model", str(random_model_dirs["llama"]), "--text", str(text), "--out", str(out),
             "--work-dir", str(work), "--contexts", "16", "--heldout-contexts", "8",
             "--continuation", "16", "--gen-batch", "8", "--exit-dim", "32", "--draft-steps", "3",

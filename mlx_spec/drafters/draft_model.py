@@ -99,7 +99,7 @@ class DraftModelDrafter(Drafter):
         self.num_draft_tokens = num_draft_tokens
         self.draft = load_draft_model(model, draft_model)
         self.forward = DraftForward(self.draft.module, self.draft.compiled_step)
-        self.cached_tokens: list[int] = []  # exactly the tokens whose keys/values are in self.forward.cache
+        self.cached_tokens: list[int] = []  # exactly the tokens whose keys/values are cached
         self.stop_rule = StopRule()         # static: draft exactly k tokens
         self._max_drafts = 0                # k of the round being verified, for the stop rule
 
