@@ -67,8 +67,7 @@ def _fresh_cache(module, tokens):
 
 
 # adaedl with a low lambda (and gamma, for these random drafters' broad distributions) stops in
-# some rounds and not others: its rule judges a draft after the next forward is queued, so the
-# rounds it stops leave a fed draft in the cache beyond the chain
+# some rounds and not others: a stopped round has fed its last draft, a full one has not
 METHODS = [("draft", {}), ("adaedl", dict(lam=0.05, epsilon=0.0, gamma=0.02))]
 
 
