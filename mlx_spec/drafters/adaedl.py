@@ -56,19 +56,21 @@ class AdaEDLDrafter(DraftModelDrafter):
                  confidence_threshold: float = 0.1, greedy_entropy_temperature: float = 0.5,
                  sampling_lam: float = 0.0):
         super().__init__(model, draft_model=draft_model, num_draft_tokens=num_draft_tokens)
-        settings = dict(lam=lam, gamma=gamma, beta1=beta1, beta2=beta2, epsilon=epsilon,
-                        alpha=alpha, confidence_threshold=confidence_threshold,
-                        greedy_entropy_temperature=greedy_entropy_temperature)
-        self._rules = model.extras
-        self._rule_key = ("stop-rule", self.draft.path, stop_rule, num_draft_tokens,
-                          tuple(sorted(settings.items())), sampling_lam)
-        self._make_rule = lambda lam: make_rule(stop_rule, **{**settings, "lam": lam})
-        self._initial_lam = (lam, sampling_lam)
+        # everything that shapes a rule but its starting lambda, which depends on the regime
+        self._rule_settings = dict(name=stop_rule, gamma=gamma, beta1=beta1, beta2=beta2,
+                                   epsilon=epsilon, alpha=alpha,
+                                   confidence_threshold=confidence_threshold,
+                                   greedy_entropy_temperature=greedy_entropy_temperature)
+        self._starting_lam = {True: lam, False: sampling_lam}  # keyed by sampling.greedy
+        self._extras = model.extras
         self.stop_rule = self.rule_for(SamplingParams())
 
     def rule_for(self, sampling: SamplingParams) -> StopRule:
-        key = self._rule_key + ((None,) if sampling.greedy else (astuple(sampling),))
-        if key not in self._rules:
-            self._rules[key] = self._make_rule(self._initial_lam[0 if sampling.greedy else 1])
-        self.stop_rule = self._rules[key]  # what observe() updates after this round
+        lam = self._starting_lam[sampling.greedy]
+        regime = None if sampling.greedy else astuple(sampling)
+        key = ("stop-rule", self.draft.path, self.num_draft_tokens,
+               tuple(sorted(self._rule_settings.items())), regime, lam)
+        if key not in self._extras:
+            self._extras[key] = make_rule(lam=lam, **self._rule_settings)
+        self.stop_rule = self._extras[key]  # what observe() updates after this round
         return self.stop_rule

@@ -167,8 +167,8 @@ class DraftModelDrafter(Drafter):
             if not sampling.greedy:
                 probs.append(mx.exp(logprobs))
         chain = mx.concatenate(drafted).tolist()
-        # every draft but the last was fed back, and so was the last when the rule stopped after it
-        fed = len(chain) if len(chain) < k else k - 1
+        # every draft but the k-th was fed back (a rule stops only after feeding the last it kept)
+        fed = min(len(chain), k - 1)
         self.cached_tokens.extend(chain[:fed])
         draft_probs = None
         if not sampling.greedy:  # row 0 (the root) is unused by acceptance

@@ -132,8 +132,9 @@ def supports_compiled_step(module, vocab_size: int) -> bool:
     one- and two-token steps, a rewind over them and steps over the rewound slots."""
     if not hasattr(module, "layers"):
         return False
-    sequence = [(7 * i + 3) % max(vocab_size, 1) for i in range(14)]
-    rewound = sequence[:9] + [(s + 1) % max(vocab_size, 1) for s in sequence[9:]]
+    vocab_size = max(vocab_size, 1)
+    sequence = [(7 * i + 3) % vocab_size for i in range(14)]
+    rewound = sequence[:9] + [(s + 1) % vocab_size for s in sequence[9:]]
     try:
         reference = {tuple(seq): module(mx.array([seq]))[0] for seq in (sequence, rewound)}
         forward = DraftForward(module, compiled=True)
