@@ -32,15 +32,14 @@ _END = object()  # queue sentinel: the generation is over (its result or error i
 class DecoderPool:
     """One decoder per (method, options) for one model, made on first use and kept, so drafter
     state (tries, draft-model caches) persists across requests. The engine's decoders all share
-    one Target, that is one KV cache: the decoder asked for takes the cache over with what it
-    holds, so a switch of method does not prefill the conversation again. (A decoder of another
-    kind, such as dsi's, keeps its own caches.)"""
+    one Target, that is one cache with the tokens it holds (kv.TokenCache), so a switch of method
+    does not prefill the conversation again. (A decoder of another kind, such as dsi's, keeps its
+    own caches.)"""
 
     def __init__(self, model: SpecModel):
         self.model = model
         self.target = Target(model.model)
         self._decoders: dict[tuple, Decoder] = {}
-        self._active: Optional[Decoder] = None
         self._foreign = False  # a decoder of another kind (dsi) was made
 
     def get(self, method: str, **options) -> Decoder:
@@ -53,10 +52,6 @@ class DecoderPool:
             else:
                 self._foreign = True
             self._decoders[key] = decoder
-        active = self._active
-        if isinstance(active, Decoder) and isinstance(decoder, Decoder) and active is not decoder:
-            decoder.cached_tokens, active.cached_tokens = active.cached_tokens, []
-        self._active = decoder
         return decoder
 
     def clear(self) -> None:
@@ -65,7 +60,6 @@ class DecoderPool:
         for decoder in self._decoders.values():
             decoder.reset()
         self._decoders.clear()
-        self._active = None
         if not self._foreign:  # dsi's transport threads block in MLX; clearing would deadlock
             mx.clear_cache()
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Optional
 from . import drafters
 from .api import GenerationChunk, encode_prompt, stream_generate
 from .app import CANCELLED, DecoderPool
-from .engine import Decoder, _common_prefix
+from .engine import Decoder
 from .errors import MlxSpecError
 from .loading import SpecModel
 from .sampling import SamplingParams
@@ -111,9 +111,7 @@ class ChatSession:
         decoder = self.decoder
         reused = 0  # dsi's decoder keeps its caches in its workers
         if isinstance(decoder, Decoder):
-            if decoder.target.offset != len(decoder.cached_tokens):
-                decoder.reset()  # a step was cut short (Ctrl-C on the decoding thread): start clean
-            reused = _common_prefix(decoder.cached_tokens, prompt[:-1])
+            reused = decoder.target.kv.reusable(prompt[:-1])
         seed = None if self.seed is None else self.seed + len(self.turns)
         parts, ids, last = [], [], None
         try:

@@ -35,14 +35,6 @@ class Limits:
     eos_token_ids: frozenset = field(default_factory=frozenset)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 def check_request(prompt_tokens: Sequence[int], limits: Limits) -> None:
     if not prompt_tokens:
         raise MlxSpecError("the prompt is empty")
@@ -58,22 +50,17 @@ class Decoder:
         self.target = target
         self.drafter = drafter
         self.method = method
-        self.cached_tokens: list[int] = []  # tokens whose keys/values are in the target cache
         if drafter.needs_hidden_states and not target.has_hidden_states:
             raise MlxSpecError(f"method {method!r} needs the target's hidden states, and this "
                                "architecture's final norm could not be found")
 
     def reset(self) -> None:
         self.target.reset()
-        self.cached_tokens = []
 
-    def _prefill(self, tokens: list[int]) -> None:
-        """Make the cache hold exactly tokens[:-1] (the last token is the first root)."""
-        keep = _common_prefix(self.cached_tokens, tokens[:-1])
-        if keep < len(self.cached_tokens):
-            self.target.trim(len(self.cached_tokens) - keep)
-        self.target.prefill(tokens[keep:-1])
-        self.cached_tokens = list(tokens[:-1])
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The tokens in the target's cache (kept by the cache itself, kv.TokenCache)."""
+        return self.target.tokens
 
     def generate(self, prompt_tokens: list[int], limits: Limits, sampling: SamplingParams,
                  seed: Optional[int] = None) -> Iterator[Step]:
@@ -83,7 +70,7 @@ class Decoder:
         key = None if sampling.greedy else mx.random.key(seed)
 
         t0 = time.perf_counter()
-        self._prefill(prompt_tokens)
+        self.target.sync(prompt_tokens[:-1])  # the last prompt token is the first root
         stats.prefill_s = time.perf_counter() - t0
         tokens = list(prompt_tokens)
         self.drafter.begin(tokens)
@@ -101,7 +88,8 @@ class Decoder:
     def _dispatch(self, tokens: list[int], room: int, sampling: SamplingParams, key) -> _InFlight:
         """Propose the next tree and start verifying it asynchronously."""
         t0 = time.perf_counter()
-        ctx = StepContext(tokens=tokens, max_drafts=room - 1, sampling=sampling, key=key)
+        ctx = StepContext(tokens=tokens, max_drafts=room - 1, sampling=sampling, key=key,
+                          trees=self.target.supports_trees)
         tree = self.drafter.propose(ctx)
         t1 = time.perf_counter()
         out = self.target.verify(tree)
@@ -112,6 +100,7 @@ class Decoder:
         """Step n+1's verification is dispatched before step n's tokens are yielded, so whatever
         the consumer does with them (detokenize, print, update a UI) overlaps the forward pass."""
         generated = 0
+        replayed_before = self.target.replayed
         key, draft_key = _split(key, 2)
         flight = self._dispatch(tokens, self._room(tokens, generated, limits), sampling, draft_key)
         try:
@@ -125,7 +114,6 @@ class Decoder:
                 verify_s = t_synced - flight.started - flight.consumer_s
 
                 self.target.commit(acceptance.path, len(tree))
-                self.cached_tokens = tokens[:-1] + [tree.tokens[i] for i in acceptance.path]
                 room = self._room(tokens, generated, limits)
                 new, finish = acceptance.tokens[:room], None
                 for i, token in enumerate(new):
@@ -143,6 +131,7 @@ class Decoder:
                 stats.target_calls += 1
                 stats.drafted_tokens += len(tree) - 1
                 stats.accepted_drafts += acceptance.accepted_drafts
+                stats.replayed_tokens = self.target.replayed - replayed_before
                 stats.accepted_per_call.append(len(acceptance.tokens))
                 stats.generated_tokens = generated
                 stats.draft_s += flight.draft_s

@@ -1,7 +1,8 @@
 """The target: an unmodified mlx-lm model that can verify a whole tree of candidates in one pass.
 
 Three small, reversible attachments make that possible without touching the model's code:
-- caches whose make_mask returns the tree's ancestor mask while a tree is being verified;
+- layer caches (kv.py) whose make_mask returns the tree's ancestor mask (and the layer's window)
+  while a tree is being verified;
 - a per-token RoPE shim on each attention's `rope`: it moves tokens onto the batch axis so that
   mx.fast.rope, which takes one offset per batch row, gives every node its own position;
 - a tap on the final norm that keeps the post-norm hidden states (drafters such as ReDrafter read
@@ -15,25 +16,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, QuantizedKVCache, make_prompt_cache
 
 from .errors import UnsupportedModelError
 from .kernels import tree_mask_and_positions
+from .kv import PREFILL_CHUNK, TokenCache, TreeBatch, common_prefix
 from .tree import Tree
-
-
-class TreeKVCache(KVCache):
-    tree_mask = None
-
-    def make_mask(self, *args, **kwargs):
-        return self.tree_mask if self.tree_mask is not None else super().make_mask(*args, **kwargs)
-
-
-class TreeQuantizedKVCache(QuantizedKVCache):
-    tree_mask = None
-
-    def make_mask(self, *args, **kwargs):
-        return self.tree_mask if self.tree_mask is not None else super().make_mask(*args, **kwargs)
 
 
 class _PerTokenRope:
@@ -106,96 +93,144 @@ class VerifyOutput:
 
 
 class Target:
-    """Owns one KV cache for one conversation with the model."""
+    """Owns one TokenCache (kv.py) for one conversation with the model."""
 
     def __init__(self, model, kv_bits: Optional[int] = None, kv_group_size: int = 64):
         self.model = model
         self._ropes, self._hidden_tap = _attach(model)
-        self.kv_bits, self.kv_group_size = kv_bits, kv_group_size
-        self.cache = self._new_cache()
+        self.kv = TokenCache.for_model(model, kv_bits, kv_group_size)
+        self.replayed = 0  # tokens fed again after recurrent state was rewound (kv.py)
 
     # -- cache ---------------------------------------------------------------------------------
-    def _new_cache(self) -> list:
-        default = make_prompt_cache(self.model)
-        if any(type(c) is not KVCache for c in default):
-            kinds = sorted({type(c).__name__ for c in default})
-            raise UnsupportedModelError(
-                f"this model uses {', '.join(kinds)} caches, which cannot be rewound after a "
-                "rejected draft; speculative decoding needs plain KV caches (use mlx_lm.generate)")
-        if self.kv_bits:
-            return [TreeQuantizedKVCache(group_size=self.kv_group_size, bits=self.kv_bits)
-                    for _ in default]
-        return [TreeKVCache() for _ in default]
+    @property
+    def cache(self) -> list:
+        return self.kv.layers
+
+    @property
+    def tokens(self) -> list[int]:
+        """The token ids the cache holds."""
+        return self.kv.tokens
 
     @property
     def offset(self) -> int:
-        return self.cache[0].offset
+        return len(self.kv.tokens)
 
     def reset(self) -> None:
-        self.cache = self._new_cache()
+        self.kv.reset()
 
     def trim(self, n: int) -> None:
-        for c in self.cache:
-            c.trim(n)
+        self.kv.rewind(len(self.kv.tokens) - n)
 
     @property
     def supports_trees(self) -> bool:
-        return bool(self._ropes)
+        """Whether a branching tree can be verified exactly: every node needs its own position
+        (a RoPE module to shim, no other per-position code) and every layer a tree mask."""
+        return (bool(self._ropes) and self.kv.trees_ok
+                and all(type(shim.inner).__name__ in _PER_TOKEN_ROPES for shim in self._ropes)
+                and _model_type(self.model) not in POSITION_DEPENDENT)
 
     @property
     def has_hidden_states(self) -> bool:
         return self._hidden_tap is not None
 
     # -- forward passes ---------------------------------------------------------------------------
-    def _forward(self, tokens: mx.array, mask=None, positions=None) -> VerifyOutput:
+    def _forward(self, tokens: mx.array, tree: Optional[TreeBatch] = None,
+                 positions=None) -> VerifyOutput:
+        """The model over `tokens` after whatever the layers hold (no token bookkeeping)."""
         for shim in self._ropes:
             shim.positions = positions
-        for c in self.cache:
-            c.tree_mask = mask
+        self.kv.set_tree(tree)
         try:
             logits = self.model(tokens[None], cache=self.cache)
         finally:
             for shim in self._ropes:
                 shim.positions = None
-            for c in self.cache:
-                c.tree_mask = None
+            self.kv.set_tree(None)
         hidden = self._hidden_tap.last[0] if self._hidden_tap is not None else None
         return VerifyOutput(logits=logits[0], hidden=hidden)
 
-    def prefill(self, tokens: list[int], step: int = 2048) -> None:
-        """Put `tokens` into the cache (chunked like mlx-lm's prefill), computing no outputs."""
-        for start in range(0, len(tokens), step):
-            out = self._forward(mx.array(tokens[start:start + step]))
+    def sync(self, tokens: list[int]) -> int:
+        """Make the cache hold exactly `tokens`, reusing the longest cached prefix (a forward cut
+        short by an interrupt leaves layers out of step: then it starts over). Returns how many
+        tokens were not fed again."""
+        if not self.kv.consistent():
+            self.kv.reset()
+        keep = common_prefix(self.kv.tokens, tokens)
+        self.kv.rewind(keep)
+        reused = self.kv.physical
+        self.prefill(tokens[keep:])
+        return reused
+
+    def prefill(self, tokens: list[int], step: int = PREFILL_CHUNK) -> None:
+        """Append `tokens` (and any pending ones) to the cache in chunks, computing no outputs."""
+        fed = self.kv.take_feed(tokens)
+        for start in range(0, len(fed), step):
+            out = self._forward(mx.array(fed[start:start + step]))
             mx.eval([c.state for c in self.cache], out.logits)
 
     def verify(self, tree: Tree) -> VerifyOutput:
         """Append the tree's nodes to the cache and return logits/hidden states per node (lazy).
-        A chain runs as the model's ordinary causal forward; a branching tree gets its mask and
-        per-node positions."""
-        tokens = mx.array(tree.tokens)
+        A chain runs as the model's ordinary causal forward, after any pending tokens; a branching
+        tree gets its mask and per-node positions."""
         if tree.is_chain:
-            return self._forward(tokens)
+            fed = self.kv.take_feed(tree.tokens)
+            extra = len(fed) - len(tree)
+            self.replayed += extra
+            out = self._forward(mx.array(fed))
+            if extra:
+                out = VerifyOutput(out.logits[extra:],
+                                   None if out.hidden is None else out.hidden[extra:])
+            return out
         if not self.supports_trees:
-            raise UnsupportedModelError("this architecture exposes no RoPE module to place tree "
-                                        "nodes; use a chain method (pld, draft)")
-        mask, positions = tree_mask_and_positions(tree.parents, tree.depths, self.offset)
-        return self._forward(tokens, mask=mask, positions=positions)
+            raise UnsupportedModelError("this architecture cannot verify a branching tree exactly "
+                                        "(no RoPE module, recurrent layers or other per-position "
+                                        "code); use a chain")
+        if self.kv.pending:
+            self.prefill([])
+        prefix = self.kv.physical
+        mask, positions = tree_mask_and_positions(tree.parents, tree.depths, prefix)
+        self.kv.take_feed(tree.tokens)
+        batch = TreeBatch(mask, mx.array(tree.depths, dtype=mx.int32), prefix)
+        return self._forward(mx.array(tree.tokens), tree=batch, positions=positions)
 
     def commit(self, path: list[int], tree_size: int) -> None:
         """Keep only `path` (node indices, root first, ascending) of the tree just verified:
-        compact their keys/values into consecutive slots after the prefix; nothing is recomputed."""
-        prefix = self.offset - tree_size
-        kept = len(path)
-        if path == list(range(kept)):
-            self.trim(tree_size - kept)
-            return
-        index = mx.array(path, dtype=mx.int32) + prefix
-        for c in self.cache:
-            if isinstance(c.keys, (tuple, list)):  # quantized: (data, scales, biases)
-                for part_k, part_v in zip(c.keys, c.values):
-                    part_k[..., prefix:prefix + kept, :] = part_k[..., index, :]
-                    part_v[..., prefix:prefix + kept, :] = part_v[..., index, :]
-            else:
-                c.keys[..., prefix:prefix + kept, :] = c.keys[..., index, :]
-                c.values[..., prefix:prefix + kept, :] = c.values[..., index, :]
-            c.offset = prefix + kept
+        their keys/values are compacted into consecutive slots after the prefix; nothing is
+        recomputed (recurrent layers: see kv.TokenCache.rewind)."""
+        self.kv.commit(path, tree_size)
+
+
+# Architectures whose forward does something per position that a tree node cannot get from the
+# RoPE shim and the cache's mask (found by reading every model file of mlx-lm 0.32): they verify
+# chains only. Architectures with no `rope` module at all (recurrent models, learned position
+# embeddings) are chain-only without being listed.
+CHAIN_ONLY = {
+    "ministral3": "attention scaling from each token's index (llama-4 style)",
+    "mistral3": "attention scaling from each token's index (llama-4 style)",
+    "mistral4": "attention scaling from each token's index (llama-4 style)",
+    "llama4": "chunked-attention masks built inside the model; attention temperature per index",
+    "gpt2": "learned absolute position embeddings",
+    "gpt_bigcode": "learned absolute position embeddings",
+    "baichuan_m1": "a convolution over keys and values in slot order",
+    "longcat_flash_ngram": "n-gram embeddings over the preceding token ids",
+    "deepseek_v41": "compressed key groups and windows computed inside the model",
+    "phi3small": "block-sparse masks built inside the model",
+    "olmo": "adds the mask to the scores (a boolean tree mask would be added as 0/1)",
+    "muse_spark": "a fused norm and RoPE kernel that bypasses the rope module",
+    "minimax_m3_vl": "a second RoPE (index_rope) on its sparse layers",
+    "plamo": "RoPE through `rotary_emb`",
+    "qwen": "RoPE through `rotary_emb`",
+    "talkie": "RoPE through a method",
+    "nanochat": "RoPE through a function",
+}
+POSITION_DEPENDENT = frozenset(CHAIN_ONLY)
+
+# RoPE modules whose rotation of one token depends only on that token's position, so the shim may
+# rotate tree nodes as a batch of single tokens (DynamicNTKScalingRoPE, for one, derives its base
+# from the sequence length and is not).
+_PER_TOKEN_ROPES = ("RoPE", "Llama3RoPE", "YarnRoPE", "SuScaledRoPE", "ProportionalRoPE", "NoPE")
+
+
+def _model_type(model) -> str:
+    args = getattr(model, "args", None) or getattr(model, "config", None)
+    return str(getattr(args, "model_type", "") or "")

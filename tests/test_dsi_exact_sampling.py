@@ -20,7 +20,7 @@ from mlx_spec.dsi import transport
 from mlx_spec.dsi.decoder import DsiDecoder
 from mlx_spec.dsi.orchestrator import Orchestrator, Result
 from mlx_spec.dsi.verifier import Verifier
-from mlx_spec.engine import _common_prefix
+from mlx_spec.kv import common_prefix
 from mlx_spec.sampling import SamplingParams
 from mlx_spec.target import Target
 from exactness import chi_square_pvalue, exact_distribution, sample_continuations
@@ -44,7 +44,7 @@ class InProcessPool:
         self.pending.append((worker, job, sampling))
 
     def _verify(self, worker, job, sampling):
-        keep = _common_prefix(self.cached[worker], job.context)
+        keep = common_prefix(self.cached[worker], job.context)
         tail = job.context[keep:] + job.chain
         wire = transport.decode_job(transport.encode_job(job, keep, tail, sampling, epoch=0))
         tokens, accepted = self.verifiers[worker].run(wire["keep"], wire["tail"], wire["n_chain"],

@@ -19,11 +19,12 @@ from mlx_lm.sample_utils import make_sampler
 from ..api import encode_prompt
 from ..drafters.draft_model import load_draft_model
 from ..errors import MlxSpecError
+from ..kv import PREFILL_CHUNK
 from ..loading import SpecModel
 from ..stats import GenerationStats
 
 
-def _prefill(module, cache, tokens: list[int], step: int = 512) -> None:
+def _prefill(module, cache, tokens: list[int], step: int = PREFILL_CHUNK) -> None:
     for start in range(0, len(tokens), step):
         module(mx.array(tokens[start:start + step])[None], cache=cache)
         mx.eval([c.state for c in cache])

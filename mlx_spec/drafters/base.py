@@ -17,6 +17,7 @@ class StepContext:
     max_drafts: int            # never propose more candidate tokens than this
     sampling: SamplingParams
     key: Optional[object] = None  # an mx.random key for drafters that sample
+    trees: bool = True         # False: the target verifies chains only (propose a chain)
 
 
 class Drafter:

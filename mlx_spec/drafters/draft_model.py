@@ -6,9 +6,9 @@ distribution q (same temperature / top-k / top-p / min-p as the target) and the 
 acceptance is exact rejection sampling (accept with min(1, p/q)): the accepted rate is
 sum(min(p, q)), above mlx-lm's match rule (sum(p * q)), and the output is distributed as the target.
 
-The drafter keeps its own KV cache (plain mlx-lm KVCache) holding exactly `cached_tokens`. After each
-verification it is trimmed to the prefix the target accepted, and the next round feeds only the tokens
-it has not seen (the bonus token, plus the last draft when the whole chain was accepted).
+The drafter keeps its own cache (a kv.TokenCache: any layer kind the target supports). After each
+verification it is rewound to the prefix the target accepted, and the next round feeds only the
+tokens it has not seen (the bonus token, plus the last draft when the whole chain was accepted).
 
 Drafting waits for the host once per round: each drafted token feeds the next forward while staying
 on the MLX graph (mx.async_eval pipelines the forwards), and the one- and two-token forwards run
@@ -23,19 +23,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
-from mlx_lm.models.cache import KVCache, make_prompt_cache
+from mlx_lm.models.cache import make_prompt_cache
 
 from .. import loading
-from ..engine import _common_prefix
 from ..errors import MlxSpecError
+from ..kv import PREFILL_CHUNK, TokenCache, common_prefix
 from ..sampling import SamplingParams, log_probs
 from ..stopping import StopRule
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
 from .draft_step import DraftForward, supports_compiled_step
-
-PREFILL_STEP = 512
 
 
 @dataclass
@@ -60,7 +58,10 @@ def _id_to_token(tokenizer) -> dict[int, str]:
 def check_vocabularies(target_tokenizer, draft_tokenizer, target_width: int, draft_width: int,
                        draft_path: str = "the draft model") -> None:
     """The pair must agree on every token id both know (one vocabulary may extend the other).
-    Drafter ids beyond the target's logits width are never proposed (their logits are dropped)."""
+    Drafter ids beyond the target's logits width are never proposed (their logits are dropped),
+    and ids beyond the drafter's width get probability 0: either way drafts stay exact, so the
+    widths are not checked against the vocabularies (a tokenizer may list more ids than a
+    model's logits have)."""
     target_ids, draft_ids = _id_to_token(target_tokenizer), _id_to_token(draft_tokenizer)
     common = sorted(set(target_ids) & set(draft_ids))
     differing = [i for i in common if target_ids[i] != draft_ids[i]]
@@ -70,9 +71,6 @@ def check_vocabularies(target_tokenizer, draft_tokenizer, target_width: int, dra
         raise MlxSpecError(f"{draft_path} does not share the target's vocabulary: {len(differing)} of "
                            f"{len(common)} common token ids differ{example}; use a drafter from the "
                            "same model family")
-    if min(target_width, draft_width) < min(len(target_ids), len(draft_ids)):
-        raise MlxSpecError(f"{draft_path}: logits width {draft_width} vs the target's {target_width} "
-                           "cannot cover the shared vocabulary")
 
 
 def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> DraftModel:
@@ -81,9 +79,7 @@ def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> Dr
     key = ("draft-model", where)
     if key not in model.extras:
         module, tokenizer, _, where = loading.load_mlx_lm(where)
-        if any(type(c) is not KVCache for c in make_prompt_cache(module)):
-            raise MlxSpecError(f"the draft model in {where} uses caches that cannot be rewound after a "
-                               "rejection; pick a drafter with plain attention (KVCache)")
+        TokenCache.for_model(module)  # a layer kind no cache class serves: refused here, clearly
         target_width, draft_width = _logits_width(model.model), _logits_width(module)
         check_vocabularies(model.tokenizer, tokenizer, target_width, draft_width, where)
         model.extras[key] = DraftModel(module, tokenizer, where, draft_width, target_width,
@@ -99,21 +95,22 @@ class DraftModelDrafter(Drafter):
         self.num_draft_tokens = num_draft_tokens
         self.draft = load_draft_model(model, draft_model)
         self.forward = DraftForward(self.draft.module, self.draft.compiled_step)
-        self.cached_tokens: list[int] = []  # exactly the tokens whose keys/values are cached
         self.stop_rule = StopRule()         # static: draft exactly k tokens
         self._max_drafts = 0                # k of the round being verified, for the stop rule
 
     # -- drafter cache -----------------------------------------------------------------------------
+    @property
+    def cached_tokens(self) -> list[int]:
+        return self.forward.kv.tokens
+
     def _trim_to(self, tokens: list[int]) -> None:
         """Drop cached tokens that are not a prefix of `tokens` (rejected drafts, a new prompt)."""
-        keep = _common_prefix(self.cached_tokens, tokens)
-        if keep < len(self.cached_tokens):
-            self.forward.trim(len(self.cached_tokens) - keep)
-            del self.cached_tokens[keep:]
+        self.forward.kv.rewind(common_prefix(self.forward.kv.tokens, tokens))
 
     def _forward(self, tokens) -> mx.array:
-        """Feed tokens (list or [n] array) after the cache; logits of the last one, [target_width]."""
-        logits = self.forward(tokens if isinstance(tokens, mx.array) else mx.array(tokens))
+        """Feed tokens (list or lazy [n] array) after the cache; logits of the last one,
+        [target_width]."""
+        logits = self.forward(tokens)
         width, target_width = self.draft.width, self.draft.target_width
         if width > target_width:
             logits = logits[:target_width]
@@ -125,11 +122,10 @@ class DraftModelDrafter(Drafter):
         """Bring the cache to tokens[:-1] + root and return the logits after the root."""
         self._trim_to(tokens[:-1])  # the root is always fed, so there are logits to draft from
         start = len(self.cached_tokens)
-        while len(tokens) - start > PREFILL_STEP:  # long new prompts: chunked like mlx-lm
-            self._forward(tokens[start:start + PREFILL_STEP])
+        while len(tokens) - start > PREFILL_CHUNK:  # long new prompts: chunked like mlx-lm
+            self._forward(tokens[start:start + PREFILL_CHUNK])
             mx.eval([c.state for c in self.forward.cache])
-            start += PREFILL_STEP
-        self.cached_tokens = list(tokens)
+            start += PREFILL_CHUNK
         return self._forward(tokens[start:])
 
     # -- drafting ----------------------------------------------------------------------------------
@@ -168,8 +164,7 @@ class DraftModelDrafter(Drafter):
                 probs.append(mx.exp(logprobs))
         chain = mx.concatenate(drafted).tolist()
         # every draft but the k-th was fed back (a rule stops only after feeding the last it kept)
-        fed = min(len(chain), k - 1)
-        self.cached_tokens.extend(chain[:fed])
+        self.forward.kv.name_tokens(chain[:min(len(chain), k - 1)])
         draft_probs = None
         if not sampling.greedy:  # row 0 (the root) is unused by acceptance
             draft_probs = mx.stack([mx.zeros_like(probs[0]), *probs])

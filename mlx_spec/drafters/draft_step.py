@@ -18,7 +18,9 @@ from __future__ import annotations
 from typing import Optional
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import KVCache, make_prompt_cache
+
+from ..kv import UNKNOWN, TokenCache
 
 CAPACITY_STEP = 256  # buffers grow in these steps: each new capacity traces the step once more
 COMPILED_FEED = 2    # feeds of up to this many tokens run compiled (a draft round feeds 1, or 2
@@ -79,32 +81,42 @@ class SlotKVCache:
         self.offset -= n
         return n
 
+    def floor(self) -> int:
+        return 0
+
     @property
     def state(self):
         return self.keys, self.values
 
 
 class DraftForward:
-    """Feeds tokens to the draft model and returns the logits after the last one.
+    """Feeds tokens to the draft model and returns the logits after the last one; `kv` (a
+    kv.TokenCache) holds the drafter's cache and the ids in it.
 
     Short feeds (drafting) run the compiled step when `compiled` is true; prompts run the model
-    directly over the same buffers."""
+    directly over the same buffers. Any other drafter uses kv.py's layer caches (sliding windows,
+    recurrent state: every kind the target supports)."""
 
     def __init__(self, module, compiled: bool):
         self.module = module
         self.compiled = compiled
-        self.cache = [SlotKVCache() for _ in module.layers] if compiled else make_prompt_cache(module)
         if compiled:
+            self.kv = TokenCache([SlotKVCache() for _ in module.layers])
             self._scratch = [SlotKVCache() for _ in module.layers]
             self._step = mx.compile(self._short_feed)
+        else:  # recurrent drafters snapshot every feed: a round's rejected drafts rewind free
+            self.kv = TokenCache.for_model(module, snapshots=64)
+
+    @property
+    def cache(self) -> list:
+        return self.kv.layers
 
     @property
     def offset(self) -> int:
-        return self.cache[0].offset
+        return self.kv.physical
 
     def trim(self, n: int) -> None:
-        for c in self.cache:
-            c.trim(n)
+        self.kv.rewind(len(self.kv.tokens) - n)
 
     def _short_feed(self, ids, offset, *buffers):
         for i, c in enumerate(self._scratch):
@@ -112,17 +124,24 @@ class DraftForward:
         logits = self.module(ids[None], cache=self._scratch)[0, -1]
         return (logits, *[b for c in self._scratch for b in (c.keys, c.values)])
 
-    def __call__(self, ids: mx.array) -> mx.array:
-        """ids: [n] token ids after the cache; the logits row after the last one."""
+    def __call__(self, ids) -> mx.array:
+        """ids: token ids after the cache (a list, or a lazy [n] array whose ids are named later
+        with kv.name_tokens); the logits row after the last one."""
+        known = ids if isinstance(ids, list) else [UNKNOWN] * ids.shape[0]
+        ids = mx.array(ids) if isinstance(ids, list) else ids
+        fed = self.kv.take_feed(known)
+        if len(fed) > len(known):  # pending tokens of a rewound recurrent state go first
+            ids = mx.concatenate([mx.array(fed[:len(fed) - len(known)]), ids])
         n = ids.shape[0]
-        if not self.compiled or n > COMPILED_FEED or self.cache[0].keys is None:
-            return self.module(ids[None], cache=self.cache)[0, -1]
-        offset = self.offset
-        for c in self.cache:
+        cache = self.kv.layers
+        if not self.compiled or n > COMPILED_FEED or cache[0].keys is None:
+            return self.module(ids[None], cache=cache)[0, -1]
+        offset = cache[0].offset
+        for c in cache:
             c.reserve(offset + n, c.keys, c.values)
-        buffers = [b for c in self.cache for b in (c.keys, c.values)]
+        buffers = [b for c in cache for b in (c.keys, c.values)]
         logits, *buffers = self._step(ids, mx.array(offset, dtype=mx.int32), *buffers)
-        for i, c in enumerate(self.cache):
+        for i, c in enumerate(cache):
             c.keys, c.values, c.offset = buffers[2 * i], buffers[2 * i + 1], offset + n
         return logits
 
@@ -130,8 +149,9 @@ class DraftForward:
 def supports_compiled_step(module, vocab_size: int) -> bool:
     """True when the compiled path reproduces the plain forward on this model, through a prefill,
     one- and two-token steps, a rewind over them and steps over the rewound slots."""
-    if not hasattr(module, "layers"):
-        return False
+    if not hasattr(module, "layers") or any(type(c) is not KVCache
+                                             for c in make_prompt_cache(module)):
+        return False  # the slots know no windows, recurrent state or other cache kinds
     vocab_size = max(vocab_size, 1)
     sequence = [(7 * i + 3) % vocab_size for i in range(14)]
     rewound = sequence[:9] + [(s + 1) % vocab_size for s in sequence[9:]]

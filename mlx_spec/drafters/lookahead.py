@@ -162,8 +162,9 @@ class Lookahead(Drafter):
 
         self._score_past_guesses(tokens)
         depth = min(self.branch_length, ctx.max_drafts)
+        mode = self.mode if ctx.trees else "single"  # a chain-only target: the best branch
         found = retrieve([self.request_trie, self.output_trie], tokens[-self.match_length:],
-                         self.decoding_length, depth, self.match_length, self.mode)
+                         self.decoding_length, depth, self.match_length, mode)
         budget = self.decoding_length
         if self.chooser is not None and len(found) > 1:
             self._pending.append((len(tokens), found))

@@ -108,7 +108,7 @@ class ReDrafter(Drafter):
         if pending is None or pending.root != root or ctx.max_drafts < 1:
             return Tree.from_chain(root, [])
         if pending.probs is not None:
-            return self._sampled_tree(root, pending, ctx.max_drafts)
+            return self._sampled_tree(root, pending, ctx.max_drafts, ctx.trees)
         if pending.log_probs is None:  # a greedy chain: every token kept
             return Tree.from_chain(root, pending.tokens.tolist()[0][1:1 + ctx.max_drafts])
         tokens, log_probs = pending.tokens, pending.log_probs
@@ -116,15 +116,16 @@ class ReDrafter(Drafter):
         branches = [beam[1:1 + self._kept(lp, best=i == 0, limit=ctx.max_drafts)]
                     for i, (beam, lp) in enumerate(zip(tokens.tolist(), log_probs.tolist()))]
         tree = Tree.from_branches(root, [b for b in branches if b])
-        if len(tree) - 1 > ctx.max_drafts:  # near the token limit: keep the best beam only
+        if len(tree) - 1 > ctx.max_drafts or not ctx.trees:  # near the token limit, or a
+            # chain-only target: keep the best beam only
             tree = Tree.from_chain(root, branches[0])
         return tree
 
-    def _sampled_tree(self, root: int, pending: "_Drafts", max_drafts: int) -> Tree:
+    def _sampled_tree(self, root: int, pending: "_Drafts", max_drafts: int, trees: bool) -> Tree:
         mx.eval(pending.tokens, pending.probs)
         branches = pending.tokens.tolist()
-        if sum(len(b) for b in branches) > max_drafts:  # near the token limit: one chain is
-            branches = [branches[0][:max_drafts]]         # still an exact sample of the head
+        if sum(len(b) for b in branches) > max_drafts or not trees:  # near the token limit or
+            branches = [branches[0][:max_drafts]]  # chain-only: one chain is still an exact sample
         return Tree.from_sampled_branches(root, branches, pending.probs)
 
     def _kept(self, log_probs: list[float], best: bool, limit: int) -> int:

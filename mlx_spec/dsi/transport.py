@@ -34,7 +34,7 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
-from ..engine import _common_prefix
+from ..kv import common_prefix
 from ..sampling import SamplingParams
 from .orchestrator import Event, Failure, Job, Result
 from .ring import ERROR, JOB, PEER_LOST, RESULT, SHUTDOWN, RingNode, closing_order
@@ -103,7 +103,7 @@ class RingPool:
                                     "sides failed)"))
             return
         via, relays = way
-        keep = _common_prefix(self.cached[worker], job.context)
+        keep = common_prefix(self.cached[worker], job.context)
         tail = job.context[keep:] + job.chain
         with self._lock:
             self.in_flight[worker] = (job, sampling)

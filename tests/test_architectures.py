@@ -1,0 +1,125 @@
+"""Every mlx-lm text architecture in tests/architectures.py, built tiny and random: sliding windows
+of 8 (wrapped many times by the prompts and outputs here), recurrent and hybrid layers, CacheLists,
+chunked attention, models with no RoPE module and models with per-position code besides RoPE.
+
+- Tree verification equals a sequential forward along every root-to-leaf path, after a prefix that
+  has wrapped the windows (architectures that cannot verify trees must say so up front).
+- A partial acceptance then rolls every layer kind back exactly (the next logits equal a fresh
+  prefill's), also after a sliding window has dropped keys.
+- `ar`, `pld`, `lookahead` and `draft` (a near copy of the target as drafter: drafts hit and miss)
+  give mlx-lm's own greedy output token for token.
+"""
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_spec
+from mlx_spec.kv import WINDOW_SLACK, cache_kinds
+from mlx_spec.target import Target
+from mlx_spec.tree import Tree
+from architectures import MATRIX, build
+from test_greedy_equality import mlx_lm_greedy
+
+NAMES = sorted(MATRIX)
+PREFIX = [(7 * i + 3) % 250 + 2 for i in range(30)]   # longer than every window (8) and chunk (8)
+BRANCHES = [[11, 12, 13], [11, 14], [17, 18, 19, 20], [17, 18, 12], [30]]
+# a passage quoted back (drafts hit) after a plain opening (drafts miss); far past the window
+PROMPTS = ["lily found the ball under a big green tree and smiled. the sun was warm and the birds "
+           "sang. lily found the ball under a big green tree and",
+           "once upon a time there was"]
+MAX_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def matrix_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("matrix")
+    return {name: build(root / name, name) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def twin_dirs(tmp_path_factory):
+    """Drafters that agree with their target often but not always: the same initial weights at a
+    slightly different scale."""
+    root = tmp_path_factory.mktemp("matrix_twins")
+    return {name: build(root / name, name, weight_scale=3.6) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def matrix_models(matrix_dirs):
+    return {name: mlx_spec.load(str(path)) for name, path in matrix_dirs.items()}
+
+
+def _fresh_logits(model, tokens, then):
+    target = Target(model)
+    target.prefill(tokens)
+    return target._forward(mx.array(then)).logits
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tree_or_chain_verification_is_exact(matrix_models, name):
+    model = matrix_models[name].model
+    target = Target(model)
+    target.sync(PREFIX)
+    if not target.supports_trees:  # known before any text: drafters then propose chains
+        with pytest.raises(mlx_spec.MlxSpecError):
+            target.verify(Tree.from_branches(3, BRANCHES))
+        tree = Tree.from_chain(3, BRANCHES[2])
+        target.sync(PREFIX)
+    else:
+        tree = Tree.from_branches(3, BRANCHES)
+    out = target.verify(tree)
+    for leaf in tree.leaves():
+        path = tree.path_to(leaf)
+        expected = _fresh_logits(model, PREFIX, [tree.tokens[i] for i in path])
+        got = out.logits[mx.array(path)]
+        assert mx.abs(got - expected).max().item() < 1e-3, (name, path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_partial_acceptance_rolls_back_exactly(matrix_models, name):
+    """Verify a tree (or chain), keep a path that rejects something, verify again: the logits equal
+    those of a fresh cache that only ever saw the kept tokens (every layer kind rolled back)."""
+    model = matrix_models[name].model
+    target = Target(model)
+    target.sync(PREFIX)
+    tree = (Tree.from_branches(3, BRANCHES) if target.supports_trees
+            else Tree.from_chain(3, BRANCHES[2]))
+    target.verify(tree)
+    path = tree.path_to(tree.leaves()[-2 if target.supports_trees else 0])[:3]
+    target.commit(path, len(tree))
+    kept = PREFIX + [tree.tokens[i] for i in path]
+    assert target.tokens == kept
+    after = target.verify(Tree.from_chain(40, [41, 42])).logits
+    assert mx.abs(after - _fresh_logits(model, kept, [40, 41, 42])).max().item() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["gemma3_text", "recurrent_gemma", "qwen3_next", "llama4"])
+def test_sync_far_back_after_the_window_dropped_keys(matrix_models, name):
+    """A new prompt that leaves the cached one long after its start: the layers can no longer be
+    rewound that far (window keys dropped, no snapshot), so the cache starts over, exactly."""
+    model = matrix_models[name].model
+    long = [(5 * i + 1) % 250 + 2 for i in range(2 * WINDOW_SLACK + 60)]
+    target = Target(model)
+    target.sync(long)
+    target.sync(long + [9])  # a feed after the long prompt lets windows drop their oldest keys
+    other = long[:40] + [3, 4, 5]
+    assert target.sync(other) == 0 or not any(k.startswith("Rotating") for k in cache_kinds(model))
+    got = target.verify(Tree.from_chain(6, [7])).logits
+    assert target.tokens == other + [6, 7]
+    assert mx.abs(got - _fresh_logits(model, other, [6, 7])).max().item() < 1e-3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_method_equals_mlx_lm_greedy(matrix_models, twin_dirs, name):
+    model = matrix_models[name]
+    methods = [("ar", {}), ("pld", {}), ("lookahead", {}),
+               ("draft", {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3})]
+    hits = {}
+    for prompt in PROMPTS:
+        expected = mlx_lm_greedy(model, prompt, MAX_TOKENS)
+        for method, options in methods:
+            result = mlx_spec.generate(model, prompt, method=method, max_tokens=MAX_TOKENS,
+                                       raw=True, **options)
+            assert result.token_ids == expected, (name, method, prompt)
+            hits[method] = hits.get(method, 0) + result.stats.accepted_drafts
+    assert hits["draft"] > 0, "the near-copy drafter should have drafts accepted"
