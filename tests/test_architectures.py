@@ -123,3 +123,89 @@ def test_every_method_equals_mlx_lm_greedy(matrix_models, twin_dirs, name):
             assert result.token_ids == expected, (name, method, prompt)
             hits[method] = hits.get(method, 0) + result.stats.accepted_drafts
     assert hits["draft"] > 0, "the near-copy drafter should have drafts accepted"
+
+
+def test_trees_on_a_position_dependent_model_would_be_wrong(matrix_models, monkeypatch):
+    """Control for the chain-only list: ministral3 scales its queries by each token's index, so
+    verifying a tree there (were it allowed) gives a node the scale of its index, not its depth."""
+    monkeypatch.setattr("mlx_spec.target.POSITION_DEPENDENT", frozenset())
+    model = matrix_models["ministral3"].model
+    target = Target(model)
+    assert target.supports_trees
+    target.sync(PREFIX)
+    tree = Tree.from_branches(3, BRANCHES)
+    out = target.verify(tree)
+    worst = max(mx.abs(out.logits[mx.array(tree.path_to(leaf))]
+                       - _fresh_logits(model, PREFIX, [tree.tokens[i] for i in tree.path_to(leaf)])
+                       ).max().item() for leaf in tree.leaves())
+    assert worst > 1e-2
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "qwen3_next"])
+def test_quantized_weights_every_method_equals_mlx_lm(matrix_dirs, twin_dirs, tmp_path, name, bits):
+    """4- and 8-bit mlx-lm models (what Mac users download) through every chain and tree method,
+    with a quantized near copy as the drafter."""
+    from mlx_lm.convert import convert
+
+    paths = {}
+    for role, source in (("target", matrix_dirs[name]), ("draft", twin_dirs[name])):
+        paths[role] = tmp_path / role
+        convert(str(source), mlx_path=str(paths[role]), quantize=True, q_bits=bits, q_group_size=32)
+    model = mlx_spec.load(str(paths["target"]))
+    assert "QuantizedLinear" in {type(m).__name__ for _, m in model.model.named_modules()}
+    for prompt in PROMPTS:
+        expected = mlx_lm_greedy(model, prompt, MAX_TOKENS)
+        for method, options in [("ar", {}), ("pld", {}), ("lookahead", {}),
+                                ("draft", {"draft_model": str(paths["draft"])})]:
+            result = mlx_spec.generate(model, prompt, method=method, max_tokens=MAX_TOKENS,
+                                       raw=True, **options)
+            assert result.token_ids == expected, (name, bits, method, prompt)
+
+
+@pytest.mark.parametrize("name", ["gemma3_text", "qwen3_next"])
+@pytest.mark.parametrize("method", ["lookahead", "draft"])
+def test_sampled_output_has_target_distribution(matrix_models, twin_dirs, name, method):
+    """Exact sampling on a sliding-window and a hybrid model: the prompt wraps the window and every
+    rejected draft rolls a layer kind back (chi-square against the enumerated distribution)."""
+    from exactness import chi_square_pvalue, exact_distribution, sample_continuations
+    from mlx_spec.sampling import SamplingParams
+
+    model = matrix_models[name]
+    # the model's own greedy text as the prompt: lookahead's trie then drafts what it may sample
+    opening = [40, 41, 42, 43, 44, 45, 46]
+    prompt = opening + mlx_spec.generate(model, opening, method="ar", max_tokens=60).token_ids
+    params = SamplingParams(temperature=1.0, top_k=3)
+    options = {"lookahead": {}, "draft": {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3}}[method]
+    decoder = mlx_spec.make_decoder(model, method, **options)
+    seen, observe = {"drafted": 0, "accepted": 0}, decoder.drafter.observe
+
+    def counting(ctx, tree, acceptance, out):
+        seen["drafted"] += len(tree) - 1
+        seen["accepted"] += acceptance.accepted_drafts
+        observe(ctx, tree, acceptance, out)
+
+    decoder.drafter.observe = counting
+    counts = sample_continuations(decoder, prompt, 3, params, 1000)
+    assert chi_square_pvalue(counts, exact_distribution(model.model, prompt, 3, params)) > 1e-4
+    assert seen["drafted"] > seen["accepted"] > 0  # drafts were accepted and rejected
+
+
+def test_a_tokenizer_listing_more_ids_than_the_logits_is_no_reason_to_refuse():
+    """qwen2 folders load a tokenizer that lists one id more (513) than the model's logits (512):
+    a drafter identical to its target was refused. Ids no logits row can produce are simply never
+    proposed; a vocabulary that disagrees is still refused."""
+    from mlx_spec.drafters.draft_model import check_vocabularies
+
+    class Tokenizer:
+        def __init__(self, vocab):
+            self.vocab = vocab
+
+        def get_vocab(self):
+            return self.vocab
+
+    listed = Tokenizer({f"t{i}": i for i in range(513)})
+    check_vocabularies(listed, listed, 512, 512)
+    other = Tokenizer({**{f"t{i}": i for i in range(512)}, "x": 512})
+    with pytest.raises(mlx_spec.MlxSpecError):
+        check_vocabularies(listed, other, 512, 512)
