@@ -45,6 +45,14 @@ def memory_line(memory: dict) -> str:
             f"{mb('mlx_active_mb')} MB, cache {mb('mlx_cache_mb')} MB")
 
 
+def cache_line(cache: dict) -> str:
+    rollback = cache["verify_after_rollback_ms"] - cache["verify_ms"]
+    return (f"cache: {', '.join(cache['cache_kinds'])}; trees {'yes' if cache['trees'] else 'no'}; "
+            f"rejecting {cache['drafted'] - cache['accepted']} of {cache['drafted']} drafts costs "
+            f"{rollback:+.2f} ms in the next verify ({cache['replayed_rows']} rows fed again; "
+            f"a forward of the {cache['accepted'] + 1} kept tokens: {cache['replay_forward_ms']:.2f} ms)")
+
+
 def render_table(title: str, methods: dict) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("method", "tok/s", "speedup", "acc/call", "calls", "= ar", "draft%", "verify%",
@@ -111,7 +119,8 @@ def register(app: typer.Typer) -> None:
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
         from mlx_spec import drafters
-        from mlx_spec.bench import REFERENCE, MethodSpec, load_prompts, run_bench, split_method_list
+        from mlx_spec.bench import (REFERENCE, MethodSpec, load_prompts, measure_rollback, run_bench,
+                                    split_method_list)
         from mlx_spec.sampling import SamplingParams
 
         if max_tokens < 1:
@@ -143,6 +152,8 @@ def register(app: typer.Typer) -> None:
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, _run_one,
                                warmup_tokens=warmup_tokens,
                                progress=lambda label: bar.update(task, advance=1, description=label))
+        report["cache"] = measure_rollback(
+            spec_model, mlx_spec.api.encode_prompt(spec_model, prompt_list[0]["prompt"]))
         console = Console(width=None if Console().is_terminal else 120)
         console.print(render_table(f"all prompts ({len(prompt_list)})", report["methods"]))
         if len(report["by_category"]) > 1:
@@ -152,6 +163,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"[dim]{machine['backend']} | {machine['blas']} | mlx {machine['mlx']} | "
                       f"model {report['model']}[/]")
         console.print(f"[dim]{memory_line(report['memory'])}[/]")
+        console.print(f"[dim]{cache_line(report['cache'])}[/]")
         if json_out:
             json_out.write_text(json.dumps(report, indent=2))
         if plot:

@@ -121,6 +121,7 @@ def _aggregate(runs: list[Run]) -> dict:
                          for k in ("draft", "verify", "other")},
         "acceptance_rate": (sum(r.stats.accepted_drafts for r in runs)
                             / max(1, sum(r.stats.drafted_tokens for r in runs))),
+        "replayed_tokens": sum(r.stats.replayed_tokens for r in runs),
         "accepted_length_histogram": _histogram(per_call),
     }
 
@@ -198,6 +199,63 @@ class MemoryTrace:
 
 def _mb(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(value, 1)
+
+
+def measure_rollback(model, context: list[int], drafted: int = 4, accepted: int = 2,
+                     repeats: int = 7) -> dict:
+    """What rejecting drafts costs this model's cache (kv.py), in milliseconds (medians).
+
+    A chain of `drafted` drafts is verified and `accepted` of them kept; the next verification of
+    such a chain is timed (`verify_after_rollback_ms`) against the same verification on a cache
+    that never held the rejected drafts (`verify_ms`). Their difference is the rollback's cost:
+    nothing for attention layers (the offset moves), the accepted tokens fed again as extra rows
+    for recurrent layers. `replay_forward_ms` is the alternative it is held against: a forward of
+    just the kept tokens."""
+    import time
+
+    import mlx.core as mx
+
+    from .kv import cache_kinds
+    from .target import Target
+    from .tree import Tree
+
+    target = Target(model.model)
+    root, chain = context[-1], [(t * 7 + 3) % 50 + 10 for t in range(drafted)]
+    kept = [root] + chain[:accepted]
+    nxt = Tree.from_chain(chain[accepted] + 1, chain[:drafted])
+
+    def timed(prepare, run) -> float:
+        times = []
+        for _ in range(repeats):
+            prepare()
+            t0 = time.perf_counter()
+            mx.eval(run())
+            times.append(time.perf_counter() - t0)
+        return 1000 * sorted(times)[len(times) // 2]
+
+    def rolled_back():
+        target.sync(context[:-1])
+        mx.eval(target.verify(Tree.from_chain(root, chain)).logits)
+        target.commit(list(range(accepted + 1)), drafted + 1)
+
+    def clean():
+        target.sync(context[:-1] + kept)
+
+    def before_kept():
+        target.sync(context[:-1])
+
+    def replay():
+        target.prefill(kept)
+        return [c.state for c in target.cache]
+
+    after = timed(rolled_back, lambda: target.verify(nxt).logits)
+    replayed = target.replayed
+    return {"cache_kinds": cache_kinds(model.model), "trees": target.supports_trees,
+            "drafted": drafted, "accepted": accepted,
+            "replayed_rows": replayed // repeats,
+            "verify_ms": round(timed(clean, lambda: target.verify(nxt).logits), 3),
+            "verify_after_rollback_ms": round(after, 3),
+            "replay_forward_ms": round(timed(before_kept, replay), 3)}
 
 
 def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: int,
