@@ -209,3 +209,17 @@ def test_a_tokenizer_listing_more_ids_than_the_logits_is_no_reason_to_refuse():
     other = Tokenizer({**{f"t{i}": i for i in range(512)}, "x": 512})
     with pytest.raises(mlx_spec.MlxSpecError):
         check_vocabularies(listed, other, 512, 512)
+
+
+@pytest.mark.parametrize("name, replayed", [("llama", 0), ("gemma3_text", 0), ("qwen3_next", 3),
+                                            ("falcon_h1", 3)])
+def test_bench_rollback_measure_counts_replayed_rows(matrix_models, name, replayed):
+    """`mlxspec bench` reports what rejecting drafts costs: attention layers rewind for free,
+    recurrent layers feed the kept tokens again (root + 2 accepted drafts) in the next verify."""
+    from mlx_spec.bench import measure_rollback
+
+    report = measure_rollback(matrix_models[name], PREFIX, drafted=4, accepted=2, repeats=3)
+    assert report["replayed_rows"] == replayed
+    assert report["trees"] == (replayed == 0)
+    assert min(report["verify_ms"], report["verify_after_rollback_ms"],
+               report["replay_forward_ms"]) > 0
