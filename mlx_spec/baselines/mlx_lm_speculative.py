@@ -30,6 +30,14 @@ def _prefill(module, cache, tokens: list[int], step: int = PREFILL_CHUNK) -> Non
         mx.eval([c.state for c in cache])
 
 
+def _refusals_as_errors(steps):
+    """mlx-lm refuses caches it cannot trim (hybrid models) with a ValueError on the first step."""
+    try:
+        yield from steps
+    except ValueError as exc:
+        raise MlxSpecError(f"mlx-lm's speculative decoding refuses this model: {exc}") from None
+
+
 def run(model: SpecModel, prompt: Union[str, Sequence[int]], max_tokens: int = 128,
         temperature: float = 0.0, seed: Optional[int] = None, draft_model: Optional[str] = None,
         num_draft_tokens: int = 3, raw: bool = False) -> tuple[list[int], GenerationStats]:
@@ -58,7 +66,7 @@ def run(model: SpecModel, prompt: Union[str, Sequence[int]], max_tokens: int = 1
     in_call = 0  # tokens emitted by the current verification pass so far
     yielded = 0
     t0 = time.perf_counter()
-    for token, _, from_draft in steps:
+    for token, _, from_draft in _refusals_as_errors(steps):
         token = int(token)
         if in_call == 0:  # a new pass: mlx-lm drafts at most what max_tokens leaves
             stats.drafted_tokens += min(num_draft_tokens, max_tokens - yielded)
