@@ -15,8 +15,16 @@ def model(tmp_path_factory):
     return mlx_spec.load(str(make_model_folder(tmp_path_factory.mktemp("dsi") / "m", "llama", seed=0)))
 
 
-def test_jobs_with_cache_deltas_follow_the_target(model):
-    prompt = [0, 20, 31, 42, 57, 68]
+@pytest.fixture(scope="module", params=["llama", "gemma3_text", "qwen3_next"])
+def any_model(request, tmp_path_factory):
+    """Full attention, a sliding window of 8 and a hybrid: each worker's cache rewinds its way."""
+    from architectures import build
+    return mlx_spec.load(str(build(tmp_path_factory.mktemp("dsi") / request.param, request.param)))
+
+
+def test_jobs_with_cache_deltas_follow_the_target(any_model):
+    model = any_model
+    prompt = [0, 20, 31, 42, 57, 68, 70, 81, 92, 13, 24]
     g = mlx_spec.generate(model, prompt, method="ar", max_tokens=8).token_ids
     v = Verifier(Target(model.model))
     greedy = SamplingParams()
