@@ -70,8 +70,9 @@ class TreeBatch:
         return self._windowed[(start, window)]
 
 
-class TreeKV(KVCache):
-    """Full attention: while a tree is verified, its mask is the tree's."""
+class _FullAttention:
+    """Mixed into mlx-lm's full-attention caches: while a tree is verified, its mask is the tree's;
+    a tree path is kept by gathering it into place."""
     tree: Optional[TreeBatch] = None
 
     def make_mask(self, n, *args, window_size=None, **kwargs):
@@ -86,19 +87,12 @@ class TreeKV(KVCache):
         self.offset = _gather_path(self, self.offset - tree_size, path)
 
 
-class TreeQuantizedKV(QuantizedKVCache):
-    tree: Optional[TreeBatch] = None
+class TreeKV(_FullAttention, KVCache):
+    pass
 
-    def make_mask(self, n, *args, window_size=None, **kwargs):
-        if self.tree is None:
-            return super().make_mask(n, *args, window_size=window_size, **kwargs)
-        return self.tree.mask if window_size is None else self.tree.windowed(0, window_size)
 
-    def floor(self) -> int:
-        return 0
-
-    def keep_path(self, path: list[int], tree_size: int) -> None:
-        self.offset = _gather_path(self, self.offset - tree_size, path)
+class TreeQuantizedKV(_FullAttention, QuantizedKVCache):
+    pass
 
 
 class WindowKV(_BaseCache):

@@ -101,7 +101,9 @@ class DraftForward:
         self.module = module
         self.compiled = compiled
         if compiled:
-            self.kv = TokenCache([SlotKVCache() for _ in module.layers])
+            def slots():
+                return [SlotKVCache() for _ in module.layers]
+            self.kv = TokenCache(slots(), fresh=slots)
             self._scratch = [SlotKVCache() for _ in module.layers]
             self._step = mx.compile(self._short_feed)
         else:  # recurrent drafters snapshot every feed: a round's rejected drafts rewind free
