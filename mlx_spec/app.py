@@ -160,12 +160,13 @@ class Worker:
         _open_workers.add(self)
 
     def submit(self, prompt: Union[str, Sequence[int]], method: Optional[str] = None,
-               **generate_options) -> Generation:
+               method_options: Optional[dict] = None, **generate_options) -> Generation:
         """Queue a generation (mlx_spec.stream_generate options: max_tokens, temperature, seed,
-        raw, stop, ...). The Worker's method options apply to its own method; another method
-        named here runs with its defaults."""
+        raw, stop, ...). Without `method_options`, the Worker's method options apply to its own
+        method and another method named here runs with its defaults."""
         method = method or self.method
-        options = self.method_options if method == self.method else {}
+        options = method_options if method_options is not None else (
+            self.method_options if method == self.method else {})
 
         def chunks():
             decoder = self.decoders.get(method, **options)

@@ -41,6 +41,14 @@ class TurnStats:
     finish_reason: Optional[str]
 
 
+def continue_text(before: str, text: str) -> str:
+    """Plain continuation (a model without a chat template): a message follows the text, with a
+    space between words."""
+    if _ends_with_space(before) or text[:1].isspace():
+        return before + text
+    return before + " " + text
+
+
 def _ends_with_space(text: str) -> bool:
     return not text or text[-1].isspace()
 
@@ -191,7 +199,7 @@ class ChatSession:
         else:
             rendered = self.system or ""
             for message in messages:
-                rendered = self._continue_text(rendered, message["content"])
+                rendered = continue_text(rendered, message["content"])
         return encode_prompt(self.model, rendered, raw=True), rendered
 
     def _extend(self, user: dict) -> Optional[tuple[list[int], str]]:
@@ -201,17 +209,10 @@ class ChatSession:
             if not rendered.startswith(self._rendered):
                 return None
         else:
-            rendered = self._continue_text(self._rendered, user["content"])
+            rendered = continue_text(self._rendered, user["content"])
         new_text = rendered[len(self._rendered):]
         new = self.model.tokenizer.encode(new_text, add_special_tokens=False)
         return self._tokens + list(new), rendered
-
-    @staticmethod
-    def _continue_text(before: str, text: str) -> str:
-        """Plain continuation: a message follows the text, with a space between words."""
-        if _ends_with_space(before) or text[:1].isspace():
-            return before + text
-        return before + " " + text
 
     # -- reports -------------------------------------------------------------------------------
     def transcript(self) -> dict:

@@ -1,0 +1,59 @@
+"""`mlxspec serve`: an OpenAI-compatible local server (mlx_spec/server.py)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .common import (DraftModelOption, MethodOption, MethodOptionsOption, ModelOption, TempOption,
+                     err_console, parse_method_options, user_errors)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    @user_errors
+    def serve(
+        model: ModelOption = None,
+        method: MethodOption = "pld",
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+        port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port)."),
+        max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Default reply length."),
+        temp: TempOption = 0.0,
+        top_p: float = typer.Option(1.0, "--top-p"),
+        top_k: int = typer.Option(0, "--top-k"),
+        min_p: float = typer.Option(0.0, "--min-p"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Default seed of sampled requests."),
+        draft_model: DraftModelOption = None,
+        num_draft_tokens: Optional[int] = typer.Option(None, "--num-draft-tokens", help="Draft length for chain methods."),
+        opt: MethodOptionsOption = [],
+        queue_size: int = typer.Option(16, "--queue-size", help="Requests waiting at most; more get 429."),
+    ):
+        """Serve the model over an OpenAI-compatible HTTP API; every request is decoded
+        speculatively (`method` and `method_options` in a request's body override the defaults)."""
+        import mlx_spec
+        from mlx_spec.drafters import check_name
+        from mlx_spec.sampling import SamplingParams
+        from mlx_spec.server import Defaults, Server, make_http_server
+
+        check_name(method)
+        SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p)
+        if max_tokens < 1 or queue_size < 1:
+            raise mlx_spec.MlxSpecError("--max-tokens and --queue-size must be >= 1")
+        options = parse_method_options(opt)
+        named = {"draft_model": draft_model, "num_draft_tokens": num_draft_tokens}
+        options.update({k: v for k, v in named.items() if v is not None})
+        spec_model = mlx_spec.load(model)
+        mlx_spec.drafters.create(method, spec_model, **options)  # bad options: refused now
+        defaults = Defaults(method, options, max_tokens, temp, top_p, top_k, min_p, seed)
+        server = Server(spec_model, defaults, queue_size=queue_size)
+        http = make_http_server(server, host, port)
+        bound_host, bound_port = http.server_address[:2]
+        err_console.print(f"serving {server.model_id} with {method} on "
+                          f"http://{bound_host}:{bound_port}/v1 (Ctrl-C stops)")
+        try:
+            http.serve_forever()
+        except KeyboardInterrupt:
+            err_console.print("[dim]stopped[/]")
+        finally:
+            http.server_close()
+            server.close()
