@@ -32,8 +32,8 @@ def root(version: Optional[bool] = typer.Option(None, "--version", callback=_ver
 @app.command("methods")
 def methods():
     """List the decoding methods."""
-    from mlx_spec import drafters
-    print("\n".join(drafters.available()))
+    from mlx_spec import methods as registry
+    print("\n".join(registry.available()))
 
 
 def _register_commands() -> None:

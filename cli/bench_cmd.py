@@ -18,10 +18,6 @@ DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter"]
 def _run_one(model, spec, prompt, max_tokens, temperature, seed):
     import mlx_spec
 
-    if spec.name == "mlx-lm":
-        from mlx_spec.baselines import mlx_lm_speculative
-        return mlx_lm_speculative.run(model, prompt, max_tokens=max_tokens,
-                                      temperature=temperature, seed=seed, **spec.options)
     decoder = mlx_spec.make_decoder(model, spec.name, **spec.options)
     result = mlx_spec.api.collect(mlx_spec.stream_generate(
         model, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, decoder=decoder),
@@ -118,7 +114,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
-        from mlx_spec import drafters
+        from mlx_spec import methods as registry
         from mlx_spec.bench import (REFERENCE, MethodSpec, load_prompts, measure_rollback, run_bench,
                                     split_method_list)
         from mlx_spec.sampling import SamplingParams
@@ -128,11 +124,10 @@ def register(app: typer.Typer) -> None:
         if limit is not None and limit < 1:
             raise mlx_spec.MlxSpecError(f"--limit must be >= 1, got {limit}")
         SamplingParams(temperature=temp)
-        names = split_method_list(methods) if methods else [m for m in DEFAULT_METHODS if m in drafters.available()]
+        names = split_method_list(methods) if methods else [m for m in DEFAULT_METHODS if m in registry.available()]
         specs = [MethodSpec.parse(n) for n in names]
         for spec in specs:
-            if spec.name != "mlx-lm":
-                drafters.check_name(spec.name)
+            registry.check_name(spec.name)
         for key, value in parse_method_options(opt).items():
             method, _, option = key.partition(".")
             targets = [s for s in specs if s.name == method]

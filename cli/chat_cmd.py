@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
         import mlx_spec
         from mlx_spec.app import Worker
         from mlx_spec.chat import ChatSession
-        from mlx_spec.drafters import check_name
+        from mlx_spec.methods import check_name
 
         check_name(method)
         if max_tokens < 1:

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         import mlx.core as mx
 
         import mlx_spec
-        from mlx_spec import blas, drafters
+        from mlx_spec import blas, methods
         from mlx_spec.loading import DEFAULT_DRAFT, DEFAULT_TARGET, shipped_model
 
         def ver(name):
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         for name in (DEFAULT_TARGET, DEFAULT_DRAFT):
             path = shipped_model(name)
             rows.append((f"model {name}", str(path) if path else "missing (not built yet)"))
-        rows.append(("methods", ", ".join(drafters.available())))
+        rows.append(("methods", ", ".join(methods.available())))
         for key, value in rows:
             table.add_row(f"[bold]{key}[/]", value)
         Console().print(table)

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         import sys
 
         import mlx_spec
-        from mlx_spec.drafters import check_name
+        from mlx_spec.methods import check_name
         from mlx_spec.sampling import SamplingParams
 
         check_name(method)

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         """Serve the model over an OpenAI-compatible HTTP API; every request is decoded
         speculatively (`method` and `method_options` in a request's body override the defaults)."""
         import mlx_spec
-        from mlx_spec.drafters import check_name
+        from mlx_spec.methods import check_name
         from mlx_spec.sampling import SamplingParams
         from mlx_spec.server import Defaults, Server, make_http_server
 
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         named = {"draft_model": draft_model, "num_draft_tokens": num_draft_tokens}
         options.update({k: v for k, v in named.items() if v is not None})
         spec_model = mlx_spec.load(model)
-        mlx_spec.drafters.create(method, spec_model, **options)  # bad options: refused now
+        mlx_spec.make_decoder(spec_model, method, **options)  # bad options: refused now
         defaults = Defaults(method, options, max_tokens, temp, top_p, top_k, min_p, seed)
         server = Server(spec_model, defaults, queue_size=queue_size)
         http = make_http_server(server, host, port)

@@ -16,7 +16,7 @@ import threading
 import time
 
 import mlx_spec
-from mlx_spec.bench_prompts import builtin_prompts
+from mlx_spec.bench.prompts import builtin_prompts
 from mlx_spec.server import Defaults, Server, make_http_server
 
 

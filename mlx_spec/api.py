@@ -4,13 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
-from . import drafters
+from . import methods
 from .engine import Decoder, Limits
 from .errors import MlxSpecError
 from .loading import SpecModel
 from .sampling import SamplingParams
 from .stats import GenerationStats
-from .target import Target
 
 
 @dataclass
@@ -64,12 +63,9 @@ def _seam_space(tokenizer, last_prompt_token: int, first_token: int) -> str:
 
 def make_decoder(model: SpecModel, method: str = "pld", kv_bits: Optional[int] = None,
                  **method_options) -> Decoder:
-    """A conversation with `model` using `method`; reuse it across requests to keep caches."""
-    if method == "dsi":  # speculation parallelism: its own decoder over worker processes
-        from .dsi.decoder import make_dsi_decoder
-        return make_dsi_decoder(model, kv_bits=kv_bits, **method_options)
-    drafter = drafters.create(method, model, **method_options)
-    return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method)
+    """A conversation with `model` using `method`; reuse it across requests to keep caches.
+    (Any decoder of mlx_spec.methods' protocol: the engine's Decoder for drafting methods.)"""
+    return methods.make_decoder(model, method, kv_bits=kv_bits, **method_options)
 
 
 def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = "pld",

@@ -47,9 +47,9 @@ class DecoderPool:
         decoder = self._decoders.get(key)
         if decoder is None:
             decoder = make_decoder(self.model, method, **options)
-            if isinstance(decoder, Decoder):
+            if decoder.target is not None:  # decodes through a Target: share the pool's one
                 decoder.target = self.target
-            else:
+            else:  # its own caches (dsi's workers, the mlx-lm baseline)
                 self._foreign = True
             self._decoders[key] = decoder
         return decoder

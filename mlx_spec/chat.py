@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from . import drafters
+from . import methods
 from .api import GenerationChunk, encode_prompt, stream_generate
 from .app import CANCELLED, DecoderPool
 from .engine import Decoder
@@ -77,7 +77,7 @@ class ChatSession:
     def set_method(self, method: str, **options) -> None:
         """Switch method (its decoder is made now, so bad options fail here); the conversation's
         KV cache carries over, and the drafter left behind keeps its state."""
-        drafters.check_name(method)
+        methods.check_name(method)
         if options:
             self.method_options[method] = options
         self.decoders.get(method, **self.method_options.get(method, {}))
@@ -117,9 +117,7 @@ class ChatSession:
     def _reply(self, text: str, prompt: list[int], rendered: str,
                kept: int) -> Iterator[GenerationChunk]:
         decoder = self.decoder
-        reused = 0  # dsi's decoder keeps its caches in its workers
-        if isinstance(decoder, Decoder):
-            reused = decoder.target.kv.reusable(prompt[:-1])
+        reused = decoder.reusable(prompt)
         seed = None if self.seed is None else self.seed + len(self.turns)
         parts, ids, last = [], [], None
         try:

@@ -57,6 +57,10 @@ class Decoder:
     def reset(self) -> None:
         self.target.reset()
 
+    def reusable(self, prompt_tokens: Sequence[int]) -> int:
+        """Prompt tokens the target's cache already holds (the last one is always fed)."""
+        return self.target.kv.reusable(prompt_tokens[:-1])
+
     @property
     def cached_tokens(self) -> list[int]:
         """The tokens in the target's cache (kept by the cache itself, kv.TokenCache)."""

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
-from . import drafters
+from . import methods
 from .api import encode_prompt
 from .app import CANCELLED, Worker
 from .chat import continue_text
@@ -131,9 +131,9 @@ class Server:
         except MlxSpecError as exc:
             raise ApiError(400, str(exc)) from None
         method = _get(body, "method", str, d.method)
-        if method not in drafters.available():
+        if method not in methods.available():
             raise ApiError(400, f"unknown method {method!r}; available: "
-                                f"{', '.join(drafters.available())}", param="method")
+                                f"{', '.join(methods.available())}", param="method")
         options = _get(body, "method_options", dict, None)
         if options is not None and not all(isinstance(v, (str, int, float, bool))
                                            for v in options.values()):

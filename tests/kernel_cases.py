@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from mlx_spec.kernel_harness import HarnessUnavailable, KernelHarness, default_harness
+from mlx_spec.kernels.harness import HarnessUnavailable, KernelHarness, default_harness
 from mlx_spec.kernels import available_backends
-from mlx_spec.tree_mask import PAD_PARENT
+from mlx_spec.kernels.tree_mask import PAD_PARENT
 
 FUZZ = settings(deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

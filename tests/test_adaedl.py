@@ -7,7 +7,7 @@ import pytest
 
 import mlx_spec
 from mlx_spec.sampling import SamplingParams
-from mlx_spec.stopping import (AdaEDLThreshold, MaxConfidenceRule, acceptance_lower_bound, entropy,
+from mlx_spec.drafters.stopping import (AdaEDLThreshold, MaxConfidenceRule, acceptance_lower_bound, entropy,
                                make_rule)
 from test_greedy_equality import PROMPTS, mlx_lm_greedy
 

@@ -1,6 +1,6 @@
-"""The adaptive draft length (mlx_spec/draft_length.py) and pld's use of it: drafts grow while
+"""The adaptive draft length (mlx_spec/drafters/draft_length.py) and pld's use of it: drafts grow while
 guesses are accepted, shrink to plain decoding when they keep failing, and come back."""
-from mlx_spec.draft_length import DraftLengthChooser
+from mlx_spec.drafters.draft_length import DraftLengthChooser
 from mlx_spec.drafters.base import StepContext
 from mlx_spec.drafters.pld import PromptLookup
 from mlx_spec.sampling import SamplingParams

@@ -9,7 +9,6 @@ from mlx_lm.models.cache import make_prompt_cache
 
 import mlx_spec
 from mlx_spec.accept import accept
-from mlx_spec.baselines import mlx_lm_speculative
 from mlx_spec.drafters.base import StepContext
 from mlx_spec.engine import Limits
 from mlx_spec.sampling import SamplingParams, log_probs
@@ -53,8 +52,9 @@ def test_drafter_identical_to_target_is_accepted_and_equals_mlx_lm(random_models
 
 def test_mlx_lm_baseline_greedy_equals_ours(random_models, near_copy_dirs):
     model = random_models["llama"]
-    ids, stats = mlx_lm_speculative.run(model, PROMPTS[1], max_tokens=50, draft_model=str(near_copy_dirs["llama"]),
-                                        num_draft_tokens=3, raw=True)
+    result = mlx_spec.generate(model, PROMPTS[1], method="mlx-lm", max_tokens=50, raw=True,
+                               draft_model=str(near_copy_dirs["llama"]), num_draft_tokens=3)
+    ids, stats = result.token_ids, result.stats
     assert ids == mlx_lm_greedy(model, PROMPTS[1], 50)
     assert stats.generated_tokens == len(ids) and 0 < stats.target_calls < len(ids)
     assert sum(stats.accepted_per_call) >= len(ids)
@@ -113,8 +113,9 @@ def test_sampled_chain_uses_rejection_sampling(random_models, random_model_dirs)
     model = random_models["llama"]
     ours = mlx_spec.generate(model, PROMPTS[0], method="draft", max_tokens=60, raw=True, temperature=1.0,
                              seed=5, draft_model=str(random_model_dirs["llama"]), num_draft_tokens=4)
-    _, theirs = mlx_lm_speculative.run(model, PROMPTS[0], max_tokens=60, temperature=1.0, seed=5,
-                                       draft_model=str(random_model_dirs["llama"]), num_draft_tokens=4, raw=True)
+    theirs = mlx_spec.generate(model, PROMPTS[0], method="mlx-lm", max_tokens=60, raw=True,
+                               temperature=1.0, seed=5, draft_model=str(random_model_dirs["llama"]),
+                               num_draft_tokens=4).stats
     assert ours.stats.acceptance_rate >= 0.95
     assert theirs.acceptance_rate < 0.5
 

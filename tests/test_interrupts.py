@@ -137,7 +137,7 @@ def test_ctrl_c_during_generate(random_model_dirs, tmp_path):
 
 
 def test_ctrl_c_during_generate_leaves_the_saved_trie_whole(random_model_dirs, tmp_path):
-    from mlx_spec.trie import NgramTrie
+    from mlx_spec.drafters.trie import NgramTrie
 
     model, saved = endless_model(random_model_dirs["llama"], tmp_path), tmp_path / "trie.npz"
     interrupt_generate(model, "--method", "lookahead", "--opt", f"save_trie={saved}")

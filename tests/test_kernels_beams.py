@@ -9,7 +9,7 @@ from kernel_cases import (FUZZ, KERNEL_BACKENDS, MASK_DTYPES, PREFIXES, assert_s
                           compiled_harness)
 from mlx_spec import kernels
 from mlx_spec.tree import Tree
-from mlx_spec.tree_mask import tree_mask_reference, unpack_to_beams
+from mlx_spec.kernels.tree_mask import tree_mask_reference, unpack_to_beams
 
 FIELDS = ("owners", "tokens", "parents", "beam_of", "depth_of", "unpack", "count")
 

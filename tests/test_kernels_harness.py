@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 
 from kernel_cases import FUZZ, assert_same, beam_batches, compiled_harness, tree_batches
-from mlx_spec import kernel_catalog as catalog
+from mlx_spec.kernels import catalog
 from mlx_spec import kernels
 
 # one plausible bug per kernel: (kernel, correct text, broken text)

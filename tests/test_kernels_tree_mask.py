@@ -10,7 +10,7 @@ from kernel_cases import (FUZZ, KERNEL_BACKENDS, MASK_DTYPES, PREFIXES, assert_s
                           compiled_harness, random_parents, tree_batches)
 from mlx_spec import kernels
 from mlx_spec.tree import Tree
-from mlx_spec.tree_mask import PAD_PARENT
+from mlx_spec.kernels.tree_mask import PAD_PARENT
 
 
 def setup_module(module):

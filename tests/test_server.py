@@ -11,7 +11,7 @@ import time
 import pytest
 
 import mlx_spec
-from mlx_spec import memory
+from mlx_spec.bench import memory
 from mlx_spec.server import Defaults, Server, make_http_server
 from random_models import make_model_folder
 

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from mlx_spec.tree import Tree
-from mlx_spec.trie import NgramTrie, TrieStream, is_saved_trie, retrieve
+from mlx_spec.drafters.trie import NgramTrie, TrieStream, is_saved_trie, retrieve
 
 
 def occurrences(seq, gram):

@@ -43,7 +43,7 @@ from dataclasses import astuple
 from typing import Optional
 
 from ..sampling import SamplingParams
-from ..stopping import StopRule, make_rule
+from .stopping import StopRule, make_rule
 from . import register
 from .draft_model import DraftModelDrafter
 

@@ -29,7 +29,7 @@ from .. import loading
 from ..errors import MlxSpecError
 from ..kv import PREFILL_CHUNK, TokenCache, common_prefix
 from ..sampling import SamplingParams, log_probs
-from ..stopping import StopRule
+from .stopping import StopRule
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext

@@ -29,7 +29,7 @@ from typing import Optional
 
 from ..errors import MlxSpecError
 from ..tree import Tree
-from ..trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
+from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import register
 from .base import Drafter, StepContext
 

@@ -4,7 +4,7 @@
 An incremental index (n-gram -> where its latest earlier occurrence ended) keeps each step O(n)
 instead of rescanning the whole context.
 
-Adaptive length (mlx_spec/draft_length.py): every lookup is remembered until the tokens it guessed
+Adaptive length (mlx_spec/drafters/draft_length.py): every lookup is remembered until the tokens it guessed
 are known, then scored as if all of it had been sent (acceptance walks the target's own draws, so
 what the target says does not depend on what was drafted). Guesses that keep failing (sampling at a
 high temperature, text that does not repeat) shrink the draft down to plain decoding; the scoring
@@ -13,7 +13,7 @@ so the next request starts from it.
 """
 from __future__ import annotations
 
-from ..draft_length import DraftLengthChooser, shared_chooser
+from .draft_length import DraftLengthChooser, shared_chooser
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext

@@ -10,7 +10,7 @@ The chains are drawn from the head's logits divided by head_temperature (2 by de
 distilled from greedy text is sharper than a sampling target, and the flatter q is accepted more
 often (tokens per call, built-in prompts, default head: T=1.0 1.20 -> 1.30, T=0.7 1.44 -> 1.51).
 
-The draft depth adapts (mlx_spec/draft_length.py): learned per-depth acceptance against the cost
+The draft depth adapts (mlx_spec/drafters/draft_length.py): learned per-depth acceptance against the cost
 of drafting and verifying each extra level, so drafts shrink where the head keeps missing (high
 temperatures, unfamiliar text) and grow back to beam_length when it keeps hitting.
 
@@ -26,7 +26,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from ..draft_length import DraftLengthChooser
+from .draft_length import DraftLengthChooser
 from ..errors import MlxSpecError
 from ..loading import compute_on_cpu, shipped_model
 from ..redrafter import beam_search, load_drafter

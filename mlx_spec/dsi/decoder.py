@@ -1,5 +1,5 @@
 """`dsi` as a decoder with the engine's face: generate() yields engine Steps, so the API, the
-CLI and streaming treat it like every other method. Built by api.make_decoder for method "dsi"."""
+CLI and streaming treat it like every other method (registered in mlx_spec.methods as "dsi")."""
 from __future__ import annotations
 
 import inspect
@@ -30,8 +30,13 @@ class DsiDecoder:
         self.drafting = drafting or orchestrator.drafting
         self.lookahead = lookahead or orchestrator.lookahead
 
+    target = None  # verification happens in the workers, each with its own cache
+
     def reset(self) -> None:
         """Workers reuse their caches by common prefix; nothing to reset here."""
+
+    def reusable(self, prompt_tokens) -> int:
+        return 0  # held by the workers, not known here
 
     def generate(self, prompt_tokens: list[int], limits: Limits, sampling: SamplingParams,
                  seed: Optional[int] = None) -> Iterator[Step]:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import memory
-from .errors import MlxSpecError
-from .stats import GenerationStats
+from ..errors import MlxSpecError
+from ..stats import GenerationStats
 
 REFERENCE = "ar"
 
@@ -71,7 +71,7 @@ def load_prompts(path: Optional[str]) -> list[dict]:
     """FastChat / Spec-Bench question.jsonl ({"question_id","category","turns"}: the first turn is
     used) or plain text, one prompt per line; None gives the built-in story prompts."""
     if path is None:
-        from .bench_prompts import builtin_prompts
+        from .prompts import builtin_prompts
         return builtin_prompts()
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -164,7 +164,7 @@ def machine_info() -> dict:
 
     import mlx.core as mx
 
-    from . import blas
+    from .. import blas
     from importlib.metadata import version
 
     backend = "metal" if mx.metal.is_available() else (
@@ -215,9 +215,9 @@ def measure_rollback(model, context: list[int], drafted: int = 4, accepted: int 
 
     import mlx.core as mx
 
-    from .kv import cache_kinds
-    from .target import Target
-    from .tree import Tree
+    from ..kv import cache_kinds
+    from ..target import Target
+    from ..tree import Tree
 
     target = Target(model.model)
     root, chain = context[-1], [(t * 7 + 3) % 50 + 10 for t in range(drafted)]

@@ -24,8 +24,8 @@ from typing import Optional
 import mlx.core as mx
 import numpy as np
 
-from .errors import MlxSpecError
-from .kernel_catalog import MASK_TYPE, PROLOGUES, SPECS, Launch, read_body, read_header
+from ..errors import MlxSpecError
+from .catalog import MASK_TYPE, PROLOGUES, SPECS, Launch, read_body, read_header
 
 BLOCK = 256
 GUARD = 2 * BLOCK      # guard elements after every output

@@ -18,7 +18,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .errors import MlxSpecError
+from ..errors import MlxSpecError
 
 MASK_TYPE = "T"  # an output declared with this dtype has the mask's element type
 

@@ -92,7 +92,7 @@ class BeamPacking:
 
     def tree(self, row: int = 0):
         """Batch row `row` as a Tree (its beams must share their first token, the root)."""
-        from .tree import Tree
+        from ..tree import Tree
 
         size = int(self.count[row].item())
         return Tree(tokens=self.tokens[row, :size].tolist(), parents=self.parents[row, :size].tolist(),

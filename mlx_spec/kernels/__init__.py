@@ -13,8 +13,8 @@ from typing import Optional
 
 import mlx.core as mx
 
-from . import kernel_catalog as catalog
-from .errors import MlxSpecError
+from . import catalog
+from ..errors import MlxSpecError
 from .tree_mask import (PAD_PARENT, BeamPacking, beam_mask_reference, pack_beams_reference,
                         tree_depths, tree_mask_reference, tree_positions_reference)
 
@@ -39,7 +39,7 @@ def active_backend() -> str:
 
 def available_backends() -> list[str]:
     """Backends that can run here (the CPU harness only when a compiler is present)."""
-    from .kernel_harness import HarnessUnavailable, find_compiler
+    from .harness import HarnessUnavailable, find_compiler
 
     found = [b for b, ok in (("metal", mx.metal.is_available()), ("cuda", _cuda_available())) if ok]
     try:
@@ -65,7 +65,7 @@ def _gpu_kernel(backend: str, name: str):
 
 def run_launch(launch: catalog.Launch, backend: str) -> list[mx.array]:
     if backend == "cpu":
-        from .kernel_harness import default_harness
+        from .harness import default_harness
         return default_harness().run(launch)
     if backend not in ("metal", "cuda"):
         raise MlxSpecError(f"no kernel backend {backend!r} (choose from {', '.join(BACKENDS)})")

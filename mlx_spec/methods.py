@@ -1,0 +1,55 @@
+"""Methods by name. A method is a factory of decoders: anything with
+
+    method: str                                   its name
+    target: Optional[Target]                      the Target it decodes through (None: its own caches)
+    generate(prompt_tokens, limits, sampling, seed=None) -> Iterator[engine.Step]
+    reset()                                       forget the conversation (caches, drafter state)
+    reusable(prompt_tokens) -> int                prompt tokens its caches already hold
+
+A drafting method (one file in drafters/ that calls `drafters.register`) is wrapped in the engine's
+Decoder. A method with a decoder of its own is one line in DECODERS (imported when first used,
+so that this module imports nothing from the layers that provide them).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Optional
+
+from . import drafters
+from .engine import Decoder
+from .errors import MlxSpecError
+from .target import Target
+
+DECODERS = {  # name -> "module:factory(model, kv_bits=None, **options)"
+    "dsi": "mlx_spec.dsi.decoder:make_dsi_decoder",
+    "mlx-lm": "mlx_spec.bench.baselines.mlx_lm_speculative:make_decoder",
+}
+
+
+def available() -> list[str]:
+    return sorted(set(drafters.available()) | set(DECODERS))
+
+
+def check_name(name: str) -> None:
+    if name not in available():
+        raise MlxSpecError(f"unknown method {name!r}; available: {', '.join(available())}")
+
+
+def _factory(name: str):
+    module, attribute = DECODERS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def make_decoder(model, method: str, kv_bits: Optional[int] = None, **options):
+    """A decoder of `method` for a loaded SpecModel; unknown methods and options are clear errors."""
+    check_name(method)
+    if method not in DECODERS:
+        drafter = drafters.create(method, model, **options)
+        return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method)
+    factory = _factory(method)
+    try:
+        inspect.signature(factory).bind(model, kv_bits=kv_bits, **options)
+    except TypeError as exc:
+        raise MlxSpecError(f"bad options for method {method!r}: {exc}") from None
+    return factory(model, kv_bits=kv_bits, **options)
