@@ -1,12 +1,9 @@
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import mlx_spec  # noqa: E402  (loads the optimized BLAS before mlx)
-
-from random_models import ARCHITECTURES, make_model_folder  # noqa: E402
+import mlx_spec  # (loads the optimized BLAS before mlx)
+from support.random_models import ARCHITECTURES, make_model_folder
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -1,0 +1,92 @@
+"""The CLI's contracts: JSON fields, one-line errors with non-zero exits, bench report schema."""
+import json
+
+import pytest
+
+from mlx_spec.bench import MethodSpec, load_prompts, split_method_list
+from support.cli import run_cli
+
+
+def test_generate_json_contract(random_model_dirs):
+    code, out, err = run_cli("generate", "--model", str(random_model_dirs["llama"]), "--method", "pld",
+                             "--prompt", "once upon a time", "--max-tokens", "12", "--raw", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result) >= {"text", "token_ids", "stats"}
+    assert set(result["stats"]) >= {"target_calls", "mean_accepted", "tokens_per_s"}
+    assert 0 < len(result["token_ids"]) <= 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--model", "/no/such/folder"], "model folder not found"),
+    (["generate", "--max-tokens", "-3"], "max-tokens"),
+    (["generate", "--temp", "-1"], "temperature"),
+    (["generate", "--method", "nope"], "unknown method"),
+    (["generate", "--bogus-flag"], "No such option"),
+    (["bench", "--prompts", "/no/such/prompts.jsonl", "--model", "/no/such/folder"], "cannot read prompts"),
+])
+def test_bad_input_is_one_line_and_nonzero(args, message):
+    code, out, err = run_cli(*args)
+    assert code != 0
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_bad_model_folders(tmp_path, random_model_dirs):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for f in random_model_dirs["llama"].iterdir():
+        (corrupt / f.name).write_bytes(f.read_bytes())
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    bad_json = tmp_path / "badjson"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{not json")
+    for folder, message in [(empty, "no config.json"), (corrupt, "could not load"),
+                            (bad_json, "not valid JSON")]:
+        code, _, err = run_cli("generate", "--model", str(folder))
+        assert code != 0 and message in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_prompt_longer_than_context(random_model_dirs):
+    long_prompt = "the sun was warm and the birds sang. " * 400
+    code, _, err = run_cli("generate", "--model", str(random_model_dirs["llama"]), "--raw",
+                           "--prompt", long_prompt)
+    assert code != 0 and "context" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_json_schema(tmp_path, random_model_dirs):
+    prompts = tmp_path / "q.jsonl"
+    prompts.write_text("\n".join(json.dumps({"question_id": i, "category": cat, "turns": [text]})
+                                 for i, (cat, text) in enumerate([("story", "once upon a time"),
+                                                                  ("copy", "lily found the ball")])))
+    out = tmp_path / "bench.json"
+    code, stdout, err = run_cli("bench", "--model", str(random_model_dirs["qwen2"]), "--methods",
+                                "pld,pld[num_draft_tokens=3]", "--prompts", str(prompts),
+                                "--max-tokens", "10", "--json", str(out))
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert set(report) >= {"methods", "by_category", "machine", "model"}
+    assert set(report["methods"]) == {"ar", "pld", "pld[num_draft_tokens=3]"}
+    for entry in report["methods"].values():
+        assert set(entry) >= {"tokens_per_s", "speedup", "mean_accepted", "target_calls", "matches_ar"}
+        assert entry["matches_ar"] is True
+    assert set(report["by_category"]) == {"story", "copy"}
+    assert report["methods"]["ar"]["speedup"] == pytest.approx(1.0)
+
+
+def test_method_spec_parsing():
+    assert split_method_list("ar, redrafter[beam_width=2,beam_length=4],pld") == [
+        "ar", "redrafter[beam_width=2,beam_length=4]", "pld"]
+    spec = MethodSpec.parse("draft[num_draft_tokens=4,draft_model=a/b,temp=0.5]")
+    assert spec.name == "draft" and spec.options == {"num_draft_tokens": 4, "draft_model": "a/b", "temp": 0.5}
+
+
+def test_prompt_files(tmp_path):
+    text = tmp_path / "p.txt"
+    text.write_text("first prompt\n\nsecond prompt\n")
+    assert [p["prompt"] for p in load_prompts(str(text))] == ["first prompt", "second prompt"]
+    assert {p["category"] for p in load_prompts(None)} == {"story", "passage"}

@@ -1,0 +1,55 @@
+"""The embedded default models: present as package data, loadable by mlx-lm unchanged, and decoded
+losslessly by every chain method on a trained (not random) model."""
+import re
+
+import pytest
+from mlx_lm import load as mlx_lm_load
+
+import mlx_spec
+from mlx_spec.loading import DEFAULT_DRAFT, DEFAULT_TARGET, shipped_model, shipped_models_dir
+from support.greedy import mlx_lm_greedy
+
+STORY_PROMPT = "Once upon a time, there was a little girl"
+
+
+@pytest.fixture(scope="module")
+def target():
+    return mlx_spec.load()
+
+
+def test_shipped_models_are_mlx_lm_folders():
+    for name in (DEFAULT_TARGET, DEFAULT_DRAFT):
+        path = shipped_model(name)
+        assert path is not None, f"{name} is not shipped in models/"
+        model, tokenizer = mlx_lm_load(str(path))
+        assert tokenizer.encode("Once upon a time")
+    total = sum(f.stat().st_size for f in shipped_models_dir().rglob("*") if f.is_file())
+    assert total < 80 * 2**20
+
+
+def test_target_size_and_draft_compatibility(target):
+    from mlx.utils import tree_flatten
+
+    params = sum(v.size for _, v in tree_flatten(target.model.parameters()))
+    assert 25e6 <= params <= 40e6
+    draft = mlx_spec.load(DEFAULT_DRAFT)
+    draft_params = sum(v.size for _, v in tree_flatten(draft.model.parameters()))
+    assert draft_params * 10 <= params
+    assert draft.tokenizer.vocab_size == target.tokenizer.vocab_size
+
+
+@pytest.mark.parametrize("method", ["ar", "pld"])
+def test_trained_target_greedy_equals_mlx_lm(target, method):
+    expected = mlx_lm_greedy(target, STORY_PROMPT, 80)
+    result = mlx_spec.generate(target, STORY_PROMPT, method=method, max_tokens=80)
+    assert result.token_ids == expected
+
+
+def test_story_is_english_text_that_continues_the_prompt(target):
+    result = mlx_spec.generate(target, STORY_PROMPT, method="ar", max_tokens=120)
+    assert result.text.startswith(" ")  # a continuation keeps its word boundary
+    words = re.findall(r"[A-Za-z']+", result.text)
+    assert len(words) >= 60
+    assert len(re.findall(r"[.!?]", result.text)) >= 3
+    common = {"the", "a", "and", "was", "he", "she", "to", "said", "they", "her", "his", "it"}
+    assert sum(w.lower() in common for w in words) >= len(words) // 8

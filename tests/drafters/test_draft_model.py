@@ -1,0 +1,161 @@
+"""Method `draft`: greedy output equals mlx-lm's, the drafter's KV cache stays exact through
+rejections, sampled chains are accepted by rejection sampling, incompatible vocabularies are refused."""
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models.cache import make_prompt_cache
+
+import mlx_spec
+from mlx_spec.accept import accept
+from mlx_spec.drafters.base import StepContext
+from mlx_spec.engine import Limits
+from mlx_spec.sampling import SamplingParams, log_probs
+from mlx_spec.target import Target
+from support.random_models import make_model_folder
+from support.greedy import PROMPTS, mlx_lm_greedy
+
+PAIRS = [("llama", "qwen3"), ("qwen2", "mistral"), ("llama3-scaled", "llama")]
+
+
+@pytest.fixture(scope="module")
+def near_copy_dirs(tmp_path_factory):
+    """Drafters that agree with their target often but not always: the same initial weights at a
+    slightly different scale (partial acceptance, the case where cache rewinding matters)."""
+    root = tmp_path_factory.mktemp("near_copies")
+    return {arch: make_model_folder(root / arch, arch, seed=seed, weight_scale=3.0)
+            for seed, arch in enumerate(["llama", "llama3-scaled"])}
+
+
+@pytest.mark.parametrize("target_arch,draft_arch", PAIRS)
+def test_greedy_matches_mlx_lm_with_a_different_random_drafter(random_models, random_model_dirs,
+                                                               target_arch, draft_arch):
+    model = random_models[target_arch]
+    for prompt in PROMPTS:
+        expected = mlx_lm_greedy(model, prompt, 40)
+        result = mlx_spec.generate(model, prompt, method="draft", max_tokens=40, raw=True,
+                                   draft_model=str(random_model_dirs[draft_arch]), num_draft_tokens=3)
+        assert result.token_ids == expected, (target_arch, draft_arch, prompt)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_drafter_identical_to_target_is_accepted_and_equals_mlx_lm(random_models, random_model_dirs, arch):
+    model = random_models[arch]
+    expected = mlx_lm_greedy(model, PROMPTS[0], 60)
+    result = mlx_spec.generate(model, PROMPTS[0], method="draft", max_tokens=60, raw=True,
+                               draft_model=str(random_model_dirs[arch]), num_draft_tokens=4)
+    assert result.token_ids == expected
+    assert result.stats.acceptance_rate >= 0.95
+    assert result.stats.target_calls <= len(expected) // 5 + 2  # ~5 tokens per call
+
+
+def test_mlx_lm_baseline_greedy_equals_ours(random_models, near_copy_dirs):
+    model = random_models["llama"]
+    result = mlx_spec.generate(model, PROMPTS[1], method="mlx-lm", max_tokens=50, raw=True,
+                               draft_model=str(near_copy_dirs["llama"]), num_draft_tokens=3)
+    ids, stats = result.token_ids, result.stats
+    assert ids == mlx_lm_greedy(model, PROMPTS[1], 50)
+    assert stats.generated_tokens == len(ids) and 0 < stats.target_calls < len(ids)
+    assert sum(stats.accepted_per_call) >= len(ids)
+
+
+def _fresh_cache(module, tokens):
+    cache = make_prompt_cache(module)
+    module(mx.array(tokens)[None], cache=cache)
+    return cache
+
+
+# adaedl with a low lambda (and gamma, for these random drafters' broad distributions) stops in
+# some rounds and not others: a stopped round has fed its last draft, a full one has not
+METHODS = [("draft", {}), ("adaedl", dict(lam=0.05, epsilon=0.0, gamma=0.02))]
+
+
+@pytest.mark.parametrize("method,options", METHODS)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_drafter_cache_equals_a_fresh_prefill_after_partial_acceptance(random_models, near_copy_dirs,
+                                                                       temperature, method, options):
+    model = random_models["llama3-scaled"]
+    decoder = mlx_spec.make_decoder(model, method, draft_model=str(near_copy_dirs["llama3-scaled"]),
+                                    num_draft_tokens=4, **options)
+    drafter = decoder.drafter
+    observe, rounds = drafter.observe, {"partial": 0, "checked": 0}
+
+    def observe_and_check(ctx, tree, acceptance, out):
+        observe(ctx, tree, acceptance, out)
+        cached = drafter.cached_tokens
+        assert cached == ctx.tokens[:len(cached)] and len(cached) >= len(ctx.tokens) - 2
+        assert all(c.offset == len(cached) for c in drafter.forward.cache)
+        fresh = _fresh_cache(drafter.draft.module, cached)
+        for mine, ref in zip(drafter.forward.cache, fresh):
+            for a, b in ((mine.keys, ref.keys), (mine.values, ref.values)):
+                np.testing.assert_allclose(np.array(a[..., :mine.offset, :]),
+                                           np.array(b[..., :ref.offset, :]), atol=1e-4, rtol=1e-4)
+        rounds["checked"] += 1
+        rounds["partial"] += 0 < acceptance.accepted_drafts < len(tree) - 1
+        rounds["short"] = rounds.get("short", 0) + (len(tree) - 1 < 4)
+
+    drafter.observe = observe_and_check
+    prompt = mlx_spec.api.encode_prompt(model, PROMPTS[0], raw=True)
+    for request in range(2):  # the second request reuses (and rewinds) the first one's cache
+        tokens = list(prompt) + [7, 8] * request
+        for _ in decoder.generate(tokens, Limits(max_tokens=40), SamplingParams(temperature), seed=3):
+            pass
+    assert rounds["checked"] > 10
+    assert rounds["partial"] > 0, "the test needs rounds that accepted some but not all drafts"
+    if method == "adaedl":
+        assert 0 < rounds["short"] < rounds["checked"], "the rule should stop in some rounds only"
+
+
+def test_sampled_chain_uses_rejection_sampling(random_models, random_model_dirs):
+    """A drafter equal to the target has q == p, so min(1, p/q) accepts (almost) everything, while
+    mlx-lm's match rule accepts only sum(p * q) per token on these flat random distributions."""
+    model = random_models["llama"]
+    ours = mlx_spec.generate(model, PROMPTS[0], method="draft", max_tokens=60, raw=True, temperature=1.0,
+                             seed=5, draft_model=str(random_model_dirs["llama"]), num_draft_tokens=4)
+    theirs = mlx_spec.generate(model, PROMPTS[0], method="mlx-lm", max_tokens=60, raw=True,
+                               temperature=1.0, seed=5, draft_model=str(random_model_dirs["llama"]),
+                               num_draft_tokens=4).stats
+    assert ours.stats.acceptance_rate >= 0.95
+    assert theirs.acceptance_rate < 0.5
+
+
+def test_sampled_drafts_leave_the_target_distribution_exact(random_models, near_copy_dirs):
+    """One drafted token then rejection sampling, many times from one context: the emitted token's
+    frequencies match the target's processed distribution p, not the drafter's q."""
+    model = random_models["llama"]
+    sampling = SamplingParams(temperature=0.5)
+    prompt = mlx_spec.api.encode_prompt(model, PROMPTS[1], raw=True)
+    p = np.array(mx.exp(log_probs(model.model(mx.array(prompt)[None])[0, -1:], sampling))[0])
+    drafter = mlx_spec.drafters.create("draft", model, draft_model=str(near_copy_dirs["llama"]),
+                                       num_draft_tokens=1)
+    q = np.array(mx.exp(log_probs(drafter.draft.module(mx.array(prompt)[None])[0, -1:], sampling))[0])
+    target = Target(model.model)
+    target.prefill(prompt[:-1])
+    n, counts, key = 600, np.zeros_like(p), mx.random.key(0)
+    for _ in range(n):
+        key, draft_key, accept_key = mx.random.split(key, 3)
+        tree = drafter.propose(StepContext(tokens=list(prompt), max_drafts=1, sampling=sampling, key=draft_key))
+        counts[accept(tree, target.verify(tree).logits, sampling, accept_key).tokens[0]] += 1
+        target.trim(len(tree))
+    assert 0.5 * np.abs(q - p).sum() > 0.3  # the drafter's own samples would fail the check below
+    assert 0.5 * np.abs(counts / n - p).sum() < 0.15
+
+
+def test_incompatible_vocabulary_is_refused(random_models, tmp_path):
+    folder = make_model_folder(tmp_path / "other", "llama", seed=9)
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(mlx_spec.MlxSpecError, match="vocabulary"):
+        mlx_spec.make_decoder(random_models["llama"], "draft", draft_model=str(folder))
+
+
+def test_bad_options_are_one_line_errors(random_models, random_model_dirs):
+    with pytest.raises(mlx_spec.MlxSpecError, match="num_draft_tokens"):
+        mlx_spec.make_decoder(random_models["llama"], "draft", draft_model=str(random_model_dirs["llama"]),
+                              num_draft_tokens=0)
+    with pytest.raises(mlx_spec.MlxSpecError, match="not found"):
+        mlx_spec.make_decoder(random_models["llama"], "draft", draft_model="/no/such/folder")
