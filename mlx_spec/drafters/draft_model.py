@@ -12,7 +12,7 @@ tokens it has not seen (the bonus token, plus the last draft when the whole chai
 
 Drafting waits for the host once per round: each drafted token feeds the next forward while staying
 on the MLX graph (mx.async_eval pipelines the forwards), and the one- and two-token forwards run
-compiled (draft_step.py). A stopping rule (see `adaedl`) needs one sync per token; its statistic is
+compiled (compiled_step.py). A stopping rule (see `adaedl`) needs one sync per token; its statistic is
 evaluated together with the token. (Judging a token one forward late, so the host never waits,
 was measured too: its wasted forward in every stopped round cost more than the sync, 5.2 vs 4.8 ms
 of drafting per round at temperature 1.0, once the compiled step made building a forward cheap.)
@@ -33,7 +33,7 @@ from .stopping import StopRule
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
-from .draft_step import DraftForward, supports_compiled_step
+from .compiled_step import DraftForward, supports_compiled_step
 
 
 @dataclass
@@ -43,7 +43,7 @@ class DraftModel:
     path: str
     width: int         # the drafter's logits width
     target_width: int  # the target's logits width: drafts are distributions over these ids
-    compiled_step: bool = False  # whether its one-token forward runs compiled (draft_step.py)
+    compiled_step: bool = False  # whether its one-token forward runs compiled (compiled_step.py)
 
 
 def _logits_width(module) -> int:

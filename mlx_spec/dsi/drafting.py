@@ -29,7 +29,7 @@ class Drafted:
     seconds: float
 
 
-def draft_step(drafter: Drafter, ctx: StepContext, version: int, restart: Optional[list[int]]) -> Drafted:
+def draft_once(drafter: Drafter, ctx: StepContext, version: int, restart: Optional[list[int]]) -> Drafted:
     t0 = time.perf_counter()
     if restart is not None:
         # drafters expect their context to only grow (pld's index does): a rejection rolled the
@@ -59,7 +59,7 @@ class InlineDrafting:
         self.drafter.end()
 
     def start(self, version: int, ctx: StepContext, restart: Optional[list[int]] = None) -> None:
-        self.post(draft_step(self.drafter, ctx, version, restart))
+        self.post(draft_once(self.drafter, ctx, version, restart))
 
 
 class ThreadedDrafting:
@@ -104,7 +104,7 @@ class ThreadedDrafting:
         self._run_and_wait(self.drafter.end)
 
     def start(self, version: int, ctx: StepContext, restart: Optional[list[int]] = None) -> None:
-        self._run(lambda: draft_step(self.drafter, ctx, version, restart))
+        self._run(lambda: draft_once(self.drafter, ctx, version, restart))
 
 
 def _call(fn) -> Optional[BaseException]:

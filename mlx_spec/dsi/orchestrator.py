@@ -112,14 +112,14 @@ class DsiCounters:
 class Orchestrator:
     def __init__(self, pool: WorkerPool, drafter: Drafter, lookahead: int = 4,
                  job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None,
-                 draft_step: int = 1, drafting=None, min_job_timeout: float = 30.0,
+                 draft_chunk: int = 1, drafting=None, min_job_timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
-        if lookahead < 1 or draft_step < 1:
-            raise MlxSpecError(f"lookahead and draft_step must be >= 1, got {lookahead}, {draft_step}")
+        if lookahead < 1 or draft_chunk < 1:
+            raise MlxSpecError(f"lookahead and draft_chunk must be >= 1, got {lookahead}, {draft_chunk}")
         self.pool, self.lookahead = pool, lookahead
         # tokens per drafting step: small steps keep the speculation close to what workers need
         # and waste little when a rejection makes the step in progress useless
-        self.draft_step = draft_step
+        self.draft_chunk = draft_chunk
         self.drafting = drafting if drafting is not None else InlineDrafting(drafter, pool.post)
         self.job_timeout, self.min_job_timeout = job_timeout, min(min_job_timeout, job_timeout)
         self.on_failure = on_failure
@@ -249,7 +249,7 @@ class _Run:
 
     def _start_draft(self) -> None:
         needed = self.o.lookahead - (len(self.spec) - self._next_first())
-        m = max(1, min(needed, self.o.draft_step, self._room()))
+        m = max(1, min(needed, self.o.draft_chunk, self._room()))
         self.key, draft_key = mx.random.split(self.key)
         ctx = StepContext(tokens=self.committed + self.spec, max_drafts=m, sampling=self.sampling,
                           key=draft_key)

@@ -29,7 +29,7 @@ from typing import Optional
 from ..drafters.base import Drafter
 from ..sampling import SamplingParams
 from ..tree import Tree
-from .drafting import InlineDrafting, draft_step
+from .drafting import InlineDrafting, draft_once
 from .orchestrator import Orchestrator, Result
 
 
@@ -130,7 +130,7 @@ class _SimDrafting(InlineDrafting):
         self.pool = pool
 
     def start(self, version, ctx, restart=None) -> None:
-        event = draft_step(self.drafter, ctx, version, restart)
+        event = draft_once(self.drafter, ctx, version, restart)
         self.pool.schedule(self.pool.clock.now + self.pool.s.drafter * ctx.max_drafts, event)
 
 

@@ -40,8 +40,8 @@ class HeadOptions:
 def build_head(target_model, options: HeadOptions):
     import mlx.core as mx
 
-    from ..redrafter import DrafterConfig, RecurrentDrafter, load_drafter
-    from ..redrafter.target_io import token_embedding
+    from ..drafters.redrafter import DrafterConfig, RecurrentDrafter, load_drafter
+    from ..drafters.redrafter.target_io import token_embedding
 
     embed = token_embedding(target_model)
     vocab, hidden = embed.weight.shape
@@ -178,7 +178,7 @@ def simulated_acceptance(head, embed, data: dict, width: int, length: int, posit
     the beams would give at random held-out positions, against the target's own continuation."""
     import mlx.core as mx
 
-    from ..redrafter import beam_search
+    from ..drafters.redrafter import beam_search
 
     tokens, hidden, lengths = data["tokens"], data["hidden"], data["lengths"]
     horizon = tokens.shape[1] - length  # positions whose whole draft window is in the data
@@ -212,8 +212,8 @@ def distill(target_path: str | None, text: Path, cased: Path | None, paths: Dist
     import mlx.core as mx
 
     from .. import load
-    from ..redrafter import save_drafter
-    from ..redrafter.target_io import token_embedding
+    from ..drafters.redrafter import save_drafter
+    from ..drafters.redrafter.target_io import token_embedding
     from .corpus import load_corpus
 
     started = time.perf_counter()

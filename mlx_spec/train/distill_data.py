@@ -83,7 +83,7 @@ def continue_batch(model, contexts: list[list[int]], options: DataOptions, eos: 
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    from ..redrafter.target_io import hidden_and_logits
+    from ..drafters.redrafter.target_io import hidden_and_logits
 
     def choose(logits):
         nonlocal key

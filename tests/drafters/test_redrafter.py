@@ -10,9 +10,9 @@ import pytest
 
 import mlx_spec
 from mlx_spec.errors import ModelLoadError
-from mlx_spec.redrafter import (DrafterConfig, RecurrentDrafter, beam_search, load_drafter,
+from mlx_spec.drafters.redrafter import (DrafterConfig, RecurrentDrafter, beam_search, load_drafter,
                                 save_drafter, warp_top_k)
-from mlx_spec.redrafter.beam_search import LOG_0, draft_log_probs, greedy_chain
+from mlx_spec.drafters.redrafter.beam_search import LOG_0, draft_log_probs, greedy_chain
 from mlx_spec.tree import Tree
 
 PROMPTS = ["once upon a time there was", "lily found the ball under a big green tree and smiled. the sun"]

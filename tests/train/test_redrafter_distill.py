@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mlx_spec
-from mlx_spec.redrafter.target_io import token_embedding
+from mlx_spec.drafters.redrafter.target_io import token_embedding
 from mlx_spec.sampling import SamplingParams
 from mlx_spec.train.distill import HeadOptions, build_head, heldout_accuracy, train_head
 from mlx_spec.train.distill_data import DataOptions, generate_data, story_token_lists
@@ -38,7 +38,7 @@ def data(small, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(small, data, tmp_path_factory):
     """(head, loss before, loss after, folder of the saved head)."""
-    from mlx_spec.redrafter import save_drafter
+    from mlx_spec.drafters.redrafter import save_drafter
 
     arrays, _ = data
     mx.random.seed(0)

@@ -7,7 +7,7 @@ import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
 import mlx_spec
-from mlx_spec.drafters.draft_step import CAPACITY_STEP, DraftForward, supports_compiled_step
+from mlx_spec.drafters.compiled_step import CAPACITY_STEP, DraftForward, supports_compiled_step
 
 ARCHS = ["llama", "llama3-scaled", "qwen2", "qwen3", "mistral"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..errors import UnsupportedModelError
+from ...errors import UnsupportedModelError
 
 
 def _inner(model):

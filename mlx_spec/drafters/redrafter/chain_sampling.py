@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..sampling import SamplingParams, log_probs
+from ...sampling import SamplingParams, log_probs
 
 
 def sample_chains(drafter, embed, context: mx.array, root: int, width: int, length: int,

@@ -26,16 +26,16 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .draft_length import DraftLengthChooser
-from ..errors import MlxSpecError
-from ..loading import compute_on_cpu, shipped_model
-from ..redrafter import beam_search, load_drafter
-from ..redrafter.beam_search import greedy_chain
-from ..redrafter.chain_sampling import sample_chains
-from ..redrafter.target_io import token_embedding
-from ..tree import Tree
-from . import register
-from .base import Drafter, StepContext
+from ...errors import MlxSpecError
+from ...loading import compute_on_cpu, shipped_model
+from ...tree import Tree
+from .. import register
+from ..base import Drafter, StepContext
+from ..draft_length import DraftLengthChooser
+from .beam_search import beam_search, greedy_chain
+from .chain_sampling import sample_chains
+from .head import load_drafter
+from .target_io import token_embedding
 
 SHIPPED_HEAD = "tinystories-redrafter"
 # mx.async_eval runs in the calling thread on the CPU backend (measured: it returns only when the

@@ -19,7 +19,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..errors import ModelLoadError
+from ...errors import ModelLoadError
 
 MODEL_TYPE = "recurrent_drafting_drafter"
 
