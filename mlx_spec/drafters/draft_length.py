@@ -13,9 +13,8 @@ acceptance (sampling at a high temperature, text the drafter does not know) shor
 plain decoding where that is allowed; rising acceptance lengthens them again. Depths never drafted
 drift slowly back to an optimistic prior, so a longer draft is tried again after a bad stretch.
 
-Default costs were measured on a 2-core CPU with the 28M-parameter default target (one more verified
-token costs ~0.07 of a one-token call, going from one row to two ~0.15); a GPU verifies extra rows
-almost for free, so pass smaller costs there.
+The default costs are this project's 2-core CPU with the embedded target (docs/tuning.md); a GPU
+verifies extra rows almost for free, so pass smaller costs there.
 """
 from __future__ import annotations
 

@@ -13,9 +13,8 @@ tokens it has not seen (the bonus token, plus the last draft when the whole chai
 Drafting waits for the host once per round: each drafted token feeds the next forward while staying
 on the MLX graph (mx.async_eval pipelines the forwards), and the one- and two-token forwards run
 compiled (compiled_step.py). A stopping rule (see `adaedl`) needs one sync per token; its statistic is
-evaluated together with the token. (Judging a token one forward late, so the host never waits,
-was measured too: its wasted forward in every stopped round cost more than the sync, 5.2 vs 4.8 ms
-of drafting per round at temperature 1.0, once the compiled step made building a forward cheap.)
+evaluated together with the token (judging it one forward later, so that the host never waits,
+cost more: docs/tuning.md).
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ When the target samples, beams are a poor guess of a random continuation: the he
 independent chains instead (same tree, same single verification), and multi-draft rejection
 sampling accepts them exactly (see mlx_spec/accept.py). `sampled_drafts=False` keeps beams.
 The chains are drawn from the head's logits divided by head_temperature (2 by default): a head
-distilled from greedy text is sharper than a sampling target, and the flatter q is accepted more
-often (tokens per call, built-in prompts, default head: T=1.0 1.20 -> 1.30, T=0.7 1.44 -> 1.51).
+distilled from greedy text is sharper than a sampling target, and a flatter q is accepted more often
+(docs/tuning.md).
 
 The draft depth adapts (mlx_spec/drafters/draft_length.py): learned per-depth acceptance against the cost
 of drafting and verifying each extra level, so drafts shrink where the head keeps missing (high
