@@ -7,7 +7,7 @@ the CPU backend (16-bit matmuls on the CPU do not use BLAS and are several times
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -110,7 +110,7 @@ class SpecModel:
     tokenizer: object
     config: dict
     path: str
-    extras: dict = field(default_factory=dict)  # drafters' own models, loaded once and shared
+    extras: Optional[object] = None  # drafters.shared.Shared: what drafters load and learn beside it
 
     @property
     def context_length(self) -> Optional[int]:

@@ -14,7 +14,8 @@ paper's; the starting lambda (`lam` greedy, `sampling_lam` when sampling) and al
 they were chosen and why entropy predicts acceptance poorly with the embedded pair.
 confidence_threshold (max-confidence rule) 0.1 suits small drafters with broad distributions.
 
-The adaptive state (lambda and the running acceptance rate) lives in model.extras, per drafter,
+The adaptive state (lambda and the running acceptance rate) is shared per loaded model (shared.py),
+per drafter,
 settings and sampling regime, so it keeps learning across the requests of one loaded model. Greedy
 decoding and each sampling setting keep their own state: the rule reads the sharpened greedy
 entropy in the first case and the processed sampling distribution's in the others, on scales too
@@ -29,6 +30,7 @@ from ..sampling import SamplingParams
 from .stopping import StopRule, make_rule
 from . import register
 from .draft_model import DraftModelDrafter
+from .shared import shared
 
 
 @register("adaedl")
@@ -45,7 +47,7 @@ class AdaEDLDrafter(DraftModelDrafter):
                                    confidence_threshold=confidence_threshold,
                                    greedy_entropy_temperature=greedy_entropy_temperature)
         self._starting_lam = {True: lam, False: sampling_lam}  # keyed by sampling.greedy
-        self._extras = model.extras
+        self._rules = shared(model).stop_rules
         self.stop_rule = self.rule_for(SamplingParams())
 
     def rule_for(self, sampling: SamplingParams) -> StopRule:
@@ -53,7 +55,7 @@ class AdaEDLDrafter(DraftModelDrafter):
         regime = None if sampling.greedy else astuple(sampling)
         key = ("stop-rule", self.draft.path, self.num_draft_tokens,
                tuple(sorted(self._rule_settings.items())), regime, lam)
-        if key not in self._extras:
-            self._extras[key] = make_rule(lam=lam, **self._rule_settings)
-        self.stop_rule = self._extras[key]  # what observe() updates after this round
+        if key not in self._rules:
+            self._rules[key] = make_rule(lam=lam, **self._rule_settings)
+        self.stop_rule = self._rules[key]  # what observe() updates after this round
         return self.stop_rule

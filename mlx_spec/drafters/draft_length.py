@@ -18,6 +18,8 @@ verifies extra rows almost for free, so pass smaller costs there.
 """
 from __future__ import annotations
 
+from .shared import shared
+
 PRIOR = 0.8  # assumed acceptance of a depth before anything is known about it
 DRIFT = 0.1  # how fast (relative to `rate`) unobserved depths return to the prior
 
@@ -70,13 +72,13 @@ class DraftLengthChooser:
 
 
 def shared_chooser(model, key: tuple, make) -> DraftLengthChooser:
-    """One chooser per loaded model and drafter settings (in model.extras), so what it learned
+    """One chooser per loaded model and drafter settings (drafters/shared.py), so what it learned
     carries over to the next request and decoder; a fresh one where there is no model. Only for
     drafters whose drafts never change the output (pld: the target's draws depend on the seed and
     position alone), since a carried-over state changes what is drafted."""
     if model is None:
         return make()
-    key = ("draft-length",) + key
-    if key not in model.extras:
-        model.extras[key] = make()
-    return model.extras[key]
+    choosers = shared(model).draft_lengths
+    if key not in choosers:
+        choosers[key] = make()
+    return choosers[key]

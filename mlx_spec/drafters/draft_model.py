@@ -33,6 +33,7 @@ from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
 from .compiled_step import DraftForward, supports_compiled_step
+from .shared import shared
 
 
 @dataclass
@@ -73,17 +74,17 @@ def check_vocabularies(target_tokenizer, draft_tokenizer, target_width: int, dra
 
 
 def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> DraftModel:
-    """Load (once per target, cached in model.extras) and check the drafter for `model`."""
+    """Load (once per target, shared by its decoders) and check the drafter for `model`."""
     where = loading.resolve(path or loading.DEFAULT_DRAFT)
-    key = ("draft-model", where)
-    if key not in model.extras:
+    loaded = shared(model).draft_models
+    if where not in loaded:
         module, tokenizer, _, where = loading.load_mlx_lm(where)
         TokenCache.for_model(module)  # a layer kind no cache class serves: refused here, clearly
         target_width, draft_width = _logits_width(model.model), _logits_width(module)
         check_vocabularies(model.tokenizer, tokenizer, target_width, draft_width, where)
-        model.extras[key] = DraftModel(module, tokenizer, where, draft_width, target_width,
+        loaded[where] = DraftModel(module, tokenizer, where, draft_width, target_width,
                                        supports_compiled_step(module, min(draft_width, target_width)))
-    return model.extras[key]
+    return loaded[where]
 
 
 @register("draft")

@@ -5,7 +5,7 @@ tree, so it shines when the answer reuses the prompt (summaries, quotes, code ed
 model's habitual phrases.
 
 Two tries, ranked in this order: the request's (its prompt, then its output as it streams), rebuilt
-for every request, and the outputs', kept in `model.extras` so that every decoder on the same loaded
+for every request, and the outputs', shared per loaded model (shared.py) so that every decoder on the same loaded
 model shares what was generated before (a chat session, an app); its counts decay after each request
 and it is pruned to `node_budget` nodes. The request's own output ranks with the prompt: a model that
 starts repeating itself must be followed at once, not outvoted by the prompt's paragraphs. `warmup` pre-fills it
@@ -32,9 +32,8 @@ from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import register
 from .base import Drafter, StepContext
+from .shared import shared
 
-OUTPUT_TRIE = "lookahead.output_trie"  # model.extras keys
-WARMED_FROM = "lookahead.warmed_from"
 PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction of it (so a
 # sorting prune runs once per many requests, not on every step that adds a node)
 
@@ -97,7 +96,10 @@ class Lookahead(Drafter):
         self.save_path = save_trie
         self.chooser = (BudgetChooser(decoding_length, verify_cost, verify_overhead)
                         if adaptive else None)
-        self.output_trie: NgramTrie = model.extras.setdefault(OUTPUT_TRIE, NgramTrie())
+        state = shared(model)
+        if state.output_trie is None:
+            state.output_trie = NgramTrie()
+        self.output_trie: NgramTrie = state.output_trie
         if warmup is not None:
             self._warm_up(model, warmup)
         self.request_trie = NgramTrie()
@@ -113,7 +115,7 @@ class Lookahead(Drafter):
         file = Path(path).expanduser()
         if not file.is_file():
             raise MlxSpecError(f"lookahead warmup file not found: {path}")
-        done = model.extras.setdefault(WARMED_FROM, set())
+        done = shared(model).warmed_from
         if str(file.resolve()) in done:
             return
         if is_saved_trie(file):

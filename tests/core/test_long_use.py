@@ -3,6 +3,7 @@ stays within its node budget over many requests (and its size bookkeeping is hon
 output stays lossless."""
 import mlx_spec
 from mlx_spec.drafters.lookahead import PRUNE_TO, Lookahead
+from mlx_spec.drafters.shared import shared
 from support.random_models import CORPUS
 
 BUDGET = 60
@@ -37,7 +38,7 @@ def test_lookahead_trie_respects_its_node_budget_over_many_requests(random_model
         if i % 10 == 0:  # pruning never changes what is generated
             assert result.token_ids == mlx_spec.generate(model, prompt, method="ar", max_tokens=40,
                                                          raw=True).token_ids
-        trie = model.extras["lookahead.output_trie"]
+        trie = shared(model).output_trie
         assert trie.size == node_count(trie)
         after_request.append(trie.size)
     assert max(after_propose) <= BUDGET

@@ -1,5 +1,5 @@
 """`lookahead`: greedy output equals mlx-lm's on random and trained models; the output trie outlives
-a request (shared through model.extras), warm starts from text or a saved trie, and the adaptive
+a request (shared per loaded model), warm starts from text or a saved trie, and the adaptive
 budget stops drafting when guesses fail. Gains are counted in target calls, never timed."""
 import mlx.core as mx
 import mlx.nn as nn
@@ -9,7 +9,8 @@ from mlx.utils import tree_flatten
 
 import mlx_spec
 from mlx_spec import drafters
-from mlx_spec.drafters.lookahead import OUTPUT_TRIE, BudgetChooser
+from mlx_spec.drafters.lookahead import BudgetChooser
+from mlx_spec.drafters.shared import shared
 from mlx_spec.errors import MlxSpecError
 from support.random_models import ARCHITECTURES, CORPUS, make_model_folder
 from support.greedy import PROMPTS, mlx_lm_greedy
@@ -86,7 +87,7 @@ def test_greedy_matches_with_fixed_budget_and_short_limits(trained_dir):
 def test_outputs_persist_across_decoders_on_the_same_model(trained_dir):
     model = fresh(trained_dir)
     first = mlx_spec.generate(model, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True)
-    assert model.extras[OUTPUT_TRIE].size > 0
+    assert shared(model).output_trie.size > 0
     second = mlx_spec.generate(model, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True)
     assert second.token_ids == first.token_ids
     assert second.stats.target_calls < first.stats.target_calls

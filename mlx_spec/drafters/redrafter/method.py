@@ -32,6 +32,7 @@ from ...tree import Tree
 from .. import register
 from ..base import Drafter, StepContext
 from ..draft_length import DraftLengthChooser
+from ..shared import shared
 from .beam_search import beam_search, greedy_chain
 from .chain_sampling import sample_chains
 from .head import load_drafter
@@ -57,8 +58,8 @@ def _load_head(model, head: Optional[str]):
     """Load the head once per target (with its drafting tables); it is checked against the
     target's vocabulary and width."""
     folder = _head_folder(head)
-    key = ("redrafter", str(folder.resolve()))
-    if key not in model.extras:
+    heads, key = shared(model).heads, str(folder.resolve())
+    if key not in heads:
         drafter = load_drafter(folder)
         embed = token_embedding(model.model)
         vocab, hidden = embed.weight.shape[0], drafter.config.hidden_size
@@ -67,8 +68,8 @@ def _load_head(model, head: Optional[str]):
             raise MlxSpecError(f"the ReDrafter head in {folder} was made for vocab "
                                f"{drafter.config.vocab_size} / hidden {hidden}; this target has "
                                f"vocab {vocab} / hidden {dims}")
-        model.extras[key] = (drafter, drafter.drafting_tables(embed))
-    return model.extras[key]
+        heads[key] = (drafter, drafter.drafting_tables(embed))
+    return heads[key]
 
 
 @register("redrafter")

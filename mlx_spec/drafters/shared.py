@@ -1,0 +1,26 @@
+"""What drafting methods keep beside one loaded target (`SpecModel.extras`), shared by every
+decoder of that model: the models they load once, and what they learn across requests.
+
+One typed place, a field per kind, so that a reader sees at once what lives beside a target and
+who fills it; the keys inside each field are the settings that make two drafters share or not."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class Shared:
+    draft_models: dict = field(default_factory=dict)   # draft folder -> draft_model.DraftModel
+    heads: dict = field(default_factory=dict)          # redrafter head folder -> (head, tables)
+    draft_lengths: dict = field(default_factory=dict)  # (method, settings) -> DraftLengthChooser
+    stop_rules: dict = field(default_factory=dict)     # adaedl (drafter, settings, regime) -> rule
+    output_trie: Optional[Any] = None                  # lookahead: n-grams of past outputs
+    warmed_from: set = field(default_factory=set)      # lookahead: warm-start sources already read
+
+
+def shared(model) -> Shared:
+    """The drafters' shared state of a loaded SpecModel (made on first use)."""
+    if model.extras is None:
+        model.extras = Shared()
+    return model.extras
