@@ -27,7 +27,7 @@ class DsiDecoder:
                  lookahead: Optional[int] = None):
         self.orchestrator = orchestrator
         self.method = method
-        self.drafting = drafting or orchestrator.drafting
+        self.drafting = drafting or orchestrator.lane.drafting
         self.lookahead = lookahead or orchestrator.lookahead
 
     target = None  # verification happens in the workers, each with its own cache
@@ -43,7 +43,7 @@ class DsiDecoder:
         check_request(prompt_tokens, limits)
         stats = GenerationStats(method=self.method, prompt_tokens=len(prompt_tokens))
         orch = self.orchestrator
-        orch.drafting, orch.lookahead = self.drafting, self.lookahead  # this decoder's drafter
+        orch.lane.drafting, orch.lookahead = self.drafting, self.lookahead  # this decoder's drafter
         t0 = time.perf_counter()
         orch.prefill(list(prompt_tokens), sampling)
         stats.prefill_s = time.perf_counter() - t0

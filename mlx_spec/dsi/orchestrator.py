@@ -109,43 +109,33 @@ class DsiCounters:
     reply_s: float = 0.0        # the target latency as the orchestrator sees it (compute + messages)
 
 
-class Orchestrator:
-    def __init__(self, pool: WorkerPool, drafter: Drafter, lookahead: int = 4,
-                 job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None,
-                 draft_chunk: int = 1, drafting=None, min_job_timeout: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
-        if lookahead < 1 or draft_chunk < 1:
-            raise MlxSpecError(f"lookahead and draft_chunk must be >= 1, got {lookahead}, {draft_chunk}")
-        self.pool, self.lookahead = pool, lookahead
-        # tokens per drafting step: small steps keep the speculation close to what workers need
-        # and waste little when a rejection makes the step in progress useless
-        self.draft_chunk = draft_chunk
-        self.drafting = drafting if drafting is not None else InlineDrafting(drafter, pool.post)
-        self.job_timeout, self.min_job_timeout = job_timeout, min(min_job_timeout, job_timeout)
-        self.on_failure = on_failure
+class _Workers:
+    """The target workers as the scheduler sees them: who is alive, which job each computes, how
+    long replies take (hence when a worker counts as hung), and the pool that carries the jobs."""
+
+    def __init__(self, pool: WorkerPool, job_timeout: float, min_job_timeout: float,
+                 on_failure: Optional[Callable[[int, str], None]], clock: Callable[[], float]):
+        self.pool = pool
         self.live = list(pool.worker_ids)      # workers not known to have failed
         self.assigned: dict[int, Job] = {}      # worker -> the job it is computing (maybe cancelled)
         self.next_job_id = 1                    # unique across requests: stale replies are ignored
-        self.drafter_busy = False
-        self.version = 0                        # speculation version; a rejection starts a new one
-        self.counters = DsiCounters()
+        self.job_timeout, self.min_job_timeout = job_timeout, min(min_job_timeout, job_timeout)
+        self.on_failure = on_failure
         self.clock = clock                      # the simulator runs the scheduler on a virtual one
-        self.replies, self.reply_s = 0, 0.0     # over this orchestrator's life (deadlines)
-        self.drafted_total, self.drafting_s = 0, 0.0  # drafter pace as the scheduler sees it
-        self.accepted_total, self.rejections_total = 0, 0  # the acceptance rate so far
-        self.draft_started = 0.0
+        self.replies, self.reply_s = 0, 0.0     # over the orchestrator's life (deadlines)
 
-    def worth_waiting(self, have: int) -> bool:
-        """Should a job wait for its block to fill (lookahead drafts) rather than leave with
-        `have`? Yes when the drafts still to come are expected to be accepted more often than
-        plain decoding would produce tokens while waiting for them: sum of a^i over the missing
-        positions i > (missing drafts x drafter pace) / target reply time. Unknown paces: no."""
-        if self.replies < 3 or self.drafted_total < 3:
-            return False
-        a = self.accepted_total / max(1, self.accepted_total + self.rejections_total)
-        gain = sum(a ** i for i in range(have + 1, self.lookahead + 1))
-        wait = (self.lookahead - have) * self.drafting_s / self.drafted_total
-        return gain > wait / (self.reply_s / self.replies)
+    def free(self) -> list[int]:
+        return [w for w in self.live if w not in self.assigned]
+
+    def new_job_id(self) -> int:
+        self.next_job_id += 1
+        return self.next_job_id - 1
+
+    def send(self, job: Job, worker: int, sampling: SamplingParams, counters: DsiCounters) -> None:
+        job.worker, job.sent_at, job.rerouted = worker, self.clock(), False
+        self.assigned[worker] = job
+        counters.jobs_sent += 1
+        self.pool.submit(worker, job, sampling)
 
     def reply_deadline(self) -> float:
         """How long a worker may take before it is declared hung: `job_timeout` until replies
@@ -155,19 +145,141 @@ class Orchestrator:
             return self.job_timeout
         return min(self.job_timeout, max(self.min_job_timeout, 50 * self.reply_s / self.replies))
 
+    def deadline_in(self, drafter_busy: bool) -> Optional[float]:
+        """Seconds until the oldest job in flight is late (None: wait for the drafter)."""
+        if not self.assigned:
+            return None if drafter_busy else 1.0  # (1.0: nothing in flight; never hang)
+        oldest = min(job.sent_at for job in self.assigned.values())
+        return max(0.0, oldest + self.reply_deadline() - self.clock())
+
+    def late(self) -> list[tuple[int, Job]]:
+        """Workers whose job is past the deadline; those that travel through relays
+        (transport.py) may only be stuck behind a hung relay, so their job is first re-sent
+        another way (pool.reroute) with a new deadline and is not returned."""
+        now, deadline = self.clock(), self.reply_deadline()
+        reroute = getattr(self.pool, "reroute", None)
+        late = []
+        for worker, job in list(self.assigned.items()):
+            if now - job.sent_at <= deadline:
+                continue
+            if reroute is not None and not job.rerouted and reroute(worker):
+                job.rerouted, job.sent_at = True, now
+                continue
+            late.append((worker, job))
+        return late
+
+    def receive(self, result: Result, counters: DsiCounters) -> Optional[Job]:
+        """The job a reply answers (None: a reply from a worker already declared failed)."""
+        job = self.assigned.get(result.worker)
+        if job is None or job.id != result.job_id:
+            return None
+        del self.assigned[result.worker]
+        elapsed = self.clock() - job.sent_at
+        counters.replies += 1
+        counters.reply_s += elapsed
+        self.replies += 1
+        self.reply_s += elapsed
+        return job
+
+    def fail(self, worker: int, reason: str, counters: DsiCounters) -> Optional[Job]:
+        """Drop a worker; returns the job it was computing (to be re-issued), if any."""
+        if worker not in self.live:
+            return None
+        self.live.remove(worker)
+        self.pool.abandon(worker)
+        job = self.assigned.pop(worker, None)
+        counters.failures.append(f"DSI worker {worker} failed ({reason}); its jobs go to the "
+                                 "other workers")
+        if self.on_failure is not None:
+            self.on_failure(worker, reason)
+        if not self.live:
+            raise MlxSpecError(f"every DSI worker failed; the last: {reason}")
+        return job
+
+
+class _DraftLane:
+    """The drafter running beside the scheduler: the speculation version it drafts for (a
+    rejection starts a new one), whether a drafting step is in flight, and its pace."""
+
+    def __init__(self, drafting, clock: Callable[[], float]):
+        self.drafting = drafting
+        self.clock = clock
+        self.busy = False
+        self.version = 0
+        self.started = 0.0
+        self.drafted, self.seconds = 0, 0.0  # drafter pace as the scheduler sees it
+
+    def start(self, ctx: StepContext, restart: Optional[list[int]]) -> None:
+        self.busy, self.started = True, self.clock()
+        self.drafting.start(self.version, ctx, restart)
+
+    def finished(self, event: Drafted, counters: DsiCounters) -> bool:
+        """A drafting step ended; True when its tokens extend the current speculation."""
+        self.busy = False
+        counters.draft_s += event.seconds
+        if event.tokens:
+            self.drafted += len(event.tokens)
+            self.seconds += self.clock() - self.started
+        return event.version == self.version
+
+    def seconds_per_token(self) -> Optional[float]:
+        return self.seconds / self.drafted if self.drafted >= 3 else None
+
+
+class Orchestrator:
+    def __init__(self, pool: WorkerPool, drafter: Drafter, lookahead: int = 4,
+                 job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None,
+                 draft_chunk: int = 1, drafting=None, min_job_timeout: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        if lookahead < 1 or draft_chunk < 1:
+            raise MlxSpecError(f"lookahead and draft_chunk must be >= 1, got {lookahead}, {draft_chunk}")
+        self.lookahead = lookahead
+        # tokens per drafting step: small steps keep the speculation close to what workers need
+        # and waste little when a rejection makes the step in progress useless
+        self.draft_chunk = draft_chunk
+        self.workers = _Workers(pool, job_timeout, min_job_timeout, on_failure, clock)
+        self.lane = _DraftLane(drafting if drafting is not None else InlineDrafting(drafter, pool.post),
+                               clock)
+        self.counters = DsiCounters()
+        self.accepted_total, self.rejections_total = 0, 0  # the acceptance rate so far
+
+    @property
+    def live(self) -> list[int]:
+        return self.workers.live
+
+    @property
+    def pool(self) -> WorkerPool:
+        return self.workers.pool
+
+    def reply_deadline(self) -> float:
+        return self.workers.reply_deadline()
+
+    def worth_waiting(self, have: int) -> bool:
+        """Should a job wait for its block to fill (lookahead drafts) rather than leave with
+        `have`? Yes when the drafts still to come are expected to be accepted more often than
+        plain decoding would produce tokens while waiting for them: sum of a^i over the missing
+        positions i > (missing drafts x drafter pace) / target reply time. Unknown paces: no."""
+        pace, w = self.lane.seconds_per_token(), self.workers
+        if w.replies < 3 or pace is None:
+            return False
+        a = self.accepted_total / max(1, self.accepted_total + self.rejections_total)
+        gain = sum(a ** i for i in range(have + 1, self.lookahead + 1))
+        wait = (self.lookahead - have) * pace
+        return gain > wait / (w.reply_s / w.replies)
+
     # -- public ---------------------------------------------------------------------------------
     def prefill(self, prompt: list[int], sampling: SamplingParams) -> None:
         """Bring every idle worker's cache to the prompt (its last token is the first root), the
         analogue of the target's prefill, so that decoding time measures decoding."""
         run = _Run(self, list(prompt), 0, sampling, frozenset(), None, 0)
         warming = []
-        for worker in [w for w in self.live if w not in self.assigned]:
-            job = Job(self.next_job_id, 0, list(prompt[:-1]), list(prompt[-1:]), None, seed=0)
-            self.next_job_id += 1
-            run._send(job, worker)
+        for worker in self.workers.free():
+            job = Job(self.workers.new_job_id(), 0, list(prompt[:-1]), list(prompt[-1:]), None,
+                      seed=0)
+            self.workers.send(job, worker, sampling, self.counters)
             warming.append(job)
-        while any(self.assigned.get(job.worker) is job for job in warming):
-            run._handle_events(block=True)
+        while any(self.workers.assigned.get(job.worker) is job for job in warming):
+            run.handle_events(block=True)
         self.counters = DsiCounters(failures=self.counters.failures)
 
     def generate(self, prompt: list[int], max_tokens: int, sampling: SamplingParams,
@@ -177,24 +289,26 @@ class Orchestrator:
         run = _Run(self, list(prompt), max_tokens, sampling, frozenset(eos_token_ids),
                    context_length, seed)
         self._settle_drafter(run)
-        self.drafting.begin(list(prompt))
+        self.lane.drafting.begin(list(prompt))
         try:
             yield from run.loop()
         finally:
             self._settle_drafter(run)
-            self.drafting.end()
+            self.lane.drafting.end()
 
     def _settle_drafter(self, run: "_Run") -> None:
         """Wait for a drafting step still running from an earlier request (its result is stale)."""
-        while self.drafter_busy:
-            run._handle_events(block=True)
+        while self.lane.busy:
+            run.handle_events(block=True)
 
 
 class _Run:
-    """One request: the committed text, the speculation after it and the jobs verifying it."""
+    """One request: the committed text, the speculation after it and the jobs verifying it. It
+    reads the orchestrator's settings and acts on its workers and drafter lane through their
+    methods; the request's own state is here."""
 
     def __init__(self, orch: Orchestrator, prompt, max_tokens, sampling, eos, context_length, seed):
-        self.o = orch
+        self.orch, self.workers, self.lane, self.counters = orch, orch.workers, orch.lane, orch.counters
         self.committed = prompt
         self.limit, self.limit_reason = max_tokens, "length"
         if context_length and context_length - len(prompt) < max_tokens:
@@ -208,7 +322,7 @@ class _Run:
         self.jobs: list[Job] = []             # in order of `first`; front = oldest
         self.stalled = False                  # the drafter proposed fewer tokens than asked
         self.restart_from: Optional[list[int]] = None  # the drafter must start over from these
-        orch.version += 1
+        self.lane.version += 1
         self.out: list[Commit] = []
         self.finish: Optional[str] = None
 
@@ -219,9 +333,9 @@ class _Run:
             return
         while self.finish is None:
             self._dispatch()
-            if not self.o.drafter_busy and self._wants_drafts():
+            if not self.lane.busy and self._wants_drafts():
                 self._start_draft()
-            self._handle_events(block=True)
+            self.handle_events(block=True)
             yield from self._flush()
         yield from self._flush()
 
@@ -244,61 +358,52 @@ class _Run:
     def _wants_drafts(self) -> bool:
         if self.stalled or self._room() <= 0:
             return False
-        depth_cap = (self.o.lookahead + 1) * (len(self.o.live) + 1)
+        depth_cap = (self.orch.lookahead + 1) * (len(self.workers.live) + 1)
         return len(self.spec) < depth_cap
 
     def _start_draft(self) -> None:
-        needed = self.o.lookahead - (len(self.spec) - self._next_first())
-        m = max(1, min(needed, self.o.draft_chunk, self._room()))
+        needed = self.orch.lookahead - (len(self.spec) - self._next_first())
+        m = max(1, min(needed, self.orch.draft_chunk, self._room()))
         self.key, draft_key = mx.random.split(self.key)
         ctx = StepContext(tokens=self.committed + self.spec, max_drafts=m, sampling=self.sampling,
                           key=draft_key)
-        self.o.drafter_busy = True
-        self.o.draft_started = self.o.clock()
         restart, self.restart_from = self.restart_from, None
-        self.o.drafting.start(self.o.version, ctx, restart)
+        self.lane.start(ctx, restart)
 
     def _drafted(self, event: Drafted) -> None:
-        self.o.drafter_busy = False
-        self.o.counters.draft_s += event.seconds
-        if event.tokens:
-            self.o.drafted_total += len(event.tokens)
-            self.o.drafting_s += self.o.clock() - self.o.draft_started
-        if event.version != self.o.version:
+        if not self.lane.finished(event, self.counters):
             return  # drafted after speculation that a rejection has since discarded
         self.spec.extend(event.tokens)
         self.spec_probs.extend(event.probs)
-        self.o.counters.drafted += len(event.tokens)
+        self.counters.drafted += len(event.tokens)
         if len(event.tokens) < event.asked:
             self.stalled = True
 
     # -- dispatching ----------------------------------------------------------------------------
-    def _free_workers(self) -> list[int]:
-        return [w for w in self.o.live if w not in self.o.assigned]
-
     def _dispatch(self) -> None:
-        free = self._free_workers()
+        free = self.workers.free()
         for job in self.jobs:  # re-issue jobs whose worker failed, oldest first
             if job.worker is None and free:
-                self._send(job, free.pop(0))
+                self.workers.send(job, free.pop(0), self.sampling, self.counters)
         while free:
             job = self._make_job()
             if job is None:
                 return
             self.jobs.append(job)
-            self._send(job, free.pop(0))
+            self.workers.send(job, free.pop(0), self.sampling, self.counters)
 
     def _make_job(self) -> Optional[Job]:
         first = self._next_first()
         available = len(self.spec) - first
         if available < 0:
             return None  # the root itself is not drafted yet
-        if available < self.o.lookahead and not self.stalled and self._room() > 0:
+        lookahead = self.orch.lookahead
+        if available < lookahead and not self.stalled and self._room() > 0:
             # a short job leaves only when nothing is in flight (the target must not idle), and
             # not when the missing drafts are worth their wait (see worth_waiting)
-            if self.jobs or self.o.worth_waiting(available):
+            if self.jobs or self.orch.worth_waiting(available):
                 return None
-        n = min(available, self.o.lookahead)
+        n = min(available, lookahead)
         root = self.committed[-1] if first == 0 else self.spec[first - 1]
         context = self.committed[:-1] if first == 0 else self.committed + self.spec[:first - 1]
         chain = [root] + self.spec[first:first + n]
@@ -306,51 +411,26 @@ class _Run:
         if not self.sampling.greedy and n and self.spec_probs[first] is not None:
             rows = self.spec_probs[first:first + n]
             probs = mx.stack([mx.zeros_like(rows[0]), *rows])
-        job = Job(self.o.next_job_id, first, context, chain, probs,
-                  seed=(self.seed * 1_000_003 + self.o.next_job_id) % (1 << 31))
-        self.o.next_job_id += 1
-        return job
-
-    def _send(self, job: Job, worker: int) -> None:
-        job.worker, job.sent_at, job.rerouted = worker, self.o.clock(), False
-        self.o.assigned[worker] = job
-        self.o.counters.jobs_sent += 1
-        self.o.pool.submit(worker, job, self.sampling)
+        job_id = self.workers.new_job_id()
+        return Job(job_id, first, context, chain, probs,
+                   seed=(self.seed * 1_000_003 + job_id) % (1 << 31))
 
     # -- events ---------------------------------------------------------------------------------
-    def _handle_events(self, block: bool) -> None:
-        timeout = self._deadline_in() if block else 0.0
+    def handle_events(self, block: bool) -> None:
+        timeout = self.workers.deadline_in(self.lane.busy) if block else 0.0
         t0 = time.perf_counter()
-        event = self.o.pool.wait(timeout)
-        self.o.counters.wait_s += time.perf_counter() - t0
+        event = self.workers.pool.wait(timeout)
+        self.counters.wait_s += time.perf_counter() - t0
         while event is not None:
             self._apply(event)
-            event = self.o.pool.wait(0.0)
-        self._expire_hung_workers()
+            event = self.workers.pool.wait(0.0)
+        for worker, _ in self.workers.late():
+            self._fail(worker, f"no reply within {self.workers.reply_deadline():.3g} s (hung)")
         self._resolve()
-
-    def _deadline_in(self) -> Optional[float]:
-        if not self.o.assigned:
-            return None if self.o.drafter_busy else 1.0  # (1.0: nothing in flight; never hang)
-        oldest = min(job.sent_at for job in self.o.assigned.values())
-        return max(0.0, oldest + self.o.reply_deadline() - self.o.clock())
-
-    def _expire_hung_workers(self) -> None:
-        now, deadline = self.o.clock(), self.o.reply_deadline()
-        # a worker reached through relays (transport.py) may only be stuck behind a hung relay:
-        # its job is first re-sent another way (pool.reroute) with a new deadline
-        reroute = getattr(self.o.pool, "reroute", None)
-        for worker, job in list(self.o.assigned.items()):
-            if now - job.sent_at <= deadline:
-                continue
-            if reroute is not None and not job.rerouted and reroute(worker):
-                job.rerouted, job.sent_at = True, now
-                continue
-            self._fail(worker, f"no reply within {deadline:.3g} s (hung)")
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, BaseException):  # the drafter failed
-            self.o.drafter_busy = False
+            self.lane.busy = False
             raise event
         if isinstance(event, Drafted):
             self._drafted(event)
@@ -358,44 +438,28 @@ class _Run:
         if isinstance(event, Failure):
             self._fail(event.worker, event.reason)
             return
-        job = self.o.assigned.get(event.worker)
-        if job is None or job.id != event.job_id:
+        job = self.workers.receive(event, self.counters)
+        if job is None:
             return  # a reply from a worker already declared failed
-        del self.o.assigned[event.worker]
-        elapsed = self.o.clock() - job.sent_at
-        self.o.counters.replies += 1
-        self.o.counters.reply_s += elapsed
-        self.o.replies += 1
-        self.o.reply_s += elapsed
         if any(j is job for j in self.jobs):
             job.result = (event.tokens, event.accepted)
         else:
-            self.o.counters.jobs_cancelled += 1
+            self.counters.jobs_cancelled += 1
 
     def _fail(self, worker: int, reason: str) -> None:
-        if worker not in self.o.live:
-            return
-        self.o.live.remove(worker)
-        self.o.pool.abandon(worker)
-        job = self.o.assigned.pop(worker, None)
+        job = self.workers.fail(worker, reason, self.counters)
         if job is not None and job.result is None:
             job.worker = None  # re-issued by _dispatch to a live worker
-        message = f"DSI worker {worker} failed ({reason}); its jobs go to the other workers"
-        self.o.counters.failures.append(message)
-        if self.o.on_failure is not None:
-            self.o.on_failure(worker, reason)
-        if not self.o.live:
-            raise MlxSpecError(f"every DSI worker failed; the last: {reason}")
 
     # -- committing -----------------------------------------------------------------------------
     def _resolve(self) -> None:
         while self.finish is None and self.jobs and self.jobs[0].result is not None:
             job = self.jobs.pop(0)
             tokens, accepted = job.result
-            self.o.counters.jobs_applied += 1
-            self.o.counters.accepted += accepted
-            self.o.accepted_total += accepted
-            self.o.rejections_total += accepted < job.n_drafts
+            self.counters.jobs_applied += 1
+            self.counters.accepted += accepted
+            self.orch.accepted_total += accepted
+            self.orch.rejections_total += accepted < job.n_drafts
             n = job.n_drafts
             if accepted < n:
                 new, restart = self.spec[:accepted] + [tokens[-1]], True
@@ -405,10 +469,10 @@ class _Run:
                 new, restart = self.spec[:n] + [tokens[-1]], True
             self._commit(new)
             if restart:
-                self.o.counters.jobs_cancelled += sum(1 for j in self.jobs if j.worker is not None)
+                self.counters.jobs_cancelled += sum(1 for j in self.jobs if j.worker is not None)
                 self.jobs.clear()
                 self.spec, self.spec_probs, self.stalled = [], [], False
-                self.o.version += 1
+                self.lane.version += 1
                 self.restart_from = list(self.committed)
             else:
                 del self.spec[:len(new)], self.spec_probs[:len(new)]

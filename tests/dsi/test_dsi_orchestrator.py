@@ -89,8 +89,8 @@ def test_stale_replies_from_a_finished_request_are_ignored():
 def test_reply_deadline_adapts_to_observed_reply_times():
     orch = Orchestrator(FakePool([0.0]), OracleDrafter(), job_timeout=120.0, min_job_timeout=2.0)
     assert orch.reply_deadline() == 120.0  # nothing seen yet: first jobs load and prefill
-    orch.replies, orch.reply_s = 10, 0.2     # 20 ms per reply
+    orch.workers.replies, orch.workers.reply_s = 10, 0.2     # 20 ms per reply
     assert orch.reply_deadline() == 2.0
-    orch.reply_s = 10 * 0.5                  # 0.5 s per reply
+    orch.workers.reply_s = 10 * 0.5                  # 0.5 s per reply
     assert orch.reply_deadline() == 25.0
     orch.pool.close()
