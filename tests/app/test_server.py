@@ -18,7 +18,7 @@ from support.random_models import make_model_folder
 CHATML = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
           "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
 PROMPT = "lily found the ball under a big green tree and smiled. lily found the ball"
-METHODS = ["ar", "pld", "lookahead", "draft", "adaedl"]
+METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "mlx-lm"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def served(model, folders):
 
 
 def options_for(method, folders):
-    return {"draft_model": str(folders["draft"])} if method in ("draft", "adaedl") else {}
+    return {"draft_model": str(folders["draft"])} if method in ("draft", "adaedl", "mlx-lm") else {}
 
 
 def post(port, path, body, raw=None):
@@ -257,3 +257,23 @@ def test_memory_stays_flat_over_200_requests(served):
         if i in (20, 200):
             rss[i] = memory.rss_mb()
     assert rss[200] <= 1.10 * rss[20]
+
+
+def test_redrafter_through_the_server_on_the_embedded_model():
+    """The method that needs a trained head (shipped for the embedded model) over HTTP."""
+    model = mlx_spec.load()
+    server = Server(model, Defaults(method="redrafter", max_tokens=24))
+    http = make_http_server(server, "127.0.0.1", 0)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        expected = mlx_spec.generate(model, "Once upon a time", method="redrafter", max_tokens=24,
+                                     raw=True)
+        status, data = post(http.server_address[1], "/v1/completions",
+                            {"prompt": "Once upon a time", "max_tokens": 24})
+        reply = json.loads(data)
+        assert status == 200 and reply["choices"][0]["text"] == expected.text
+        assert reply["usage"]["method"] == "redrafter" and reply["usage"]["mean_accepted"] > 1.5
+    finally:
+        http.shutdown()
+        http.server_close()
+        server.close()
