@@ -1,6 +1,7 @@
 """`mlxspec generate`: one prompt, streamed to the terminal or returned as JSON."""
 from __future__ import annotations
 
+import inspect
 import json
 from typing import List, Optional
 
@@ -13,8 +14,10 @@ DEFAULT_PROMPT = "Once upon a time, there was a little girl"
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate")
-    @user_errors
+    from mlx_spec.methods import cli_flags
+
+    flags = {f.flag.lstrip("-").replace("-", "_"): f for f in cli_flags()}  # each method's own
+
     def generate(
         model: ModelOption = None,
         method: MethodOption = "pld",
@@ -29,11 +32,9 @@ def register(app: typer.Typer) -> None:
         stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
         draft_model: DraftModelOption = None,
         num_draft_tokens: Optional[int] = typer.Option(None, "--num-draft-tokens", help="Draft length for chain methods."),
-        stop_rule: Optional[str] = typer.Option(None, "--stop-rule", help="adaedl: adaedl, max-confidence or static."),
-        lookahead_warmup: Optional[str] = typer.Option(None, "--lookahead-warmup", help="lookahead: past answers (text) or a saved trie."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="dsi: target worker processes to start."),
         opt: MethodOptionsOption = [],
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+        **method_flags,
     ):
         """Generate text from a prompt with a speculative method (lossless)."""
         import sys
@@ -49,7 +50,8 @@ def register(app: typer.Typer) -> None:
         if prompt == "-":
             prompt = sys.stdin.read()
         options = parse_method_options(opt)
-        named = {"draft_model": draft_model, "num_draft_tokens": num_draft_tokens, "stop_rule": stop_rule, "warmup": lookahead_warmup, "workers": workers}
+        named = {"draft_model": draft_model, "num_draft_tokens": num_draft_tokens}
+        named.update({flags[name].option: value for name, value in method_flags.items()})
         options.update({k: v for k, v in named.items() if v is not None})
         spec_model = mlx_spec.load(model)
         chunks = mlx_spec.stream_generate(spec_model, prompt, method=method, max_tokens=max_tokens,
@@ -70,3 +72,13 @@ def register(app: typer.Typer) -> None:
             stdout_write("\n")
         if stats is not None:
             print_stats_line(stats)
+
+    # the methods' own flags join the command's signature (typer reads options from it), before --opt
+    base = list(inspect.signature(generate, eval_str=True).parameters.values())[:-1]
+    own = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[f.kind],
+                             default=typer.Option(None, f.flag, help=f.help))
+           for name, f in flags.items()]
+    at = [p.name for p in base].index("opt")
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in base]
+    generate.__signature__ = inspect.Signature(params[:at] + own + params[at:])
+    app.command("generate")(user_errors(generate))

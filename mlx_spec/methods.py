@@ -8,7 +8,8 @@
 
 A drafting method (one file in drafters/ that calls `drafters.register`) is wrapped in the engine's
 Decoder. A method with a decoder of its own is one line in DECODERS (imported when first used,
-so that this module imports nothing from the layers that provide them).
+so that this module imports nothing from the layers that provide them). Methods bring their own
+`mlxspec generate` flags (drafters.register(flags=...), DECODER_FLAGS).
 """
 from __future__ import annotations
 
@@ -25,10 +26,18 @@ DECODERS = {  # name -> "module:factory(model, kv_bits=None, **options)"
     "dsi": "mlx_spec.dsi.decoder:make_dsi_decoder",
     "mlx-lm": "mlx_spec.bench.baselines.mlx_lm_speculative:make_decoder",
 }
+DECODER_FLAGS = {  # the command-line flags those methods bring to `mlxspec generate`
+    "dsi": [drafters.CliFlag("--workers", "workers", int, "dsi: target worker processes to start.")],
+}
 
 
 def available() -> list[str]:
     return sorted(set(drafters.available()) | set(DECODERS))
+
+
+def cli_flags() -> list:
+    """Every method's own flags for `mlxspec generate` (drafters.CliFlag), in method order."""
+    return drafters.cli_flags() + [f for name in sorted(DECODER_FLAGS) for f in DECODER_FLAGS[name]]
 
 
 def check_name(name: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import MlxSpecError
@@ -10,12 +11,28 @@ from .base import Drafter, StepContext
 _REGISTRY: dict[str, Callable[..., Drafter]] = {}
 
 
-def register(name: str):
+@dataclass(frozen=True)
+class CliFlag:
+    """A command-line flag of `mlxspec generate` that a method brings for one of its options."""
+    flag: str      # e.g. "--stop-rule"
+    option: str    # the factory's keyword, e.g. "stop_rule"
+    kind: type     # str, int, float
+    help: str
+
+
+def register(name: str, flags: tuple = ()):
+    """Register a drafter factory under `name`, with the CliFlags it offers `mlxspec generate`."""
     def decorate(factory):
         _REGISTRY[name] = factory
         factory.name = name
+        factory.cli_flags = tuple(flags)
         return factory
     return decorate
+
+
+def cli_flags() -> list[CliFlag]:
+    _load_builtin()
+    return [flag for name in sorted(_REGISTRY) for flag in _REGISTRY[name].cli_flags]
 
 
 def available() -> list[str]:
@@ -52,4 +69,5 @@ def _load_builtin() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-__all__ = ["Drafter", "StepContext", "register", "available", "check_name", "create"]
+__all__ = ["CliFlag", "Drafter", "StepContext", "register", "available", "check_name", "cli_flags",
+           "create"]

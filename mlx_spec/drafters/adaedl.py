@@ -28,12 +28,13 @@ from typing import Optional
 
 from ..sampling import SamplingParams
 from .stopping import StopRule, make_rule
-from . import register
+from . import CliFlag, register
 from .draft_model import DraftModelDrafter
 from .shared import shared
 
 
-@register("adaedl")
+@register("adaedl", flags=[CliFlag("--stop-rule", "stop_rule", str,
+                                          "adaedl: adaedl, max-confidence or static.")])
 class AdaEDLDrafter(DraftModelDrafter):
     def __init__(self, model, draft_model: Optional[str] = None, num_draft_tokens: int = 8,
                  stop_rule: str = "adaedl", lam: float = 0.3, gamma: float = 0.2,

@@ -30,7 +30,7 @@ from typing import Optional
 from ..errors import MlxSpecError
 from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
-from . import register
+from . import CliFlag, register
 from .base import Drafter, StepContext
 from .shared import shared
 
@@ -76,7 +76,8 @@ class BudgetChooser:
             self.cost[d] += self.rate * (self.cost_of(min(d, retrieved)) - self.cost[d])
 
 
-@register("lookahead")
+@register("lookahead", flags=[CliFlag("--lookahead-warmup", "warmup", str,
+                                             "lookahead: past answers (text) or a saved trie.")])
 class Lookahead(Drafter):
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
