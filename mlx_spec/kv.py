@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import mlx.core as mx
-from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import (ArraysCache, CacheList, ChunkedKVCache, KVCache,
                                  QuantizedKVCache, RotatingKVCache, _BaseCache,
                                  create_attention_mask, make_prompt_cache)

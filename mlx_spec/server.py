@@ -355,15 +355,12 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        last = None
         try:
             if request.chat:
                 self._event(request, rid, {"role": "assistant", "content": ""}, None)
             for chunk in ([first] if first is not None else []):
-                last = chunk
                 self._event(request, rid, chunk.text, None)
             for chunk in chunks:
-                last = chunk
                 self._event(request, rid, chunk.text, None)
             result = generation.wait()
             self._event(request, rid, "", _finish(result.finish_reason))
