@@ -40,16 +40,26 @@ def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
             return _accept_sampled_chain(tree, logits, params, key)
         return _accept_sampled_tree(tree, logits, params, key)
     if params.greedy or seed is None or root_position is None:
-        return _accept_by_walking(tree, choose(logits, params, key).tolist())
+        return _accept_by_walking(tree, choose(logits, params, key).tolist().__getitem__)
     positions = [root_position + depth + 1 for depth in tree.depths]
-    return _accept_by_walking(tree, choose_at_positions(logits, params, seed, positions).tolist())
+    if tree.is_chain:  # every row may be on the path: draw them all at once
+        return _accept_by_walking(
+            tree, choose_at_positions(logits, params, seed, positions).tolist().__getitem__)
+
+    def draw(node: int) -> int:
+        """A branching tree's path is a few of its rows: only the rows the walk visits become
+        probabilities (MLX's exp over a vocabulary row dominates on a CPU), each the same draw
+        that choose_at_positions makes for the whole tree."""
+        return choose_at_positions(logits[node:node + 1], params, seed, [positions[node]]).item()
+    return _accept_by_walking(tree, draw)
 
 
-def _accept_by_walking(tree: Tree, target_tokens: list[int]) -> Acceptance:
+def _accept_by_walking(tree: Tree, target_token) -> Acceptance:
+    """target_token(node): the target's own token after `node`."""
     children = tree.children()
     node, path, tokens = 0, [0], []
     while True:
-        wanted = target_tokens[node]
+        wanted = target_token(node)
         match = next((c for c in children[node] if tree.tokens[c] == wanted), None)
         tokens.append(wanted)
         if match is None:
