@@ -19,6 +19,11 @@ DraftModelOption = Annotated[Optional[str], typer.Option(
     "--draft-model", help="Draft model for draft/adaedl/dsi.")]
 MethodOptionsOption = Annotated[List[str], typer.Option(
     "--opt", "-o", help="Method option KEY=VALUE (repeatable).")]
+TopPOption = Annotated[float, typer.Option("--top-p")]
+TopKOption = Annotated[int, typer.Option("--top-k")]
+MinPOption = Annotated[float, typer.Option("--min-p")]
+NumDraftTokensOption = Annotated[Optional[int], typer.Option(
+    "--num-draft-tokens", help="Draft length for chain methods.")]
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DraftModelOption, MethodOption, MethodOptionsOption, ModelOption, TempOption,
+from .common import (DraftModelOption, MethodOption, MethodOptionsOption, MinPOption, ModelOption,
+                     NumDraftTokensOption, TempOption, TopKOption, TopPOption,
                      parse_method_options, print_stats_line, stdout_write, user_errors)
 
 DEFAULT_PROMPT = "Once upon a time, there was a little girl"
@@ -24,14 +25,14 @@ def register(app: typer.Typer) -> None:
         prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
         max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
         temp: TempOption = 0.0,
-        top_p: float = typer.Option(1.0, "--top-p"),
-        top_k: int = typer.Option(0, "--top-k"),
-        min_p: float = typer.Option(0.0, "--min-p"),
+        top_p: TopPOption = 1.0,
+        top_k: TopKOption = 0,
+        min_p: MinPOption = 0.0,
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same output)."),
         raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
         stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
         draft_model: DraftModelOption = None,
-        num_draft_tokens: Optional[int] = typer.Option(None, "--num-draft-tokens", help="Draft length for chain methods."),
+        num_draft_tokens: NumDraftTokensOption = None,
         opt: MethodOptionsOption = [],
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
         **method_flags,

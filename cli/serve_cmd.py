@@ -5,8 +5,9 @@ from typing import Optional
 
 import typer
 
-from .common import (DraftModelOption, MethodOption, MethodOptionsOption, ModelOption, TempOption,
-                     err_console, parse_method_options, user_errors)
+from .common import (DraftModelOption, MethodOption, MethodOptionsOption, MinPOption, ModelOption,
+                     NumDraftTokensOption, TempOption, TopKOption, TopPOption, err_console,
+                     parse_method_options, user_errors)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,12 +20,12 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port)."),
         max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Default reply length."),
         temp: TempOption = 0.0,
-        top_p: float = typer.Option(1.0, "--top-p"),
-        top_k: int = typer.Option(0, "--top-k"),
-        min_p: float = typer.Option(0.0, "--min-p"),
+        top_p: TopPOption = 1.0,
+        top_k: TopKOption = 0,
+        min_p: MinPOption = 0.0,
         seed: Optional[int] = typer.Option(None, "--seed", help="Default seed of sampled requests."),
         draft_model: DraftModelOption = None,
-        num_draft_tokens: Optional[int] = typer.Option(None, "--num-draft-tokens", help="Draft length for chain methods."),
+        num_draft_tokens: NumDraftTokensOption = None,
         opt: MethodOptionsOption = [],
         queue_size: int = typer.Option(16, "--queue-size", help="Requests waiting at most; more get 429."),
     ):
