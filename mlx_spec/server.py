@@ -15,6 +15,7 @@ that method's options). `usage` carries the speculative figures beside the token
 """
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -235,6 +236,10 @@ _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "tru
                dict: "an object"}
 
 
+def _response_id(request: Request) -> str:
+    return ("chatcmpl-" if request.chat else "cmpl-") + uuid.uuid4().hex[:24]
+
+
 def _finish(reason: Optional[str]) -> Optional[str]:
     return {"stop": "stop", "length": "length", "context": "length",
             CANCELLED: "cancelled"}.get(reason, reason)
@@ -334,7 +339,7 @@ class Handler(BaseHTTPRequestHandler):
             result = generation.wait()
         except MlxSpecError as exc:
             raise ApiError(400, str(exc)) from None
-        rid = ("chatcmpl-" if request.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        rid = _response_id(request)
         reason = _finish(result.finish_reason)
         choice = ({"index": 0, "message": {"role": "assistant", "content": result.text},
                    "finish_reason": reason} if request.chat else
@@ -348,7 +353,7 @@ class Handler(BaseHTTPRequestHandler):
             first = next(chunks, None)
         except MlxSpecError as exc:
             raise ApiError(400, str(exc)) from None
-        rid = ("chatcmpl-" if request.chat else "cmpl-") + uuid.uuid4().hex[:24]
+        rid = _response_id(request)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -358,9 +363,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if request.chat:
                 self._event(request, rid, {"role": "assistant", "content": ""}, None)
-            for chunk in ([first] if first is not None else []):
-                self._event(request, rid, chunk.text, None)
-            for chunk in chunks:
+            for chunk in itertools.chain([first] if first is not None else [], chunks):
                 self._event(request, rid, chunk.text, None)
             result = generation.wait()
             self._event(request, rid, "", _finish(result.finish_reason))
