@@ -52,13 +52,14 @@ def cache_line(cache: dict) -> str:
 def render_table(title: str, methods: dict) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("method", "tok/s", "speedup", "acc/call", "calls", "= ar", "draft%", "verify%",
-                   "other%"):
+                   "other%", "verify ms", "model ms"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for name, m in methods.items():
         total = sum(m["time_split_s"].values()) or 1.0
         split = [f"{100 * m['time_split_s'][k] / total:.0f}" for k in ("draft", "verify", "other")]
         table.add_row(escape(name), _fmt(m["tokens_per_s"], 1), _fmt(m["speedup"]) + ("x" if m["speedup"] else ""),
-                      _fmt(m["mean_accepted"]), str(m["target_calls"]), _fmt(m["matches_ar"]), *split)
+                      _fmt(m["mean_accepted"]), str(m["target_calls"]), _fmt(m["matches_ar"]), *split,
+                      _fmt(m.get("verify_ms_per_call"), 1), _fmt(m.get("predicted_verify_ms_per_call"), 1))
     return table
 
 
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
     def bench(
         model: Optional[str] = typer.Option(None, "--model", "-m", help="mlx-lm folder or hub id (default: embedded)."),
         methods: Optional[str] = typer.Option(None, "--methods", help="Comma list; NAME[key=value,...] sets options. Default: all methods."),
-        prompts: Optional[str] = typer.Option(None, "--prompts", help="question.jsonl or text lines (default: built-in story prompts)."),
+        prompts: Optional[str] = typer.Option(None, "--prompts", help="question.jsonl or text lines, or `chat` for the built-in chat requests (default: built-in story prompts)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Use the first K prompts."),
         max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
         temp: float = typer.Option(0.0, "--temp"),
@@ -115,6 +116,7 @@ def register(app: typer.Typer) -> None:
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
         from mlx_spec import methods as registry
+        from mlx_spec.cost import CostModel, describe as describe_cost
         from mlx_spec.bench import (REFERENCE, MethodSpec, load_prompts, measure_rollback, run_bench,
                                     split_method_list)
         from mlx_spec.sampling import SamplingParams
@@ -159,6 +161,8 @@ def register(app: typer.Typer) -> None:
                       f"model {report['model']}[/]")
         console.print(f"[dim]{memory_line(report['memory'])}[/]")
         console.print(f"[dim]{cache_line(report['cache'])}[/]")
+        console.print(f"[dim]cost model (verify ms = measured per call, model ms = predicted for its "
+                      f"mean tokens per verify): {describe_cost(CostModel.from_dict(report['cost_model']))}[/]")
         if json_out:
             json_out.write_text(json.dumps(report, indent=2))
         if plot:

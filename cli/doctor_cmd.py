@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import platform
 import time
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from .common import user_errors
 
 
 def _gemm_gflops() -> float:
@@ -22,8 +26,13 @@ def _gemm_gflops() -> float:
 
 def register(app: typer.Typer) -> None:
     @app.command("doctor")
-    def doctor():
-        """Print the backend, the BLAS in use, versions and the default model."""
+    @user_errors
+    def doctor(
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Target whose verify cost to show (default: embedded)."),
+        remeasure: bool = typer.Option(False, "--remeasure", help="Measure the verify cost again instead of reading it from the cache."),
+    ):
+        """Print the backend, the BLAS in use, versions, the default models and the target's
+        measured verify cost (mlx_spec/cost.py)."""
         from importlib.metadata import PackageNotFoundError, version
 
         import mlx.core as mx
@@ -58,6 +67,13 @@ def register(app: typer.Typer) -> None:
             path = shipped_model(name)
             rows.append((f"model {name}", str(path) if path else "missing (not built yet)"))
         rows.append(("methods", ", ".join(methods.available())))
+        if model is not None or shipped_model(DEFAULT_TARGET):
+            from mlx_spec.cost import cost_model, describe
+
+            spec_model = mlx_spec.load(model)
+            measured = cost_model(spec_model, refresh=remeasure)
+            rows.append((f"verify cost ({Path(spec_model.path).name})",
+                         describe(measured) + " (relative to a 1-token step; --remeasure on a quiet machine)"))
         for key, value in rows:
             table.add_row(f"[bold]{key}[/]", value)
         Console().print(table)

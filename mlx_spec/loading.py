@@ -6,6 +6,7 @@ the CPU backend (16-bit matmuls on the CPU do not use BLAS and are several times
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -27,6 +28,50 @@ def shipped_models_dir() -> Path:
 def shipped_model(name: str) -> Optional[Path]:
     path = shipped_models_dir() / name
     return path if (path / "config.json").exists() else None
+
+
+# the target's shape as its config states it: a head or draft model made for one model fits every
+# copy of it (fp16, 8-bit), and the same shape with another vocabulary or depth never matches
+SIGNATURE_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers",
+                    "intermediate_size", "num_attention_heads", "num_key_value_heads")
+COMPANION_FILE = "target.json"  # in a shipped head / draft folder: {"role", "target", "signature"}
+
+
+def target_signature(config: dict) -> str:
+    text = json.dumps({k: config.get(k) for k in SIGNATURE_FIELDS}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(model_path: str) -> str:
+    """Identifies a model folder's weights without reading all of them (names, sizes and the first
+    MiB of each weights file and config.json)."""
+    digest = hashlib.sha1()
+    folder = Path(model_path)
+    for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+        if file.exists():
+            digest.update(file.name.encode())
+            digest.update(str(file.stat().st_size).encode())
+            with open(file, "rb") as handle:
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+def write_companion(folder: Path, role: str, target_name: str, config: dict) -> None:
+    """Mark `folder` as made for the target with `config` (found by shipped_companion)."""
+    record = {"role": role, "target": target_name, "signature": target_signature(config)}
+    (Path(folder) / COMPANION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def shipped_companion(config: dict, role: str) -> Optional[Path]:
+    """The shipped folder of `role` ("redrafter-head", "draft-model") made for this target."""
+    signature = target_signature(config)
+    for folder in sorted(shipped_models_dir().iterdir()):
+        marker = folder / COMPANION_FILE
+        if marker.exists():
+            record = json.loads(marker.read_text())
+            if record.get("role") == role and record.get("signature") == signature:
+                return folder
+    return None
 
 
 def resolve(path_or_id: Optional[str]) -> str:

@@ -1,9 +1,14 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import mlx_spec  # (loads the optimized BLAS before mlx)
 from support.random_models import ARCHITECTURES, make_model_folder
+
+# measured verify costs (mlx_spec/cost.py) of the tests' throwaway models stay out of ~/.cache
+os.environ.setdefault("MLX_SPEC_CACHE", tempfile.mkdtemp(prefix="mlx-spec-test-cache-"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

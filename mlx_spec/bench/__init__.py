@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import memory
+from ..cost import CostModel, cost_model
 from ..errors import MlxSpecError
 from ..stats import GenerationStats
 
@@ -69,10 +70,14 @@ def split_method_list(text: str) -> list[str]:
 
 def load_prompts(path: Optional[str]) -> list[dict]:
     """FastChat / Spec-Bench question.jsonl ({"question_id","category","turns"}: the first turn is
-    used) or plain text, one prompt per line; None gives the built-in story prompts."""
+    used) or plain text, one prompt per line; None gives the built-in story prompts and "chat" the
+    built-in chat requests."""
     if path is None:
         from .prompts import builtin_prompts
         return builtin_prompts()
+    if path == "chat" and not Path(path).exists():
+        from .prompts import chat_prompts
+        return chat_prompts()
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -122,8 +127,18 @@ def _aggregate(runs: list[Run]) -> dict:
         "acceptance_rate": (sum(r.stats.accepted_drafts for r in runs)
                             / max(1, sum(r.stats.drafted_tokens for r in runs))),
         "replayed_tokens": sum(r.stats.replayed_tokens for r in runs),
+        "drafted_tokens": sum(r.stats.drafted_tokens for r in runs),
         "accepted_length_histogram": _histogram(per_call),
     }
+
+
+def add_verify_prediction(methods: dict, cost: CostModel) -> None:
+    """Per method: the measured verify time per target call beside the cost model's prediction
+    for a forward of its mean verified tokens (root + drafts), both in ms."""
+    for m in methods.values():
+        calls = max(1, m["target_calls"])
+        m["verify_ms_per_call"] = 1000 * m["time_split_s"]["verify"] / calls
+        m["predicted_verify_ms_per_call"] = 1000 * cost.step_seconds(1 + m["drafted_tokens"] / calls)
 
 
 def _histogram(values: list[int]) -> dict:
@@ -276,7 +291,11 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
                 progress(f"{prompt['id']} {spec.label}")
         memory.after_prompt()
     methods, by_category = summarize(runs, greedy=temperature == 0)
+    cost = cost_model(model)
+    for table in (methods, *by_category.values()):
+        add_verify_prediction(table, cost)
     return {"methods": methods, "by_category": by_category, "memory": memory.report(),
+            "cost_model": cost.to_dict(),
             "machine": machine_info(),
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
                                               "seed": seed, "prompts": len(prompts),

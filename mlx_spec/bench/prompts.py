@@ -32,6 +32,52 @@ PASSAGES = [
 ]
 
 
+# Requests a chat model's user sends, two per category, written for this project (topics and
+# passages differ from the generated requests the shipped chat heads were distilled on:
+# mlx_spec/train/instructions.py). `mlxspec bench --prompts chat` uses them with the chat template.
+CHAT_PROMPTS = [
+    ("writing", "Write a short poem about a lighthouse keeper who waits for a ship."),
+    ("writing", "Write a friendly email inviting my neighbours to a garden barbecue on Saturday."),
+    ("explanation", "Why do leaves change colour in autumn? Explain it simply."),
+    ("explanation", "What is the difference between weather and climate?"),
+    ("coding", "Write a Python function that returns the second largest number in a list."),
+    ("coding", "Write a JavaScript function that capitalises the first letter of every word."),
+    ("math", "A rectangle has a perimeter of 36 cm and a width of 7 cm. What is its length?"),
+    ("math", "If I save 45 dollars every week, how much will I have after 18 weeks?"),
+    ("rewriting", "Rewrite this to sound more professional: \"yo, cant make the call today, "
+                  "something came up, lets do tmrw\""),
+    ("rewriting", "Make this sentence shorter and clearer: \"In the event that it happens to "
+                  "rain on the day of the picnic, we will be moving everything indoors.\""),
+    ("summarise", "Summarise in one sentence: The city library will extend its opening hours "
+                  "from next month. On weekdays it will stay open until 9 pm, and on Sundays it "
+                  "will open at noon. The change follows a survey in which most readers asked for "
+                  "evening access. Two new staff members have been hired to cover the extra hours."),
+    ("summarise", "Give a two-sentence summary: Marco started a bicycle repair workshop in his "
+                  "garage in 2019. Neighbours brought their bikes, and soon he had a waiting list. "
+                  "In 2022 he rented a small shop near the station and hired his cousin Elena. "
+                  "Today the shop also teaches children how to fix a flat tyre."),
+    ("extraction", "List the names, dates and amounts in this text: On 3 April, Priya Natarajan "
+                   "paid 1,250 euros for the hall rental, and on 9 April Daniel Okafor paid 340 "
+                   "euros for the catering. The event took place on 15 April."),
+    ("extraction", "From this message, give me the meeting time, the place and who is coming: "
+                   "\"Hi all, the planning meeting is moved to Wednesday at 2:30 pm in room B12. "
+                   "Jonas, Mei and Carla will join; Peter is away.\""),
+    ("transform", "Translate into French: \"The bakery on the corner opens at seven every morning.\""),
+    ("transform", "Turn this into a numbered list of steps: first boil the water, then add the "
+                  "pasta, cook it for ten minutes, drain it and finally mix in the sauce."),
+]
+
+
+def chat_prompts() -> list[dict]:
+    """[{"id", "category", "prompt"}] of CHAT_PROMPTS."""
+    counts: dict = {}
+    prompts = []
+    for category, text in CHAT_PROMPTS:
+        counts[category] = counts.get(category, -1) + 1
+        prompts.append({"id": f"{category}-{counts[category]}", "category": category, "prompt": text})
+    return prompts
+
+
 def passage_prompt(passage: str) -> str:
     first_sentence = passage.split(". ")[0] + "."
     return f"{passage}\n\n{first_sentence}"

@@ -6,19 +6,45 @@ says yes for depths 1..m and no for depth m+1, nothing beyond). A draft of lengt
 1 + sum_{d<=L} h_1 h_2 ... h_d tokens per target call on average (the bonus token included), and
 costs, in units of a one-token target call,
 
-    1 + [L > 0] * (verify_overhead + verify_cost * nodes(L)) + draft_cost * L
+    verify(nodes(L)) + draft_cost * L
 
-where nodes(L) is the tree's size per depth times L (a beam tree is wider than a chain). Falling
+where nodes(L) is the tree's size per depth times L (a beam tree is wider than a chain) and
+verify(n) the cost of a target call verifying n drafts: measured on this machine for the loaded
+target (mlx_spec/cost.py), or the line 1 + [n > 0] (verify_overhead + verify_cost n) when a caller
+sets those constants or there is no model to measure. Falling
 acceptance (sampling at a high temperature, text the drafter does not know) shortens drafts, down to
 plain decoding where that is allowed; rising acceptance lengthens them again. Depths never drafted
 drift slowly back to an optimistic prior, so a longer draft is tried again after a bad stretch.
 
-The default costs are this project's 2-core CPU with the embedded target (docs/tuning.md); a GPU
-verifies extra rows almost for free, so pass smaller costs there.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
+from ..cost import cost_model
 from .shared import shared
+
+VerifyCost = Callable[[float], float]  # drafts verified (root excluded) -> cost in one-token steps
+
+
+def linear_verify_cost(verify_cost: float, verify_overhead: float) -> VerifyCost:
+    """A fixed step up for any draft at all (one-row matmuls are matrix-vector products, cheaper
+    per row), then a cost per draft."""
+    return lambda nodes: 1.0 + (verify_overhead + verify_cost * nodes if nodes else 0.0)
+
+
+def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Optional[float],
+                    default: tuple[float, float]) -> VerifyCost:
+    """Constants a caller set win; otherwise the loaded target's measured cost model; `default`
+    (per draft, overhead) only where there is no model to measure."""
+    if verify_cost is None and verify_overhead is None and model is not None:
+        measured = cost_model(model)
+        return lambda nodes: measured.relative(1 + nodes) if nodes else 1.0
+    per_draft = default[0] if verify_cost is None else verify_cost
+    overhead = default[1] if verify_overhead is None else verify_overhead
+    if min(per_draft, overhead) < 0:
+        raise ValueError("verify costs must be >= 0")
+    return linear_verify_cost(per_draft, overhead)
 
 PRIOR = 0.8  # assumed acceptance of a depth before anything is known about it
 DRIFT = 0.1  # how fast (relative to `rate`) unobserved depths return to the prior
@@ -26,11 +52,13 @@ DRIFT = 0.1  # how fast (relative to `rate`) unobserved depths return to the pri
 
 class DraftLengthChooser:
     def __init__(self, max_length: int, min_length: int = 0, verify_cost: float = 0.07,
-                 verify_overhead: float = 0.15, draft_cost: float = 0.0, rate: float = 0.15):
+                 verify_overhead: float = 0.15, draft_cost: float = 0.0, rate: float = 0.15,
+                 verify: Optional[VerifyCost] = None):
         if not 0 <= min_length <= max_length:
             raise ValueError("need 0 <= min_length <= max_length")
         self.max_length, self.min_length = max_length, min_length
-        self.verify_cost, self.verify_overhead, self.draft_cost = verify_cost, verify_overhead, draft_cost
+        self.verify = verify or linear_verify_cost(verify_cost, verify_overhead)
+        self.draft_cost = draft_cost
         self.rate = rate
         self.reset()
 
@@ -48,8 +76,7 @@ class DraftLengthChooser:
     def cost(self, length: int) -> float:
         if length == 0:
             return 1.0
-        nodes = self.nodes_per_depth * length
-        return 1.0 + self.verify_overhead + self.verify_cost * nodes + self.draft_cost * length
+        return self.verify(self.nodes_per_depth * length) + self.draft_cost * length
 
     def choose(self, limit: int | None = None) -> int:
         top = self.max_length if limit is None else max(min(limit, self.max_length), 0)

@@ -73,9 +73,19 @@ def check_vocabularies(target_tokenizer, draft_tokenizer, target_width: int, dra
                            "same model family")
 
 
+DRAFT_ROLE = "draft-model"  # shipped draft models are found by the target they were made for
+
+
 def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> DraftModel:
     """Load (once per target, shared by its decoders) and check the drafter for `model`."""
-    where = loading.resolve(path or loading.DEFAULT_DRAFT)
+    if path is None:
+        shipped = loading.shipped_companion(model.config, DRAFT_ROLE)
+        if shipped is None:
+            raise MlxSpecError("no shipped draft model fits this target; pass draft_model=PATH "
+                               "(a smaller model of the same family, or one distilled with "
+                               "`mlxspec train --teacher`)")
+        path = str(shipped)
+    where = loading.resolve(path)
     loaded = shared(model).draft_models
     if where not in loaded:
         module, tokenizer, _, where = loading.load_mlx_lm(where)

@@ -32,6 +32,7 @@ from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import CliFlag, register
 from .base import Drafter, StepContext
+from .draft_length import VerifyCost, linear_verify_cost, verify_cost_for
 from .shared import shared
 
 PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction of it (so a
@@ -42,15 +43,16 @@ class BudgetChooser:
     """Picks the number of draft nodes that maximises expected tokens per unit of verify cost,
     from running averages of what each budget would have produced."""
 
-    def __init__(self, max_budget: int, verify_cost: float, verify_overhead: float = 0.0,
-                 rate: float = 0.2):
+    def __init__(self, max_budget: int, verify_cost: float = 0.06, verify_overhead: float = 0.0,
+                 rate: float = 0.2, verify: Optional[VerifyCost] = None):
         grid = {0, max_budget}
         d = 1
         while d < max_budget:
             grid.update((d, d + d // 2))
             d *= 2
         self.budgets = sorted(b for b in grid if b <= max_budget)
-        self.verify_cost, self.verify_overhead, self.rate = verify_cost, verify_overhead, rate
+        self.verify = verify or linear_verify_cost(verify_cost, verify_overhead)
+        self.rate = rate
         self.reset()
 
     def reset(self) -> None:
@@ -59,10 +61,8 @@ class BudgetChooser:
         self.cost = {d: self.cost_of(d) for d in self.budgets}
 
     def cost_of(self, nodes: int) -> float:
-        """A verify call with `nodes` drafts, in units of a one-token call: a fixed step up for
-        any draft at all (one-row matmuls are matrix-vector products, cheaper per row), then a
-        cost per node."""
-        return 1.0 + (self.verify_overhead + self.verify_cost * nodes if nodes else 0.0)
+        """A verify call with `nodes` drafts, in units of a one-token call."""
+        return self.verify(nodes)
 
     def choose(self) -> int:
         return max(self.budgets, key=lambda d: (self.tokens[d] / self.cost[d], -d))
@@ -81,22 +81,22 @@ class BudgetChooser:
 class Lookahead(Drafter):
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
-                 decay: float = 0.9, adaptive: bool = True, verify_cost: float = 0.06,
-                 verify_overhead: float = 0.25,
+                 decay: float = 0.9, adaptive: bool = True, verify_cost: Optional[float] = None,
+                 verify_overhead: Optional[float] = None,
                  warmup: Optional[str] = None, save_trie: Optional[str] = None):
         if decoding_length < 1 or branch_length < 1 or match_length < 1:
             raise ValueError("need decoding_length, branch_length and match_length >= 1")
         if mode not in ("multi", "single"):
             raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
-        if node_budget < 1 or not 0.0 < decay <= 1.0 or min(verify_cost, verify_overhead) < 0:
-            raise ValueError("need node_budget >= 1, 0 < decay <= 1 and verify costs >= 0")
+        if node_budget < 1 or not 0.0 < decay <= 1.0:
+            raise ValueError("need node_budget >= 1 and 0 < decay <= 1")
         self.decoding_length, self.branch_length = decoding_length, branch_length
         self.match_length, self.mode = match_length, mode
         self.window = match_length + branch_length
         self.node_budget, self.decay_factor = node_budget, decay
         self.save_path = save_trie
-        self.chooser = (BudgetChooser(decoding_length, verify_cost, verify_overhead)
-                        if adaptive else None)
+        self.chooser = (BudgetChooser(decoding_length, verify=verify_cost_for(
+            model, verify_cost, verify_overhead, default=(0.06, 0.25))) if adaptive else None)
         state = shared(model)
         if state.output_trie is None:
             state.output_trie = NgramTrie()

@@ -13,7 +13,9 @@ so the next request starts from it.
 """
 from __future__ import annotations
 
-from .draft_length import DraftLengthChooser, shared_chooser
+from typing import Optional
+
+from .draft_length import DraftLengthChooser, shared_chooser, verify_cost_for
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
@@ -52,14 +54,17 @@ class NgramIndex:
 @register("pld")
 class PromptLookup(Drafter):
     def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1,
-                 adaptive: bool = True, verify_cost: float = 0.07, verify_overhead: float = 0.2):
+                 adaptive: bool = True, verify_cost: Optional[float] = None,
+                 verify_overhead: Optional[float] = None):
         if num_draft_tokens < 1 or not 1 <= ngram_min <= ngram_max:
             raise ValueError("need num_draft_tokens >= 1 and 1 <= ngram_min <= ngram_max")
         self.num_draft_tokens = num_draft_tokens
         self.index = NgramIndex(ngram_min, ngram_max)
         settings = ("pld", num_draft_tokens, verify_cost, verify_overhead)
         self.chooser = (shared_chooser(model, settings, lambda: DraftLengthChooser(
-            num_draft_tokens, 0, verify_cost, verify_overhead)) if adaptive else None)
+            num_draft_tokens, 0, verify=verify_cost_for(model, verify_cost, verify_overhead,
+                                                        default=(0.07, 0.2))))
+                        if adaptive else None)
         self._guesses: list[tuple[int, list[int]]] = []  # (where a lookup was made, its tokens)
 
     def begin(self, prompt_tokens: list[int]) -> None:

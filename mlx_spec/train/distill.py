@@ -199,36 +199,64 @@ def simulated_acceptance(head, embed, data: dict, width: int, length: int, posit
 EVAL_BEAMS = ((1, 4), (1, 5), (1, 6), (1, 7), (2, 5), (2, 6), (2, 7), (4, 5), (4, 6), (8, 6))
 
 
+def _contexts(target, text, cased, train: DataOptions, heldout: DataOptions):
+    """[(split, token lists, options)] and a name of the source for the data folders' keys."""
+    from .corpus import load_corpus
+    from .instructions import instruction_prompts
+
+    if text is not None:
+        corpus = load_corpus(text, cased)
+        source = f"{Path(text).name}:{Path(text).stat().st_size}"
+        return [("train", story_token_lists(target.tokenizer, corpus.train), train),
+                ("heldout", story_token_lists(target.tokenizer, corpus.heldout), heldout)], source
+    if not getattr(target.tokenizer, "chat_template", None):
+        raise MlxSpecError("distilling on chat requests needs a target with a chat template; "
+                           "pass --text for a plain language model")
+    requests = instruction_prompts(train.contexts, seed=train.seed)
+    seen = {r["prompt"] for r in requests}
+    others = [r for r in instruction_prompts(train.contexts + 4 * heldout.contexts,
+                                             seed=heldout.seed + 7919) if r["prompt"] not in seen]
+
+    def wrap(records):
+        return [list(target.tokenizer.apply_chat_template(
+            [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True))
+            for r in records]
+
+    return [("train", wrap(requests), train),
+            ("heldout", wrap(others[:heldout.contexts]), heldout)], "instructions-v1"
+
+
 @dataclass
 class DistillPaths:
     out: Path
     work_dir: Path
 
 
-def distill(target_path: str | None, text: Path, cased: Path | None, paths: DistillPaths,
+def distill(target_path: str | None, text: Path | None, cased: Path | None, paths: DistillPaths,
             data_options: DataOptions, heldout_options: DataOptions, head_options: HeadOptions,
             train_options: TrainOptions, eval_beams=EVAL_BEAMS,
             log=print) -> dict:
+    """Train a head on the target's continuations of `text`'s stories, or (text=None) on its
+    answers to the generated chat requests of train/instructions.py."""
     import mlx.core as mx
 
     from .. import load
     from ..drafters.redrafter import save_drafter
+    from ..drafters.redrafter.method import HEAD_ROLE
     from ..drafters.redrafter.target_io import token_embedding
-    from .corpus import load_corpus
+    from ..loading import write_companion
 
     started = time.perf_counter()
     target = load(target_path)
-    corpus = load_corpus(text, cased)
     eos = set(target.eos_token_ids)
-    source = f"{Path(text).name}:{Path(text).stat().st_size}"
+    splits, source = _contexts(target, text, cased, data_options, heldout_options)
     datasets, folder = {}, None
-    for split, stories, options in (("train", corpus.train, data_options),
-                                    ("heldout", corpus.heldout, heldout_options)):
+    for split, contexts, options in splits:
         where = data_folder(paths.work_dir, target.path, options, split, source)
         folder = folder or where  # the training data's folder names the training run
         t0 = time.perf_counter()
-        datasets[split] = generate_data(target.model, story_token_lists(target.tokenizer, stories),
-                                        where, options, eos, f"target continuations ({split})")
+        datasets[split] = generate_data(target.model, contexts, where, options, eos,
+                                        f"target continuations ({split})", whole=text is None)
         n = int(datasets[split]["lengths"].sum())
         log(f"{split}: {len(datasets[split]['tokens'])} sequences, {n:,} target tokens in "
             f"{where} ({time.perf_counter() - t0:.0f} s)")
@@ -252,7 +280,7 @@ def distill(target_path: str | None, text: Path, cased: Path | None, paths: Dist
         ", ".join(f"{k} {v}" for k, v in acceptance.items()))
     final = progress["accuracies"][-20:]
     report = {
-        "target": Path(target.path).name, "head": asdict(head_options),
+        "target": Path(target.path).name, "source": source, "head": asdict(head_options),
         "parameters": count_parameters(head),
         "data": {"train_sequences": int(len(datasets["train"]["tokens"])),
                  "train_tokens": int(datasets["train"]["lengths"].sum()),
@@ -267,5 +295,6 @@ def distill(target_path: str | None, text: Path, cased: Path | None, paths: Dist
         "note": "top1_per_step[k]: accuracy of the (k+1)-th draft token after the root",
     }
     save_drafter(head, paths.out, training=report)
+    write_companion(paths.out, HEAD_ROLE, Path(target.path).name, target.config)
     log(f"wrote {paths.out} in {math.ceil(time.perf_counter() - started)} s")
     return report

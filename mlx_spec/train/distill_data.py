@@ -1,8 +1,11 @@
 """Distillation data for a ReDrafter head: the target's own continuations of text contexts.
 
-Contexts are beginnings of stories (of several lengths, so later story positions are covered too);
-the target continues each for T tokens (greedy by default) in batches that share one KV cache, and
-the post-norm hidden state of every continuation position is kept. Shards are written as they are
+Contexts are beginnings of stories (of several lengths, so later story positions are covered too)
+or whole chat requests (the target's chat template around a request, so the continuation is the
+target's answer); the target continues each for T tokens in batches that share one KV cache (requests
+of different lengths are left-padded and masked), and the post-norm hidden state of every
+continuation position is kept. Shards alternate between the given temperatures (0 = greedy), so a
+head can learn the target's greedy and its sampled text. Shards are written as they are
 made, so an interrupted run resumes where it stopped; the folder is keyed by a hash of the target
 weights and the options, so a changed target or setting never reuses stale data.
 
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MlxSpecError
+from ..loading import weights_fingerprint
 
 DEFAULT_CONTEXT_LENGTHS = (8, 16, 24, 32, 48, 64, 96, 128, 160)
 
@@ -30,28 +34,15 @@ class DataOptions:
     continuation: int = 96         # T: target tokens per context
     batch: int = 64                # contexts per batched forward
     context_lengths: tuple = DEFAULT_CONTEXT_LENGTHS
-    temperature: float = 0.0       # 0 = the target's greedy continuations
+    temperatures: tuple = (0.0,)   # shard i samples at temperatures[i % n]; 0 = greedy
     seed: int = 0
-
-
-def target_fingerprint(model_path: str) -> str:
-    """Identifies the target's weights without reading all of them."""
-    digest = hashlib.sha1()
-    folder = Path(model_path)
-    for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
-        if file.exists():
-            digest.update(file.name.encode())
-            digest.update(str(file.stat().st_size).encode())
-            with open(file, "rb") as handle:
-                digest.update(handle.read(1 << 20))
-    return digest.hexdigest()[:16]
 
 
 def data_folder(work_dir: Path, model_path: str, options: DataOptions, split: str,
                 source: str) -> Path:
     # shard i does not depend on how many contexts are asked for: a larger run reuses the shards
     settings = {k: v for k, v in asdict(options).items() if k != "contexts"}
-    key = json.dumps({"target": target_fingerprint(model_path), "options": settings,
+    key = json.dumps({"target": weights_fingerprint(model_path), "options": settings,
                       "split": split, "source": source}, sort_keys=True, default=list)
     return Path(work_dir) / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
@@ -77,23 +68,53 @@ def choose_contexts(stories: list[list[int]], options: DataOptions) -> list[list
     return batches
 
 
-def continue_batch(model, contexts: list[list[int]], options: DataOptions, eos: set,
-                   key=None) -> dict:
-    """Continue equal-length contexts with the target; returns one shard's numpy arrays."""
+def prompt_batches(prompts: list[list[int]], options: DataOptions) -> list[list[list[int]]]:
+    """Whole requests in batches of similar length (little padding), deterministic in the seed."""
+    rng = np.random.default_rng(options.seed)
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))[:options.contexts]
+    batches = [[prompts[i] for i in order[s:s + options.batch]]
+               for s in range(0, len(order), options.batch)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _padded_cache(model, padding: list[int]):
+    """KV caches whose attention mask also hides each row's left padding. One rope offset serves
+    every row: rotary attention depends only on the distance between two positions, so shifting a
+    row's positions by its padding leaves its scores unchanged. (mlx-lm's BatchKVCache does this
+    with per-row offsets, measured ~50x slower here on the CPU.)"""
     import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.models.base import create_causal_mask
+    from mlx_lm.models.cache import KVCache
+
+    left = mx.array(padding)
+
+    class PaddedKV(KVCache):
+        def make_mask(self, n, return_array=False, window_size=None):
+            return create_causal_mask(n, self.offset, window_size=window_size, left_padding=left)
+
+    return [PaddedKV() for _ in model.layers]
+
+
+def continue_batch(model, contexts: list[list[int]], options: DataOptions, eos: set,
+                   key=None, temperature: float = 0.0) -> dict:
+    """Continue contexts (left-padded to one length) with the target; returns one shard's numpy
+    arrays."""
+    import mlx.core as mx
 
     from ..drafters.redrafter.target_io import hidden_and_logits
 
     def choose(logits):
         nonlocal key
-        if options.temperature <= 0:
+        if temperature <= 0:
             return mx.argmax(logits, axis=-1)
         key, sub = mx.random.split(key)
-        return mx.random.categorical(logits / options.temperature, key=sub)
+        return mx.random.categorical(logits / temperature, key=sub)
 
-    cache = make_prompt_cache(model)
-    hidden, logits = hidden_and_logits(model, mx.array(contexts), cache)
+    width = max(len(c) for c in contexts)
+    padding = [width - len(c) for c in contexts]
+    cache = _padded_cache(model, padding)
+    padded = [[0] * pad + list(c) for pad, c in zip(padding, contexts)]
+    hidden, logits = hidden_and_logits(model, mx.array(padded), cache, last_only=True)
     token = choose(logits[:, -1])
     tokens, states = [mx.array([c[-1] for c in contexts]), token], [hidden[:, -1]]
     for _ in range(options.continuation - 1):
@@ -117,8 +138,9 @@ def _lengths(tokens: np.ndarray, eos: set) -> np.ndarray:
 
 
 def generate_data(model, stories: list[list[int]], folder: Path, options: DataOptions, eos: set,
-                  description: str = "distillation data") -> dict:
-    """Make (or resume) every shard in `folder`; returns all shards concatenated."""
+                  description: str = "distillation data", whole: bool = False) -> dict:
+    """Make (or resume) every shard in `folder`; returns all shards concatenated. `stories` are
+    texts whose beginnings are the contexts, or (whole=True) the contexts themselves."""
     import mlx.core as mx
 
     from .progress import TrainingProgress
@@ -131,12 +153,13 @@ def generate_data(model, stories: list[list[int]], folder: Path, options: DataOp
         return load_shards(folder, count)
     if not stories:
         raise MlxSpecError("no text to take distillation contexts from")
-    batches = choose_contexts(stories, options)
+    batches = prompt_batches(stories, options) if whole else choose_contexts(stories, options)
     with TrainingProgress(description, count, start=count - len(missing)) as bar:
         for i in missing:
             shard, contexts = folder / f"shard-{i:05d}.npz", batches[i]
             key = mx.random.key(options.seed * 100003 + i)
-            arrays = continue_batch(model, contexts, options, eos, key)
+            temperature = options.temperatures[i % len(options.temperatures)]
+            arrays = continue_batch(model, contexts, options, eos, key, temperature)
             tmp = shard.with_name(shard.stem + ".tmp.npz")
             np.savez(tmp, **arrays)
             tmp.rename(shard)

@@ -82,3 +82,31 @@ def test_after_giving_up_drafting_is_tried_again():
         chooser.record(accepted=0, offered=0)
         steps += 1
     assert 1 < steps < 200
+
+
+def test_a_cost_model_where_drafts_are_dear_backs_off_and_climbs_back():
+    """Driven by a fake cost model (verify(n) in one-token steps) and planted acceptance: with
+    drafts that never hit, the chooser falls to depth 0; the unused depths drift back towards the
+    prior, so it probes again, and once probes hit it climbs back to long drafts."""
+    dear = DraftLengthChooser(max_length=8, verify=lambda n: 1.0 + 0.3 * n if n else 1.0)
+    for _ in range(30):
+        dear.record(accepted=0, offered=dear.choose() or 8)
+    assert dear.choose() == 0
+    probes = 0
+    for _ in range(200):
+        depth = dear.choose()
+        probes += depth > 0
+        dear.record(accepted=depth, offered=depth)  # from now on every drafted token is right
+    assert probes > 0 and dear.choose() == 8
+
+
+def test_the_same_acceptance_drafts_deeper_where_verifying_is_cheaper():
+    """Planted acceptance 0.7 per depth: a chip where extra rows are nearly free (GPU-like) drafts
+    deeper than one where each row costs a fifth of a step."""
+    def chooser(verify):
+        c = DraftLengthChooser(max_length=10, verify=verify)
+        c.hazard = [0.7] * 11
+        return c
+    cheap = chooser(lambda n: 1.0 + 0.01 * n if n else 1.0).choose()
+    dear = chooser(lambda n: 1.0 + 0.2 * n if n else 1.0).choose()
+    assert cheap > dear >= 1

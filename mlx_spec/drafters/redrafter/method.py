@@ -27,29 +27,30 @@ from typing import Optional
 import mlx.core as mx
 
 from ...errors import MlxSpecError
-from ...loading import compute_on_cpu, shipped_model
+from ...loading import compute_on_cpu, shipped_companion, shipped_model
 from ...tree import Tree
 from .. import register
 from ..base import Drafter, StepContext
-from ..draft_length import DraftLengthChooser
+from ..draft_length import DraftLengthChooser, verify_cost_for
 from ..shared import shared
 from .beam_search import beam_search, greedy_chain
 from .chain_sampling import sample_chains
 from .head import load_drafter
 from .target_io import token_embedding
 
-SHIPPED_HEAD = "tinystories-redrafter"
+HEAD_ROLE = "redrafter-head"  # shipped heads are found by the target they were made for
 # mx.async_eval runs in the calling thread on the CPU backend (measured: it returns only when the
 # work is done), so there it would only move drafting time into the engine's "other" bucket
 _EVAL_OVERLAPS = not compute_on_cpu()
 
 
-def _head_folder(head: Optional[str]) -> Path:
+def _head_folder(head: Optional[str], config: dict) -> Path:
+    """head=None: the shipped head whose target.json names this target's shape."""
     if head is None:
-        folder = shipped_model(SHIPPED_HEAD)
+        folder = shipped_companion(config, HEAD_ROLE)
         if folder is None:
-            raise MlxSpecError(f"the shipped ReDrafter head {SHIPPED_HEAD} is missing; pass "
-                               "head=PATH (train one with `mlxspec distill`)")
+            raise MlxSpecError("no shipped ReDrafter head fits this target; pass head=PATH (train "
+                               "one with `mlxspec distill --instructions` for a chat model)")
         return folder
     return shipped_model(head) or Path(head).expanduser()
 
@@ -57,7 +58,7 @@ def _head_folder(head: Optional[str]) -> Path:
 def _load_head(model, head: Optional[str]):
     """Load the head once per target (with its drafting tables); it is checked against the
     target's vocabulary and width."""
-    folder = _head_folder(head)
+    folder = _head_folder(head, model.config)
     heads, key = shared(model).heads, str(folder.resolve())
     if key not in heads:
         drafter = load_drafter(folder)
@@ -78,7 +79,8 @@ class ReDrafter(Drafter):
 
     def __init__(self, model, beam_width: int = 1, beam_length: int = 10, head: Optional[str] = None,
                  top_k: int = 50, min_prob: float = 0.0, sampled_drafts: bool = True,
-                 adaptive: Optional[bool] = None, verify_cost: float = 0.07, verify_overhead: float = 0.15,
+                 adaptive: Optional[bool] = None, verify_cost: Optional[float] = None,
+                 verify_overhead: Optional[float] = None,
                  draft_cost: float = 0.06, head_temperature: float = 2.0):
         if beam_width < 1 or beam_length < 2:
             raise ValueError("need beam_width >= 1 and beam_length >= 2")
@@ -92,8 +94,9 @@ class ReDrafter(Drafter):
         # adaptive=None: adapt the depth only when sampling (measured greedy on the default
         # models: the fixed beam_length was faster, as the head's misses there are short-lived)
         self.adaptive = adaptive
-        self.chooser = (DraftLengthChooser(beam_length - 1, 0, verify_cost, verify_overhead,
-                                           draft_cost) if adaptive is not False else None)
+        self.chooser = (DraftLengthChooser(beam_length - 1, 0, draft_cost=draft_cost, verify=(
+            verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15))))
+                        if adaptive is not False else None)
         self.head, self.tables = _load_head(model, head)
         self.embed = token_embedding(model.model)
         self._pending = None  # the drafts for the next root, still lazy (see _Drafts)

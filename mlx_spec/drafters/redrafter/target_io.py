@@ -26,9 +26,14 @@ def token_embedding(model):
     return _inner(model).embed_tokens
 
 
-def hidden_and_logits(model, tokens: mx.array, cache) -> tuple[mx.array, mx.array]:
-    """Post-norm hidden states [B, n, D] and logits [B, n, V] of a batched forward."""
+def hidden_and_logits(model, tokens: mx.array, cache, last_only: bool = False
+                      ) -> tuple[mx.array, mx.array]:
+    """Post-norm hidden states [B, n, D] and logits [B, n, V] of a batched forward (with
+    last_only, hidden [B, 1, D] and logits [B, 1, V] of the last position: a prompt's prefill
+    skips the vocabulary projection of every other position)."""
     hidden = _inner(model)(tokens, cache=cache)
+    if last_only:
+        hidden = hidden[:, -1:]
     head = getattr(model, "lm_head", None)
     logits = head(hidden) if head is not None else _inner(model).embed_tokens.as_linear(hidden)
     return hidden, logits

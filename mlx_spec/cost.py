@@ -1,0 +1,120 @@
+"""What one target forward costs on this machine, as a function of how many tokens it verifies.
+
+Speculation pays only where verifying n tokens at once costs less than n one-token steps, and how
+much less depends on the chip (a memory-bound GPU verifies 8 tokens almost for free; this 2-core
+CPU pays ~1.5x a one-token step), the BLAS, the model and its dtype. So it is measured, once per
+(weights, backend, BLAS, mlx version), kept on disk, and read by every draft-length chooser
+(drafters/draft_length.py, drafters/lookahead.py) in place of constants.
+
+Measured through the same Target.verify the engine uses: `context` tokens are cached, then a
+chain of each size in SIZES is verified `repeats` times after a warm-up (median kept), rewinding
+the cache after each. `relative(n)` is the interpolated time of an n-token verify over a one-token
+step; beyond the largest size it extrapolates the last segment.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+SIZES = (1, 2, 4, 8, 16, 32)
+CONTEXT = 128
+VERSION = 1  # bump when what is measured changes, so old files on disk are not read
+
+
+@dataclass(frozen=True)
+class CostModel:
+    sizes: tuple            # tokens per verify forward, ascending, starting at 1
+    seconds: tuple          # median seconds of one such forward
+    context: int            # tokens cached while measuring
+
+    def step_seconds(self, tokens: float) -> float:
+        sizes, seconds = self.sizes, self.seconds
+        if tokens <= sizes[-1] or len(sizes) == 1:
+            return float(np.interp(tokens, sizes, seconds))
+        slope = (seconds[-1] - seconds[-2]) / (sizes[-1] - sizes[-2])
+        return float(seconds[-1] + slope * (tokens - sizes[-1]))
+
+    def relative(self, tokens: float) -> float:
+        """Cost of verifying `tokens` tokens in units of a one-token step."""
+        return self.step_seconds(tokens) / self.seconds[0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CostModel":
+        return cls(tuple(data["sizes"]), tuple(data["seconds"]), int(data["context"]))
+
+
+def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3) -> CostModel:
+    """Time the target's verify forward for each chain size (see the module docstring)."""
+    import mlx.core as mx
+
+    from .target import Target
+    from .tree import Tree
+
+    target = Target(module)
+    vocab = 32  # ids every vocabulary has
+    prompt = [(7 * i + 3) % vocab for i in range(context)]
+    target.prefill(prompt)
+    seconds = []
+    for n in sizes:
+        chain = [(11 * j + 5) % vocab for j in range(n)]
+        times = []
+        for _ in range(repeats + 1):
+            if target.kv.pending:
+                target.prefill([])  # recurrent layers replay after a rewind (kv.py): not timed
+            start = time.perf_counter()
+            out = target.verify(Tree.from_chain(chain[0], chain[1:]))
+            mx.eval(out.logits)
+            times.append(time.perf_counter() - start)
+            target.kv.rewind(context)
+        seconds.append(float(np.median(times[1:])))
+    target.reset()
+    return CostModel(tuple(sizes), tuple(seconds), context)
+
+
+def _cache_file(model) -> Path:
+    import mlx.core as mx
+
+    from . import blas
+    from .loading import weights_fingerprint
+
+    key = json.dumps([VERSION, weights_fingerprint(model.path), mx.__version__,
+                      str(mx.default_device()), blas.describe()])
+    root = Path(os.environ.get("MLX_SPEC_CACHE", "~/.cache/mlx-spec")).expanduser()
+    return root / "cost" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
+def cost_model(model, refresh: bool = False) -> CostModel:
+    """The cost model of a loaded SpecModel: from disk when this machine measured it before,
+    else measured now (about 20 forwards) and saved."""
+    file = _cache_file(model)
+    if file.exists() and not refresh:
+        try:
+            return CostModel.from_dict(json.loads(file.read_text()))
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged file is measured again
+    measured = measure(model.model)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(measured.to_dict()))
+        tmp.replace(file)
+    except OSError:
+        pass  # a read-only cache only costs a measurement per process
+    return measured
+
+
+def describe(cost: CostModel, sizes=(2, 4, 8, 16)) -> str:
+    """One line: the one-token step time and the relative cost of larger verifies."""
+    parts = ", ".join(f"{n}: {cost.relative(n):.2f}x" for n in sizes)
+    return f"1 token {cost.seconds[0] * 1000:.1f} ms; {parts}"
+

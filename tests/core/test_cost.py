@@ -1,0 +1,57 @@
+"""The measured verify cost (mlx_spec/cost.py): its interpolation, its measurement through the
+engine's Target on a real forward, the disk cache, and which cost a drafter's chooser reads."""
+import json
+
+import pytest
+
+import mlx_spec
+from mlx_spec.cost import SIZES, CostModel, cost_model, measure
+from mlx_spec.drafters.draft_length import verify_cost_for
+from support.random_models import make_model_folder
+
+
+def test_relative_cost_interpolates_and_extrapolates():
+    cost = CostModel(sizes=(1, 2, 4), seconds=(0.010, 0.012, 0.020), context=16)
+    assert cost.relative(1) == 1.0
+    assert cost.relative(3) == pytest.approx(1.6)
+    assert cost.relative(6) == pytest.approx(2.8)  # the last segment's slope, continued
+    assert CostModel.from_dict(json.loads(json.dumps(cost.to_dict()))) == cost
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cost") / "llama"
+    make_model_folder(folder, "llama")
+    return mlx_spec.load(str(folder))
+
+
+def test_measure_times_every_size_and_leaves_the_model_usable(tiny):
+    cost = measure(tiny.model, context=24, sizes=(1, 4, 16), repeats=1)
+    assert cost.sizes == (1, 4, 16) and all(s > 0 for s in cost.seconds)
+    # the model still decodes exactly after being measured (nothing left in its cache or shims)
+    plain = mlx_spec.generate(tiny, "hello", max_tokens=8, method="ar", raw=True)
+    assert plain.token_ids == mlx_spec.generate(tiny, "hello", max_tokens=8, method="pld",
+                                                raw=True).token_ids
+
+
+def test_cost_is_cached_on_disk_per_model(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_SPEC_CACHE", str(tmp_path))
+    first = cost_model(tiny)
+    files = list((tmp_path / "cost").glob("*.json"))
+    assert len(files) == 1 and first.sizes == SIZES
+    planted = CostModel(SIZES, tuple(0.001 * (i + 1) for i in range(len(SIZES))), 128)
+    files[0].write_text(json.dumps(planted.to_dict()))
+    assert cost_model(tiny) == planted  # read back, not measured again
+    files[0].write_text("{broken")
+    assert cost_model(tiny).sizes == SIZES  # a damaged file is measured again
+
+
+def test_chooser_reads_the_measured_cost_unless_constants_are_set(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_SPEC_CACHE", str(tmp_path))
+    planted = CostModel((1, 2, 8), (0.01, 0.02, 0.08), 128)
+    monkeypatch.setattr("mlx_spec.drafters.draft_length.cost_model", lambda model: planted)
+    measured = verify_cost_for(tiny, None, None, default=(0.07, 0.2))
+    assert measured(0) == 1.0 and measured(1) == pytest.approx(2.0) and measured(7) == pytest.approx(8.0)
+    fixed = verify_cost_for(tiny, 0.1, None, default=(0.07, 0.2))
+    assert fixed(4) == pytest.approx(1.0 + 0.2 + 0.4)
+    assert verify_cost_for(None, None, None, default=(0.07, 0.2))(1) == pytest.approx(1.27)
