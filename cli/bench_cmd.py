@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
         from mlx_spec import methods as registry
-        from mlx_spec.cost import CostModel, describe as describe_cost
+        from mlx_spec.cost import CostModel, cost_model, describe as describe_cost
         from mlx_spec.bench import (REFERENCE, MethodSpec, load_prompts, measure_rollback, run_bench,
                                     split_method_list)
         from mlx_spec.sampling import SamplingParams
@@ -148,7 +148,8 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task("bench", total=len(prompt_list) * len(specs))
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, _run_one,
                                warmup_tokens=warmup_tokens,
-                               progress=lambda label: bar.update(task, advance=1, description=label))
+                               progress=lambda label: bar.update(task, advance=1, description=label),
+                               cost=cost_model(spec_model))
         report["cache"] = measure_rollback(
             spec_model, mlx_spec.api.encode_prompt(spec_model, prompt_list[0]["prompt"]))
         console = Console(width=None if Console().is_terminal else 120)

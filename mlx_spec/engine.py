@@ -3,7 +3,8 @@
     propose (drafter) -> verify (target, one forward) -> accept -> commit KV -> observe -> stream
 
 A Decoder is one conversation: it keeps the target's KV cache between requests and reuses the
-longest cached prefix of the next prompt, so a chat turn only prefills what is new.
+longest cached prefix of the next prompt, so a chat turn only prefills what is new. Its BackOff
+turns drafting off where the method measured slower than plain decoding, and probes again.
 """
 from __future__ import annotations
 
@@ -45,11 +46,67 @@ def check_request(prompt_tokens: Sequence[int], limits: Limits) -> None:
                            f"is {limits.context_length}")
 
 
+class BackOff:
+    """Never slower than plain decoding: every WINDOW speculative steps, their tokens per second are
+    compared with plain decoding's (one token per step of `plain_s`: measured on plain steps, or
+    before any, the prior one-token forward of the target's cost model (cost.py) plus this run's
+    per-step overhead). Where speculation lost by more than MARGIN, the next `hold` steps draft
+    nothing (doubling after each lost probe, up to MAX_HOLD; back to FIRST_HOLD after a win); where
+    the prior alone cannot tell (gain within CLEAR of 1), PROBE plain steps are measured. Output
+    is unchanged: a step without drafts is the target's own step."""
+
+    WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
+    MARGIN, CLEAR = 0.02, 0.10
+
+    def __init__(self, plain_prior_s: Optional[float] = None):
+        self.prior = plain_prior_s
+        self.plain_s: Optional[float] = None   # measured seconds per plain step (running mean)
+        self.hold = self.FIRST_HOLD
+        self.plain_left = 0                    # plain steps still to run
+        self._window = [0, 0, 0.0, 0.0]        # steps, tokens, seconds, overhead seconds
+
+    @property
+    def drafting(self) -> bool:
+        return self.plain_left == 0
+
+    def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float) -> None:
+        """One step: `drafted` candidate tokens, `tokens` emitted, its wall time and the part of
+        it outside drafting and verification."""
+        if not drafted and self.plain_left:
+            self.plain_s = seconds if self.plain_s is None else 0.7 * self.plain_s + 0.3 * seconds
+            self.plain_left -= 1
+            return
+        if not drafted:
+            return  # the drafter chose to draft nothing: no evidence either way
+        window = self._window
+        window[0] += 1
+        window[1] += tokens
+        window[2] += seconds
+        window[3] += overhead_s
+        if window[0] < self.WINDOW:
+            return
+        steps, emitted, spent, overhead = window
+        self._window = [0, 0, 0.0, 0.0]
+        plain = self.plain_s
+        if plain is None and self.prior is not None:
+            plain = self.prior + overhead / steps
+        gain = None if plain is None else emitted * plain / spent
+        if gain is None or (self.plain_s is None and abs(gain - 1.0) < self.CLEAR):
+            self.plain_left = self.PROBE  # measure plain steps before judging
+        elif gain < 1.0 - self.MARGIN:
+            self.plain_left = self.hold
+            self.hold = min(2 * self.hold, self.MAX_HOLD)
+        else:
+            self.hold = self.FIRST_HOLD
+
+
 class Decoder:
-    def __init__(self, target: Target, drafter: Drafter, method: str = ""):
+    def __init__(self, target: Target, drafter: Drafter, method: str = "",
+                 backoff: Optional[BackOff] = None):
         self.target = target
         self.drafter = drafter
         self.method = method
+        self.backoff = backoff  # None: always draft (what the drafter asks for)
         if drafter.needs_hidden_states and not target.has_hidden_states:
             raise MlxSpecError(f"method {method!r} needs the target's hidden states, and this "
                                "architecture's final norm could not be found")
@@ -92,13 +149,14 @@ class Decoder:
     def _dispatch(self, tokens: list[int], room: int, sampling: SamplingParams, key) -> _InFlight:
         """Propose the next tree and start verifying it asynchronously."""
         t0 = time.perf_counter()
-        ctx = StepContext(tokens=tokens, max_drafts=room - 1, sampling=sampling, key=key,
-                          trees=self.target.supports_trees)
+        drafting = self.backoff is None or self.backoff.drafting
+        ctx = StepContext(tokens=tokens, max_drafts=room - 1 if drafting else 0, sampling=sampling,
+                          key=key, trees=self.target.supports_trees)
         tree = self.drafter.propose(ctx)
         t1 = time.perf_counter()
         out = self.target.verify(tree)
         mx.async_eval(out.logits)
-        return _InFlight(ctx, tree, out, draft_s=t1 - t0, started=t1)
+        return _InFlight(ctx, tree, out, draft_s=t1 - t0, started=t1, backed_off=not drafting)
 
     def _loop(self, tokens, limits, sampling, stats, key, seed) -> Iterator[Step]:
         """Step n+1's verification is dispatched before step n's tokens are yielded, so whatever
@@ -140,7 +198,12 @@ class Decoder:
                 stats.generated_tokens = generated
                 stats.draft_s += flight.draft_s
                 stats.verify_s += verify_s
-                stats.other_s += time.perf_counter() - t_synced
+                other_s = time.perf_counter() - t_synced
+                stats.other_s += other_s
+                stats.plain_calls += flight.backed_off
+                if self.backoff is not None:
+                    self.backoff.record(len(tree) - 1, len(acceptance.tokens),
+                                        flight.draft_s + verify_s + other_s, other_s)
                 flight = None
                 if finish is None:  # propose and start verifying the next tree before yielding
                     flight = self._dispatch(tokens, self._room(tokens, generated, limits),
@@ -167,4 +230,5 @@ class _InFlight:
     out: object
     draft_s: float
     started: float
+    backed_off: bool = False  # drafting was off for this step (BackOff)
     consumer_s: float = 0.0

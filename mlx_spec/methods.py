@@ -7,7 +7,8 @@
     reusable(prompt_tokens) -> int                prompt tokens its caches already hold
 
 A drafting method (one file in drafters/ that calls `drafters.register`) is wrapped in the engine's
-Decoder. A method with a decoder of its own is one line in DECODERS (imported when first used,
+Decoder, with a BackOff to plain decoding where drafting measures slower (option backoff=False
+turns it off). A method with a decoder of its own is one line in DECODERS (imported when first used,
 so that this module imports nothing from the layers that provide them). Methods bring their own
 `mlxspec generate` flags (drafters.register(flags=...), DECODER_FLAGS).
 """
@@ -18,7 +19,8 @@ import inspect
 from typing import Optional
 
 from . import drafters
-from .engine import Decoder
+from .cost import cost_model
+from .engine import BackOff, Decoder
 from .errors import MlxSpecError
 from .target import Target
 
@@ -54,8 +56,11 @@ def make_decoder(model, method: str, kv_bits: Optional[int] = None, **options):
     """A decoder of `method` for a loaded SpecModel; unknown methods and options are clear errors."""
     check_name(method)
     if method not in DECODERS:
+        backoff = options.pop("backoff", True)
         drafter = drafters.create(method, model, **options)
-        return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method)
+        governor = BackOff(cost_model(model).seconds[0]) if backoff and method != "ar" else None
+        return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method,
+                       backoff=governor)
     factory = _factory(method)
     try:
         inspect.signature(factory).bind(model, kv_bits=kv_bits, **options)

@@ -14,6 +14,7 @@ class GenerationStats:
     accepted_drafts: int = 0       # candidate tokens the target accepted
     replayed_tokens: int = 0       # accepted tokens fed again after recurrent state was rolled
                                    # back (hybrid / SSM models; extra rows of the next verify)
+    plain_calls: int = 0           # calls the back-off (engine.BackOff) ran without drafts
     prefill_s: float = 0.0
     draft_s: float = 0.0
     verify_s: float = 0.0          # target forward + acceptance decision (they share one sync)
@@ -45,7 +46,7 @@ class GenerationStats:
             "tokens_per_s": round(self.tokens_per_s, 3),
             "drafted_tokens": self.drafted_tokens, "accepted_drafts": self.accepted_drafts,
             "acceptance_rate": round(self.acceptance_rate, 4),
-            "replayed_tokens": self.replayed_tokens,
+            "replayed_tokens": self.replayed_tokens, "plain_calls": self.plain_calls,
             "time_s": {"prefill": round(self.prefill_s, 5), "draft": round(self.draft_s, 5),
                        "verify": round(self.verify_s, 5), "other": round(self.other_s, 5)},
             "accepted_per_call": list(self.accepted_per_call),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import memory
-from ..cost import CostModel, cost_model
+from ..cost import CostModel
 from ..errors import MlxSpecError
 from ..stats import GenerationStats
 
@@ -275,8 +275,10 @@ def measure_rollback(model, context: list[int], drafted: int = 4, accepted: int 
 
 def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: int,
               temperature: float, seed: int, run_one: Callable, warmup_tokens: int = 16,
-              progress: Optional[Callable[[str], None]] = None) -> dict:
-    """run_one(model, spec, prompt, max_tokens, temperature, seed) -> (token_ids, stats)."""
+              progress: Optional[Callable[[str], None]] = None,
+              cost: Optional[CostModel] = None) -> dict:
+    """run_one(model, spec, prompt, max_tokens, temperature, seed) -> (token_ids, stats). With the
+    target's cost model (cost.py), each method's verify time per call gets its prediction."""
     memory = MemoryTrace()
     for spec in specs:  # warm-up: compile, allocate, load drafters; not timed
         run_one(model, spec, prompts[0]["prompt"], warmup_tokens, temperature, seed)
@@ -291,11 +293,11 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
                 progress(f"{prompt['id']} {spec.label}")
         memory.after_prompt()
     methods, by_category = summarize(runs, greedy=temperature == 0)
-    cost = cost_model(model)
-    for table in (methods, *by_category.values()):
-        add_verify_prediction(table, cost)
+    if cost is not None:
+        for table in (methods, *by_category.values()):
+            add_verify_prediction(table, cost)
     return {"methods": methods, "by_category": by_category, "memory": memory.report(),
-            "cost_model": cost.to_dict(),
+            "cost_model": cost.to_dict() if cost is not None else None,
             "machine": machine_info(),
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
                                               "seed": seed, "prompts": len(prompts),

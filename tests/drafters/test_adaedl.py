@@ -80,8 +80,11 @@ def test_max_confidence_rule():
 
 
 def _generate(model, draft_dir, max_tokens=40, temperature=0.0, **options):
+    # backoff=False: these tests read the drafting rounds, which the back-off to plain decoding
+    # (engine.BackOff) would cut wherever drafting measured slower (as it is on tiny models)
     return mlx_spec.generate(model, PROMPTS[0], method="adaedl", max_tokens=max_tokens, raw=True,
-                             temperature=temperature, seed=0, draft_model=str(draft_dir), **options)
+                             temperature=temperature, seed=0, draft_model=str(draft_dir),
+                             backoff=False, **options)
 
 
 @pytest.mark.parametrize("stop_rule,options", [("adaedl", {}), ("max-confidence", {}),

@@ -43,8 +43,11 @@ def test_greedy_matches_mlx_lm_with_a_different_random_drafter(random_models, ra
 def test_drafter_identical_to_target_is_accepted_and_equals_mlx_lm(random_models, random_model_dirs, arch):
     model = random_models[arch]
     expected = mlx_lm_greedy(model, PROMPTS[0], 60)
+    # backoff=False: the call count is the point (drafting with the target itself measures slower
+    # than plain decoding, which the back-off would act on)
     result = mlx_spec.generate(model, PROMPTS[0], method="draft", max_tokens=60, raw=True,
-                               draft_model=str(random_model_dirs[arch]), num_draft_tokens=4)
+                               draft_model=str(random_model_dirs[arch]), num_draft_tokens=4,
+                               backoff=False)
     assert result.token_ids == expected
     assert result.stats.acceptance_rate >= 0.95
     assert result.stats.target_calls <= len(expected) // 5 + 2  # ~5 tokens per call
@@ -77,7 +80,7 @@ def test_drafter_cache_equals_a_fresh_prefill_after_partial_acceptance(random_mo
                                                                        temperature, method, options):
     model = random_models["llama3-scaled"]
     decoder = mlx_spec.make_decoder(model, method, draft_model=str(near_copy_dirs["llama3-scaled"]),
-                                    num_draft_tokens=4, **options)
+                                    num_draft_tokens=4, backoff=False, **options)
     drafter = decoder.drafter
     observe, rounds = drafter.observe, {"partial": 0, "checked": 0}
 
@@ -159,3 +162,23 @@ def test_bad_options_are_one_line_errors(random_models, random_model_dirs):
                               num_draft_tokens=0)
     with pytest.raises(mlx_spec.MlxSpecError, match="not found"):
         mlx_spec.make_decoder(random_models["llama"], "draft", draft_model="/no/such/folder")
+
+
+def test_drafter_catches_up_after_a_back_off(random_models, near_copy_dirs):
+    """Plain steps (engine.BackOff) leave the draft model's cache behind; the next draft feeds the
+    gap, and the output stays mlx-lm's greedy text."""
+    from mlx_spec.engine import BackOff
+
+    model = random_models["llama3-scaled"]
+    decoder = mlx_spec.make_decoder(model, "draft", draft_model=str(near_copy_dirs["llama3-scaled"]),
+                                    num_draft_tokens=4, backoff=False)
+    decoder.backoff = BackOff(plain_prior_s=None)
+    decoder.backoff.plain_left = 12  # start with 12 plain steps, then draft again
+    prompt = mlx_spec.api.encode_prompt(model, PROMPTS[0], raw=True)
+    steps = list(decoder.generate(list(prompt), Limits(max_tokens=40), SamplingParams()))
+    ids = [t for step in steps for t in step.token_ids]
+    assert ids == mlx_lm_greedy(model, PROMPTS[0], 40)
+    stats = steps[-1].stats
+    assert stats.plain_calls >= 12 and stats.drafted_tokens > 0
+    cached = decoder.drafter.cached_tokens
+    assert cached == (list(prompt) + ids)[:len(cached)] and len(cached) > len(prompt) + 12

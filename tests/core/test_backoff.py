@@ -1,0 +1,82 @@
+"""Never slower than plain decoding (engine.BackOff): fed planted step timings it turns drafting off
+where speculation lost, probes again with growing holds, and stays on where it wins; in the loop, a
+drafter made slow and always wrong is backed off while the output stays exactly the target's."""
+import time
+
+import mlx_spec
+from mlx_spec.drafters import Drafter
+from mlx_spec.engine import BackOff, Decoder, Limits
+from mlx_spec.sampling import SamplingParams
+from mlx_spec.target import Target
+from mlx_spec.tree import Tree
+
+
+def run(backoff, steps, drafted_tokens, seconds, plain_s):
+    """Feed `steps` steps; a drafting step emits drafted_tokens in `seconds`, a plain one 1 in plain_s."""
+    plain = 0
+    for _ in range(steps):
+        if backoff.drafting:
+            backoff.record(4, drafted_tokens, seconds, 0.0)
+        else:
+            plain += 1
+            backoff.record(0, 1, plain_s, 0.0)
+    return plain
+
+
+def test_losing_speculation_is_turned_off_and_probed_with_growing_holds():
+    backoff = BackOff(plain_prior_s=0.010)
+    # 1.2 tokens per 20 ms against 1 per 10 ms: 0.6x of plain
+    plain = run(backoff, 8, 1.2, 0.020, 0.010)
+    assert not backoff.drafting and backoff.plain_left == BackOff.FIRST_HOLD
+    plain += run(backoff, 400, 1.2, 0.020, 0.010)
+    assert plain > 300  # mostly plain, with a probe window after each hold
+    assert backoff.hold > 4 * BackOff.FIRST_HOLD
+
+
+def test_winning_speculation_never_stops():
+    backoff = BackOff(plain_prior_s=0.010)
+    assert run(backoff, 200, 3.0, 0.015, 0.010) == 0  # 2x of plain: no plain step, no probe
+
+
+def test_close_calls_are_measured_before_judging():
+    backoff = BackOff(plain_prior_s=0.010)
+    run(backoff, 8, 1.05, 0.010, 0.010)  # within CLEAR of the prior: measure plain steps
+    assert backoff.plain_left == BackOff.PROBE
+    run(backoff, BackOff.PROBE, 1.05, 0.010, 0.008)  # plain is really 8 ms: speculation loses
+    assert backoff.plain_s is not None
+    run(backoff, 8, 1.05, 0.010, 0.008)
+    assert backoff.plain_left == BackOff.FIRST_HOLD
+
+
+def test_no_prior_means_a_probe_first():
+    backoff = BackOff(plain_prior_s=None)
+    run(backoff, 8, 3.0, 0.015, 0.010)
+    assert backoff.plain_left == BackOff.PROBE
+
+
+class SlowWrongDrafter(Drafter):
+    """Four wrong tokens after a 30 ms pause: speculation that can only lose."""
+
+    def propose(self, ctx):
+        if ctx.max_drafts < 1:
+            return Tree.from_chain(ctx.tokens[-1], [])
+        time.sleep(0.03)
+        return Tree.from_chain(ctx.tokens[-1], [0] * min(4, ctx.max_drafts))
+
+
+def test_a_losing_drafter_is_backed_off_and_the_output_is_unchanged(random_models):
+    model = random_models["llama"]
+    prompt = [1, 5, 9, 13, 2, 7]
+    limits = Limits(max_tokens=60)
+
+    def decode(backoff):
+        decoder = Decoder(Target(model.model), SlowWrongDrafter(), "slow", backoff=backoff)
+        steps = list(decoder.generate(prompt, limits, SamplingParams()))
+        return [t for s in steps for t in s.token_ids], steps[-1].stats
+
+    reference = mlx_spec.generate(model, prompt, max_tokens=60, method="ar").token_ids
+    always, always_stats = decode(None)
+    governed, stats = decode(BackOff(plain_prior_s=0.001))
+    assert always == governed == reference
+    assert always_stats.plain_calls == 0
+    assert stats.plain_calls > 30 and stats.target_calls - stats.plain_calls < 30
