@@ -69,6 +69,12 @@ class BackOff:
     def drafting(self) -> bool:
         return self.plain_left == 0
 
+    def new_request(self) -> None:
+        """A new prompt may suit the method better: what was learned (the plain step time, how
+        long the pauses have grown) is kept, but drafting is probed within PROBE steps."""
+        self.plain_left = min(self.plain_left, self.PROBE)
+        self._window = [0, 0, 0.0, 0.0]
+
     def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float) -> None:
         """One step: `drafted` candidate tokens, `tokens` emitted, its wall time and the part of
         it outside drafting and verification."""
@@ -135,6 +141,8 @@ class Decoder:
         stats.prefill_s = time.perf_counter() - t0
         tokens = list(prompt_tokens)
         self.drafter.begin(tokens)
+        if self.backoff is not None:
+            self.backoff.new_request()
         try:
             yield from self._loop(tokens, limits, sampling, stats, key, seed)
         finally:

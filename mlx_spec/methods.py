@@ -20,6 +20,7 @@ from typing import Optional
 
 from . import drafters
 from .cost import cost_model
+from .drafters.shared import shared
 from .engine import BackOff, Decoder
 from .errors import MlxSpecError
 from .target import Target
@@ -52,15 +53,26 @@ def _factory(name: str):
     return getattr(importlib.import_module(module), attribute)
 
 
+def _backoff(model, method: str, options: dict) -> Optional[BackOff]:
+    """One BackOff per loaded model, method and options (drafters/shared.py): what it measured
+    carries over to the next request and decoder (each request still probes drafting early)."""
+    if method == "ar":
+        return None
+    backoffs = shared(model).backoffs
+    key = (method, repr(sorted(options.items())))
+    if key not in backoffs:
+        backoffs[key] = BackOff(cost_model(model).seconds[0])
+    return backoffs[key]
+
+
 def make_decoder(model, method: str, kv_bits: Optional[int] = None, **options):
     """A decoder of `method` for a loaded SpecModel; unknown methods and options are clear errors."""
     check_name(method)
     if method not in DECODERS:
         backoff = options.pop("backoff", True)
         drafter = drafters.create(method, model, **options)
-        governor = BackOff(cost_model(model).seconds[0]) if backoff and method != "ar" else None
         return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method,
-                       backoff=governor)
+                       backoff=_backoff(model, method, options) if backoff else None)
     factory = _factory(method)
     try:
         inspect.signature(factory).bind(model, kv_bits=kv_bits, **options)

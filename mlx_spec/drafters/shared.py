@@ -15,6 +15,7 @@ class Shared:
     heads: dict = field(default_factory=dict)          # redrafter head folder -> (head, tables)
     draft_lengths: dict = field(default_factory=dict)  # (method, settings) -> DraftLengthChooser
     stop_rules: dict = field(default_factory=dict)     # adaedl (drafter, settings, regime) -> rule
+    backoffs: dict = field(default_factory=dict)       # (method, options) -> engine.BackOff
     output_trie: Optional[Any] = None                  # lookahead: n-grams of past outputs
     warmed_from: set = field(default_factory=set)      # lookahead: warm-start sources already read
 

@@ -48,6 +48,16 @@ def test_close_calls_are_measured_before_judging():
     assert backoff.plain_left == BackOff.FIRST_HOLD
 
 
+def test_a_new_request_probes_drafting_early_and_keeps_the_pause_length():
+    backoff = BackOff(plain_prior_s=0.010)
+    run(backoff, 8 + 16 + 8, 1.2, 0.020, 0.010)  # lost twice: the pause has grown
+    hold, plain_s = backoff.hold, backoff.plain_s
+    assert backoff.plain_left > BackOff.PROBE
+    backoff.new_request()
+    assert backoff.plain_left <= BackOff.PROBE and backoff.hold == hold
+    assert backoff.plain_s == plain_s
+
+
 def test_no_prior_means_a_probe_first():
     backoff = BackOff(plain_prior_s=None)
     run(backoff, 8, 3.0, 0.015, 0.010)
