@@ -141,6 +141,8 @@ def register(app: typer.Typer) -> None:
             specs.insert(0, MethodSpec(REFERENCE, REFERENCE))
         prompt_list = load_prompts(prompts)[:limit]
         spec_model = mlx_spec.load(model)
+        # measured again in this run, so predictions and choosers see today's machine (and load)
+        cost = cost_model(spec_model, refresh=True)
         err_console.print(f"[dim]{len(prompt_list)} prompts x {len(specs)} methods, "
                           f"{max_tokens} tokens, temp {temp}[/]")
         from rich.progress import Progress
@@ -149,7 +151,7 @@ def register(app: typer.Typer) -> None:
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, _run_one,
                                warmup_tokens=warmup_tokens,
                                progress=lambda label: bar.update(task, advance=1, description=label),
-                               cost=cost_model(spec_model))
+                               cost=cost)
         report["cache"] = measure_rollback(
             spec_model, mlx_spec.api.encode_prompt(spec_model, prompt_list[0]["prompt"]))
         console = Console(width=None if Console().is_terminal else 120)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 
@@ -47,23 +47,25 @@ def check_request(prompt_tokens: Sequence[int], limits: Limits) -> None:
 
 
 class BackOff:
-    """Never slower than plain decoding: every WINDOW speculative steps, their tokens per second are
+    """Never slower than plain decoding: every WINDOW drafting steps, their tokens per second are
     compared with plain decoding's (one token per step of `plain_s`: measured on plain steps, or
-    before any, the prior one-token forward of the target's cost model (cost.py) plus this run's
-    per-step overhead). Where speculation lost by more than MARGIN, the next `hold` steps draft
-    nothing (doubling after each lost probe, up to MAX_HOLD; back to FIRST_HOLD after a win); where
-    the prior alone cannot tell (gain within CLEAR of 1), PROBE plain steps are measured. Output
-    is unchanged: a step without drafts is the target's own step."""
+    before any, estimated from this window's own verify time through the cost model's shape,
+    cost(1 token) / cost(1 + drafts), plus its per-step overhead; only ratios are read from the
+    cost model, so a model measured on a busier or quieter day still judges right). Where
+    drafting lost by more than MARGIN, the next `hold` steps draft nothing (doubling after each
+    lost probe, up to MAX_HOLD; back to FIRST_HOLD after a win); where the estimate alone cannot
+    tell (gain within CLEAR of 1), PROBE plain steps are measured. A step without drafts is the
+    target's own step, so the output is unchanged."""
 
     WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
     MARGIN, CLEAR = 0.02, 0.10
 
-    def __init__(self, plain_prior_s: Optional[float] = None):
-        self.prior = plain_prior_s
+    def __init__(self, relative_cost: Optional[Callable[[float], float]] = None):
+        self.relative = relative_cost           # tokens verified -> cost in one-token steps
         self.plain_s: Optional[float] = None   # measured seconds per plain step (running mean)
         self.hold = self.FIRST_HOLD
         self.plain_left = 0                    # plain steps still to run
-        self._window = [0, 0, 0.0, 0.0]        # steps, tokens, seconds, overhead seconds
+        self._window = [0, 0, 0.0, 0.0, 0.0, 0.0]  # steps, tokens, seconds, overhead, verify, cost
 
     @property
     def drafting(self) -> bool:
@@ -73,11 +75,12 @@ class BackOff:
         """A new prompt may suit the method better: what was learned (the plain step time, how
         long the pauses have grown) is kept, but drafting is probed within PROBE steps."""
         self.plain_left = min(self.plain_left, self.PROBE)
-        self._window = [0, 0, 0.0, 0.0]
+        self._window = [0, 0, 0.0, 0.0, 0.0, 0.0]
 
-    def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float) -> None:
-        """One step: `drafted` candidate tokens, `tokens` emitted, its wall time and the part of
-        it outside drafting and verification."""
+    def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float,
+               verify_s: float = 0.0) -> None:
+        """One step: `drafted` candidate tokens, `tokens` emitted, its wall time, the part of it
+        outside drafting and verification, and its verification time."""
         if not drafted and self.plain_left:
             self.plain_s = seconds if self.plain_s is None else 0.7 * self.plain_s + 0.3 * seconds
             self.plain_left -= 1
@@ -85,17 +88,16 @@ class BackOff:
         if not drafted:
             return  # the drafter chose to draft nothing: no evidence either way
         window = self._window
-        window[0] += 1
-        window[1] += tokens
-        window[2] += seconds
-        window[3] += overhead_s
+        for i, value in enumerate((1, tokens, seconds, overhead_s, verify_s,
+                                   self.relative(1 + drafted) if self.relative else 0.0)):
+            window[i] += value
         if window[0] < self.WINDOW:
             return
-        steps, emitted, spent, overhead = window
-        self._window = [0, 0, 0.0, 0.0]
+        steps, emitted, spent, overhead, verifying, cost = window
+        self._window = [0, 0, 0.0, 0.0, 0.0, 0.0]
         plain = self.plain_s
-        if plain is None and self.prior is not None:
-            plain = self.prior + overhead / steps
+        if plain is None and self.relative is not None and verifying > 0:
+            plain = verifying / cost + overhead / steps
         gain = None if plain is None else emitted * plain / spent
         if gain is None or (self.plain_s is None and abs(gain - 1.0) < self.CLEAR):
             self.plain_left = self.PROBE  # measure plain steps before judging
@@ -211,7 +213,7 @@ class Decoder:
                 stats.plain_calls += flight.backed_off
                 if self.backoff is not None:
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
-                                        flight.draft_s + verify_s + other_s, other_s)
+                                        flight.draft_s + verify_s + other_s, other_s, verify_s)
                 flight = None
                 if finish is None:  # propose and start verifying the next tree before yielding
                     flight = self._dispatch(tokens, self._room(tokens, generated, limits),

@@ -61,7 +61,7 @@ def _backoff(model, method: str, options: dict) -> Optional[BackOff]:
     backoffs = shared(model).backoffs
     key = (method, repr(sorted(options.items())))
     if key not in backoffs:
-        backoffs[key] = BackOff(cost_model(model).seconds[0])
+        backoffs[key] = BackOff(cost_model(model).relative)
     return backoffs[key]
 
 

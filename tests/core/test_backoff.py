@@ -11,12 +11,17 @@ from mlx_spec.target import Target
 from mlx_spec.tree import Tree
 
 
+# a fake cost model: verifying the root and 4 drafts costs 2 one-token steps
+SHAPE = lambda n: 1.0 + 0.25 * (n - 1)  # noqa: E731
+
+
 def run(backoff, steps, drafted_tokens, seconds, plain_s):
-    """Feed `steps` steps; a drafting step emits drafted_tokens in `seconds`, a plain one 1 in plain_s."""
+    """Feed `steps` steps; a drafting step (4 drafts, all of its time verifying) emits
+    drafted_tokens in `seconds`, a plain one 1 token in plain_s."""
     plain = 0
     for _ in range(steps):
         if backoff.drafting:
-            backoff.record(4, drafted_tokens, seconds, 0.0)
+            backoff.record(4, drafted_tokens, seconds, 0.0, verify_s=seconds)
         else:
             plain += 1
             backoff.record(0, 1, plain_s, 0.0)
@@ -24,8 +29,8 @@ def run(backoff, steps, drafted_tokens, seconds, plain_s):
 
 
 def test_losing_speculation_is_turned_off_and_probed_with_growing_holds():
-    backoff = BackOff(plain_prior_s=0.010)
-    # 1.2 tokens per 20 ms against 1 per 10 ms: 0.6x of plain
+    backoff = BackOff(relative_cost=SHAPE)
+    # 1.2 tokens per 20 ms against 1 per 10 ms (20 ms / the shape's 2.0): 0.6x of plain
     plain = run(backoff, 8, 1.2, 0.020, 0.010)
     assert not backoff.drafting and backoff.plain_left == BackOff.FIRST_HOLD
     plain += run(backoff, 400, 1.2, 0.020, 0.010)
@@ -34,22 +39,22 @@ def test_losing_speculation_is_turned_off_and_probed_with_growing_holds():
 
 
 def test_winning_speculation_never_stops():
-    backoff = BackOff(plain_prior_s=0.010)
-    assert run(backoff, 200, 3.0, 0.015, 0.010) == 0  # 2x of plain: no plain step, no probe
+    backoff = BackOff(relative_cost=SHAPE)
+    assert run(backoff, 200, 3.0, 0.015, 0.0075) == 0  # 1.5x of plain: no plain step, no probe
 
 
 def test_close_calls_are_measured_before_judging():
-    backoff = BackOff(plain_prior_s=0.010)
-    run(backoff, 8, 1.05, 0.010, 0.010)  # within CLEAR of the prior: measure plain steps
+    backoff = BackOff(relative_cost=SHAPE)
+    run(backoff, 8, 2.1, 0.010, 0.005)  # 1.05x by the estimate, within CLEAR: measure plain steps
     assert backoff.plain_left == BackOff.PROBE
-    run(backoff, BackOff.PROBE, 1.05, 0.010, 0.008)  # plain is really 8 ms: speculation loses
+    run(backoff, BackOff.PROBE, 2.1, 0.010, 0.004)  # plain is really 4 ms: drafting loses
     assert backoff.plain_s is not None
-    run(backoff, 8, 1.05, 0.010, 0.008)
+    run(backoff, 8, 2.1, 0.010, 0.004)
     assert backoff.plain_left == BackOff.FIRST_HOLD
 
 
 def test_a_new_request_probes_drafting_early_and_keeps_the_pause_length():
-    backoff = BackOff(plain_prior_s=0.010)
+    backoff = BackOff(relative_cost=SHAPE)
     run(backoff, 8 + 16 + 8, 1.2, 0.020, 0.010)  # lost twice: the pause has grown
     hold, plain_s = backoff.hold, backoff.plain_s
     assert backoff.plain_left > BackOff.PROBE
@@ -58,8 +63,8 @@ def test_a_new_request_probes_drafting_early_and_keeps_the_pause_length():
     assert backoff.plain_s == plain_s
 
 
-def test_no_prior_means_a_probe_first():
-    backoff = BackOff(plain_prior_s=None)
+def test_no_cost_model_means_a_probe_first():
+    backoff = BackOff()
     run(backoff, 8, 3.0, 0.015, 0.010)
     assert backoff.plain_left == BackOff.PROBE
 
@@ -86,7 +91,7 @@ def test_a_losing_drafter_is_backed_off_and_the_output_is_unchanged(random_model
 
     reference = mlx_spec.generate(model, prompt, max_tokens=60, method="ar").token_ids
     always, always_stats = decode(None)
-    governed, stats = decode(BackOff(plain_prior_s=0.001))
+    governed, stats = decode(BackOff(relative_cost=lambda n: 1.0))
     assert always == governed == reference
     assert always_stats.plain_calls == 0
     assert stats.plain_calls > 30 and stats.target_calls - stats.plain_calls < 30

@@ -172,7 +172,7 @@ def test_drafter_catches_up_after_a_back_off(random_models, near_copy_dirs):
     model = random_models["llama3-scaled"]
     decoder = mlx_spec.make_decoder(model, "draft", draft_model=str(near_copy_dirs["llama3-scaled"]),
                                     num_draft_tokens=4, backoff=False)
-    decoder.backoff = BackOff(plain_prior_s=None)
+    decoder.backoff = BackOff()
     decoder.backoff.plain_left = 12  # start with 12 plain steps, then draft again
     prompt = mlx_spec.api.encode_prompt(model, PROMPTS[0], raw=True)
     steps = list(decoder.generate(list(prompt), Limits(max_tokens=40), SamplingParams()))
