@@ -42,8 +42,8 @@ class CostModel:
         return float(seconds[-1] + slope * (tokens - sizes[-1]))
 
     def relative(self, tokens: float) -> float:
-        """Cost of verifying `tokens` tokens in units of a one-token step."""
-        return self.step_seconds(tokens) / self.seconds[0]
+        """Cost of verifying `tokens` tokens in units of a one-token step (never below 1)."""
+        return max(1.0, self.step_seconds(tokens) / self.seconds[0])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +78,10 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3) -> Co
             target.kv.rewind(context)
         seconds.append(float(np.median(times[1:])))
     target.reset()
-    return CostModel(tuple(sizes), tuple(seconds), context)
+    # more tokens never cost less: a noisy point (2 tokens measured 0.98x of 1) would make
+    # drafting look cheaper than not drafting
+    seconds = np.maximum.accumulate(seconds)
+    return CostModel(tuple(sizes), tuple(float(s) for s in seconds), context)
 
 
 def _cache_file(model) -> Path:

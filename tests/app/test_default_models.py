@@ -24,7 +24,7 @@ def test_shipped_models_are_mlx_lm_folders():
         model, tokenizer = mlx_lm_load(str(path))
         assert tokenizer.encode("Once upon a time")
     total = sum(f.stat().st_size for f in shipped_models_dir().rglob("*") if f.is_file())
-    assert total < 80 * 2**20
+    assert total < 96 * 2**20  # the TinyStories trio (~60 MB) and SmolLM2's head (27 MB)
 
 
 def test_target_size_and_draft_compatibility(target):

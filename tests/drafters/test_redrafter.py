@@ -175,8 +175,10 @@ def test_near_the_token_limit_the_tree_fits(random_models, tmp_path):
 def test_sampling_is_reproducible_and_valid(random_models, tmp_path):
     model = random_models["llama"]
     head = random_head_for(model, tmp_path / "head")
+    # backoff=False: sampled drafts make the draws depend on which steps drafted, and the
+    # back-off decides that from timings; a seed reproduces text only with drafting fixed
     runs = [mlx_spec.generate(model, PROMPTS[0], method="redrafter", max_tokens=30, raw=True,
-                              temperature=0.8, seed=7, head=head) for _ in range(2)]
+                              temperature=0.8, seed=7, head=head, backoff=False) for _ in range(2)]
     assert runs[0].token_ids == runs[1].token_ids
     assert all(0 <= t < model.config["vocab_size"] for t in runs[0].token_ids)
 
