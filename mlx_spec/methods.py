@@ -19,8 +19,7 @@ import inspect
 from typing import Optional
 
 from . import drafters
-from .cost import cost_model
-from .drafters.shared import shared
+from .drafters.shared import shared, target_cost
 from .engine import BackOff, Decoder
 from .errors import MlxSpecError
 from .target import Target
@@ -61,7 +60,7 @@ def _backoff(model, method: str, options: dict) -> Optional[BackOff]:
     backoffs = shared(model).backoffs
     key = (method, repr(sorted(options.items())))
     if key not in backoffs:
-        backoffs[key] = BackOff(cost_model(model).relative)
+        backoffs[key] = BackOff(target_cost(model).relative)
     return backoffs[key]
 
 

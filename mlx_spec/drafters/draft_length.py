@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from ..cost import cost_model
-from .shared import shared
+from .shared import shared, target_cost
 
 VerifyCost = Callable[[float], float]  # drafts verified (root excluded) -> cost in one-token steps
 
@@ -38,8 +37,8 @@ def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Option
     """Constants a caller set win; otherwise the loaded target's measured cost model; `default`
     (per draft, overhead) only where there is no model to measure."""
     if verify_cost is None and verify_overhead is None and model is not None:
-        measured = cost_model(model)
-        return lambda nodes: measured.relative(1 + nodes) if nodes else 1.0
+        measured = target_cost(model)
+        return lambda nodes: measured.relative(1 + nodes)  # relative(1) is 1: no drafts
     per_draft = default[0] if verify_cost is None else verify_cost
     overhead = default[1] if verify_overhead is None else verify_overhead
     if min(per_draft, overhead) < 0:

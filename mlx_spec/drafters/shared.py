@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..cost import CostModel, cost_model
+
 
 @dataclass
 class Shared:
@@ -18,6 +20,7 @@ class Shared:
     backoffs: dict = field(default_factory=dict)       # (method, options) -> engine.BackOff
     output_trie: Optional[Any] = None                  # lookahead: n-grams of past outputs
     warmed_from: set = field(default_factory=set)      # lookahead: warm-start sources already read
+    cost: Optional[CostModel] = None                   # the target's verify cost (cost.py)
 
 
 def shared(model) -> Shared:
@@ -25,3 +28,12 @@ def shared(model) -> Shared:
     if model.extras is None:
         model.extras = Shared()
     return model.extras
+
+
+def target_cost(model) -> CostModel:
+    """The loaded target's measured verify cost, read (or measured) once per loaded model rather
+    than on every decoder: finding its file fingerprints the weights."""
+    state = shared(model)
+    if state.cost is None:
+        state.cost = cost_model(model)
+    return state.cost

@@ -7,6 +7,7 @@ import pytest
 import mlx_spec
 from mlx_spec.cost import SIZES, CostModel, cost_model, measure
 from mlx_spec.drafters.draft_length import verify_cost_for
+from mlx_spec.drafters.shared import shared
 from support.random_models import make_model_folder
 
 
@@ -49,7 +50,7 @@ def test_cost_is_cached_on_disk_per_model(tiny, tmp_path, monkeypatch):
 def test_chooser_reads_the_measured_cost_unless_constants_are_set(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_SPEC_CACHE", str(tmp_path))
     planted = CostModel((1, 2, 8), (0.01, 0.02, 0.08), 128)
-    monkeypatch.setattr("mlx_spec.drafters.draft_length.cost_model", lambda model: planted)
+    monkeypatch.setattr(shared(tiny), "cost", planted)  # what the loaded model measured
     measured = verify_cost_for(tiny, None, None, default=(0.07, 0.2))
     assert measured(0) == 1.0 and measured(1) == pytest.approx(2.0) and measured(7) == pytest.approx(8.0)
     fixed = verify_cost_for(tiny, 0.1, None, default=(0.07, 0.2))
