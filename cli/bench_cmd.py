@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
         from mlx_spec import methods as registry
-        from mlx_spec.cost import CostModel, cost_model, describe as describe_cost
+        from mlx_spec.cost import cost_model, describe as describe_cost
         from mlx_spec.bench import (REFERENCE, MethodSpec, load_prompts, measure_rollback, run_bench,
                                     split_method_list)
         from mlx_spec.sampling import SamplingParams
@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"[dim]{memory_line(report['memory'])}[/]")
         console.print(f"[dim]{cache_line(report['cache'])}[/]")
         console.print(f"[dim]cost model (verify ms = measured per call, model ms = predicted for its "
-                      f"mean tokens per verify): {describe_cost(CostModel.from_dict(report['cost_model']))}[/]")
+                      f"mean tokens per verify): {describe_cost(cost)}[/]")
         if json_out:
             json_out.write_text(json.dumps(report, indent=2))
         if plot:

@@ -46,6 +46,17 @@ def check_request(prompt_tokens: Sequence[int], limits: Limits) -> None:
                            f"is {limits.context_length}")
 
 
+@dataclass
+class _Window:
+    """Sums over BackOff's current window of drafting steps."""
+    steps: int = 0
+    tokens: int = 0          # emitted
+    seconds: float = 0.0     # wall time of the steps
+    overhead_s: float = 0.0  # outside drafting and verification
+    verify_s: float = 0.0
+    cost: float = 0.0        # the cost model's verify cost, in one-token steps
+
+
 class BackOff:
     """Never slower than plain decoding: every WINDOW drafting steps, their tokens per second are
     compared with plain decoding's (one token per step of `plain_s`: measured on plain steps, or
@@ -65,7 +76,7 @@ class BackOff:
         self.plain_s: Optional[float] = None   # measured seconds per plain step (running mean)
         self.hold = self.FIRST_HOLD
         self.plain_left = 0                    # plain steps still to run
-        self._window = [0, 0, 0.0, 0.0, 0.0, 0.0]  # steps, tokens, seconds, overhead, verify, cost
+        self._window = _Window()               # the drafting steps since the last judgement
 
     @property
     def drafting(self) -> bool:
@@ -75,7 +86,7 @@ class BackOff:
         """A new prompt may suit the method better: what was learned (the plain step time, how
         long the pauses have grown) is kept, but drafting is probed within PROBE steps."""
         self.plain_left = min(self.plain_left, self.PROBE)
-        self._window = [0, 0, 0.0, 0.0, 0.0, 0.0]
+        self._window = _Window()
 
     def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float,
                verify_s: float = 0.0) -> None:
@@ -87,18 +98,20 @@ class BackOff:
             return
         if not drafted:
             return  # the drafter chose to draft nothing: no evidence either way
-        window = self._window
-        for i, value in enumerate((1, tokens, seconds, overhead_s, verify_s,
-                                   self.relative(1 + drafted) if self.relative else 0.0)):
-            window[i] += value
-        if window[0] < self.WINDOW:
+        w = self._window
+        w.steps += 1
+        w.tokens += tokens
+        w.seconds += seconds
+        w.overhead_s += overhead_s
+        w.verify_s += verify_s
+        w.cost += self.relative(1 + drafted) if self.relative else 0.0
+        if w.steps < self.WINDOW:
             return
-        steps, emitted, spent, overhead, verifying, cost = window
-        self._window = [0, 0, 0.0, 0.0, 0.0, 0.0]
+        self._window = _Window()
         plain = self.plain_s
-        if plain is None and self.relative is not None and verifying > 0:
-            plain = verifying / cost + overhead / steps
-        gain = None if plain is None else emitted * plain / spent
+        if plain is None and self.relative is not None and w.verify_s > 0:
+            plain = w.verify_s / w.cost + w.overhead_s / w.steps
+        gain = None if plain is None else w.tokens * plain / w.seconds
         if gain is None or (self.plain_s is None and abs(gain - 1.0) < self.CLEAR):
             self.plain_left = self.PROBE  # measure plain steps before judging
         elif gain < 1.0 - self.MARGIN:
