@@ -222,8 +222,11 @@ def _contexts(target, text, cased, train: DataOptions, heldout: DataOptions):
             [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True))
             for r in records]
 
+    # the batches (sorted by length) and the held-out requests (those not trained on) depend on
+    # how many training requests there are, so the count names the source of both splits
     return [("train", wrap(requests), train),
-            ("heldout", wrap(others[:heldout.contexts]), heldout)], "instructions-v1"
+            ("heldout", wrap(others[:heldout.contexts]), heldout)], \
+        f"instructions-v1:{train.contexts}"
 
 
 @dataclass

@@ -40,7 +40,8 @@ class DataOptions:
 
 def data_folder(work_dir: Path, model_path: str, options: DataOptions, split: str,
                 source: str) -> Path:
-    # shard i does not depend on how many contexts are asked for: a larger run reuses the shards
+    # from a text, shard i does not depend on how many contexts are asked for, so a larger run
+    # reuses the shards (a source whose batches do depend on it names the count in `source`)
     settings = {k: v for k, v in asdict(options).items() if k != "contexts"}
     key = json.dumps({"target": weights_fingerprint(model_path), "options": settings,
                       "split": split, "source": source}, sort_keys=True, default=list)
