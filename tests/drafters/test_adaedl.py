@@ -124,7 +124,8 @@ def test_the_drafters_distribution_decides_where_drafting_stops(random_models, r
 
 def test_lambda_adapts_and_persists_across_requests(random_models, random_model_dirs):
     model = random_models["mistral"]
-    options = dict(draft_model=str(random_model_dirs["qwen2"]), num_draft_tokens=4, lam=0.3)
+    options = dict(draft_model=str(random_model_dirs["qwen2"]), num_draft_tokens=4, lam=0.3,
+                   backoff=False)  # the threshold moves only in drafting rounds
     first = mlx_spec.make_decoder(model, "adaedl", **options)
     mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=first)
     lam = first.drafter.stop_rule.threshold.lam
@@ -136,7 +137,7 @@ def test_lambda_adapts_and_persists_across_requests(random_models, random_model_
 def test_greedy_and_each_sampling_setting_keep_their_own_lambda(random_models, random_model_dirs):
     model = random_models["llama"]
     options = dict(draft_model=str(random_model_dirs["qwen3"]), num_draft_tokens=4, lam=0.3,
-                   sampling_lam=0.1)
+                   sampling_lam=0.1, backoff=False)  # the thresholds move only in drafting rounds
     decoder = mlx_spec.make_decoder(model, "adaedl", **options)
     mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder)
     greedy = decoder.drafter.stop_rule

@@ -68,7 +68,7 @@ def test_greedy_matches_mlx_lm_on_a_trained_model_and_saves_calls(trained_dir, m
     prompt = "the sun was warm and the birds sang. " + STORY_PROMPT
     expected = mlx_lm_greedy(model, prompt, 60)
     result = mlx_spec.generate(model, prompt, method="lookahead", max_tokens=60, raw=True,
-                               mode=mode)
+                               mode=mode, backoff=False)  # calls counted without timed back-off
     assert result.token_ids == expected
     assert result.stats.generated_tokens == 60
     assert result.stats.target_calls < 48  # the answer reuses the prompt and itself
@@ -86,13 +86,18 @@ def test_greedy_matches_with_fixed_budget_and_short_limits(trained_dir):
 
 def test_outputs_persist_across_decoders_on_the_same_model(trained_dir):
     model = fresh(trained_dir)
-    first = mlx_spec.generate(model, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True)
+    # backoff=False in the call-count comparisons here: a timed back-off to plain steps would
+    # make the counts depend on the machine's load
+    first = mlx_spec.generate(model, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True,
+                              backoff=False)
     assert shared(model).output_trie.size > 0
-    second = mlx_spec.generate(model, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True)
+    second = mlx_spec.generate(model, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True,
+                               backoff=False)
     assert second.token_ids == first.token_ids
     assert second.stats.target_calls < first.stats.target_calls
     other = fresh(trained_dir)  # another loaded model does not share the trie
-    third = mlx_spec.generate(other, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True)
+    third = mlx_spec.generate(other, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True,
+                              backoff=False)
     assert third.stats.target_calls == first.stats.target_calls
 
 
@@ -109,11 +114,11 @@ def test_prompt_branches_last_one_request(trained_dir):
 
 def test_warm_start_from_past_answers_and_from_a_saved_trie(trained_dir, tmp_path):
     cold = mlx_spec.generate(fresh(trained_dir), STORY_PROMPT, method="lookahead", max_tokens=60,
-                             raw=True)
+                             raw=True, backoff=False)
     answers = tmp_path / "answers.txt"
     answers.write_text("an unrelated answer.\n\n" + STORY_PROMPT + cold.text + "\n")
     warm = mlx_spec.generate(fresh(trained_dir), STORY_PROMPT, method="lookahead", max_tokens=60,
-                             raw=True, warmup=str(answers))
+                             raw=True, warmup=str(answers), backoff=False)
     assert warm.token_ids == cold.token_ids
     assert warm.stats.target_calls < cold.stats.target_calls
 
@@ -121,7 +126,7 @@ def test_warm_start_from_past_answers_and_from_a_saved_trie(trained_dir, tmp_pat
     mlx_spec.generate(fresh(trained_dir), STORY_PROMPT, method="lookahead", max_tokens=60,
                       raw=True, save_trie=str(saved))
     from_file = mlx_spec.generate(fresh(trained_dir), STORY_PROMPT, method="lookahead",
-                                  max_tokens=60, raw=True, warmup=str(saved))
+                                  max_tokens=60, raw=True, warmup=str(saved), backoff=False)
     assert from_file.token_ids == cold.token_ids
     assert from_file.stats.target_calls < cold.stats.target_calls
 
