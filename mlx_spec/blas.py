@@ -7,17 +7,32 @@ Set MLXSPEC_BLAS to a library path to choose one, or to "none" to keep the bundl
 
 Where the system has no OpenBLAS, the `cmeel-openblas` wheel (a dependency on x86-64 Linux) puts
 an unprefixed libopenblas in site-packages/cmeel.prefix/lib, so a pip-only install reaches the
-fast path too (it needs the system's libgfortran.so.5; without it the next candidate is tried).
+fast path too. Two things can stand in its way, and both are handled here:
+- it needs libgfortran.so.5, which a bare system lacks: the wheels already installed vendor one
+  (mlx's own, numpy's, scipy's, under a hashed name), so a copy renamed to the soname
+  libgfortran.so.5 is made once in the cache folder (paths.cache_root) and loaded first;
+- a wheel built for a newer CPU than this one dies of SIGILL at its first GEMM (0.3.31 did on an
+  AVX2 machine): a wheel library is first tried in a child process, once per library file and
+  CPU (the verdict is cached), and only bound here if that child multiplied correctly.
 scipy's openblas wheels cannot serve: their symbols are prefixed (scipy_cblas_sgemm).
 """
 from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
+import json
 import os
 import site
+import struct
+import subprocess
 import sys
 import sysconfig
+
+try:  # as part of the package; the child process that probes a library loads this file alone
+    from .paths import cache_root
+except ImportError:
+    from paths import cache_root
 
 _CANDIDATES = (
     # Debian/Ubuntu libopenblas0-pthread (what README and .ci/run install)
@@ -57,15 +72,162 @@ def ensure() -> str | None:
     global loaded_path
     if loaded_path is not None or not sys.platform.startswith("linux"):
         return loaded_path
+    wheels = set(_wheel_libraries())
     for path in _candidates():
+        if path in wheels and not _probe(path):
+            continue
+        if _bind(path) is not None:
+            loaded_path = path
+            break
+    return loaded_path
+
+
+def _bind(path: str):
+    """The library at `path` loaded globally if it exports CBLAS (lending it a libgfortran when
+    it lacks one), else None."""
+    for attempt in range(2):
         try:
             lib = ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
             lib.cblas_sgemm  # must export the CBLAS interface mlx calls
-        except (OSError, AttributeError):
+            return lib
+        except AttributeError:
+            return None
+        except OSError as exc:
+            if attempt or "libgfortran.so.5" not in str(exc) or not _lend_gfortran():
+                return None
+    return None
+
+
+# -- libgfortran for a pip-only install ----------------------------------------------------------
+def _lend_gfortran() -> bool:
+    """Load a wheel-vendored libgfortran under the soname libgfortran.so.5 (see the module text)."""
+    roots = [sysconfig.get_paths()["purelib"], *getattr(site, "getsitepackages", list)()]
+    vendored = [p for root in dict.fromkeys(roots)
+                for folder in ("mlx_cpu.libs", "mlx.libs", "numpy.libs", "scipy.libs")
+                for p in sorted(glob.glob(os.path.join(root, folder, "libgfortran-*.so.5*")))]
+    for source in vendored:
+        try:
+            for quadmath in sorted(glob.glob(os.path.join(os.path.dirname(source), "libquadmath-*"))):
+                ctypes.CDLL(quadmath, mode=os.RTLD_GLOBAL)  # its NEEDED, by its own hashed name
+            ctypes.CDLL(_renamed_copy(source, b"libgfortran.so.5"), mode=os.RTLD_GLOBAL)
+            return True
+        except (OSError, ValueError):
             continue
-        loaded_path = path
-        break
-    return loaded_path
+    return False
+
+
+def _renamed_copy(source: str, soname: bytes) -> str:
+    """A copy of the shared library `source` (made once in the cache folder) whose DT_SONAME
+    reads `soname`: the loader then resolves other libraries' NEEDED entries of that name to it."""
+    stat = os.stat(source)
+    key = hashlib.sha1(f"{os.path.realpath(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    copy = cache_root() / "blas" / key.hexdigest()[:16] / soname.decode()
+    if not copy.exists():
+        with open(source, "rb") as f:
+            data = bytearray(f.read())
+        _set_soname(data, soname)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        scratch = copy.with_suffix(f".{os.getpid()}.tmp")
+        scratch.write_bytes(data)
+        os.replace(scratch, copy)  # atomic: another process never loads a half-written file
+    return str(copy)
+
+
+def _set_soname(elf: bytearray, soname: bytes) -> None:
+    """Overwrite, in place, the DT_SONAME string of a little-endian ELF64 shared library with a
+    name no longer than it (padded with NULs: the string table's layout is unchanged)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise ValueError("not a little-endian ELF64 file")
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    loads, dynamic = [], None
+    for i in range(phnum):  # program headers: where mapped addresses live in the file
+        kind, _, offset, vaddr, _, filesz = struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize)
+        if kind == 1:    # PT_LOAD
+            loads.append((vaddr, offset, filesz))
+        elif kind == 2:  # PT_DYNAMIC
+            dynamic = (offset, filesz)
+    if dynamic is None:
+        raise ValueError("no dynamic section")
+    tags = {}
+    for at in range(dynamic[0], dynamic[0] + dynamic[1], 16):
+        tag, value = struct.unpack_from("<qQ", elf, at)
+        if tag == 0:     # DT_NULL
+            break
+        tags.setdefault(tag, value)
+    if 5 not in tags or 14 not in tags:  # DT_STRTAB, DT_SONAME
+        raise ValueError("no soname")
+    strtab = next((tags[5] - vaddr + offset for vaddr, offset, size in loads
+                   if vaddr <= tags[5] < vaddr + size), None)
+    if strtab is None:
+        raise ValueError("string table outside the loaded segments")
+    start = strtab + tags[14]
+    end = elf.index(b"\0", start)
+    if len(soname) > end - start:
+        raise ValueError("the new soname is longer than the old one")
+    elf[start:end] = soname.ljust(end - start, b"\0")
+
+
+# -- a wheel library is tried in a child process first ----------------------------------------------
+_PROBE = """
+import ctypes, importlib.util, sys
+spec = importlib.util.spec_from_file_location("blas_probe", sys.argv[1])
+blas = importlib.util.module_from_spec(spec)
+sys.path.insert(0, sys.argv[2])
+spec.loader.exec_module(blas)
+lib = blas._bind(sys.argv[3])
+sys.exit(0 if lib is not None and blas._multiplies(lib) else 3)
+"""
+
+
+def _multiplies(lib) -> bool:
+    """A 64x64 single-precision GEMM through the library's cblas_sgemm, checked."""
+    n = 64
+    a = (ctypes.c_float * (n * n))(*[(i % 7) - 3.0 for i in range(n * n)])
+    b = (ctypes.c_float * (n * n))(*[1.0 if i % (n + 1) == 0 else 0.0 for i in range(n * n)])
+    c = (ctypes.c_float * (n * n))()
+    f = ctypes.c_float
+    # row-major, no transposes: C = 1 * A @ I + 0 * C
+    lib.cblas_sgemm(101, 111, 111, n, n, n, f(1.0), a, n, b, n, f(0.0), c, n)
+    return list(c) == list(a)
+
+
+def _probe(path: str) -> bool:
+    """Whether `path` multiplies correctly on this CPU, tried in a child (cached verdict)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    cpu = _cpu_signature()
+    key = hashlib.sha1(f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}:{cpu}".encode())
+    verdict = cache_root() / "blas" / f"probe-{key.hexdigest()[:16]}.json"
+    try:
+        return bool(json.loads(verdict.read_text())["ok"])
+    except (OSError, ValueError, KeyError):
+        pass
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        child = subprocess.run([sys.executable, "-c", _PROBE, os.path.abspath(__file__), here, path],
+                               capture_output=True, timeout=60)
+        ok, code = child.returncode == 0, child.returncode
+    except (OSError, subprocess.SubprocessError) as exc:
+        ok, code = False, repr(exc)
+    try:
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        verdict.write_text(json.dumps({"ok": ok, "library": path, "exit": code, "cpu": cpu}))
+    except OSError:
+        pass  # a read-only home: probe again next time
+    return ok
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags (what decides whether a build can run here)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+        return hashlib.sha1("".join(lines).encode()).hexdigest()[:16]
+    except OSError:
+        return "unknown"
 
 
 def describe() -> str:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .paths import cache_root
 
 SIZES = (1, 2, 4, 8, 16, 32)
 CONTEXT = 128
@@ -92,8 +93,7 @@ def _cache_file(model) -> Path:
 
     key = json.dumps([VERSION, weights_fingerprint(model.path), mx.__version__,
                       str(mx.default_device()), blas.describe()])
-    root = Path(os.environ.get("MLX_SPEC_CACHE", "~/.cache/mlx-spec")).expanduser()
-    return root / "cost" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    return cache_root() / "cost" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
 def cost_model(model, refresh: bool = False) -> CostModel:

@@ -1,6 +1,7 @@
 """The decoding loop shared by every method:
 
-    propose (drafter) -> verify (target, one forward) -> accept -> commit KV -> observe -> stream
+    propose (drafter) -> verify (target, one forward) -> accept -> commit KV -> observe
+        -> prepare the next drafts (drafter) -> stream
 
 A Decoder is one conversation: it keeps the target's KV cache between requests and reuses the
 longest cached prefix of the next prompt, so a chat turn only prefills what is new. Its BackOff
@@ -228,6 +229,8 @@ class Decoder:
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
                                         flight.draft_s + verify_s + other_s, other_s, verify_s)
                 flight = None
+                if finish is None and (self.backoff is None or self.backoff.drafting):
+                    self.drafter.prepare(ctx, acceptance, out)
                 if finish is None:  # propose and start verifying the next tree before yielding
                     flight = self._dispatch(tokens, self._room(tokens, generated, limits),
                                             sampling, draft_key)

@@ -35,5 +35,11 @@ class Drafter:
                 out: VerifyOutput) -> None:
         """The target verified `tree` and accepted `acceptance`; ctx.tokens is already extended."""
 
+    def prepare(self, ctx: StepContext, acceptance: Acceptance, out: VerifyOutput) -> None:
+        """The next step will draft: start on it from the target's outputs of this one (drafters
+        whose drafts need them, e.g. a head on the hidden state, begin here so the work overlaps
+        streaming). Not called before steps that draft nothing (the engine's back-off), and
+        called after steps whose tree another drafter proposed (method `auto`)."""
+
     def end(self) -> None:
         """The request finished (drafters that keep state across requests update it here)."""

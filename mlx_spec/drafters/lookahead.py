@@ -105,6 +105,7 @@ class Lookahead(Drafter):
             self._warm_up(model, warmup)
         self.request_trie = NgramTrie()
         self.timing = {"calls": 0, "insert_s": 0.0, "retrieve_s": 0.0}
+        self._tokens: Optional[list[int]] = None  # the request's tokens, as last seen (begin)
         self._request: Optional[TrieStream] = None
         self._output: Optional[TrieStream] = None
         self._output_from = 0
@@ -151,16 +152,25 @@ class Lookahead(Drafter):
         # output windows start a little before the answer, so its first tokens can be matched
         self._output_from = max(0, len(prompt_tokens) - self.match_length)
         self._pending = []
+        self._tokens = None
         if self.chooser is not None:
             self.chooser.reset()
         self.timing = {"calls": 0, "insert_s": 0.0, "retrieve_s": 0.0}
 
-    def propose(self, ctx: StepContext) -> Tree:
-        t0 = time.perf_counter()
-        tokens = ctx.tokens
+    def _catch_up(self, tokens: list[int]) -> None:
+        """Insert the tokens the tries have not seen yet (the engine extends `tokens` in place)."""
+        self._tokens = tokens
         self._request.extend(tokens[len(self._request.tokens):])
         self._output.extend(tokens[self._output_from + len(self._output.tokens):])
         self._keep_within_budget()
+
+    def propose(self, ctx: StepContext) -> Tree:
+        t0 = time.perf_counter()
+        tokens = ctx.tokens
+        if ctx.max_drafts < 1:  # a plain step (the back-off, the last token): the tries catch up
+            self.timing["calls"] += 1  # on the next drafting step
+            return Tree.from_chain(tokens[-1], [])
+        self._catch_up(tokens)
         t1 = time.perf_counter()
 
         self._score_past_guesses(tokens)
@@ -194,6 +204,8 @@ class Lookahead(Drafter):
         self._pending = still_open
 
     def end(self) -> None:
+        if self._tokens is not None:  # the answer's last tokens, and any left by plain steps
+            self._catch_up(self._tokens)
         self.output_trie.decay(self.decay_factor)
         if self.save_path:
             self.output_trie.save(self.save_path)

@@ -72,6 +72,8 @@ class PromptLookup(Drafter):
         self._guesses = []  # the chooser keeps what earlier requests taught it
 
     def propose(self, ctx: StepContext) -> Tree:
+        if ctx.max_drafts < 1:  # a plain step (the back-off, the last token): the index catches
+            return Tree.from_chain(ctx.tokens[-1], [])  # up on the next drafting step
         if len(self.index.tokens) != len(ctx.tokens):
             self.index.extend(ctx.tokens[len(self.index.tokens):])
         draft = self.index.lookup(self.num_draft_tokens)

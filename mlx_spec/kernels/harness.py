@@ -25,6 +25,7 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import MlxSpecError
+from ..paths import cache_root
 from .catalog import MASK_TYPE, PROLOGUES, SPECS, Launch, read_body, read_header
 
 BLOCK = 256
@@ -42,8 +43,7 @@ class HarnessUnavailable(MlxSpecError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("MLXSPEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mlx-spec")
-    return Path(root) / "kernels"
+    return cache_root() / "kernels"
 
 
 def find_compiler() -> str:

@@ -30,3 +30,37 @@ def test_a_process_bound_to_the_wheel_library_uses_it():
                          env={**os.environ, "MLXSPEC_BLAS": wheel}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"optimized: {os.path.realpath(wheel)}"
+
+
+def test_a_library_that_cannot_multiply_is_refused_by_the_child_probe(tmp_path, monkeypatch):
+    """A wheel library is tried in a child process first (one built for a newer CPU dies there
+    of SIGILL, not here); a file that is no CBLAS library fails the probe, and the verdict is kept."""
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path / "cache"))
+    fake = tmp_path / "libopenblas.so.0"
+    fake.write_bytes(b"not a library")
+    assert blas._probe(str(fake)) is False
+    verdicts = list((tmp_path / "cache" / "blas").glob("probe-*.json"))
+    assert len(verdicts) == 1 and '"ok": false' in verdicts[0].read_text()
+
+
+@linux_x86
+def test_the_wheel_library_multiplies_in_the_probe():
+    assert blas._probe(blas._wheel_libraries()[0])
+
+
+def test_a_renamed_copy_carries_the_new_soname(tmp_path, monkeypatch):
+    """Without libgfortran.so.5 on the system, a vendored libgfortran is lent under that soname."""
+    import glob
+    import sysconfig
+
+    monkeypatch.setenv("MLXSPEC_CACHE", str(tmp_path))
+    vendored = sorted(glob.glob(f"{sysconfig.get_paths()['purelib']}/*.libs/libgfortran-*.so.5*"))
+    if not vendored:
+        pytest.skip("no wheel here vendors a libgfortran")
+    old = os.path.basename(vendored[0]).encode()
+    copy = blas._renamed_copy(vendored[0], b"libgfortran.so.5")
+    data = open(copy, "rb").read()
+    assert os.path.basename(copy) == "libgfortran.so.5" and len(data) == os.path.getsize(vendored[0])
+    assert b"libgfortran.so.5\0" in data and old + b"\0" not in data
+    with pytest.raises(ValueError, match="longer"):
+        blas._set_soname(bytearray(data), b"x" * 200)

@@ -142,11 +142,18 @@ class ReDrafter(Drafter):
             kept += 1
         return kept
 
+    def _adapting(self, ctx: StepContext) -> bool:
+        return self.chooser is not None and (self.adaptive or not ctx.sampling.greedy)
+
     def observe(self, ctx, tree, acceptance, out) -> None:
-        adapting = self.chooser is not None and (self.adaptive or not ctx.sampling.greedy)
-        if adapting:  # a root-only tree (nothing drafted) lets unexplored depths drift back up
+        self._pending = None  # spent; prepare() makes the next root's drafts if it is called
+        if self._adapting(ctx):  # a root-only tree (nothing drafted) lets unexplored depths
+            # drift back up
             self.chooser.record(acceptance.accepted_drafts, max(tree.depths), len(tree) - 1)
-        depth = self.chooser.choose() if adapting else self.length - 1
+
+    def prepare(self, ctx, acceptance, out) -> None:
+        """Run the head on the hidden state of the last accepted token: the next root's drafts."""
+        depth = self.chooser.choose() if self._adapting(ctx) else self.length - 1
         if depth == 0:  # plain decoding pays more here than drafting wins back
             self._pending = None
             return
