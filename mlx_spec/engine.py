@@ -10,7 +10,7 @@ turns drafting off where the method measured slower than plain decoding, and pro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import mlx.core as mx
@@ -49,13 +49,16 @@ def check_request(prompt_tokens: Sequence[int], limits: Limits) -> None:
 
 @dataclass
 class _Window:
-    """Sums over BackOff's current window of drafting steps."""
-    steps: int = 0
+    """Sums over drafting steps (BackOff's current window, or its decayed past)."""
+    steps: float = 0
     tokens: int = 0          # emitted
     seconds: float = 0.0     # wall time of the steps
     overhead_s: float = 0.0  # outside drafting and verification
     verify_s: float = 0.0
     cost: float = 0.0        # the cost model's verify cost, in one-token steps
+
+    def plus(self, other: "_Window", weight: float) -> "_Window":
+        return _Window(*(a + weight * b for a, b in zip(astuple(self), astuple(other))))
 
 
 class BackOff:
@@ -66,11 +69,13 @@ class BackOff:
     cost model, so a model measured on a busier or quieter day still judges right). Where
     drafting lost by more than MARGIN, the next `hold` steps draft nothing (doubling after each
     lost probe, up to MAX_HOLD; back to FIRST_HOLD after a win); where the estimate alone cannot
-    tell (gain within CLEAR of 1), PROBE plain steps are measured. A step without drafts is the
-    target's own step, so the output is unchanged."""
+    tell (gain within CLEAR of 1), PROBE plain steps are measured. A window is judged together
+    with the earlier ones, each halving in weight (PAST): at a high temperature a speculative step
+    emits 1 to 3 tokens by chance, and one unlucky window of a method that wins by 5% must not
+    pause it. A step without drafts is the target's own step, so the output is unchanged."""
 
     WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
-    MARGIN, CLEAR = 0.02, 0.10
+    MARGIN, CLEAR, PAST = 0.02, 0.10, 0.5
 
     def __init__(self, relative_cost: Optional[Callable[[float], float]] = None):
         self.relative = relative_cost           # tokens verified -> cost in one-token steps
@@ -78,6 +83,7 @@ class BackOff:
         self.hold = self.FIRST_HOLD
         self.plain_left = 0                    # plain steps still to run
         self._window = _Window()               # the drafting steps since the last judgement
+        self._past = _Window()                 # the earlier windows, decayed by PAST per window
 
     @property
     def drafting(self) -> bool:
@@ -109,6 +115,7 @@ class BackOff:
         if w.steps < self.WINDOW:
             return
         self._window = _Window()
+        w = self._past = w.plus(self._past, self.PAST)
         plain = self.plain_s
         if plain is None and self.relative is not None and w.verify_s > 0:
             plain = w.verify_s / w.cost + w.overhead_s / w.steps

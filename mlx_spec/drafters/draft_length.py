@@ -97,11 +97,11 @@ class DraftLengthChooser:
             self.nodes_per_depth += self.rate * (nodes / offered - self.nodes_per_depth)
 
 
-def shared_chooser(model, key: tuple, make) -> DraftLengthChooser:
+def shared_chooser(model, key: tuple, make):
     """One chooser per loaded model and drafter settings (drafters/shared.py), so what it learned
     carries over to the next request and decoder; a fresh one where there is no model. Only for
-    drafters whose drafts never change the output (pld: the target's draws depend on the seed and
-    position alone), since a carried-over state changes what is drafted."""
+    drafters whose drafts never change the output (pld, lookahead: the target's draws depend on
+    the seed and position alone), since a carried-over state changes what is drafted."""
     if model is None:
         return make()
     choosers = shared(model).draft_lengths

@@ -32,7 +32,7 @@ from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import CliFlag, register
 from .base import Drafter, StepContext
-from .draft_length import VerifyCost, linear_verify_cost, verify_cost_for
+from .draft_length import VerifyCost, linear_verify_cost, shared_chooser, verify_cost_for
 from .shared import shared
 
 PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction of it (so a
@@ -95,8 +95,14 @@ class Lookahead(Drafter):
         self.window = match_length + branch_length
         self.node_budget, self.decay_factor = node_budget, decay
         self.save_path = save_trie
-        self.chooser = (BudgetChooser(decoding_length, verify=verify_cost_for(
-            model, verify_cost, verify_overhead, default=(0.06, 0.25))) if adaptive else None)
+        # one chooser per loaded model and settings: a request starts from what the last ones
+        # taught it (a fresh optimistic one per request paid a few 32-node misses each time)
+        self.chooser = (shared_chooser(model, ("lookahead", decoding_length, verify_cost,
+                                               verify_overhead),
+                                       lambda: BudgetChooser(decoding_length, verify=verify_cost_for(
+                                           model, verify_cost, verify_overhead,
+                                           default=(0.06, 0.25))))
+                        if adaptive else None)
         state = shared(model)
         if state.output_trie is None:
             state.output_trie = NgramTrie()
@@ -153,8 +159,6 @@ class Lookahead(Drafter):
         self._output_from = max(0, len(prompt_tokens) - self.match_length)
         self._pending = []
         self._tokens = None
-        if self.chooser is not None:
-            self.chooser.reset()
         self.timing = {"calls": 0, "insert_s": 0.0, "retrieve_s": 0.0}
 
     def _catch_up(self, tokens: list[int]) -> None:

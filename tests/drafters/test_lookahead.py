@@ -27,7 +27,9 @@ def trained_dir(tmp_path_factory):
     spec = mlx_spec.load(str(folder))
     ids = mx.array(spec.tokenizer.encode(CORPUS, add_special_tokens=False))
     model, seq, steps = spec.model, 64, 120
-    opt = optim.Adam(learning_rate=optim.cosine_decay(1e-2, steps))
+    # 3e-3: the same model under any BLAS (1e-2 was chaotic: OpenBLAS on one CPU and mlx's own
+    # BLAS trained models that differed in how repetitive they were)
+    opt = optim.Adam(learning_rate=optim.cosine_decay(3e-3, steps))
 
     def loss_fn(m, x, y):
         return nn.losses.cross_entropy(m(x), y).mean()
@@ -65,7 +67,7 @@ def test_greedy_matches_mlx_lm_on_random_models(random_models, arch, mode):
 @pytest.mark.parametrize("mode", ["multi", "single"])
 def test_greedy_matches_mlx_lm_on_a_trained_model_and_saves_calls(trained_dir, mode):
     model = fresh(trained_dir)
-    prompt = "the sun was warm and the birds sang. " + STORY_PROMPT
+    prompt = CORPUS[:CORPUS.index("once upon", 10)] + STORY_PROMPT  # one story, then its start
     expected = mlx_lm_greedy(model, prompt, 60)
     result = mlx_spec.generate(model, prompt, method="lookahead", max_tokens=60, raw=True,
                                mode=mode, backoff=False)  # calls counted without timed back-off
