@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .common import err_console, parse_method_options, user_errors
 
-DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter"]
+DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter", "auto"]
 
 
 def _run_one(model, spec, prompt, max_tokens, temperature, seed):

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .common import (DraftModelOption, MethodOption, MethodOptionsOption, ModelOption, TempOption,
-                     parse_method_options, stats_line, user_errors)
+from .common import (DEFAULT_METHOD, DraftModelOption, MethodOption, MethodOptionsOption,
+                     ModelOption, TempOption, parse_method_options, stats_line, user_errors)
 
 HELP = """\
 /method NAME   switch decoding method (see `mlxspec methods`)
@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def chat(
         model: ModelOption = None,
-        method: MethodOption = "pld",
+        method: MethodOption = DEFAULT_METHOD,
         temp: TempOption = 0.0,
         max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens per reply."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (turn i uses seed + i)."),

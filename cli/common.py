@@ -13,6 +13,8 @@ err_console = Console(stderr=True, highlight=False)
 # Options shared by the commands that decode (generate, chat), declared once.
 ModelOption = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="mlx-lm folder or hub id (default: the embedded story model).")]
+# mlx_spec.methods.DEFAULT, spelled here so that `--help` does not import mlx (a test keeps them equal)
+DEFAULT_METHOD = "auto"
 MethodOption = Annotated[str, typer.Option("--method", help="Decoding method (see `mlxspec methods`).")]
 TempOption = Annotated[float, typer.Option("--temp", help="Sampling temperature (0 = greedy).")]
 DraftModelOption = Annotated[Optional[str], typer.Option(

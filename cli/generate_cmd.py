@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import (DraftModelOption, MethodOption, MethodOptionsOption, MinPOption, ModelOption,
-                     NumDraftTokensOption, TempOption, TopKOption, TopPOption,
-                     parse_method_options, print_stats_line, stdout_write, user_errors)
+from .common import (DEFAULT_METHOD, DraftModelOption, MethodOption, MethodOptionsOption,
+                     MinPOption, ModelOption, NumDraftTokensOption, TempOption, TopKOption,
+                     TopPOption, parse_method_options, print_stats_line, stdout_write, user_errors)
 
 DEFAULT_PROMPT = "Once upon a time, there was a little girl"
 
@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
     def generate(
         model: ModelOption = None,
-        method: MethodOption = "pld",
+        method: MethodOption = DEFAULT_METHOD,
         prompt: str = typer.Option(DEFAULT_PROMPT, "--prompt", "-p", help="Prompt text ('-' reads stdin)."),
         max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
         temp: TempOption = 0.0,

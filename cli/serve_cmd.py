@@ -5,9 +5,9 @@ from typing import Optional
 
 import typer
 
-from .common import (DraftModelOption, MethodOption, MethodOptionsOption, MinPOption, ModelOption,
-                     NumDraftTokensOption, TempOption, TopKOption, TopPOption, err_console,
-                     parse_method_options, user_errors)
+from .common import (DEFAULT_METHOD, DraftModelOption, MethodOption, MethodOptionsOption,
+                     MinPOption, ModelOption, NumDraftTokensOption, TempOption, TopKOption,
+                     TopPOption, err_console, parse_method_options, user_errors)
 
 
 def register(app: typer.Typer) -> None:
@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def serve(
         model: ModelOption = None,
-        method: MethodOption = "pld",
+        method: MethodOption = DEFAULT_METHOD,
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
         port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port)."),
         max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Default reply length."),

@@ -61,14 +61,14 @@ def _seam_space(tokenizer, last_prompt_token: int, first_token: int) -> str:
     return " " if joined[len(before):].startswith(" ") and not alone.startswith(" ") else ""
 
 
-def make_decoder(model: SpecModel, method: str = "pld", kv_bits: Optional[int] = None,
+def make_decoder(model: SpecModel, method: str = methods.DEFAULT, kv_bits: Optional[int] = None,
                  **method_options) -> Decoder:
     """A conversation with `model` using `method`; reuse it across requests to keep caches.
     (Any decoder of mlx_spec.methods' protocol: the engine's Decoder for drafting methods.)"""
     return methods.make_decoder(model, method, kv_bits=kv_bits, **method_options)
 
 
-def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = "pld",
+def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = methods.DEFAULT,
                     max_tokens: int = 256, temperature: float = 0.0, seed: Optional[int] = None,
                     raw: bool = False, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
                     stop: Optional[Sequence[str]] = None, decoder: Optional[Decoder] = None,
@@ -128,7 +128,7 @@ def collect(chunks: Iterator[GenerationChunk], method: str = "") -> GenerationRe
     return GenerationResult("".join(text), ids, finish, stats)
 
 
-def generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = "pld",
+def generate(model: SpecModel, prompt: Union[str, Sequence[int]], method: str = methods.DEFAULT,
              max_tokens: int = 256, temperature: float = 0.0, seed: Optional[int] = None,
              raw: bool = False, **options) -> GenerationResult:
     return collect(stream_generate(model, prompt, method=method, max_tokens=max_tokens,

@@ -22,6 +22,7 @@ import mlx.core as mx
 
 from .api import GenerationChunk, GenerationResult, collect, make_decoder, stream_generate
 from .engine import Decoder
+from .methods import DEFAULT as DEFAULT_METHOD
 from .loading import SpecModel
 from .target import Target
 
@@ -148,7 +149,7 @@ def _close_open_workers() -> None:
 class Worker:
     """One background thread that runs generations for one model, in submission order."""
 
-    def __init__(self, model: SpecModel, method: str = "pld", **method_options):
+    def __init__(self, model: SpecModel, method: str = DEFAULT_METHOD, **method_options):
         self.model = model
         self.method = method
         self.method_options = method_options

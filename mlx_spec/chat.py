@@ -54,7 +54,7 @@ def _ends_with_space(text: str) -> bool:
 
 
 class ChatSession:
-    def __init__(self, model: SpecModel, method: str = "pld", temperature: float = 0.0,
+    def __init__(self, model: SpecModel, method: str = methods.DEFAULT, temperature: float = 0.0,
                  max_tokens: int = 256, seed: Optional[int] = None, system: Optional[str] = None,
                  method_options: Optional[dict] = None, on_note: Callable[[str], None] = print):
         if max_tokens < 1:

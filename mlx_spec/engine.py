@@ -232,6 +232,7 @@ class Decoder:
                 other_s = time.perf_counter() - t_synced
                 stats.other_s += other_s
                 stats.plain_calls += flight.backed_off
+                stats.proposers = self.drafter.proposers()
                 if self.backoff is not None:
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
                                         flight.draft_s + verify_s + other_s, other_s, verify_s)

@@ -24,6 +24,8 @@ from .engine import BackOff, Decoder
 from .errors import MlxSpecError
 from .target import Target
 
+DEFAULT = "auto"  # the method of generate, chat, the server and the app when none is named
+
 DECODERS = {  # name -> "module:factory(model, kv_bits=None, **options)"
     "dsi": "mlx_spec.dsi.decoder:make_dsi_decoder",
     "mlx-lm": "mlx_spec.bench.baselines.mlx_lm_speculative:make_decoder",

@@ -52,7 +52,7 @@ class ApiError(Exception):
 @dataclass
 class Defaults:
     """What a request gets for fields it leaves out (the `serve` command's flags)."""
-    method: str = "pld"
+    method: str = methods.DEFAULT
     method_options: dict = field(default_factory=dict)
     max_tokens: int = 256
     temperature: float = 0.0

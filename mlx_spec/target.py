@@ -86,6 +86,11 @@ def _attach(model):
     return attached
 
 
+def has_hidden_states(model) -> bool:
+    """Whether the target's last hidden states can be read (a final norm was found to tap)."""
+    return _attach(model)[1] is not None
+
+
 @dataclass
 class VerifyOutput:
     logits: mx.array            # [n, V], lazy

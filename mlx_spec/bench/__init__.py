@@ -304,5 +304,6 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
                                               "method_specs": [s.label for s in specs]},
             "per_prompt": [{"method": r.method, "prompt_id": r.prompt_id, "category": r.category,
                             "tokens_per_s": r.stats.tokens_per_s, "mean_accepted": r.stats.mean_accepted,
-                            "target_calls": r.stats.target_calls, "generated_tokens": r.stats.generated_tokens}
+                            "target_calls": r.stats.target_calls, "generated_tokens": r.stats.generated_tokens,
+                            "proposers": r.stats.proposers}
                            for r in runs]}

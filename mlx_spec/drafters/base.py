@@ -41,5 +41,9 @@ class Drafter:
         streaming). Not called before steps that draft nothing (the engine's back-off), and
         called after steps whose tree another drafter proposed (method `auto`)."""
 
+    def proposers(self) -> dict[str, int]:
+        """This request's drafting steps per method that proposed them (method `auto`)."""
+        return {}
+
     def end(self) -> None:
         """The request finished (drafters that keep state across requests update it here)."""

@@ -18,6 +18,7 @@ class Shared:
     draft_lengths: dict = field(default_factory=dict)  # (method, settings) -> DraftLengthChooser
     stop_rules: dict = field(default_factory=dict)     # adaedl (drafter, settings, regime) -> rule
     backoffs: dict = field(default_factory=dict)       # (method, options) -> engine.BackOff
+    auto_rates: dict = field(default_factory=dict)     # auto: (candidates, regime) -> its Rates
     output_trie: Optional[Any] = None                  # lookahead: n-grams of past outputs
     warmed_from: set = field(default_factory=set)      # lookahead: warm-start sources already read
     cost: Optional[CostModel] = None                   # the target's verify cost (cost.py)

@@ -84,7 +84,7 @@ def test_generations_in_sequence_reuse_decoder_and_cache(model, target_calls):
     with Worker(model) as worker:
         generations = [worker.submit(p, max_tokens=20, raw=True) for p in prompts]
         results = [g.wait(timeout=60) for g in generations]
-        decoder = worker.decoders.get("pld")
+        decoder = worker.decoders.get(mlx_spec.methods.DEFAULT)  # what the worker used
         assert len(worker.decoders._decoders) == 1
     assert [r.token_ids for r in results] == [e.token_ids for e in expected]
     prefilled = [n for kind, _, n in target_calls if kind == "prefill"]

@@ -203,7 +203,7 @@ def test_bad_settings_are_user_errors(models):
         ChatSession(models["plain"], method="pld", method_options={"bogus": 1})
     with pytest.raises(mlx_spec.MlxSpecError, match="empty"):
         session.send("   ")
-    assert session.method == "pld" and session.temperature == 0.0
+    assert session.method == "auto" and session.temperature == 0.0
 
 
 # -- the REPL, scripted --------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_repl_commands(models, tmp_path):
         "never read"], max_tokens=8, seed=1)
     assert code == 0
     assert "plain continuation" in out
-    assert out.count("accepted per target call") == 2 and "method pld" in out and "method ar" in out
+    assert out.count("accepted per target call") == 2 and "method auto" in out and "method ar" in out
     assert "prefill" in out and "error: unknown method 'nope'" in out
     totals = [line.split() for line in out.splitlines() if line.strip().startswith("all ")]
     assert len(totals) == 1 and totals[0][3] == "16"  # two turns of 8 tokens
@@ -265,7 +265,7 @@ def test_repl_commands(models, tmp_path):
     assert session.temperature == 0.5 and session.method == "ar" and session.messages == []
     transcript = json.loads(saved.read_text())
     assert [m["role"] for m in transcript["messages"]] == ["user", "assistant"] * 2
-    assert [t["method"] for t in transcript["turns"]] == ["pld", "ar"]
+    assert [t["method"] for t in transcript["turns"]] == ["auto", "ar"]
     assert transcript["turns"][1]["prefilled_tokens"] < transcript["turns"][1]["prompt_tokens"] // 2
 
 

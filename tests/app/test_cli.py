@@ -90,3 +90,10 @@ def test_prompt_files(tmp_path):
     text.write_text("first prompt\n\nsecond prompt\n")
     assert [p["prompt"] for p in load_prompts(str(text))] == ["first prompt", "second prompt"]
     assert {p["category"] for p in load_prompts(None)} == {"story", "passage"}
+
+
+def test_the_cli_default_method_is_the_library_one():
+    from mlx_spec import methods
+    from mlx_spec.cli.common import DEFAULT_METHOD
+
+    assert DEFAULT_METHOD == methods.DEFAULT == "auto"

@@ -176,7 +176,10 @@ def test_sampled_output_has_target_distribution(matrix_models, twin_dirs, name, 
     opening = [40, 41, 42, 43, 44, 45, 46]
     prompt = opening + mlx_spec.generate(model, opening, method="ar", max_tokens=60).token_ids
     params = SamplingParams(temperature=1.0, top_k=3)
-    options = {"lookahead": {}, "draft": {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3}}[method]
+    # drafting always on (no back-off, a fixed budget): the rollbacks of rejected drafts are tested
+    options = {"lookahead": {"adaptive": False},
+               "draft": {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3}}[method]
+    options["backoff"] = False
     decoder = mlx_spec.make_decoder(model, method, **options)
     seen, observe = {"drafted": 0, "accepted": 0}, decoder.drafter.observe
 

@@ -8,7 +8,7 @@ from support.exactness import (LENGTH, PROMPT, SAMPLES, TOP_K, biased_accept, ch
                                exact_distribution, sample_continuations)
 
 METHODS = [("ar", {}), ("pld", {"num_draft_tokens": 3, "adaptive": False}), ("lookahead", {}),
-           ("draft", "qwen2"), ("adaedl", "qwen2")]
+           ("draft", "qwen2"), ("adaedl", "qwen2"), ("auto", "qwen2")]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_followed_drafts_sample_exactly_what_ar_samples(small):
     whatever they drafted (lookahead's shared trie included, even on a repeated call)."""
     for seed in (1, 2):
         ar = mlx_spec.generate(small, PROMPT, method="ar", max_tokens=24, temperature=0.9, seed=seed)
-        for method in ("pld", "lookahead", "lookahead"):
+        for method in ("pld", "lookahead", "lookahead", "auto"):  # auto: pld and lookahead here
             other = mlx_spec.generate(small, PROMPT, method=method, max_tokens=24, temperature=0.9,
                                       seed=seed)
             assert other.token_ids == ar.token_ids, (method, seed)

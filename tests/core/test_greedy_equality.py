@@ -1,4 +1,4 @@
-"""Greedy output of every chain method equals mlx-lm's own greedy decoding, token for token."""
+"""Greedy output of every chain method (and `auto`, which switches among them) equals mlx-lm's own greedy decoding, token for token."""
 import pytest
 
 import mlx_spec
@@ -7,7 +7,7 @@ from support.random_models import ARCHITECTURES
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-@pytest.mark.parametrize("method", ["ar", "pld"])
+@pytest.mark.parametrize("method", ["ar", "pld", "auto"])
 def test_greedy_matches_mlx_lm(random_models, arch, method):
     model = random_models[arch]
     for prompt in PROMPTS:

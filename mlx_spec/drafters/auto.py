@@ -1,0 +1,204 @@
+"""`auto`: the fastest method this target has, chosen while generating.
+
+Candidates are the drafting methods available for the loaded target: `pld` and `lookahead`
+always, `redrafter` where a trained head fits it, `draft` where a draft model does. Each step one
+candidate proposes; auto times every step from one observe() to the next (the candidate's
+drafting, the target's verify of its tree, the engine's accept and streaming) and keeps, per
+candidate, decayed sums of tokens emitted and seconds spent. It proposes with the best rate and
+now and then lends a few steps to the candidate it has not heard from for longest (sooner when a
+trial wins, ever more rarely while they lose). What it measured is kept per loaded model and
+sampling regime (greedy, or each temperature), so the next request starts from it. Plain decoding
+is not a candidate: the engine's BackOff turns drafting off where even the best candidate loses.
+
+Exactness is the candidates' own: every step is one method's step, verified and accepted by the
+same exact rules; only which method proposes depends on timing (so, as with the back-off, a seed
+reproduces sampled text only for candidates whose drafts do not depend on their past).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import MlxSpecError
+from ..target import has_hidden_states
+from . import create, register
+from .base import Drafter, StepContext
+from .shared import shared
+
+CANDIDATES = ("pld", "lookahead", "redrafter", "draft")
+
+
+@dataclass
+class Rate:
+    """Decayed sums of one candidate's own steps (the latest weighs most)."""
+    tokens: float = 0.0
+    seconds: float = 0.0
+    steps: int = 0          # own steps ever measured
+    last_step: int = -1     # auto's step counter when it last proposed
+
+    DECAY = 0.85            # per own step: about the last 6-7 steps decide
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens = self.DECAY * self.tokens + tokens
+        self.seconds = self.DECAY * self.seconds + seconds
+        self.steps += 1
+
+    @property
+    def per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Rates:
+    """What auto knows of its candidates on one loaded model and sampling regime."""
+    by_name: dict = field(default_factory=dict)   # candidate -> Rate
+    step: int = 0                                  # steps proposed by any candidate
+    gap: int = 0                                   # steps until the next trial (see Auto)
+
+
+class Auto(Drafter):
+    """Proposes with the candidate of best measured tokens per second (module text)."""
+
+    TRIAL, FIRST_GAP, MAX_GAP = 3, 24, 384
+
+    def __init__(self, candidates: dict, rates_for=None):
+        if not candidates:
+            raise MlxSpecError("auto: no candidate method")
+        self.candidates: dict[str, Drafter] = dict(candidates)
+        self._rates_for = rates_for or (lambda regime: Rates())
+        self.rates: Optional[Rates] = None       # this request's regime (set at its first step)
+        self.current: str = next(iter(self.candidates))
+        self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
+        self._trial: Optional[tuple[str, int]] = None   # (candidate, steps left)
+        self._proposer: Optional[str] = None
+        self._last_observe: Optional[float] = None
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return any(d.needs_hidden_states for d in self.candidates.values())
+
+    # -- one request ------------------------------------------------------------------------------
+    def begin(self, prompt_tokens: list[int]) -> None:
+        for drafter in self.candidates.values():
+            drafter.begin(prompt_tokens)
+        self.rates, self._trial, self._last_observe = None, None, None
+        self.steps_by_method = {}
+
+    def propose(self, ctx: StepContext):
+        if self.rates is None:
+            self.rates = self._rates_for(_regime(ctx.sampling))
+            # a new prompt may suit another candidate (pld on a text to transform): a trial
+            # comes within FIRST_GAP steps however long the last requests made the wait
+            self.rates.gap = min(self.rates.gap, self.FIRST_GAP)
+            self.current = self._next()
+        # a plain step (the back-off, the last token) drafts nothing: no candidate's own step
+        self._proposer = self.current if ctx.max_drafts >= 1 else None
+        return self.candidates[self.current].propose(ctx)
+
+    def observe(self, ctx, tree, acceptance, out) -> None:
+        now = time.perf_counter()
+        since, self._last_observe = self._last_observe, now
+        name = self._proposer
+        if name is None:
+            self.candidates[self.current].observe(ctx, tree, acceptance, out)
+            return
+        self.candidates[name].observe(ctx, tree, acceptance, out)
+        self.steps_by_method[name] = self.steps_by_method.get(name, 0) + 1
+        rate = self.rates.by_name.setdefault(name, Rate())
+        rate.last_step = self.rates.step
+        self.rates.step += 1
+        if since is not None:  # the first step of a request has no start mark: not timed
+            rate.add(len(acceptance.tokens), now - since)
+        self.current = self._next()
+
+    def prepare(self, ctx, acceptance, out) -> None:
+        self.candidates[self.current].prepare(ctx, acceptance, out)
+
+    def proposers(self) -> dict[str, int]:
+        return dict(self.steps_by_method)
+
+    def end(self) -> None:
+        for drafter in self.candidates.values():
+            drafter.end()
+
+    # -- the choice -------------------------------------------------------------------------------
+    def _next(self) -> str:
+        """The candidate of the next step: a running trial, an untried candidate, a trial when the
+        gap since the last one is over, else the best rate."""
+        rates = self.rates
+        if self._trial is not None:
+            name, left = self._trial
+            if left > 0:
+                self._trial = (name, left - 1)
+                return name
+            self._trial = None
+            best = self._best()
+            # a trial that won shortens the wait for the next one; a lost one doubles it
+            rates.gap = self.FIRST_GAP if best == name else min(2 * rates.gap, self.MAX_GAP)
+        untried = [n for n in self.candidates if rates.by_name.get(n, Rate()).steps < 2]
+        if untried:
+            return self._start_trial(untried[0])
+        best = self._best()
+        rates.gap -= 1
+        if rates.gap <= 0 and len(self.candidates) > 1:
+            stalest = min((n for n in self.candidates if n != best),
+                          key=lambda n: rates.by_name[n].last_step)
+            return self._start_trial(stalest)
+        return best
+
+    def _start_trial(self, name: str) -> str:
+        self._trial = (name, self.TRIAL - 1)
+        if self.rates.gap <= 0:
+            self.rates.gap = self.FIRST_GAP
+        return name
+
+    def _best(self) -> str:
+        return max(self.candidates, key=lambda n: self.rates.by_name.get(n, Rate()).per_second)
+
+
+def _regime(sampling) -> str:
+    return "greedy" if sampling.greedy else f"T={sampling.temperature:.2g}"
+
+
+def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
+    """The candidate drafters of `methods` (comma-separated; default: every one in CANDIDATES
+    that this target can run). A method named explicitly that cannot run is an error; a default
+    one that cannot (no head, no draft model, no hidden states) is left out."""
+    names = CANDIDATES if methods is None else tuple(
+        n.strip() for n in methods.split(",") if n.strip())
+    for name in names:
+        if name in ("auto", "ar") or name not in CANDIDATES + ("adaedl",):
+            raise MlxSpecError(f"auto: {name!r} cannot be a candidate; choose from "
+                               f"{', '.join(CANDIDATES + ('adaedl',))}")
+    found = {}
+    for name in names:
+        try:
+            drafter = create(name, model, **options.get(name, {}))
+        except MlxSpecError as exc:
+            if methods is not None:
+                raise MlxSpecError(f"auto: candidate {name!r}: {exc}") from None
+            continue
+        if drafter.needs_hidden_states and not has_hidden_states(model.model):
+            if methods is not None:
+                raise MlxSpecError(f"auto: {name!r} needs the target's hidden states")
+            continue
+        found[name] = drafter
+    return found
+
+
+@register("auto")
+def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None,
+         num_draft_tokens: Optional[int] = None):
+    """`methods`: the candidates (comma-separated), default every available one; `draft_model` /
+    `num_draft_tokens` go to the draft-model candidates."""
+    draft_options = {k: v for k, v in (("draft_model", draft_model),
+                                       ("num_draft_tokens", num_draft_tokens)) if v is not None}
+    found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
+    memory = shared(model).auto_rates
+    key = tuple(found)
+
+    def rates_for(regime: str) -> Rates:
+        return memory.setdefault((key, regime), Rates())
+
+    return Auto(found, rates_for)

@@ -1,0 +1,76 @@
+"""`auto` proposes with the candidate of best measured tokens per second: planted candidates (one
+right and fast, one wrong and slow) show it picks the planted best, keeps trying the other now and
+then, and carries what it measured to the next request; the output stays exactly the target's."""
+import time
+
+import pytest
+
+import mlx_spec
+from mlx_spec.drafters import Drafter
+from mlx_spec.drafters.auto import Auto, Rates, candidates_for
+from mlx_spec.engine import Decoder
+from mlx_spec.target import Target
+from mlx_spec.tree import Tree
+from support.greedy import PROMPTS, mlx_lm_greedy
+
+
+class Oracle(Drafter):
+    """Drafts the target's own greedy continuation, known in advance: always accepted."""
+
+    def __init__(self, full: list[int]):
+        self.full = full
+
+    def propose(self, ctx):
+        n = len(ctx.tokens)
+        return Tree.from_chain(ctx.tokens[-1], self.full[n:n + min(4, ctx.max_drafts)])
+
+
+class SlowWrong(Drafter):
+    def propose(self, ctx):
+        time.sleep(0.02)
+        return Tree.from_chain(ctx.tokens[-1], [0] * min(4, ctx.max_drafts))
+
+
+def test_auto_picks_the_planted_best_and_still_tries_the_other(random_models):
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], 200)
+    memory = {}
+    auto = Auto({"slow": SlowWrong(), "oracle": Oracle(prompt + expected)},
+                lambda regime: memory.setdefault(regime, Rates()))
+    decoder = Decoder(Target(model.model), auto, "auto")  # no back-off: auto alone is under test
+    result = mlx_spec.generate(model, PROMPTS[0], max_tokens=200, raw=True, decoder=decoder)
+    assert result.token_ids == expected
+    used = auto.steps_by_method
+    assert used["oracle"] > 3 * used["slow"] and used["slow"] >= Auto.TRIAL  # tried, then rarely
+    rates = memory["greedy"].by_name
+    assert rates["oracle"].per_second > rates["slow"].per_second
+
+    # the next request starts from what was measured: no opening trial of the slow candidate
+    result = mlx_spec.generate(model, PROMPTS[0], max_tokens=20, raw=True, decoder=decoder)
+    assert result.token_ids == expected[:20]
+    assert auto.steps_by_method.get("slow", 0) == 0
+
+
+def test_candidates_are_what_the_target_can_run(random_models, random_model_dirs):
+    model = random_models["llama"]
+    assert list(candidates_for(model)) == ["pld", "lookahead"]  # no head or draft model fits
+    with_draft = candidates_for(model, draft={"draft_model": str(random_model_dirs["qwen2"])})
+    assert list(with_draft) == ["pld", "lookahead", "draft"]
+    with pytest.raises(mlx_spec.MlxSpecError, match="redrafter"):
+        candidates_for(model, "pld,redrafter")  # named explicitly: its error, not a silent skip
+    with pytest.raises(mlx_spec.MlxSpecError, match="cannot be a candidate"):
+        mlx_spec.make_decoder(model, "auto", methods="pld,ar")
+
+
+def test_auto_with_a_draft_model_is_greedy_exact_and_remembers_per_model(random_models,
+                                                                        random_model_dirs):
+    model = random_models["mistral"]
+    options = dict(draft_model=str(random_model_dirs["qwen2"]), num_draft_tokens=3)
+    for prompt in PROMPTS:
+        expected = mlx_lm_greedy(model, prompt, 40)
+        result = mlx_spec.generate(model, prompt, method="auto", max_tokens=40, raw=True, **options)
+        assert result.token_ids == expected
+    decoder = mlx_spec.make_decoder(model, "auto", **options)
+    known = decoder.drafter._rates_for("greedy").by_name
+    assert set(known) == {"pld", "lookahead", "draft"}  # each was tried, and that is kept
