@@ -10,6 +10,7 @@ import json
 import platform
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -273,21 +274,42 @@ def measure_rollback(model, context: list[int], drafted: int = 4, accepted: int 
             "replay_forward_ms": round(timed(before_kept, replay), 3)}
 
 
+@contextmanager
+def own_state(model, label: str, states: dict):
+    """Run a method with drafter state of its own (drafters/shared.py): without it, lookahead's
+    trie of past outputs and the learned choosers would carry one method's answers to the next
+    on the same prompt (at a fixed seed, methods whose drafts are only followed write the same
+    text, so `auto`'s lookahead would retrieve what `lookahead` just wrote). The target's cost
+    model, measured once, is shared."""
+    from ..drafters.shared import Shared, shared
+
+    common = shared(model)
+    if label not in states:
+        states[label] = Shared(cost=common.cost)
+    model.extras = states[label]
+    try:
+        yield
+    finally:
+        model.extras = common
+
+
 def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: int,
               temperature: float, seed: int, run_one: Callable, warmup_tokens: int = 16,
               progress: Optional[Callable[[str], None]] = None,
               cost: Optional[CostModel] = None) -> dict:
     """run_one(model, spec, prompt, max_tokens, temperature, seed) -> (token_ids, stats). With the
     target's cost model (cost.py), each method's verify time per call gets its prediction."""
-    memory = MemoryTrace()
+    memory, states = MemoryTrace(), {}
     for spec in specs:  # warm-up: compile, allocate, load drafters; not timed
-        run_one(model, spec, prompts[0]["prompt"], warmup_tokens, temperature, seed)
+        with own_state(model, spec.label, states):
+            run_one(model, spec, prompts[0]["prompt"], warmup_tokens, temperature, seed)
     memory.after_warmup()
     runs = []
     for i, prompt in enumerate(prompts):
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
         for spec in rotation:
-            ids, stats = run_one(model, spec, prompt["prompt"], max_tokens, temperature, seed)
+            with own_state(model, spec.label, states):
+                ids, stats = run_one(model, spec, prompt["prompt"], max_tokens, temperature, seed)
             runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats))
             if progress:
                 progress(f"{prompt['id']} {spec.label}")

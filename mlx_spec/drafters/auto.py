@@ -34,19 +34,28 @@ class Rate:
     """Decayed sums of one candidate's own steps (the latest weighs most)."""
     tokens: float = 0.0
     seconds: float = 0.0
+    weight: float = 0.0     # decayed count of the steps in the sums
     steps: int = 0          # own steps ever measured
     last_step: int = -1     # auto's step counter when it last proposed
 
-    DECAY = 0.85            # per own step: about the last 6-7 steps decide
+    DECAY = 0.93            # per own step: about the last 14 steps decide
+    PRIOR = 4.0             # pseudo-steps of one token each, at the candidate's own step time
 
     def add(self, tokens: int, seconds: float) -> None:
         self.tokens = self.DECAY * self.tokens + tokens
         self.seconds = self.DECAY * self.seconds + seconds
+        self.weight = self.DECAY * self.weight + 1
         self.steps += 1
 
     @property
     def per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        """Tokens per second, shrunk toward one token per step (what plain decoding would give
+        at this step time): a few lucky steps of a trial (at T > 0 a step emits 1 to 5 tokens by
+        chance) must not displace a candidate measured over many steps."""
+        if self.seconds <= 0:
+            return 0.0
+        step_s = self.seconds / self.weight
+        return (self.tokens + self.PRIOR) / (self.seconds + self.PRIOR * step_s)
 
 
 @dataclass

@@ -11,6 +11,7 @@ MB = 1024 * 1024
 
 class FakeModel:
     path = "fake"
+    extras = None
 
 
 def test_growth_of_a_leaking_run_is_reported():
