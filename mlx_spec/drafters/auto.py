@@ -69,7 +69,8 @@ class Rates:
 class Auto(Drafter):
     """Proposes with the candidate of best measured tokens per second (module text)."""
 
-    TRIAL, FIRST_GAP, MAX_GAP = 3, 24, 384
+    TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, 24, 384  # KNOWN_TRIAL: for a candidate
+    # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
 
     def __init__(self, candidates: dict, rates_for=None):
         if not candidates:
@@ -98,8 +99,8 @@ class Auto(Drafter):
         if self.rates is None:
             self.rates = self._rates_for(_regime(ctx.sampling))
             # a new prompt may suit another candidate (pld on a text to transform): a trial
-            # comes within FIRST_GAP steps however long the last requests made the wait
-            self.rates.gap = min(self.rates.gap, self.FIRST_GAP)
+            # comes within 2 x FIRST_GAP steps however long the last requests made the wait
+            self.rates.gap = min(self.rates.gap, 2 * self.FIRST_GAP)
             self.current = self._next()
         # a plain step (the back-off, the last token) drafts nothing: no candidate's own step
         self._proposer = self.current if ctx.max_drafts >= 1 else None
@@ -157,7 +158,8 @@ class Auto(Drafter):
         return best
 
     def _start_trial(self, name: str) -> str:
-        self._trial = (name, self.TRIAL - 1)
+        known = self.rates.by_name.get(name, Rate()).steps >= 6
+        self._trial = (name, (self.KNOWN_TRIAL if known else self.TRIAL) - 1)
         if self.rates.gap <= 0:
             self.rates.gap = self.FIRST_GAP
         return name
