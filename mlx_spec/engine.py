@@ -103,8 +103,8 @@ class BackOff:
             self.plain_s = seconds if self.plain_s is None else 0.7 * self.plain_s + 0.3 * seconds
             self.plain_left -= 1
             return
-        if not drafted:
-            return  # the drafter chose to draft nothing: no evidence either way
+        # a step where the drafter was asked and drafted nothing (its chooser said depth 0) is
+        # judged like any drafting step: its retrieval or head work still costs time
         w = self._window
         w.steps += 1
         w.tokens += tokens
