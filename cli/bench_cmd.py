@@ -1,6 +1,7 @@
 """`mlxspec bench`: methods side by side on the same prompts, as a table, JSON and a plot."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -15,13 +16,13 @@ from .common import err_console, parse_method_options, user_errors
 DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter", "auto"]
 
 
-def _run_one(model, spec, prompt, max_tokens, temperature, seed):
+def _run_one(model, spec, prompt, max_tokens, temperature, seed, ignore_eos=False):
     import mlx_spec
 
     decoder = mlx_spec.make_decoder(model, spec.name, **spec.options)
     result = mlx_spec.api.collect(mlx_spec.stream_generate(
-        model, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, decoder=decoder),
-        spec.name)
+        model, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, decoder=decoder,
+        ignore_eos=ignore_eos), spec.name)
     return result.token_ids, result.stats
 
 
@@ -112,6 +113,7 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: speedups and accepted lengths."),
         warmup_tokens: int = typer.Option(16, "--warmup-tokens"),
+        ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Decode every prompt to --max-tokens, past end-of-sequence (when sampling, methods otherwise write texts of different lengths)."),
     ):
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
@@ -150,10 +152,12 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("bench", total=len(prompt_list) * len(specs))
-            report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, _run_one,
+            run_one = functools.partial(_run_one, ignore_eos=ignore_eos)
+            report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, run_one,
                                warmup_tokens=warmup_tokens,
                                progress=lambda label: bar.update(task, advance=1, description=label),
                                cost=cost)
+        report["settings"]["ignore_eos"] = ignore_eos
         report["cache"] = measure_rollback(
             spec_model, mlx_spec.api.encode_prompt(spec_model, prompt_list[0]["prompt"]))
         console = Console(width=None if Console().is_terminal else 120)

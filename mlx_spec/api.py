@@ -72,7 +72,9 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
                     max_tokens: int = 256, temperature: float = 0.0, seed: Optional[int] = None,
                     raw: bool = False, top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0,
                     stop: Optional[Sequence[str]] = None, decoder: Optional[Decoder] = None,
-                    **method_options) -> Iterator[GenerationChunk]:
+                    ignore_eos: bool = False, **method_options) -> Iterator[GenerationChunk]:
+    """Stream `prompt`'s continuation in chunks (one per decoding step). `ignore_eos` decodes
+    past end-of-sequence tokens to max_tokens (benchmarks: every method writes as many tokens)."""
     if max_tokens < 1:
         raise MlxSpecError(f"max_tokens must be >= 1, got {max_tokens}")
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
@@ -82,7 +84,7 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
     elif method_options:
         raise MlxSpecError("method options go to make_decoder when a decoder is passed")
     limits = Limits(max_tokens=max_tokens, context_length=model.context_length,
-                    eos_token_ids=model.eos_token_ids)
+                    eos_token_ids=frozenset() if ignore_eos else model.eos_token_ids)
     detokenizer = model.tokenizer.detokenizer
     detokenizer.reset()
     stops = [s for s in (stop or []) if s]

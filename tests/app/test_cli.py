@@ -97,3 +97,21 @@ def test_the_cli_default_method_is_the_library_one():
     from mlx_spec.cli.common import DEFAULT_METHOD
 
     assert DEFAULT_METHOD == methods.DEFAULT == "auto"
+
+
+def test_ignore_eos_decodes_to_max_tokens(random_model_dirs, monkeypatch):
+    """Benchmarks at T > 0 need every method to write as many tokens: with ignore_eos an
+    end-of-sequence token (planted: the model's first greedy token) does not end the text."""
+    import mlx_spec
+    from mlx_spec.loading import SpecModel
+
+    model = mlx_spec.load(str(random_model_dirs["llama"]))
+    first = mlx_spec.generate(model, "once upon a time", max_tokens=1, raw=True).token_ids[0]
+    monkeypatch.setattr(SpecModel, "eos_token_ids", property(lambda self: frozenset({first})))
+    stopped = mlx_spec.generate(model, "once upon a time", max_tokens=12, raw=True)
+    assert stopped.token_ids == [] and stopped.finish_reason == "stop"
+    for method in ("ar", "auto"):
+        full = mlx_spec.generate(model, "once upon a time", method=method, max_tokens=12, raw=True,
+                                 ignore_eos=True)
+        assert len(full.token_ids) == 12 and full.token_ids[0] == first
+        assert full.finish_reason == "length"
