@@ -49,19 +49,25 @@ _CANDIDATES = (
 loaded_path: str | None = None  # the library this process bound to, or None for mlx's own
 
 
+def _site_roots() -> list[str]:
+    """This interpreter's site-packages folders, each once."""
+    roots = [sysconfig.get_paths()["purelib"], *getattr(site, "getsitepackages", list)()]
+    return list(dict.fromkeys(roots))
+
+
 def _wheel_libraries() -> list[str]:
     """OpenBLAS shipped by a wheel (cmeel-openblas) in this interpreter's site-packages."""
-    roots = [sysconfig.get_paths()["purelib"], *getattr(site, "getsitepackages", list)()]
-    paths = [os.path.join(root, "cmeel.prefix", "lib", "libopenblas.so.0") for root in roots]
-    return [p for p in dict.fromkeys(paths) if os.path.exists(p)]
+    paths = [os.path.join(root, "cmeel.prefix", "lib", "libopenblas.so.0") for root in _site_roots()]
+    return [p for p in paths if os.path.exists(p)]
 
 
-def _candidates() -> list[str]:
+def _candidates(wheels: list[str] | None = None) -> list[str]:
     choice = os.environ.get("MLXSPEC_BLAS", "").strip()
     if choice.lower() == "none":
         return []
     found = [choice] if choice else []
-    found += list(_CANDIDATES[:2]) + _wheel_libraries() + list(_CANDIDATES[2:])
+    wheels = _wheel_libraries() if wheels is None else wheels
+    found += list(_CANDIDATES[:2]) + wheels + list(_CANDIDATES[2:])
     # other distributions' layouts, one directory level deep (a recursive glob can loop on links)
     found += sorted(glob.glob("/usr/lib*/*/libopenblas*.so*")) + sorted(glob.glob("/usr/lib*/libopenblas*.so*"))
     return found
@@ -72,8 +78,8 @@ def ensure() -> str | None:
     global loaded_path
     if loaded_path is not None or not sys.platform.startswith("linux"):
         return loaded_path
-    wheels = set(_wheel_libraries())
-    for path in _candidates():
+    wheels = _wheel_libraries()
+    for path in _candidates(wheels):
         if path in wheels and not _probe(path):
             continue
         if _bind(path) is not None:
@@ -101,8 +107,7 @@ def _bind(path: str):
 # -- libgfortran for a pip-only install ----------------------------------------------------------
 def _lend_gfortran() -> bool:
     """Load a wheel-vendored libgfortran under the soname libgfortran.so.5 (see the module text)."""
-    roots = [sysconfig.get_paths()["purelib"], *getattr(site, "getsitepackages", list)()]
-    vendored = [p for root in dict.fromkeys(roots)
+    vendored = [p for root in _site_roots()
                 for folder in ("mlx_cpu.libs", "mlx.libs", "numpy.libs", "scipy.libs")
                 for p in sorted(glob.glob(os.path.join(root, folder, "libgfortran-*.so.5*")))]
     for source in vendored:
@@ -119,9 +124,7 @@ def _lend_gfortran() -> bool:
 def _renamed_copy(source: str, soname: bytes) -> str:
     """A copy of the shared library `source` (made once in the cache folder) whose DT_SONAME
     reads `soname`: the loader then resolves other libraries' NEEDED entries of that name to it."""
-    stat = os.stat(source)
-    key = hashlib.sha1(f"{os.path.realpath(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    copy = cache_root() / "blas" / key.hexdigest()[:16] / soname.decode()
+    copy = cache_root() / "blas" / _file_key(source) / soname.decode()
     if not copy.exists():
         with open(source, "rb") as f:
             data = bytearray(f.read())
@@ -131,6 +134,14 @@ def _renamed_copy(source: str, soname: bytes) -> str:
         scratch.write_bytes(data)
         os.replace(scratch, copy)  # atomic: another process never loads a half-written file
     return str(copy)
+
+
+def _file_key(path: str, *extra: str) -> str:
+    """A short hash of a file's identity (real path, size, modification time) and `extra`:
+    cached results about it are found again until the file changes. OSError if it is missing."""
+    stat = os.stat(path)
+    text = ":".join([os.path.realpath(path), str(stat.st_size), str(stat.st_mtime_ns), *extra])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def _set_soname(elf: bytearray, soname: bytes) -> None:
@@ -194,13 +205,11 @@ def _multiplies(lib) -> bool:
 
 def _probe(path: str) -> bool:
     """Whether `path` multiplies correctly on this CPU, tried in a child (cached verdict)."""
+    cpu = _cpu_signature()
     try:
-        stat = os.stat(path)
+        verdict = cache_root() / "blas" / f"probe-{_file_key(path, cpu)}.json"
     except OSError:
         return False
-    cpu = _cpu_signature()
-    key = hashlib.sha1(f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}:{cpu}".encode())
-    verdict = cache_root() / "blas" / f"probe-{key.hexdigest()[:16]}.json"
     try:
         return bool(json.loads(verdict.read_text())["ok"])
     except (OSError, ValueError, KeyError):
