@@ -26,7 +26,8 @@ from . import create, register
 from .base import Drafter, StepContext
 from .shared import shared
 
-CANDIDATES = ("pld", "lookahead", "redrafter", "draft")
+CANDIDATES = ("pld", "lookahead", "redrafter", "draft")  # by default, those that can run
+NAMEABLE = CANDIDATES + ("adaedl",)                      # what `methods=` may name
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Auto(Drafter):
         self.current: str = next(iter(self.candidates))
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
         self._trial: Optional[tuple[str, int]] = None   # (candidate, steps left)
-        self._proposer: Optional[str] = None
+        self._drafted = False  # the step in flight is its candidate's own (not a plain step)
         self._last_observe: Optional[float] = None
 
     @property
@@ -103,17 +104,16 @@ class Auto(Drafter):
             self.rates.gap = min(self.rates.gap, 2 * self.FIRST_GAP)
             self.current = self._next()
         # a plain step (the back-off, the last token) drafts nothing: no candidate's own step
-        self._proposer = self.current if ctx.max_drafts >= 1 else None
+        self._drafted = ctx.max_drafts >= 1
         return self.candidates[self.current].propose(ctx)
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         now = time.perf_counter()
         since, self._last_observe = self._last_observe, now
-        name = self._proposer
-        if name is None:
-            self.candidates[self.current].observe(ctx, tree, acceptance, out)
-            return
+        name = self.current  # who proposed this step's tree
         self.candidates[name].observe(ctx, tree, acceptance, out)
+        if not self._drafted:
+            return
         self.steps_by_method[name] = self.steps_by_method.get(name, 0) + 1
         rate = self.rates.by_name.setdefault(name, Rate())
         rate.last_step = self.rates.step
@@ -179,9 +179,9 @@ def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
     names = CANDIDATES if methods is None else tuple(
         n.strip() for n in methods.split(",") if n.strip())
     for name in names:
-        if name in ("auto", "ar") or name not in CANDIDATES + ("adaedl",):
+        if name not in NAMEABLE:
             raise MlxSpecError(f"auto: {name!r} cannot be a candidate; choose from "
-                               f"{', '.join(CANDIDATES + ('adaedl',))}")
+                               f"{', '.join(NAMEABLE)}")
     found = {}
     for name in names:
         try:
