@@ -118,8 +118,8 @@ def register(app: typer.Typer) -> None:
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
         from mlx_spec import methods as registry
-        from mlx_spec.cost import cost_model, describe as describe_cost
-        from mlx_spec.drafters.shared import shared
+        from mlx_spec.cost import describe as describe_cost
+        from mlx_spec.drafters.shared import target_cost
         from mlx_spec.bench import (REFERENCE, MethodSpec, load_prompts, measure_rollback, run_bench,
                                     split_method_list)
         from mlx_spec.sampling import SamplingParams
@@ -145,8 +145,7 @@ def register(app: typer.Typer) -> None:
         prompt_list = load_prompts(prompts)[:limit]
         spec_model = mlx_spec.load(model)
         # measured again in this run, so predictions and choosers see today's machine (and load)
-        cost = cost_model(spec_model, refresh=True)
-        shared(spec_model).cost = cost  # what every method's choosers then read
+        cost = target_cost(spec_model, refresh=True)  # what every method's choosers then read
         err_console.print(f"[dim]{len(prompt_list)} prompts x {len(specs)} methods, "
                           f"{max_tokens} tokens, temp {temp}[/]")
         from rich.progress import Progress

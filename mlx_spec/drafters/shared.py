@@ -31,10 +31,11 @@ def shared(model) -> Shared:
     return model.extras
 
 
-def target_cost(model) -> CostModel:
+def target_cost(model, refresh: bool = False) -> CostModel:
     """The loaded target's measured verify cost, read (or measured) once per loaded model rather
-    than on every decoder: finding its file fingerprints the weights."""
+    than on every decoder: finding its file fingerprints the weights. `refresh` measures it again
+    (the bench: today's machine and load) for every decoder made after."""
     state = shared(model)
-    if state.cost is None:
-        state.cost = cost_model(model)
+    if state.cost is None or refresh:
+        state.cost = cost_model(model, refresh=refresh)
     return state.cost
