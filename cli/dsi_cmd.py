@@ -1,5 +1,5 @@
 """`mlxspec dsi-sim`: expected time per token of non-SI, SI and DSI from latencies and an
-acceptance rate, given or measured on models; picks the lookahead and shows what more workers buy."""
+acceptance rate, given or measured on models; picks the block (drafts per job) and shows what more workers buy."""
 from __future__ import annotations
 
 import json
@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         draft_model: Optional[str] = typer.Option(None, "--draft-model", help="Drafter to measure (default: embedded)."),
         prompt: str = typer.Option("Once upon a time, there was a little girl", "--prompt", "-p"),
         max_tokens: int = typer.Option(128, "--max-tokens", "-n", help="Tokens per measuring run."),
-        lookahead: int = typer.Option(0, "--lookahead", "-k", help="Drafts per job (0: pick the best of 1..10)."),
+        block: int = typer.Option(0, "--block", "--lookahead", "-k", help="Drafts per job, the DSI paper's lookahead (0: pick the best of 1..10)."),
         workers: int = typer.Option(2, "--workers", help="Target workers."),
         overhead_ms: float = typer.Option(0.0, "--overhead-ms", help="Per-job messaging overhead (ms)."),
         tokens: int = typer.Option(3000, "--tokens", help="Tokens per simulated run."),
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Predict non-SI / SI / DSI time per token (the DSI paper's cost model, and an event
         simulation of this project's scheduler)."""
-        from mlx_spec.dsi.simulator import (Setting, best_lookahead, paper_heatmap_max_speedup,
+        from mlx_spec.dsi.simulator import (Setting, best_block, paper_heatmap_max_speedup,
                                             predict, required_workers, si_time_per_token)
 
         if paper_grid:
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
             import mlx_spec
             from mlx_spec.dsi.measure import measure
 
-            measured = measure(mlx_spec.load(model), prompt, max_tokens, lookahead or 4,
+            measured = measure(mlx_spec.load(model), prompt, max_tokens, block or 4,
                                draft_model=draft_model, workers=workers)
             setting = measured.setting
             setting.overhead = overhead_ms / 1000
@@ -54,23 +54,24 @@ def register(app: typer.Typer) -> None:
         else:
             if not 0 <= acceptance <= 1 or target_ms <= 0 or drafter_ms < 0:
                 fail("need target-ms > 0, drafter-ms >= 0 and 0 <= acceptance <= 1")
-            setting = Setting(target_ms / 1000, drafter_ms / 1000, acceptance, lookahead or 4,
+            setting = Setting(target_ms / 1000, drafter_ms / 1000, acceptance, block or 4,
                               workers, target_per_token_ms / 1000, overhead_ms / 1000)
-        si_lookahead = lookahead
-        if lookahead == 0:  # each method at its own best lookahead, as the paper compares them
-            setting.lookahead = best_lookahead(setting)[0]
-            si_lookahead = min(range(1, 11), key=lambda k: si_time_per_token(
-                Setting(**{**setting.__dict__, "lookahead": k})))
+        si_block = block
+        if block == 0:  # each method at its own best block, as the paper compares them
+            setting.block = best_block(setting)[0]
+            si_block = min(range(1, 11), key=lambda k: si_time_per_token(
+                Setting(**{**setting.__dict__, "block": k})))
         p = predict(setting, tokens=tokens)
-        p.si = si_time_per_token(Setting(**{**setting.__dict__, "lookahead": si_lookahead}))
+        p.si = si_time_per_token(Setting(**{**setting.__dict__, "block": si_block}))
         needed = required_workers(setting)
         report = {
-            "setting": {k: round(v, 6) if isinstance(v, float) else v for k, v in setting.__dict__.items()},
+            "setting": {**{k: round(v, 6) if isinstance(v, float) else v for k, v in setting.__dict__.items()},
+                        "lookahead": setting.block},  # the block's published earlier name
             "ms_per_token": {"nonsi": p.nonsi * 1e3, "si": p.si * 1e3, "dsi": p.dsi * 1e3,
                              "dsi_paper_model": p.dsi_paper * 1e3},
             "tokens_per_s": {"nonsi": 1 / p.nonsi, "si": 1 / p.si, "dsi": 1 / p.dsi,
                              "dsi_paper_model": 1 / p.dsi_paper},
-            "si_lookahead": si_lookahead, "dsi_over_si": p.dsi_over_si, "dsi_over_best": p.dsi_over_best,
+            "si_lookahead": si_block, "dsi_over_si": p.dsi_over_si, "dsi_over_best": p.dsi_over_best,
             "paper_model_workers_needed": needed,
         }
         if measured is not None:
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
                 from mlx_spec.dsi.measure import measure_dsi
                 from mlx_spec.dsi.simulator import simulate_dsi_time_per_token
 
-                dsi = measure_dsi(mlx_spec.load(model), prompt, max_tokens, setting.lookahead,
+                dsi = measure_dsi(mlx_spec.load(model), prompt, max_tokens, setting.block,
                                   draft_model=draft_model, workers=workers)
                 report["measured_tokens_per_s"]["dsi"] = dsi.tokens_per_s
                 report["dsi_lossless"] = dsi.lossless
@@ -95,8 +96,8 @@ def register(app: typer.Typer) -> None:
         s = setting
         print(f"target {s.target * 1e3:.2f} ms (+{s.target_per_token * 1e3:.2f} ms per verified token), "
               f"drafter {s.drafter * 1e3:.2f} ms/token, acceptance {s.acceptance:.2f}, "
-              f"lookahead {s.lookahead}, workers {s.workers}")
-        names = {"nonsi": "non-SI", "si": f"SI (lookahead {si_lookahead})", "dsi": "DSI (this scheduler)",
+              f"block {s.block} drafts per job, workers {s.workers}")
+        names = {"nonsi": "non-SI", "si": f"SI (block {si_block})", "dsi": "DSI (this scheduler)",
                  "dsi_paper_model": f"DSI (paper model, >= {needed} workers)"}
         for key, name in names.items():
             print(f"  {name:<34} {report['ms_per_token'][key]:8.2f} ms/token "

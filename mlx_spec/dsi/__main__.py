@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--drafter", default="draft")
     parser.add_argument("--draft-model", default=None)
-    parser.add_argument("--lookahead", type=int, default=4)
+    parser.add_argument("--block", "--lookahead", dest="block", type=int, default=4,
+                        help="drafts per job (--lookahead: its earlier name)")
     parser.add_argument("--temp", type=float, default=0.0)
     parser.add_argument("--kv-bits", type=int, default=None)
     args = parser.parse_args(argv)
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
     model = mlx_spec.load(args.model)
     chunks = mlx_spec.stream_generate(model, args.prompt, method="dsi", max_tokens=args.max_tokens,
                                       temperature=args.temp, drafter=args.drafter,
-                                      draft_model=args.draft_model, lookahead=args.lookahead,
+                                      draft_model=args.draft_model, block=args.block,
                                       workers=group.size() - 1)
     stats = None
     for chunk in chunks:

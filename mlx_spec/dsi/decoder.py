@@ -24,11 +24,11 @@ def _tell_user(worker: int, reason: str) -> None:
 
 class DsiDecoder:
     def __init__(self, orchestrator: Orchestrator, method: str = "dsi", drafting=None,
-                 lookahead: Optional[int] = None):
+                 block: Optional[int] = None):
         self.orchestrator = orchestrator
         self.method = method
         self.drafting = drafting or orchestrator.lane.drafting
-        self.lookahead = lookahead or orchestrator.lookahead
+        self.block = block or orchestrator.block
 
     target = None  # verification happens in the workers, each with its own cache
 
@@ -43,7 +43,7 @@ class DsiDecoder:
         check_request(prompt_tokens, limits)
         stats = GenerationStats(method=self.method, prompt_tokens=len(prompt_tokens))
         orch = self.orchestrator
-        orch.lane.drafting, orch.lookahead = self.drafting, self.lookahead  # this decoder's drafter
+        orch.lane.drafting, orch.block = self.drafting, self.block  # this decoder's drafter
         t0 = time.perf_counter()
         orch.prefill(list(prompt_tokens), sampling)
         stats.prefill_s = time.perf_counter() - t0
@@ -65,37 +65,39 @@ class DsiDecoder:
             yield Step(commit.tokens, commit.finish, stats)
 
 
-def _drafter_options(name: str, lookahead: int, draft_model, options: dict) -> dict:
+def _drafter_options(name: str, block: int, draft_model, options: dict) -> dict:
     factory_params = inspect.signature(drafters._REGISTRY[name]).parameters
     if "num_draft_tokens" in factory_params:
-        options.setdefault("num_draft_tokens", lookahead)
+        options.setdefault("num_draft_tokens", block)
     if draft_model is not None:
         options["draft_model"] = draft_model
     return options
 
 
-def make_dsi_decoder(model: SpecModel, workers: int = 2, lookahead: int = 4,
+def make_dsi_decoder(model: SpecModel, workers: int = 2, block: int = 4,
                      drafter: str = "draft", draft_model: Optional[str] = None,
                      job_timeout: float = 120.0, kv_bits: Optional[int] = None,
-                     num_draft_tokens: Optional[int] = None, **drafter_options) -> DsiDecoder:
+                     num_draft_tokens: Optional[int] = None, lookahead: Optional[int] = None,
+                     **drafter_options) -> DsiDecoder:
     """DSI over worker processes: `workers` target copies (spawned here, or the ranks mlx.launch
-    started), `drafter` (any chain method) run ahead by `lookahead` tokens per job."""
+    started), `drafter` (any chain method) run ahead by `block` tokens per job. `lookahead` is
+    the block's earlier name (the DSI paper's; kept for callers, `lookahead` is also a method)."""
     from .launch import get_pool
 
-    lookahead = num_draft_tokens or lookahead
+    block = num_draft_tokens or lookahead or block
     if drafter == "dsi":
         raise MlxSpecError("dsi's drafter must be a drafting method such as draft or pld")
     drafters.check_name(drafter)
     proposer = drafters.create(drafter, model,
-                               **_drafter_options(drafter, lookahead, draft_model, drafter_options))
-    if lookahead < 1:
-        raise MlxSpecError(f"lookahead must be >= 1, got {lookahead}")
+                               **_drafter_options(drafter, block, draft_model, drafter_options))
+    if block < 1:
+        raise MlxSpecError(f"block must be >= 1, got {block}")
     pool = get_pool(workers, model.path, kv_bits)
     drafting = ThreadedDrafting(proposer, pool.pool.post)
     if pool.orchestrator is None:
         # one orchestrator per pool: it alone knows which worker computes what and which failed,
         # so every DSI decoder of this process shares it and brings its own drafter
-        pool.orchestrator = Orchestrator(pool.pool, proposer, lookahead=lookahead,
+        pool.orchestrator = Orchestrator(pool.pool, proposer, block=block,
                                          job_timeout=job_timeout, on_failure=_tell_user,
                                          drafting=drafting)
-    return DsiDecoder(pool.orchestrator, drafting=drafting, lookahead=lookahead)
+    return DsiDecoder(pool.orchestrator, drafting=drafting, block=block)

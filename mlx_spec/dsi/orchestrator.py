@@ -227,13 +227,13 @@ class _DraftLane:
 
 
 class Orchestrator:
-    def __init__(self, pool: WorkerPool, drafter: Drafter, lookahead: int = 4,
+    def __init__(self, pool: WorkerPool, drafter: Drafter, block: int = 4,
                  job_timeout: float = 60.0, on_failure: Optional[Callable[[int, str], None]] = None,
                  draft_chunk: int = 1, drafting=None, min_job_timeout: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
-        if lookahead < 1 or draft_chunk < 1:
-            raise MlxSpecError(f"lookahead and draft_chunk must be >= 1, got {lookahead}, {draft_chunk}")
-        self.lookahead = lookahead
+        if block < 1 or draft_chunk < 1:
+            raise MlxSpecError(f"block and draft_chunk must be >= 1, got {block}, {draft_chunk}")
+        self.block = block
         # tokens per drafting step: small steps keep the speculation close to what workers need
         # and waste little when a rejection makes the step in progress useless
         self.draft_chunk = draft_chunk
@@ -255,7 +255,7 @@ class Orchestrator:
         return self.workers.reply_deadline()
 
     def worth_waiting(self, have: int) -> bool:
-        """Should a job wait for its block to fill (lookahead drafts) rather than leave with
+        """Should a job wait for its block to fill (block drafts) rather than leave with
         `have`? Yes when the drafts still to come are expected to be accepted more often than
         plain decoding would produce tokens while waiting for them: sum of a^i over the missing
         positions i > (missing drafts x drafter pace) / target reply time. Unknown paces: no."""
@@ -263,8 +263,8 @@ class Orchestrator:
         if w.replies < 3 or pace is None:
             return False
         a = self.accepted_total / max(1, self.accepted_total + self.rejections_total)
-        gain = sum(a ** i for i in range(have + 1, self.lookahead + 1))
-        wait = (self.lookahead - have) * pace
+        gain = sum(a ** i for i in range(have + 1, self.block + 1))
+        wait = (self.block - have) * pace
         return gain > wait / (w.reply_s / w.replies)
 
     # -- public ---------------------------------------------------------------------------------
@@ -358,11 +358,11 @@ class _Run:
     def _wants_drafts(self) -> bool:
         if self.stalled or self._room() <= 0:
             return False
-        depth_cap = (self.orch.lookahead + 1) * (len(self.workers.live) + 1)
+        depth_cap = (self.orch.block + 1) * (len(self.workers.live) + 1)
         return len(self.spec) < depth_cap
 
     def _start_draft(self) -> None:
-        needed = self.orch.lookahead - (len(self.spec) - self._next_first())
+        needed = self.orch.block - (len(self.spec) - self._next_first())
         m = max(1, min(needed, self.orch.draft_chunk, self._room()))
         self.key, draft_key = mx.random.split(self.key)
         ctx = StepContext(tokens=self.committed + self.spec, max_drafts=m, sampling=self.sampling,
@@ -397,13 +397,13 @@ class _Run:
         available = len(self.spec) - first
         if available < 0:
             return None  # the root itself is not drafted yet
-        lookahead = self.orch.lookahead
-        if available < lookahead and not self.stalled and self._room() > 0:
+        block = self.orch.block
+        if available < block and not self.stalled and self._room() > 0:
             # a short job leaves only when nothing is in flight (the target must not idle), and
             # not when the missing drafts are worth their wait (see worth_waiting)
             if self.jobs or self.orch.worth_waiting(available):
                 return None
-        n = min(available, lookahead)
+        n = min(available, block)
         root = self.committed[-1] if first == 0 else self.spec[first - 1]
         context = self.committed[:-1] if first == 0 else self.committed + self.spec[:first - 1]
         chain = [root] + self.spec[first:first + n]

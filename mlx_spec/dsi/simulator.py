@@ -3,7 +3,8 @@
 Inputs (any time unit, as long as it is the same for all): the target's forward latency T (one
 verification, optionally growing by `target_per_token` per verified token), the drafter's latency c
 per drafted token, the acceptance rate a (each draft accepted independently with probability a, as
-in the speculative decoding literature), the lookahead k and the number of target workers.
+in the speculative decoding literature), the block k (drafts per job: the paper's lookahead) and
+the number of target workers.
 
 Three views:
 - closed forms for non-SI (T per token) and SI (k drafts, then one verification that yields the
@@ -38,7 +39,7 @@ class Setting:
     target: float                 # T: one target forward (verification of one token)
     drafter: float                # c: one drafted token
     acceptance: float             # a
-    lookahead: int = 5            # k
+    block: int = 5                # k: drafts per job (the paper's lookahead)
     workers: int = 7              # target workers (the paper's single node: 8 GPUs, 1 drafter)
     target_per_token: float = 0.0  # extra target time per verified token beyond the first
     overhead: float = 0.0         # per job: messages, scheduling
@@ -61,8 +62,8 @@ def nonsi_time_per_token(s: Setting) -> float:
 
 
 def si_time_per_token(s: Setting) -> float:
-    cost = s.lookahead * s.drafter + s.verify_time(s.lookahead + 1) + s.overhead
-    return cost / expected_tokens_per_iteration(s.acceptance, s.lookahead)
+    cost = s.block * s.drafter + s.verify_time(s.block + 1) + s.overhead
+    return cost / expected_tokens_per_iteration(s.acceptance, s.block)
 
 
 def paper_dsi_time_per_token(s: Setting, tail: float = 1e-12) -> float:
@@ -71,7 +72,7 @@ def paper_dsi_time_per_token(s: Setting, tail: float = 1e-12) -> float:
     yields m k + j + 1 tokens; the drafter spent (m + 1) k c and only the last verification, T, is
     not hidden behind drafting; and never more than non-SI would take for those tokens:
     cost = min((m + 1) k c + T, (m k + j + 1) T). Time per token = E[cost] / E[tokens]."""
-    k, c, t, a = s.lookahead, s.drafter, s.verify_time(s.lookahead + 1), s.acceptance
+    k, c, t, a = s.block, s.drafter, s.verify_time(s.block + 1), s.acceptance
     full = a ** k
     if full >= 1.0:
         return c  # every draft accepted: the drafter's pace
@@ -90,7 +91,7 @@ def paper_dsi_time_per_token(s: Setting, tail: float = 1e-12) -> float:
 
 def required_workers(s: Setting) -> int:
     """Target servers the paper's model needs so that no verification waits."""
-    return math.ceil(s.verify_time(s.lookahead + 1) / (s.lookahead * s.drafter)) if s.drafter else 10 ** 9
+    return math.ceil(s.verify_time(s.block + 1) / (s.block * s.drafter)) if s.drafter else 10 ** 9
 
 
 # -- event simulation of this project's scheduler --------------------------------------------------
@@ -179,7 +180,7 @@ class _SimPool:
 def simulate_dsi_time_per_token(s: Setting, tokens: int = 3000, seed: int = 0) -> float:
     pool = _SimPool(s, _Clock())
     drafter = _SimDrafter(s, random.Random(seed))
-    orchestrator = Orchestrator(pool, drafter, lookahead=s.lookahead, job_timeout=math.inf,
+    orchestrator = Orchestrator(pool, drafter, block=s.block, job_timeout=math.inf,
                                 drafting=_SimDrafting(drafter, pool), clock=lambda: pool.clock.now)
     generated = 0
     for commit in orchestrator.generate([1, 2, 3], tokens, SamplingParams(), seed=seed):
@@ -208,18 +209,18 @@ def predict(s: Setting, tokens: int = 3000, seed: int = 0) -> Prediction:
                       simulate_dsi_time_per_token(s, tokens, seed), paper_dsi_time_per_token(s))
 
 
-def best_lookahead(s: Setting, candidates=range(1, 11), paper_model: bool = False) -> tuple[int, float]:
-    """The lookahead with the lowest DSI time per token (and that time)."""
+def best_block(s: Setting, candidates=range(1, 11), paper_model: bool = False) -> tuple[int, float]:
+    """The block with the lowest DSI time per token (and that time)."""
     def cost(k):
-        trial = Setting(**{**s.__dict__, "lookahead": k})
+        trial = Setting(**{**s.__dict__, "block": k})
         return paper_dsi_time_per_token(trial) if paper_model else simulate_dsi_time_per_token(trial, 1500)
     return min(((k, cost(k)) for k in candidates), key=lambda kc: kc[1])
 
 
 def paper_heatmap_max_speedup(ndim: int = 10, workers: int = 7) -> tuple[float, float]:
-    """The paper's Figure 2 grid (c, a in 0..1, clamped to [0.01, 0.99]; lookahead 1..10 with
+    """The paper's Figure 2 grid (c, a in 0..1, clamped to [0.01, 0.99]; block 1..10 with
     enough servers, i.e. ceil(1 / (k c)) <= workers): for each cell every algorithm takes its best
-    lookahead. Returns (max DSI speedup over SI, max DSI speedup over min(SI, non-SI))."""
+    block. Returns (max DSI speedup over SI, max DSI speedup over min(SI, non-SI))."""
     grid = [i / ndim for i in range(ndim + 1)]
     best_si = best_base = 0.0
     for c in (max(0.01, v) for v in grid):

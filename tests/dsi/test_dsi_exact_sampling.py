@@ -1,7 +1,7 @@
 """dsi's sampled output has exactly the target's distribution: chi-square of 3-token continuations
 against the distribution enumerated with plain forwards (tests/support/exactness.py), at temperature 0.7
 and 1.0. The orchestrator runs with in-process workers (real Verifier and Target, jobs through the
-wire encoding) so that many samples are cheap; with two workers and lookahead 1 the second job's
+wire encoding) so that many samples are cheap; with two workers and block 1 the second job's
 root is a drafted token checked against the first job's bonus, the path only dsi has. The drafter
 is the target with its logits doubled (a sharper copy: most drafts accepted, so jobs pipeline, and
 enough rejected that resampling from the residual matters; a drafter unrelated to the target
@@ -83,11 +83,11 @@ def sharp_dir(target_dir, tmp_path_factory):
     return sharp
 
 
-def dsi_decoder(target_dir, drafter_dir, workers=2, lookahead=1):
+def dsi_decoder(target_dir, drafter_dir, workers=2, block=1):
     model = mlx_spec.load(str(target_dir))
     drafter = drafters.create("draft", model, draft_model=str(drafter_dir),
-                              num_draft_tokens=lookahead)
-    orchestrator = Orchestrator(InProcessPool(target_dir, workers), drafter, lookahead=lookahead)
+                              num_draft_tokens=block)
+    orchestrator = Orchestrator(InProcessPool(target_dir, workers), drafter, block=block)
     return DsiDecoder(orchestrator), orchestrator
 
 

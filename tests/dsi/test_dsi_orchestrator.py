@@ -8,10 +8,10 @@ from support.dsi_fakes import GREEDY, FakePool, OracleDrafter, run, target_text
 
 
 @pytest.mark.parametrize("latencies", [[0.001], [0.002, 0.0], [0.003, 0.001, 0.0]])
-@pytest.mark.parametrize("lookahead", [1, 3, 6])
-def test_exact_output_with_injected_rejections(latencies, lookahead):
+@pytest.mark.parametrize("block", [1, 3, 6])
+def test_exact_output_with_injected_rejections(latencies, block):
     drafter = OracleDrafter(wrong=lambda p: p % 7 == 2 or p % 11 == 0)
-    out, orch = run(FakePool(latencies), drafter, lookahead=lookahead)
+    out, orch = run(FakePool(latencies), drafter, block=block)
     assert out == target_text((3, 5, 8), 60)
     c = orch.counters
     assert c.jobs_applied < 60  # speculation bought more than one token per applied job
@@ -19,7 +19,7 @@ def test_exact_output_with_injected_rejections(latencies, lookahead):
 
 
 def test_perfect_drafter_needs_few_jobs():
-    out, orch = run(FakePool([0.001, 0.001]), OracleDrafter(), lookahead=5, n=60)
+    out, orch = run(FakePool([0.001, 0.001]), OracleDrafter(), block=5, n=60)
     assert out == target_text((3, 5, 8), 60)
     # each applied job commits its 5 drafts and confirms the next root: 6 tokens
     assert orch.counters.jobs_applied <= 60 // 6 + 2
@@ -42,7 +42,7 @@ def test_eos_and_limits():
     expected = target_text(prompt, 40)
     eos = expected[17]
     first = expected.index(eos)
-    orch = Orchestrator(FakePool([0.0, 0.0]), OracleDrafter(), lookahead=4)
+    orch = Orchestrator(FakePool([0.0, 0.0]), OracleDrafter(), block=4)
     commits = list(orch.generate(list(prompt), 40, GREEDY, eos_token_ids={eos}))
     assert [t for c in commits for t in c.tokens] == expected[:first]
     assert commits[-1].finish == "stop"
@@ -79,7 +79,7 @@ def test_every_worker_failing_is_an_error():
 
 def test_stale_replies_from_a_finished_request_are_ignored():
     pool = FakePool([0.01, 0.0])
-    orch = Orchestrator(pool, OracleDrafter(wrong=lambda p: p % 4 == 1), lookahead=3)
+    orch = Orchestrator(pool, OracleDrafter(wrong=lambda p: p % 4 == 1), block=3)
     for prompt in [(1, 2), (9, 9, 4), (1, 2)]:
         out = [t for c in orch.generate(list(prompt), 15, GREEDY) for t in c.tokens]
         assert out == target_text(prompt, 15)

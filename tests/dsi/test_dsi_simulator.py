@@ -53,7 +53,7 @@ def test_paper_grid_reproduces_figure_2d():
 
 
 def test_acceptance_rate_estimate():
-    # calls of lookahead 3: emitted tokens = accepted + 1; a rejection ends every call but full ones
+    # calls of block 3: emitted tokens = accepted + 1; a rejection ends every call but full ones
     assert acceptance_rate([4, 4, 1, 2], 3) == pytest.approx(7 / 9)
 
 
@@ -74,5 +74,8 @@ def test_dsi_sim_command():
     assert ms["nonsi"] == pytest.approx(20.0)
     assert ms["dsi"] < ms["si"] < ms["nonsi"]
     assert report["setting"]["lookahead"] == 3
+    proc = _cli("dsi-sim", "--target-ms", "20", "--drafter-ms", "2", "--acceptance", "0.8",
+                "--workers", "4", "--block", "3", "--tokens", "600", "--json")
+    assert json.loads(proc.stdout)["setting"]["block"] == 3  # the name, --lookahead its alias
     proc = _cli("dsi-sim", "--target-ms", "20")
     assert proc.returncode == 1 and "--drafter-ms" in proc.stderr

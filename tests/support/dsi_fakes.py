@@ -105,8 +105,8 @@ class FakePool:
             inbox.put(None)
 
 
-def run(pool, drafter, prompt=(3, 5, 8), n=60, lookahead=4, **kwargs):
-    orch = Orchestrator(pool, drafter, lookahead=lookahead, **kwargs)
+def run(pool, drafter, prompt=(3, 5, 8), n=60, block=4, **kwargs):
+    orch = Orchestrator(pool, drafter, block=block, **kwargs)
     out = []
     for commit in orch.generate(list(prompt), n, GREEDY):
         out.extend(commit.tokens)
