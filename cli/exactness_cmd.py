@@ -1,0 +1,93 @@
+"""`mlxspec exactness`: each method's sampled output against the target's exact distribution over
+the whole vocabulary (mlx_spec/bench/exactness.py says how), sized to catch a given shift."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import err_console, fail, user_errors
+
+DEFAULT_METHODS = "ar,pld,lookahead,draft,adaedl,redrafter,auto"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("exactness")
+    @user_errors
+    def exactness(
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="mlx-lm folder (default: embedded)."),
+        methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma list; NAME[key=value,...] sets options. Methods the model cannot run are skipped unless named alone."),
+        temps: str = typer.Option("0.7,1.0", "--temps", help="Comma list of temperatures (> 0)."),
+        shift: float = typer.Option(0.01, "--shift", help="Probability shift on the first token that the trials must catch with 95% power."),
+        trials: Optional[int] = typer.Option(None, "--trials", help="Steps per method and temperature (default: sized by --shift)."),
+        depth: int = typer.Option(2, "--depth", help="Positions of a step to test."),
+        prompt: Optional[str] = typer.Option(None, "--prompt", help="The fixed context (raw text; default: a story line that repeats itself)."),
+        plant: float = typer.Option(0.0, "--plant", help="Move this much probability from the top first token to the second on purpose: the test must catch it."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the reports as JSON."),
+    ):
+        """Test that sampled output is exactly the target's: many single steps of each method from
+        one context, against mlx-lm's own distributions. Exits 1 if a method is not exact (with
+        --plant: if a planted shift goes uncaught)."""
+        from rich.console import Console
+        from rich.progress import Progress
+        from rich.table import Table
+
+        import mlx_spec
+        from mlx_spec import methods as registry
+        from mlx_spec.bench import MethodSpec, split_method_list
+        from mlx_spec.bench import exactness as ex
+        from mlx_spec.errors import MlxSpecError
+
+        temperatures = []
+        for text in temps.split(","):
+            try:
+                temperatures.append(float(text))
+            except ValueError:
+                fail(f"--temps: {text!r} is not a number")
+        if any(t <= 0 for t in temperatures):
+            fail("--temps: exactness is tested when sampling; give temperatures > 0")
+        if not 0 < shift < 1 or plant < 0 or (trials is not None and trials < 1):
+            fail("--shift must be in (0, 1), --plant >= 0 and --trials >= 1")
+        specs = [MethodSpec.parse(n) for n in split_method_list(methods)]
+        for spec in specs:
+            registry.check_name(spec.name)
+        spec_model = mlx_spec.load(model)
+        context = spec_model.tokenizer.encode(prompt or ex.DEFAULT_CONTEXT)
+        runnable = {}
+        for spec in specs:
+            try:
+                runnable[spec.label] = mlx_spec.make_decoder(spec_model, spec.name, backoff=False,
+                                                             **spec.options)
+            except MlxSpecError as exc:
+                if len(specs) == 1:
+                    raise
+                err_console.print(f"[dim]skipped {spec.label}: {exc}[/]")
+        with Progress(console=err_console, transient=True) as bar:
+            task = bar.add_task("exactness", total=None)
+
+            def progress(name, temperature, done, total):
+                bar.update(task, completed=done, total=total, description=f"{name} T={temperature}")
+            reports = ex.run(spec_model, runnable.__getitem__, list(runnable), temperatures,
+                             context, shift, trials, depth, plant, progress)
+        table = Table(title=f"exactness over the full vocabulary ({len(context)}-token context)")
+        for column in ("method", "temp", "trials", "drafted/step", "accepted/step",
+                       "position 1 p", "catches shift", "position 2 p (groups)", "verdict"):
+            table.add_column(column)
+        for r, label in zip(reports, list(runnable) * len(temperatures)):
+            first, second = r.positions[0], r.positions[1] if len(r.positions) > 1 else None
+            verdict = ("caught" if not r.exact else "MISSED") if plant else \
+                ("exact" if r.exact else "NOT EXACT")
+            table.add_row(label, f"{r.temperature:g}", str(r.trials), f"{r.drafted_per_step:.2f}",
+                          f"{r.accepted_per_step:.2f}", f"{first.p_value:.3g}",
+                          f"{first.resolution:.4f}",
+                          f"{second.p_value:.3g} ({second.groups})" if second else "-", verdict)
+        Console(width=None if Console().is_terminal else 140).print(table)
+        if json_out:
+            json_out.write_text(json.dumps({"model": spec_model.path, "context": context,
+                                            "alpha": ex.ALPHA, "shift": shift,
+                                            "reports": [r.as_dict() for r in reports]}, indent=2))
+        failed = [r for r in reports if (r.exact if plant else not r.exact)]
+        if failed:
+            raise typer.Exit(1)
