@@ -98,19 +98,26 @@ def _accept_sampled_chain(tree: Tree, logits: mx.array, params: SamplingParams, 
 
 
 def _accept_sampled_tree(tree: Tree, logits: mx.array, params: SamplingParams, key) -> Acceptance:
-    p = np.array(mx.exp(log_probs(logits, params)), dtype=np.float64)  # [n, V]: after node i
-    q = np.array(tree.draft_probs.astype(mx.float32), dtype=np.float64)  # row c: c's draft dist
+    """Only the rows the walk reads become probabilities: the target's row of each visited node
+    and the draft row of each draw tested (a 16-node tree at T > 0 spent ~9 ms of a CPU step
+    turning all 16 target rows of a 4,096-token vocabulary into probabilities)."""
+    def p(node: int) -> np.ndarray:  # the target's distribution after `node`
+        return np.array(mx.exp(log_probs(logits[node:node + 1], params))[0], dtype=np.float64)
+
+    def q(child: int) -> np.ndarray:  # the distribution `child`'s token was drawn from
+        return np.array(tree.draft_probs[child].astype(mx.float32), dtype=np.float64)
+
     rng = np.random.default_rng(mx.random.randint(0, 1 << 31, key=key).item())
     draws = tree.draws if tree.draws is not None else tree.children()
     node, path, tokens = 0, [0], []
     while True:
-        residual, chosen = p[node], None
+        residual, chosen = p(node), None
         for child in draws[node]:
-            x = tree.tokens[child]
-            if rng.random() * q[child, x] < residual[x]:  # probability min(1, r(x) / q(x))
+            x, q_child = tree.tokens[child], q(child)
+            if rng.random() * q_child[x] < residual[x]:  # probability min(1, r(x) / q(x))
                 chosen = child
                 break
-            shrunk = np.maximum(residual - q[child], 0.0)
+            shrunk = np.maximum(residual - q_child, 0.0)
             total = shrunk.sum()
             if total > 0:  # zero only when r == q, where x could not have been rejected
                 residual = shrunk / total
