@@ -97,6 +97,36 @@ class DraftLengthChooser:
             self.nodes_per_depth += self.rate * (nodes / offered - self.nodes_per_depth)
 
 
+class Guesses:
+    """A drafter's guesses, each kept from the step it was made until the text has gone far
+    enough past it to say how it would have fared; the choosers learn from those outcomes, sent
+    or not (a longer guess than the chooser let through still teaches about its deeper levels).
+    outcome(guess, tokens, start) gives the outcome, or None while later tokens could change it."""
+
+    def __init__(self, outcome: Callable):
+        self.outcome = outcome
+        self.open: list[tuple[int, object]] = []
+
+    def add(self, start: int, guess) -> None:
+        """`guess` was made when the text was tokens[:start]."""
+        self.open.append((start, guess))
+
+    def clear(self) -> None:
+        self.open = []
+
+    def settle(self, tokens: list[int]) -> list:
+        """The outcomes that `tokens` decides, oldest first; the rest stay open."""
+        known, still_open = [], []
+        for start, guess in self.open:
+            result = self.outcome(guess, tokens, start)
+            if result is None:
+                still_open.append((start, guess))
+            else:
+                known.append(result)
+        self.open = still_open
+        return known
+
+
 def shared_chooser(model, key: tuple, make):
     """One chooser per loaded model and drafter settings (drafters/shared.py), so what it learned
     carries over to the next request and decoder; a fresh one where there is no model. Only for

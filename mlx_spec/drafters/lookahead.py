@@ -32,7 +32,7 @@ from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import CliFlag, register
 from .base import Drafter, StepContext
-from .draft_length import VerifyCost, linear_verify_cost, shared_chooser, verify_cost_for
+from .draft_length import Guesses, VerifyCost, linear_verify_cost, shared_chooser, verify_cost_for
 from .shared import shared
 
 PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction of it (so a
@@ -115,7 +115,7 @@ class Lookahead(Drafter):
         self._request: Optional[TrieStream] = None
         self._output: Optional[TrieStream] = None
         self._output_from = 0
-        self._pending: list[tuple[int, Retrieval]] = []
+        self._guesses = Guesses(self._outcome)  # retrievals, scored once their outcome is known
 
     # -- warm start -------------------------------------------------------------------------------
     def _warm_up(self, model, path: str) -> None:
@@ -157,7 +157,7 @@ class Lookahead(Drafter):
         self._output = TrieStream(self.output_trie, self.window)
         # output windows start a little before the answer, so its first tokens can be matched
         self._output_from = max(0, len(prompt_tokens) - self.match_length)
-        self._pending = []
+        self._guesses.clear()
         self._tokens = None
         self.timing = {"calls": 0, "insert_s": 0.0, "retrieve_s": 0.0}
 
@@ -177,14 +177,16 @@ class Lookahead(Drafter):
         self._catch_up(tokens)
         t1 = time.perf_counter()
 
-        self._score_past_guesses(tokens)
+        if self.chooser is not None:
+            for ranks, retrieved in self._guesses.settle(tokens):
+                self.chooser.record(ranks, retrieved)
         depth = min(self.branch_length, ctx.max_drafts)
         mode = self.mode if ctx.trees else "single"  # a chain-only target: the best branch
         found = retrieve([self.request_trie, self.output_trie], tokens[-self.match_length:],
                          self.decoding_length, depth, self.match_length, mode)
         budget = self.decoding_length
         if self.chooser is not None and len(found) > 1:
-            self._pending.append((len(tokens), found))
+            self._guesses.add(len(tokens), found)
             budget = self.chooser.choose()
         keep = 1 + min(budget, ctx.max_drafts, len(found) - 1)
         tree = Tree(tokens=found.tokens[:keep], parents=found.parents[:keep])
@@ -195,17 +197,13 @@ class Lookahead(Drafter):
         self.timing["retrieve_s"] += t2 - t1
         return tree
 
-    def _score_past_guesses(self, tokens: list[int]) -> None:
-        """Teach the budget chooser with every earlier retrieval whose outcome is now known."""
-        still_open = []
-        for start, found in self._pending:
-            continuation = tokens[start:start + self.branch_length]
-            ranks, ran_out = found.matched_ranks(continuation)
-            if ran_out and len(continuation) < self.branch_length:
-                still_open.append((start, found))
-            else:
-                self.chooser.record(ranks, len(found) - 1)
-        self._pending = still_open
+    def _outcome(self, found: Retrieval, tokens: list[int], start: int):
+        """(retrieval nodes the text walked through, nodes retrieved), once the walk is over."""
+        continuation = tokens[start:start + self.branch_length]
+        ranks, ran_out = found.matched_ranks(continuation)
+        if ran_out and len(continuation) < self.branch_length:
+            return None
+        return ranks, len(found) - 1
 
     def end(self) -> None:
         if self._tokens is not None:  # the answer's last tokens, and any left by plain steps

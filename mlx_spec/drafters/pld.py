@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .draft_length import DraftLengthChooser, shared_chooser, verify_cost_for
+from .draft_length import DraftLengthChooser, Guesses, shared_chooser, verify_cost_for
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
@@ -65,11 +65,11 @@ class PromptLookup(Drafter):
             num_draft_tokens, 0, verify=verify_cost_for(model, verify_cost, verify_overhead,
                                                         default=(0.07, 0.2))))
                         if adaptive else None)
-        self._guesses: list[tuple[int, list[int]]] = []  # (where a lookup was made, its tokens)
+        self._guesses = Guesses(_chain_outcome)
 
     def begin(self, prompt_tokens: list[int]) -> None:
         self.index.reset(prompt_tokens)
-        self._guesses = []  # the chooser keeps what earlier requests taught it
+        self._guesses.clear()  # the chooser keeps what earlier requests taught it
 
     def propose(self, ctx: StepContext) -> Tree:
         if ctx.max_drafts < 1:  # a plain step (the back-off, the last token): the index catches
@@ -78,20 +78,17 @@ class PromptLookup(Drafter):
             self.index.extend(ctx.tokens[len(self.index.tokens):])
         draft = self.index.lookup(self.num_draft_tokens)
         if self.chooser is not None:
-            self._score_guesses(ctx.tokens)
+            for matched, offered in self._guesses.settle(ctx.tokens):
+                self.chooser.record(matched, offered)
             if draft:
-                self._guesses.append((len(ctx.tokens), draft))
+                self._guesses.add(len(ctx.tokens), draft)
                 draft = draft[:self.chooser.choose()]
         return Tree.from_chain(ctx.tokens[-1], draft[:ctx.max_drafts])
 
-    def _score_guesses(self, tokens: list[int]) -> None:
-        """Teach the chooser with every earlier guess whose outcome is now known."""
-        still_open = []
-        for start, guess in self._guesses:
-            actual = tokens[start:start + len(guess)]
-            matched = next((i for i, (a, b) in enumerate(zip(actual, guess)) if a != b), len(actual))
-            if matched == len(actual) < len(guess):
-                still_open.append((start, guess))
-            else:
-                self.chooser.record(matched, len(guess))
-        self._guesses = still_open
+
+def _chain_outcome(guess: list[int], tokens: list[int], start: int):
+    """(tokens of the guess the text matched, its length), once a mismatch or the guess's end is
+    reached."""
+    actual = tokens[start:start + len(guess)]
+    matched = next((i for i, (a, b) in enumerate(zip(actual, guess)) if a != b), len(actual))
+    return None if matched == len(actual) < len(guess) else (matched, len(guess))

@@ -110,3 +110,19 @@ def test_the_same_acceptance_drafts_deeper_where_verifying_is_cheaper():
     cheap = chooser(lambda n: 1.0 + 0.01 * n if n else 1.0).choose()
     dear = chooser(lambda n: 1.0 + 0.2 * n if n else 1.0).choose()
     assert cheap > dear >= 1
+
+
+def test_guesses_settle_once_the_text_decides_them():
+    """The one ledger of pld's and lookahead's guesses: open while the text still matches and has
+    not reached the guess's end, settled (oldest first) at a mismatch or at the end."""
+    from mlx_spec.drafters.draft_length import Guesses
+    from mlx_spec.drafters.pld import _chain_outcome
+
+    ledger = Guesses(_chain_outcome)
+    ledger.add(3, [7, 8, 9])   # made after tokens[:3]
+    ledger.add(4, [8, 5])      # made after tokens[:4]
+    assert ledger.settle([1, 2, 3, 7]) == [] and len(ledger.open) == 2  # nothing decided yet
+    assert ledger.settle([1, 2, 3, 7, 8]) == [] and len(ledger.open) == 2  # still matching
+    # (matched, offered): 7, 8 then 4 != 9; 8 then 4 != 5
+    assert ledger.settle([1, 2, 3, 7, 8, 4]) == [(2, 3), (1, 2)]
+    assert ledger.open == []
