@@ -60,7 +60,9 @@ class PositionTest:
     max_z: float
     chi_square: float
     dof: int
-    p_value: float
+    p_tail: float      # the smallest binomial tail, times the cells tested (Bonferroni)
+    p_chi_square: float
+    p_value: float     # 2 x the smaller of the two
     resolution: float  # shift on the most likely token caught with 95% power at ALPHA
 
     def as_dict(self) -> dict:
@@ -249,11 +251,11 @@ def _test(position: int, groups: dict) -> PositionTest:
             z_needed = norm.isf(ALPHA / (2 * max(int(big.sum()), 1))) + POWER_Z
             resolution = z_needed * math.sqrt(p_max * (1 - p_max) / n)
     if not samples:
-        return PositionTest(position, 0, 0, 0, 0.0, 0.0, 0, 1.0, 0.0)
+        return PositionTest(position, 0, 0, 0, 0.0, 0.0, 0, 1.0, 1.0, 1.0, 0.0)
     max_z = float(np.max(np.abs(zs))) if zs else 0.0
     p_z = min(1.0, len(tails) * 2 * float(np.min(tails))) if tails else 1.0
     p_chi = float(chi2.sf(stat, dof)) if dof > 0 else 1.0
-    return PositionTest(position, len(groups), samples, len(zs), max_z, stat, dof,
+    return PositionTest(position, len(groups), samples, len(zs), max_z, stat, dof, p_z, p_chi,
                         min(1.0, 2 * min(p_z, p_chi)), resolution)
 
 
