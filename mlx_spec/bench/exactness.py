@@ -66,7 +66,8 @@ class PositionTest:
     resolution: float  # shift on the most likely token caught with 95% power at ALPHA
 
     def as_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: (float(f"{v:.4g}") if isinstance(v, float) else v)
+                for k, v in self.__dict__.items()}
 
 
 @dataclass
