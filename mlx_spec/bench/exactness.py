@@ -148,7 +148,6 @@ def sample_steps(decoder, context: list[int], sampling: SamplingParams, trials: 
     before = target.verify(Tree.from_chain(context[-2], []))
     mx.eval(before.logits, *([] if before.hidden is None else [before.hidden]))
     previous = Acceptance(path=[0], tokens=[context[-1]])
-    drafter.begin(list(context))
     planted = _Planted(rows.probs(()), plant) if plant else None
     emitted, drafted, accepted = [], 0, 0
     root_position = len(context) - 1
@@ -156,6 +155,7 @@ def sample_steps(decoder, context: list[int], sampling: SamplingParams, trials: 
         draft_key, accept_key = mx.random.split(mx.random.key(seed), 2)
         ctx = StepContext(tokens=list(context), max_drafts=max_drafts, sampling=sampling,
                           key=draft_key, trees=target.supports_trees)
+        drafter.begin(ctx.tokens)  # each trial is the first step of a request of its own
         drafter.prepare(ctx, previous, before)
         tree = drafter.propose(ctx)
         acceptance = _walk_with_exact_rows(tree, rows, sampling, accept_key, seed, root_position,
@@ -168,7 +168,7 @@ def sample_steps(decoder, context: list[int], sampling: SamplingParams, trials: 
         accepted += acceptance.accepted_drafts
         if progress is not None:
             progress(seed + 1)
-    drafter.end()
+    drafter.end()  # once: lookahead's end() decays its whole shared trie
     return emitted, rows, {"drafted": drafted, "accepted": accepted}
 
 
