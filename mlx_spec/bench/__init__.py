@@ -3,6 +3,9 @@
 Each prompt is run by every method in a rotating order (so drift of the machine hits all methods
 alike), after one warm-up run per method. Speed is decode tokens/s (prefill excluded, it is the
 same for every method); "matches_ar" compares greedy token ids with the `ar` run of the same prompt.
+The package also holds the other measurements users run: prompts.py (built-in prompt sets),
+memory.py (peak RSS), baselines/ (mlx-lm's own speculative decoding as a method) and exactness.py
+(`mlxspec exactness`: sampled steps against the target's exact distributions).
 """
 from __future__ import annotations
 
