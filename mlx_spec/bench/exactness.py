@@ -19,10 +19,11 @@ filled in, which repeats every earlier decision (same random numbers, same rows)
 what came after the placeholder. A forward per distinct walked prefix, not per trial.
 
 Statistics, per position: the smallest two-sided binomial tail of a token's count over every token
-a group expects >= MIN_EXPECTED times (Bonferroni over all of them), and a chi-square
-over the same cells plus one cell pooling the rest of the vocabulary; the reported p-value is the
-smaller, doubled. `resolution` is the shift of probability mass on the group's most likely token
-that this many trials catch with 95% power at ALPHA: the default number of trials makes it
+a group expects >= MIN_EXPECTED times and the pooled rest of the vocabulary (Bonferroni over all of
+them), and a chi-square over the same cells; the position's p-value is the smaller, doubled, and
+a method's is the smallest position's times the positions tested (exact when > ALPHA).
+`resolution` is the shift of probability on the largest group's most likely token that this many
+trials catch with 95% power through all those factors: the default number of trials makes it
 `--shift` (1 point) at position 1. `plant` moves that much mass from the most likely first token to
 the second on purpose, to show the test catches it.
 """
@@ -101,75 +102,101 @@ class Report:
 
 
 class ExactRows:
-    """The target's next-token distributions after context + prefix, by mlx-lm's own forward with
-    its own cache (as mlx_lm.generate runs it; no tree, no shim), memoized per prefix."""
+    """The target's next-token logits after context + prefix, by mlx-lm's own forward with its
+    own cache (as mlx_lm.generate runs it; no tree, no shim), memoized per prefix and shared by
+    every method and temperature tested on the context."""
 
-    def __init__(self, model, context: list[int], temperature: float):
-        self.model, self.context, self.temperature = model, list(context), temperature
+    def __init__(self, model, context: list[int]):
+        self.model, self.context = model, list(context)
         self.cache = make_prompt_cache(model)
         model(mx.array([self.context[:-1]]), cache=self.cache)
         mx.eval([c.state for c in self.cache])
         self.logits: dict[tuple, mx.array] = {}
 
     def row(self, prefix: tuple) -> mx.array:
+        """Logits [V] (float32) of the token after context + prefix."""
         if prefix not in self.logits:
             fed = [self.context[-1], *prefix]
             out = self.model(mx.array([fed]), cache=self.cache)[0, -1].astype(mx.float32)
             mx.eval(out)
-            trim_prompt_cache(self.cache, len(fed))
+            if trim_prompt_cache(self.cache, len(fed)) != len(fed):  # later rows would be wrong
+                raise MlxSpecError("this model's cache cannot be rewound (recurrent layers or a "
+                                   "full sliding window): its exact rows cannot be computed here")
             self.logits[prefix] = out
         return self.logits[prefix]
 
-    def probs(self, prefix: tuple) -> np.ndarray:
-        z = np.array(self.row(prefix), dtype=np.float64) / self.temperature
+    def probs(self, prefix: tuple, temperature: float) -> np.ndarray:
+        """softmax(logits / temperature) in float64: the target's exact sampling distribution."""
+        z = np.array(self.row(prefix), dtype=np.float64) / temperature
         z = np.exp(z - z.max())
         return z / z.sum()
 
 
-def trials_for(p_max: float, shift: float, cells: int) -> int:
+def _z_needed(tests: int, positions: int) -> float:
+    """How far out a cell's count must land to fail the verdict, plus the margin for 95% power:
+    its two-sided tail is multiplied by the tests of its position (Bonferroni), by 2 (the smaller
+    of two statistics) and by the positions tested."""
+    return norm.isf(ALPHA / (4 * max(tests, 1) * positions)) + POWER_Z
+
+
+def trials_for(p_max: float, shift: float, tests: int, positions: int = 2) -> int:
     """Trials that catch `shift` on a token of probability p_max with 95% power at ALPHA."""
-    z = norm.isf(ALPHA / (2 * max(cells, 1))) + POWER_Z
-    return int(math.ceil((z / shift) ** 2 * p_max * (1 - p_max)))
+    return int(math.ceil((_z_needed(tests, positions) / shift) ** 2 * p_max * (1 - p_max)))
 
 
-def sample_steps(decoder, context: list[int], sampling: SamplingParams, trials: int,
+def sample_steps(decoder, rows: ExactRows, sampling: SamplingParams, trials: int,
                  depth: int = 2, max_drafts: int = 16, plant: float = 0.0,
-                 progress: Optional[Callable[[int], None]] = None) -> tuple[list[tuple], ExactRows, dict]:
-    """Run `trials` first steps of `decoder`'s drafter + acceptance after `context`; returns each
-    step's emitted tokens (the first `depth`), the exact rows used, and drafting counts."""
+                 progress: Optional[Callable[[int], None]] = None) -> tuple[list[tuple], dict]:
+    """Run `trials` first steps of `decoder`'s drafter + acceptance after rows.context; returns
+    each step's emitted tokens (the first `depth`) and drafting counts."""
+    context = rows.context
     if len(context) < 2:
         raise MlxSpecError("the exactness context needs at least two tokens")
     if sampling.greedy:
         raise MlxSpecError("exactness is tested when sampling: give a temperature > 0")
     target, drafter = decoder.target, decoder.drafter
-    rows = ExactRows(target.model, context, sampling.temperature)
     # the step before: the target verified context[-2], whose hidden state a head drafts from
     target.sync(context[:-2])
     before = target.verify(Tree.from_chain(context[-2], []))
     mx.eval(before.logits, *([] if before.hidden is None else [before.hidden]))
     previous = Acceptance(path=[0], tokens=[context[-1]])
-    planted = _Planted(rows.probs(()), plant) if plant else None
+    planted = _Planted(rows.probs((), sampling.temperature), plant) if plant else None
     emitted, drafted, accepted = [], 0, 0
-    root_position = len(context) - 1
-    for seed in range(trials):
-        draft_key, accept_key = mx.random.split(mx.random.key(seed), 2)
-        ctx = StepContext(tokens=list(context), max_drafts=max_drafts, sampling=sampling,
-                          key=draft_key, trees=target.supports_trees)
-        drafter.begin(ctx.tokens)  # each trial is the first step of a request of its own
-        drafter.prepare(ctx, previous, before)
-        tree = drafter.propose(ctx)
-        acceptance = _walk_with_exact_rows(tree, rows, sampling, accept_key, seed, root_position,
-                                           depth)
-        tokens = tuple(acceptance.tokens[:depth])
-        if planted is not None:
-            tokens = planted(tokens, seed)
-        emitted.append(tokens)
-        drafted += len(tree) - 1
-        accepted += acceptance.accepted_drafts
-        if progress is not None:
-            progress(seed + 1)
-    drafter.end()  # once: lookahead's end() decays its whole shared trie
-    return emitted, rows, {"drafted": drafted, "accepted": accepted}
+    try:
+        for seed in range(trials):
+            tree, acceptance = one_step(drafter, rows, sampling, seed, depth, max_drafts,
+                                        target.supports_trees, previous, before)
+            tokens = tuple(acceptance.tokens[:depth])
+            if planted is not None:
+                tokens = planted(tokens, seed)
+            emitted.append(tokens)
+            drafted += len(tree) - 1
+            accepted += acceptance.accepted_drafts
+            if progress is not None:
+                progress(seed + 1)
+    finally:
+        drafter.end()  # once: lookahead's end() decays its whole shared trie
+    return emitted, {"drafted": drafted, "accepted": accepted}
+
+
+def one_step(drafter, rows: ExactRows, sampling: SamplingParams, seed: int, depth: int,
+             max_drafts: int, trees: bool, previous: Acceptance, before,
+             exact_everywhere: bool = False) -> tuple[Tree, Acceptance]:
+    """Trial `seed`: a fresh request's first step on rows.context. exact_everywhere gives every
+    node its real row (the slow way the replay must agree with)."""
+    draft_key, accept_key = mx.random.split(mx.random.key(seed), 2)
+    ctx = StepContext(tokens=list(rows.context), max_drafts=max_drafts, sampling=sampling,
+                      key=draft_key, trees=trees)
+    drafter.begin(ctx.tokens)  # each trial is the first step of a request of its own
+    drafter.prepare(ctx, previous, before)
+    tree = drafter.propose(ctx)
+    root_position = len(rows.context) - 1
+    if exact_everywhere:
+        logits = mx.stack([rows.row(path) for path in _paths(tree)])
+        return tree, accept(tree, logits, sampling, accept_key, seed=seed,
+                            root_position=root_position)
+    return tree, _walk_with_exact_rows(tree, rows, sampling, accept_key, seed, root_position,
+                                       depth)
 
 
 def _walk_with_exact_rows(tree: Tree, rows: ExactRows, sampling, key, seed, root_position,
@@ -213,7 +240,10 @@ class _Planted:
         return tokens
 
 
-def position_tests(emitted: list[tuple], rows: ExactRows, depth: int) -> list[PositionTest]:
+def position_tests(emitted: list[tuple], rows: ExactRows, temperature: float,
+                   depth: int) -> list[PositionTest]:
+    """One test per position 1..depth: position j's tokens grouped by the j - 1 tokens before
+    them (groups of at least MIN_GROUP trials past position 1)."""
     tests = []
     for position in range(1, depth + 1):
         groups = defaultdict(Counter)
@@ -222,13 +252,22 @@ def position_tests(emitted: list[tuple], rows: ExactRows, depth: int) -> list[Po
                 groups[tokens[:position - 1]][tokens[position - 1]] += 1
         tested = {prefix: counts for prefix, counts in groups.items()
                   if sum(counts.values()) >= (1 if position == 1 else MIN_GROUP)}
-        tests.append(_test(position, {p: (c, rows.probs(p)) for p, c in tested.items()}))
+        tests.append(_test(position, {p: (c, rows.probs(p, temperature))
+                                      for p, c in tested.items()}, depth))
     return tests
 
 
-def _test(position: int, groups: dict) -> PositionTest:
-    """groups: prefix -> (counts of the next token, exact distribution)."""
-    zs, tails, stat, dof, samples, largest, resolution = [], [], 0.0, 0, 0, 0, 0.0
+def _tail(observed, n: int, p):
+    """The smaller one-sided binomial tail of each count (doubled later: two-sided)."""
+    return np.minimum(binom.sf(observed - 1, n, p), binom.cdf(observed, n, p))
+
+
+def _test(position: int, groups: dict, positions: int = 1) -> PositionTest:
+    """groups: prefix -> (counts of the next token, exact distribution). Tokens a group expects
+    >= MIN_EXPECTED times are cells of their own; the rest of the vocabulary is one pooled cell,
+    in the chi-square when it too expects that many, else tested by its exact tail alone (a cell
+    expecting 0.02 would put ~50 into the chi-square for one stray count)."""
+    zs, tails, stat, dof, samples, largest = [], [], 0.0, 0, 0, (0, 0.0)
     for counts, probs in groups.values():
         n = sum(counts.values())
         samples += n
@@ -236,42 +275,45 @@ def _test(position: int, groups: dict) -> PositionTest:
         for token, c in counts.items():
             observed[token] = c
         expected = n * probs
+        if observed[probs == 0].any():  # a token the target never samples: not exact at all
+            tails.append(0.0)
         big = expected >= MIN_EXPECTED
-        rest_obs, rest_exp = observed[~big].sum(), expected[~big].sum()
         zs.extend((observed[big] - expected[big]) / np.sqrt(expected[big] * (1 - probs[big])))
         # exact binomial tails: at ~10 expected, a normal tail 5 sigma out is 30x too thin
-        tails.extend(np.minimum(binom.sf(observed[big] - 1, n, probs[big]),
-                                binom.cdf(observed[big], n, probs[big])))
-        cells_obs = np.append(observed[big], rest_obs)
-        cells_exp = np.append(expected[big], rest_exp)
-        keep = cells_exp > 0
-        stat += float((((cells_obs - cells_exp) ** 2)[keep] / cells_exp[keep]).sum())
-        dof += int(keep.sum()) - 1
-        if n > largest:  # the resolution of the largest group
-            largest, p_max = n, float(probs.max())
-            z_needed = norm.isf(ALPHA / (2 * max(int(big.sum()), 1))) + POWER_Z
-            resolution = z_needed * math.sqrt(p_max * (1 - p_max) / n)
+        tails.extend(_tail(observed[big], n, probs[big]))
+        cells_obs, cells_exp = observed[big], expected[big]
+        rest_obs, rest_exp = observed[~big].sum(), expected[~big].sum()
+        if rest_exp >= MIN_EXPECTED:
+            cells_obs, cells_exp = np.append(cells_obs, rest_obs), np.append(cells_exp, rest_exp)
+        elif rest_exp > 0:
+            tails.append(float(_tail(rest_obs, n, rest_exp / n)))
+        stat += float(((cells_obs - cells_exp) ** 2 / cells_exp).sum())
+        dof += len(cells_obs) - 1
+        if n > largest[0]:
+            largest = (n, float(probs.max()))
     if not samples:
         return PositionTest(position, 0, 0, 0, 0.0, 0.0, 0, 1.0, 1.0, 1.0, 0.0)
     max_z = float(np.max(np.abs(zs))) if zs else 0.0
     p_z = min(1.0, len(tails) * 2 * float(np.min(tails))) if tails else 1.0
     p_chi = float(chi2.sf(stat, dof)) if dof > 0 else 1.0
+    n, p_max = largest  # the resolution of the largest group
+    resolution = _z_needed(len(tails), positions) * math.sqrt(p_max * (1 - p_max) / n)
     return PositionTest(position, len(groups), samples, len(zs), max_z, stat, dof, p_z, p_chi,
                         min(1.0, 2 * min(p_z, p_chi)), resolution)
 
 
-def check(decoder, context: list[int], temperature: float, trials: int, depth: int = 2,
+def check(decoder, rows: ExactRows, temperature: float, trials: int, depth: int = 2,
           plant: float = 0.0, progress=None) -> Report:
-    """The whole test for one decoder at one temperature."""
+    """The whole test for one decoder at one temperature on rows.context."""
     sampling = SamplingParams(temperature=temperature)
-    emitted, rows, counts = sample_steps(decoder, context, sampling, trials, depth, plant=plant,
-                                         progress=progress)
-    probs = rows.probs(())
+    emitted, counts = sample_steps(decoder, rows, sampling, trials, depth, plant=plant,
+                                   progress=progress)
+    probs = rows.probs((), temperature)
     seen = Counter(tokens[0] for tokens in emitted)
     first = {int(t): {"exact": round(float(probs[t]), 5), "seen": round(seen[int(t)] / trials, 5)}
              for t in np.argsort(-probs)[:3]}
     return Report(method=decoder.method, temperature=temperature, trials=trials,
-                  positions=position_tests(emitted, rows, depth),
+                  positions=position_tests(emitted, rows, temperature, depth),
                   drafted_per_step=counts["drafted"] / trials,
                   accepted_per_step=counts["accepted"] / trials,
                   rows_computed=len(rows.logits), planted=plant, first_token=first)
@@ -282,12 +324,12 @@ DEFAULT_CONTEXT = ("Lily liked to play with her red ball in the park. Every day,
 # repeats itself, so pld and lookahead draft from it too
 
 
-def default_trials(probs: np.ndarray, shift: float) -> int:
+def default_trials(probs: np.ndarray, shift: float, positions: int = 2) -> int:
     """Trials at which position 1's test catches `shift` on its most likely token (95% power)."""
-    trials = trials_for(float(probs.max()), shift, 1)
+    trials = trials_for(float(probs.max()), shift, 1, positions)
     for _ in range(3):  # the Bonferroni factor grows with the cells that many trials fill
-        cells = int((probs * trials >= MIN_EXPECTED).sum())
-        trials = trials_for(float(probs.max()), shift, cells)
+        cells = int((probs * trials >= MIN_EXPECTED).sum()) + 1  # + the pooled rest
+        trials = trials_for(float(probs.max()), shift, cells, positions)
     return trials
 
 
@@ -298,16 +340,15 @@ def run(spec_model, make_decoder: Callable, methods: list[str], temperatures: li
     Trials default to what catches `shift` at position 1 for that temperature."""
     if depth < 1:
         raise MlxSpecError(f"depth must be >= 1, got {depth}")
-    reports = []
+    reports, rows = [], ExactRows(spec_model.model, context)
     for temperature in temperatures:
-        probs = ExactRows(spec_model.model, context, temperature).probs(())
-        n = trials or default_trials(probs, shift)
+        n = trials or default_trials(rows.probs((), temperature), shift, depth)
         for name in methods:
             decoder = make_decoder(name)
             if not hasattr(decoder, "drafter"):
                 raise MlxSpecError(f"method {name!r} is not a drafter in the engine's loop; its "
                                    "steps cannot be run one at a time here")
-            reports.append(check(decoder, context, temperature, n, depth, plant,
+            reports.append(check(decoder, rows, temperature, n, depth, plant,
                                  progress=None if progress is None else
                                  lambda done, name=name, t=temperature: progress(name, t, done, n)))
     return reports
