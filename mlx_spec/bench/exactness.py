@@ -155,11 +155,7 @@ def sample_steps(decoder, rows: ExactRows, sampling: SamplingParams, trials: int
     if sampling.greedy:
         raise MlxSpecError("exactness is tested when sampling: give a temperature > 0")
     target, drafter = decoder.target, decoder.drafter
-    # the step before: the target verified context[-2], whose hidden state a head drafts from
-    target.sync(context[:-2])
-    before = target.verify(Tree.from_chain(context[-2], []))
-    mx.eval(before.logits, *([] if before.hidden is None else [before.hidden]))
-    previous = Acceptance(path=[0], tokens=[context[-1]])
+    previous, before = step_before(target, context)
     planted = _Planted(rows.probs((), sampling.temperature), plant) if plant else None
     emitted, drafted, accepted = [], 0, 0
     try:
@@ -177,6 +173,15 @@ def sample_steps(decoder, rows: ExactRows, sampling: SamplingParams, trials: int
     finally:
         drafter.end()  # once: lookahead's end() decays its whole shared trie
     return emitted, {"drafted": drafted, "accepted": accepted}
+
+
+def step_before(target, context: list[int]):
+    """(acceptance, verify output) of the step before the trials: the target verified
+    context[-2] and emitted context[-1], the root; a head drafts from that step's hidden state."""
+    target.sync(context[:-2])
+    before = target.verify(Tree.from_chain(context[-2], []))
+    mx.eval(before.logits, *([] if before.hidden is None else [before.hidden]))
+    return Acceptance(path=[0], tokens=[context[-1]]), before
 
 
 def one_step(drafter, rows: ExactRows, sampling: SamplingParams, seed: int, depth: int,

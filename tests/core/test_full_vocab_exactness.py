@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 import mlx_spec
-from mlx_spec.accept import Acceptance
 from mlx_spec.bench import exactness as ex
 from mlx_spec.sampling import SamplingParams
-from mlx_spec.tree import Tree
 from support.cli import run_cli
 
 CHEAP, HEAVY = ("ar", "pld", "lookahead", "auto"), ("draft", "adaedl", "redrafter")
@@ -53,12 +51,9 @@ def test_replayed_walk_equals_the_walk_with_every_row_exact(embedded, method):
     dec = decoder(model, method)
     sampling = SamplingParams(temperature=1.0)
     emitted, _ = ex.sample_steps(dec, rows, sampling, trials=6, depth=2)
-    target, drafter, context = dec.target, dec.drafter, rows.context
-    target.sync(context[:-2])
-    before = target.verify(Tree.from_chain(context[-2], []))
-    previous = Acceptance(path=[0], tokens=[context[-1]])
+    previous, before = ex.step_before(dec.target, rows.context)
     for seed in range(6):
-        _, full = ex.one_step(drafter, rows, sampling, seed, 2, 16, target.supports_trees,
+        _, full = ex.one_step(dec.drafter, rows, sampling, seed, 2, 16, dec.target.supports_trees,
                               previous, before, exact_everywhere=True)
         assert tuple(full.tokens[:2]) == emitted[seed]
 
