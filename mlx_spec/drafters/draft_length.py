@@ -1,24 +1,28 @@
-"""How deep to draft: the length with the most expected tokens per unit of step cost.
+"""How much to draft: the draft size with the most expected tokens per unit of step cost, one
+chooser for every drafter that sizes its drafts (pld, lookahead, redrafter).
 
-Acceptance is learned per depth as a hazard: h_d = P(draft token d is accepted | tokens 1..d-1
-were), a running average over the outcomes seen (an outcome "first m of n drafted tokens accepted"
-says yes for depths 1..m and no for depth m+1, nothing beyond). A draft of length L then yields
-1 + sum_{d<=L} h_1 h_2 ... h_d tokens per target call on average (the bonus token included), and
-costs, in units of a one-token target call,
+A size s is how much of the drafter's guess a call sends: for a chain drafter its first s tokens
+(depth s; beams send s levels of every beam), for a ranked tree (lookahead's retrievals, best node
+first) its first s nodes. For every candidate size the chooser keeps running averages of the
+tokens a call of that size would have produced (the bonus token included) and of the draft nodes
+it would have verified, learned from every guess whose outcome is known, sent or not (a guess
+longer than the size let through still says what the deeper sizes would have done). A size costs,
+in units of a one-token target call,
 
-    verify(nodes(L)) + draft_cost * L
+    verify(nodes(s)) + draft_cost * s
 
-where nodes(L) is the tree's size per depth times L (a beam tree is wider than a chain) and
-verify(n) the cost of a target call verifying n drafts: measured on this machine for the loaded
-target (mlx_spec/cost.py), or the line 1 + [n > 0] (verify_overhead + verify_cost n) when a caller
-sets those constants or there is no model to measure. Falling
-acceptance (sampling at a high temperature, text the drafter does not know) shortens drafts, down to
-plain decoding where that is allowed; rising acceptance lengthens them again. Depths never drafted
-drift slowly back to an optimistic prior, so a longer draft is tried again after a bad stretch.
-
+where verify(n) is the cost of a target call verifying n drafts: measured on this machine for the
+loaded target (mlx_spec/cost.py), or the line 1 + [n > 0] (verify_overhead + verify_cost n) when a
+caller sets those constants or there is no model to measure. Falling acceptance (sampling at a high
+temperature, text the drafter does not know) shrinks drafts, down to plain decoding (size 0) where
+that is allowed; rising acceptance grows them again: a size deeper than a guess that matched to its
+end is unknown, and moves towards that outcome extended optimistically (PRIOR per further level),
+and after plain steps every size drifts slowly back to its prior, so drafting is probed again after
+a bad stretch.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 from .shared import shared, target_cost
@@ -45,56 +49,100 @@ def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Option
         raise ValueError("verify costs must be >= 0")
     return linear_verify_cost(per_draft, overhead)
 
-PRIOR = 0.8  # assumed acceptance of a depth before anything is known about it
-DRIFT = 0.1  # how fast (relative to `rate`) unobserved depths return to the prior
+PRIOR = 0.8  # assumed acceptance of one more chain level before anything is known about it
+DRIFT = 0.1  # how fast (relative to `rate`) sizes return to their prior while nothing is drafted
 
 
-class DraftLengthChooser:
-    def __init__(self, max_length: int, min_length: int = 0, verify_cost: float = 0.07,
-                 verify_overhead: float = 0.15, draft_cost: float = 0.0, rate: float = 0.15,
-                 verify: Optional[VerifyCost] = None):
-        if not 0 <= min_length <= max_length:
-            raise ValueError("need 0 <= min_length <= max_length")
-        self.max_length, self.min_length = max_length, min_length
-        self.verify = verify or linear_verify_cost(verify_cost, verify_overhead)
-        self.draft_cost = draft_cost
-        self.rate = rate
+def chain_prior(size: int) -> float:
+    """Tokens per call of a chain of `size` drafts, each level accepted with PRIOR."""
+    return 1.0 + sum(PRIOR ** d for d in range(1, size + 1))
+
+
+def tree_prior(size: int) -> float:
+    """Tokens per call of a ranked tree of `size` nodes: a few, growing slowly with its size."""
+    return 1.0 + 0.5 * math.log2(1 + size)
+
+
+class DraftChooser:
+    """Chooses the size of the next draft among `sizes` (0 = plain decoding; see the module
+    docstring). Chain drafters make one with `for_depths`, ranked trees with `for_budgets`."""
+
+    def __init__(self, sizes, verify: VerifyCost, draft_cost: float = 0.0, rate: float = 0.15,
+                 prior: Callable[[int], float] = chain_prior, min_size: int = 0):
+        self.sizes = sorted(set(sizes))
+        if not self.sizes or self.sizes[0] < 0 or min_size > self.sizes[-1]:
+            raise ValueError("need sizes >= 0 and min_size <= the largest size")
+        self.max_size, self.min_size = self.sizes[-1], min_size
+        self.verify, self.draft_cost, self.rate, self.prior = verify, draft_cost, rate, prior
         self.reset()
 
+    @classmethod
+    def for_depths(cls, max_length: int, min_length: int = 0, verify_cost: float = 0.07,
+                   verify_overhead: float = 0.15, draft_cost: float = 0.0, rate: float = 0.15,
+                   verify: Optional[VerifyCost] = None) -> "DraftChooser":
+        """Every depth 0..max_length of a chain (or of beams)."""
+        if not 0 <= min_length <= max_length:
+            raise ValueError("need 0 <= min_length <= max_length")
+        return cls(range(max_length + 1), verify or linear_verify_cost(verify_cost, verify_overhead),
+                   draft_cost, rate, chain_prior, min_length)
+
+    @classmethod
+    def for_budgets(cls, max_budget: int, verify_cost: float = 0.06, verify_overhead: float = 0.0,
+                    rate: float = 0.2, verify: Optional[VerifyCost] = None) -> "DraftChooser":
+        """Node budgets of a ranked tree: 0, 1, 2, 3, 4, 6, 8, 12, ... up to max_budget."""
+        grid, d = {0, max_budget}, 1
+        while d < max_budget:
+            grid.update((d, d + d // 2))
+            d *= 2
+        return cls([b for b in grid if b <= max_budget],
+                   verify or linear_verify_cost(verify_cost, verify_overhead), 0.0, rate, tree_prior)
+
     def reset(self) -> None:
-        self.hazard = [PRIOR] * (self.max_length + 1)  # index d = depth d (index 0 unused)
-        self.nodes_per_depth = 1.0
+        self.tokens = {s: self.prior(s) for s in self.sizes}
+        self.nodes = {s: float(s) for s in self.sizes}
 
-    def expected_tokens(self, length: int) -> float:
-        total, survive = 1.0, 1.0
-        for d in range(1, length + 1):
-            survive *= self.hazard[d]
-            total += survive
-        return total
+    def expected_tokens(self, size: int) -> float:
+        return self.tokens[size]
 
-    def cost(self, length: int) -> float:
-        if length == 0:
-            return 1.0
-        return self.verify(self.nodes_per_depth * length) + self.draft_cost * length
+    def cost(self, size: int) -> float:
+        return self.verify(self.nodes[size]) + self.draft_cost * size if size else 1.0
 
     def choose(self, limit: int | None = None) -> int:
-        top = self.max_length if limit is None else max(min(limit, self.max_length), 0)
-        low = min(self.min_length, top)
-        return max(range(low, top + 1), key=lambda n: (self.expected_tokens(n) / self.cost(n), -n))
+        """The best size not above `limit` (nor below min_size, unless the limit is)."""
+        top = self.max_size if limit is None else max(min(limit, self.max_size), 0)
+        allowed = [s for s in self.sizes if min(self.min_size, top) <= s <= top] or [self.sizes[0]]
+        return max(allowed, key=lambda s: (self.tokens[s] / self.cost(s), -s))
 
-    def record(self, accepted: int, offered: int, nodes: int | None = None) -> None:
-        """A draft `offered` tokens deep (per branch) had its first `accepted` tokens accepted;
-        `nodes` is its tree size without the root, when it was a tree. offered=0 (a step that
-        drafted nothing) teaches nothing, but lets every depth drift back towards the prior."""
-        offered = min(offered, self.max_length)
-        seen = min(accepted + 1, offered)
-        for d in range(1, self.max_length + 1):
-            if d <= seen:
-                self.hazard[d] += self.rate * ((1.0 if d <= accepted else 0.0) - self.hazard[d])
-            else:
-                self.hazard[d] += self.rate * DRIFT * (PRIOR - self.hazard[d])
-        if nodes and offered:
-            self.nodes_per_depth += self.rate * (nodes / offered - self.nodes_per_depth)
+    def record(self, accepted: int, offered: int, nodes: int | None = None,
+               whole: bool = False) -> None:
+        """A chain (or beams) `offered` levels deep had its first `accepted` levels accepted;
+        `nodes` is its size without the root when it was wider than a chain. `whole`: the guess
+        was all the drafter had (pld's lookup), so a larger size would have sent the same guess.
+        offered=0 (a step that drafted nothing) teaches nothing but lets every size drift back
+        towards its prior."""
+        if offered == 0:
+            for s in self.sizes:
+                self.tokens[s] += self.rate * DRIFT * (self.prior(s) - self.tokens[s])
+            return
+        width = nodes / offered if nodes else 1.0
+        for s in self.sizes:
+            sent = min(s, offered) if whole else s
+            if s <= offered or accepted < offered or whole:
+                tokens = 1.0 + min(accepted, s)  # what a call of this size would have produced
+            else:  # matched to its end: deeper levels unknown, assumed to hold with PRIOR
+                tokens = 1.0 + accepted + sum(PRIOR ** d for d in range(1, s - offered + 1))
+            self._learn(s, tokens, width * sent)
+
+    def record_ranks(self, matched_ranks: list[int], retrieved: int) -> None:
+        """The text walked through the nodes `matched_ranks` (1-based, best first) of a ranked tree
+        of `retrieved` nodes: a budget s would have sent its first s nodes."""
+        for s in self.sizes:
+            self._learn(s, 1.0 + sum(1 for rank in matched_ranks if rank <= s),
+                        float(min(s, retrieved)))
+
+    def _learn(self, size: int, tokens: float, nodes: float) -> None:
+        self.tokens[size] += self.rate * (tokens - self.tokens[size])
+        self.nodes[size] += self.rate * (nodes - self.nodes[size])
 
 
 class Guesses:

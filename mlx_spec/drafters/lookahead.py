@@ -14,15 +14,16 @@ from a text file of past answers or a saved trie; `save_trie` writes it after ea
 Adaptive budget: a wide tree costs more to verify (on a CPU, 32 tokens cost about 3 single-token
 forwards), so a wrong guess is not free. Every retrieval is kept until the tokens it guessed are
 known, and then scored for every candidate budget at once: the first d nodes of a retrieval are the
-tree a budget of d would have sent (retrieval is best-first), so the drafter learns, for each d, the
-tokens a call would have produced. It sends the budget with the best tokens per unit of verification
-cost, 0 (plain decoding) when guesses keep failing, and notices when they start matching again.
+tree a budget of d would have sent (retrieval is best-first), so the drafter's chooser
+(draft_length.DraftChooser, the one pld and redrafter size their chains with) learns, for each d,
+the tokens a call would have produced. It sends the budget with the best tokens per unit of
+verification cost, 0 (plain decoding) when guesses keep failing, and notices when they start
+matching again.
 
 All trie work happens inside propose(), so the engine's draft time is this method's whole cost.
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,48 +33,11 @@ from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import CliFlag, register
 from .base import Drafter, StepContext
-from .draft_length import Guesses, VerifyCost, linear_verify_cost, shared_chooser, verify_cost_for
+from .draft_length import DraftChooser, Guesses, shared_chooser, verify_cost_for
 from .shared import shared
 
 PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction of it (so a
 # sorting prune runs once per many requests, not on every step that adds a node)
-
-
-class BudgetChooser:
-    """Picks the number of draft nodes that maximises expected tokens per unit of verify cost,
-    from running averages of what each budget would have produced."""
-
-    def __init__(self, max_budget: int, verify_cost: float = 0.06, verify_overhead: float = 0.0,
-                 rate: float = 0.2, verify: Optional[VerifyCost] = None):
-        grid = {0, max_budget}
-        d = 1
-        while d < max_budget:
-            grid.update((d, d + d // 2))
-            d *= 2
-        self.budgets = sorted(b for b in grid if b <= max_budget)
-        self.verify = verify or linear_verify_cost(verify_cost, verify_overhead)
-        self.rate = rate
-        self.reset()
-
-    def reset(self) -> None:
-        # a modest prior: a few accepted tokens, growing slowly with the budget
-        self.tokens = {d: 1.0 + 0.5 * math.log2(1 + d) for d in self.budgets}
-        self.cost = {d: self.cost_of(d) for d in self.budgets}
-
-    def cost_of(self, nodes: int) -> float:
-        """A verify call with `nodes` drafts, in units of a one-token call."""
-        return self.verify(nodes)
-
-    def choose(self) -> int:
-        return max(self.budgets, key=lambda d: (self.tokens[d] / self.cost[d], -d))
-
-    def record(self, matched_ranks: list[int], retrieved: int) -> None:
-        """The actual continuation walked through retrieval nodes `matched_ranks` (indices, so a
-        budget d includes those <= d) of a retrieval with `retrieved` draft nodes."""
-        for d in self.budgets:
-            accepted = sum(1 for rank in matched_ranks if rank <= d)
-            self.tokens[d] += self.rate * (1 + accepted - self.tokens[d])
-            self.cost[d] += self.rate * (self.cost_of(min(d, retrieved)) - self.cost[d])
 
 
 @register("lookahead", flags=[CliFlag("--lookahead-warmup", "warmup", str,
@@ -99,7 +63,7 @@ class Lookahead(Drafter):
         # taught it (a fresh optimistic one per request paid a few 32-node misses each time)
         self.chooser = (shared_chooser(model, ("lookahead", decoding_length, verify_cost,
                                                verify_overhead),
-                                       lambda: BudgetChooser(decoding_length, verify=verify_cost_for(
+                                       lambda: DraftChooser.for_budgets(decoding_length, verify=verify_cost_for(
                                            model, verify_cost, verify_overhead,
                                            default=(0.06, 0.25))))
                         if adaptive else None)
@@ -179,7 +143,7 @@ class Lookahead(Drafter):
 
         if self.chooser is not None:
             for ranks, retrieved in self._guesses.settle(tokens):
-                self.chooser.record(ranks, retrieved)
+                self.chooser.record_ranks(ranks, retrieved)
         depth = min(self.branch_length, ctx.max_drafts)
         mode = self.mode if ctx.trees else "single"  # a chain-only target: the best branch
         found = retrieve([self.request_trie, self.output_trie], tokens[-self.match_length:],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .draft_length import DraftLengthChooser, Guesses, shared_chooser, verify_cost_for
+from .draft_length import DraftChooser, Guesses, shared_chooser, verify_cost_for
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
@@ -61,7 +61,7 @@ class PromptLookup(Drafter):
         self.num_draft_tokens = num_draft_tokens
         self.index = NgramIndex(ngram_min, ngram_max)
         settings = ("pld", num_draft_tokens, verify_cost, verify_overhead)
-        self.chooser = (shared_chooser(model, settings, lambda: DraftLengthChooser(
+        self.chooser = (shared_chooser(model, settings, lambda: DraftChooser.for_depths(
             num_draft_tokens, 0, verify=verify_cost_for(model, verify_cost, verify_overhead,
                                                         default=(0.07, 0.2))))
                         if adaptive else None)
@@ -79,7 +79,7 @@ class PromptLookup(Drafter):
         draft = self.index.lookup(self.num_draft_tokens)
         if self.chooser is not None:
             for matched, offered in self._guesses.settle(ctx.tokens):
-                self.chooser.record(matched, offered)
+                self.chooser.record(matched, offered, whole=True)
             if draft:
                 self._guesses.add(len(ctx.tokens), draft)
                 draft = draft[:self.chooser.choose()]

@@ -1,13 +1,13 @@
 """The adaptive draft length (mlx_spec/drafters/draft_length.py) and pld's use of it: drafts grow while
 guesses are accepted, shrink to plain decoding when they keep failing, and come back."""
-from mlx_spec.drafters.draft_length import DraftLengthChooser
+from mlx_spec.drafters.draft_length import DraftChooser
 from mlx_spec.drafters.base import StepContext
 from mlx_spec.drafters.pld import PromptLookup
 from mlx_spec.sampling import SamplingParams
 
 
 def test_all_accepted_means_the_longest_draft():
-    chooser = DraftLengthChooser(max_length=8)
+    chooser = DraftChooser.for_depths(max_length=8)
     for _ in range(30):
         chooser.record(accepted=8, offered=8)
     assert chooser.choose() == 8
@@ -15,22 +15,22 @@ def test_all_accepted_means_the_longest_draft():
 
 
 def test_first_token_always_rejected_means_no_draft():
-    chooser = DraftLengthChooser(max_length=8)
+    chooser = DraftChooser.for_depths(max_length=8)
     for _ in range(30):
         chooser.record(accepted=0, offered=8)
     assert chooser.choose() == 0
-    assert DraftLengthChooser(max_length=8, min_length=1).choose() >= 1
+    assert DraftChooser.for_depths(max_length=8, min_length=1).choose() >= 1
 
 
 def test_length_tracks_where_acceptance_stops():
-    chooser = DraftLengthChooser(max_length=12)
+    chooser = DraftChooser.for_depths(max_length=12)
     for _ in range(40):
         chooser.record(accepted=3, offered=12)  # the 4th token is always wrong
     assert chooser.choose() == 3
 
 
 def test_unseen_depths_are_tried_again():
-    chooser = DraftLengthChooser(max_length=8, min_length=1)
+    chooser = DraftChooser.for_depths(max_length=8, min_length=1)
     for _ in range(30):
         chooser.record(accepted=0, offered=8)
     assert chooser.choose() == 1
@@ -40,7 +40,7 @@ def test_unseen_depths_are_tried_again():
 
 
 def test_wider_trees_cost_more():
-    narrow, wide = DraftLengthChooser(max_length=8), DraftLengthChooser(max_length=8)
+    narrow, wide = DraftChooser.for_depths(max_length=8), DraftChooser.for_depths(max_length=8)
     for _ in range(30):
         narrow.record(accepted=2, offered=6, nodes=6)
         wide.record(accepted=2, offered=6, nodes=24)
@@ -73,7 +73,7 @@ def test_pld_stops_drafting_when_lookups_fail_and_resumes_when_they_match():
 
 
 def test_after_giving_up_drafting_is_tried_again():
-    chooser = DraftLengthChooser(max_length=8)
+    chooser = DraftChooser.for_depths(max_length=8)
     for _ in range(30):
         chooser.record(accepted=0, offered=4)
     assert chooser.choose() == 0
@@ -88,7 +88,7 @@ def test_a_cost_model_where_drafts_are_dear_backs_off_and_climbs_back():
     """Driven by a fake cost model (verify(n) in one-token steps) and planted acceptance: with
     drafts that never hit, the chooser falls to depth 0; the unused depths drift back towards the
     prior, so it probes again, and once probes hit it climbs back to long drafts."""
-    dear = DraftLengthChooser(max_length=8, verify=lambda n: 1.0 + 0.3 * n if n else 1.0)
+    dear = DraftChooser.for_depths(max_length=8, verify=lambda n: 1.0 + 0.3 * n if n else 1.0)
     for _ in range(30):
         dear.record(accepted=0, offered=dear.choose() or 8)
     assert dear.choose() == 0
@@ -104,12 +104,35 @@ def test_the_same_acceptance_drafts_deeper_where_verifying_is_cheaper():
     """Planted acceptance 0.7 per depth: a chip where extra rows are nearly free (GPU-like) drafts
     deeper than one where each row costs a fifth of a step."""
     def chooser(verify):
-        c = DraftLengthChooser(max_length=10, verify=verify)
-        c.hazard = [0.7] * 11
+        c = DraftChooser.for_depths(max_length=10, verify=verify)
+        c.tokens = {n: 1 + sum(0.7 ** d for d in range(1, n + 1)) for n in c.sizes}
         return c
     cheap = chooser(lambda n: 1.0 + 0.01 * n if n else 1.0).choose()
     dear = chooser(lambda n: 1.0 + 0.2 * n if n else 1.0).choose()
     assert cheap > dear >= 1
+
+
+def test_a_short_whole_guess_costs_what_it_sends():
+    """pld's lookup found 2 tokens, both right: every size would have sent those 2, so the deep
+    sizes are neither credited with more tokens nor charged for nodes never sent."""
+    chooser = DraftChooser.for_depths(max_length=8, verify=lambda n: 1.0 + 0.2 * n if n else 1.0)
+    for _ in range(60):
+        chooser.record(accepted=2, offered=2, whole=True)
+    assert abs(chooser.expected_tokens(8) - 3.0) < 0.01
+    assert abs(chooser.cost(8) - chooser.cost(2)) < 0.01
+    assert chooser.choose() >= 2  # any size that sends the whole guess
+
+
+def test_depths_and_budgets_are_one_chooser():
+    """A chain is a ranked tree whose n-th node is its n-th level: the same outcomes give the
+    same estimates through either door."""
+    chain = DraftChooser.for_depths(max_length=8, verify=lambda n: 1.0 + 0.1 * n if n else 1.0)
+    ranked = DraftChooser(range(9), chain.verify)
+    for accepted in (3, 0, 8, 5, 1):
+        chain.record(accepted=accepted, offered=8)
+        ranked.record_ranks(list(range(1, accepted + 1)), retrieved=8)
+    assert all(abs(chain.tokens[s] - ranked.tokens[s]) < 1e-9 for s in chain.sizes)
+    assert chain.choose() == ranked.choose()
 
 
 def test_guesses_settle_once_the_text_decides_them():

@@ -9,7 +9,7 @@ from mlx.utils import tree_flatten
 
 import mlx_spec
 from mlx_spec import drafters
-from mlx_spec.drafters.lookahead import BudgetChooser
+from mlx_spec.drafters.draft_length import DraftChooser
 from mlx_spec.drafters.shared import shared
 from mlx_spec.errors import MlxSpecError
 from support.random_models import ARCHITECTURES, CORPUS, make_model_folder
@@ -134,16 +134,16 @@ def test_warm_start_from_past_answers_and_from_a_saved_trie(trained_dir, tmp_pat
 
 
 def test_budget_chooser_stops_on_failures_and_grows_on_success():
-    chooser = BudgetChooser(32, verify_cost=0.07)
+    chooser = DraftChooser.for_budgets(32, verify_cost=0.07)
     for _ in range(30):
-        chooser.record([], retrieved=32)  # the guess never matched
+        chooser.record_ranks([], retrieved=32)  # the guess never matched
     assert chooser.choose() == 0
     for _ in range(30):
-        chooser.record(list(range(1, 11)), retrieved=32)  # the first 10 nodes were a hit
+        chooser.record_ranks(list(range(1, 11)), retrieved=32)  # the first 10 nodes were a hit
     assert 10 <= chooser.choose() <= 12
     chooser.reset()
     for _ in range(30):
-        chooser.record([2, 9, 20, 25, 30, 31], retrieved=32)  # a deep hit, chosen late
+        chooser.record_ranks([2, 9, 20, 25, 30, 31], retrieved=32)  # a deep hit, chosen late
     assert chooser.choose() == 32
 
 

@@ -10,9 +10,10 @@ The chains are drawn from the head's logits divided by head_temperature (2 by de
 distilled from greedy text is sharper than a sampling target, and a flatter q is accepted more often
 (docs/tuning.md).
 
-The draft depth adapts (mlx_spec/drafters/draft_length.py): learned per-depth acceptance against the cost
-of drafting and verifying each extra level, so drafts shrink where the head keeps missing (high
-temperatures, unfamiliar text) and grow back to beam_length when it keeps hitting.
+The draft depth adapts (mlx_spec/drafters/draft_length.py): the tokens each depth would have
+produced, learned as steps are verified, against the cost of drafting and verifying its levels, so
+drafts shrink where the head keeps missing (high temperatures, unfamiliar text) and grow back to
+beam_length when it keeps hitting.
 
 On a GPU the next beam search starts asynchronously as soon as a verification is observed, so it
 runs while the engine commits the cache and streams text.
@@ -31,7 +32,7 @@ from ...loading import compute_on_cpu, shipped_companion, shipped_model
 from ...tree import Tree
 from .. import register
 from ..base import Drafter, StepContext
-from ..draft_length import DraftLengthChooser, verify_cost_for
+from ..draft_length import DraftChooser, verify_cost_for
 from ..shared import shared
 from .beam_search import beam_search, greedy_chain
 from .chain_sampling import sample_chains
@@ -94,7 +95,7 @@ class ReDrafter(Drafter):
         # adaptive=None: adapt the depth only when sampling (measured greedy on the default
         # models: the fixed beam_length was faster, as the head's misses there are short-lived)
         self.adaptive = adaptive
-        self.chooser = (DraftLengthChooser(beam_length - 1, 0, draft_cost=draft_cost, verify=(
+        self.chooser = (DraftChooser.for_depths(beam_length - 1, 0, draft_cost=draft_cost, verify=(
             verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15))))
                         if adaptive is not False else None)
         self.head, self.tables = _load_head(model, head)
