@@ -3,8 +3,9 @@
 Speculation pays only where verifying n tokens at once costs less than n one-token steps, and how
 much less depends on the chip (a memory-bound GPU verifies 8 tokens almost for free; this 2-core
 CPU pays ~1.5x a one-token step), the BLAS, the model and its dtype. So it is measured, once per
-(weights, backend, BLAS, mlx version), kept on disk, and read by every draft-length chooser
-(drafters/draft_length.py, drafters/lookahead.py) in place of constants.
+(weights, backend, BLAS, mlx version), kept on disk, and read by the draft-size chooser
+(drafters/draft_length.py) in place of constants, and by `auto` to time the steps it scores in
+the shadow (drafters/auto.py).
 
 Measured through the same Target.verify the engine uses: `context` tokens are cached, then a
 chain of each size in SIZES is verified `repeats` times after a warm-up (median kept), rewinding

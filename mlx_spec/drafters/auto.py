@@ -10,6 +10,16 @@ trial wins, ever more rarely while they lose). What it measured is kept per load
 sampling regime (greedy, or each temperature), so the next request starts from it. Plain decoding
 is not a candidate: the engine's BackOff turns drafting off where even the best candidate loses.
 
+Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
+no trials: every step they do not propose, they are asked for the tree they would have sent, and
+once the text has gone past it, that tree is scored as the target would have: the draft tokens the
+text followed, plus one (a target that emits these tokens accepts exactly those; at T > 0 any
+method's tokens are the target's samples, so the score is a fair draw). Its time is the target's
+measured verify time for that many tokens (mlx_spec/cost.py), scaled by how the real steps compare
+with that model on this machine now, plus the time the candidate took to answer. These shadow
+steps matter most where the prompt decides (pld on a text to transform wins from the first
+repeat), so trials, left to the model drafters, keep their wait across requests.
+
 Exactness is the candidates' own: every step is one method's step, verified and accepted by the
 same exact rules; only which method proposes depends on timing (so, as with the back-off, a seed
 reproduces sampled text only for candidates whose drafts do not depend on their past).
@@ -22,9 +32,11 @@ from typing import Optional
 
 from ..errors import MlxSpecError
 from ..target import has_hidden_states
+from ..tree import Tree
 from . import create, register
 from .base import Drafter, StepContext
-from .shared import shared
+from .draft_length import Guesses
+from .shared import shared, target_cost
 
 CANDIDATES = ("pld", "lookahead", "redrafter", "draft")  # by default, those that can run
 NAMEABLE = CANDIDATES + ("adaedl",)                      # what `methods=` may name
@@ -65,6 +77,19 @@ class Rates:
     by_name: dict = field(default_factory=dict)   # candidate -> Rate
     step: int = 0                                  # steps proposed by any candidate
     gap: int = 0                                   # steps until the next trial (see Auto)
+    # real steps against the cost model: decayed sums of their seconds (less the proposer's own
+    # drafting) and of the cost model's verify seconds for their trees; shadow steps are scaled
+    # by the ratio (engine overhead, today's machine speed)
+    measured: float = 0.0
+    modelled: float = 0.0
+
+    def calibrate(self, seconds: float, modelled: float) -> None:
+        self.measured = Rate.DECAY * self.measured + seconds
+        self.modelled = Rate.DECAY * self.modelled + modelled
+
+    @property
+    def scale(self) -> float:
+        return self.measured / self.modelled if self.modelled > 0 else 1.0
 
 
 class Auto(Drafter):
@@ -73,11 +98,17 @@ class Auto(Drafter):
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, 24, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
 
-    def __init__(self, candidates: dict, rates_for=None):
+    def __init__(self, candidates: dict, rates_for=None, cost=None):
+        """cost: the target's CostModel; without one, every candidate is judged by trials."""
         if not candidates:
             raise MlxSpecError("auto: no candidate method")
         self.candidates: dict[str, Drafter] = dict(candidates)
         self._rates_for = rates_for or (lambda regime: Rates())
+        self.cost = cost
+        self.shadowed = [n for n, d in self.candidates.items()
+                         if cost is not None and d.drafts_from_text]
+        self._shadows = {n: Guesses(_shadow_outcome) for n in self.shadowed}
+        self._drafting_s = 0.0  # this step's drafting: prepare, propose, shadows
         self.rates: Optional[Rates] = None       # this request's regime (set at its first step)
         self.current: str = next(iter(self.candidates))
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
@@ -95,21 +126,47 @@ class Auto(Drafter):
             drafter.begin(prompt_tokens)
         self.rates, self._trial, self._last_observe = None, None, None
         self.steps_by_method = {}
+        for ledger in self._shadows.values():
+            ledger.clear()
 
     def propose(self, ctx: StepContext):
         if self.rates is None:
             self.rates = self._rates_for(_regime(ctx.sampling))
-            # a new prompt may suit another candidate (pld on a text to transform): a trial
-            # comes within 2 x FIRST_GAP steps however long the last requests made the wait
-            self.rates.gap = min(self.rates.gap, 2 * self.FIRST_GAP)
+            if not self.shadowed:  # a new prompt may suit another candidate (pld on a text to
+                # transform): a trial comes within 2 x FIRST_GAP steps however long the last
+                # requests made the wait (shadow steps see that at once)
+                self.rates.gap = min(self.rates.gap, 2 * self.FIRST_GAP)
             self.current = self._next()
         # a plain step (the back-off, the last token) drafts nothing: no candidate's own step
         self._drafted = ctx.max_drafts >= 1
-        return self.candidates[self.current].propose(ctx)
+        t0 = time.perf_counter()
+        tree = self.candidates[self.current].propose(ctx)
+        if self._drafted:
+            self._shadow_steps(ctx)
+        self._drafting_s += time.perf_counter() - t0
+        return tree
+
+    def _shadow_steps(self, ctx: StepContext) -> None:
+        """Ask every text-only candidate that is not proposing for the tree it would send; score
+        the trees the text has decided since."""
+        for name in self.shadowed:
+            ledger = self._shadows[name]
+            rate = self.rates.by_name.setdefault(name, Rate())
+            for matched, seconds in ledger.settle(ctx.tokens):
+                rate.add(1 + matched, seconds)
+            if name == self.current:
+                continue
+            t0 = time.perf_counter()
+            tree = self.candidates[name].propose(ctx)
+            answer_s = time.perf_counter() - t0
+            if len(tree) > 1:
+                seconds = self.rates.scale * self.cost.step_seconds(len(tree)) + answer_s
+                ledger.add(len(ctx.tokens), (tree, seconds))
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         now = time.perf_counter()
         since, self._last_observe = self._last_observe, now
+        drafting, self._drafting_s = self._drafting_s, 0.0
         name = self.current  # who proposed this step's tree
         self.candidates[name].observe(ctx, tree, acceptance, out)
         if not self._drafted:
@@ -120,10 +177,14 @@ class Auto(Drafter):
         self.rates.step += 1
         if since is not None:  # the first step of a request has no start mark: not timed
             rate.add(len(acceptance.tokens), now - since)
+            if self.cost is not None:
+                self.rates.calibrate(now - since - drafting, self.cost.step_seconds(len(tree)))
         self.current = self._next()
 
     def prepare(self, ctx, acceptance, out) -> None:
+        t0 = time.perf_counter()
         self.candidates[self.current].prepare(ctx, acceptance, out)
+        self._drafting_s += time.perf_counter() - t0  # part of the next step (observe to observe)
 
     def proposers(self) -> dict[str, int]:
         return dict(self.steps_by_method)
@@ -146,15 +207,15 @@ class Auto(Drafter):
             best = self._best()
             # a trial that won shortens the wait for the next one; a lost one doubles it
             rates.gap = self.FIRST_GAP if best == name else min(2 * rates.gap, self.MAX_GAP)
-        untried = [n for n in self.candidates if rates.by_name.get(n, Rate()).steps < 2]
+        trialled = [n for n in self.candidates if n not in self.shadowed]
+        untried = [n for n in trialled if rates.by_name.get(n, Rate()).steps < 2]
         if untried:
             return self._start_trial(untried[0])
         best = self._best()
+        others = [n for n in trialled if n != best]
         rates.gap -= 1
-        if rates.gap <= 0 and len(self.candidates) > 1:
-            stalest = min((n for n in self.candidates if n != best),
-                          key=lambda n: rates.by_name[n].last_step)
-            return self._start_trial(stalest)
+        if rates.gap <= 0 and others:
+            return self._start_trial(min(others, key=lambda n: rates.by_name[n].last_step))
         return best
 
     def _start_trial(self, name: str) -> str:
@@ -166,6 +227,20 @@ class Auto(Drafter):
 
     def _best(self) -> str:
         return max(self.candidates, key=lambda n: self.rates.by_name.get(n, Rate()).per_second)
+
+
+def _shadow_outcome(guess: tuple[Tree, float], tokens: list[int], start: int):
+    """(draft tokens of the tree the text followed, the step's seconds), or None while the text
+    has not yet left the tree. The tree was made when the text was tokens[:start]."""
+    tree, seconds = guess
+    children = tree.children()
+    node, matched = 0, 0
+    for token in tokens[start:]:
+        node = next((c for c in children[node] if tree.tokens[c] == token), None)
+        if node is None:
+            return matched, seconds
+        matched += 1
+    return (matched, seconds) if not children[node] else None
 
 
 def _regime(sampling) -> str:
@@ -212,4 +287,4 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
     def rates_for(regime: str) -> Rates:
         return memory.setdefault((key, regime), Rates())
 
-    return Auto(found, rates_for)
+    return Auto(found, rates_for, target_cost(model))

@@ -24,6 +24,10 @@ class Drafter:
     name = "base"
     # True for drafters that need the target's hidden states (the engine checks the model has them)
     needs_hidden_states = False
+    # True for drafters whose proposal depends on the tokens so far alone (no model run, no random
+    # draws), so asking for a tree that is never sent costs little and changes nothing (auto
+    # scores such candidates in the shadow)
+    drafts_from_text = False
 
     def begin(self, prompt_tokens: list[int]) -> None:
         """A new request starts; prompt_tokens ends with the root."""

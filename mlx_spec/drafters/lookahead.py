@@ -43,6 +43,8 @@ PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction
 @register("lookahead", flags=[CliFlag("--lookahead-warmup", "warmup", str,
                                              "lookahead: past answers (text) or a saved trie.")])
 class Lookahead(Drafter):
+    drafts_from_text = True
+
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
                  decay: float = 0.9, adaptive: bool = True, verify_cost: Optional[float] = None,

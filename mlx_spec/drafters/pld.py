@@ -53,6 +53,8 @@ class NgramIndex:
 
 @register("pld")
 class PromptLookup(Drafter):
+    drafts_from_text = True
+
     def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1,
                  adaptive: bool = True, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None):

@@ -7,6 +7,7 @@ import pytest
 
 import mlx_spec
 from mlx_spec.drafters import Drafter
+from mlx_spec.cost import CostModel
 from mlx_spec.drafters.auto import Auto, Rates, candidates_for
 from mlx_spec.engine import Decoder
 from mlx_spec.target import Target
@@ -50,6 +51,39 @@ def test_auto_picks_the_planted_best_and_still_tries_the_other(random_models):
     result = mlx_spec.generate(model, PROMPTS[0], max_tokens=20, raw=True, decoder=decoder)
     assert result.token_ids == expected[:20]
     assert auto.steps_by_method.get("slow", 0) == 0
+
+
+class TextOracle(Oracle):
+    drafts_from_text = True
+
+
+def test_a_text_only_candidate_wins_from_the_shadow_without_trials(random_models):
+    """The planted best drafts from the text alone: auto scores its unsent trees against the text
+    and switches to it, with no trial steps; the slow candidate stays the only trialled one."""
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], 120)
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+    auto = Auto({"slow": SlowWrong(), "oracle": TextOracle(prompt + expected)},
+                lambda regime: Rates(), cost)
+    assert auto.shadowed == ["oracle"]
+    result = mlx_spec.generate(model, PROMPTS[0], max_tokens=120, raw=True,
+                               decoder=Decoder(Target(model.model), auto, "auto"))
+    assert result.token_ids == expected
+    used = auto.steps_by_method
+    # the slow one's opening trial and one later trial; the oracle from its shadow steps on
+    assert used["slow"] <= Auto.TRIAL + Auto.KNOWN_TRIAL and used["oracle"] >= 10
+    assert auto.rates.by_name["oracle"].steps > used["oracle"]  # scored in the shadow too
+
+
+def test_a_shadow_tree_is_scored_once_the_text_leaves_it():
+    from mlx_spec.drafters.auto import _shadow_outcome
+    tree = Tree.from_branches(5, [[1, 2, 3], [1, 4], [6]])
+    guess = (tree, 0.5)
+    assert _shadow_outcome(guess, [9, 5, 1], 2) is None            # still inside the tree
+    assert _shadow_outcome(guess, [9, 5, 1, 4], 2) == (2, 0.5)     # reached a leaf
+    assert _shadow_outcome(guess, [9, 5, 1, 7], 2) == (1, 0.5)     # left it after one token
+    assert _shadow_outcome(guess, [9, 5, 8], 2) == (0, 0.5)
 
 
 def test_candidates_are_what_the_target_can_run(random_models, random_model_dirs):
