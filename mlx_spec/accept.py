@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .sampling import SamplingParams, choose, choose_at_positions, log_probs
+from .sampling import SamplingParams, choose, choose_at_positions, probs
 from .tree import Tree
 
 
@@ -73,7 +73,7 @@ def _accept_sampled_chain(tree: Tree, logits: mx.array, params: SamplingParams, 
         raise ValueError("rejection sampling here expects a chain of sampled drafts")
     n = len(tree)
     k_accept, k_residual, k_bonus = mx.random.split(key, 3)
-    p = mx.exp(log_probs(logits, params))                 # [n, V]: row i predicts node i + 1
+    p = probs(logits, params)                             # [n, V]: row i predicts node i + 1
     q = tree.draft_probs[1:]                               # [n - 1, V]: draft dist of node i + 1
     drafted = mx.array(tree.tokens[1:])
     rows = mx.arange(n - 1)
@@ -103,7 +103,7 @@ def _accept_sampled_tree(tree: Tree, logits: mx.array, params: SamplingParams, k
     spent ~9 ms of a CPU step turning all 16 target rows of a 4,096-token vocabulary into
     probabilities; one row ~0.6 ms). Two host reads per visited node instead of two per step."""
     def p(node: int) -> np.ndarray:  # the target's distribution after `node`
-        return np.array(mx.exp(log_probs(logits[node:node + 1], params))[0], dtype=np.float64)
+        return np.array(probs(logits[node:node + 1], params)[0], dtype=np.float64)
 
     def q(children: list[int]) -> np.ndarray:  # [len, V]: what each child's token was drawn from
         rows = tree.draft_probs[mx.array(children)] if children else tree.draft_probs[:0]

@@ -62,6 +62,28 @@ def log_probs(logits: mx.array, params: SamplingParams) -> mx.array:
     return filtered - mx.logsumexp(filtered, axis=-1, keepdims=True)
 
 
+def probs(logits: mx.array, params: SamplingParams) -> mx.array:
+    """Row-wise probabilities of the processed distribution: exp(log_probs), in one softmax when
+    nothing is filtered (on a CPU each pass of exp over a vocabulary row is a measurable cost)."""
+    filtered = (params.top_p < 1.0 or params.min_p > 0
+                or 0 < params.top_k < logits.shape[-1])
+    if params.greedy or filtered:
+        return mx.exp(log_probs(logits, params))
+    return mx.softmax(logits.astype(mx.float32) / params.temperature, axis=-1)
+
+
+def invert_cdf(probs: mx.array, uniforms: mx.array) -> mx.array:
+    """The token of each row [..., V] whose CDF interval holds its uniform [...]: an exact draw
+    from `probs` with one random number per row (a Gumbel draw needs a log pass per entry)."""
+    cdf = mx.cumsum(probs, axis=-1)
+    # the first token whose CDF passes u * total (scaled by the total, which rounding moves off 1);
+    # a zero-probability token never passes (its CDF equals its predecessor's), and a u that
+    # rounds up to the total takes the last token that has probability
+    token = (cdf <= uniforms[..., None] * cdf[..., -1:]).sum(axis=-1)
+    last = probs.shape[-1] - 1 - mx.argmax(probs[..., ::-1] > 0, axis=-1)
+    return mx.minimum(token, last)
+
+
 def choose(logits: mx.array, params: SamplingParams, key) -> mx.array:
     """One token per row: argmax when greedy, else a sample of the processed distribution."""
     if params.greedy:
@@ -84,6 +106,4 @@ def choose_at_positions(logits: mx.array, params: SamplingParams, seed: int,
     random number per row instead of a Gumbel draw per vocabulary entry (on a CPU, sampling 32
     rows of 4,096 the usual way took 4.7 ms)."""
     uniforms = mx.array([position_uniform(seed, p) for p in positions], dtype=mx.float32)
-    cdf = mx.cumsum(mx.exp(log_probs(logits, params)), axis=-1)
-    below = cdf < uniforms[:, None] * cdf[:, -1:]  # scaled by the total: rounding never overflows
-    return mx.minimum(below.sum(axis=-1), logits.shape[-1] - 1)
+    return invert_cdf(probs(logits, params), uniforms)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ...sampling import SamplingParams, log_probs
+from ...sampling import SamplingParams, invert_cdf, probs
 
 
 def sample_chains(drafter, embed, context: mx.array, root: int, width: int, length: int,
@@ -22,12 +22,12 @@ def sample_chains(drafter, embed, context: mx.array, root: int, width: int, leng
     sharper than a sampling target, and a flatter q is accepted more often."""
     features, state = drafter.start_drafting(context[None], width, tables)
     token = mx.full((1, width), root, dtype=mx.int32)
-    tokens, probs = [], []
+    tokens, rows = [], []
     for step_key in mx.random.split(key, length - 1):
         state = drafter.state_from_token(state, token, embed, tables)
         logits = drafter.logits_from_features(features, state, tables) / head_temperature
-        step_log_probs = log_probs(logits, params)
-        token = mx.random.categorical(step_log_probs, axis=-1, key=step_key).astype(mx.int32)
+        q = probs(logits, params)                                                 # [1, W, V]
+        token = invert_cdf(q, mx.random.uniform(shape=q.shape[:-1], key=step_key)).astype(mx.int32)
         tokens.append(token[0])
-        probs.append(mx.exp(step_log_probs[0]))
-    return mx.stack(tokens, axis=-1), mx.stack(probs, axis=1)
+        rows.append(q[0])
+    return mx.stack(tokens, axis=-1), mx.stack(rows, axis=1)
