@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         layers: int = typer.Option(2, min=0, help="Residual blocks (num_draft_layers)."),
         draft_steps: int = typer.Option(6, min=1, help="Draft steps trained (beam length up to this + 1)."),
         init_head: Optional[Path] = typer.Option(None, help="Fine-tune this head folder instead of starting fresh."),
+        soft_labels: bool = typer.Option(False, "--soft-labels", help="Learn the target's whole next-token distribution (from its hidden states), not the continuation's tokens: the head then samples drafts the target accepts."),
         steps: int = typer.Option(400, min=1, help="Optimizer steps."),
         batch_size: int = typer.Option(8, min=1, help="Sequences per optimizer step."),
         learning_rate: float = typer.Option(1e-3),
@@ -50,7 +51,7 @@ def register(app: typer.Typer) -> None:
         heldout = DataOptions(contexts=heldout_contexts, continuation=continuation,
                               batch=min(gen_batch, heldout_contexts), temperatures=tuple(temp), seed=seed + 1)
         head = HeadOptions(exit_dim=exit_dim, num_draft_layers=layers, draft_steps=draft_steps,
-                           init_from=str(init_head) if init_head else None)
+                           init_from=str(init_head) if init_head else None, soft_labels=soft_labels)
         train = TrainOptions(steps=steps, batch_size=batch_size, seq_len=continuation,
                              learning_rate=learning_rate, warmup_steps=min(20, steps // 10 + 1),
                              save_every=25, seed=seed)

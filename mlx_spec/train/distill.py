@@ -3,7 +3,10 @@
 Teacher forcing over the head's K draft steps, as in the reference trainer: at continuation
 position j the head sees the target's hidden state h_j and, at step k, the RNN state after the
 embeddings of tokens j+1 .. j+k; it is scored on token j+k+1. The loss is the sum over steps of the
-mean cross-entropy (positions after EOS masked). AdamW with warm-up + cosine and atomic,
+mean cross-entropy (positions after EOS masked), against that token, or (soft labels) against the
+target's whole distribution of it, softmax(lm_head(h_{j+k})) from the stored hidden states: a
+head used to sample drafts must match the target's distribution, not only its top token, and the
+whole distribution teaches that with far less noise than sampled tokens do. AdamW with warm-up + cosine and atomic,
 resumable checkpoints come from train/lm.py. At the end the head is scored on held-out stories:
 top-1 accuracy per step and the acceptance a beam search would get against the target's own
 greedy text.
@@ -35,6 +38,7 @@ class HeadOptions:
     draft_steps: int = 6            # K: trained for beams of length up to K + 1
     init_from_target_head: bool = True  # start from a rank-exit_dim factor of the target's head
     init_from: Optional[str] = None     # or from a trained head folder (fine-tuning)
+    soft_labels: bool = False       # learn the target's distributions, not its tokens (module text)
 
 
 def build_head(target_model, options: HeadOptions):
@@ -85,20 +89,38 @@ def step_logits(head, embed_weight, hidden, tokens, steps: int):
     return out
 
 
-def multi_step_loss(head, embed_weight, hidden, tokens, lengths, steps: int):
-    """Sum over steps of the masked mean cross-entropy; also per-step top-1 accuracies."""
+def multi_step_loss(head, embed_weight, hidden, tokens, lengths, steps: int, output=None):
+    """Sum over steps of the masked mean cross-entropy; also per-step top-1 accuracies (against
+    the tokens). `output`: the target's vocabulary projection, for soft labels."""
     import mlx.core as mx
     import mlx.nn as nn
 
-    positions = mx.arange(hidden.shape[1])[None]
+    width = hidden.shape[1]
+    positions = mx.arange(width)[None]
+    if output is not None:  # [B, T + steps, V]: the target's log-distribution of token t + 1
+        target = mx.stop_gradient(nn.log_softmax(output(hidden), axis=-1))
+        target = mx.pad(target, ((0, 0), (0, steps), (0, 0)))
     total, accuracies = mx.array(0.0), []
     for k, logits in enumerate(step_logits(head, embed_weight, hidden, tokens, steps), start=1):
-        labels = tokens[:, k + 1:k + 1 + hidden.shape[1]]
+        labels = tokens[:, k + 1:k + 1 + width]
         valid = (positions + k + 1 < lengths[:, None]).astype(mx.float32)
         count = mx.maximum(valid.sum(), 1.0)
-        total = total + (nn.losses.cross_entropy(logits, labels) * valid).sum() / count
+        if output is None:
+            loss = nn.losses.cross_entropy(logits, labels)
+        else:  # [B, T]: -sum_v p(v) log q(v), p the target's distribution of token j + k + 1
+            p = mx.exp(target[:, k:k + width])
+            loss = -(p * nn.log_softmax(logits, axis=-1)).sum(axis=-1)
+        total = total + (loss * valid).sum() / count
         accuracies.append(((mx.argmax(logits, axis=-1) == labels) * valid).sum() / count)
     return total, mx.stack(accuracies)
+
+
+def target_output(target_model):
+    """The target's vocabulary projection (its lm_head, or the tied embedding)."""
+    from ..drafters.redrafter.target_io import token_embedding
+
+    projection = getattr(target_model, "lm_head", None)
+    return projection if projection is not None else token_embedding(target_model).as_linear
 
 
 def pad_tokens(tokens: np.ndarray, steps: int) -> np.ndarray:
@@ -106,7 +128,8 @@ def pad_tokens(tokens: np.ndarray, steps: int) -> np.ndarray:
 
 
 def train_head(head, embed_weight, data: dict, head_options: HeadOptions, options: TrainOptions,
-               checkpoint_dir: Path, log=print) -> dict:
+               checkpoint_dir: Path, log=print, output=None) -> dict:
+    """`output`: the target's vocabulary projection (needed with head_options.soft_labels)."""
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -123,7 +146,8 @@ def train_head(head, embed_weight, data: dict, head_options: HeadOptions, option
         progress = checkpoint.load(head, optimizer)
         log(f"resumed from {checkpoint.folder} at step {progress['step']}")
 
-    loss_and_grad = nn.value_and_grad(head, partial(multi_step_loss, steps=steps))
+    loss_and_grad = nn.value_and_grad(head, partial(
+        multi_step_loss, steps=steps, output=output if head_options.soft_labels else None))
     state = [head.state, optimizer.state]
 
     # not mx.compile'd: on this CPU the compiled step measured ~1.8x slower (3.5 s vs 1.9 s)
@@ -273,7 +297,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     run_key = json.dumps([folder.name, asdict(head_options), asdict(train_options)], default=list)
     checkpoint_dir = paths.work_dir / f"head-{hashlib.sha1(run_key.encode()).hexdigest()[:12]}.ckpt"
     progress = train_head(head, embed_weight, datasets["train"], head_options, train_options,
-                          checkpoint_dir, log)
+                          checkpoint_dir, log, output=target_output(target.model))
 
     heldout = heldout_accuracy(head, embed_weight, datasets["heldout"], head_options.draft_steps)
     acceptance = {f"{w}x{n}": round(simulated_acceptance(head, embed, datasets["heldout"], w, n), 3)
@@ -297,6 +321,8 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
         "heldout": {**heldout, "tokens_per_call_by_beam": acceptance},
         "note": "top1_per_step[k]: accuracy of the (k+1)-th draft token after the root",
     }
+    if head_options.soft_labels:  # it learned the target's distribution: sample it as it is
+        head.config.extra["head_temperature"] = 1.0
     save_drafter(head, paths.out, training=report)
     write_companion(paths.out, HEAD_ROLE, Path(target.path).name, target.config)
     log(f"wrote {paths.out} in {math.ceil(time.perf_counter() - started)} s")

@@ -120,10 +120,13 @@ def test_distill_command_end_to_end(random_model_dirs, tmp_path):
          "--model", str(random_model_dirs["llama"]), "--text", str(text), "--out", str(out),
          "--work-dir", str(tmp_path / "work"), "--contexts", "16", "--heldout-contexts", "8",
          "--continuation", "16", "--gen-batch", "8", "--exit-dim", "32", "--draft-steps", "3",
-         "--steps", "6", "--batch-size", "4"],
+         "--steps", "6", "--batch-size", "4", "--soft-labels"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "training.json").read_text())
+    assert report["head"]["soft_labels"]
+    # a head that learned the target's distributions samples its chains from them as they are
+    assert json.loads((out / "config.json").read_text())["head_temperature"] == 1.0
     assert report["data"]["train_sequences"] == 16
     assert len(report["heldout"]["top1_per_step"]) == 3
     assert report["heldout"]["tokens_per_call_by_beam"]
@@ -132,8 +135,42 @@ def test_distill_command_end_to_end(random_model_dirs, tmp_path):
     result = mlx_spec.generate(model, "once upon a time", method="redrafter", max_tokens=20,
                                raw=True, head=str(out))
     assert result.token_ids == ar.token_ids
+    assert mlx_spec.make_decoder(model, "redrafter", head=str(out)).drafter.head_temperature == 1.0
+    assert mlx_spec.make_decoder(model, "redrafter", head=str(out),
+                                 head_temperature=1.5).drafter.head_temperature == 1.5
     # bad input is one line and a non-zero exit
     proc = subprocess.run([sys.executable, "-c", "from mlx_spec.cli.app import main; main()",
                            "distill", "--text", str(tmp_path / "missing.txt"), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "not found" in proc.stderr
+
+
+def test_soft_labels_are_the_cross_entropy_against_the_target_distribution(small, data, tmp_path):
+    """With a target whose distribution is all on the continuation's next token, the soft-label
+    loss is the hard one; with the real target's distributions, training lowers it."""
+    from mlx_spec.train.distill import multi_step_loss, pad_tokens, target_output
+
+    arrays, _ = data
+    steps = HEAD.draft_steps
+    mx.random.seed(0)
+    head = build_head(small.model, HEAD)
+    embed = mx.array(token_embedding(small.model).weight)
+    hidden = mx.array(arrays["hidden"][:8]).astype(mx.float32)
+    tokens = mx.array(pad_tokens(arrays["tokens"][:8], steps))
+    lengths = mx.array(arrays["lengths"][:8])
+    vocab = embed.shape[0]
+    next_tokens = tokens[:, 1:1 + hidden.shape[1]]
+    certain = lambda h: 1e4 * (mx.arange(vocab)[None, None] == next_tokens[..., None])
+    hard, _ = multi_step_loss(head, embed, hidden, tokens, lengths, steps)
+    soft, _ = multi_step_loss(head, embed, hidden, tokens, lengths, steps, output=certain)
+    assert abs(hard.item() - soft.item()) < 1e-3 * hard.item()
+
+    output = target_output(small.model)
+    before, _ = multi_step_loss(head, embed, hidden, tokens, lengths, steps, output=output)
+    assert abs(before.item() - hard.item()) > 0.01 * hard.item()  # a distribution, not a token
+    options = TrainOptions(steps=30, batch_size=8, learning_rate=3e-3, warmup_steps=3, save_every=30)
+    soft_head = HeadOptions(**{**HEAD.__dict__, "soft_labels": True})
+    train_head(head, embed, arrays, soft_head, options, tmp_path / "head.ckpt", log=lambda *_: None,
+               output=output)
+    after, _ = multi_step_loss(head, embed, hidden, tokens, lengths, steps, output=output)
+    assert after.item() < 0.9 * before.item()

@@ -6,9 +6,10 @@ over all beams is accepted (greedy, or exactly by sampling the target at each no
 When the target samples, beams are a poor guess of a random continuation: the head samples W
 independent chains instead (same tree, same single verification), and multi-draft rejection
 sampling accepts them exactly (see mlx_spec/accept.py). `sampled_drafts=False` keeps beams.
-The chains are drawn from the head's logits divided by head_temperature (2 by default): a head
-distilled from greedy text is sharper than a sampling target, and a flatter q is accepted more often
-(docs/tuning.md).
+The chains are drawn from the head's logits divided by head_temperature: the value its config.json
+names (`mlxspec distill --soft-labels` writes 1, since such a head learned the target's own
+distribution), else 2, since a head distilled from greedy text is sharper than a sampling target
+and a flatter q is accepted more often (docs/tuning.md).
 
 The draft depth adapts (mlx_spec/drafters/draft_length.py): the tokens each depth would have
 produced, learned as steps are verified, against the cost of drafting and verifying its levels, so
@@ -39,6 +40,7 @@ from .chain_sampling import sample_chains
 from .head import load_drafter
 from .target_io import token_embedding
 
+GREEDY_HEAD_TEMPERATURE = 2.0  # for heads distilled on tokens (see the module text)
 HEAD_ROLE = "redrafter-head"  # shipped heads are found by the target they were made for
 # mx.async_eval runs in the calling thread on the CPU backend (measured: it returns only when the
 # work is done), so there it would only move drafting time into the engine's "other" bucket
@@ -82,7 +84,7 @@ class ReDrafter(Drafter):
                  top_k: int = 50, min_prob: float = 0.0, sampled_drafts: bool = True,
                  adaptive: Optional[bool] = None, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None,
-                 draft_cost: float = 0.06, head_temperature: float = 2.0):
+                 draft_cost: float = 0.06, head_temperature: Optional[float] = None):
         if beam_width < 1 or beam_length < 2:
             raise ValueError("need beam_width >= 1 and beam_length >= 2")
         if not 0.0 <= min_prob < 1.0:
@@ -91,7 +93,7 @@ class ReDrafter(Drafter):
         # a beam is cut where the head's probability of its prefix drops below min_prob: such
         # nodes would cost verification work for little expected gain
         self.min_log_prob = math.log(min_prob) if min_prob > 0 else -math.inf
-        self.sampled_drafts, self.head_temperature = sampled_drafts, head_temperature
+        self.sampled_drafts = sampled_drafts
         # adaptive=None: adapt the depth only when sampling (measured greedy on the default
         # models: the fixed beam_length was faster, as the head's misses there are short-lived)
         self.adaptive = adaptive
@@ -99,6 +101,10 @@ class ReDrafter(Drafter):
             verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15))))
                         if adaptive is not False else None)
         self.head, self.tables = _load_head(model, head)
+        self.head_temperature = (head_temperature if head_temperature is not None else
+                                 self.head.config.extra.get("head_temperature", GREEDY_HEAD_TEMPERATURE))
+        if self.head_temperature <= 0:
+            raise ValueError("head_temperature must be > 0")
         self.embed = token_embedding(model.model)
         self._pending = None  # the drafts for the next root, still lazy (see _Drafts)
 
