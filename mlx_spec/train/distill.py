@@ -269,7 +269,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
 
     from .. import load
     from ..drafters.redrafter import save_drafter
-    from ..drafters.redrafter.method import HEAD_ROLE
+    from ..drafters.redrafter.method import HEAD_ROLE, SAMPLING_HEAD_ROLE
     from ..drafters.redrafter.target_io import token_embedding
     from ..loading import write_companion
 
@@ -324,6 +324,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     if head_options.soft_labels:  # it learned the target's distribution: sample it as it is
         head.config.extra["head_temperature"] = 1.0
     save_drafter(head, paths.out, training=report)
-    write_companion(paths.out, HEAD_ROLE, Path(target.path).name, target.config)
+    write_companion(paths.out, SAMPLING_HEAD_ROLE if head_options.soft_labels else HEAD_ROLE,
+                    Path(target.path).name, target.config)
     log(f"wrote {paths.out} in {math.ceil(time.perf_counter() - started)} s")
     return report

@@ -200,6 +200,24 @@ def test_shipped_head_is_lossless_and_accepts_several_tokens():
     assert result.stats.mean_accepted >= 2.0
 
 
+def test_the_shipped_sampling_head_drafts_when_sampling():
+    """The embedded target has two shipped heads: the greedy one (distilled on greedy tokens) and
+    the sampling one (--soft-labels, chains at head temperature 1), which is accepted far more
+    often at T > 0 (here, back-off off: 4.0 tokens per call where the greedy head gives 1.45)."""
+    model = mlx_spec.load()
+    drafter = mlx_spec.make_decoder(model, "redrafter").drafter
+    greedy, sampling = drafter.heads[False], drafter.heads[True]
+    assert greedy.model is not sampling.model
+    assert (greedy.temperature, sampling.temperature) == (2.0, 1.0)
+    prompt = "Once upon a time, there was a little girl named Lily. She"
+    result = mlx_spec.generate(model, prompt, method="redrafter", max_tokens=96, temperature=0.7,
+                               seed=1, ignore_eos=True, backoff=False)
+    assert result.stats.mean_accepted > 2.5
+    # a head given by path serves both regimes
+    one = mlx_spec.make_decoder(model, "redrafter", head="tinystories-redrafter").drafter
+    assert one.heads[False].model is one.heads[True].model
+
+
 @pytest.mark.parametrize("rnn", [True, False])
 def test_greedy_chain_is_the_width_one_beam(rnn):
     drafter, embed = toy_drafter(vocab=9, hidden=8, exit_dim=12, seed=3, rnn=rnn)

@@ -135,9 +135,11 @@ def test_distill_command_end_to_end(random_model_dirs, tmp_path):
     result = mlx_spec.generate(model, "once upon a time", method="redrafter", max_tokens=20,
                                raw=True, head=str(out))
     assert result.token_ids == ar.token_ids
-    assert mlx_spec.make_decoder(model, "redrafter", head=str(out)).drafter.head_temperature == 1.0
+    assert mlx_spec.make_decoder(model, "redrafter", head=str(out)).drafter.heads[True].temperature == 1.0
     assert mlx_spec.make_decoder(model, "redrafter", head=str(out),
-                                 head_temperature=1.5).drafter.head_temperature == 1.5
+                                 head_temperature=1.5).drafter.heads[True].temperature == 1.5
+    # it is the target's sampling head (the greedy head's role stays for heads of tokens)
+    assert json.loads((out / "target.json").read_text())["role"] == "redrafter-sampling-head"
     # bad input is one line and a non-zero exit
     proc = subprocess.run([sys.executable, "-c", "from mlx_spec.cli.app import main; main()",
                            "distill", "--text", str(tmp_path / "missing.txt"), "--out", str(out)],

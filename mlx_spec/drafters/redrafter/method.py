@@ -6,10 +6,13 @@ over all beams is accepted (greedy, or exactly by sampling the target at each no
 When the target samples, beams are a poor guess of a random continuation: the head samples W
 independent chains instead (same tree, same single verification), and multi-draft rejection
 sampling accepts them exactly (see mlx_spec/accept.py). `sampled_drafts=False` keeps beams.
-The chains are drawn from the head's logits divided by head_temperature: the value its config.json
-names (`mlxspec distill --soft-labels` writes 1, since such a head learned the target's own
-distribution), else 2, since a head distilled from greedy text is sharper than a sampling target
-and a flatter q is accepted more often (docs/tuning.md).
+When sampling, the target's sampling head is used where one was shipped for it (distilled with
+`mlxspec distill --soft-labels` on the target's whole distributions: its chains are accepted far
+more often than those of a head distilled on greedy tokens, which stays the greedy head). The chains
+are drawn from the head's logits divided by head_temperature: the value its config.json names
+(--soft-labels writes 1, the head having learned the target's own distribution), else 2, since a
+head distilled from greedy text is sharper than a sampling target and a flatter q is accepted more
+often (docs/tuning.md).
 
 The draft depth adapts (mlx_spec/drafters/draft_length.py): the tokens each depth would have
 produced, learned as steps are verified, against the cost of drafting and verifying its levels, so
@@ -41,27 +44,33 @@ from .head import load_drafter
 from .target_io import token_embedding
 
 GREEDY_HEAD_TEMPERATURE = 2.0  # for heads distilled on tokens (see the module text)
-HEAD_ROLE = "redrafter-head"  # shipped heads are found by the target they were made for
+# shipped heads are found by the target they were made for, one per role: the head for greedy
+# decoding, and (where one was distilled with --soft-labels) the head for sampling; a target with
+# only one of them uses it for both
+HEAD_ROLE = "redrafter-head"
+SAMPLING_HEAD_ROLE = "redrafter-sampling-head"
 # mx.async_eval runs in the calling thread on the CPU backend (measured: it returns only when the
 # work is done), so there it would only move drafting time into the engine's "other" bucket
 _EVAL_OVERLAPS = not compute_on_cpu()
 
 
-def _head_folder(head: Optional[str], config: dict) -> Path:
-    """head=None: the shipped head whose target.json names this target's shape."""
-    if head is None:
-        folder = shipped_companion(config, HEAD_ROLE)
-        if folder is None:
-            raise MlxSpecError("no shipped ReDrafter head fits this target; pass head=PATH (train "
-                               "one with `mlxspec distill --instructions` for a chat model)")
-        return folder
-    return shipped_model(head) or Path(head).expanduser()
+def _head_folders(head: Optional[str], config: dict) -> tuple[Path, Path]:
+    """(greedy head, sampling head). head=PATH serves both; head=None: the shipped heads whose
+    target.json names this target's shape."""
+    if head is not None:
+        folder = shipped_model(head) or Path(head).expanduser()
+        return folder, folder
+    greedy = shipped_companion(config, HEAD_ROLE)
+    sampling = shipped_companion(config, SAMPLING_HEAD_ROLE)
+    if greedy is None and sampling is None:
+        raise MlxSpecError("no shipped ReDrafter head fits this target; pass head=PATH (train "
+                           "one with `mlxspec distill --instructions` for a chat model)")
+    return greedy or sampling, sampling or greedy
 
 
-def _load_head(model, head: Optional[str]):
+def _load_head(model, folder: Path):
     """Load the head once per target (with its drafting tables); it is checked against the
     target's vocabulary and width."""
-    folder = _head_folder(head, model.config)
     heads, key = shared(model).heads, str(folder.resolve())
     if key not in heads:
         drafter = load_drafter(folder)
@@ -100,11 +109,11 @@ class ReDrafter(Drafter):
         self.chooser = (DraftChooser.for_depths(beam_length - 1, 0, draft_cost=draft_cost, verify=(
             verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15))))
                         if adaptive is not False else None)
-        self.head, self.tables = _load_head(model, head)
-        self.head_temperature = (head_temperature if head_temperature is not None else
-                                 self.head.config.extra.get("head_temperature", GREEDY_HEAD_TEMPERATURE))
-        if self.head_temperature <= 0:
+        if head_temperature is not None and head_temperature <= 0:
             raise ValueError("head_temperature must be > 0")
+        # by regime (sampling?): the head, its drafting tables, the temperature of its chains
+        self.heads = {sampling: _Head(*_load_head(model, folder), head_temperature)
+                      for sampling, folder in zip((False, True), _head_folders(head, model.config))}
         self.embed = token_embedding(model.model)
         self._pending = None  # the drafts for the next root, still lazy (see _Drafts)
 
@@ -166,18 +175,19 @@ class ReDrafter(Drafter):
             return
         root = acceptance.tokens[-1]
         hidden = out.hidden[acceptance.path[-1]]
+        head = self.heads[not ctx.sampling.greedy]
         if self.width == 1 and ctx.sampling.greedy and self.min_log_prob == -math.inf:
-            tokens = greedy_chain(self.head, self.embed, hidden[None], mx.array([root]), depth + 1,
-                                  self.tables)
+            tokens = greedy_chain(head.model, self.embed, hidden[None], mx.array([root]), depth + 1,
+                                  head.tables)
             drafts = _Drafts(root, tokens)  # nothing reads a greedy chain's probabilities
         elif ctx.sampling.greedy or not self.sampled_drafts:
-            beams = beam_search(self.head, self.embed, hidden[None], mx.array([root]), self.width,
-                                depth + 1, self.top_k, tables=self.tables)
+            beams = beam_search(head.model, self.embed, hidden[None], mx.array([root]), self.width,
+                                depth + 1, self.top_k, tables=head.tables)
             drafts = _Drafts(root, beams.tokens[0], log_probs=beams.token_log_probs[0])
         else:
-            tokens, probs = sample_chains(self.head, self.embed, hidden, root, self.width,
-                                          depth + 1, ctx.sampling, ctx.key, self.tables,
-                                          self.head_temperature)
+            tokens, probs = sample_chains(head.model, self.embed, hidden, root, self.width,
+                                          depth + 1, ctx.sampling, ctx.key, head.tables,
+                                          head.temperature)
             drafts = _Drafts(root, tokens, probs=probs)
         if _EVAL_OVERLAPS:  # the GPU drafts while the engine commits the cache and streams
             mx.async_eval(*drafts.arrays())
@@ -185,6 +195,20 @@ class ReDrafter(Drafter):
 
     def end(self) -> None:
         self._pending = None
+
+
+@dataclass
+class _Head:
+    """A loaded head, its drafting tables, and the temperature its sampled chains divide its
+    logits by (the caller's, else its config.json's, else GREEDY_HEAD_TEMPERATURE)."""
+    model: object
+    tables: dict
+    temperature: Optional[float] = None
+
+    def __post_init__(self):
+        if self.temperature is None:
+            self.temperature = self.model.config.extra.get("head_temperature",
+                                                           GREEDY_HEAD_TEMPERATURE)
 
 
 @dataclass
