@@ -97,6 +97,9 @@ class Auto(Drafter):
 
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, 24, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
+    SETTLED = 12  # own steps measured before a lost trial may lengthen the wait: at T > 0 a step
+    # emits 1 to 10 tokens by chance, and a few unlucky opening steps must not bench the best
+    # candidate for hundreds of steps (measured: redrafter, 2.4x alone, left to trials at 0.7)
 
     def __init__(self, candidates: dict, rates_for=None, cost=None):
         """cost: the target's CostModel; without one, every candidate is judged by trials."""
@@ -205,8 +208,11 @@ class Auto(Drafter):
                 return name
             self._trial = None
             best = self._best()
-            # a trial that won shortens the wait for the next one; a lost one doubles it
-            rates.gap = self.FIRST_GAP if best == name else min(2 * rates.gap, self.MAX_GAP)
+            # a trial that won shortens the wait for the next one; a lost one doubles it, once
+            # the candidate has been measured long enough to be judged
+            settled = rates.by_name.get(name, Rate()).steps >= self.SETTLED
+            rates.gap = (min(2 * rates.gap, self.MAX_GAP) if best != name and settled
+                         else self.FIRST_GAP)
         trialled = [n for n in self.candidates if n not in self.shadowed]
         untried = [n for n in trialled if rates.by_name.get(n, Rate()).steps < 2]
         if untried:
