@@ -219,6 +219,33 @@ def simulated_acceptance(head, embed, data: dict, width: int, length: int, posit
     return float(1.0 + accepted.mean())
 
 
+def first_draft_acceptance(head, embed, output, data: dict, temperature: float,
+                           head_temperature: float = 1.0, batch: int = 32) -> float:
+    """Mean probability that a sampled first draft token is accepted, sum_v min(p(v), q(v)), over
+    the held-out positions: p the target's distribution at `temperature`, q the head's logits
+    divided by head_temperature * temperature (how redrafter samples its chains)."""
+    import mlx.core as mx
+
+    tables = head.drafting_tables(embed)
+    total, count = 0.0, 0
+    for i in range(0, len(data["tokens"]), batch):
+        hidden = mx.array(data["hidden"][i:i + batch]).astype(mx.float32)   # [B, T, D]
+        tokens = mx.array(data["tokens"][i:i + batch])
+        width = hidden.shape[1]
+        # at position j the head sees h_j and token j + 1 and drafts token j + 2, whose target
+        # distribution comes from h_{j+1}
+        features = head.context_features(hidden[:, :-1], tables)
+        state = head.state_from_token(mx.zeros(hidden[:, :-1].shape), tokens[:, 1:width], embed,
+                                      tables)
+        q = mx.softmax(head.logits_from_features(features, state, tables)
+                       / (head_temperature * temperature), axis=-1)
+        p = mx.softmax(output(hidden[:, 1:]) / temperature, axis=-1)
+        valid = mx.arange(width - 1)[None] + 2 < mx.array(data["lengths"][i:i + batch])[:, None]
+        total += (mx.minimum(p, q).sum(axis=-1) * valid).sum().item()
+        count += int(valid.sum().item())
+    return total / max(count, 1)
+
+
 # (width, length) pairs whose greedy acceptance is simulated on held-out data after training
 EVAL_BEAMS = ((1, 4), (1, 5), (1, 6), (1, 7), (2, 5), (2, 6), (2, 7), (4, 5), (4, 6), (8, 6))
 
@@ -269,7 +296,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
 
     from .. import load
     from ..drafters.redrafter import save_drafter
-    from ..drafters.redrafter.method import HEAD_ROLE, SAMPLING_HEAD_ROLE
+    from ..drafters.redrafter.method import GREEDY_HEAD_TEMPERATURE, HEAD_ROLE, SAMPLING_HEAD_ROLE
     from ..drafters.redrafter.target_io import token_embedding
     from ..loading import write_companion
 
@@ -302,7 +329,13 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     heldout = heldout_accuracy(head, embed_weight, datasets["heldout"], head_options.draft_steps)
     acceptance = {f"{w}x{n}": round(simulated_acceptance(head, embed, datasets["heldout"], w, n), 3)
                   for w, n in eval_beams if n <= head_options.draft_steps + 1}
+    head_temperature = 1.0 if head_options.soft_labels else GREEDY_HEAD_TEMPERATURE
+    sampled = {f"T={t}": round(first_draft_acceptance(head, embed, target_output(target.model),
+                                                      datasets["heldout"], t, head_temperature), 4)
+               for t in (0.7, 1.0)}
     log(f"held-out: loss {heldout['loss']}, top-1 per step {heldout['top1_per_step']}")
+    log(f"held-out first draft accepted when sampling (head temperature {head_temperature}): "
+        + ", ".join(f"{k} {v}" for k, v in sampled.items()))
     log("held-out tokens per target call (greedy, simulated): " +
         ", ".join(f"{k} {v}" for k, v in acceptance.items()))
     final = progress["accuracies"][-20:]
@@ -318,7 +351,8 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
                      "first_loss": progress["losses"][0] if progress["losses"] else None,
                      "final_loss": round(float(np.mean(progress["losses"][-20:])), 4),
                      "final_top1_per_step": [round(float(x), 4) for x in np.mean(final, axis=0)]},
-        "heldout": {**heldout, "tokens_per_call_by_beam": acceptance},
+        "heldout": {**heldout, "tokens_per_call_by_beam": acceptance,
+                    "first_draft_accepted_sampling": sampled},
         "note": "top1_per_step[k]: accuracy of the (k+1)-th draft token after the root",
     }
     if head_options.soft_labels:  # it learned the target's distribution: sample it as it is

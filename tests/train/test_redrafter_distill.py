@@ -125,6 +125,8 @@ def test_distill_command_end_to_end(random_model_dirs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "training.json").read_text())
     assert report["head"]["soft_labels"]
+    assert set(report["heldout"]["first_draft_accepted_sampling"]) == {"T=0.7", "T=1.0"}
+    assert all(0 < v <= 1 for v in report["heldout"]["first_draft_accepted_sampling"].values())
     # a head that learned the target's distributions samples its chains from them as they are
     assert json.loads((out / "config.json").read_text())["head_temperature"] == 1.0
     assert report["data"]["train_sequences"] == 16
