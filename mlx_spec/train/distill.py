@@ -219,28 +219,24 @@ def simulated_acceptance(head, embed, data: dict, width: int, length: int, posit
     return float(1.0 + accepted.mean())
 
 
-def first_draft_acceptance(head, embed, output, data: dict, temperature: float,
+def first_draft_acceptance(head, embed_weight, output, data: dict, temperature: float,
                            head_temperature: float = 1.0, batch: int = 32) -> float:
     """Mean probability that a sampled first draft token is accepted, sum_v min(p(v), q(v)), over
     the held-out positions: p the target's distribution at `temperature`, q the head's logits
     divided by head_temperature * temperature (how redrafter samples its chains)."""
     import mlx.core as mx
 
-    tables = head.drafting_tables(embed)
     total, count = 0.0, 0
     for i in range(0, len(data["tokens"]), batch):
         hidden = mx.array(data["hidden"][i:i + batch]).astype(mx.float32)   # [B, T, D]
-        tokens = mx.array(data["tokens"][i:i + batch])
-        width = hidden.shape[1]
-        # at position j the head sees h_j and token j + 1 and drafts token j + 2, whose target
-        # distribution comes from h_{j+1}
-        features = head.context_features(hidden[:, :-1], tables)
-        state = head.state_from_token(mx.zeros(hidden[:, :-1].shape), tokens[:, 1:width], embed,
-                                      tables)
-        q = mx.softmax(head.logits_from_features(features, state, tables)
-                       / (head_temperature * temperature), axis=-1)
+        tokens = mx.array(data["tokens"][i:i + batch])                       # [B, T + 1]
+        # the first draft step at position j drafts token j + 2, whose target distribution comes
+        # from h_{j+1}: the last position has none
+        logits = step_logits(head, embed_weight, hidden, tokens, 1)[0][:, :-1]
+        q = mx.softmax(logits / (head_temperature * temperature), axis=-1)
         p = mx.softmax(output(hidden[:, 1:]) / temperature, axis=-1)
-        valid = mx.arange(width - 1)[None] + 2 < mx.array(data["lengths"][i:i + batch])[:, None]
+        positions = mx.arange(hidden.shape[1] - 1)[None]
+        valid = positions + 2 < mx.array(data["lengths"][i:i + batch])[:, None]
         total += (mx.minimum(p, q).sum(axis=-1) * valid).sum().item()
         count += int(valid.sum().item())
     return total / max(count, 1)
@@ -323,15 +319,16 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
         f"({head.config.to_dict()})")
     run_key = json.dumps([folder.name, asdict(head_options), asdict(train_options)], default=list)
     checkpoint_dir = paths.work_dir / f"head-{hashlib.sha1(run_key.encode()).hexdigest()[:12]}.ckpt"
+    output = target_output(target.model)
     progress = train_head(head, embed_weight, datasets["train"], head_options, train_options,
-                          checkpoint_dir, log, output=target_output(target.model))
+                          checkpoint_dir, log, output=output)
 
     heldout = heldout_accuracy(head, embed_weight, datasets["heldout"], head_options.draft_steps)
     acceptance = {f"{w}x{n}": round(simulated_acceptance(head, embed, datasets["heldout"], w, n), 3)
                   for w, n in eval_beams if n <= head_options.draft_steps + 1}
     head_temperature = 1.0 if head_options.soft_labels else GREEDY_HEAD_TEMPERATURE
-    sampled = {f"T={t}": round(first_draft_acceptance(head, embed, target_output(target.model),
-                                                      datasets["heldout"], t, head_temperature), 4)
+    sampled = {f"T={t}": round(first_draft_acceptance(head, embed_weight, output, datasets["heldout"],
+                                                      t, head_temperature), 4)
                for t in (0.7, 1.0)}
     log(f"held-out: loss {heldout['loss']}, top-1 per step {heldout['top1_per_step']}")
     log(f"held-out first draft accepted when sampling (head temperature {head_temperature}): "
