@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -27,6 +28,34 @@ MinPOption = Annotated[float, typer.Option("--min-p")]
 NumDraftTokensOption = Annotated[Optional[int], typer.Option(
     "--num-draft-tokens", help="Draft length for chain methods.")]
 
+
+# Options of the commands that make the target write distillation data (distill, train
+# --instructions): the same values name the same cached data, so the two commands share it.
+InstructionsOption = Annotated[bool, typer.Option(
+    "--instructions", help="Contexts are generated chat requests in the target's chat template "
+    "(mlx_spec/train/instructions.py); the target writes the answers.")]
+WorkDirOption = Annotated[Path, typer.Option(help="Cache for generated data and checkpoints.")]
+ContinuationOption = Annotated[int, typer.Option(min=8, help="Target tokens generated per context.")]
+GenBatchOption = Annotated[int, typer.Option(min=1, help="Contexts per batched target forward.")]
+DataTempOption = Annotated[List[float], typer.Option(
+    "--temp", help="Sampling temperature of the continuations (0 = greedy); repeat it to "
+    "alternate shards, e.g. --temp 0 --temp 0.7.")]
+DISTILL_WORK_DIR = Path("~/.cache/mlx-spec/distill")
+
+
+def data_options(contexts: int, heldout_contexts: int, continuation: int, gen_batch: int,
+                 temp: list[float], seed: int):
+    """(training, held-out) DataOptions from the shared options."""
+    from mlx_spec.errors import MlxSpecError
+    from mlx_spec.train.distill_data import DataOptions
+
+    if any(t < 0 for t in temp):
+        raise MlxSpecError("--temp must be >= 0")
+    return (DataOptions(contexts=contexts, continuation=continuation, batch=gen_batch,
+                        temperatures=tuple(temp), seed=seed),
+            DataOptions(contexts=heldout_contexts, continuation=continuation,
+                        batch=min(gen_batch, heldout_contexts), temperatures=tuple(temp),
+                        seed=seed + 1))
 
 def fail(message: str, code: int = 1) -> None:
     err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)

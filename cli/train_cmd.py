@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from .common import user_errors
+from .common import (DISTILL_WORK_DIR, ContinuationOption, DataTempOption, GenBatchOption,
+                     InstructionsOption, WorkDirOption, data_options, user_errors)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,10 +30,11 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @user_errors
     def train_lm(
-        text: Path = typer.Option(..., help="Training text (stories separated by newlines)."),
-        tokenizer: Path = typer.Option(..., help="Folder made by `mlxspec train-tokenizer`."),
         out: Path = typer.Option(..., help="Output mlx-lm model folder."),
-        preset: str = typer.Option("target", help="Architecture: target or draft."),
+        text: Optional[Path] = typer.Option(None, help="Training text (stories separated by newlines)."),
+        tokenizer: Optional[Path] = typer.Option(None, help="Folder made by `mlxspec train-tokenizer` (with --text)."),
+        instructions: InstructionsOption = False,
+        preset: Optional[str] = typer.Option(None, help="Architecture: target, draft or chat-draft (default: target; chat-draft with --instructions)."),
         cased: Optional[Path] = typer.Option(None, help="Original-case prefix of TEXT, to recase the rest."),
         steps: int = typer.Option(600, min=1),
         batch_size: int = typer.Option(4, min=1),
@@ -43,15 +45,39 @@ def register(app: typer.Typer) -> None:
         teacher: Optional[Path] = typer.Option(None, help="Distill from this model (e.g. the target): "
                                                "match its next-token distributions."),
         init: Optional[Path] = typer.Option(None, help="Start from this model folder's weights (same preset)."),
+        work_dir: WorkDirOption = DISTILL_WORK_DIR,
+        contexts: int = typer.Option(1536, min=1, help="With --instructions: chat requests the teacher answers."),
+        heldout_contexts: int = typer.Option(64, min=1, help="With --instructions: held-out requests."),
+        continuation: ContinuationOption = 96,
+        gen_batch: GenBatchOption = 48,
+        temp: DataTempOption = [0.0, 0.7],
     ):
-        """Train a causal LM (llama architecture) on a text file; resumes from its checkpoint."""
-        from mlx_spec.train.corpus import load_corpus
-        from mlx_spec.train.lm import PRESETS, TrainOptions, train_causal_lm
+        """Train a causal LM (llama architecture) on a text file, or (--instructions --teacher
+        TARGET) distill a draft model of a chat target on its own answers; resumable."""
+        from mlx_spec.errors import MlxSpecError
+        from mlx_spec.train.lm import PRESETS, TrainOptions
 
+        preset = preset or ("chat-draft" if instructions else "target")
         if preset not in PRESETS:
-            raise typer.BadParameter(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        corpus = load_corpus(text, cased)
+            raise MlxSpecError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         options = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len,
                                learning_rate=learning_rate, seed=seed)
+        if instructions:
+            from mlx_spec.train.chat_draft import distill_chat_draft
+
+            if teacher is None or text is not None or init is not None:
+                raise MlxSpecError("--instructions trains a draft of --teacher on its answers: "
+                                   "give --teacher, and no --text or --init")
+            data, heldout = data_options(contexts, heldout_contexts, continuation, gen_batch,
+                                         temp, seed)
+            distill_chat_draft(str(teacher), out, work_dir.expanduser(), preset, data, heldout,
+                               options, checkpoint_dir, log=typer.echo)
+            return
+        from mlx_spec.train.corpus import load_corpus
+        from mlx_spec.train.lm import train_causal_lm
+
+        if text is None or tokenizer is None:
+            raise MlxSpecError("give --text and --tokenizer (or --instructions --teacher TARGET)")
+        corpus = load_corpus(text, cased)
         train_causal_lm(corpus.train, corpus.heldout, tokenizer, out, preset, options, checkpoint_dir,
                         teacher_dir=teacher, init_dir=init)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import MlxSpecError
 
-from .distill_data import DataOptions, data_folder, generate_data, story_token_lists
+from .distill_data import DataOptions, data_folder, distillation_contexts, generate_data
 from .lm import Checkpoint, TrainOptions, count_parameters, learning_rate_schedule
 
 
@@ -246,36 +246,6 @@ def first_draft_acceptance(head, embed_weight, output, data: dict, temperature: 
 EVAL_BEAMS = ((1, 4), (1, 5), (1, 6), (1, 7), (2, 5), (2, 6), (2, 7), (4, 5), (4, 6), (8, 6))
 
 
-def _contexts(target, text, cased, train: DataOptions, heldout: DataOptions):
-    """[(split, token lists, options)] and a name of the source for the data folders' keys."""
-    from .corpus import load_corpus
-    from .instructions import instruction_prompts
-
-    if text is not None:
-        corpus = load_corpus(text, cased)
-        source = f"{Path(text).name}:{Path(text).stat().st_size}"
-        return [("train", story_token_lists(target.tokenizer, corpus.train), train),
-                ("heldout", story_token_lists(target.tokenizer, corpus.heldout), heldout)], source
-    if not getattr(target.tokenizer, "chat_template", None):
-        raise MlxSpecError("distilling on chat requests needs a target with a chat template; "
-                           "pass --text for a plain language model")
-    requests = instruction_prompts(train.contexts, seed=train.seed)
-    seen = {r["prompt"] for r in requests}
-    others = [r for r in instruction_prompts(train.contexts + 4 * heldout.contexts,
-                                             seed=heldout.seed + 7919) if r["prompt"] not in seen]
-
-    def wrap(records):
-        return [list(target.tokenizer.apply_chat_template(
-            [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True))
-            for r in records]
-
-    # the batches (sorted by length) and the held-out requests (those not trained on) depend on
-    # how many training requests there are, so the count names the source of both splits
-    return [("train", wrap(requests), train),
-            ("heldout", wrap(others[:heldout.contexts]), heldout)], \
-        f"instructions-v1:{train.contexts}"
-
-
 @dataclass
 class DistillPaths:
     out: Path
@@ -299,7 +269,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     started = time.perf_counter()
     target = load(target_path)
     eos = set(target.eos_token_ids)
-    splits, source = _contexts(target, text, cased, data_options, heldout_options)
+    splits, source = distillation_contexts(target, text, cased, data_options, heldout_options)
     datasets, folder = {}, None
     for split, contexts, options in splits:
         where = data_folder(paths.work_dir, target.path, options, split, source)

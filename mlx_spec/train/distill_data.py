@@ -78,6 +78,11 @@ def prompt_batches(prompts: list[list[int]], options: DataOptions) -> list[list[
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def shard_order(prompts: list[list[int]], options: DataOptions) -> list[list[int]]:
+    """The requests in the order their answers are stored (shard by shard, row by row)."""
+    return [p for batch in prompt_batches(prompts, options) for p in batch]
+
+
 def _padded_cache(model, padding: list[int]):
     """KV caches whose attention mask also hides each row's left padding. One rope offset serves
     every row: rotary attention depends only on the distance between two positions, so shifting a
@@ -172,3 +177,33 @@ def load_shards(folder: Path, count: int) -> dict:
     parts = [np.load(folder / f"shard-{i:05d}.npz") for i in range(count)]
     names = ("tokens", "hidden", "lengths")
     return {name: np.concatenate([p[name] for p in parts]) for name in names}
+
+
+def distillation_contexts(target, text, cased, train: DataOptions, heldout: DataOptions):
+    """[(split, token lists, options)] and a name of the source for the data folders' keys."""
+    from .corpus import load_corpus
+    from .instructions import instruction_prompts
+
+    if text is not None:
+        corpus = load_corpus(text, cased)
+        source = f"{Path(text).name}:{Path(text).stat().st_size}"
+        return [("train", story_token_lists(target.tokenizer, corpus.train), train),
+                ("heldout", story_token_lists(target.tokenizer, corpus.heldout), heldout)], source
+    if not getattr(target.tokenizer, "chat_template", None):
+        raise MlxSpecError("distilling on chat requests needs a target with a chat template; "
+                           "pass --text for a plain language model")
+    requests = instruction_prompts(train.contexts, seed=train.seed)
+    seen = {r["prompt"] for r in requests}
+    others = [r for r in instruction_prompts(train.contexts + 4 * heldout.contexts,
+                                             seed=heldout.seed + 7919) if r["prompt"] not in seen]
+
+    def wrap(records):
+        return [list(target.tokenizer.apply_chat_template(
+            [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True))
+            for r in records]
+
+    # the batches (sorted by length) and the held-out requests (those not trained on) depend on
+    # how many training requests there are, so the count names the source of both splits
+    return [("train", wrap(requests), train),
+            ("heldout", wrap(others[:heldout.contexts]), heldout)], \
+        f"instructions-v1:{train.contexts}"

@@ -25,6 +25,10 @@ PRESETS: dict[str, dict] = {
                    num_attention_heads=8, num_key_value_heads=4, tie_word_embeddings=False),
     "draft": dict(hidden_size=128, num_hidden_layers=2, intermediate_size=384,
                   num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+    # a draft for a real chat target with a large vocabulary (SmolLM2: 49,152): the tied
+    # vocabulary projection is most of its cost, so it is kept to 256 wide and given 3 layers
+    "chat-draft": dict(hidden_size=256, num_hidden_layers=3, intermediate_size=768,
+                       num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
 }
 
 
