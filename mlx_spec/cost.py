@@ -9,8 +9,11 @@ the shadow (drafters/auto.py).
 
 Measured through the same Target.verify the engine uses: `context` tokens are cached, then a
 chain of each size in SIZES is verified `repeats` times after a warm-up (median kept), rewinding
-the cache after each. `relative(n)` is the interpolated time of an n-token verify over a one-token
-step; beyond the largest size it extrapolates the last segment.
+the cache after each; where the target verifies trees, a two-branch tree of each size from 4 up
+is timed too (a branching tree runs with an explicit mask and per-node positions instead of the
+causal fast path: on this CPU a 32-node tree cost ~25% more than a 32-token chain, which a
+chain-only model mispredicted for lookahead). `relative(n)` is the interpolated time of an n-token
+verify over a one-token step; beyond the largest size it extrapolates the last segment.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from .paths import cache_root
 
 SIZES = (1, 2, 4, 8, 16, 32)
 CONTEXT = 128
-VERSION = 1  # bump when what is measured changes, so old files on disk are not read
+TREE_FROM = 4  # smaller trees are measured as chains (a 2-node tree is a chain)
+VERSION = 2  # bump when what is measured changes, so old files on disk are not read
 
 
 @dataclass(frozen=True)
@@ -35,24 +39,28 @@ class CostModel:
     sizes: tuple            # tokens per verify forward, ascending, starting at 1
     seconds: tuple          # median seconds of one such forward
     context: int            # tokens cached while measuring
+    tree_seconds: tuple = ()  # the same sizes verified as branching trees; () if not measured
 
-    def step_seconds(self, tokens: float) -> float:
-        sizes, seconds = self.sizes, self.seconds
+    def step_seconds(self, tokens: float, tree: bool = False) -> float:
+        """Seconds of a verify forward of `tokens` tokens, as a chain or a branching tree."""
+        sizes = self.sizes
+        seconds = self.tree_seconds if tree and self.tree_seconds else self.seconds
         if tokens <= sizes[-1] or len(sizes) == 1:
             return float(np.interp(tokens, sizes, seconds))
         slope = (seconds[-1] - seconds[-2]) / (sizes[-1] - sizes[-2])
         return float(seconds[-1] + slope * (tokens - sizes[-1]))
 
-    def relative(self, tokens: float) -> float:
+    def relative(self, tokens: float, tree: bool = False) -> float:
         """Cost of verifying `tokens` tokens in units of a one-token step (never below 1)."""
-        return max(1.0, self.step_seconds(tokens) / self.seconds[0])
+        return max(1.0, self.step_seconds(tokens, tree) / self.seconds[0])
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "CostModel":
-        return cls(tuple(data["sizes"]), tuple(data["seconds"]), int(data["context"]))
+        return cls(tuple(data["sizes"]), tuple(data["seconds"]), int(data["context"]),
+                   tuple(data.get("tree_seconds", ())))
 
 
 def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3) -> CostModel:
@@ -66,24 +74,37 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3) -> Co
     vocab = 32  # ids every vocabulary has
     prompt = [(7 * i + 3) % vocab for i in range(context)]
     target.prefill(prompt)
-    seconds = []
-    for n in sizes:
-        chain = [(11 * j + 5) % vocab for j in range(n)]
+
+    def timed(tree: Tree) -> float:
         times = []
         for _ in range(repeats + 1):
             if target.kv.pending:
                 target.prefill([])  # recurrent layers replay after a rewind (kv.py): not timed
             start = time.perf_counter()
-            out = target.verify(Tree.from_chain(chain[0], chain[1:]))
+            out = target.verify(tree)
             mx.eval(out.logits)
             times.append(time.perf_counter() - start)
             target.kv.rewind(context)
-        seconds.append(float(np.median(times[1:])))
+        return float(np.median(times[1:]))
+
+    seconds, tree_seconds = [], []
+    for n in sizes:
+        chain = [(11 * j + 5) % vocab for j in range(n)]
+        seconds.append(timed(Tree.from_chain(chain[0], chain[1:])))
+        if target.supports_trees:
+            # root, then two branches (n // 2 and the rest): the explicit-mask path of any tree
+            a = n // 2
+            tree = Tree.from_branches(chain[0], [chain[1:1 + a],
+                                                 [(c + 1) % vocab for c in chain[1:n - a]]])
+            tree_seconds.append(seconds[-1] if n < TREE_FROM or tree.is_chain else timed(tree))
     target.reset()
     # more tokens never cost less: a noisy point (2 tokens measured 0.98x of 1) would make
-    # drafting look cheaper than not drafting
+    # drafting look cheaper than not drafting (nor does a tree cost less than its chain)
     seconds = np.maximum.accumulate(seconds)
-    return CostModel(tuple(sizes), tuple(float(s) for s in seconds), context)
+    if tree_seconds:
+        tree_seconds = np.maximum.accumulate(np.maximum(tree_seconds, seconds))
+    return CostModel(tuple(sizes), tuple(float(s) for s in seconds), context,
+                     tuple(float(s) for s in tree_seconds))
 
 
 def _cache_file(model) -> Path:
@@ -117,8 +138,10 @@ def cost_model(model, refresh: bool = False) -> CostModel:
     return measured
 
 
-def describe(cost: CostModel, sizes=(2, 4, 8, 16)) -> str:
+def describe(cost: CostModel, sizes=(2, 4, 8, 16), tree_sizes=(8, 32)) -> str:
     """One line: the one-token step time and the relative cost of larger verifies."""
     parts = ", ".join(f"{n}: {cost.relative(n):.2f}x" for n in sizes)
-    return f"1 token {cost.seconds[0] * 1000:.1f} ms; {parts}"
+    trees = ", ".join(f"{n}: {cost.relative(n, tree=True):.2f}x" for n in tree_sizes
+                      if cost.tree_seconds)
+    return f"1 token {cost.seconds[0] * 1000:.1f} ms; {parts}" + (f"; trees {trees}" if trees else "")
 

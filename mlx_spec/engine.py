@@ -77,8 +77,8 @@ class BackOff:
     WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
     MARGIN, CLEAR, PAST = 0.02, 0.10, 0.5
 
-    def __init__(self, relative_cost: Optional[Callable[[float], float]] = None):
-        self.relative = relative_cost           # tokens verified -> cost in one-token steps
+    def __init__(self, relative_cost: Optional[Callable[[float, bool], float]] = None):
+        self.relative = relative_cost  # (tokens verified, as a tree) -> cost in one-token steps
         self.plain_s: Optional[float] = None   # measured seconds per plain step (running mean)
         self.hold = self.FIRST_HOLD
         self.plain_left = 0                    # plain steps still to run
@@ -96,9 +96,10 @@ class BackOff:
         self._window = _Window()
 
     def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float,
-               verify_s: float = 0.0) -> None:
-        """One step: `drafted` candidate tokens, `tokens` emitted, its wall time, the part of it
-        outside drafting and verification, and its verification time."""
+               verify_s: float = 0.0, tree: bool = False) -> None:
+        """One step: `drafted` candidate tokens (a branching tree of them if `tree`), `tokens`
+        emitted, its wall time, the part of it outside drafting and verification, and its
+        verification time."""
         if not drafted and self.plain_left:
             self.plain_s = seconds if self.plain_s is None else 0.7 * self.plain_s + 0.3 * seconds
             self.plain_left -= 1
@@ -111,7 +112,7 @@ class BackOff:
         w.seconds += seconds
         w.overhead_s += overhead_s
         w.verify_s += verify_s
-        w.cost += self.relative(1 + drafted) if self.relative else 0.0
+        w.cost += self.relative(1 + drafted, tree) if self.relative else 0.0
         if w.steps < self.WINDOW:
             return
         self._window = _Window()
@@ -226,6 +227,8 @@ class Decoder:
                 stats.accepted_drafts += acceptance.accepted_drafts
                 stats.replayed_tokens = self.target.replayed - replayed_before
                 stats.accepted_per_call.append(len(acceptance.tokens))
+                branching = not tree.is_chain
+                stats.verified_per_call.append((len(tree), branching))
                 stats.generated_tokens = generated
                 stats.draft_s += flight.draft_s
                 stats.verify_s += verify_s
@@ -235,7 +238,8 @@ class Decoder:
                 stats.proposers = self.drafter.proposers()
                 if self.backoff is not None:
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
-                                        flight.draft_s + verify_s + other_s, other_s, verify_s)
+                                        flight.draft_s + verify_s + other_s, other_s, verify_s,
+                                        branching)
                 flight = None
                 if finish is None and (self.backoff is None or self.backoff.drafting):
                     self.drafter.prepare(ctx, acceptance, out)

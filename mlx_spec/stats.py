@@ -20,6 +20,7 @@ class GenerationStats:
     verify_s: float = 0.0          # target forward + acceptance decision (they share one sync)
     other_s: float = 0.0           # cache commit, drafter update, detokenizing, streaming
     accepted_per_call: list[int] = field(default_factory=list)  # tokens emitted by each call
+    verified_per_call: list = field(default_factory=list)  # (nodes, branching tree?) per call
     proposers: dict = field(default_factory=dict)  # auto: drafting steps per candidate method
 
     @property

@@ -133,16 +133,23 @@ def _aggregate(runs: list[Run]) -> dict:
         "replayed_tokens": sum(r.stats.replayed_tokens for r in runs),
         "drafted_tokens": sum(r.stats.drafted_tokens for r in runs),
         "accepted_length_histogram": _histogram(per_call),
+        # target calls by what they verified: {"chain" | "tree": {nodes: calls}}
+        "verified_calls": {kind: _histogram([n for r in runs for n, branching in
+                                             r.stats.verified_per_call if branching == (kind == "tree")])
+                           for kind in ("chain", "tree")},
     }
 
 
 def add_verify_prediction(methods: dict, cost: CostModel) -> None:
-    """Per method: the measured verify time per target call beside the cost model's prediction
-    for a forward of its mean verified tokens (root + drafts), both in ms."""
+    """Per method: the measured verify time per target call beside the cost model's prediction,
+    the mean over its calls of the modelled time of what each verified (that many nodes, as a
+    chain or a branching tree), both in ms."""
     for m in methods.values():
         calls = max(1, m["target_calls"])
         m["verify_ms_per_call"] = 1000 * m["time_split_s"]["verify"] / calls
-        m["predicted_verify_ms_per_call"] = 1000 * cost.step_seconds(1 + m["drafted_tokens"] / calls)
+        m["predicted_verify_ms_per_call"] = 1000 * sum(
+            count * cost.step_seconds(int(nodes), kind == "tree")
+            for kind, sizes in m["verified_calls"].items() for nodes, count in sizes.items()) / calls
 
 
 def _histogram(values: list[int]) -> dict:

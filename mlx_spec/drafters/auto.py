@@ -6,7 +6,9 @@ candidate proposes; auto times every step from one observe() to the next (the ca
 drafting, the target's verify of its tree, the engine's accept and streaming) and keeps, per
 candidate, decayed sums of tokens emitted and seconds spent. It proposes with the best rate and
 now and then lends a few steps to the candidate it has not heard from for longest (sooner when a
-trial wins, ever more rarely while they lose). What it measured is kept per loaded model and
+trial wins, ever more rarely while they lose), and at once again to one measured over too few
+steps to judge whose optimistic rate still beats the best (a trial of 3 steps at T > 0 says little
+about a candidate that emits 1 to 10 tokens a step). What it measured is kept per loaded model and
 sampling regime (greedy, or each temperature), so the next request starts from it. Plain decoding
 is not a candidate: the engine's BackOff turns drafting off where even the best candidate loses.
 
@@ -53,6 +55,7 @@ class Rate:
 
     DECAY = 0.93            # per own step: about the last 14 steps decide
     PRIOR = 4.0             # pseudo-steps of one token each, at the candidate's own step time
+    SETTLED = 12            # own steps after which the prior has faded out (see per_second)
 
     def add(self, tokens: int, seconds: float) -> None:
         self.tokens = self.DECAY * self.tokens + tokens
@@ -63,12 +66,24 @@ class Rate:
     @property
     def per_second(self) -> float:
         """Tokens per second, shrunk toward one token per step (what plain decoding would give
-        at this step time): a few lucky steps of a trial (at T > 0 a step emits 1 to 5 tokens by
-        chance) must not displace a candidate measured over many steps."""
+        at this step time) while the candidate has few steps: a few lucky steps of a trial (at
+        T > 0 a step emits 1 to 5 tokens by chance) must not displace a candidate measured over
+        many steps. The shrinking fades out over SETTLED steps: kept for good, it would favour
+        for ever a cheap candidate of few tokens per step over an expensive one of many (measured:
+        draft over redrafter at T = 1.0, where redrafter alone was 1.5x faster)."""
         if self.seconds <= 0:
             return 0.0
+        prior = self.PRIOR * max(0.0, 1.0 - self.steps / self.SETTLED)
         step_s = self.seconds / self.weight
-        return (self.tokens + self.PRIOR) / (self.seconds + self.PRIOR * step_s)
+        return (self.tokens + prior) / (self.seconds + prior * step_s)
+
+    @property
+    def optimistic(self) -> float:
+        """What the rate may still turn out to be: its raw tokens per second, raised by one
+        standard-error-like margin that shrinks with the steps measured."""
+        if self.seconds <= 0:
+            return float("inf")
+        return self.tokens / self.seconds * (1.0 + 1.0 / self.weight ** 0.5)
 
 
 @dataclass
@@ -97,9 +112,11 @@ class Auto(Drafter):
 
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, 24, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
-    SETTLED = 12  # own steps measured before a lost trial may lengthen the wait: at T > 0 a step
-    # emits 1 to 10 tokens by chance, and a few unlucky opening steps must not bench the best
-    # candidate for hundreds of steps (measured: redrafter, 2.4x alone, left to trials at 0.7)
+    SETTLED = Rate.SETTLED  # own steps measured before a lost trial may lengthen the wait: at
+    # T > 0 a step emits 1 to 10 tokens by chance, and a few unlucky opening steps must not bench
+    # the best candidate for hundreds of steps (measured: redrafter, 2.4x alone, left to trials
+    # at 0.7); until then, a candidate whose optimistic rate still beats the best is tried again
+    # at once
 
     def __init__(self, candidates: dict, rates_for=None, cost=None):
         """cost: the target's CostModel; without one, every candidate is judged by trials."""
@@ -163,7 +180,8 @@ class Auto(Drafter):
             tree = self.candidates[name].propose(ctx)
             answer_s = time.perf_counter() - t0
             if len(tree) > 1:
-                seconds = self.rates.scale * self.cost.step_seconds(len(tree)) + answer_s
+                seconds = (self.rates.scale * self.cost.step_seconds(len(tree), not tree.is_chain)
+                           + answer_s)
                 ledger.add(len(ctx.tokens), (tree, seconds))
 
     def observe(self, ctx, tree, acceptance, out) -> None:
@@ -181,7 +199,8 @@ class Auto(Drafter):
         if since is not None:  # the first step of a request has no start mark: not timed
             rate.add(len(acceptance.tokens), now - since)
             if self.cost is not None:
-                self.rates.calibrate(now - since - drafting, self.cost.step_seconds(len(tree)))
+                self.rates.calibrate(now - since - drafting,
+                                     self.cost.step_seconds(len(tree), not tree.is_chain))
         self.current = self._next()
 
     def prepare(self, ctx, acceptance, out) -> None:
@@ -219,6 +238,11 @@ class Auto(Drafter):
             return self._start_trial(untried[0])
         best = self._best()
         others = [n for n in trialled if n != best]
+        leader = rates.by_name.get(best, Rate()).per_second
+        doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
+                    and rates.by_name[n].optimistic > leader]
+        if doubtful:
+            return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
         rates.gap -= 1
         if rates.gap <= 0 and others:
             return self._start_trial(min(others, key=lambda n: rates.by_name[n].last_step))

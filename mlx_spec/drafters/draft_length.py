@@ -37,12 +37,13 @@ def linear_verify_cost(verify_cost: float, verify_overhead: float) -> VerifyCost
 
 
 def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Optional[float],
-                    default: tuple[float, float]) -> VerifyCost:
-    """Constants a caller set win; otherwise the loaded target's measured cost model; `default`
-    (per draft, overhead) only where there is no model to measure."""
+                    default: tuple[float, float], tree: bool = False) -> VerifyCost:
+    """Constants a caller set win; otherwise the loaded target's measured cost model (of
+    branching trees where the drafter sends them); `default` (per draft, overhead) only where
+    there is no model to measure."""
     if verify_cost is None and verify_overhead is None and model is not None:
         measured = target_cost(model)
-        return lambda nodes: measured.relative(1 + nodes)  # relative(1) is 1: no drafts
+        return lambda nodes: measured.relative(1 + nodes, tree)  # relative(1) is 1: no drafts
     per_draft = default[0] if verify_cost is None else verify_cost
     overhead = default[1] if verify_overhead is None else verify_overhead
     if min(per_draft, overhead) < 0:

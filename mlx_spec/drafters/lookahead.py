@@ -67,7 +67,7 @@ class Lookahead(Drafter):
                                                verify_overhead),
                                        lambda: DraftChooser.for_budgets(decoding_length, verify=verify_cost_for(
                                            model, verify_cost, verify_overhead,
-                                           default=(0.06, 0.25))))
+                                           default=(0.06, 0.25), tree=True)))
                         if adaptive else None)
         state = shared(model)
         if state.output_trie is None:

@@ -115,3 +115,21 @@ def test_ignore_eos_decodes_to_max_tokens(random_model_dirs, monkeypatch):
                                  ignore_eos=True)
         assert len(full.token_ids) == 12 and full.token_ids[0] == first
         assert full.finish_reason == "length"
+
+
+def test_verify_prediction_times_each_call_as_the_chain_or_tree_it_verified():
+    from mlx_spec.bench import Run, add_verify_prediction, summarize
+    from mlx_spec.cost import CostModel
+    from mlx_spec.stats import GenerationStats
+
+    cost = CostModel((1, 4, 8), (0.010, 0.012, 0.016), 128, tree_seconds=(0.010, 0.014, 0.020))
+    stats = GenerationStats(target_calls=3, generated_tokens=6, verify_s=0.042,
+                            accepted_per_call=[1, 2, 3],
+                            verified_per_call=[(1, False), (4, False), (8, True)])
+    plain = GenerationStats(target_calls=1, generated_tokens=1, verify_s=0.01,
+                            accepted_per_call=[1], verified_per_call=[(1, False)])
+    methods, _ = summarize([Run("ar", "0", "c", [1], plain), Run("m", "0", "c", [1], stats)], True)
+    add_verify_prediction(methods, cost)
+    assert methods["m"]["verified_calls"] == {"chain": {"1": 1, "4": 1}, "tree": {"8": 1}}
+    assert methods["m"]["predicted_verify_ms_per_call"] == pytest.approx((10 + 12 + 20) / 3)
+    assert methods["m"]["verify_ms_per_call"] == pytest.approx(14.0)

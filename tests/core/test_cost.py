@@ -17,6 +17,10 @@ def test_relative_cost_interpolates_and_extrapolates():
     assert cost.relative(3) == pytest.approx(1.6)
     assert cost.relative(6) == pytest.approx(2.8)  # the last segment's slope, continued
     assert CostModel.from_dict(json.loads(json.dumps(cost.to_dict()))) == cost
+    assert cost.step_seconds(3, tree=True) == cost.step_seconds(3)  # no trees measured: chains'
+    trees = CostModel((1, 2, 4), (0.010, 0.012, 0.020), 16, tree_seconds=(0.010, 0.012, 0.030))
+    assert trees.relative(4, tree=True) == pytest.approx(3.0) and trees.relative(4) == pytest.approx(2.0)
+    assert CostModel.from_dict(json.loads(json.dumps(trees.to_dict()))) == trees
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +31,11 @@ def tiny(tmp_path_factory):
 
 
 def test_measure_times_every_size_and_leaves_the_model_usable(tiny):
-    cost = measure(tiny.model, context=24, sizes=(1, 4, 16), repeats=1)
-    assert cost.sizes == (1, 4, 16) and all(s > 0 for s in cost.seconds)
+    cost = measure(tiny.model, context=24, sizes=(1, 2, 4, 16), repeats=1)
+    assert cost.sizes == (1, 2, 4, 16) and all(s > 0 for s in cost.seconds)
+    # trees of 4 and more nodes are timed as trees, never below their chains; smaller are chains
+    assert len(cost.tree_seconds) == 4 and cost.tree_seconds[:2] == cost.seconds[:2]
+    assert all(t >= c for t, c in zip(cost.tree_seconds, cost.seconds))
     # the model still decodes exactly after being measured (nothing left in its cache or shims)
     plain = mlx_spec.generate(tiny, "hello", max_tokens=8, method="ar", raw=True)
     assert plain.token_ids == mlx_spec.generate(tiny, "hello", max_tokens=8, method="pld",
@@ -53,6 +60,10 @@ def test_chooser_reads_the_measured_cost_unless_constants_are_set(tiny, tmp_path
     monkeypatch.setattr(shared(tiny), "cost", planted)  # what the loaded model measured
     measured = verify_cost_for(tiny, None, None, default=(0.07, 0.2))
     assert measured(0) == 1.0 and measured(1) == pytest.approx(2.0) and measured(7) == pytest.approx(8.0)
+    planted_trees = CostModel((1, 2, 8), (0.01, 0.02, 0.08), 128, (0.01, 0.02, 0.12))
+    monkeypatch.setattr(shared(tiny), "cost", planted_trees)
+    assert verify_cost_for(tiny, None, None, default=(0.07, 0.2), tree=True)(7) == pytest.approx(12.0)
+    assert verify_cost_for(tiny, None, None, default=(0.07, 0.2))(7) == pytest.approx(8.0)
     fixed = verify_cost_for(tiny, 0.1, None, default=(0.07, 0.2))
     assert fixed(4) == pytest.approx(1.0 + 0.2 + 0.4)
     assert verify_cost_for(None, None, None, default=(0.07, 0.2))(1) == pytest.approx(1.27)

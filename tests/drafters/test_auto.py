@@ -108,3 +108,22 @@ def test_auto_with_a_draft_model_is_greedy_exact_and_remembers_per_model(random_
     decoder = mlx_spec.make_decoder(model, "auto", **options)
     known = decoder.drafter._rates_for("greedy").by_name
     assert set(known) == {"pld", "lookahead", "draft"}  # each was tried, and that is kept
+
+
+def test_a_candidate_too_briefly_measured_is_tried_again_while_it_may_still_win():
+    """Planted rates, no timing: `a` is settled at 100 tokens/s; `b` had one short trial."""
+    def rate(tokens, seconds, steps):
+        from mlx_spec.drafters.auto import Rate
+        r = Rate()
+        for _ in range(steps):
+            r.add(tokens / steps, seconds / steps)
+        return r
+
+    for b_tokens, expected in ((8.0, "b"), (3.0, "a")):  # 80 tokens/s could still win; 30 cannot
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 0.1, 3)},
+                           gap=10)
+        assert auto._next() == expected
+    # once settled, the prior has faded: a rate is its measured tokens per second
+    settled = rate(50.0, 1.0, 40)
+    assert settled.per_second == pytest.approx(50.0) and rate(8.0, 0.1, 3).per_second < 80.0

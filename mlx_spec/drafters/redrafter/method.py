@@ -107,7 +107,8 @@ class ReDrafter(Drafter):
         # models: the fixed beam_length was faster, as the head's misses there are short-lived)
         self.adaptive = adaptive
         self.chooser = (DraftChooser.for_depths(beam_length - 1, 0, draft_cost=draft_cost, verify=(
-            verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15))))
+            verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15),
+                            tree=beam_width > 1)))
                         if adaptive is not False else None)
         if head_temperature is not None and head_temperature <= 0:
             raise ValueError("head_temperature must be > 0")
