@@ -1,6 +1,7 @@
 """The embedded default models: present as package data, loadable by mlx-lm unchanged, and decoded
 losslessly by every chain method on a trained (not random) model."""
 import re
+from pathlib import Path
 
 import pytest
 from mlx_lm import load as mlx_lm_load
@@ -24,7 +25,8 @@ def test_shipped_models_are_mlx_lm_folders():
         model, tokenizer = mlx_lm_load(str(path))
         assert tokenizer.encode("Once upon a time")
     total = sum(f.stat().st_size for f in shipped_models_dir().rglob("*") if f.is_file())
-    assert total < 96 * 2**20  # the TinyStories trio (~60 MB) and SmolLM2's head (27 MB)
+    # the TinyStories models (~64 MB), SmolLM2's head (27 MB) and draft (32 MB)
+    assert total < 128 * 2**20
 
 
 def test_target_size_and_draft_compatibility(target):
@@ -53,3 +55,19 @@ def test_story_is_english_text_that_continues_the_prompt(target):
     assert len(re.findall(r"[.!?]", result.text)) >= 3
     common = {"the", "a", "and", "was", "he", "she", "to", "said", "they", "her", "his", "it"}
     assert sum(w.lower() in common for w in words) >= len(words) // 8
+
+
+SMOLLM2 = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.mark.skipif(not SMOLLM2.exists(), reason="needs ../shared/models/smollm2-135m-instruct")
+def test_smollm2_finds_its_shipped_draft_and_head_and_decodes_losslessly():
+    model = mlx_spec.load(str(SMOLLM2))
+    prompt = model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "List three uses of a paperclip."}],
+        add_generation_prompt=True, tokenize=False)
+    expected = mlx_lm_greedy(model, prompt, 24)
+    for method in ("draft", "redrafter"):
+        result = mlx_spec.generate(model, prompt, method=method, max_tokens=24, raw=True)
+        assert result.token_ids == expected, method
+        assert result.stats.accepted_drafts > 0, method  # the shipped drafter, found and working
