@@ -9,8 +9,8 @@ the shadow (drafters/auto.py).
 
 Measured through the same Target.verify the engine uses: `context` tokens are cached, then a
 chain of each size in SIZES is verified `repeats` times after a warm-up (median kept), rewinding
-the cache after each; where the target verifies trees, a two-branch tree of each size from 4 up
-is timed too (a branching tree runs with an explicit mask and per-node positions instead of the
+the cache after each; where the target verifies trees, a two-branch tree of each size that can
+branch (3 nodes and up) is timed too (a branching tree runs with an explicit mask and per-node positions instead of the
 causal fast path: on this CPU a 32-node tree cost ~25% more than a 32-token chain, which a
 chain-only model mispredicted for lookahead). `relative(n)` is the interpolated time of an n-token
 verify over a one-token step; beyond the largest size it extrapolates the last segment.
@@ -29,7 +29,6 @@ from .paths import cache_root
 
 SIZES = (1, 2, 4, 8, 16, 32)
 CONTEXT = 128
-TREE_FROM = 4  # smaller trees are measured as chains (a 2-node tree is a chain)
 VERSION = 2  # bump when what is measured changes, so old files on disk are not read
 
 
@@ -95,7 +94,7 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3) -> Co
             a = n // 2
             tree = Tree.from_branches(chain[0], [chain[1:1 + a],
                                                  [(c + 1) % vocab for c in chain[1:n - a]]])
-            tree_seconds.append(seconds[-1] if n < TREE_FROM or tree.is_chain else timed(tree))
+            tree_seconds.append(seconds[-1] if tree.is_chain else timed(tree))
     target.reset()
     # more tokens never cost less: a noisy point (2 tokens measured 0.98x of 1) would make
     # drafting look cheaper than not drafting (nor does a tree cost less than its chain)

@@ -29,8 +29,7 @@ import numpy as np
 
 from .distill import target_output
 from .distill_data import DataOptions, data_folder, distillation_contexts, generate_data, shard_order
-from .lm import (PRESETS, Checkpoint, TrainOptions, count_parameters, learning_rate_schedule,
-                 write_model_folder)
+from .lm import Checkpoint, TrainOptions, adamw, count_parameters, model_config, write_model_folder
 
 CHAINS = (2, 3, 4, 5, 6)  # draft lengths whose greedy tokens per call are reported
 
@@ -82,15 +81,6 @@ def distribution_loss(model, inputs, flat, target_log_probs):
     return loss, agree
 
 
-def draft_config(preset: str, target_config: dict) -> dict:
-    return dict(model_type="llama", vocab_size=target_config["vocab_size"],
-                rms_norm_eps=1e-5, rope_theta=10000.0,
-                max_position_embeddings=target_config.get("max_position_embeddings", 2048),
-                bos_token_id=target_config.get("bos_token_id"),
-                eos_token_id=target_config.get("eos_token_id"),
-                torch_dtype="float16", **PRESETS[preset])
-
-
 def principal_embedding(target_embedding: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
     """E V_d: the target's token embedding [V, D] on its top-`dims` principal directions (a draft
     wider than the target gets small random columns beyond D)."""
@@ -112,9 +102,7 @@ def train_draft(model, output, sequences: list[dict], hidden: np.ndarray, option
 
     from .progress import TrainingProgress
 
-    optimizer = optim.AdamW(learning_rate=learning_rate_schedule(options),
-                            weight_decay=options.weight_decay, betas=[0.9, options.beta2],
-                            bias_correction=options.bias_correction)
+    optimizer = adamw(options)
     progress = {"step": 0, "seconds": 0.0, "losses": [], "agreement": []}
     if checkpoint.exists():
         progress = checkpoint.load(model, optimizer)
@@ -204,7 +192,9 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
             f"{sum(s['count'] for s in sequences[split]):,} scored positions ({where})")
     data_seconds = time.perf_counter() - started
 
-    config = draft_config(preset, target.config)
+    config = model_config(preset, target.config["vocab_size"],
+                          target.config.get("max_position_embeddings", 2048),
+                          target.config.get("bos_token_id"), target.config.get("eos_token_id"))
     mx.random.seed(options.seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     embedding = np.array(token_embedding(target.model).weight.astype(mx.float32))

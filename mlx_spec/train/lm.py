@@ -191,6 +191,15 @@ def learning_rate_schedule(options: TrainOptions):
     return optim.join_schedules([warmup, cosine], [options.warmup_steps])
 
 
+def adamw(options: TrainOptions):
+    """AdamW on the warm-up + cosine schedule, with the betas and bias correction of `options`."""
+    import mlx.optimizers as optim
+
+    return optim.AdamW(learning_rate=learning_rate_schedule(options),
+                       weight_decay=options.weight_decay, betas=[0.9, options.beta2],
+                       bias_correction=options.bias_correction)
+
+
 def train_causal_lm(train_stories: list[str], heldout_stories: list[str], tokenizer_dir: Path,
                     out_dir: Path, preset: str, options: TrainOptions,
                     checkpoint_dir: Path | None = None, log=print, teacher_dir: Path | None = None,
@@ -223,9 +232,7 @@ def train_causal_lm(train_stories: list[str], heldout_stories: list[str], tokeni
         teacher.set_dtype(mx.float32)
         teacher.freeze()
     n_params = count_parameters(model)
-    optimizer = optim.AdamW(learning_rate=learning_rate_schedule(options),
-                            weight_decay=options.weight_decay, betas=[0.9, options.beta2],
-                            bias_correction=options.bias_correction)
+    optimizer = adamw(options)
     checkpoint = Checkpoint(checkpoint_dir or out_dir.with_name(out_dir.name + ".ckpt"))
     progress = {"step": 0, "seconds": 0.0, "losses": []}
     if checkpoint.exists():
