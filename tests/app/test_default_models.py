@@ -62,7 +62,19 @@ SMOLLM2 = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "sm
 
 @pytest.mark.skipif(not SMOLLM2.exists(), reason="needs ../shared/models/smollm2-135m-instruct")
 def test_smollm2_finds_its_shipped_draft_and_head_and_decodes_losslessly():
+    import json
+
+    from mlx_spec import cost
+
     model = mlx_spec.load(str(SMOLLM2))
+    # The fp16 copy's measured cost shape (README) planted in the test cache: measuring the 8-bit
+    # folder here took 78 s, and the drafters only need a model under which drafting pays.
+    one = 0.065
+    planted = cost.CostModel(cost.SIZES, tuple(one * r for r in (1, 0.98, 1.16, 1.30, 1.56, 2.2)),
+                             cost.CONTEXT, tuple(one * r for r in (1, 0.98, 1.2, 1.45, 1.9, 2.8)))
+    file = cost._cache_file(model)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(planted.to_dict()))
     prompt = model.tokenizer.apply_chat_template(
         [{"role": "user", "content": "List three uses of a paperclip."}],
         add_generation_prompt=True, tokenize=False)
