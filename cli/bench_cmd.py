@@ -58,7 +58,10 @@ def render_table(title: str, methods: dict) -> Table:
     for name, m in methods.items():
         total = sum(m["time_split_s"].values()) or 1.0
         split = [f"{100 * m['time_split_s'][k] / total:.0f}" for k in ("draft", "verify", "other")]
-        table.add_row(escape(name), _fmt(m["tokens_per_s"], 1), _fmt(m["speedup"]) + ("x" if m["speedup"] else ""),
+        speedup = _fmt(m["speedup"]) + ("x" if m["speedup"] else "")
+        if m.get("speedup_by_round"):
+            speedup += f" ({min(m['speedup_by_round']):.2f}-{max(m['speedup_by_round']):.2f})"
+        table.add_row(escape(name), _fmt(m["tokens_per_s"], 1), speedup,
                       _fmt(m["mean_accepted"]), str(m["target_calls"]), _fmt(m["matches_ar"]), *split,
                       _fmt(m.get("verify_ms_per_call"), 1), _fmt(m.get("predicted_verify_ms_per_call"), 1))
     return table
@@ -113,6 +116,7 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: speedups and accepted lengths."),
         warmup_tokens: int = typer.Option(16, "--warmup-tokens"),
+        repeat: int = typer.Option(1, "--repeat", help="Run the prompts this many rounds (round r samples with --seed + r); the speedup column then shows the rounds' range."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Decode every prompt to --max-tokens, past end-of-sequence (when sampling, methods otherwise write texts of different lengths)."),
     ):
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
@@ -126,6 +130,8 @@ def register(app: typer.Typer) -> None:
 
         if max_tokens < 1:
             raise mlx_spec.MlxSpecError(f"--max-tokens must be >= 1, got {max_tokens}")
+        if repeat < 1:
+            raise mlx_spec.MlxSpecError(f"--repeat must be >= 1, got {repeat}")
         if limit is not None and limit < 1:
             raise mlx_spec.MlxSpecError(f"--limit must be >= 1, got {limit}")
         SamplingParams(temperature=temp)
@@ -150,12 +156,12 @@ def register(app: typer.Typer) -> None:
                           f"{max_tokens} tokens, temp {temp}[/]")
         from rich.progress import Progress
         with Progress(console=err_console, transient=True) as bar:
-            task = bar.add_task("bench", total=len(prompt_list) * len(specs))
+            task = bar.add_task("bench", total=repeat * len(prompt_list) * len(specs))
             run_one = functools.partial(_run_one, ignore_eos=ignore_eos)
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, run_one,
                                warmup_tokens=warmup_tokens,
                                progress=lambda label: bar.update(task, advance=1, description=label),
-                               cost=cost)
+                               cost=cost, repeat=repeat)
         report["settings"]["ignore_eos"] = ignore_eos
         report["cache"] = measure_rollback(
             spec_model, mlx_spec.api.encode_prompt(spec_model, prompt_list[0]["prompt"]))

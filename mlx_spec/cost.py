@@ -8,8 +8,8 @@ CPU pays ~1.5x a one-token step), the BLAS, the model and its dtype. So it is me
 the shadow (drafters/auto.py).
 
 Measured through the same Target.verify the engine uses: `context` tokens are cached, then a
-chain of each size in SIZES is verified `repeats` times after a warm-up (median kept), rewinding
-the cache after each; where the target verifies trees, a two-branch tree of each size that can
+chain of each size in SIZES is verified in `repeats` rounds over all sizes after a warm-up round
+(median kept), rewinding the cache after each; where the target verifies trees, a two-branch tree of each size that can
 branch (3 nodes and up) is timed too (a branching tree runs with an explicit mask and per-node positions instead of the
 causal fast path: on this CPU a 32-node tree cost ~25% more than a 32-token chain, which a
 chain-only model mispredicted for lookahead). `relative(n)` is the interpolated time of an n-token
@@ -29,7 +29,7 @@ from .paths import cache_root
 
 SIZES = (1, 2, 4, 8, 16, 32)
 CONTEXT = 128
-VERSION = 2  # bump when what is measured changes, so old files on disk are not read
+VERSION = 3  # bump when what is measured changes, so old files on disk are not read
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,11 @@ class CostModel:
                    tuple(data.get("tree_seconds", ())))
 
 
-def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3) -> CostModel:
-    """Time the target's verify forward for each chain size (see the module docstring)."""
+def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
+            budget_s: float = 3.0, max_repeats: int = 15) -> CostModel:
+    """Time the target's verify forward for each chain size (see the module docstring): at least
+    `repeats` rounds, more (up to max_repeats) while the rounds so far took under budget_s, so a
+    small model's milliseconds get more samples for the same wait."""
     import mlx.core as mx
 
     from .target import Target
@@ -74,27 +77,43 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3) -> Co
     target.prefill(prompt)
 
     def timed(tree: Tree) -> float:
-        times = []
-        for _ in range(repeats + 1):
-            if target.kv.pending:
-                target.prefill([])  # recurrent layers replay after a rewind (kv.py): not timed
-            start = time.perf_counter()
-            out = target.verify(tree)
-            mx.eval(out.logits)
-            times.append(time.perf_counter() - start)
-            target.kv.rewind(context)
-        return float(np.median(times[1:]))
+        if target.kv.pending:
+            target.prefill([])  # recurrent layers replay after a rewind (kv.py): not timed
+        start = time.perf_counter()
+        out = target.verify(tree)
+        mx.eval(out.logits)
+        seconds = time.perf_counter() - start
+        target.kv.rewind(context)
+        return seconds
 
-    seconds, tree_seconds = [], []
+    shapes = []  # per size: its chain, and its two-branch tree (None where it cannot branch)
     for n in sizes:
         chain = [(11 * j + 5) % vocab for j in range(n)]
-        seconds.append(timed(Tree.from_chain(chain[0], chain[1:])))
+        branches = None
         if target.supports_trees:
             # root, then two branches (n // 2 and the rest): the explicit-mask path of any tree
             a = n // 2
-            tree = Tree.from_branches(chain[0], [chain[1:1 + a],
-                                                 [(c + 1) % vocab for c in chain[1:n - a]]])
-            tree_seconds.append(seconds[-1] if tree.is_chain else timed(tree))
+            branches = Tree.from_branches(chain[0], [chain[1:1 + a],
+                                                     [(c + 1) % vocab for c in chain[1:n - a]]])
+        shapes.append((Tree.from_chain(chain[0], chain[1:]),
+                       None if branches is None or branches.is_chain else branches))
+    # rounds over every shape, the first one a warm-up: a size timed in one burst right after the
+    # prefill would carry the machine's warm-up and drift into that size alone (measured: 1 token
+    # 16.3 ms against 13.4 in the bench that followed, making 2-8 tokens look free)
+    times = [([], []) for _ in shapes]
+    started, round_ = time.perf_counter(), 0
+    while round_ <= repeats or (round_ <= max_repeats
+                                and time.perf_counter() - started < budget_s):
+        for (chain, tree), (chain_times, tree_times) in zip(shapes, times):
+            for shape, kept in ((chain, chain_times), (tree, tree_times)):
+                if shape is not None:
+                    seconds = timed(shape)
+                    if round_:
+                        kept.append(seconds)
+        round_ += 1
+    seconds = [float(np.median(c)) for c, _ in times]
+    tree_seconds = ([float(np.median(t)) if t else s for (_, t), s in zip(times, seconds)]
+                    if target.supports_trees else [])
     target.reset()
     # more tokens never cost less: a noisy point (2 tokens measured 0.98x of 1) would make
     # drafting look cheaper than not drafting (nor does a tree cost less than its chain)

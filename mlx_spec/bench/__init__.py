@@ -1,7 +1,10 @@
 """`mlxspec bench`: methods side by side in one process, on the same prompts, interleaved.
 
 Each prompt is run by every method in a rotating order (so drift of the machine hits all methods
-alike), after one warm-up run per method. Speed is decode tokens/s (prefill excluded, it is the
+alike), after one warm-up run per method. `repeat` runs the prompt set several rounds (round r
+samples with seed + r) and reports each method's speedup per round beside the pooled one: on a
+shared 2-core machine one round's speedups move by ~10% between runs, so a difference smaller
+than the rounds' spread is not a difference. Speed is decode tokens/s (prefill excluded, it is the
 same for every method); "matches_ar" compares greedy token ids with the `ar` run of the same prompt.
 The package also holds the other measurements users run: prompts.py (built-in prompt sets),
 memory.py (peak RSS), baselines/ (mlx-lm's own speculative decoding as a method) and exactness.py
@@ -113,6 +116,7 @@ class Run:
     category: str
     token_ids: list[int]
     stats: GenerationStats
+    round: int = 0
 
 
 def _aggregate(runs: list[Run]) -> dict:
@@ -161,7 +165,7 @@ def _histogram(values: list[int]) -> dict:
 
 def summarize(runs: list[Run], greedy: bool) -> tuple[dict, dict]:
     """Per method and per category: speed, speedup over ar, acceptance, equality with ar."""
-    reference_ids = {r.prompt_id: r.token_ids for r in runs if r.method == REFERENCE}
+    reference_ids = {(r.prompt_id, r.round): r.token_ids for r in runs if r.method == REFERENCE}
 
     def table(selected: list[Run]) -> dict:
         by_method: dict[str, list[Run]] = defaultdict(list)
@@ -169,12 +173,19 @@ def summarize(runs: list[Run], greedy: bool) -> tuple[dict, dict]:
             by_method[r.method].append(r)
         out = {name: _aggregate(rs) for name, rs in by_method.items()}
         ref_speed = out.get(REFERENCE, {}).get("tokens_per_s")
+        rounds = sorted({r.round for r in selected})
         for name, rs in by_method.items():
             out[name]["speedup"] = out[name]["tokens_per_s"] / ref_speed if ref_speed else None
+            if len(rounds) > 1 and ref_speed:
+                out[name]["speedup_by_round"] = [
+                    _aggregate([r for r in rs if r.round == k])["tokens_per_s"]
+                    / _aggregate([r for r in by_method[REFERENCE] if r.round == k])["tokens_per_s"]
+                    for k in rounds]
             if greedy and reference_ids:
-                out[name]["matches_ar"] = all(r.token_ids == reference_ids.get(r.prompt_id) for r in rs)
-                out[name]["mismatched_prompts"] = [r.prompt_id for r in rs
-                                                   if r.token_ids != reference_ids.get(r.prompt_id)]
+                mismatched = [r.prompt_id for r in rs
+                              if r.token_ids != reference_ids.get((r.prompt_id, r.round))]
+                out[name]["matches_ar"] = not mismatched
+                out[name]["mismatched_prompts"] = mismatched
             else:
                 out[name]["matches_ar"] = None  # sampled outputs legitimately differ
         return out
@@ -306,21 +317,24 @@ def own_state(model, label: str, states: dict):
 def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: int,
               temperature: float, seed: int, run_one: Callable, warmup_tokens: int = 16,
               progress: Optional[Callable[[str], None]] = None,
-              cost: Optional[CostModel] = None) -> dict:
+              cost: Optional[CostModel] = None, repeat: int = 1) -> dict:
     """run_one(model, spec, prompt, max_tokens, temperature, seed) -> (token_ids, stats). With the
-    target's cost model (cost.py), each method's verify time per call gets its prediction."""
+    target's cost model (cost.py), each method's verify time per call gets its prediction.
+    `repeat` rounds of the prompts (module text); drafters keep what they learned across them,
+    as in a long session."""
     memory, states = MemoryTrace(), {}
     for spec in specs:  # warm-up: compile, allocate, load drafters; not timed
         with own_state(model, spec.label, states):
             run_one(model, spec, prompts[0]["prompt"], warmup_tokens, temperature, seed)
     memory.after_warmup()
     runs = []
-    for i, prompt in enumerate(prompts):
+    for i, (rnd, prompt) in enumerate((r, p) for r in range(repeat) for p in prompts):
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
         for spec in rotation:
             with own_state(model, spec.label, states):
-                ids, stats = run_one(model, spec, prompt["prompt"], max_tokens, temperature, seed)
-            runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats))
+                ids, stats = run_one(model, spec, prompt["prompt"], max_tokens, temperature,
+                                     seed + rnd)
+            runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats, rnd))
             if progress:
                 progress(f"{prompt['id']} {spec.label}")
         memory.after_prompt()
@@ -333,8 +347,10 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
             "machine": machine_info(),
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
                                               "seed": seed, "prompts": len(prompts),
+                                              "repeat": repeat,
                                               "method_specs": [s.label for s in specs]},
             "per_prompt": [{"method": r.method, "prompt_id": r.prompt_id, "category": r.category,
+                            "round": r.round,
                             "tokens_per_s": r.stats.tokens_per_s, "mean_accepted": r.stats.mean_accepted,
                             "target_calls": r.stats.target_calls, "generated_tokens": r.stats.generated_tokens,
                             "proposers": r.stats.proposers}
