@@ -30,6 +30,7 @@ def register(app: typer.Typer) -> None:
         draft_steps: int = typer.Option(6, min=1, help="Draft steps trained (beam length up to this + 1)."),
         init_head: Optional[Path] = typer.Option(None, help="Fine-tune this head folder instead of starting fresh."),
         soft_labels: bool = typer.Option(False, "--soft-labels", help="Learn the target's whole next-token distribution (from its hidden states), not the continuation's tokens: the head then samples drafts the target accepts."),
+        draft_vocab: int = typer.Option(0, "--draft-vocab", min=0, help="Draft (and learn) only the K target tokens most frequent in the training answers (0: every token; a fine-tuned head keeps its own). On a large vocabulary most of a draft step is the vocabulary projection."),
         steps: int = typer.Option(400, min=1, help="Optimizer steps."),
         batch_size: int = typer.Option(8, min=1, help="Sequences per optimizer step."),
         learning_rate: float = typer.Option(1e-3),
@@ -46,7 +47,8 @@ def register(app: typer.Typer) -> None:
             raise MlxSpecError(f"text file not found: {text}")
         data, heldout = data_options(contexts, heldout_contexts, continuation, gen_batch, temp, seed)
         head = HeadOptions(exit_dim=exit_dim, num_draft_layers=layers, draft_steps=draft_steps,
-                           init_from=str(init_head) if init_head else None, soft_labels=soft_labels)
+                           init_from=str(init_head) if init_head else None, soft_labels=soft_labels,
+                           draft_vocab=draft_vocab)
         train = TrainOptions(steps=steps, batch_size=batch_size, seq_len=continuation,
                              learning_rate=learning_rate, warmup_steps=min(20, steps // 10 + 1),
                              save_every=25, seed=seed)

@@ -4,7 +4,9 @@ Each prompt is run by every method in a rotating order (so drift of the machine 
 alike), after one warm-up run per method. `repeat` runs the prompt set several rounds (round r
 samples with seed + r) and reports each method's speedup per round beside the pooled one: on a
 shared 2-core machine one round's speedups move by ~10% between runs, so a difference smaller
-than the rounds' spread is not a difference. Speed is decode tokens/s (prefill excluded, it is the
+than the rounds' spread is not a difference. Each round starts with drafters that learned nothing
+(loaded models are kept): greedy rounds write the same answers, which lookahead's trie of past
+outputs would otherwise retrieve whole. Speed is decode tokens/s (prefill excluded, it is the
 same for every method); "matches_ar" compares greedy token ids with the `ar` run of the same prompt.
 The package also holds the other measurements users run: prompts.py (built-in prompt sets),
 memory.py (peak RSS), baselines/ (mlx-lm's own speculative decoding as a method) and exactness.py
@@ -320,8 +322,9 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
               cost: Optional[CostModel] = None, repeat: int = 1) -> dict:
     """run_one(model, spec, prompt, max_tokens, temperature, seed) -> (token_ids, stats). With the
     target's cost model (cost.py), each method's verify time per call gets its prediction.
-    `repeat` rounds of the prompts (module text); drafters keep what they learned across them,
-    as in a long session."""
+    `repeat` rounds of the prompts (module text), each from drafters that learned nothing."""
+    from ..drafters.shared import loaded_only
+
     memory, states = MemoryTrace(), {}
     for spec in specs:  # warm-up: compile, allocate, load drafters; not timed
         with own_state(model, spec.label, states):
@@ -329,6 +332,8 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
     memory.after_warmup()
     runs = []
     for i, (rnd, prompt) in enumerate((r, p) for r in range(repeat) for p in prompts):
+        if rnd and prompt is prompts[0]:
+            states = {label: loaded_only(state) for label, state in states.items()}
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
         for spec in rotation:
             with own_state(model, spec.label, states):

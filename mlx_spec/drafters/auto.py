@@ -4,16 +4,18 @@ Candidates are the drafting methods available for the loaded target: `pld` and `
 always, `redrafter` where a trained head fits it, `draft` where a draft model does. Each step one
 candidate proposes; auto times every step from one observe() to the next (the candidate's
 drafting, the target's verify of its tree, the engine's accept and streaming) and keeps, per
-candidate, decayed sums of tokens emitted and seconds spent. It proposes with the best rate and
-now and then lends a few steps to the candidate it has not heard from for longest (sooner when a
-trial wins, ever more rarely while they lose), and at once again to one measured over too few
+candidate, decayed sums of tokens emitted and seconds spent. It proposes with the best rate (the
+leader keeps proposing until another is ahead by SWITCH_MARGIN: rates are noisy windowed means,
+and chasing the highest chased bursts) and now and then lends a few steps to the candidate it has
+not heard from for longest (sooner when a trial wins, ever more rarely while they lose), and at once again to one measured over too few
 steps to judge whose optimistic rate still beats the best (a trial of 3 steps at T > 0 says little
 about a candidate that emits 1 to 10 tokens a step). What it measured is kept per loaded model and
 sampling regime (greedy, or each temperature), so the next request starts from it. Plain decoding
 is not a candidate: the engine's BackOff turns drafting off where even the best candidate loses.
 
 Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
-no trials: every step they do not propose, they are asked for the tree they would have sent, and
+no trials: every step they do not propose (every SHADOW_EVERY-th while they trail the best by more
+than 10%), they are asked for the tree they would have sent, and
 once the text has gone past it, that tree is scored as the target would have: the draft tokens the
 text followed, plus one (a target that emits these tokens accepts exactly those; at T > 0 any
 method's tokens are the target's samples, so the score is a fair draw). Its time is the target's
@@ -77,13 +79,12 @@ class Rate:
         step_s = self.seconds / self.weight
         return (self.tokens + prior) / (self.seconds + prior * step_s)
 
-    @property
-    def optimistic(self) -> float:
-        """What the rate may still turn out to be: its raw tokens per second, raised by one
-        standard-error-like margin that shrinks with the steps measured."""
+    def optimistic(self, margins: float = 1.0) -> float:
+        """What the rate may still turn out to be: its raw tokens per second, raised by `margins`
+        standard-error-like margins that shrink with the steps measured."""
         if self.seconds <= 0:
             return float("inf")
-        return self.tokens / self.seconds * (1.0 + 1.0 / self.weight ** 0.5)
+        return self.tokens / self.seconds * (1.0 + margins / self.weight ** 0.5)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Rates:
     # by the ratio (engine overhead, today's machine speed)
     measured: float = 0.0
     modelled: float = 0.0
+    leader: Optional[str] = None                   # the candidate proposing outside trials
 
     def calibrate(self, seconds: float, modelled: float) -> None:
         self.measured = Rate.DECAY * self.measured + seconds
@@ -110,6 +112,8 @@ class Rates:
 class Auto(Drafter):
     """Proposes with the candidate of best measured tokens per second (module text)."""
 
+    SHADOW_EVERY, FAR_BEHIND = 4, 0.9  # see _shadow_steps
+    SWITCH_MARGIN = 0.1                 # see _hold
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, 24, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
     SETTLED = Rate.SETTLED  # own steps measured before a lost trial may lengthen the wait: at
@@ -167,14 +171,19 @@ class Auto(Drafter):
         return tree
 
     def _shadow_steps(self, ctx: StepContext) -> None:
-        """Ask every text-only candidate that is not proposing for the tree it would send; score
-        the trees the text has decided since."""
+        """Ask every text-only candidate that is not proposing for the tree it would send (one far
+        behind the best only every SHADOW_EVERY steps: lookahead's answer costs ~1 ms, 5% of a
+        step on the embedded target); score the trees the text has decided since."""
+        leader = self.rates.by_name.get(self._best(), Rate()).per_second
         for name in self.shadowed:
             ledger = self._shadows[name]
             rate = self.rates.by_name.setdefault(name, Rate())
             for matched, seconds in ledger.settle(ctx.tokens):
                 rate.add(1 + matched, seconds)
             if name == self.current:
+                continue
+            if (rate.steps >= self.SETTLED and rate.per_second < self.FAR_BEHIND * leader
+                    and self.rates.step % self.SHADOW_EVERY):
                 continue
             t0 = time.perf_counter()
             tree = self.candidates[name].propose(ctx)
@@ -228,9 +237,12 @@ class Auto(Drafter):
             self._trial = None
             best = self._best()
             # a trial that won shortens the wait for the next one; a lost one doubles it, once
-            # the candidate has been measured long enough to be judged
-            settled = rates.by_name.get(name, Rate()).steps >= self.SETTLED
-            rates.gap = (min(2 * rates.gap, self.MAX_GAP) if best != name and settled
+            # the candidate has been measured long enough to be judged, or sooner where even two
+            # margins above its rate stay below the best (draft against redrafter, greedy: two
+            # trial steps every 24 until 12 were measured had cost ~5%)
+            rate, leader = rates.by_name.get(name, Rate()), rates.by_name.get(best, Rate())
+            judged = rate.steps >= self.SETTLED or rate.optimistic(2.0) < leader.per_second
+            rates.gap = (min(2 * rates.gap, self.MAX_GAP) if best != name and judged
                          else self.FIRST_GAP)
         trialled = [n for n in self.candidates if n not in self.shadowed]
         untried = [n for n in trialled if rates.by_name.get(n, Rate()).steps < 2]
@@ -240,13 +252,14 @@ class Auto(Drafter):
         others = [n for n in trialled if n != best]
         leader = rates.by_name.get(best, Rate()).per_second
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
-                    and rates.by_name[n].optimistic > leader]
+                    and rates.by_name[n].optimistic() > leader]
         if doubtful:
             return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
         rates.gap -= 1
         if rates.gap <= 0 and others:
             return self._start_trial(min(others, key=lambda n: rates.by_name[n].last_step))
-        return best
+        rates.leader = self._hold(best)
+        return rates.leader
 
     def _start_trial(self, name: str) -> str:
         known = self.rates.by_name.get(name, Rate()).steps >= 6
@@ -254,6 +267,19 @@ class Auto(Drafter):
         if self.rates.gap <= 0:
             self.rates.gap = self.FIRST_GAP
         return name
+
+    def _hold(self, best: str) -> str:
+        """The leader stays unless `best` beats it by SWITCH_MARGIN: rates are windowed means of
+        bursty steps (lookahead emits 10 tokens on a repeated phrase, then 1 for a while), and
+        always moving to the highest of several noisy rates chases bursts that are over by the
+        time the window shows them (measured greedy on the story prompts: lookahead got a fifth
+        of auto's steps where alone it was 20% slower than redrafter)."""
+        leader = self.rates.leader
+        if leader is None or leader == best or leader not in self.candidates:
+            return best
+        rate = self.rates.by_name.get
+        held = rate(leader, Rate()).per_second * (1.0 + self.SWITCH_MARGIN)
+        return best if rate(best, Rate()).per_second > held else leader
 
     def _best(self) -> str:
         return max(self.candidates, key=lambda n: self.rates.by_name.get(n, Rate()).per_second)

@@ -14,7 +14,7 @@ from ..cost import CostModel, cost_model
 @dataclass
 class Shared:
     draft_models: dict = field(default_factory=dict)   # draft folder -> draft_model.DraftModel
-    heads: dict = field(default_factory=dict)          # redrafter head folder -> (head, tables)
+    heads: dict = field(default_factory=dict)          # redrafter (head folder, draft_vocab) -> (head, tables)
     draft_lengths: dict = field(default_factory=dict)  # (method, settings) -> draft_length.DraftChooser
     stop_rules: dict = field(default_factory=dict)     # adaedl (drafter, settings, regime) -> rule
     backoffs: dict = field(default_factory=dict)       # (method, options) -> engine.BackOff
@@ -22,6 +22,11 @@ class Shared:
     output_trie: Optional[Any] = None                  # lookahead: n-grams of past outputs
     warmed_from: set = field(default_factory=set)      # lookahead: warm-start sources already read
     cost: Optional[CostModel] = None                   # the target's verify cost (cost.py)
+
+
+def loaded_only(state: Shared) -> Shared:
+    """The same loaded models and cost model, nothing learned (the bench's next round)."""
+    return Shared(draft_models=state.draft_models, heads=state.heads, cost=state.cost)
 
 
 def shared(model) -> Shared:

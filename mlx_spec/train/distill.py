@@ -39,6 +39,7 @@ class HeadOptions:
     init_from_target_head: bool = True  # start from a rank-exit_dim factor of the target's head
     init_from: Optional[str] = None     # or from a trained head folder (fine-tuning)
     soft_labels: bool = False       # learn the target's distributions, not its tokens (module text)
+    draft_vocab: int = 0            # K > 0: draft and learn only the K most frequent answer tokens
 
 
 def build_head(target_model, options: HeadOptions):
@@ -75,9 +76,10 @@ def build_head(target_model, options: HeadOptions):
     return head
 
 
-def step_logits(head, embed_weight, hidden, tokens, steps: int):
-    """Teacher-forced logits of every draft step: list of [B, T, V]; step k predicts
-    tokens[:, k + 1 : k + 1 + T]. tokens: [B, T + 1 + steps], hidden: [B, T, D]."""
+def step_logits(head, embed_weight, hidden, tokens, steps: int, vocab=None):
+    """Teacher-forced logits of every draft step: list of [B, T, V] (or [B, T, K] over the ids of
+    `vocab`, an mx.array [K]); step k predicts tokens[:, k + 1 : k + 1 + T].
+    tokens: [B, T + 1 + steps], hidden: [B, T, D]."""
     import mlx.core as mx
 
     positions = hidden.shape[1]
@@ -85,34 +87,75 @@ def step_logits(head, embed_weight, hidden, tokens, steps: int):
     out = []
     for k in range(1, steps + 1):
         state = head.next_state(state, embed_weight[tokens[:, k:k + positions]])
-        out.append(head(hidden, state))
+        out.append(head(hidden, state, vocab))
     return out
 
 
-def multi_step_loss(head, embed_weight, hidden, tokens, lengths, steps: int, output=None):
+def vocab_arrays(head):
+    """(ids [K], position of each token id in ids or -1 [V]) of the head's drafting vocabulary,
+    as mx arrays; None for a whole-vocabulary head."""
+    import mlx.core as mx
+
+    if head.vocab_ids is None:
+        return None
+    index = np.full(head.config.vocab_size, -1, dtype=np.int32)
+    index[head.vocab_ids] = np.arange(len(head.vocab_ids), dtype=np.int32)
+    return mx.array(head.vocab_ids, dtype=mx.int32), mx.array(index)
+
+
+def multi_step_loss(head, embed_weight, hidden, tokens, lengths, steps: int, output=None,
+                    vocab=None):
     """Sum over steps of the masked mean cross-entropy; also per-step top-1 accuracies (against
-    the tokens). `output`: the target's vocabulary projection, for soft labels."""
+    the tokens). `output`: the target's vocabulary projection, for soft labels. `vocab`: the
+    head's drafting vocabulary (vocab_arrays): logits and labels over those K ids only, tokens
+    outside it not trained on (the head never drafts them) but counted as misses."""
     import mlx.core as mx
     import mlx.nn as nn
 
     width = hidden.shape[1]
     positions = mx.arange(width)[None]
-    if output is not None:  # [B, T + steps, V]: the target's log-distribution of token t + 1
+    ids, index = vocab if vocab is not None else (None, None)
+    if output is not None:  # [B, T + steps, V or K]: the target's log-distribution of token t + 1
         target = mx.stop_gradient(nn.log_softmax(output(hidden), axis=-1))
-        target = mx.pad(target, ((0, 0), (0, steps), (0, 0)))
+        target = mx.pad(target if ids is None else target[..., ids], ((0, 0), (0, steps), (0, 0)))
     total, accuracies = mx.array(0.0), []
-    for k, logits in enumerate(step_logits(head, embed_weight, hidden, tokens, steps), start=1):
+    for k, logits in enumerate(step_logits(head, embed_weight, hidden, tokens, steps, ids), start=1):
         labels = tokens[:, k + 1:k + 1 + width]
         valid = (positions + k + 1 < lengths[:, None]).astype(mx.float32)
         count = mx.maximum(valid.sum(), 1.0)
+        trained = valid if ids is None else valid * (index[labels] >= 0)
         if output is None:
-            loss = nn.losses.cross_entropy(logits, labels)
+            loss = nn.losses.cross_entropy(logits, labels if ids is None
+                                           else mx.maximum(index[labels], 0))
         else:  # [B, T]: -sum_v p(v) log q(v), p the target's distribution of token j + k + 1
             p = mx.exp(target[:, k:k + width])
             loss = -(p * nn.log_softmax(logits, axis=-1)).sum(axis=-1)
-        total = total + (loss * valid).sum() / count
-        accuracies.append(((mx.argmax(logits, axis=-1) == labels) * valid).sum() / count)
+        total = total + (loss * trained).sum() / mx.maximum(trained.sum(), 1.0)
+        predicted = mx.argmax(logits, axis=-1)
+        predicted = predicted if ids is None else ids[predicted]
+        accuracies.append(((predicted == labels) * valid).sum() / count)
     return total, mx.stack(accuracies)
+
+
+def draft_vocabulary(data: dict, size: int) -> np.ndarray:
+    """The `size` token ids most frequent among the target's continuation tokens in `data`
+    (sorted by id; ties broken by the lower id)."""
+    counts = _token_counts(data)
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    return np.sort(order[:size]).astype(np.int32)
+
+
+def vocabulary_coverage(data: dict, ids: np.ndarray) -> float:
+    """Share of the continuation tokens in `data` that lie in `ids`."""
+    counts = _token_counts(data, minlength=int(ids.max()) + 1)
+    return float(counts[ids].sum() / max(counts.sum(), 1))
+
+
+def _token_counts(data: dict, minlength: int = 0) -> np.ndarray:
+    tokens, lengths = data["tokens"], data["lengths"]
+    kept = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    kept[:, 0] = False  # the context's last token is not the target's
+    return np.bincount(tokens[kept], minlength=minlength).astype(np.int64)
 
 
 def target_output(target_model):
@@ -147,7 +190,8 @@ def train_head(head, embed_weight, data: dict, head_options: HeadOptions, option
         log(f"resumed from {checkpoint.folder} at step {progress['step']}")
 
     loss_and_grad = nn.value_and_grad(head, partial(
-        multi_step_loss, steps=steps, output=output if head_options.soft_labels else None))
+        multi_step_loss, steps=steps, output=output if head_options.soft_labels else None,
+        vocab=vocab_arrays(head)))
     state = [head.state, optimizer.state]
 
     # not mx.compile'd: on this CPU the compiled step measured ~1.8x slower (3.5 s vs 1.9 s)
@@ -184,11 +228,13 @@ def heldout_accuracy(head, embed_weight, data: dict, steps: int, batch: int = 32
 
     tokens = pad_tokens(data["tokens"], steps)
     sums, loss_sum, batches = np.zeros(steps), 0.0, 0
+    vocab = vocab_arrays(head)
     for i in range(0, len(tokens), batch):
         loss, accuracy = multi_step_loss(head, embed_weight,
                                          mx.array(data["hidden"][i:i + batch]).astype(mx.float32),
                                          mx.array(tokens[i:i + batch]),
-                                         mx.array(data["lengths"][i:i + batch]), steps)
+                                         mx.array(data["lengths"][i:i + batch]), steps,
+                                         vocab=vocab)
         sums += np.array(accuracy.tolist())
         loss_sum += loss.item()
         batches += 1
@@ -227,14 +273,18 @@ def first_draft_acceptance(head, embed_weight, output, data: dict, temperature: 
     import mlx.core as mx
 
     total, count = 0.0, 0
+    vocab = vocab_arrays(head)
+    ids = None if vocab is None else vocab[0]
     for i in range(0, len(data["tokens"]), batch):
         hidden = mx.array(data["hidden"][i:i + batch]).astype(mx.float32)   # [B, T, D]
         tokens = mx.array(data["tokens"][i:i + batch])                       # [B, T + 1]
         # the first draft step at position j drafts token j + 2, whose target distribution comes
         # from h_{j+1}: the last position has none
-        logits = step_logits(head, embed_weight, hidden, tokens, 1)[0][:, :-1]
-        q = mx.softmax(logits / (head_temperature * temperature), axis=-1)
+        logits = step_logits(head, embed_weight, hidden, tokens, 1, ids)[0][:, :-1]
+        q = mx.softmax(logits / (head_temperature * temperature), axis=-1)  # [B, T-1, V or K]
         p = mx.softmax(output(hidden[:, 1:]) / temperature, axis=-1)
+        if ids is not None:  # q is 0 outside the drafting vocabulary
+            p = p[..., ids]
         positions = mx.arange(hidden.shape[1] - 1)[None]
         valid = positions + 2 < mx.array(data["lengths"][i:i + batch])[:, None]
         total += (mx.minimum(p, q).sum(axis=-1) * valid).sum().item()
@@ -283,6 +333,16 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     data_seconds = time.perf_counter() - started
 
     head = build_head(target.model, head_options)
+    if head_options.draft_vocab:  # else a fine-tuned head keeps the vocabulary it had
+        head.vocab_ids = draft_vocabulary(datasets["train"], head_options.draft_vocab)
+        head.vocab_info = {"size": int(len(head.vocab_ids)), "source": source,
+                           "train_coverage": round(vocabulary_coverage(datasets["train"],
+                                                                       head.vocab_ids), 4)}
+    if head.vocab_ids is not None:
+        head.vocab_info["heldout_coverage"] = round(
+            vocabulary_coverage(datasets["heldout"], head.vocab_ids), 4)
+        log(f"drafting vocabulary: {len(head.vocab_ids):,} tokens, "
+            f"{head.vocab_info['heldout_coverage']:.1%} of the held-out answer tokens")
     embed = token_embedding(target.model)
     embed_weight = mx.array(embed.weight).astype(mx.float32)
     log(f"head: {count_parameters(head) / 1e6:.2f}M parameters "
@@ -320,6 +380,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
                      "final_top1_per_step": [round(float(x), 4) for x in np.mean(final, axis=0)]},
         "heldout": {**heldout, "tokens_per_call_by_beam": acceptance,
                     "first_draft_accepted_sampling": sampled},
+        "draft_vocab": dict(head.vocab_info) if head.vocab_ids is not None else None,
         "note": "top1_per_step[k]: accuracy of the (k+1)-th draft token after the root",
     }
     if head_options.soft_labels:  # it learned the target's distribution: sample it as it is

@@ -11,8 +11,14 @@ class FakeModel:
     extras = None
 
 
+LEARNED = []  # (method, seed, runs its drafter state had seen before this one)
+
+
 def fake_run(model, spec, prompt, max_tokens, temperature, seed):
     """`ar` takes 1 s per prompt; `fast` is 2x faster in round 0 (seed 10) and 4x in round 1."""
+    seen = model.extras.auto_rates
+    LEARNED.append((spec.name, seed, len(seen)))
+    seen[len(seen)] = "learned"
     seconds = 1.0 if spec.name == "ar" else {10: 0.5, 11: 0.25}[seed]
     return [seed, 1], GenerationStats(method=spec.name, generated_tokens=8, target_calls=4,
                                       accepted_per_call=[2] * 4, verify_s=seconds)
@@ -21,7 +27,11 @@ def fake_run(model, spec, prompt, max_tokens, temperature, seed):
 def test_rounds_use_their_own_seed_and_report_their_speedups():
     prompts = [{"id": str(i), "category": "c", "prompt": "x"} for i in range(3)]
     specs = [MethodSpec("ar", "ar"), MethodSpec("fast", "fast")]
+    LEARNED.clear()
     report = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, fake_run, repeat=2)
+    # each method's drafters learn over a round (after its warm-up run) and start over in the next
+    for name in ("ar", "fast"):
+        assert [n for m, seed, n in LEARNED if m == name] == [0, 1, 2, 3, 0, 1, 2]
     fast = report["methods"]["fast"]
     assert fast["speedup_by_round"] == pytest.approx([2.0, 4.0])
     assert fast["speedup"] == pytest.approx(48 / (3 * 0.5 + 3 * 0.25) / 8)  # pooled over rounds

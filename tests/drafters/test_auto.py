@@ -110,14 +110,17 @@ def test_auto_with_a_draft_model_is_greedy_exact_and_remembers_per_model(random_
     assert set(known) == {"pld", "lookahead", "draft"}  # each was tried, and that is kept
 
 
+def rate(tokens, seconds, steps):
+    """A Rate of `steps` equal steps adding up to `tokens` in `seconds`."""
+    from mlx_spec.drafters.auto import Rate
+    r = Rate()
+    for _ in range(steps):
+        r.add(tokens / steps, seconds / steps)
+    return r
+
+
 def test_a_candidate_too_briefly_measured_is_tried_again_while_it_may_still_win():
     """Planted rates, no timing: `a` is settled at 100 tokens/s; `b` had one short trial."""
-    def rate(tokens, seconds, steps):
-        from mlx_spec.drafters.auto import Rate
-        r = Rate()
-        for _ in range(steps):
-            r.add(tokens / steps, seconds / steps)
-        return r
 
     for b_tokens, expected in ((8.0, "b"), (3.0, "a")):  # 80 tokens/s could still win; 30 cannot
         auto = Auto({"a": Oracle([]), "b": Oracle([])})
@@ -127,3 +130,55 @@ def test_a_candidate_too_briefly_measured_is_tried_again_while_it_may_still_win(
     # once settled, the prior has faded: a rate is its measured tokens per second
     settled = rate(50.0, 1.0, 40)
     assert settled.per_second == pytest.approx(50.0) and rate(8.0, 0.1, 3).per_second < 80.0
+
+
+def test_the_leader_holds_against_a_rate_within_the_switch_margin():
+    """Rates are windowed means of bursty steps: a challenger replaces the leader only when it
+    is ahead by more than SWITCH_MARGIN; without a leader the best rate leads."""
+    for b_rate, expected in ((105.0, "a"), (125.0, "b")):
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_rate, 1.0, 40)},
+                           gap=100, leader="a")
+        assert auto._next() == expected and auto.rates.leader == expected
+    auto.rates.leader = None
+    auto.rates.by_name["b"] = rate(105.0, 1.0, 40)
+    assert auto._next() == "b"
+
+
+def test_a_lost_trial_lengthens_the_wait_once_it_is_clearly_behind():
+    """A candidate at half the leader's rate is judged after a few steps (two margins above its
+    rate stay below the leader): its lost trial doubles the wait; one still within reach after
+    as many steps is tried again at once."""
+    for b_tokens, expected, gap in ((50.0, "a", 2 * 24 - 1), (90.0, "b", Auto.FIRST_GAP)):
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 1.0, 6)},
+                           gap=24)
+        auto._trial = ("b", 0)
+        assert auto._next() == expected and auto.rates.gap == gap
+
+
+class Counting(TextOracle):
+    def __init__(self, full):
+        super().__init__(full)
+        self.asked = 0
+
+    def propose(self, ctx):
+        self.asked += 1
+        return super().propose(ctx)
+
+
+def test_a_text_only_candidate_far_behind_is_asked_only_every_few_steps(random_models):
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], 60)
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+    behind = Counting([])  # drafts nothing useful: its shadow rate is one token per step
+    memory = Rates(by_name={"oracle": rate(4000.0, 1.0, 40), "behind": rate(100.0, 1.0, 40)})
+    auto = Auto({"oracle": Oracle(prompt + expected), "behind": behind}, lambda regime: memory,
+                cost)
+    result = mlx_spec.generate(model, PROMPTS[0], max_tokens=60, raw=True,
+                               decoder=Decoder(Target(model.model), auto, "auto"))
+    assert result.token_ids == expected
+    steps = auto.steps_by_method["oracle"]
+    assert auto.steps_by_method.keys() == {"oracle"}
+    assert steps // Auto.SHADOW_EVERY <= behind.asked <= steps // Auto.SHADOW_EVERY + 1

@@ -225,3 +225,73 @@ def test_greedy_chain_is_the_width_one_beam(rnn):
     beams = beam_search(drafter, embed, context, root, width=1, length=6, top_k=3)
     chain = greedy_chain(drafter, embed, context, root, length=6)
     assert chain.tolist() == beams.tokens[:, 0].tolist()
+
+
+def test_drafting_vocabulary_limits_drafts_and_round_trips(tmp_path):
+    """A head with a drafting vocabulary projects onto those rows only: its logits equal the
+    whole head's there and are -inf elsewhere, so greedy chains and beams draft only its tokens;
+    the vocabulary travels with the folder, and a damaged file is a one-line error."""
+    drafter, embed = toy_drafter(vocab=12, seed=3, layers=2)
+    kept = np.array([1, 4, 5, 9], dtype=np.int32)
+    drafter.vocab_ids, drafter.vocab_info = kept, {"size": 4}
+    save_drafter(drafter, tmp_path / "head")
+    loaded = load_drafter(tmp_path / "head")
+    assert loaded.vocab_ids.tolist() == kept.tolist() and loaded.vocab_info == {"size": 4}
+    context, state = mx.random.normal((3, 8)), mx.random.normal((3, 8))
+    whole = np.array(loaded(context, state))
+    np.testing.assert_allclose(np.array(loaded(context, state, mx.array(kept))), whole[:, kept],
+                               rtol=1e-5, atol=1e-5)
+    tables = loaded.drafting_tables(embed)
+    features = loaded.context_features(context, tables)
+    limited = np.array(loaded.logits_from_features(features, state, tables))
+    np.testing.assert_allclose(limited[:, kept], whole[:, kept], rtol=1e-4, atol=1e-4)
+    assert np.isneginf(np.delete(limited, kept, axis=1)).all()
+    roots = mx.array([0, 2, 3])
+    chain = np.array(greedy_chain(loaded, embed, context, roots, 5, tables))
+    assert set(chain[:, 1:].ravel()) <= set(kept.tolist())
+    beams = beam_search(loaded, embed, context, roots, 3, 4, tables=tables)
+    assert set(np.array(beams.tokens)[:, :, 1:].ravel()) <= set(kept.tolist())
+    # use_vocab=False: the whole vocabulary again
+    whole_tables = loaded.drafting_tables(embed, use_vocab=False)
+    np.testing.assert_allclose(np.array(loaded.logits_from_features(
+        loaded.context_features(context, whole_tables), state, whole_tables)), whole,
+        rtol=1e-4, atol=1e-4)
+    # a head saved without a vocabulary drops the file it would have read
+    loaded.vocab_ids = None
+    save_drafter(loaded, tmp_path / "head")
+    assert load_drafter(tmp_path / "head").vocab_ids is None
+    for bad in ({"ids": [3, 12]}, {"ids": []}, {"size": 2}):
+        (tmp_path / "head" / "draft_vocab.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelLoadError, match="draft_vocab.json"):
+            load_drafter(tmp_path / "head")
+
+
+def test_head_with_drafting_vocabulary_is_lossless(random_models, tmp_path):
+    """Greedy output equals ar's; sampled continuations have the target's exact distribution,
+    though the head cannot draft half of the tokens the target samples (the residual of each
+    rejection covers them)."""
+    from mlx_spec.sampling import SamplingParams
+    from support.exactness import chi_square_pvalue, exact_distribution, sample_continuations
+
+    model = random_models["llama"]
+    vocab = model.config["vocab_size"]
+    drafter, _ = toy_drafter(vocab=vocab, hidden=model.config["hidden_size"], exit_dim=48, seed=1,
+                             scale=1.0)
+    drafter.vocab_ids = np.arange(0, vocab, 2, dtype=np.int32)  # the even ids
+    save_drafter(drafter, tmp_path / "head")
+    head = str(tmp_path / "head")
+    for prompt in PROMPTS:
+        ar = mlx_spec.generate(model, prompt, method="ar", max_tokens=30, raw=True)
+        result = mlx_spec.generate(model, prompt, method="redrafter", max_tokens=30, raw=True,
+                                   head=head, beam_width=4, beam_length=4, backoff=False)
+        assert result.token_ids == ar.token_ids
+    params = SamplingParams(temperature=1.0, top_k=4)
+    prompt = model.tokenizer.encode(PROMPTS[0])
+    exact = exact_distribution(model.model, prompt, 3, params)
+    assert any(t % 2 for seq in exact for t in seq)  # the target samples odd ids too
+    decoder = mlx_spec.make_decoder(model, "redrafter", head=head, beam_width=3, beam_length=3,
+                                    backoff=False, head_temperature=1.0)
+    counts = sample_continuations(decoder, prompt, 3, params, 600)
+    assert chi_square_pvalue(counts, exact) > 1e-4
+    assert all(decoder.drafter.heads[s].tables["vocab_ids"].size == vocab // 2
+               for s in (False, True))

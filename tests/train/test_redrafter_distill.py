@@ -122,7 +122,7 @@ def test_distill_command_end_to_end(random_model_dirs, tmp_path):
          "--model", str(random_model_dirs["llama"]), "--text", str(text), "--out", str(out),
          "--work-dir", str(tmp_path / "work"), "--contexts", "16", "--heldout-contexts", "8",
          "--continuation", "16", "--gen-batch", "8", "--exit-dim", "32", "--draft-steps", "3",
-         "--steps", "6", "--batch-size", "4", "--soft-labels"],
+         "--steps", "6", "--batch-size", "4", "--soft-labels", "--draft-vocab", "40"],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "training.json").read_text())
@@ -134,6 +134,9 @@ def test_distill_command_end_to_end(random_model_dirs, tmp_path):
     assert report["data"]["train_sequences"] == 16
     assert len(report["heldout"]["top1_per_step"]) == 3
     assert report["heldout"]["tokens_per_call_by_beam"]
+    vocab = json.loads((out / "draft_vocab.json").read_text())
+    assert len(vocab["ids"]) == vocab["size"] == 40 and report["draft_vocab"]["size"] == 40
+    assert 0 < report["draft_vocab"]["heldout_coverage"] <= vocab["train_coverage"] <= 1
     model = mlx_spec.load(str(random_model_dirs["llama"]))
     ar = mlx_spec.generate(model, "once upon a time", method="ar", max_tokens=20, raw=True)
     result = mlx_spec.generate(model, "once upon a time", method="redrafter", max_tokens=20,
@@ -149,6 +152,38 @@ def test_distill_command_end_to_end(random_model_dirs, tmp_path):
                            "distill", "--text", str(tmp_path / "missing.txt"), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "not found" in proc.stderr
+
+
+def test_drafting_vocabulary_is_the_most_frequent_answer_tokens_and_trains_on_them(small, data):
+    """draft_vocabulary keeps the K most frequent continuation tokens; the loss over a
+    vocabulary of every id equals the whole-vocabulary loss, and over a smaller one it leaves out
+    the positions whose token it lacks while counting them as misses."""
+    from mlx_spec.train.distill import (draft_vocabulary, multi_step_loss, pad_tokens,
+                                        vocab_arrays, vocabulary_coverage)
+
+    arrays, _ = data
+    tokens, lengths = arrays["tokens"], arrays["lengths"]
+    answers = np.concatenate([row[1:n] for row, n in zip(tokens, lengths)])
+    counts = np.bincount(answers)
+    ids = draft_vocabulary(arrays, 5)
+    assert len(ids) == 5 and counts[ids].min() >= np.sort(counts)[-5]
+    assert vocabulary_coverage(arrays, ids) == pytest.approx(counts[ids].sum() / len(answers))
+
+    steps = HEAD.draft_steps
+    mx.random.seed(0)
+    head = build_head(small.model, HEAD)
+    embed = mx.array(token_embedding(small.model).weight)
+    batch = (mx.array(arrays["hidden"][:8]).astype(mx.float32),
+             mx.array(pad_tokens(tokens[:8], steps)), mx.array(lengths[:8]))
+    whole, whole_accuracy = multi_step_loss(head, embed, *batch, steps)
+    head.vocab_ids = np.arange(head.config.vocab_size, dtype=np.int32)
+    same, same_accuracy = multi_step_loss(head, embed, *batch, steps, vocab=vocab_arrays(head))
+    assert same.item() == pytest.approx(whole.item(), rel=1e-4)
+    np.testing.assert_allclose(np.array(same_accuracy), np.array(whole_accuracy))
+    head.vocab_ids = ids
+    limited, accuracy = multi_step_loss(head, embed, *batch, steps, vocab=vocab_arrays(head))
+    assert np.isfinite(limited.item()) and limited.item() < whole.item()  # 5 choices, not V
+    assert (np.array(accuracy) <= vocabulary_coverage(arrays, ids) + 0.05).all()
 
 
 def test_soft_labels_are_the_cross_entropy_against_the_target_distribution(small, data, tmp_path):

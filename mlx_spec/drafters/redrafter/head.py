@@ -6,7 +6,15 @@
     logits = lm_head(z)
 
 h is the target's post-norm hidden state at the position whose logits chose x_1, e is the target's
-own (frozen) token embedding. Parameter names and config.json follow Apple's ml-recurrent-drafter
+own (frozen) token embedding.
+
+A head may carry a drafting vocabulary (draft_vocab.json: the ids of the target's most frequent
+answer tokens, written by `mlxspec distill --draft-vocab K`): it then drafts, and learns, only
+those K tokens, projecting onto K rows of lm_head instead of the whole vocabulary, as FR-Spec
+(arXiv 2502.14856) does. On a 49k vocabulary the projection is most of a draft step's cost; a
+token outside the K is never drafted, which costs acceptance only as often as the target writes
+one (the file says how often that was on held-out answers). Drafts stay exact either way: the
+target verifies them. Parameter names and config.json follow Apple's ml-recurrent-drafter
 (lm_head.N.linear.*, lm_head.K.weight, rnn_u.*, rnn_w.weight, input_proj.*), so heads move freely
 between that code and this one.
 """
@@ -15,13 +23,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from ...errors import ModelLoadError
 
 MODEL_TYPE = "recurrent_drafting_drafter"
+DRAFT_VOCAB_FILE = "draft_vocab.json"
 
 
 @dataclass
@@ -76,28 +87,33 @@ class RecurrentDrafter(nn.Module):
         if config.rnn:
             self.rnn_u = nn.Linear(d, d, bias=True)
             self.rnn_w = nn.Linear(d, d, bias=False)
+        # the drafting vocabulary (module text): sorted token ids, or None for all of them; a
+        # numpy array, so that it is not a parameter
+        self.vocab_ids: Optional[np.ndarray] = None
+        self.vocab_info: dict = {}
 
     def next_state(self, state: mx.array, token_embedding: mx.array) -> mx.array:
         if self.config.rnn:
             return nn.silu(self.rnn_w(token_embedding) + self.rnn_u(state))
         return state + token_embedding
 
-    def __call__(self, context: mx.array, state: mx.array) -> mx.array:
-        """Logits of the next draft token from the target's hidden state and the RNN state."""
+    def __call__(self, context: mx.array, state: mx.array,
+                 vocab: Optional[mx.array] = None) -> mx.array:
+        """Logits of the next draft token from the target's hidden state and the RNN state: over
+        the whole vocabulary, or over the ids in `vocab` [K] only ([..., K], in that order)."""
         z = mx.concatenate([context, state], axis=-1)
         if self.config.has_input_proj:
             z = self.input_proj(z)
-        return self._blocks(z)
-
-    def _blocks(self, z: mx.array) -> mx.array:
-        for layer in self.lm_head:
+        for layer in self.lm_head[:-1]:
             z = layer(z)
-        return z
+        weight = self.lm_head[-1].weight
+        return z @ (weight if vocab is None else weight[vocab]).T
 
     # -- the same function, split for drafting: what is constant over a beam search is computed
     # -- once (the context's share of input_proj, W e(x) for every token), not once per step
-    def drafting_tables(self, embed) -> dict:
-        """Per-head constants for drafting with the target's embedding `embed`."""
+    def drafting_tables(self, embed, use_vocab: bool = True) -> dict:
+        """Per-head constants for drafting with the target's embedding `embed`; with use_vocab
+        (and a drafting vocabulary) drafts come from that vocabulary only."""
         d = self.config.hidden_size
         tables = {}
         if self.config.has_input_proj:
@@ -113,7 +129,11 @@ class RecurrentDrafter(nn.Module):
         if self.config.rnn:
             tables["rnn_u"] = mx.contiguous(self.rnn_u.weight.T)
         tables["blocks"] = [mx.contiguous(layer.linear.weight.T) for layer in self.lm_head[:-1]]
-        tables["vocab"] = mx.contiguous(self.lm_head[-1].weight.T)
+        weight = self.lm_head[-1].weight
+        if self.vocab_ids is not None and use_vocab:
+            tables["vocab_ids"] = mx.array(self.vocab_ids, dtype=mx.int32)
+            weight = weight[tables["vocab_ids"]]
+        tables["vocab"] = mx.contiguous(weight.T)
         mx.eval(tables)
         return tables
 
@@ -143,7 +163,14 @@ class RecurrentDrafter(nn.Module):
              else mx.concatenate([features, state], axis=-1))
         for layer, weight in zip(self.lm_head[:-1], tables["blocks"]):
             z = z + nn.silu(_rows(z, weight) + layer.linear.bias)
-        return _rows(z, tables["vocab"])
+        logits = _rows(z, tables["vocab"])
+        if "vocab_ids" not in tables:
+            return logits
+        # [..., K] -> [..., V]: the tokens outside the drafting vocabulary get -inf (never drafted,
+        # probability 0), so every caller reads token ids as with a whole-vocabulary head
+        ids = mx.broadcast_to(tables["vocab_ids"], logits.shape)
+        full = mx.full((*logits.shape[:-1], self.config.vocab_size), -mx.inf, dtype=logits.dtype)
+        return mx.put_along_axis(full, ids, logits, axis=-1)
 
 
 def _rows(x: mx.array, weight: mx.array) -> mx.array:
@@ -154,7 +181,7 @@ def _rows(x: mx.array, weight: mx.array) -> mx.array:
 
 def save_drafter(drafter: RecurrentDrafter, folder: Path, dtype=mx.float16,
                  training: dict | None = None) -> None:
-    """config.json + model.safetensors (16-bit storage) [+ training.json]."""
+    """config.json + model.safetensors (16-bit storage) [+ training.json, draft_vocab.json]."""
     from mlx.utils import tree_flatten
 
     folder = Path(folder)
@@ -164,6 +191,12 @@ def save_drafter(drafter: RecurrentDrafter, folder: Path, dtype=mx.float16,
     (folder / "config.json").write_text(json.dumps(drafter.config.to_dict(), indent=2))
     if training is not None:
         (folder / "training.json").write_text(json.dumps(training, indent=2))
+    vocab_file = folder / DRAFT_VOCAB_FILE
+    if drafter.vocab_ids is not None:
+        vocab_file.write_text(json.dumps({**drafter.vocab_info,
+                                          "ids": [int(i) for i in drafter.vocab_ids]}))
+    elif vocab_file.exists():
+        vocab_file.unlink()  # a whole-vocabulary head written over one that had a vocabulary
 
 
 def load_drafter(folder: str | Path, dtype=mx.float32) -> RecurrentDrafter:
@@ -184,4 +217,15 @@ def load_drafter(folder: str | Path, dtype=mx.float32) -> RecurrentDrafter:
     except ValueError as exc:
         raise ModelLoadError(f"{weights_file} does not match its config.json: {exc}") from None
     mx.eval(drafter.parameters())
+    vocab_file = folder / DRAFT_VOCAB_FILE
+    if vocab_file.exists():
+        try:
+            data = json.loads(vocab_file.read_text())
+            ids = np.unique(np.asarray(data["ids"], dtype=np.int64))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{vocab_file}: not a drafting vocabulary ({exc})") from None
+        if ids.size == 0 or ids[0] < 0 or ids[-1] >= config.vocab_size:
+            raise ModelLoadError(f"{vocab_file}: token ids must lie in [0, {config.vocab_size})")
+        drafter.vocab_ids = ids.astype(np.int32)
+        drafter.vocab_info = {k: v for k, v in data.items() if k != "ids"}
     return drafter

@@ -68,10 +68,10 @@ def _head_folders(head: Optional[str], config: dict) -> tuple[Path, Path]:
     return greedy or sampling, sampling or greedy
 
 
-def _load_head(model, folder: Path):
-    """Load the head once per target (with its drafting tables); it is checked against the
-    target's vocabulary and width."""
-    heads, key = shared(model).heads, str(folder.resolve())
+def _load_head(model, folder: Path, draft_vocab: bool = True):
+    """Load the head once per target (with its drafting tables: from its drafting vocabulary, if
+    it has one and draft_vocab); it is checked against the target's vocabulary and width."""
+    heads, key = shared(model).heads, (str(folder.resolve()), draft_vocab)
     if key not in heads:
         drafter = load_drafter(folder)
         embed = token_embedding(model.model)
@@ -81,7 +81,7 @@ def _load_head(model, folder: Path):
             raise MlxSpecError(f"the ReDrafter head in {folder} was made for vocab "
                                f"{drafter.config.vocab_size} / hidden {hidden}; this target has "
                                f"vocab {vocab} / hidden {dims}")
-        heads[key] = (drafter, drafter.drafting_tables(embed))
+        heads[key] = (drafter, drafter.drafting_tables(embed, use_vocab=draft_vocab))
     return heads[key]
 
 
@@ -93,7 +93,8 @@ class ReDrafter(Drafter):
                  top_k: int = 50, min_prob: float = 0.0, sampled_drafts: bool = True,
                  adaptive: Optional[bool] = None, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None,
-                 draft_cost: float = 0.06, head_temperature: Optional[float] = None):
+                 draft_cost: float = 0.06, head_temperature: Optional[float] = None,
+                 draft_vocab: bool = True):
         if beam_width < 1 or beam_length < 2:
             raise ValueError("need beam_width >= 1 and beam_length >= 2")
         if not 0.0 <= min_prob < 1.0:
@@ -113,7 +114,9 @@ class ReDrafter(Drafter):
         if head_temperature is not None and head_temperature <= 0:
             raise ValueError("head_temperature must be > 0")
         # by regime (sampling?): the head, its drafting tables, the temperature of its chains
-        self.heads = {sampling: _Head(*_load_head(model, folder), head_temperature)
+        # draft_vocab=False drafts from the whole vocabulary even where the head has a drafting
+        # vocabulary (head.py)
+        self.heads = {sampling: _Head(*_load_head(model, folder, draft_vocab), head_temperature)
                       for sampling, folder in zip((False, True), _head_folders(head, model.config))}
         self.embed = token_embedding(model.model)
         self._pending = None  # the drafts for the next root, still lazy (see _Drafts)
