@@ -6,7 +6,7 @@ the KV cache stays consistent, and the session goes on with the reply kept as fa
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import typer
 from rich import box

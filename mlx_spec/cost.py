@@ -7,7 +7,8 @@ CPU pays ~1.5x a one-token step), the BLAS, the model and its dtype. So it is me
 (drafters/draft_length.py) in place of constants, and by `auto` to time the steps it scores in
 the shadow (drafters/auto.py).
 
-Measured through the same Target.verify the engine uses: `context` tokens are cached, then a
+Measured through the same Target.verify and acceptance (greedy) the engine uses, up to the host
+holding the target's tokens, as the engine's verify time is: `context` tokens are cached, then a
 chain of each size in SIZES is verified in `repeats` rounds over all sizes after a warm-up round
 (median kept), rewinding the cache after each; where the target verifies trees, a two-branch tree of each size that can
 branch (3 nodes and up) is timed too (a branching tree runs with an explicit mask and per-node positions instead of the
@@ -29,7 +30,7 @@ from .paths import cache_root
 
 SIZES = (1, 2, 4, 8, 16, 32)
 CONTEXT = 128
-VERSION = 3  # bump when what is measured changes, so old files on disk are not read
+VERSION = 4  # bump when what is measured changes, so old files on disk are not read
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
     """Time the target's verify forward for each chain size (see the module docstring): at least
     `repeats` rounds, more (up to max_repeats) while the rounds so far took under budget_s, so a
     small model's milliseconds get more samples for the same wait."""
-    import mlx.core as mx
-
+    from .accept import accept
+    from .sampling import SamplingParams
     from .target import Target
     from .tree import Tree
 
@@ -76,12 +77,14 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
     prompt = [(7 * i + 3) % vocab for i in range(context)]
     target.prefill(prompt)
 
+    greedy = SamplingParams(temperature=0.0)
+
     def timed(tree: Tree) -> float:
         if target.kv.pending:
             target.prefill([])  # recurrent layers replay after a rewind (kv.py): not timed
         start = time.perf_counter()
         out = target.verify(tree)
-        mx.eval(out.logits)
+        accept(tree, out.logits, greedy)  # the host waits for the target's tokens, as in a step
         seconds = time.perf_counter() - start
         target.kv.rewind(context)
         return seconds

@@ -37,7 +37,7 @@ import numpy as np
 from ..kv import common_prefix
 from ..sampling import SamplingParams
 from .orchestrator import Event, Failure, Job, Result
-from .ring import ERROR, JOB, PEER_LOST, RESULT, SHUTDOWN, RingNode, closing_order
+from .ring import JOB, PEER_LOST, RESULT, SHUTDOWN, RingNode, closing_order
 
 # job payload: [job id, keep, tail length, chain length, vocab, seed, top_k, temperature, top_p,
 #               min_p (float bits), epoch], then the tail tokens, then the probabilities' bits

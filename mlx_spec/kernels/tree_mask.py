@@ -54,7 +54,6 @@ def tree_depths(parents: mx.array) -> mx.array:
 
 def tree_mask_reference(parents: mx.array, prefix_len: int, mask_dtype=mx.bool_) -> mx.array:
     """[..., n, prefix_len + n] attention mask for trees appended after prefix_len cached slots."""
-    n = parents.shape[-1]
     real = parents != PAD_PARENT
     prefix = mx.broadcast_to(real[..., None], parents.shape + (prefix_len,))
     return _as_mask(mx.concatenate([prefix, ancestor_matrix(parents)], axis=-1), mask_dtype)

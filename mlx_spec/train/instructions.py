@@ -108,11 +108,11 @@ def _make(category: str, rng: random.Random) -> str:
     if category == "chat":
         return rng.choice([
             f"Hi! Can you give me some tips to {rng.choice(SKILLS)}?",
-            f"I'm bored this evening. What are a few fun things I could do at home?",
+            "I'm bored this evening. What are a few fun things I could do at home?",
             f"What do you think is the most interesting thing about {topic}?",
             f"My friend says {topic} is boring. How would you convince them otherwise?",
             f"Can you recommend how to {rng.choice(SKILLS)} if I only have 20 minutes a day?",
-            f"Write a short, cheerful good-morning message for my team.",
+            "Write a short, cheerful good-morning message for my team.",
             f"I have an interview tomorrow for a job in {rng.choice(FIELDS)}. Any advice?",
         ])
     if category == "explanation":

@@ -10,7 +10,6 @@ chunked attention, models with no RoPE module and models with per-position code 
   give mlx-lm's own greedy output token for token.
 """
 import mlx.core as mx
-import numpy as np
 import pytest
 
 import mlx_spec

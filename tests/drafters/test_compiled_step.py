@@ -4,7 +4,6 @@ path."""
 import mlx.core as mx
 import numpy as np
 import pytest
-from mlx_lm.models.cache import make_prompt_cache
 
 import mlx_spec
 from mlx_spec.drafters.compiled_step import CAPACITY_STEP, DraftForward, supports_compiled_step
@@ -19,7 +18,7 @@ def test_compiled_steps_equal_the_plain_forward(random_models, arch):
     assert supports_compiled_step(module, vocab)
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, vocab, size=40).tolist()
-    plain, plain_cache = DraftForward(module, compiled=False), None
+    plain = DraftForward(module, compiled=False)
     compiled = DraftForward(module, compiled=True)
     assert isinstance(plain.cache, list) and compiled.compiled and not plain.compiled
     for forward in (plain, compiled):

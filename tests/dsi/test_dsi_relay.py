@@ -1,7 +1,6 @@
 """Relaying over the ring without processes: which way packets go, what rank 0 re-sends when a
 relay dies, and that a worker drops a job that was overtaken by its re-sent copy."""
 import numpy as np
-import pytest
 import mlx.core as mx
 
 from mlx_spec.dsi import transport, worker

@@ -6,7 +6,9 @@
     logits = lm_head(z)
 
 h is the target's post-norm hidden state at the position whose logits chose x_1, e is the target's
-own (frozen) token embedding.
+own (frozen) token embedding. Parameter names and config.json follow Apple's ml-recurrent-drafter
+(lm_head.N.linear.*, lm_head.K.weight, rnn_u.*, rnn_w.weight, input_proj.*), so heads move freely
+between that code and this one.
 
 A head may carry a drafting vocabulary (draft_vocab.json: the ids of the target's most frequent
 answer tokens, written by `mlxspec distill --draft-vocab K`): it then drafts, and learns, only
@@ -14,9 +16,7 @@ those K tokens, projecting onto K rows of lm_head instead of the whole vocabular
 (arXiv 2502.14856) does. On a 49k vocabulary the projection is most of a draft step's cost; a
 token outside the K is never drafted, which costs acceptance only as often as the target writes
 one (the file says how often that was on held-out answers). Drafts stay exact either way: the
-target verifies them. Parameter names and config.json follow Apple's ml-recurrent-drafter
-(lm_head.N.linear.*, lm_head.K.weight, rnn_u.*, rnn_w.weight, input_proj.*), so heads move freely
-between that code and this one.
+target verifies them.
 """
 from __future__ import annotations
 
