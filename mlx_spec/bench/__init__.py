@@ -176,13 +176,14 @@ def summarize(runs: list[Run], greedy: bool) -> tuple[dict, dict]:
         out = {name: _aggregate(rs) for name, rs in by_method.items()}
         ref_speed = out.get(REFERENCE, {}).get("tokens_per_s")
         rounds = sorted({r.round for r in selected})
+        ref_by_round = ([_aggregate([r for r in by_method[REFERENCE] if r.round == k])["tokens_per_s"]
+                         for k in rounds] if len(rounds) > 1 and ref_speed else None)
         for name, rs in by_method.items():
             out[name]["speedup"] = out[name]["tokens_per_s"] / ref_speed if ref_speed else None
-            if len(rounds) > 1 and ref_speed:
+            if ref_by_round:
                 out[name]["speedup_by_round"] = [
-                    _aggregate([r for r in rs if r.round == k])["tokens_per_s"]
-                    / _aggregate([r for r in by_method[REFERENCE] if r.round == k])["tokens_per_s"]
-                    for k in rounds]
+                    _aggregate([r for r in rs if r.round == k])["tokens_per_s"] / ref
+                    for k, ref in zip(rounds, ref_by_round)]
             if greedy and reference_ids:
                 mismatched = [r.prompt_id for r in rs
                               if r.token_ids != reference_ids.get((r.prompt_id, r.round))]

@@ -7,17 +7,17 @@ drafting, the target's verify of its tree, the engine's accept and streaming) an
 candidate, decayed sums of tokens emitted and seconds spent. It proposes with the best rate (the
 leader keeps proposing until another is ahead by SWITCH_MARGIN: rates are noisy windowed means,
 and chasing the highest chased bursts) and now and then lends a few steps to the candidate it has
-not heard from for longest (sooner when a trial wins, ever more rarely while they lose), and at once again to one measured over too few
-steps to judge whose optimistic rate still beats the best (a trial of 3 steps at T > 0 says little
+not heard from for longest (sooner when a trial wins, ever more rarely while they lose), and at
+once again to one measured over too few steps to judge whose optimistic rate still beats the
+best (a trial of 3 steps at T > 0 says little
 about a candidate that emits 1 to 10 tokens a step). What it measured is kept per loaded model and
 sampling regime (greedy, or each temperature), so the next request starts from it. Plain decoding
 is not a candidate: the engine's BackOff turns drafting off where even the best candidate loses.
 
 Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
 no trials: every step they do not propose (every SHADOW_EVERY-th while they trail the best by more
-than 10%), they are asked for the tree they would have sent, and
-once the text has gone past it, that tree is scored as the target would have: the draft tokens the
-text followed, plus one (a target that emits these tokens accepts exactly those; at T > 0 any
+than 10%), they are asked for the tree they would have sent, and once the text has gone past it,
+that tree is scored as the target would have: the draft tokens the text followed, plus one (a target that emits these tokens accepts exactly those; at T > 0 any
 method's tokens are the target's samples, so the score is a fair draw). Its time is the target's
 measured verify time for that many tokens (mlx_spec/cost.py), scaled by how the real steps compare
 with that model on this machine now, plus the time the candidate took to answer. These shadow
