@@ -17,12 +17,13 @@ is not a candidate: the engine's BackOff turns drafting off where even the best 
 Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
 no trials: every step they do not propose (every SHADOW_EVERY-th while they trail the best by more
 than 10%), they are asked for the tree they would have sent, and once the text has gone past it,
-that tree is scored as the target would have: the draft tokens the text followed, plus one (a target that emits these tokens accepts exactly those; at T > 0 any
-method's tokens are the target's samples, so the score is a fair draw). Its time is the target's
-measured verify time for that many tokens (mlx_spec/cost.py), scaled by how the real steps compare
-with that model on this machine now, plus the time the candidate took to answer. These shadow
-steps matter most where the prompt decides (pld on a text to transform wins from the first
-repeat), so trials, left to the model drafters, keep their wait across requests.
+that tree is scored as the target would have: the draft tokens the text followed, plus one (a target
+that emits these tokens accepts exactly those; at T > 0 any method's tokens are the target's
+samples, so the score is a fair draw). Its time is the target's measured verify time for that many
+tokens (mlx_spec/cost.py), scaled by how the real steps compare with that model on this machine now,
+plus the time the candidate took to answer. These shadow steps matter most where the prompt decides
+(pld on a text to transform wins from the first repeat), so trials, left to the model drafters, keep
+their wait across requests.
 
 Exactness is the candidates' own: every step is one method's step, verified and accepted by the
 same exact rules; only which method proposes depends on timing (so, as with the back-off, a seed
