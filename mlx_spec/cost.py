@@ -7,14 +7,19 @@ CPU pays ~1.5x a one-token step), the BLAS, the model and its dtype. So it is me
 (drafters/draft_length.py) in place of constants, and by `auto` to time the steps it scores in
 the shadow (drafters/auto.py).
 
-Measured through the same Target.verify and acceptance (greedy) the engine uses, up to the host
+Measured through the same Target.verify and acceptance the engine uses, up to the host
 holding the target's tokens, as the engine's verify time is: `context` tokens are cached, then a
 chain of each size in SIZES is verified in `repeats` rounds over all sizes after a warm-up round
 (median kept), rewinding the cache after each; where the target verifies trees, a two-branch tree of each size that can
 branch (3 nodes and up) is timed too (a branching tree runs with an explicit mask and per-node positions instead of the
 causal fast path: on this CPU a 32-node tree cost ~25% more than a 32-token chain, which a
-chain-only model mispredicted for lookahead). `relative(n)` is the interpolated time of an n-token
-verify over a one-token step; beyond the largest size it extrapolates the last segment.
+chain-only model mispredicted for lookahead). Each chain is also timed with sampled acceptance
+(temperature 1, the engine's per-position draws): every row of a sampled chain becomes a
+probability distribution, and on a CPU that `exp` over the vocabulary is a large part of a step
+(measured on the embedded target: a one-token step 11.7 ms modelled greedy, 13.8 ms when
+sampling), while a branching tree's walk converts only the rows it visits (`row_seconds`).
+`relative(n)` is the interpolated time of an n-token verify over a one-token step; beyond the
+largest size it extrapolates the last segment.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from .paths import cache_root
 
 SIZES = (1, 2, 4, 8, 16, 32)
 CONTEXT = 128
-VERSION = 4  # bump when what is measured changes, so old files on disk are not read
+VERSION = 5  # bump when what is measured changes, so old files on disk are not read
 
 
 @dataclass(frozen=True)
@@ -39,11 +44,29 @@ class CostModel:
     seconds: tuple          # median seconds of one such forward
     context: int            # tokens cached while measuring
     tree_seconds: tuple = ()  # the same sizes verified as branching trees; () if not measured
+    sampled_seconds: tuple = ()  # the chains with sampled acceptance; () if not measured
 
     def step_seconds(self, tokens: float, tree: bool = False) -> float:
         """Seconds of a verify forward of `tokens` tokens, as a chain or a branching tree."""
+        return self._interpolate(tokens, self.tree_seconds if tree and self.tree_seconds
+                                 else self.seconds)
+
+    def sampled_step_seconds(self, tokens: float, tree: bool = False,
+                             visited: float = 1.0) -> float:
+        """Seconds of a verify step when sampling: a chain turns all its rows into
+        probabilities; a branching tree only the `visited` rows of its acceptance walk."""
+        if tree or not self.sampled_seconds:
+            return self.step_seconds(tokens, tree) + self.row_seconds * (visited if tree
+                                                                         else tokens)
+        return self._interpolate(tokens, self.sampled_seconds)
+
+    @property
+    def row_seconds(self) -> float:
+        """What sampling adds per row made a distribution (a one-token step's difference)."""
+        return max(0.0, self.sampled_seconds[0] - self.seconds[0]) if self.sampled_seconds else 0.0
+
+    def _interpolate(self, tokens: float, seconds: tuple) -> float:
         sizes = self.sizes
-        seconds = self.tree_seconds if tree and self.tree_seconds else self.seconds
         if tokens <= sizes[-1] or len(sizes) == 1:
             return float(np.interp(tokens, sizes, seconds))
         slope = (seconds[-1] - seconds[-2]) / (sizes[-1] - sizes[-2])
@@ -59,7 +82,7 @@ class CostModel:
     @classmethod
     def from_dict(cls, data: dict) -> "CostModel":
         return cls(tuple(data["sizes"]), tuple(data["seconds"]), int(data["context"]),
-                   tuple(data.get("tree_seconds", ())))
+                   tuple(data.get("tree_seconds", ())), tuple(data.get("sampled_seconds", ())))
 
 
 def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
@@ -67,6 +90,8 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
     """Time the target's verify forward for each chain size (see the module docstring): at least
     `repeats` rounds, more (up to max_repeats) while the rounds so far took under budget_s, so a
     small model's milliseconds get more samples for the same wait."""
+    import mlx.core as mx
+
     from .accept import accept
     from .sampling import SamplingParams
     from .target import Target
@@ -77,19 +102,23 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
     prompt = [(7 * i + 3) % vocab for i in range(context)]
     target.prefill(prompt)
 
-    greedy = SamplingParams(temperature=0.0)
+    greedy, sampled = SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)
+    key = mx.random.key(0)
 
-    def timed(tree: Tree) -> float:
+    def timed(tree: Tree, sampling: SamplingParams) -> float:
         if target.kv.pending:
             target.prefill([])  # recurrent layers replay after a rewind (kv.py): not timed
         start = time.perf_counter()
         out = target.verify(tree)
-        accept(tree, out.logits, greedy)  # the host waits for the target's tokens, as in a step
+        # the host waits for the target's tokens, as in a step
+        accept(tree, out.logits, sampling, key, seed=0, root_position=context - 1)
         seconds = time.perf_counter() - start
         target.kv.rewind(context)
         return seconds
 
-    shapes = []  # per size: its chain, and its two-branch tree (None where it cannot branch)
+    # per kind ("chain", "tree", "sampled"), per size: the shape timed (None where a size cannot
+    # branch, or the target verifies no trees)
+    shapes = {"chain": [], "tree": [], "sampled": []}
     for n in sizes:
         chain = [(11 * j + 5) % vocab for j in range(n)]
         branches = None
@@ -98,33 +127,39 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
             a = n // 2
             branches = Tree.from_branches(chain[0], [chain[1:1 + a],
                                                      [(c + 1) % vocab for c in chain[1:n - a]]])
-        shapes.append((Tree.from_chain(chain[0], chain[1:]),
-                       None if branches is None or branches.is_chain else branches))
+        shapes["chain"].append(Tree.from_chain(chain[0], chain[1:]))
+        shapes["tree"].append(None if branches is None or branches.is_chain else branches)
+    shapes["sampled"] = shapes["chain"]
+    params = {"chain": greedy, "tree": greedy, "sampled": sampled}
     # rounds over every shape, the first one a warm-up: a size timed in one burst right after the
     # prefill would carry the machine's warm-up and drift into that size alone (measured: 1 token
     # 16.3 ms against 13.4 in the bench that followed, making 2-8 tokens look free)
-    times = [([], []) for _ in shapes]
+    times = {kind: [[] for _ in sizes] for kind in shapes}
     started, round_ = time.perf_counter(), 0
     while round_ <= repeats or (round_ <= max_repeats
                                 and time.perf_counter() - started < budget_s):
-        for (chain, tree), (chain_times, tree_times) in zip(shapes, times):
-            for shape, kept in ((chain, chain_times), (tree, tree_times)):
-                if shape is not None:
-                    seconds = timed(shape)
+        for i in range(len(sizes)):
+            for kind, kind_shapes in shapes.items():
+                if kind_shapes[i] is not None:
+                    seconds = timed(kind_shapes[i], params[kind])
                     if round_:
-                        kept.append(seconds)
+                        times[kind][i].append(seconds)
         round_ += 1
-    seconds = [float(np.median(c)) for c, _ in times]
-    tree_seconds = ([float(np.median(t)) if t else s for (_, t), s in zip(times, seconds)]
-                    if target.supports_trees else [])
     target.reset()
+    median = {kind: [float(np.median(t)) if t else None for t in kept]
+              for kind, kept in times.items()}
     # more tokens never cost less: a noisy point (2 tokens measured 0.98x of 1) would make
-    # drafting look cheaper than not drafting (nor does a tree cost less than its chain)
-    seconds = np.maximum.accumulate(seconds)
-    if tree_seconds:
-        tree_seconds = np.maximum.accumulate(np.maximum(tree_seconds, seconds))
+    # drafting look cheaper than not drafting (nor does a tree, or sampling, cost less than the
+    # greedy chain)
+    seconds = np.maximum.accumulate(median["chain"])
+    tree_seconds = ()
+    if target.supports_trees:
+        tree_seconds = np.maximum.accumulate(np.maximum(
+            [t if t is not None else c for t, c in zip(median["tree"], seconds)], seconds))
+    sampled_seconds = np.maximum.accumulate(np.maximum(median["sampled"], seconds))
     return CostModel(tuple(sizes), tuple(float(s) for s in seconds), context,
-                     tuple(float(s) for s in tree_seconds))
+                     tuple(float(s) for s in tree_seconds),
+                     tuple(float(s) for s in sampled_seconds))
 
 
 def _cache_file(model) -> Path:
@@ -163,5 +198,8 @@ def describe(cost: CostModel, sizes=(2, 4, 8, 16), tree_sizes=(8, 32)) -> str:
     parts = ", ".join(f"{n}: {cost.relative(n):.2f}x" for n in sizes)
     trees = ", ".join(f"{n}: {cost.relative(n, tree=True):.2f}x" for n in tree_sizes
                       if cost.tree_seconds)
-    return f"1 token {cost.seconds[0] * 1000:.1f} ms; {parts}" + (f"; trees {trees}" if trees else "")
+    sampled = (f" (sampled {cost.sampled_seconds[0] * 1000:.1f}, 8: {cost.sampled_step_seconds(8) * 1000:.1f})"
+               if cost.sampled_seconds else "")
+    return (f"1 token {cost.seconds[0] * 1000:.1f} ms{sampled}; {parts}"
+            + (f"; trees {trees}" if trees else ""))
 

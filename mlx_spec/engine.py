@@ -162,9 +162,9 @@ class Decoder:
 
         t0 = time.perf_counter()
         self.target.sync(prompt_tokens[:-1])  # the last prompt token is the first root
-        stats.prefill_s = time.perf_counter() - t0
         tokens = list(prompt_tokens)
-        self.drafter.begin(tokens)
+        self.drafter.begin(tokens)  # indexing the prompt (pld) is prefill work too
+        stats.prefill_s = time.perf_counter() - t0
         if self.backoff is not None:
             self.backoff.new_request()
         try:
@@ -240,12 +240,15 @@ class Decoder:
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
                                         flight.draft_s + verify_s + other_s, other_s, verify_s,
                                         branching)
-                flight = None
+                flight, prepare_s = None, 0.0
                 if finish is None and (self.backoff is None or self.backoff.drafting):
+                    t_prepare = time.perf_counter()
                     self.drafter.prepare(ctx, acceptance, out)
+                    prepare_s = time.perf_counter() - t_prepare
                 if finish is None:  # propose and start verifying the next tree before yielding
                     flight = self._dispatch(tokens, self._room(tokens, generated, limits),
                                             sampling, draft_key)
+                    flight.draft_s += prepare_s  # the next step's drafting began in prepare
                 paused = time.perf_counter()
                 yield Step(new, finish, stats)
                 if flight is not None:

@@ -16,7 +16,7 @@ class GenerationStats:
                                    # back (hybrid / SSM models; extra rows of the next verify)
     plain_calls: int = 0           # calls the back-off (engine.BackOff) ran without drafts
     prefill_s: float = 0.0
-    draft_s: float = 0.0
+    draft_s: float = 0.0           # drafter prepare + propose
     verify_s: float = 0.0          # target forward + acceptance decision (they share one sync)
     other_s: float = 0.0           # cache commit, drafter update, detokenizing, streaming
     accepted_per_call: list[int] = field(default_factory=list)  # tokens emitted by each call

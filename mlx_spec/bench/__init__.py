@@ -146,15 +146,22 @@ def _aggregate(runs: list[Run]) -> dict:
     }
 
 
-def add_verify_prediction(methods: dict, cost: CostModel) -> None:
+def add_verify_prediction(methods: dict, cost: CostModel, sampled: bool = False) -> None:
     """Per method: the measured verify time per target call beside the cost model's prediction,
     the mean over its calls of the modelled time of what each verified (that many nodes, as a
-    chain or a branching tree), both in ms."""
+    chain or a branching tree), both in ms. When sampling, a chain's rows all become
+    distributions and a tree's walk converts the rows it visits (the method's mean tokens per
+    call)."""
     for m in methods.values():
         calls = max(1, m["target_calls"])
+
+        def modelled(nodes: int, tree: bool) -> float:
+            if not sampled:
+                return cost.step_seconds(nodes, tree)
+            return cost.sampled_step_seconds(nodes, tree, visited=m["mean_accepted"])
         m["verify_ms_per_call"] = 1000 * m["time_split_s"]["verify"] / calls
         m["predicted_verify_ms_per_call"] = 1000 * sum(
-            count * cost.step_seconds(int(nodes), kind == "tree")
+            count * modelled(int(nodes), kind == "tree")
             for kind, sizes in m["verified_calls"].items() for nodes, count in sizes.items()) / calls
 
 
@@ -347,7 +354,7 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
     methods, by_category = summarize(runs, greedy=temperature == 0)
     if cost is not None:
         for table in (methods, *by_category.values()):
-            add_verify_prediction(table, cost)
+            add_verify_prediction(table, cost, sampled=temperature > 0)
     return {"methods": methods, "by_category": by_category, "memory": memory.report(),
             "cost_model": cost.to_dict() if cost is not None else None,
             "machine": machine_info(),

@@ -133,3 +133,9 @@ def test_verify_prediction_times_each_call_as_the_chain_or_tree_it_verified():
     assert methods["m"]["verified_calls"] == {"chain": {"1": 1, "4": 1}, "tree": {"8": 1}}
     assert methods["m"]["predicted_verify_ms_per_call"] == pytest.approx((10 + 12 + 20) / 3)
     assert methods["m"]["verify_ms_per_call"] == pytest.approx(14.0)
+    # when sampling: chains at their sampled times; the tree adds one row (2 ms) per token of
+    # the method's mean 2 per call, the rows its walk visits
+    sampled = CostModel((1, 4, 8), (0.010, 0.012, 0.016), 128, tree_seconds=(0.010, 0.014, 0.020),
+                        sampled_seconds=(0.012, 0.020, 0.030))
+    add_verify_prediction(methods, sampled, sampled=True)
+    assert methods["m"]["predicted_verify_ms_per_call"] == pytest.approx((12 + 20 + 24) / 3)

@@ -21,6 +21,15 @@ def test_relative_cost_interpolates_and_extrapolates():
     trees = CostModel((1, 2, 4), (0.010, 0.012, 0.020), 16, tree_seconds=(0.010, 0.012, 0.030))
     assert trees.relative(4, tree=True) == pytest.approx(3.0) and trees.relative(4) == pytest.approx(2.0)
     assert CostModel.from_dict(json.loads(json.dumps(trees.to_dict()))) == trees
+    # sampling: a chain reads its own measured times; a tree adds the one-token step's extra
+    # (the cost of one row made a distribution) per row its walk visits
+    sampled = CostModel((1, 2, 4), (0.010, 0.012, 0.020), 16, tree_seconds=(0.010, 0.012, 0.030),
+                        sampled_seconds=(0.013, 0.017, 0.029))
+    assert sampled.sampled_step_seconds(3) == pytest.approx(0.023)
+    assert sampled.row_seconds == pytest.approx(0.003)
+    assert sampled.sampled_step_seconds(4, tree=True, visited=2) == pytest.approx(0.036)
+    assert CostModel.from_dict(json.loads(json.dumps(sampled.to_dict()))) == sampled
+    assert cost.sampled_step_seconds(3) == cost.step_seconds(3)  # not measured: greedy's
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +45,8 @@ def test_measure_times_every_size_and_leaves_the_model_usable(tiny):
     # trees of 4 and more nodes are timed as trees, never below their chains; smaller are chains
     assert len(cost.tree_seconds) == 4 and cost.tree_seconds[:2] == cost.seconds[:2]
     assert all(t >= c for t, c in zip(cost.tree_seconds, cost.seconds))
+    assert len(cost.sampled_seconds) == 4  # sampled acceptance of every row costs more
+    assert all(t >= c for t, c in zip(cost.sampled_seconds, cost.seconds))
     # the model still decodes exactly after being measured (nothing left in its cache or shims)
     plain = mlx_spec.generate(tiny, "hello", max_tokens=8, method="ar", raw=True)
     assert plain.token_ids == mlx_spec.generate(tiny, "hello", max_tokens=8, method="pld",
