@@ -6,17 +6,18 @@ candidate proposes; auto times every step from one observe() to the next (the ca
 drafting, the target's verify of its tree, the engine's accept and streaming) and keeps, per
 candidate, decayed sums of tokens emitted and seconds spent. It proposes with the best rate (the
 leader keeps proposing until another is ahead by SWITCH_MARGIN: rates are noisy windowed means,
-and chasing the highest chased bursts) and now and then lends a few steps to the candidate it has
-not heard from for longest (sooner when a trial wins, ever more rarely while they lose), and at
-once again to one measured over too few steps to judge whose optimistic rate still beats the
-best (a trial of 3 steps at T > 0 says little
-about a candidate that emits 1 to 10 tokens a step). What it measured is kept per loaded model and
+and chasing the highest chased bursts) and now and then lends a few steps to each other candidate
+(each waits its own number of steps: soon after it won a trial or lost the lead, ever more
+rarely while its trials lose; its old steps count less the longer it sat out, as the text has
+moved on), and at once again to one measured over too few steps to judge whose optimistic rate
+still beats the best (a trial of 3 steps at T > 0 says little about a candidate that emits 1 to
+10 tokens a step). What it measured is kept per loaded model and
 sampling regime (greedy, or each temperature), so the next request starts from it. Plain decoding
 is not a candidate: the engine's BackOff turns drafting off where even the best candidate loses.
 
 Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
-no trials: every step they do not propose (every SHADOW_EVERY-th while they trail the best by more
-than 10%), they are asked for the tree they would have sent, and once the text has gone past it,
+no trials: every step they do not propose (every SHADOW_EVERY-th once measured and while they trail
+the best), they are asked for the tree they would have sent, and once the text has gone past it,
 that tree is scored as the target would have: the draft tokens the text followed, plus one (a target
 that emits these tokens accepts exactly those; at T > 0 any method's tokens are the target's
 samples, so the score is a fair draw). Its time is the target's measured verify time for that many
@@ -31,6 +32,7 @@ reproduces sampled text only for candidates whose drafts do not depend on their 
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -55,8 +57,11 @@ class Rate:
     weight: float = 0.0     # decayed count of the steps in the sums
     steps: int = 0          # own steps ever measured
     last_step: int = -1     # auto's step counter when it last proposed
+    wait: int = 24          # trialled candidates: auto steps from its last step to its next
+    # trial (Auto.FIRST_GAP at first; doubled by each lost trial, up to Auto.MAX_GAP)
 
     DECAY = 0.93            # per own step: about the last 14 steps decide
+    FADE = 0.25             # per auto step it sat out: its evidence fades (see fade)
     PRIOR = 4.0             # pseudo-steps of one token each, at the candidate's own step time
     SETTLED = 12            # own steps after which the prior has faded out (see per_second)
 
@@ -65,6 +70,17 @@ class Rate:
         self.seconds = self.DECAY * self.seconds + seconds
         self.weight = self.DECAY * self.weight + 1
         self.steps += 1
+
+    def fade(self, now: int) -> None:
+        """Discount evidence by its age before a trial adds to it: steps measured on another part
+        of the text (or another request) say less about this one, so a candidate that led a while
+        ago is judged mostly by its trial, not kept out by a rate from a harder passage (measured
+        greedy on the story prompts: redrafter's rate from a hard story kept lookahead leading
+        through four passages where redrafter alone was 1.3x faster)."""
+        if self.last_step >= 0 and now > self.last_step + 1:
+            factor = self.DECAY ** (self.FADE * (now - self.last_step - 1))
+            self.tokens, self.seconds, self.weight = (factor * self.tokens, factor * self.seconds,
+                                                      factor * self.weight)
 
     @property
     def per_second(self) -> float:
@@ -80,12 +96,39 @@ class Rate:
         step_s = self.seconds / self.weight
         return (self.tokens + prior) / (self.seconds + prior * step_s)
 
+    @property
+    def raw(self) -> float:
+        """Tokens per second as measured, without the prior."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
     def optimistic(self, margins: float = 1.0) -> float:
         """What the rate may still turn out to be: its raw tokens per second, raised by `margins`
         standard-error-like margins that shrink with the steps measured."""
         if self.seconds <= 0:
             return float("inf")
-        return self.tokens / self.seconds * (1.0 + margins / self.weight ** 0.5)
+        return self.raw * (1.0 + margins / self.weight ** 0.5)
+
+
+@dataclass
+class Calibration:
+    """Real steps against the cost model: decayed sums of their seconds (less auto's drafting)
+    and of the cost model's verify seconds for their trees. Shadow steps are modelled seconds
+    times this ratio (engine overhead, today's machine speed, what a candidate's own steps cost
+    beyond the verify)."""
+    measured: float = 0.0
+    modelled: float = 0.0
+    steps: int = 0
+
+    TRUSTED = 3  # real steps of a candidate before its own ratio replaces the common one
+
+    def add(self, seconds: float, modelled: float) -> None:
+        self.measured = Rate.DECAY * self.measured + seconds
+        self.modelled = Rate.DECAY * self.modelled + modelled
+        self.steps += 1
+
+    @property
+    def scale(self) -> float:
+        return self.measured / self.modelled if self.modelled > 0 else 1.0
 
 
 @dataclass
@@ -93,29 +136,24 @@ class Rates:
     """What auto knows of its candidates on one loaded model and sampling regime."""
     by_name: dict = field(default_factory=dict)   # candidate -> Rate
     step: int = 0                                  # steps proposed by any candidate
-    gap: int = 0                                   # steps until the next trial (see Auto)
-    # real steps against the cost model: decayed sums of their seconds (less the proposer's own
-    # drafting) and of the cost model's verify seconds for their trees; shadow steps are scaled
-    # by the ratio (engine overhead, today's machine speed)
-    measured: float = 0.0
-    modelled: float = 0.0
+    real: Calibration = field(default_factory=Calibration)   # every real step
+    own: dict = field(default_factory=dict)        # text-only candidate -> its real steps
     leader: Optional[str] = None                   # the candidate proposing outside trials
 
-    def calibrate(self, seconds: float, modelled: float) -> None:
-        self.measured = Rate.DECAY * self.measured + seconds
-        self.modelled = Rate.DECAY * self.modelled + modelled
-
-    @property
-    def scale(self) -> float:
-        return self.measured / self.modelled if self.modelled > 0 else 1.0
+    def scale(self, name: str) -> float:
+        """How a shadow step of `name` scales: by its own real steps once there are a few (a
+        32-node tree of lookahead's, with its trie updates, measured 15% slower than a chain's
+        ratio predicted), else by every real step's."""
+        own = self.own.get(name)
+        return own.scale if own is not None and own.steps >= own.TRUSTED else self.real.scale
 
 
 class Auto(Drafter):
     """Proposes with the candidate of best measured tokens per second (module text)."""
 
-    SHADOW_EVERY, FAR_BEHIND = 4, 0.9  # see _shadow_steps
+    SHADOW_EVERY = 4  # see _shadow_steps
     SWITCH_MARGIN = 0.1                 # see _hold
-    TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, 24, 384  # KNOWN_TRIAL: for a candidate
+    TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, Rate.wait, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
     SETTLED = Rate.SETTLED  # own steps measured before a lost trial may lengthen the wait: at
     # T > 0 a step emits 1 to 10 tokens by chance, and a few unlucky opening steps must not bench
@@ -160,7 +198,8 @@ class Auto(Drafter):
             if not self.shadowed:  # a new prompt may suit another candidate (pld on a text to
                 # transform): a trial comes within 2 x FIRST_GAP steps however long the last
                 # requests made the wait (shadow steps see that at once)
-                self.rates.gap = min(self.rates.gap, 2 * self.FIRST_GAP)
+                for rate in self.rates.by_name.values():
+                    rate.wait = min(rate.wait, 2 * self.FIRST_GAP)
             self.current = self._next()
         # a plain step (the back-off, the last token) drafts nothing: no candidate's own step
         self._drafted = ctx.max_drafts >= 1
@@ -172,9 +211,11 @@ class Auto(Drafter):
         return tree
 
     def _shadow_steps(self, ctx: StepContext) -> None:
-        """Ask every text-only candidate that is not proposing for the tree it would send (one far
-        behind the best only every SHADOW_EVERY steps: lookahead's answer costs ~1 ms, 5% of a
-        step on the embedded target); score the trees the text has decided since."""
+        """Ask every text-only candidate that is not proposing for the tree it would send (one
+        measured over SETTLED steps that trails the best only every SHADOW_EVERY steps:
+        lookahead's answer costs ~1 ms, 4-5% of a step on the embedded target, and a sample of
+        every 4th step rates it as well, only over a longer window); score the trees the text has
+        decided since."""
         leader = self.rates.by_name.get(self._best(), Rate()).per_second
         for name in self.shadowed:
             ledger = self._shadows[name]
@@ -183,15 +224,15 @@ class Auto(Drafter):
                 rate.add(1 + matched, seconds)
             if name == self.current:
                 continue
-            if (rate.steps >= self.SETTLED and rate.per_second < self.FAR_BEHIND * leader
+            if (rate.steps >= self.SETTLED and rate.per_second < leader
                     and self.rates.step % self.SHADOW_EVERY):
                 continue
             t0 = time.perf_counter()
             tree = self.candidates[name].propose(ctx)
             answer_s = time.perf_counter() - t0
             if len(tree) > 1:
-                seconds = (self.rates.scale * self.cost.step_seconds(len(tree), not tree.is_chain)
-                           + answer_s)
+                seconds = (self.rates.scale(name)
+                           * self.cost.step_seconds(len(tree), not tree.is_chain) + answer_s)
                 ledger.add(len(ctx.tokens), (tree, seconds))
 
     def observe(self, ctx, tree, acceptance, out) -> None:
@@ -209,8 +250,10 @@ class Auto(Drafter):
         if since is not None:  # the first step of a request has no start mark: not timed
             rate.add(len(acceptance.tokens), now - since)
             if self.cost is not None:
-                self.rates.calibrate(now - since - drafting,
-                                     self.cost.step_seconds(len(tree), not tree.is_chain))
+                real = (now - since - drafting, self.cost.step_seconds(len(tree), not tree.is_chain))
+                self.rates.real.add(*real)
+                if name in self.shadowed:
+                    self.rates.own.setdefault(name, Calibration()).add(*real)
         self.current = self._next()
 
     def prepare(self, ctx, acceptance, out) -> None:
@@ -227,8 +270,8 @@ class Auto(Drafter):
 
     # -- the choice -------------------------------------------------------------------------------
     def _next(self) -> str:
-        """The candidate of the next step: a running trial, an untried candidate, a trial when the
-        gap since the last one is over, else the best rate."""
+        """The candidate of the next step: a running trial, an untried candidate, one whose wait
+        since its last step is over, else the best rate."""
         rates = self.rates
         if self._trial is not None:
             name, left = self._trial
@@ -237,13 +280,13 @@ class Auto(Drafter):
                 return name
             self._trial = None
             best = self._best()
-            # a trial that won shortens the wait for the next one; a lost one doubles it, once
-            # the candidate has been measured long enough to be judged, or sooner where even two
-            # margins above its rate stay below the best (draft against redrafter, greedy: two
-            # trial steps every 24 until 12 were measured had cost ~5%)
+            # a trial that won shortens the candidate's wait for the next one; a lost one doubles
+            # it, once the candidate has been measured long enough to be judged, or sooner where
+            # even two margins above its rate stay below the best (draft against redrafter,
+            # greedy: two trial steps every 24 until 12 were measured had cost ~5%)
             rate, leader = rates.by_name.get(name, Rate()), rates.by_name.get(best, Rate())
-            judged = rate.steps >= self.SETTLED or rate.optimistic(2.0) < leader.per_second
-            rates.gap = (min(2 * rates.gap, self.MAX_GAP) if best != name and judged
+            judged = rate.steps >= self.SETTLED or rate.optimistic(2.0) < leader.raw
+            rate.wait = (min(2 * rate.wait, self.MAX_GAP) if best != name and judged
                          else self.FIRST_GAP)
         trialled = [n for n in self.candidates if n not in self.shadowed]
         untried = [n for n in trialled if rates.by_name.get(n, Rate()).steps < 2]
@@ -251,22 +294,28 @@ class Auto(Drafter):
             return self._start_trial(untried[0])
         best = self._best()
         others = [n for n in trialled if n != best]
-        leader = rates.by_name.get(best, Rate()).per_second
+        # against the leader as measured: its prior pulls a leader of few steps toward one token
+        # a step, which kept `draft` in trials for 6 of the first 20 steps (greedy, 10 tokens a
+        # step from redrafter against 1-5)
+        leader = rates.by_name.get(best, Rate()).raw
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
                     and rates.by_name[n].optimistic() > leader]
         if doubtful:
             return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
-        rates.gap -= 1
-        if rates.gap <= 0 and others:
-            return self._start_trial(min(others, key=lambda n: rates.by_name[n].last_step))
-        rates.leader = self._hold(best)
-        return rates.leader
+        due = [n for n in others if rates.step - rates.by_name[n].last_step > rates.by_name[n].wait]
+        if due:
+            return self._start_trial(min(due, key=lambda n: rates.by_name[n].last_step))
+        held = self._hold(best)
+        if rates.leader in rates.by_name and held != rates.leader:
+            # a leader that just lost the lead was good a moment ago: its next trial comes soon
+            rates.by_name[rates.leader].wait = self.FIRST_GAP
+        rates.leader = held
+        return held
 
     def _start_trial(self, name: str) -> str:
-        known = self.rates.by_name.get(name, Rate()).steps >= 6
-        self._trial = (name, (self.KNOWN_TRIAL if known else self.TRIAL) - 1)
-        if self.rates.gap <= 0:
-            self.rates.gap = self.FIRST_GAP
+        rate = self.rates.by_name.setdefault(name, Rate())
+        rate.fade(self.rates.step)
+        self._trial = (name, (self.KNOWN_TRIAL if rate.steps >= 6 else self.TRIAL) - 1)
         return name
 
     def _hold(self, best: str) -> str:
@@ -305,11 +354,12 @@ def _regime(sampling) -> str:
 
 
 def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
-    """The candidate drafters of `methods` (comma-separated; default: every one in CANDIDATES
+    """The candidate drafters of `methods` (separated by commas or, inside a bench method spec
+    such as `auto[methods=redrafter+pld]`, by plus signs; default: every one in CANDIDATES
     that this target can run). A method named explicitly that cannot run is an error; a default
     one that cannot (no head, no draft model, no hidden states) is left out."""
     names = CANDIDATES if methods is None else tuple(
-        n.strip() for n in methods.split(",") if n.strip())
+        n.strip() for n in re.split(r"[,+]", methods) if n.strip())
     for name in names:
         if name not in NAMEABLE:
             raise MlxSpecError(f"auto: {name!r} cannot be a candidate; choose from "
@@ -333,7 +383,7 @@ def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
 @register("auto")
 def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None,
          num_draft_tokens: Optional[int] = None):
-    """`methods`: the candidates (comma-separated), default every available one; `draft_model` /
+    """`methods`: the candidates (separated by commas or plus signs), default every available one; `draft_model` /
     `num_draft_tokens` go to the draft-model candidates."""
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}

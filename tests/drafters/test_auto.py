@@ -124,8 +124,7 @@ def test_a_candidate_too_briefly_measured_is_tried_again_while_it_may_still_win(
 
     for b_tokens, expected in ((8.0, "b"), (3.0, "a")):  # 80 tokens/s could still win; 30 cannot
         auto = Auto({"a": Oracle([]), "b": Oracle([])})
-        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 0.1, 3)},
-                           gap=10)
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 0.1, 3)})
         assert auto._next() == expected
     # once settled, the prior has faded: a rate is its measured tokens per second
     settled = rate(50.0, 1.0, 40)
@@ -138,7 +137,7 @@ def test_the_leader_holds_against_a_rate_within_the_switch_margin():
     for b_rate, expected in ((105.0, "a"), (125.0, "b")):
         auto = Auto({"a": Oracle([]), "b": Oracle([])})
         auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_rate, 1.0, 40)},
-                           gap=100, leader="a")
+                           leader="a")
         assert auto._next() == expected and auto.rates.leader == expected
     auto.rates.leader = None
     auto.rates.by_name["b"] = rate(105.0, 1.0, 40)
@@ -147,14 +146,45 @@ def test_the_leader_holds_against_a_rate_within_the_switch_margin():
 
 def test_a_lost_trial_lengthens_the_wait_once_it_is_clearly_behind():
     """A candidate at half the leader's rate is judged after a few steps (two margins above its
-    rate stay below the leader): its lost trial doubles the wait; one still within reach after
-    as many steps is tried again at once."""
-    for b_tokens, expected, gap in ((50.0, "a", 2 * 24 - 1), (90.0, "b", Auto.FIRST_GAP)):
+    rate stay below the leader): its lost trial doubles its own wait; one still within reach
+    after as many steps is tried again at once."""
+    for b_tokens, expected, wait in ((50.0, "a", 2 * Auto.FIRST_GAP), (90.0, "b", Auto.FIRST_GAP)):
         auto = Auto({"a": Oracle([]), "b": Oracle([])})
-        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 1.0, 6)},
-                           gap=24)
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 1.0, 6)})
         auto._trial = ("b", 0)
-        assert auto._next() == expected and auto.rates.gap == gap
+        assert auto._next() == expected and auto.rates.by_name["b"].wait == wait
+
+
+def test_each_candidate_waits_its_own_turn_and_a_lost_lead_is_tried_again_soon():
+    """`c` has lost many trials (a long wait) while `a` led; when `b` overtakes `a`, `a` is
+    tried again FIRST_GAP steps after its last step, long before `c`."""
+    auto = Auto({"a": Oracle([]), "b": Oracle([]), "c": Oracle([])})
+    rates = {"a": rate(100.0, 1.0, 40), "b": rate(130.0, 1.0, 40), "c": rate(50.0, 1.0, 40)}
+    rates["c"].wait = Auto.MAX_GAP
+    auto.rates = Rates(by_name=rates, leader="a", step=50)
+    rates["a"].last_step, rates["b"].last_step, rates["c"].last_step = 49, 45, 40
+    assert auto._next() == "b" and rates["a"].wait == Auto.FIRST_GAP
+    proposed = []
+    for step in range(51, 51 + Auto.FIRST_GAP + 4):
+        auto.rates.step = step
+        proposed.append(auto._next())
+        rates[proposed[-1]].last_step = step
+    first = proposed.index("a")
+    assert "c" not in proposed and 49 + Auto.FIRST_GAP < 51 + first <= 50 + Auto.FIRST_GAP + 1
+
+
+def test_a_rate_that_sat_out_counts_less_against_its_trial():
+    """Two trial steps at 200 tokens/s move a rate settled at 100 more when it was measured long
+    ago (the text has moved on) than when it was measured a moment ago."""
+    moved = {}
+    for idle in (1, 200):
+        r = rate(100.0, 1.0, 40)
+        r.last_step = 0
+        r.fade(idle)
+        for _ in range(2):
+            r.add(20.0, 0.1)
+        moved[idle] = r.per_second
+    assert 100.0 < moved[1] < 150.0 < 190.0 < moved[200] < 200.0
 
 
 class Counting(TextOracle):
