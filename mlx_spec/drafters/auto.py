@@ -21,8 +21,10 @@ the best), they are asked for the tree they would have sent, and once the text h
 that tree is scored as the target would have: the draft tokens the text followed, plus one (a target
 that emits these tokens accepts exactly those; at T > 0 any method's tokens are the target's
 samples, so the score is a fair draw). Its time is the target's measured verify time for that many
-tokens (mlx_spec/cost.py), scaled by how the real steps compare with that model on this machine now,
-plus the time the candidate took to answer. These shadow steps matter most where the prompt decides
+tokens (mlx_spec/cost.py), scaled by how the real steps (its own, once it has proposed a few)
+compare with that model on this machine now, plus the time the candidate took to answer. Such a
+challenger takes the lead only where its shadow steps beat the real steps taken at the same places
+(Pairing), not the leader's rate from other text. These shadow steps matter most where the prompt decides
 (pld on a text to transform wins from the first repeat), so trials, left to the model drafters, keep
 their wait across requests.
 
@@ -103,10 +105,39 @@ class Rate:
 
     def optimistic(self, margins: float = 1.0) -> float:
         """What the rate may still turn out to be: its raw tokens per second, raised by `margins`
-        standard-error-like margins that shrink with the steps measured."""
+        standard-error-like margins that shrink with the steps ever measured (not the faded
+        weight: fading says old steps describe other text, not that the spread of a step's
+        tokens is unknown; margins on faded weights had sent `draft` to 8 trial steps running)."""
         if self.seconds <= 0:
             return float("inf")
-        return self.raw * (1.0 + margins / self.weight ** 0.5)
+        return self.raw * (1.0 + margins / max(1, min(self.steps, self.SETTLED)) ** 0.5)
+
+
+@dataclass
+class Pairing:
+    """A text-only candidate's shadow steps beside the real steps taken at the same places:
+    decayed sums of both, so that `ratio` compares the two on the same text. Judged apart, a
+    candidate's rate was highest right after a burst (a repeated phrase drafted whole) and took
+    the lead at that moment, then ran at 0.8x the leader it displaced (greedy, story prompts)."""
+    tokens: float = 0.0
+    seconds: float = 0.0
+    real_tokens: float = 0.0
+    real_seconds: float = 0.0
+    steps: int = 0
+
+    def add(self, tokens: int, seconds: float, real_tokens: int, real_seconds: float) -> None:
+        d = Rate.DECAY
+        self.tokens, self.seconds = d * self.tokens + tokens, d * self.seconds + seconds
+        self.real_tokens = d * self.real_tokens + real_tokens
+        self.real_seconds = d * self.real_seconds + real_seconds
+        self.steps += 1
+
+    @property
+    def ratio(self) -> float:
+        """The shadow's tokens per second over the real steps' on the same places."""
+        if self.seconds <= 0 or self.real_tokens <= 0:
+            return 0.0
+        return (self.tokens / self.seconds) / (self.real_tokens / self.real_seconds)
 
 
 @dataclass
@@ -138,6 +169,7 @@ class Rates:
     step: int = 0                                  # steps proposed by any candidate
     real: Calibration = field(default_factory=Calibration)   # every real step
     own: dict = field(default_factory=dict)        # text-only candidate -> its real steps
+    paired: dict = field(default_factory=dict)     # text-only candidate -> its Pairing
     leader: Optional[str] = None                   # the candidate proposing outside trials
 
     def scale(self, name: str) -> float:
@@ -152,7 +184,7 @@ class Auto(Drafter):
     """Proposes with the candidate of best measured tokens per second (module text)."""
 
     SHADOW_EVERY = 4  # see _shadow_steps
-    SWITCH_MARGIN = 0.1                 # see _hold
+    SWITCH_MARGIN, RECHECK, PAIRED = 0.1, 6, 4  # see _hold and _next
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, Rate.wait, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
     SETTLED = Rate.SETTLED  # own steps measured before a lost trial may lengthen the wait: at
@@ -172,6 +204,7 @@ class Auto(Drafter):
                          if cost is not None and d.drafts_from_text]
         self._shadows = {n: Guesses(_shadow_outcome) for n in self.shadowed}
         self._drafting_s = 0.0  # this step's drafting: prepare, propose, shadows
+        self._asked: list[list] = []  # this step's shadow entries, waiting for its real outcome
         self.rates: Optional[Rates] = None       # this request's regime (set at its first step)
         self.current: str = next(iter(self.candidates))
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
@@ -220,8 +253,11 @@ class Auto(Drafter):
         for name in self.shadowed:
             ledger = self._shadows[name]
             rate = self.rates.by_name.setdefault(name, Rate())
-            for matched, seconds in ledger.settle(ctx.tokens):
+            for matched, seconds, real in ledger.settle(ctx.tokens):
                 rate.add(1 + matched, seconds)
+                if real:  # the real step taken where this tree was asked for
+                    self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
+                                                                      *real)
             if name == self.current:
                 continue
             if (rate.steps >= self.SETTLED and rate.per_second < leader
@@ -233,7 +269,9 @@ class Auto(Drafter):
             if len(tree) > 1:
                 seconds = (self.rates.scale(name)
                            * self.cost.step_seconds(len(tree), not tree.is_chain) + answer_s)
-                ledger.add(len(ctx.tokens), (tree, seconds))
+                real = []  # filled by observe() with this step's real tokens and seconds
+                ledger.add(len(ctx.tokens), (tree, seconds, real))
+                self._asked.append(real)
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         now = time.perf_counter()
@@ -247,8 +285,11 @@ class Auto(Drafter):
         rate = self.rates.by_name.setdefault(name, Rate())
         rate.last_step = self.rates.step
         self.rates.step += 1
+        asked, self._asked = self._asked, []
         if since is not None:  # the first step of a request has no start mark: not timed
             rate.add(len(acceptance.tokens), now - since)
+            for real in asked:
+                real.extend((len(acceptance.tokens), now - since))
             if self.cost is not None:
                 real = (now - since - drafting, self.cost.step_seconds(len(tree), not tree.is_chain))
                 self.rates.real.add(*real)
@@ -281,13 +322,14 @@ class Auto(Drafter):
             self._trial = None
             best = self._best()
             # a trial that won shortens the candidate's wait for the next one; a lost one doubles
-            # it, once the candidate has been measured long enough to be judged, or sooner where
-            # even two margins above its rate stay below the best (draft against redrafter,
-            # greedy: two trial steps every 24 until 12 were measured had cost ~5%)
+            # it where the loss is clear, a margin above its rate staying below the best (draft
+            # against redrafter, greedy: two trial steps every 24 had cost ~5%); one lost within
+            # its noise is tried again after FIRST_GAP (redrafter losing 2-step trials to a
+            # lookahead burst had waited 48, then 96 steps at 0.8x its rate)
             rate, leader = rates.by_name.get(name, Rate()), rates.by_name.get(best, Rate())
-            judged = rate.steps >= self.SETTLED or rate.optimistic(2.0) < leader.raw
-            rate.wait = (min(2 * rate.wait, self.MAX_GAP) if best != name and judged
-                         else self.FIRST_GAP)
+            judged = rate.optimistic() < leader.raw
+            rate.wait = (min(2 * max(rate.wait, self.FIRST_GAP), self.MAX_GAP)
+                         if best != name and judged else self.FIRST_GAP)
         trialled = [n for n in self.candidates if n not in self.shadowed]
         untried = [n for n in trialled if rates.by_name.get(n, Rate()).steps < 2]
         if untried:
@@ -307,8 +349,10 @@ class Auto(Drafter):
             return self._start_trial(min(due, key=lambda n: rates.by_name[n].last_step))
         held = self._hold(best)
         if rates.leader in rates.by_name and held != rates.leader:
-            # a leader that just lost the lead was good a moment ago: its next trial comes soon
-            rates.by_name[rates.leader].wait = self.FIRST_GAP
+            # a leader that just lost the lead was good a moment ago, and the new one may have
+            # led on a burst: the old one is tried again within RECHECK steps (measured greedy:
+            # lookahead leading 9-13 steps after a switch, at 0.8x redrafter's rate)
+            rates.by_name[rates.leader].wait = self.RECHECK
         rates.leader = held
         return held
 
@@ -323,10 +367,14 @@ class Auto(Drafter):
         bursty steps (lookahead emits 10 tokens on a repeated phrase, then 1 for a while), and
         always moving to the highest of several noisy rates chases bursts that are over by the
         time the window shows them (measured greedy on the story prompts: lookahead got a fifth
-        of auto's steps where alone it was 20% slower than redrafter)."""
+        of auto's steps where alone it was 20% slower than redrafter). A text-only challenger
+        is judged against the real steps taken where it was asked (Pairing): the same text."""
         leader = self.rates.leader
         if leader is None or leader == best or leader not in self.candidates:
             return best
+        paired = self.rates.paired.get(best)
+        if paired is not None and paired.steps >= self.PAIRED:
+            return best if paired.ratio > 1.0 + self.SWITCH_MARGIN else leader
         rate = self.rates.by_name.get
         held = rate(leader, Rate()).per_second * (1.0 + self.SWITCH_MARGIN)
         return best if rate(best, Rate()).per_second > held else leader
@@ -335,18 +383,19 @@ class Auto(Drafter):
         return max(self.candidates, key=lambda n: self.rates.by_name.get(n, Rate()).per_second)
 
 
-def _shadow_outcome(guess: tuple[Tree, float], tokens: list[int], start: int):
-    """(draft tokens of the tree the text followed, the step's seconds), or None while the text
-    has not yet left the tree. The tree was made when the text was tokens[:start]."""
-    tree, seconds = guess
+def _shadow_outcome(guess: tuple[Tree, float, list], tokens: list[int], start: int):
+    """(draft tokens of the tree the text followed, the step's seconds, the real step's [tokens,
+    seconds] or [] where it was not timed), or None while the text has not yet left the tree.
+    The tree was made when the text was tokens[:start]."""
+    tree, seconds, real = guess
     children = tree.children()
     node, matched = 0, 0
     for token in tokens[start:]:
         node = next((c for c in children[node] if tree.tokens[c] == token), None)
         if node is None:
-            return matched, seconds
+            return matched, seconds, real
         matched += 1
-    return (matched, seconds) if not children[node] else None
+    return (matched, seconds, real) if not children[node] else None
 
 
 def _regime(sampling) -> str:
