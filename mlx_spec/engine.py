@@ -236,7 +236,7 @@ class Decoder:
                 stats.other_s += other_s
                 stats.plain_calls += flight.backed_off
                 stats.proposers = self.drafter.proposers()
-                if self.backoff is not None:
+                if self.backoff is not None and (flight.backed_off or self.drafter.steady()):
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
                                         flight.draft_s + verify_s + other_s, other_s, verify_s,
                                         branching)

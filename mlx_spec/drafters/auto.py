@@ -210,6 +210,7 @@ class Auto(Drafter):
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
         self._trial: Optional[tuple[str, int]] = None   # (candidate, steps left)
         self._drafted = False  # the step in flight is its candidate's own (not a plain step)
+        self._in_trial = False  # the step in flight is part of a trial
         self._last_observe: Optional[float] = None
 
     @property
@@ -236,6 +237,7 @@ class Auto(Drafter):
             self.current = self._next()
         # a plain step (the back-off, the last token) drafts nothing: no candidate's own step
         self._drafted = ctx.max_drafts >= 1
+        self._in_trial = self._trial is not None
         t0 = time.perf_counter()
         tree = self.candidates[self.current].propose(ctx)
         if self._drafted:
@@ -304,6 +306,9 @@ class Auto(Drafter):
 
     def proposers(self) -> dict[str, int]:
         return dict(self.steps_by_method)
+
+    def steady(self) -> bool:
+        return not self._in_trial
 
     def end(self) -> None:
         for drafter in self.candidates.values():

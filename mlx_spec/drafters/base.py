@@ -45,6 +45,12 @@ class Drafter:
         streaming). Not called before steps that draft nothing (the engine's back-off), and
         called after steps whose tree another drafter proposed (method `auto`)."""
 
+    def steady(self) -> bool:
+        """Whether the step just observed shows the method's own speed: the engine's back-off
+        judges drafting on such steps only (auto: not the trials it lends other candidates, a
+        bounded cost of choosing that had paused auto for 16-64 steps where its leader won)."""
+        return True
+
     def proposers(self) -> dict[str, int]:
         """This request's drafting steps per method that proposed them (method `auto`)."""
         return {}

@@ -95,3 +95,42 @@ def test_a_losing_drafter_is_backed_off_and_the_output_is_unchanged(random_model
     assert always == governed == reference
     assert always_stats.plain_calls == 0
     assert stats.plain_calls > 30 and stats.target_calls - stats.plain_calls < 30
+
+
+class Exploring(Drafter):
+    """Slow and wrong on every second step, which it calls unsteady (as auto calls its trials),
+    free and right in between: only the steady steps may pause drafting."""
+
+    def __init__(self, full):
+        self.full, self.step = full, 0
+
+    def propose(self, ctx):
+        self.step += 1
+        n = len(ctx.tokens)
+        if self.step % 2:
+            time.sleep(0.02)
+            return Tree.from_chain(ctx.tokens[-1], [0] * min(4, ctx.max_drafts))
+        return Tree.from_chain(ctx.tokens[-1], self.full[n:n + min(4, ctx.max_drafts)])
+
+    def steady(self):
+        return self.step % 2 == 0
+
+
+def test_the_back_off_judges_only_the_steps_a_drafter_calls_steady(random_models):
+    model = random_models["llama"]
+    prompt = [1, 5, 9, 13, 2, 7]
+    reference = mlx_spec.generate(model, prompt, max_tokens=60, method="ar").token_ids
+    recorded = []
+
+    class Counting(BackOff):
+        def record(self, drafted, *args, **kwargs):
+            recorded.append(drafted)
+            super().record(drafted, *args, **kwargs)
+
+    decoder = Decoder(Target(model.model), Exploring(prompt + reference), "exploring",
+                      backoff=Counting(relative_cost=lambda n, tree=False: 1.0))
+    steps = list(decoder.generate(prompt, Limits(max_tokens=60), SamplingParams()))
+    assert [t for s in steps for t in s.token_ids] == reference
+    stats = steps[-1].stats
+    # the slow steps are not judged: drafting is never paused, and only the others were recorded
+    assert stats.plain_calls == 0 and len(recorded) == stats.target_calls // 2

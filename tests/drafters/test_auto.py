@@ -246,3 +246,18 @@ def test_a_text_only_candidate_far_behind_is_asked_only_every_few_steps(random_m
     steps = auto.steps_by_method["oracle"]
     assert auto.steps_by_method.keys() == {"oracle"}
     assert steps // Auto.SHADOW_EVERY <= behind.asked <= steps // Auto.SHADOW_EVERY + 1
+
+
+def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
+    from mlx_spec.drafters.base import StepContext
+    from mlx_spec.sampling import SamplingParams
+
+    planted = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(50.0, 1.0, 2)})
+    auto = Auto({"a": Oracle([]), "b": Oracle([])}, lambda regime: planted)
+    ctx = StepContext(tokens=[1, 2], max_drafts=4, sampling=SamplingParams())
+    steady = []
+    for step in range(Auto.TRIAL + 2):
+        auto.propose(ctx)
+        steady.append((auto.current, auto.steady()))
+        auto.current = auto._start_trial("b") if step == 0 else auto._next()
+    assert steady == [("a", True)] + [("b", False)] * Auto.TRIAL + [("a", True)]
