@@ -91,9 +91,11 @@ class BackOff:
 
     def new_request(self) -> None:
         """A new prompt may suit the method better: what was learned (the plain step time, how
-        long the pauses have grown) is kept, but drafting is probed within PROBE steps."""
+        long the pauses have grown) is kept, but drafting is probed within PROBE steps and judged
+        on this prompt's steps alone (judged with the last prompts' losing windows, auto's first 8
+        steps on a text pld decodes 2x faster were paused for the whole answer)."""
         self.plain_left = min(self.plain_left, self.PROBE)
-        self._window = _Window()
+        self._window, self._past = _Window(), _Window()
 
     def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float,
                verify_s: float = 0.0, tree: bool = False) -> None:
