@@ -198,8 +198,10 @@ def describe(cost: CostModel, sizes=(2, 4, 8, 16), tree_sizes=(8, 32)) -> str:
     parts = ", ".join(f"{n}: {cost.relative(n):.2f}x" for n in sizes)
     trees = ", ".join(f"{n}: {cost.relative(n, tree=True):.2f}x" for n in tree_sizes
                       if cost.tree_seconds)
-    sampled = (f" (sampled {cost.sampled_seconds[0] * 1000:.1f}, 8: {cost.sampled_step_seconds(8) * 1000:.1f})"
-               if cost.sampled_seconds else "")
+    sampled = ""
+    if cost.sampled_seconds:
+        sampled = (f" (sampled {cost.sampled_seconds[0] * 1000:.1f}, "
+                   f"8: {cost.sampled_step_seconds(8) * 1000:.1f})")
     return (f"1 token {cost.seconds[0] * 1000:.1f} ms{sampled}; {parts}"
             + (f"; trees {trees}" if trees else ""))
 

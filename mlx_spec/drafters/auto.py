@@ -23,10 +23,10 @@ that emits these tokens accepts exactly those; at T > 0 any method's tokens are 
 samples, so the score is a fair draw). Its time is the target's measured verify time for that many
 tokens (mlx_spec/cost.py), scaled by how the real steps (its own, once it has proposed a few)
 compare with that model on this machine now, plus the time the candidate took to answer. Such a
-challenger takes the lead only where its shadow steps beat the real steps taken at the same places
-(Pairing), not the leader's rate from other text. These shadow steps matter most where the prompt decides
-(pld on a text to transform wins from the first repeat), so trials, left to the model drafters, keep
-their wait across requests.
+challenger takes the lead only where its shadow steps beat the real steps taken at the same
+places (Pairing), not the leader's rate from other text. These shadow steps matter most where the
+prompt decides (pld on a text to transform wins from the first repeat), so trials, left to the
+model drafters, keep their wait across requests.
 
 Exactness is the candidates' own: every step is one method's step, verified and accepted by the
 same exact rules; only which method proposes depends on timing (so, as with the back-off, a seed
@@ -187,11 +187,11 @@ class Auto(Drafter):
     SWITCH_MARGIN, RECHECK, PAIRED = 0.1, 6, 4  # see _hold and _next
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, Rate.wait, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
-    SETTLED = Rate.SETTLED  # own steps measured before a lost trial may lengthen the wait: at
-    # T > 0 a step emits 1 to 10 tokens by chance, and a few unlucky opening steps must not bench
-    # the best candidate for hundreds of steps (measured: redrafter, 2.4x alone, left to trials
-    # at 0.7); until then, a candidate whose optimistic rate still beats the best is tried again
-    # at once
+    SETTLED = Rate.SETTLED  # own steps measured before a candidate is trusted: until then, one
+    # whose optimistic rate still beats the best is tried again at once (at T > 0 a step emits 1
+    # to 10 tokens by chance, and a few unlucky opening steps must not bench the best candidate:
+    # measured, redrafter, 2.4x alone, left to trials at 0.7), and a text-only one is asked
+    # every step
 
     def __init__(self, candidates: dict, rates_for=None, cost=None):
         """cost: the target's CostModel; without one, every candidate is judged by trials."""
@@ -293,7 +293,8 @@ class Auto(Drafter):
             for real in asked:
                 real.extend((len(acceptance.tokens), now - since))
             if self.cost is not None:
-                real = (now - since - drafting, self.cost.step_seconds(len(tree), not tree.is_chain))
+                real = (now - since - drafting,
+                        self.cost.step_seconds(len(tree), not tree.is_chain))
                 self.rates.real.add(*real)
                 if name in self.shadowed:
                     self.rates.own.setdefault(name, Calibration()).add(*real)
@@ -437,8 +438,8 @@ def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
 @register("auto")
 def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None,
          num_draft_tokens: Optional[int] = None):
-    """`methods`: the candidates (separated by commas or plus signs), default every available one; `draft_model` /
-    `num_draft_tokens` go to the draft-model candidates."""
+    """`methods`: the candidates (separated by commas or plus signs), default every available
+    one; `draft_model` / `num_draft_tokens` go to the draft-model candidates."""
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)

@@ -202,9 +202,11 @@ def test_shadow_steps_scale_by_a_candidates_own_real_steps_once_it_has_a_few():
         rates.real.add(0.012, 0.010)
     own = rates.own.setdefault("lookahead", Calibration())
     for step in range(Calibration.TRUSTED):
-        assert rates.scale("lookahead") == pytest.approx(1.2) and rates.scale("pld") == pytest.approx(1.2)
+        assert rates.scale("lookahead") == pytest.approx(1.2)
+        assert rates.scale("pld") == pytest.approx(1.2)
         own.add(0.015, 0.010)
-    assert rates.scale("lookahead") == pytest.approx(1.5) and rates.scale("pld") == pytest.approx(1.2)
+    assert rates.scale("lookahead") == pytest.approx(1.5)
+    assert rates.scale("pld") == pytest.approx(1.2)
 
 
 def test_a_rate_that_sat_out_counts_less_against_its_trial():
