@@ -70,9 +70,10 @@ class BackOff:
     drafting lost by more than MARGIN, the next `hold` steps draft nothing (doubling after each
     lost probe, up to MAX_HOLD; back to FIRST_HOLD after a win); where the estimate alone cannot
     tell (gain within CLEAR of 1), PROBE plain steps are measured. A window is judged together
-    with the earlier ones, each halving in weight (PAST): at a high temperature a speculative step
-    emits 1 to 3 tokens by chance, and one unlucky window of a method that wins by 5% must not
-    pause it. A step without drafts is the target's own step, so the output is unchanged."""
+    with the earlier ones of its request, each halving in weight (PAST): at a high temperature a
+    speculative step emits 1 to 3 tokens by chance, and one unlucky window of a method that wins
+    by 5% must not pause it. A step without drafts is the target's own step, so the output is
+    unchanged."""
 
     WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
     MARGIN, CLEAR, PAST = 0.02, 0.10, 0.5

@@ -115,29 +115,25 @@ class Rate:
 
 @dataclass
 class Pairing:
-    """A text-only candidate's shadow steps beside the real steps taken at the same places:
-    decayed sums of both, so that `ratio` compares the two on the same text. Judged apart, a
-    candidate's rate was highest right after a burst (a repeated phrase drafted whole) and took
-    the lead at that moment, then ran at 0.8x the leader it displaced (greedy, story prompts)."""
-    tokens: float = 0.0
-    seconds: float = 0.0
-    real_tokens: float = 0.0
-    real_seconds: float = 0.0
-    steps: int = 0
+    """A text-only candidate's shadow steps beside the real steps taken at the same places, each
+    a Rate, so that `ratio` compares the two on the same text. Judged apart, a candidate's rate
+    was highest right after a burst (a repeated phrase drafted whole) and took the lead at that
+    moment, then ran at 0.8x the leader it displaced (greedy, story prompts)."""
+    shadow: Rate = field(default_factory=Rate)
+    real: Rate = field(default_factory=Rate)
 
     def add(self, tokens: int, seconds: float, real_tokens: int, real_seconds: float) -> None:
-        d = Rate.DECAY
-        self.tokens, self.seconds = d * self.tokens + tokens, d * self.seconds + seconds
-        self.real_tokens = d * self.real_tokens + real_tokens
-        self.real_seconds = d * self.real_seconds + real_seconds
-        self.steps += 1
+        self.shadow.add(tokens, seconds)
+        self.real.add(real_tokens, real_seconds)
+
+    @property
+    def steps(self) -> int:
+        return self.shadow.steps
 
     @property
     def ratio(self) -> float:
         """The shadow's tokens per second over the real steps' on the same places."""
-        if self.seconds <= 0 or self.real_tokens <= 0:
-            return 0.0
-        return (self.tokens / self.seconds) / (self.real_tokens / self.real_seconds)
+        return self.shadow.raw / self.real.raw if self.real.raw > 0 else 0.0
 
 
 @dataclass
@@ -293,11 +289,11 @@ class Auto(Drafter):
             for real in asked:
                 real.extend((len(acceptance.tokens), now - since))
             if self.cost is not None:
-                real = (now - since - drafting,
-                        self.cost.step_seconds(len(tree), not tree.is_chain))
-                self.rates.real.add(*real)
+                timed = (now - since - drafting,
+                         self.cost.step_seconds(len(tree), not tree.is_chain))
+                self.rates.real.add(*timed)
                 if name in self.shadowed:
-                    self.rates.own.setdefault(name, Calibration()).add(*real)
+                    self.rates.own.setdefault(name, Calibration()).add(*timed)
         self.current = self._next()
 
     def prepare(self, ctx, acceptance, out) -> None:
