@@ -34,6 +34,10 @@ NumDraftTokensOption = Annotated[Optional[int], typer.Option(
 InstructionsOption = Annotated[bool, typer.Option(
     "--instructions", help="Contexts are generated chat requests in the target's chat template "
     "(mlx_spec/train/instructions.py); the target writes the answers.")]
+SelfWrittenOption = Annotated[int, typer.Option(
+    "--self-written", min=0, help="With --instructions: also this many requests written by the "
+    "target itself as user turns of its chat template (more varied than the templates'); the "
+    "target answers them too.")]
 WorkDirOption = Annotated[Path, typer.Option(help="Cache for generated data and checkpoints.")]
 ContinuationOption = Annotated[int, typer.Option(min=8, help="Target tokens generated per context.")]
 GenBatchOption = Annotated[int, typer.Option(min=1, help="Contexts per batched target forward.")]

@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from .common import (DISTILL_WORK_DIR, ContinuationOption, DataTempOption, GenBatchOption,
-                     InstructionsOption, WorkDirOption, data_options, user_errors)
+                     InstructionsOption, SelfWrittenOption, WorkDirOption, data_options,
+                     user_errors)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,6 +17,7 @@ def register(app: typer.Typer) -> None:
     def distill(
         text: Optional[Path] = typer.Option(None, help="Text whose story beginnings are the contexts (stories separated by newlines)."),
         instructions: InstructionsOption = False,
+        self_written: SelfWrittenOption = 0,
         out: Path = typer.Option(..., help="Output head folder (config.json, model.safetensors, training.json)."),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Target mlx-lm folder (default: embedded)."),
         cased: Optional[Path] = typer.Option(None, help="Original-case prefix of TEXT, to recase the rest."),
@@ -43,6 +45,8 @@ def register(app: typer.Typer) -> None:
 
         if (text is None) == (not instructions):
             raise MlxSpecError("give either --text FILE or --instructions")
+        if self_written and not instructions:
+            raise MlxSpecError("--self-written adds chat requests: it goes with --instructions")
         if text is not None and not text.exists():
             raise MlxSpecError(f"text file not found: {text}")
         data, heldout = data_options(contexts, heldout_contexts, continuation, gen_batch, temp, seed)
@@ -53,4 +57,4 @@ def register(app: typer.Typer) -> None:
                              learning_rate=learning_rate, warmup_steps=min(20, steps // 10 + 1),
                              save_every=25, seed=seed)
         run(model, text, cased, DistillPaths(out=out, work_dir=work_dir.expanduser()), data,
-            heldout, head, train, log=typer.echo)
+            heldout, head, train, self_written=self_written, log=typer.echo)

@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from .common import (DISTILL_WORK_DIR, ContinuationOption, DataTempOption, GenBatchOption,
-                     InstructionsOption, WorkDirOption, data_options, user_errors)
+                     InstructionsOption, SelfWrittenOption, WorkDirOption, data_options,
+                     user_errors)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +35,7 @@ def register(app: typer.Typer) -> None:
         text: Optional[Path] = typer.Option(None, help="Training text (stories separated by newlines)."),
         tokenizer: Optional[Path] = typer.Option(None, help="Folder made by `mlxspec train-tokenizer` (with --text)."),
         instructions: InstructionsOption = False,
+        self_written: SelfWrittenOption = 0,
         preset: Optional[str] = typer.Option(None, help="Architecture: target, draft or chat-draft (default: target; chat-draft with --instructions)."),
         cased: Optional[Path] = typer.Option(None, help="Original-case prefix of TEXT, to recase the rest."),
         steps: int = typer.Option(600, min=1),
@@ -71,8 +73,10 @@ def register(app: typer.Typer) -> None:
             data, heldout = data_options(contexts, heldout_contexts, continuation, gen_batch,
                                          temp, seed)
             distill_chat_draft(str(teacher), out, work_dir.expanduser(), preset, data, heldout,
-                               options, checkpoint_dir, log=typer.echo)
+                               options, checkpoint_dir, self_written=self_written, log=typer.echo)
             return
+        if self_written:
+            raise MlxSpecError("--self-written adds chat requests: it goes with --instructions")
         from mlx_spec.train.corpus import load_corpus
         from mlx_spec.train.lm import train_causal_lm
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .distill import target_output
-from .distill_data import DataOptions, data_folder, distillation_contexts, generate_data, shard_order
+from .distill_data import (DataOptions, concatenated, distillation_contexts, shard_order,
+                           split_datasets)
 from .lm import Checkpoint, TrainOptions, adamw, count_parameters, model_config, write_model_folder
 
 CHAINS = (2, 3, 4, 5, 6)  # draft lengths whose greedy tokens per call are reported
@@ -46,6 +47,20 @@ def chat_sequences(prompts: list[list[int]], data: dict) -> list[dict]:
         out.append({"tokens": np.asarray(list(prompt) + list(data["tokens"][r, 1:length]), np.int32),
                     "first": len(prompt) - 1, "count": length - 1, "row": r})
     return out
+
+
+def split_sequences(parts: dict) -> tuple[dict, dict]:
+    """({split: sequences}, {split: data}) from distill_data.split_datasets' parts: each split's
+    parts concatenated, the sequences' rows counted on across them."""
+    sequences, data = {}, {}
+    for split, part in parts.items():
+        sequences[split], rows = [], 0
+        for prompts, options, part_data, _ in part:
+            sequences[split] += [{**s, "row": s["row"] + rows} for s in
+                                 chat_sequences(shard_order(prompts, options), part_data)]
+            rows += len(part_data["tokens"])
+        data[split] = concatenated(part)
+    return sequences, data
 
 
 def make_batch(sequences: list[dict], hidden: np.ndarray):
@@ -168,9 +183,10 @@ def evaluate_draft(model, output, sequences: list[dict], hidden: np.ndarray, gre
 def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
                        data_options: DataOptions, heldout_options: DataOptions,
                        options: TrainOptions, checkpoint_dir: Path | None = None,
-                       log=print) -> dict:
-    """Make (or reuse) the target's answers, train a `preset` draft on them, write an mlx-lm
-    folder with a target.json naming the target (so `draft` finds it) and a training.json."""
+                       self_written: int = 0, log=print) -> dict:
+    """Make (or reuse) the target's answers (to the templates' requests and self_written of its
+    own), train a `preset` draft on them, write an mlx-lm folder with a target.json naming the
+    target (so `draft` finds it) and a training.json."""
     import mlx.core as mx
     from mlx_lm.models import llama
 
@@ -180,16 +196,15 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
 
     started = time.perf_counter()
     target = load(target_path)
-    splits, source = distillation_contexts(target, None, None, data_options, heldout_options)
-    eos = set(target.eos_token_ids)
-    sequences, data = {}, {}
-    for split, prompts, split_options in splits:
-        where = data_folder(work_dir, target.path, split_options, split, source)
-        data[split] = generate_data(target.model, prompts, where, split_options, eos,
-                                    f"target answers ({split})", whole=True)
-        sequences[split] = chat_sequences(shard_order(prompts, split_options), data[split])
+    splits = distillation_contexts(target, None, None, data_options, heldout_options,
+                                   self_written, work_dir)
+    parts = split_datasets(target.model, splits, work_dir, target.path,
+                           set(target.eos_token_ids), whole=True, log=log)
+    source = " + ".join(source for split, _, _, source in splits if split == "train")
+    sequences, data = split_sequences(parts)
+    for split in sequences:
         log(f"{split}: {len(sequences[split])} answers, "
-            f"{sum(s['count'] for s in sequences[split]):,} scored positions ({where})")
+            f"{sum(s['count'] for s in sequences[split]):,} scored positions")
     data_seconds = time.perf_counter() - started
 
     config = model_config(preset, target.config["vocab_size"],

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import MlxSpecError
 
-from .distill_data import DataOptions, data_folder, distillation_contexts, generate_data
+from .distill_data import DataOptions, concatenated, distillation_contexts, split_datasets
 from .lm import Checkpoint, TrainOptions, count_parameters, learning_rate_schedule
 
 
@@ -304,10 +304,11 @@ class DistillPaths:
 
 def distill(target_path: str | None, text: Path | None, cased: Path | None, paths: DistillPaths,
             data_options: DataOptions, heldout_options: DataOptions, head_options: HeadOptions,
-            train_options: TrainOptions, eval_beams=EVAL_BEAMS,
+            train_options: TrainOptions, eval_beams=EVAL_BEAMS, self_written: int = 0,
             log=print) -> dict:
     """Train a head on the target's continuations of `text`'s stories, or (text=None) on its
-    answers to the generated chat requests of train/instructions.py."""
+    answers to the chat requests of train/instructions.py (the templates' and, self_written > 0,
+    that many written by the target itself)."""
     import mlx.core as mx
 
     from .. import load
@@ -319,17 +320,13 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     started = time.perf_counter()
     target = load(target_path)
     eos = set(target.eos_token_ids)
-    splits, source = distillation_contexts(target, text, cased, data_options, heldout_options)
-    datasets, folder = {}, None
-    for split, contexts, options in splits:
-        where = data_folder(paths.work_dir, target.path, options, split, source)
-        folder = folder or where  # the training data's folder names the training run
-        t0 = time.perf_counter()
-        datasets[split] = generate_data(target.model, contexts, where, options, eos,
-                                        f"target continuations ({split})", whole=text is None)
-        n = int(datasets[split]["lengths"].sum())
-        log(f"{split}: {len(datasets[split]['tokens'])} sequences, {n:,} target tokens in "
-            f"{where} ({time.perf_counter() - t0:.0f} s)")
+    splits = distillation_contexts(target, text, cased, data_options, heldout_options,
+                                   self_written, paths.work_dir)
+    parts = split_datasets(target.model, splits, paths.work_dir, target.path, eos,
+                           whole=text is None, log=log)
+    datasets = {split: concatenated(part) for split, part in parts.items()}
+    source = " + ".join(source for split, _, _, source in splits if split == "train")
+    run_data = "+".join(where.name for _, _, _, where in parts["train"])  # names the training run
     data_seconds = time.perf_counter() - started
 
     head = build_head(target.model, head_options)
@@ -347,7 +344,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     embed_weight = mx.array(embed.weight).astype(mx.float32)
     log(f"head: {count_parameters(head) / 1e6:.2f}M parameters "
         f"({head.config.to_dict()})")
-    run_key = json.dumps([folder.name, asdict(head_options), asdict(train_options)], default=list)
+    run_key = json.dumps([run_data, asdict(head_options), asdict(train_options)], default=list)
     checkpoint_dir = paths.work_dir / f"head-{hashlib.sha1(run_key.encode()).hexdigest()[:12]}.ckpt"
     output = target_output(target.model)
     progress = train_head(head, embed_weight, datasets["train"], head_options, train_options,

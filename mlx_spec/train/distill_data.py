@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -179,16 +179,21 @@ def load_shards(folder: Path, count: int) -> dict:
     return {name: np.concatenate([p[name] for p in parts]) for name in names}
 
 
-def distillation_contexts(target, text, cased, train: DataOptions, heldout: DataOptions):
-    """[(split, token lists, options)] and a name of the source for the data folders' keys."""
+def distillation_contexts(target, text, cased, train: DataOptions, heldout: DataOptions,
+                          self_written: int = 0, work_dir: Path | None = None):
+    """[(split, token lists, options, source)]: what the target continues, split by split (a split
+    may come in several parts), each part with the name of its source for its data folder's key.
+    From `text`: story beginnings. Else chat requests in the target's chat template: the
+    templates' requests, and (self_written > 0) that many more written by the target itself,
+    cached in work_dir."""
     from .corpus import load_corpus
-    from .instructions import instruction_prompts
+    from .instructions import instruction_prompts, self_written_requests
 
     if text is not None:
         corpus = load_corpus(text, cased)
         source = f"{Path(text).name}:{Path(text).stat().st_size}"
-        return [("train", story_token_lists(target.tokenizer, corpus.train), train),
-                ("heldout", story_token_lists(target.tokenizer, corpus.heldout), heldout)], source
+        return [("train", story_token_lists(target.tokenizer, corpus.train), train, source),
+                ("heldout", story_token_lists(target.tokenizer, corpus.heldout), heldout, source)]
     if not getattr(target.tokenizer, "chat_template", None):
         raise MlxSpecError("distilling on chat requests needs a target with a chat template; "
                            "pass --text for a plain language model")
@@ -204,6 +209,39 @@ def distillation_contexts(target, text, cased, train: DataOptions, heldout: Data
 
     # the batches (sorted by length) and the held-out requests (those not trained on) depend on
     # how many training requests there are, so the count names the source of both splits
-    return [("train", wrap(requests), train),
-            ("heldout", wrap(others[:heldout.contexts]), heldout)], \
-        f"instructions-v1:{train.contexts}"
+    source = f"instructions-v1:{train.contexts}"
+    splits = [("train", wrap(requests), train, source),
+              ("heldout", wrap(others[:heldout.contexts]), heldout, source)]
+    if self_written:
+        key = json.dumps({"target": weights_fingerprint(target.path), "seed": train.seed,
+                          "batch": train.batch}, sort_keys=True)
+        folder = Path(work_dir) / f"requests-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+        written = self_written_requests(target.model, target.tokenizer, self_written, folder,
+                                        set(target.eos_token_ids), seed=train.seed,
+                                        batch=train.batch)
+        splits.append(("train", wrap(written), replace(train, contexts=self_written),
+                       f"self-written-v1:{self_written}"))
+    return splits
+
+
+def split_datasets(model, splits, work_dir: Path, model_path: str, eos: set, whole: bool,
+                   log=print) -> dict:
+    """{split: [(contexts, options, data, folder)]}: every part's data made (or reused)."""
+    import time
+
+    parts = {}
+    for split, contexts, options, source in splits:
+        where = data_folder(work_dir, model_path, options, split, source)
+        t0 = time.perf_counter()
+        data = generate_data(model, contexts, where, options, eos,
+                             f"target continuations ({split}, {source})", whole=whole)
+        log(f"{split}: {len(data['tokens'])} sequences, {int(data['lengths'].sum()):,} target "
+            f"tokens in {where} ({time.perf_counter() - t0:.0f} s)")
+        parts.setdefault(split, []).append((contexts, options, data, where))
+    return parts
+
+
+def concatenated(parts: list) -> dict:
+    """One split's parts as one dataset (rows in part order)."""
+    return {name: np.concatenate([data[name] for _, _, data, _ in parts])
+            for name in ("tokens", "hidden", "lengths")}

@@ -1,14 +1,27 @@
-"""A varied instruction set made from templates and topics, for distilling drafters of chat models.
+"""Requests for distilling drafters of chat models: made from templates and topics, or written by
+the target itself.
 
-The target writes the answers (distill_data.py), so only the requests are made here: chat,
-explanation, coding, math, rewriting, summarising a given passage, extraction and translation-like
-transforms. Everything is written for this project and generated deterministically from a seed;
-the bench's chat prompts (mlx_spec/bench/chat_prompts.jsonl) are written separately, on other
-topics, so they stay held out.
+The target writes the answers (distill_data.py), so only the requests are made here. Two sources:
+- `instruction_prompts`: templates and topics (chat, explanation, coding, math, rewriting,
+  summarising a given passage, extraction and translation-like transforms), written for this
+  project and generated deterministically from a seed. A few dozen templates are a narrow
+  distribution: drafters trained only on them agree with the target far less on requests
+  written differently.
+- `self_written_requests`: the target's own user turns (Magpie, Xu et al. 2024): given its chat
+  template up to where a user message begins, an instruction-tuned model writes requests like those
+  it was tuned on, as varied as its tuning data. Sampled at temperature 1 with nucleus 0.95.
+The bench's chat prompts (mlx_spec/bench/chat_prompts.jsonl) are written separately, so they stay
+held out.
 """
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MlxSpecError
 
 TOPICS = [
     "volcanoes", "the water cycle", "photosynthesis", "black holes", "the immune system",
@@ -191,3 +204,86 @@ def instruction_prompts(count: int, seed: int = 0) -> list[dict]:
             seen.add(text)
             prompts.append({"category": category, "prompt": text})
     return prompts
+
+
+MARKER = "\u2063REQUEST\u2063"  # stands for the request while the chat template is cut in two
+
+
+def _user_turn(tokenizer) -> tuple[str, str]:
+    """(text before a user message, text that ends it) in the target's chat template."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": MARKER}],
+                                         add_generation_prompt=False, tokenize=False)
+    before, after = text.split(MARKER, 1)
+    return before, (after.strip().splitlines() or [""])[0]
+
+
+def _write_batch(model, tokenizer, prefix: list[int], end: str, eos: set, rows: int,
+                 max_tokens: int, temperature: float, top_p: float, seed: int) -> list:
+    """One batch of user turns sampled after `prefix` (one shared prompt, so no padding); None
+    for a turn that did not end within max_tokens."""
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+    from mlx_lm.sample_utils import make_sampler
+
+    mx.random.seed(seed)
+    sample = make_sampler(temperature, top_p=top_p)
+    cache = make_prompt_cache(model)
+    logits = model(mx.array([prefix] * rows), cache=cache)[:, -1]
+    written, done = [], np.zeros(rows, dtype=bool)
+    for _ in range(max_tokens):
+        token = sample(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        written.append(np.array(token))
+        done |= np.isin(written[-1], list(eos))
+        if done.all():
+            break
+        logits = model(token[:, None], cache=cache)[:, -1]
+    turns = []
+    for row in np.stack(written, axis=1):
+        stops = np.flatnonzero(np.isin(row, list(eos)))
+        text = tokenizer.decode([int(t) for t in row[:stops[0] if len(stops) else len(row)]])
+        if end and end in text:  # a template whose turns do not end with an EOS token
+            text, stops = text.split(end, 1)[0], [0]
+        turns.append(text.strip() if len(stops) else None)
+    return turns
+
+
+def self_written_requests(model, tokenizer, count: int, folder: Path, eos: set, seed: int = 0,
+                          batch: int = 48, max_tokens: int = 64, temperature: float = 1.0,
+                          top_p: float = 0.95, progress: str = "requests written by the target"
+                          ) -> list[dict]:
+    """`count` distinct requests ({"category": "self-written", "prompt"}) the target writes as
+    user turns. Batches are stored in `folder` as they are written (an interrupted run resumes),
+    and batch i is drawn from seed (seed, i) alone, so the result is deterministic. Turns that do
+    not end within max_tokens, are shorter than 12 characters or carry chat markup are dropped."""
+    from .progress import TrainingProgress
+
+    before, end = _user_turn(tokenizer)
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)  # mlx-lm's TokenizerWrapper holds the HF one
+    markup = {m for m in [*getattr(hf, "all_special_tokens", []), end, MARKER] if m}
+    prefix = list(tokenizer.encode(before, add_special_tokens=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    requests, seen, i = [], set(), 0
+    planned = -(-count * 5 // 4 // batch)  # about a fifth are dropped or repeated
+    with TrainingProgress(progress, planned) as bar:
+        while len(requests) < count:
+            if i >= 8 * planned:
+                raise MlxSpecError(f"the target wrote only {len(requests)} usable requests of "
+                                   f"{count} in {i} batches")
+            stored = folder / f"requests-{i:05d}.json"
+            if stored.exists():
+                turns = json.loads(stored.read_text())
+            else:
+                turns = _write_batch(model, tokenizer, prefix, end, eos, batch, max_tokens,
+                                     temperature, top_p, seed * 100003 + i)
+                tmp = stored.with_name(stored.stem + ".tmp")
+                tmp.write_text(json.dumps(turns))
+                tmp.rename(stored)
+            for text in turns:
+                if (text and len(text) >= 12 and text not in seen and len(requests) < count
+                        and not any(m in text for m in markup)):
+                    seen.add(text)
+                    requests.append({"category": "self-written", "prompt": text})
+            i += 1
+            if i <= planned:
+                bar.update(i, requests=len(requests))
+    return requests
