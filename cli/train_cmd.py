@@ -67,13 +67,14 @@ def register(app: typer.Typer) -> None:
         if instructions:
             from mlx_spec.train.chat_draft import distill_chat_draft
 
-            if teacher is None or text is not None or init is not None:
+            if teacher is None or text is not None:
                 raise MlxSpecError("--instructions trains a draft of --teacher on its answers: "
-                                   "give --teacher, and no --text or --init")
+                                   "give --teacher, and no --text")
             data, heldout = data_options(contexts, heldout_contexts, continuation, gen_batch,
                                          temp, seed)
             distill_chat_draft(str(teacher), out, work_dir.expanduser(), preset, data, heldout,
-                               options, checkpoint_dir, self_written=self_written, log=typer.echo)
+                               options, checkpoint_dir, self_written=self_written, init_dir=init,
+                               log=typer.echo)
             return
         if self_written:
             raise MlxSpecError("--self-written adds chat requests: it goes with --instructions")

@@ -30,7 +30,8 @@ import numpy as np
 from .distill import target_output
 from .distill_data import (DataOptions, concatenated, distillation_contexts, shard_order,
                            split_datasets)
-from .lm import Checkpoint, TrainOptions, adamw, count_parameters, model_config, write_model_folder
+from .lm import (Checkpoint, TrainOptions, adamw, count_parameters, load_weights_from, model_config,
+                 write_model_folder)
 
 CHAINS = (2, 3, 4, 5, 6)  # draft lengths whose greedy tokens per call are reported
 
@@ -183,7 +184,8 @@ def evaluate_draft(model, output, sequences: list[dict], hidden: np.ndarray, gre
 def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
                        data_options: DataOptions, heldout_options: DataOptions,
                        options: TrainOptions, checkpoint_dir: Path | None = None,
-                       self_written: int = 0, log=print) -> dict:
+                       self_written: int = 0, init_dir: Path | None = None,
+                       log=print) -> dict:
     """Make (or reuse) the target's answers (to the templates' requests and self_written of its
     own), train a `preset` draft on them, write an mlx-lm folder with a target.json naming the
     target (so `draft` finds it) and a training.json."""
@@ -215,6 +217,8 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
     embedding = np.array(token_embedding(target.model).weight.astype(mx.float32))
     model.model.embed_tokens.weight = mx.array(
         principal_embedding(embedding, config["hidden_size"], options.seed))
+    if init_dir is not None:  # fine-tune a draft of the same preset instead
+        load_weights_from(model, init_dir)
     mx.eval(model.parameters())
     log(f"{preset}: {count_parameters(model) / 1e6:.2f}M parameters")
     output = target_output(target.model)
@@ -230,7 +234,8 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
     report = {
         "target": Path(target.path).name, "source": source, "preset": preset,
         "parameters": count_parameters(model),
-        "init": "tied embedding = the target's on its top principal directions",
+        "init": str(init_dir) if init_dir is not None else
+                "tied embedding = the target's on its top principal directions",
         "loss": "cross-entropy against the target's distribution at answer positions",
         "data": {"train_answers": len(sequences["train"]),
                  "train_positions": sum(s["count"] for s in sequences["train"]),

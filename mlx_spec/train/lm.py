@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import MlxSpecError
+
 # Architectures of the shipped models (mlx-lm's llama). The target is sized so that verifying 8
 # tokens costs well under 2x one token on a 2-core CPU; the draft is ~15x cheaper per token.
 PRESETS: dict[str, dict] = {
@@ -97,8 +99,14 @@ def load_weights_from(model, folder: Path) -> None:
     """Start from an existing mlx-lm folder of the same architecture (fine-tuning)."""
     import mlx.core as mx
 
-    weights = mx.load(str(Path(folder) / "model.safetensors"))
-    model.load_weights([(k, v.astype(mx.float32)) for k, v in weights.items()], strict=True)
+    path = Path(folder) / "model.safetensors"
+    if not path.exists():
+        raise MlxSpecError(f"no model weights to start from: {path} not found")
+    weights = mx.load(str(path))
+    try:
+        model.load_weights([(k, v.astype(mx.float32)) for k, v in weights.items()], strict=True)
+    except ValueError as exc:  # another architecture or size
+        raise MlxSpecError(f"cannot start from {folder}: not this preset's model ({exc})") from None
 
 
 def count_parameters(model) -> int:

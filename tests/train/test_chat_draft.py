@@ -183,6 +183,22 @@ def test_train_command_writes_a_draft_that_decodes_losslessly(chat_dir, tmp_path
     drafted = mlx_spec.generate(target, "once upon a time", method="draft", max_tokens=24,
                                 raw=True, draft_model=str(out))
     assert drafted.token_ids == ar.token_ids
+    # fine-tuning starts from the given draft (a step at a vanishing rate leaves its weights)
+    command = [sys.executable, "-c", "from mlx_spec.cli.app import main; main()", "train",
+               "--instructions", "--teacher", str(chat_dir), "--preset", "draft",
+               "--work-dir", str(tmp_path / "work"), "--contexts", "16", "--heldout-contexts", "8",
+               "--continuation", "12", "--gen-batch", "8", "--steps", "1", "--batch-size", "4",
+               "--learning-rate", "1e-9"]
+    proc = subprocess.run(command + ["--init", str(out), "--out", str(tmp_path / "tuned")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "tuned" / "training.json").read_text())["init"] == str(out)
+    before, after = (mx.load(str(folder / "model.safetensors")) for folder in (out, tmp_path / "tuned"))
+    assert all(np.allclose(np.array(before[k]), np.array(after[k]), atol=1e-3) for k in before)
+    proc = subprocess.run(command + ["--init", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "missing" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
     # bad input: one line and a non-zero exit, nothing written
     proc = subprocess.run(
         [sys.executable, "-c", "from mlx_spec.cli.app import main; main()", "train",
