@@ -6,6 +6,14 @@ distribution q (same temperature / top-k / top-p / min-p as the target) and the 
 acceptance is exact rejection sampling (accept with min(1, p/q)): the accepted rate is
 sum(min(p, q)), above mlx-lm's match rule (sum(p * q)), and the output is distributed as the target.
 
+How many tokens a round drafts (up to num_draft_tokens, down to none: a plain step) is chosen by the
+one draft-length chooser (draft_length.py) from the acceptance it has seen and the cost of a round:
+the target's measured verify cost and the drafter's own time per drafted token, measured as it
+drafts (on SmolLM2-135M a 15M drafter's step is 0.15 of a target step, so four drafts at 30%
+agreement cost more than they win, one still wins). Greedy output does not depend on the drafts, so
+the greedy chooser carries what it learned to the next request; when sampling, the drafts shape
+the output drawn from a seed, so that chooser starts over with each request.
+
 The drafter keeps its own cache (a kv.TokenCache: any layer kind the target supports). After each
 verification it is rewound to the prefix the target accepted, and the next round feeds only the
 tokens it has not seen (the bonus token, plus the last draft when the whole chain was accepted).
@@ -18,6 +26,9 @@ cost more: docs/tuning.md).
 """
 from __future__ import annotations
 
+import statistics
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,7 +44,8 @@ from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
 from .compiled_step import DraftForward, supports_compiled_step
-from .shared import shared
+from .draft_length import DraftChooser, shared_chooser, verify_cost_for
+from .shared import shared, target_cost
 
 
 @dataclass
@@ -97,16 +109,56 @@ def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> Dr
     return loaded[where]
 
 
+class DraftTime:
+    """The drafter's cost per drafted token in one-token target steps: the median over the last
+    rounds of its measured seconds per draft over the target's measured one-token step (only
+    rounds that fed at most a few new tokens: a prompt's prefill is not drafting). `fixed` (a
+    caller's constant), or DEFAULT where there is no measured target, wins."""
+
+    DEFAULT, ROUNDS, FRESH = 0.1, 16, 3
+
+    def __init__(self, step_s: Optional[float], fixed: Optional[float] = None):
+        self.step_s, self.fixed = step_s, fixed
+        self._per_draft_s: deque = deque(maxlen=self.ROUNDS)
+
+    def record(self, seconds: float, drafts: int, fed: int) -> None:
+        if drafts and fed <= self.FRESH:
+            self._per_draft_s.append(seconds / drafts)
+
+    @property
+    def relative(self) -> float:
+        if self.fixed is not None:
+            return self.fixed
+        if not self._per_draft_s or not self.step_s:
+            return self.DEFAULT
+        return statistics.median(self._per_draft_s) / self.step_s
+
+
 @register("draft")
 class DraftModelDrafter(Drafter):
-    def __init__(self, model, draft_model: Optional[str] = None, num_draft_tokens: int = 4):
+    def __init__(self, model, draft_model: Optional[str] = None, num_draft_tokens: int = 4,
+                 adaptive: bool = True, verify_cost: Optional[float] = None,
+                 verify_overhead: Optional[float] = None, draft_cost: Optional[float] = None):
         if num_draft_tokens < 1:
             raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        if draft_cost is not None and draft_cost < 0:
+            raise ValueError("draft_cost must be >= 0")
         self.num_draft_tokens = num_draft_tokens
         self.draft = load_draft_model(model, draft_model)
         self.forward = DraftForward(self.draft.module, self.draft.compiled_step)
-        self.stop_rule = StopRule()         # static: draft exactly k tokens
+        self.stop_rule = StopRule()         # static: the chooser sizes the rounds
         self._max_drafts = 0                # k of the round being verified, for the stop rule
+        self.choosers = None                # {greedy?: DraftChooser}; None: always k drafts
+        if adaptive:
+            measured = verify_cost is None and verify_overhead is None and model is not None
+            verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.2))
+            self.time = DraftTime(target_cost(model).seconds[0] if measured else None, draft_cost)
+
+            def make():
+                return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify)
+
+            settings = ("draft", self.draft.path, num_draft_tokens, verify_cost, verify_overhead)
+            self.choosers = {True: shared_chooser(model, settings, make), False: make()}
 
     # -- drafter cache -----------------------------------------------------------------------------
     @property
@@ -143,11 +195,26 @@ class DraftModelDrafter(Drafter):
         """The stop rule of this round (static here; adaedl keeps one per sampling regime)."""
         return self.stop_rule
 
+    def begin(self, prompt_tokens: list[int]) -> None:
+        if self.choosers is not None:  # a seed gives the same sampled text on every request
+            self.choosers[False].reset()
+
+    def _chooser(self, ctx: StepContext) -> Optional[DraftChooser]:
+        if self.choosers is None:
+            return None
+        chooser = self.choosers[ctx.sampling.greedy]
+        chooser.draft_cost = self.time.relative
+        return chooser
+
     def propose(self, ctx: StepContext) -> Tree:
-        k = min(self.num_draft_tokens, ctx.max_drafts)
+        chooser = self._chooser(ctx)
+        k = min(self.num_draft_tokens, ctx.max_drafts,
+                chooser.choose() if chooser is not None else self.num_draft_tokens)
         self._max_drafts = k
         if k <= 0:
             return Tree.from_chain(ctx.tokens[-1], [])
+        started = time.perf_counter()
+        fed = len(ctx.tokens) - common_prefix(self.cached_tokens, ctx.tokens)
         logits = self._feed_unseen(ctx.tokens)
         sampling: SamplingParams = ctx.sampling
         keys = mx.random.split(ctx.key, k) if not sampling.greedy else [None] * k
@@ -173,6 +240,8 @@ class DraftModelDrafter(Drafter):
             if not sampling.greedy:
                 probs.append(mx.exp(logprobs))
         chain = mx.concatenate(drafted).tolist()
+        if self.choosers is not None:
+            self.time.record(time.perf_counter() - started, len(chain), fed)
         # every draft but the k-th was fed back (a rule stops only after feeding the last it kept)
         self.forward.kv.name_tokens(chain[:min(len(chain), k - 1)])
         draft_probs = None
@@ -183,3 +252,7 @@ class DraftModelDrafter(Drafter):
     def observe(self, ctx, tree, acceptance, out) -> None:
         self._trim_to(ctx.tokens)
         self.stop_rule.observe(acceptance.accepted_drafts, len(tree) - 1, self._max_drafts)
+        chooser = self._chooser(ctx)
+        if chooser is not None and ctx.max_drafts > 0:  # a plain round (offered 0) lets the
+            # depths drift back towards their prior, so drafting is probed again
+            chooser.record(acceptance.accepted_drafts, len(tree) - 1)

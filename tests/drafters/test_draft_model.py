@@ -43,14 +43,37 @@ def test_greedy_matches_mlx_lm_with_a_different_random_drafter(random_models, ra
 def test_drafter_identical_to_target_is_accepted_and_equals_mlx_lm(random_models, random_model_dirs, arch):
     model = random_models[arch]
     expected = mlx_lm_greedy(model, PROMPTS[0], 60)
-    # backoff=False: the call count is the point (drafting with the target itself measures slower
-    # than plain decoding, which the back-off would act on)
+    # backoff=False, adaptive=False: the call count is the point (drafting with the target itself
+    # measures slower than plain decoding, which the back-off and the chooser would act on)
     result = mlx_spec.generate(model, PROMPTS[0], method="draft", max_tokens=60, raw=True,
                                draft_model=str(random_model_dirs[arch]), num_draft_tokens=4,
-                               backoff=False)
+                               backoff=False, adaptive=False)
     assert result.token_ids == expected
     assert result.stats.acceptance_rate >= 0.95
     assert result.stats.target_calls <= len(expected) // 5 + 2  # ~5 tokens per call
+
+
+def test_draft_length_follows_acceptance_and_cost(random_models, random_model_dirs):
+    model = random_models["llama"]
+    expected = mlx_lm_greedy(model, PROMPTS[0], 60)
+    # the target as its own drafter, drafting for free: every round drafts all it may
+    same = mlx_spec.generate(model, PROMPTS[0], method="draft", max_tokens=60, raw=True,
+                             draft_model=str(random_model_dirs["llama"]), num_draft_tokens=4,
+                             draft_cost=0.0, backoff=False)
+    assert same.token_ids == expected
+    assert same.stats.target_calls <= len(expected) // 5 + 2
+    # a drafter that does not agree, drafting at half a target step a token: plain steps
+    other = mlx_spec.generate(model, PROMPTS[0], method="draft", max_tokens=60, raw=True,
+                              draft_model=str(random_model_dirs["qwen3"]), num_draft_tokens=4,
+                              draft_cost=0.5, backoff=False)
+    assert other.token_ids == expected
+    drafting = [nodes > 1 for nodes, _ in other.stats.verified_per_call]
+    assert not all(drafting[:8]) and sum(drafting) <= len(drafting) // 4  # probes now and then
+    # when sampling, the chooser starts over with each request: a seed gives the same text
+    runs = [mlx_spec.generate(model, PROMPTS[1], method="draft", max_tokens=30, raw=True,
+                              draft_model=str(random_model_dirs["qwen3"]), temperature=1.0,
+                              seed=5, draft_cost=0.5).token_ids for _ in range(2)]
+    assert runs[0] == runs[1]
 
 
 def test_mlx_lm_baseline_greedy_equals_ours(random_models, near_copy_dirs):
@@ -70,8 +93,9 @@ def _fresh_cache(module, tokens):
 
 
 # adaedl with a low lambda (and gamma, for these random drafters' broad distributions) stops in
-# some rounds and not others: a stopped round has fed its last draft, a full one has not
-METHODS = [("draft", {}), ("adaedl", dict(lam=0.05, epsilon=0.0, gamma=0.02))]
+# some rounds and not others: a stopped round has fed its last draft, a full one has not. draft's
+# chooser is told drafting is free (this drafter is as large as the target) so that it drafts.
+METHODS = [("draft", dict(draft_cost=0.0)), ("adaedl", dict(lam=0.05, epsilon=0.0, gamma=0.02))]
 
 
 @pytest.mark.parametrize("method,options", METHODS)
@@ -87,7 +111,10 @@ def test_drafter_cache_equals_a_fresh_prefill_after_partial_acceptance(random_mo
     def observe_and_check(ctx, tree, acceptance, out):
         observe(ctx, tree, acceptance, out)
         cached = drafter.cached_tokens
-        assert cached == ctx.tokens[:len(cached)] and len(cached) >= len(ctx.tokens) - 2
+        assert cached == ctx.tokens[:len(cached)]
+        # (a plain round, chosen by draft's chooser, feeds nothing: the next drafting round
+        # catches up)
+        assert len(cached) >= len(ctx.tokens) - 2 or len(tree) == 1
         assert all(c.offset == len(cached) for c in drafter.forward.cache)
         fresh = _fresh_cache(drafter.draft.module, cached)
         for mine, ref in zip(drafter.forward.cache, fresh):
@@ -171,7 +198,7 @@ def test_drafter_catches_up_after_a_back_off(random_models, near_copy_dirs):
 
     model = random_models["llama3-scaled"]
     decoder = mlx_spec.make_decoder(model, "draft", draft_model=str(near_copy_dirs["llama3-scaled"]),
-                                    num_draft_tokens=4, backoff=False)
+                                    num_draft_tokens=4, backoff=False, draft_cost=0.0)
     decoder.backoff = BackOff()
     decoder.backoff.plain_left = 12  # start with 12 plain steps, then draft again
     prompt = mlx_spec.api.encode_prompt(model, PROMPTS[0], raw=True)
