@@ -69,6 +69,8 @@ def _drafter_options(name: str, block: int, draft_model, options: dict) -> dict:
     factory_params = inspect.signature(drafters._REGISTRY[name]).parameters
     if "num_draft_tokens" in factory_params:
         options.setdefault("num_draft_tokens", block)
+        if "adaptive" in factory_params:  # DSI speculates whole blocks: a draft model drafts
+            options.setdefault("adaptive", False)  # all of them, whatever its verify costs
     if draft_model is not None:
         options["draft_model"] = draft_model
     return options

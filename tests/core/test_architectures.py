@@ -112,7 +112,8 @@ def test_sync_far_back_after_the_window_dropped_keys(matrix_models, name):
 def test_every_method_equals_mlx_lm_greedy(matrix_models, twin_dirs, name):
     model = matrix_models[name]
     methods = [("ar", {}), ("pld", {}), ("lookahead", {}),
-               ("draft", {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3})]
+               ("draft", {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3,
+                          "draft_cost": 0.0})]  # (the twin costs what the target does)
     hits = {}
     for prompt in PROMPTS:
         expected = mlx_lm_greedy(model, prompt, MAX_TOKENS)
@@ -177,7 +178,8 @@ def test_sampled_output_has_target_distribution(matrix_models, twin_dirs, name, 
     params = SamplingParams(temperature=1.0, top_k=3)
     # drafting always on (no back-off, a fixed budget): the rollbacks of rejected drafts are tested
     options = {"lookahead": {"adaptive": False},
-               "draft": {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3}}[method]
+               "draft": {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3,
+                         "adaptive": False}}[method]
     options["backoff"] = False
     decoder = mlx_spec.make_decoder(model, method, **options)
     seen, observe = {"drafted": 0, "accepted": 0}, decoder.drafter.observe

@@ -86,7 +86,7 @@ def sharp_dir(target_dir, tmp_path_factory):
 def dsi_decoder(target_dir, drafter_dir, workers=2, block=1):
     model = mlx_spec.load(str(target_dir))
     drafter = drafters.create("draft", model, draft_model=str(drafter_dir),
-                              num_draft_tokens=block)
+                              num_draft_tokens=block, adaptive=False)  # as DSI makes it
     orchestrator = Orchestrator(InProcessPool(target_dir, workers), drafter, block=block)
     return DsiDecoder(orchestrator), orchestrator
 
