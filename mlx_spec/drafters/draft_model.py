@@ -9,7 +9,7 @@ sum(min(p, q)), above mlx-lm's match rule (sum(p * q)), and the output is distri
 How many tokens a round drafts (up to num_draft_tokens, down to none: a plain step) is chosen by the
 one draft-length chooser (draft_length.py) from the acceptance it has seen and the cost of a round:
 the target's measured verify cost and the drafter's own time per drafted token, measured as it
-drafts (on SmolLM2-135M a 15M drafter's step is 0.15 of a target step, so four drafts at 30%
+drafts (on SmolLM2-135M a 15M drafter's draft is ~0.14 of a target step, so four drafts at 30%
 agreement cost more than they win, one still wins). Greedy output does not depend on the drafts, so
 the greedy chooser carries what it learned to the next request; when sampling, the drafts shape
 the output drawn from a seed, so that chooser starts over with each request.
