@@ -29,7 +29,7 @@ import numpy as np
 
 from .distill import target_output
 from .distill_data import (DataOptions, concatenated, distillation_contexts, shard_order,
-                           split_datasets)
+                           split_datasets, training_source)
 from .lm import (Checkpoint, TrainOptions, adamw, count_parameters, load_weights_from, model_config,
                  write_model_folder)
 
@@ -202,7 +202,7 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
                                    self_written, work_dir)
     parts = split_datasets(target.model, splits, work_dir, target.path,
                            set(target.eos_token_ids), whole=True, log=log)
-    source = " + ".join(source for split, _, _, source in splits if split == "train")
+    source = training_source(splits)
     sequences, data = split_sequences(parts)
     for split in sequences:
         log(f"{split}: {len(sequences[split])} answers, "

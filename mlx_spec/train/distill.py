@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import MlxSpecError
 
-from .distill_data import DataOptions, concatenated, distillation_contexts, split_datasets
+from .distill_data import (DataOptions, concatenated, distillation_contexts, split_datasets,
+                           training_source)
 from .lm import Checkpoint, TrainOptions, count_parameters, learning_rate_schedule
 
 
@@ -325,7 +326,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     parts = split_datasets(target.model, splits, paths.work_dir, target.path, eos,
                            whole=text is None, log=log)
     datasets = {split: concatenated(part) for split, part in parts.items()}
-    source = " + ".join(source for split, _, _, source in splits if split == "train")
+    source = training_source(splits)
     run_data = "+".join(where.name for _, _, _, where in parts["train"])  # names the training run
     data_seconds = time.perf_counter() - started
 

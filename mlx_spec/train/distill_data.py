@@ -241,6 +241,11 @@ def split_datasets(model, splits, work_dir: Path, model_path: str, eos: set, who
     return parts
 
 
+def training_source(splits) -> str:
+    """The training parts' sources, named together (for reports)."""
+    return " + ".join(source for split, _, _, source in splits if split == "train")
+
+
 def concatenated(parts: list) -> dict:
     """One split's parts as one dataset (rows in part order)."""
     return {name: np.concatenate([data[name] for _, _, data, _ in parts])

@@ -241,9 +241,10 @@ def _write_batch(model, tokenizer, prefix: list[int], end: str, eos: set, rows: 
     for row in np.stack(written, axis=1):
         stops = np.flatnonzero(np.isin(row, list(eos)))
         text = tokenizer.decode([int(t) for t in row[:stops[0] if len(stops) else len(row)]])
+        ended = len(stops) > 0
         if end and end in text:  # a template whose turns do not end with an EOS token
-            text, stops = text.split(end, 1)[0], [0]
-        turns.append(text.strip() if len(stops) else None)
+            text, ended = text.split(end, 1)[0], True
+        turns.append(text.strip() if ended else None)
     return turns
 
 
