@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         self_written: SelfWrittenOption = 0,
         preset: Optional[str] = typer.Option(None, help="Architecture: target, draft or chat-draft (default: target; chat-draft with --instructions)."),
         cased: Optional[Path] = typer.Option(None, help="Original-case prefix of TEXT, to recase the rest."),
-        steps: int = typer.Option(600, min=1),
+        steps: int = typer.Option(600, min=0, help="Training steps (0 with --instructions --init: score and write the draft again, e.g. with --draft-vocab)."),
         batch_size: int = typer.Option(4, min=1),
         seq_len: int = typer.Option(512, min=8),
         learning_rate: float = typer.Option(2e-3),
@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         continuation: ContinuationOption = 96,
         gen_batch: GenBatchOption = 48,
         temp: DataTempOption = [0.0, 0.7],
+        draft_vocab: int = typer.Option(0, "--draft-vocab", min=0, help="With --instructions: the draft proposes only the K answer tokens most frequent in its training data (0: every token; with --init, the init folder's vocabulary is kept). On a large vocabulary most of a small draft's step is the vocabulary projection."),
     ):
         """Train a causal LM (llama architecture) on a text file, or (--instructions --teacher
         TARGET) distill a draft model of a chat target on its own answers; resumable."""
@@ -62,6 +63,8 @@ def register(app: typer.Typer) -> None:
         preset = preset or ("chat-draft" if instructions else "target")
         if preset not in PRESETS:
             raise MlxSpecError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        if steps == 0 and not (instructions and init is not None):
+            raise MlxSpecError("--steps 0 only re-scores a draft: it needs --instructions and --init")
         options = TrainOptions(steps=steps, batch_size=batch_size, seq_len=seq_len,
                                learning_rate=learning_rate, seed=seed)
         if instructions:
@@ -74,10 +77,10 @@ def register(app: typer.Typer) -> None:
                                          temp, seed)
             distill_chat_draft(str(teacher), out, work_dir.expanduser(), preset, data, heldout,
                                options, checkpoint_dir, self_written=self_written, init_dir=init,
-                               log=typer.echo)
+                               vocab_size=draft_vocab, log=typer.echo)
             return
-        if self_written:
-            raise MlxSpecError("--self-written adds chat requests: it goes with --instructions")
+        if self_written or draft_vocab:
+            raise MlxSpecError("--self-written and --draft-vocab go with --instructions")
         from mlx_spec.train.corpus import load_corpus
         from mlx_spec.train.lm import train_causal_lm
 

@@ -19,10 +19,11 @@ import numpy as np
 import mlx_spec
 from mlx_spec.bench import load_prompts
 from mlx_spec.drafters.redrafter import load_drafter
-from mlx_spec.drafters.redrafter.target_io import token_embedding
+from mlx_spec.drafters.model_parts import token_embedding
 from mlx_spec.loading import load_mlx_lm
 from mlx_spec.train.chat_draft import chat_sequences, evaluate_draft
-from mlx_spec.train.distill import heldout_accuracy, simulated_acceptance, target_output
+from mlx_spec.drafters.model_parts import output_projection
+from mlx_spec.train.distill import heldout_accuracy, simulated_acceptance
 from mlx_spec.train.distill_data import DataOptions, continue_batch
 
 BEAMS = ((1, 7), (2, 7), (4, 6))
@@ -55,7 +56,7 @@ def main() -> None:
         beams = {f"{w}x{n}": round(simulated_acceptance(head, embed, data, w, n, positions=1024), 3)
                  for w, n in BEAMS}
         print(f"head {folder}: top-1 per step {top1}, tokens per call {beams}")
-    output, sequences = target_output(target.model), chat_sequences(requests, data)
+    output, sequences = output_projection(target.model), chat_sequences(requests, data)
     for folder in args.draft:
         model = load_mlx_lm(folder)[0]
         model.set_dtype(mx.float32)

@@ -21,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from ..kv import UNKNOWN, TokenCache
+from .model_parts import decoder_stack
 
 CAPACITY_STEP = 256  # buffers grow in these steps: each new capacity traces the step once more
 COMPILED_FEED = 2    # feeds of up to this many tokens run compiled (a draft round feeds 1, or 2
@@ -95,11 +96,14 @@ class DraftForward:
 
     Short feeds (drafting) run the compiled step when `compiled` is true; prompts run the model
     directly over the same buffers. Any other drafter uses kv.py's layer caches (sliding windows,
-    recurrent state: every kind the target supports)."""
+    recurrent state: every kind the target supports). With `columns` ([D, K]: a drafting
+    vocabulary's columns of the vocabulary projection, draft_model.vocabulary_columns) the logits
+    are those K, projected from the last position's hidden state alone."""
 
-    def __init__(self, module, compiled: bool):
+    def __init__(self, module, compiled: bool, columns: Optional[mx.array] = None):
         self.module = module
         self.compiled = compiled
+        self.columns = columns
         if compiled:
             def slots():
                 return [SlotKVCache() for _ in module.layers]
@@ -123,8 +127,13 @@ class DraftForward:
     def _short_feed(self, ids, offset, *buffers):
         for i, c in enumerate(self._scratch):
             c.keys, c.values, c.offset = buffers[2 * i], buffers[2 * i + 1], offset
-        logits = self.module(ids[None], cache=self._scratch)[0, -1]
+        logits = self._last_logits(ids, self._scratch)
         return (logits, *[b for c in self._scratch for b in (c.keys, c.values)])
+
+    def _last_logits(self, ids: mx.array, cache) -> mx.array:
+        if self.columns is None:
+            return self.module(ids[None], cache=cache)[0, -1]
+        return decoder_stack(self.module)(ids[None], cache=cache)[0, -1] @ self.columns
 
     def __call__(self, ids) -> mx.array:
         """ids: token ids after the cache (a list, or a lazy [n] array whose ids are named later
@@ -137,7 +146,7 @@ class DraftForward:
         n = ids.shape[0]
         cache = self.kv.layers
         if not self.compiled or n > COMPILED_FEED or cache[0].keys is None:
-            return self.module(ids[None], cache=cache)[0, -1]
+            return self._last_logits(ids, cache)
         offset = cache[0].offset
         for c in cache:
             c.reserve(offset + n, c.keys, c.values)

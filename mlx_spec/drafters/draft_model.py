@@ -14,6 +14,11 @@ agreement cost more than they win, one still wins). Greedy output does not depen
 the greedy chooser carries what it learned to the next request; when sampling, the drafts shape
 the output drawn from a seed, so that chooser starts over with each request.
 
+A draft model's folder may carry a drafting vocabulary (draft_vocab.py): it then drafts only those
+tokens, projecting its last hidden state onto their columns of its vocabulary projection (the
+shipped SmolLM2 draft: 8,192 of 49,152 tokens; `draft_vocab=false` drafts from all of them). Used
+only where that product reproduces the drafter's own logits (checked once at load).
+
 The drafter keeps its own cache (a kv.TokenCache: any layer kind the target supports). After each
 verification it is rewound to the prefix the target accepted, and the next round feeds only the
 tokens it has not seen (the bonus token, plus the last draft when the whole chain was accepted).
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from .. import loading
@@ -41,9 +47,10 @@ from ..kv import PREFILL_CHUNK, TokenCache, common_prefix
 from ..sampling import SamplingParams, log_probs
 from .stopping import StopRule
 from ..tree import Tree
-from . import register
+from . import draft_vocab, register
 from .base import Drafter, StepContext
 from .compiled_step import DraftForward, supports_compiled_step
+from .model_parts import decoder_stack, token_embedding
 from .draft_length import DraftChooser, shared_chooser, verify_cost_for
 from .shared import shared, target_cost
 
@@ -56,6 +63,8 @@ class DraftModel:
     width: int         # the drafter's logits width
     target_width: int  # the target's logits width: drafts are distributions over these ids
     compiled_step: bool = False  # whether its one-token forward runs compiled (compiled_step.py)
+    vocab_ids: Optional[mx.array] = None  # its drafting vocabulary [K], ids below both widths
+    vocab_columns: Optional[mx.array] = None  # [D, K]: those ids' columns of its projection
 
 
 def _logits_width(module) -> int:
@@ -85,6 +94,37 @@ def check_vocabularies(target_tokenizer, draft_tokenizer, target_width: int, dra
                            "same model family")
 
 
+def vocabulary_columns(module, ids: np.ndarray) -> Optional[mx.array]:
+    """[D, K]: the columns of `module`'s vocabulary projection for `ids`, so that its logits of
+    those ids are hidden @ columns; None where its logits are not that product (scaled or
+    soft-capped logits, a projection this does not know), checked on a few positions against its
+    own forward: such a drafter drafts from its whole vocabulary."""
+    try:
+        projection = getattr(module, "lm_head", None)
+        projection = token_embedding(module) if projection is None else projection
+        if "bias" in projection:
+            return None
+        rows = mx.array(ids)
+        weight = projection.weight[rows]
+        if "scales" in projection:  # a quantized projection: those rows dequantized
+            biases = projection.get("biases")
+            weight = mx.dequantize(weight, projection.scales[rows],
+                                   None if biases is None else biases[rows],
+                                   projection.group_size, projection.bits,
+                                   getattr(projection, "mode", "affine"))
+        columns = mx.contiguous(weight.astype(mx.float32).T)
+        probe = mx.array([[(5 * i + 1) % int(ids.max() + 1) for i in range(6)]])
+        expected = module(probe)[0][:, rows]
+        got = decoder_stack(module)(probe)[0] @ columns
+        scale = mx.abs(expected).max() + 1e-6
+        if (mx.abs(got - expected).max() / scale).item() > 1e-3:
+            return None
+    except Exception:  # an architecture laid out otherwise
+        return None
+    mx.eval(columns)
+    return columns
+
+
 DRAFT_ROLE = "draft-model"  # shipped draft models are found by the target they were made for
 
 
@@ -104,8 +144,12 @@ def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> Dr
         TokenCache.for_model(module)  # a layer kind no cache class serves: refused here, clearly
         target_width, draft_width = _logits_width(model.model), _logits_width(module)
         check_vocabularies(model.tokenizer, tokenizer, target_width, draft_width, where)
+        ids, _ = draft_vocab.read(where, draft_width)
+        ids = None if ids is None else ids[ids < target_width]  # the rest are never proposed
+        columns = None if ids is None or not ids.size else vocabulary_columns(module, ids)
         loaded[where] = DraftModel(module, tokenizer, where, draft_width, target_width,
-                                       supports_compiled_step(module, min(draft_width, target_width)))
+                                   supports_compiled_step(module, min(draft_width, target_width)),
+                                   None if columns is None else mx.array(ids), columns)
     return loaded[where]
 
 
@@ -138,14 +182,18 @@ class DraftTime:
 class DraftModelDrafter(Drafter):
     def __init__(self, model, draft_model: Optional[str] = None, num_draft_tokens: int = 4,
                  adaptive: bool = True, verify_cost: Optional[float] = None,
-                 verify_overhead: Optional[float] = None, draft_cost: Optional[float] = None):
+                 verify_overhead: Optional[float] = None, draft_cost: Optional[float] = None,
+                 draft_vocab: bool = True):
         if num_draft_tokens < 1:
             raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
         if draft_cost is not None and draft_cost < 0:
             raise ValueError("draft_cost must be >= 0")
         self.num_draft_tokens = num_draft_tokens
         self.draft = load_draft_model(model, draft_model)
-        self.forward = DraftForward(self.draft.module, self.draft.compiled_step)
+        # draft_vocab=False drafts from the whole vocabulary where the drafter has a drafting one
+        self.vocab = self.draft.vocab_ids if draft_vocab else None
+        self.forward = DraftForward(self.draft.module, self.draft.compiled_step,
+                                    self.draft.vocab_columns if draft_vocab else None)
         self.stop_rule = StopRule()         # static: the chooser sizes the rounds
         self._max_drafts = 0                # k of the round being verified, for the stop rule
         self.choosers = None                # {greedy?: DraftChooser}; None: always k drafts
@@ -157,7 +205,8 @@ class DraftModelDrafter(Drafter):
             def make():
                 return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify)
 
-            settings = ("draft", self.draft.path, num_draft_tokens, verify_cost, verify_overhead)
+            settings = ("draft", self.draft.path, num_draft_tokens, verify_cost, verify_overhead,
+                        draft_vocab)
             self.choosers = {True: shared_chooser(model, settings, make), False: make()}
 
     # -- drafter cache -----------------------------------------------------------------------------
@@ -174,6 +223,8 @@ class DraftModelDrafter(Drafter):
         [target_width]."""
         logits = self.forward(tokens)
         width, target_width = self.draft.width, self.draft.target_width
+        if self.vocab is not None:
+            return draft_vocab.widen(logits, self.vocab, target_width)
         if width > target_width:
             logits = logits[:target_width]
         elif width < target_width:  # ids the drafter lacks get probability 0

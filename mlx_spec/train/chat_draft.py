@@ -13,6 +13,11 @@ The draft's tied embedding starts as the target's projected on its top principal
 (E V_d, from the eigenvectors of E^T E): from step 0 its logits share the target's token geometry,
 which a few hundred steps on a two-core CPU could not learn from scratch.
 
+With a drafting vocabulary (--draft-vocab K: the K answer tokens most frequent in the training
+data, written to the folder as draft_vocab.json; drafters/draft_vocab.py) the draft proposes only
+those tokens. It is trained over the whole vocabulary all the same (restricting its argmax to the K
+changes a guess only where it would have been a rare token) and scored as it drafts.
+
 After training it is scored on the held-out answers: top-1 agreement with the target, the tokens
 per target call a greedy chain of k drafts would give along the target's greedy answers (teacher
 forcing on them is exactly what drafting sees while its guesses are right), and the acceptance
@@ -20,6 +25,7 @@ sum_v min(p, q) of a sampled first draft at temperature 0.7.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .distill import target_output
+from .distill import draft_vocabulary, vocabulary_coverage
 from .distill_data import (DataOptions, concatenated, distillation_contexts, shard_order,
                            split_datasets, training_source)
 from .lm import (Checkpoint, TrainOptions, adamw, count_parameters, load_weights_from, model_config,
@@ -82,8 +88,10 @@ def scored_logits(model, inputs, flat):
     expensive part: 49,152 columns for SmolLM2)."""
     import mlx.core as mx
 
+    from ..drafters.model_parts import output_projection
+
     h = model.model(inputs)
-    return target_output(model)(mx.take(h.reshape(-1, h.shape[-1]), flat, axis=0))
+    return output_projection(model)(mx.take(h.reshape(-1, h.shape[-1]), flat, axis=0))
 
 
 def distribution_loss(model, inputs, flat, target_log_probs):
@@ -120,6 +128,8 @@ def train_draft(model, output, sequences: list[dict], hidden: np.ndarray, option
 
     optimizer = adamw(options)
     progress = {"step": 0, "seconds": 0.0, "losses": [], "agreement": []}
+    if options.steps == 0:  # only scored and written again (a new drafting vocabulary)
+        return progress
     if checkpoint.exists():
         progress = checkpoint.load(model, optimizer)
         log(f"resumed from {checkpoint.folder} at step {progress['step']}")
@@ -150,15 +160,20 @@ def train_draft(model, output, sequences: list[dict], hidden: np.ndarray, option
 
 
 def evaluate_draft(model, output, sequences: list[dict], hidden: np.ndarray, greedy_rows: set,
-                   temperature: float = 0.7, batch: int = 16) -> dict:
-    """Held-out agreement, greedy chain tokens per call, and sampled first-draft acceptance."""
+                   temperature: float = 0.7, batch: int = 16, vocab=None) -> dict:
+    """Held-out agreement, greedy chain tokens per call, and sampled first-draft acceptance (of
+    drafts from the drafting vocabulary `vocab` [K] where there is one)."""
     import mlx.core as mx
+
+    from ..drafters.draft_vocab import widen
 
     agree, accept, runs = [], [], {k: [] for k in CHAINS}
     for i in range(0, len(sequences), batch):
         chunk = sequences[i:i + batch]
         inputs, flat, states = make_batch(chunk, hidden)
         logits = scored_logits(model, mx.array(inputs), mx.array(flat))
+        if vocab is not None:
+            logits = widen(logits[:, vocab], vocab, logits.shape[-1])
         target = output(mx.array(states).astype(mx.float32))
         match = np.array(mx.argmax(logits, axis=-1) == mx.argmax(target, axis=-1))
         q, p = mx.softmax(logits / temperature, axis=-1), mx.softmax(target / temperature, axis=-1)
@@ -185,15 +200,18 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
                        data_options: DataOptions, heldout_options: DataOptions,
                        options: TrainOptions, checkpoint_dir: Path | None = None,
                        self_written: int = 0, init_dir: Path | None = None,
-                       log=print) -> dict:
+                       vocab_size: int = 0, log=print) -> dict:
     """Make (or reuse) the target's answers (to the templates' requests and self_written of its
-    own), train a `preset` draft on them, write an mlx-lm folder with a target.json naming the
-    target (so `draft` finds it) and a training.json."""
+    own), train a `preset` draft on them (options.steps may be 0 with init_dir: the draft is only
+    scored and written again, e.g. with a new drafting vocabulary of `vocab_size` tokens; without
+    one a fine-tuned draft keeps init_dir's), write an mlx-lm folder with a target.json naming
+    the target (so `draft` finds it) and a training.json."""
     import mlx.core as mx
     from mlx_lm.models import llama
 
     from .. import load
-    from ..drafters.redrafter.target_io import token_embedding
+    from ..drafters import draft_vocab
+    from ..drafters.model_parts import output_projection, token_embedding
     from ..loading import write_companion
 
     started = time.perf_counter()
@@ -217,11 +235,21 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
     embedding = np.array(token_embedding(target.model).weight.astype(mx.float32))
     model.model.embed_tokens.weight = mx.array(
         principal_embedding(embedding, config["hidden_size"], options.seed))
+    vocab, vocab_info = None, {}
     if init_dir is not None:  # fine-tune a draft of the same preset instead
         load_weights_from(model, init_dir)
+        vocab, vocab_info = draft_vocab.read(init_dir, config["vocab_size"])
+    if vocab_size:
+        vocab = draft_vocabulary(data["train"], vocab_size)
+        vocab_info = {"size": int(len(vocab)), "source": source,
+                      "train_coverage": round(vocabulary_coverage(data["train"], vocab), 4)}
+    if vocab is not None:
+        vocab_info["heldout_coverage"] = round(vocabulary_coverage(data["heldout"], vocab), 4)
+        log(f"drafting vocabulary: {len(vocab):,} tokens, {vocab_info['heldout_coverage']:.1%} "
+            "of the held-out answer tokens")
     mx.eval(model.parameters())
     log(f"{preset}: {count_parameters(model) / 1e6:.2f}M parameters")
-    output = target_output(target.model)
+    output = output_projection(target.model)
     checkpoint = Checkpoint(checkpoint_dir or out.with_name(out.name + ".ckpt"))
     progress = train_draft(model, output, sequences["train"], data["train"]["hidden"], options,
                            checkpoint, log)
@@ -229,8 +257,10 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
     temps = heldout_options.temperatures
     greedy = {r for r in range(len(sequences["heldout"]))
               if temps[(r // heldout_options.batch) % len(temps)] == 0}
-    heldout = evaluate_draft(model, output, sequences["heldout"], data["heldout"]["hidden"], greedy)
+    heldout = evaluate_draft(model, output, sequences["heldout"], data["heldout"]["hidden"], greedy,
+                             vocab=None if vocab is None else mx.array(vocab))
     log(f"held-out: {heldout}")
+    losses, agreement = progress["losses"][-20:], progress["agreement"][-20:]
     report = {
         "target": Path(target.path).name, "source": source, "preset": preset,
         "parameters": count_parameters(model),
@@ -243,11 +273,15 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
                  "options": asdict(data_options), "seconds": round(data_seconds, 1)},
         "training": {"options": asdict(options), "seconds": round(progress["seconds"], 1),
                      "first_loss": progress["losses"][0] if progress["losses"] else None,
-                     "final_loss": round(float(np.mean(progress["losses"][-20:])), 4),
-                     "final_top1": round(float(np.mean(progress["agreement"][-20:])), 4)},
+                     "final_loss": round(float(np.mean(losses)), 4) if losses else None,
+                     "final_top1": round(float(np.mean(agreement)), 4) if agreement else None},
+        "draft_vocab": vocab_info or None,
         "heldout": heldout,
     }
+    if init_dir is not None and (Path(init_dir) / "training.json").exists():
+        report["init_training"] = json.loads((Path(init_dir) / "training.json").read_text())
     write_model_folder(model, config, Path(target.path), out, report)
+    draft_vocab.write(out, vocab, vocab_info)
     write_companion(out, "draft-model", Path(target.path).name, target.config)
     log(f"wrote {out} in {math.ceil(time.perf_counter() - started)} s")
     return report

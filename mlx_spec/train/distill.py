@@ -47,7 +47,7 @@ def build_head(target_model, options: HeadOptions):
     import mlx.core as mx
 
     from ..drafters.redrafter import DrafterConfig, RecurrentDrafter, load_drafter
-    from ..drafters.redrafter.target_io import token_embedding
+    from ..drafters.model_parts import token_embedding
 
     embed = token_embedding(target_model)
     vocab, hidden = embed.weight.shape
@@ -157,14 +157,6 @@ def _token_counts(data: dict, minlength: int = 0) -> np.ndarray:
     kept = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
     kept[:, 0] = False  # the context's last token is not the target's
     return np.bincount(tokens[kept], minlength=minlength).astype(np.int64)
-
-
-def target_output(target_model):
-    """The target's vocabulary projection (its lm_head, or the tied embedding)."""
-    from ..drafters.redrafter.target_io import token_embedding
-
-    projection = getattr(target_model, "lm_head", None)
-    return projection if projection is not None else token_embedding(target_model).as_linear
 
 
 def pad_tokens(tokens: np.ndarray, steps: int) -> np.ndarray:
@@ -315,7 +307,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     from .. import load
     from ..drafters.redrafter import save_drafter
     from ..drafters.redrafter.method import GREEDY_HEAD_TEMPERATURE, HEAD_ROLE, SAMPLING_HEAD_ROLE
-    from ..drafters.redrafter.target_io import token_embedding
+    from ..drafters.model_parts import output_projection, token_embedding
     from ..loading import write_companion
 
     started = time.perf_counter()
@@ -347,7 +339,7 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
         f"({head.config.to_dict()})")
     run_key = json.dumps([run_data, asdict(head_options), asdict(train_options)], default=list)
     checkpoint_dir = paths.work_dir / f"head-{hashlib.sha1(run_key.encode()).hexdigest()[:12]}.ckpt"
-    output = target_output(target.model)
+    output = output_projection(target.model)
     progress = train_head(head, embed_weight, datasets["train"], head_options, train_options,
                           checkpoint_dir, log, output=output)
 

@@ -107,7 +107,7 @@ def continue_batch(model, contexts: list[list[int]], options: DataOptions, eos: 
     arrays."""
     import mlx.core as mx
 
-    from ..drafters.redrafter.target_io import hidden_and_logits
+    from ..drafters.model_parts import hidden_and_logits
 
     def choose(logits):
         nonlocal key

@@ -3,6 +3,7 @@ rejections, sampled chains are accepted by rejection sampling, incompatible voca
 import json
 
 import mlx.core as mx
+import mlx_lm
 import numpy as np
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
@@ -210,3 +211,83 @@ def test_drafter_catches_up_after_a_back_off(random_models, near_copy_dirs):
     assert stats.plain_calls >= 12 and stats.drafted_tokens > 0
     cached = decoder.drafter.cached_tokens
     assert cached == (list(prompt) + ids)[:len(cached)] and len(cached) > len(prompt) + 12
+
+
+@pytest.fixture(scope="module")
+def vocab_draft(near_copy_dirs, random_models, tmp_path_factory):
+    """The llama near-copy with a drafting vocabulary of the even ids plus the target's greedy
+    text's tokens, and without the drafter's own first guess (so that the vocabulary shows)."""
+    import shutil
+
+    from mlx_spec.drafters import draft_vocab
+
+    folder = tmp_path_factory.mktemp("vocab_draft") / "llama"
+    shutil.copytree(near_copy_dirs["llama"], folder)
+    model = random_models["llama"]
+    prompt = mlx_spec.api.encode_prompt(model, PROMPTS[0], raw=True)
+    module, _ = mlx_lm.load(str(folder))  # not through `draft`: that would keep it loaded
+    first_guess = int(mx.argmax(module(mx.array(prompt)[None])[0, -1]).item())
+    width = module.args.vocab_size
+    ids = set(range(0, width, 2)) | set(mlx_lm_greedy(model, PROMPTS[0], 40))
+    ids.discard(first_guess)
+    draft_vocab.write(folder, np.array(sorted(ids)), {"size": len(ids), "source": "test"})
+    return folder, sorted(ids), first_guess
+
+
+def test_drafting_vocabulary_drafts_only_its_tokens_and_stays_exact(random_models, vocab_draft):
+    """A draft model with draft_vocab.json proposes only those ids (greedy chains, and sampled
+    drafts whose q is 0 elsewhere and sums to 1), its logits of them are its own logits, and the
+    output is still mlx-lm's greedy text; draft_vocab=false drafts from the whole vocabulary."""
+    folder, ids, first_guess = vocab_draft
+    model = random_models["llama"]
+    prompt = list(mlx_spec.api.encode_prompt(model, PROMPTS[0], raw=True))
+    drafter = mlx_spec.drafters.create("draft", model, draft_model=str(folder), adaptive=False)
+    assert drafter.draft.vocab_columns is not None and drafter.vocab.tolist() == ids
+    full = np.array(drafter.draft.module(mx.array(prompt)[None])[0, -1])
+    drafted = np.array(drafter._feed_unseen(prompt))
+    assert np.allclose(drafted[ids], full[ids], atol=1e-4)
+    assert np.isneginf(np.delete(drafted, ids)).all()
+
+    greedy = drafter.propose(StepContext(tokens=prompt, max_drafts=4, sampling=SamplingParams()))
+    assert len(greedy.tokens) == 5 and set(greedy.tokens[1:]) <= set(ids)
+    sampled = drafter.propose(StepContext(tokens=prompt, max_drafts=4,
+                                          sampling=SamplingParams(temperature=1.0),
+                                          key=mx.random.key(3)))
+    q = np.array(sampled.draft_probs[1:])
+    assert set(sampled.tokens[1:]) <= set(ids)
+    assert np.allclose(q.sum(axis=-1), 1.0, atol=1e-4) and not np.delete(q, ids, axis=1).any()
+
+    whole = mlx_spec.drafters.create("draft", model, draft_model=str(folder), adaptive=False,
+                                     draft_vocab=False)
+    assert whole.propose(StepContext(tokens=prompt, max_drafts=1,
+                                     sampling=SamplingParams())).tokens[1] == first_guess
+    expected = mlx_lm_greedy(model, PROMPTS[0], 40)
+    result = mlx_spec.generate(model, PROMPTS[0], method="draft", max_tokens=40, raw=True,
+                               draft_model=str(folder), num_draft_tokens=3, draft_cost=0.0)
+    assert result.token_ids == expected and result.stats.drafted_tokens > 0
+
+
+def test_drafting_vocabulary_columns_only_where_they_reproduce_the_logits(random_models,
+                                                                           near_copy_dirs):
+    """A quantized projection's columns are dequantized; a model whose logits are not hidden @ W
+    (here scaled) gets none, and drafts from its whole vocabulary."""
+    import mlx.nn as nn
+
+    from mlx_spec.drafters.draft_model import vocabulary_columns
+
+    ids = np.arange(0, 64, 3)
+    module, _ = mlx_lm.load(str(near_copy_dirs["llama"]))
+    assert vocabulary_columns(module, ids) is not None
+    nn.quantize(module, group_size=32, bits=8)
+    columns = vocabulary_columns(module, ids)
+    assert columns is not None and columns.shape == (module.args.hidden_size, len(ids))
+
+    class Scaled(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.model, self.lm_head = inner.model, inner.lm_head
+
+        def __call__(self, x, cache=None):
+            return 2.0 * self.lm_head(self.model(x, cache=cache))
+
+    assert vocabulary_columns(Scaled(module), ids) is None

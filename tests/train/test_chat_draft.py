@@ -15,7 +15,7 @@ import pytest
 import mlx_spec
 from mlx_spec.train.chat_draft import (distribution_loss, evaluate_draft, make_batch,
                                        principal_embedding, split_sequences, train_draft)
-from mlx_spec.train.distill import target_output
+from mlx_spec.drafters.model_parts import output_projection
 from mlx_spec.train.distill_data import DataOptions, distillation_contexts, split_datasets
 from mlx_spec.train.instructions import self_written_requests
 from mlx_spec.train.lm import Checkpoint, TrainOptions
@@ -89,7 +89,7 @@ def test_the_target_writes_distinct_requests_deterministically_and_resumes(chat_
 
 def test_sequences_line_up_with_the_stored_target_states(chat):
     target, sequences, data = chat
-    output = target_output(target.model)
+    output = output_projection(target.model)
     for s in sequences["train"]:
         tokens = data["train"]["tokens"][s["row"]]
         # the last request token is where the answer's first state sits
@@ -110,7 +110,7 @@ def test_sequences_line_up_with_the_stored_target_states(chat):
 def test_the_target_as_its_own_draft_scores_perfectly(chat):
     target, sequences, data = chat
     greedy = set(range(HELDOUT.batch))  # shard 0 is greedy
-    report = evaluate_draft(target.model, target_output(target.model), sequences["heldout"],
+    report = evaluate_draft(target.model, output_projection(target.model), sequences["heldout"],
                             data["heldout"]["hidden"], greedy)
     assert report["top1_agreement"] == 1.0
     assert report["first_draft_accepted_T=0.7"] > 0.99
@@ -125,7 +125,7 @@ def test_training_lowers_the_loss_and_resumes(chat, tmp_path):
     from mlx_lm.models import llama
 
     target, sequences, data = chat
-    output = target_output(target.model)
+    output = output_projection(target.model)
     config = dict(model_type="llama", vocab_size=target.config["vocab_size"], hidden_size=32,
                   num_hidden_layers=1, intermediate_size=64, num_attention_heads=2,
                   num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=True)
@@ -195,6 +195,24 @@ def test_train_command_writes_a_draft_that_decodes_losslessly(chat_dir, tmp_path
     assert json.loads((tmp_path / "tuned" / "training.json").read_text())["init"] == str(out)
     before, after = (mx.load(str(folder / "model.safetensors")) for folder in (out, tmp_path / "tuned"))
     assert all(np.allclose(np.array(before[k]), np.array(after[k]), atol=1e-3) for k in before)
+    # --steps 0 writes the draft again with a drafting vocabulary; its history is kept
+    zero = [c if c != "1" else "0" for c in command]
+    proc = subprocess.run(zero + ["--init", str(tmp_path / "tuned"), "--out", str(tmp_path / "v"),
+                                  "--draft-vocab", "20"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    vocab = json.loads((tmp_path / "v" / "draft_vocab.json").read_text())
+    report = json.loads((tmp_path / "v" / "training.json").read_text())
+    assert len(vocab["ids"]) == 20 and report["draft_vocab"]["size"] == 20
+    assert report["init_training"]["init"] == str(out) and report["training"]["final_loss"] is None
+    assert 0 < vocab["heldout_coverage"] <= 1 and report["heldout"]["positions"] > 0
+    kept = mx.load(str(tmp_path / "v" / "model.safetensors"))
+    assert all(np.array_equal(np.array(after[k]), np.array(kept[k])) for k in after)
+    with_vocab = mlx_spec.generate(target, "once upon a time", method="draft", max_tokens=24,
+                                   raw=True, draft_model=str(tmp_path / "v"), draft_cost=0.0)
+    assert with_vocab.token_ids == ar.token_ids
+    proc = subprocess.run(zero + ["--out", str(tmp_path / "x")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and "--steps 0" in proc.stderr and not (tmp_path / "x").exists()
     proc = subprocess.run(command + ["--init", str(tmp_path / "missing"), "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "missing" in proc.stderr
@@ -213,3 +231,9 @@ def test_train_command_writes_a_draft_that_decodes_losslessly(chat_dir, tmp_path
             capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and "--self-written" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "nothing").exists()
+    proc = subprocess.run(
+        [sys.executable, "-c", "from mlx_spec.cli.app import main; main()", "train", "--text",
+         "x.txt", "--tokenizer", "t", "--draft-vocab", "8", "--out", str(tmp_path / "nothing")],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--draft-vocab" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "nothing").exists()

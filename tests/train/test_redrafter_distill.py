@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mlx_spec
-from mlx_spec.drafters.redrafter.target_io import token_embedding
+from mlx_spec.drafters.model_parts import token_embedding
 from mlx_spec.sampling import SamplingParams
 from mlx_spec.train.distill import HeadOptions, build_head, heldout_accuracy, train_head
 from mlx_spec.train.distill_data import DataOptions, generate_data, story_token_lists
@@ -65,9 +65,9 @@ def test_data_shapes_and_cache(small, data):
     assert arrays["hidden"].dtype == np.float16
     assert (arrays["lengths"] >= 2).all() and (arrays["lengths"] <= DATA.continuation + 1).all()
     # the hidden state at j chose token j + 1 (greedy): the target's own continuation
-    from mlx_spec.train.distill import target_output
+    from mlx_spec.drafters.model_parts import output_projection
 
-    head = target_output(small.model)
+    head = output_projection(small.model)
     logits = head(mx.array(arrays["hidden"][:4, :5]).astype(mx.float32))
     agree = np.array(mx.argmax(logits, axis=-1)) == arrays["tokens"][:4, 1:6]
     assert agree.mean() > 0.9  # fp16 storage may flip a near-tie
@@ -189,7 +189,8 @@ def test_drafting_vocabulary_is_the_most_frequent_answer_tokens_and_trains_on_th
 def test_soft_labels_are_the_cross_entropy_against_the_target_distribution(small, data, tmp_path):
     """With a target whose distribution is all on the continuation's next token, the soft-label
     loss is the hard one; with the real target's distributions, training lowers it."""
-    from mlx_spec.train.distill import multi_step_loss, pad_tokens, target_output
+    from mlx_spec.drafters.model_parts import output_projection
+    from mlx_spec.train.distill import multi_step_loss, pad_tokens
 
     arrays, _ = data
     steps = HEAD.draft_steps
@@ -206,7 +207,7 @@ def test_soft_labels_are_the_cross_entropy_against_the_target_distribution(small
     soft, _ = multi_step_loss(head, embed, hidden, tokens, lengths, steps, output=certain)
     assert abs(hard.item() - soft.item()) < 1e-3 * hard.item()
 
-    output = target_output(small.model)
+    output = output_projection(small.model)
     before, _ = multi_step_loss(head, embed, hidden, tokens, lengths, steps, output=output)
     assert abs(before.item() - hard.item()) > 0.01 * hard.item()  # a distribution, not a token
     options = TrainOptions(steps=30, batch_size=8, learning_rate=3e-3, warmup_steps=3, save_every=30)

@@ -10,13 +10,9 @@ own (frozen) token embedding. Parameter names and config.json follow Apple's ml-
 (lm_head.N.linear.*, lm_head.K.weight, rnn_u.*, rnn_w.weight, input_proj.*), so heads move freely
 between that code and this one.
 
-A head may carry a drafting vocabulary (draft_vocab.json: the ids of the target's most frequent
-answer tokens, written by `mlxspec distill --draft-vocab K`): it then drafts, and learns, only
-those K tokens, projecting onto K rows of lm_head instead of the whole vocabulary, as FR-Spec
-(arXiv 2502.14856) does. On a 49k vocabulary the projection is most of a draft step's cost; a
-token outside the K is never drafted, which costs acceptance only as often as the target writes
-one (the file says how often that was on held-out answers). Drafts stay exact either way: the
-target verifies them.
+A head may carry a drafting vocabulary (draft_vocab.py, written by `mlxspec distill --draft-vocab
+K`): it then drafts, and learns, only those K tokens, projecting onto K rows of lm_head instead of
+the whole vocabulary.
 """
 from __future__ import annotations
 
@@ -30,9 +26,9 @@ import mlx.nn as nn
 import numpy as np
 
 from ...errors import ModelLoadError
+from .. import draft_vocab
 
 MODEL_TYPE = "recurrent_drafting_drafter"
-DRAFT_VOCAB_FILE = "draft_vocab.json"
 
 
 @dataclass
@@ -166,11 +162,7 @@ class RecurrentDrafter(nn.Module):
         logits = _rows(z, tables["vocab"])
         if "vocab_ids" not in tables:
             return logits
-        # [..., K] -> [..., V]: the tokens outside the drafting vocabulary get -inf (never drafted,
-        # probability 0), so every caller reads token ids as with a whole-vocabulary head
-        ids = mx.broadcast_to(tables["vocab_ids"], logits.shape)
-        full = mx.full((*logits.shape[:-1], self.config.vocab_size), -mx.inf, dtype=logits.dtype)
-        return mx.put_along_axis(full, ids, logits, axis=-1)
+        return draft_vocab.widen(logits, tables["vocab_ids"], self.config.vocab_size)
 
 
 def _rows(x: mx.array, weight: mx.array) -> mx.array:
@@ -191,12 +183,7 @@ def save_drafter(drafter: RecurrentDrafter, folder: Path, dtype=mx.float16,
     (folder / "config.json").write_text(json.dumps(drafter.config.to_dict(), indent=2))
     if training is not None:
         (folder / "training.json").write_text(json.dumps(training, indent=2))
-    vocab_file = folder / DRAFT_VOCAB_FILE
-    if drafter.vocab_ids is not None:
-        vocab_file.write_text(json.dumps({**drafter.vocab_info,
-                                          "ids": [int(i) for i in drafter.vocab_ids]}))
-    elif vocab_file.exists():
-        vocab_file.unlink()  # a whole-vocabulary head written over one that had a vocabulary
+    draft_vocab.write(folder, drafter.vocab_ids, drafter.vocab_info)
 
 
 def load_drafter(folder: str | Path, dtype=mx.float32) -> RecurrentDrafter:
@@ -217,15 +204,5 @@ def load_drafter(folder: str | Path, dtype=mx.float32) -> RecurrentDrafter:
     except ValueError as exc:
         raise ModelLoadError(f"{weights_file} does not match its config.json: {exc}") from None
     mx.eval(drafter.parameters())
-    vocab_file = folder / DRAFT_VOCAB_FILE
-    if vocab_file.exists():
-        try:
-            data = json.loads(vocab_file.read_text())
-            ids = np.unique(np.asarray(data["ids"], dtype=np.int64))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{vocab_file}: not a drafting vocabulary ({exc})") from None
-        if ids.size == 0 or ids[0] < 0 or ids[-1] >= config.vocab_size:
-            raise ModelLoadError(f"{vocab_file}: token ids must lie in [0, {config.vocab_size})")
-        drafter.vocab_ids = ids.astype(np.int32)
-        drafter.vocab_info = {k: v for k, v in data.items() if k != "ids"}
+    drafter.vocab_ids, drafter.vocab_info = draft_vocab.read(folder, config.vocab_size)
     return drafter

@@ -41,7 +41,7 @@ from ..shared import shared
 from .beam_search import beam_search, greedy_chain
 from .chain_sampling import sample_chains
 from .head import load_drafter
-from .target_io import token_embedding
+from ..model_parts import token_embedding
 
 GREEDY_HEAD_TEMPERATURE = 2.0  # for heads distilled on tokens (see the module text)
 # shipped heads are found by the target they were made for, one per role: the head for greedy

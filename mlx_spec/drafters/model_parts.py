@@ -1,13 +1,15 @@
-"""What the draft head reads from an mlx-lm target: its token embedding and its post-norm hidden
-states (with the logits computed from them, for batched distillation outside the engine)."""
+"""The parts of an mlx-lm model that drafters read: its decoder stack (post-norm hidden states),
+token embedding and vocabulary projection. The ReDrafter head reads the target's embedding and
+hidden states; a draft model with a drafting vocabulary projects its own hidden states onto a few
+rows of its vocabulary projection."""
 from __future__ import annotations
 
 import mlx.core as mx
 
-from ...errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 
 
-def _inner(model):
+def decoder_stack(model):
     """The decoder stack (the module holding embed_tokens and the final norm)."""
     for path in ("model", "language_model.model"):
         owner = model
@@ -23,7 +25,13 @@ def _inner(model):
 
 
 def token_embedding(model):
-    return _inner(model).embed_tokens
+    return decoder_stack(model).embed_tokens
+
+
+def output_projection(model):
+    """The vocabulary projection: the model's lm_head, or its tied embedding."""
+    head = getattr(model, "lm_head", None)
+    return head if head is not None else token_embedding(model).as_linear
 
 
 def hidden_and_logits(model, tokens: mx.array, cache, last_only: bool = False
@@ -31,9 +39,7 @@ def hidden_and_logits(model, tokens: mx.array, cache, last_only: bool = False
     """Post-norm hidden states [B, n, D] and logits [B, n, V] of a batched forward (with
     last_only, hidden [B, 1, D] and logits [B, 1, V] of the last position: a prompt's prefill
     skips the vocabulary projection of every other position)."""
-    hidden = _inner(model)(tokens, cache=cache)
+    hidden = decoder_stack(model)(tokens, cache=cache)
     if last_only:
         hidden = hidden[:, -1:]
-    head = getattr(model, "lm_head", None)
-    logits = head(hidden) if head is not None else _inner(model).embed_tokens.as_linear(hidden)
-    return hidden, logits
+    return hidden, output_projection(model)(hidden)
