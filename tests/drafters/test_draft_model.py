@@ -152,16 +152,21 @@ def test_sampled_chain_uses_rejection_sampling(random_models, random_model_dirs)
     assert theirs.acceptance_rate < 0.5
 
 
-def test_sampled_drafts_leave_the_target_distribution_exact(random_models, near_copy_dirs):
+@pytest.mark.parametrize("vocabulary", [False, True])
+def test_sampled_drafts_leave_the_target_distribution_exact(random_models, near_copy_dirs,
+                                                            vocab_draft, vocabulary):
     """One drafted token then rejection sampling, many times from one context: the emitted token's
-    frequencies match the target's processed distribution p, not the drafter's q."""
+    frequencies match the target's processed distribution p, not the drafter's q (also where q is
+    0 outside a drafting vocabulary: the residual brings back the tokens it never drafts)."""
     model = random_models["llama"]
     sampling = SamplingParams(temperature=0.5)
     prompt = mlx_spec.api.encode_prompt(model, PROMPTS[1], raw=True)
     p = np.array(mx.exp(log_probs(model.model(mx.array(prompt)[None])[0, -1:], sampling))[0])
-    drafter = mlx_spec.drafters.create("draft", model, draft_model=str(near_copy_dirs["llama"]),
-                                       num_draft_tokens=1)
-    q = np.array(mx.exp(log_probs(drafter.draft.module(mx.array(prompt)[None])[0, -1:], sampling))[0])
+    folder = vocab_draft[0] if vocabulary else near_copy_dirs["llama"]
+    drafter = mlx_spec.drafters.create("draft", model, draft_model=str(folder),
+                                       num_draft_tokens=1, adaptive=False)
+    q = np.array(mx.exp(log_probs(drafter._feed_unseen(list(prompt))[None], sampling))[0])
+    drafter._trim_to([])
     target = Target(model.model)
     target.prefill(prompt[:-1])
     n, counts, key = 600, np.zeros_like(p), mx.random.key(0)
@@ -172,6 +177,11 @@ def test_sampled_drafts_leave_the_target_distribution_exact(random_models, near_
         target.trim(len(tree))
     assert 0.5 * np.abs(q - p).sum() > 0.3  # the drafter's own samples would fail the check below
     assert 0.5 * np.abs(counts / n - p).sum() < 0.15
+    if vocabulary:  # the tokens it never drafts come out as often as the target writes them
+        never = np.ones(len(p), bool)
+        never[vocab_draft[1]] = False
+        assert q[never].sum() == 0 and p[never].sum() > 0.1
+        assert abs(counts[never].sum() / n - p[never].sum()) < 0.06  # ~3 binomial sd
 
 
 def test_incompatible_vocabulary_is_refused(random_models, tmp_path):
