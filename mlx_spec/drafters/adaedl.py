@@ -40,10 +40,10 @@ class AdaEDLDrafter(DraftModelDrafter):
                  stop_rule: str = "adaedl", lam: float = 0.3, gamma: float = 0.2,
                  beta1: float = 0.5, beta2: float = 0.9, epsilon: float = 0.01, alpha: float = 0.5,
                  confidence_threshold: float = 0.1, greedy_entropy_temperature: float = 0.5,
-                 sampling_lam: float = 0.0):
+                 sampling_lam: float = 0.0, draft_vocab: bool = True):
         # its stop rule sizes every round (adaptive=False: no draft-length chooser on top)
         super().__init__(model, draft_model=draft_model, num_draft_tokens=num_draft_tokens,
-                         adaptive=False)
+                         adaptive=False, draft_vocab=draft_vocab)
         # everything that shapes a rule but its starting lambda, which depends on the regime
         self._rule_settings = dict(name=stop_rule, gamma=gamma, beta1=beta1, beta2=beta2,
                                    epsilon=epsilon, alpha=alpha,

@@ -104,6 +104,7 @@ class DraftForward:
         self.module = module
         self.compiled = compiled
         self.columns = columns
+        self.stack = decoder_stack(module) if columns is not None else None
         if compiled:
             def slots():
                 return [SlotKVCache() for _ in module.layers]
@@ -133,7 +134,7 @@ class DraftForward:
     def _last_logits(self, ids: mx.array, cache) -> mx.array:
         if self.columns is None:
             return self.module(ids[None], cache=cache)[0, -1]
-        return decoder_stack(self.module)(ids[None], cache=cache)[0, -1] @ self.columns
+        return self.stack(ids[None], cache=cache)[0, -1] @ self.columns
 
     def __call__(self, ids) -> mx.array:
         """ids: token ids after the cache (a list, or a lazy [n] array whose ids are named later

@@ -32,7 +32,8 @@ def read(folder: str | Path, vocab_size: int) -> tuple[Optional[np.ndarray], dic
     try:
         data = json.loads(path.read_text())
         ids = np.unique(np.asarray(data["ids"], dtype=np.int64))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+            OverflowError) as exc:
         raise ModelLoadError(f"{path}: not a drafting vocabulary ({exc})") from None
     if ids.size == 0 or ids[0] < 0 or ids[-1] >= vocab_size:
         raise ModelLoadError(f"{path}: token ids must lie in [0, {vocab_size})")

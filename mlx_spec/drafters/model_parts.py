@@ -20,18 +20,25 @@ def decoder_stack(model):
             continue
         if hasattr(owner, "embed_tokens"):
             return owner
-    raise UnsupportedModelError("ReDrafter needs the target's token embedding (embed_tokens), "
-                                "which this architecture does not expose")
+    raise UnsupportedModelError("this architecture does not expose its token embedding "
+                                "(embed_tokens), which ReDrafter heads and drafting vocabularies "
+                                "read")
 
 
 def token_embedding(model):
     return decoder_stack(model).embed_tokens
 
 
-def output_projection(model):
-    """The vocabulary projection: the model's lm_head, or its tied embedding."""
+def projection_layer(model):
+    """The layer whose rows are the vocabulary projection: lm_head, or the tied embedding."""
     head = getattr(model, "lm_head", None)
-    return head if head is not None else token_embedding(model).as_linear
+    return head if head is not None else token_embedding(model)
+
+
+def output_projection(model):
+    """The vocabulary projection as a function of post-norm hidden states."""
+    layer = projection_layer(model)
+    return layer.as_linear if hasattr(layer, "as_linear") else layer
 
 
 def hidden_and_logits(model, tokens: mx.array, cache, last_only: bool = False

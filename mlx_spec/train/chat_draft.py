@@ -278,8 +278,12 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
         "draft_vocab": vocab_info or None,
         "heldout": heldout,
     }
-    if init_dir is not None and (Path(init_dir) / "training.json").exists():
-        report["init_training"] = json.loads((Path(init_dir) / "training.json").read_text())
+    try:  # the record of the draft it started from (one level: not that draft's own start)
+        previous = json.loads((Path(init_dir) / "training.json").read_text()) if init_dir else None
+        if isinstance(previous, dict):
+            report["init_training"] = {k: v for k, v in previous.items() if k != "init_training"}
+    except (OSError, ValueError):
+        pass  # an init folder without a readable record
     write_model_folder(model, config, Path(target.path), out, report)
     draft_vocab.write(out, vocab, vocab_info)
     write_companion(out, "draft-model", Path(target.path).name, target.config)

@@ -257,6 +257,13 @@ def test_drafting_vocabulary_drafts_only_its_tokens_and_stays_exact(random_model
     drafted = np.array(drafter._feed_unseen(prompt))
     assert np.allclose(drafted[ids], full[ids], atol=1e-4)
     assert np.isneginf(np.delete(drafted, ids)).all()
+    assert drafter.draft.compiled_step  # so the one- and two-token feeds below run compiled
+    extra = [5, 9, 14]
+    fed = [drafter._forward(mx.array(extra[:1])), drafter._forward(mx.array(extra[1:]))]
+    reference = np.array(drafter.draft.module(mx.array(prompt + extra)[None])[0])
+    for logits, position in zip(fed, (len(prompt), len(prompt) + 2)):
+        assert np.allclose(np.array(logits)[ids], reference[position][ids], atol=1e-4)
+    drafter._trim_to(prompt)
 
     greedy = drafter.propose(StepContext(tokens=prompt, max_drafts=4, sampling=SamplingParams()))
     assert len(greedy.tokens) == 5 and set(greedy.tokens[1:]) <= set(ids)
@@ -286,6 +293,8 @@ def test_drafting_vocabulary_columns_only_where_they_reproduce_the_logits(random
     from mlx_spec.drafters.draft_model import vocabulary_columns
 
     ids = np.arange(0, 64, 3)
+    tied, _ = mlx_lm.load(str(near_copy_dirs["llama3-scaled"]))
+    assert tied.args.tie_word_embeddings and vocabulary_columns(tied, ids) is not None
     module, _ = mlx_lm.load(str(near_copy_dirs["llama"]))
     assert vocabulary_columns(module, ids) is not None
     nn.quantize(module, group_size=32, bits=8)

@@ -196,7 +196,8 @@ def test_train_command_writes_a_draft_that_decodes_losslessly(chat_dir, tmp_path
     before, after = (mx.load(str(folder / "model.safetensors")) for folder in (out, tmp_path / "tuned"))
     assert all(np.allclose(np.array(before[k]), np.array(after[k]), atol=1e-3) for k in before)
     # --steps 0 writes the draft again with a drafting vocabulary; its history is kept
-    zero = [c if c != "1" else "0" for c in command]
+    zero = list(command)
+    zero[zero.index("--steps") + 1] = "0"
     proc = subprocess.run(zero + ["--init", str(tmp_path / "tuned"), "--out", str(tmp_path / "v"),
                                   "--draft-vocab", "20"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
