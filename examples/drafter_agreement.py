@@ -18,11 +18,10 @@ import numpy as np
 
 import mlx_spec
 from mlx_spec.bench import load_prompts
+from mlx_spec.drafters.model_parts import output_projection, token_embedding
 from mlx_spec.drafters.redrafter import load_drafter
-from mlx_spec.drafters.model_parts import token_embedding
 from mlx_spec.loading import load_mlx_lm
 from mlx_spec.train.chat_draft import chat_sequences, evaluate_draft
-from mlx_spec.drafters.model_parts import output_projection
 from mlx_spec.train.distill import heldout_accuracy, simulated_acceptance
 from mlx_spec.train.distill_data import DataOptions, continue_batch
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .distill import draft_vocabulary, vocabulary_coverage
+from .distill import drafting_vocabulary
 from .distill_data import (DataOptions, concatenated, distillation_contexts, shard_order,
                            split_datasets, training_source)
 from .lm import (Checkpoint, TrainOptions, adamw, count_parameters, load_weights_from, model_config,
@@ -235,18 +235,11 @@ def distill_chat_draft(target_path: str, out: Path, work_dir: Path, preset: str,
     embedding = np.array(token_embedding(target.model).weight.astype(mx.float32))
     model.model.embed_tokens.weight = mx.array(
         principal_embedding(embedding, config["hidden_size"], options.seed))
-    vocab, vocab_info = None, {}
+    kept = (None, {})
     if init_dir is not None:  # fine-tune a draft of the same preset instead
         load_weights_from(model, init_dir)
-        vocab, vocab_info = draft_vocab.read(init_dir, config["vocab_size"])
-    if vocab_size:
-        vocab = draft_vocabulary(data["train"], vocab_size)
-        vocab_info = {"size": int(len(vocab)), "source": source,
-                      "train_coverage": round(vocabulary_coverage(data["train"], vocab), 4)}
-    if vocab is not None:
-        vocab_info["heldout_coverage"] = round(vocabulary_coverage(data["heldout"], vocab), 4)
-        log(f"drafting vocabulary: {len(vocab):,} tokens, {vocab_info['heldout_coverage']:.1%} "
-            "of the held-out answer tokens")
+        kept = draft_vocab.read(init_dir, config["vocab_size"])
+    vocab, vocab_info = drafting_vocabulary(data, vocab_size, source, kept, log)
     mx.eval(model.parameters())
     log(f"{preset}: {count_parameters(model) / 1e6:.2f}M parameters")
     output = output_projection(target.model)

@@ -146,6 +146,23 @@ def draft_vocabulary(data: dict, size: int) -> np.ndarray:
     return np.sort(order[:size]).astype(np.int32)
 
 
+def drafting_vocabulary(datasets: dict, size: int, source: str, kept: tuple = (None, {}),
+                        log=print) -> tuple[Optional[np.ndarray], dict]:
+    """(ids, info) of a drafter's drafting vocabulary (drafters/draft_vocab.py): the `size` most
+    frequent training answer tokens where size > 0, else `kept` (a fine-tuned drafter's own, or
+    none); with its coverage of the held-out answers, logged."""
+    ids, info = kept
+    if size:
+        ids = draft_vocabulary(datasets["train"], size)
+        info = {"size": int(len(ids)), "source": source,
+                "train_coverage": round(vocabulary_coverage(datasets["train"], ids), 4)}
+    if ids is not None:
+        info = {**info, "heldout_coverage": round(vocabulary_coverage(datasets["heldout"], ids), 4)}
+        log(f"drafting vocabulary: {len(ids):,} tokens, {info['heldout_coverage']:.1%} of the "
+            "held-out answer tokens")
+    return ids, info
+
+
 def vocabulary_coverage(data: dict, ids: np.ndarray) -> float:
     """Share of the continuation tokens in `data` that lie in `ids`."""
     counts = _token_counts(data, minlength=int(ids.max()) + 1)
@@ -323,16 +340,9 @@ def distill(target_path: str | None, text: Path | None, cased: Path | None, path
     data_seconds = time.perf_counter() - started
 
     head = build_head(target.model, head_options)
-    if head_options.draft_vocab:  # else a fine-tuned head keeps the vocabulary it had
-        head.vocab_ids = draft_vocabulary(datasets["train"], head_options.draft_vocab)
-        head.vocab_info = {"size": int(len(head.vocab_ids)), "source": source,
-                           "train_coverage": round(vocabulary_coverage(datasets["train"],
-                                                                       head.vocab_ids), 4)}
-    if head.vocab_ids is not None:
-        head.vocab_info["heldout_coverage"] = round(
-            vocabulary_coverage(datasets["heldout"], head.vocab_ids), 4)
-        log(f"drafting vocabulary: {len(head.vocab_ids):,} tokens, "
-            f"{head.vocab_info['heldout_coverage']:.1%} of the held-out answer tokens")
+    # without --draft-vocab a fine-tuned head keeps the vocabulary it had
+    head.vocab_ids, head.vocab_info = drafting_vocabulary(
+        datasets, head_options.draft_vocab, source, (head.vocab_ids, head.vocab_info), log)
     embed = token_embedding(target.model)
     embed_weight = mx.array(embed.weight).astype(mx.float32)
     log(f"head: {count_parameters(head) / 1e6:.2f}M parameters "
