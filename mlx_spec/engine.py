@@ -56,6 +56,7 @@ class _Window:
     overhead_s: float = 0.0  # outside drafting and verification
     verify_s: float = 0.0
     cost: float = 0.0        # the cost model's verify cost, in one-token steps
+    drafts: int = 0          # draft tokens verified
 
     def plus(self, other: "_Window", weight: float) -> "_Window":
         return _Window(*(a + weight * b for a, b in zip(astuple(self), astuple(other))))
@@ -111,6 +112,7 @@ class BackOff:
         # judged like any drafting step: its retrieval or head work still costs time
         w = self._window
         w.steps += 1
+        w.drafts += drafted
         w.tokens += tokens
         w.seconds += seconds
         w.overhead_s += overhead_s
@@ -119,6 +121,10 @@ class BackOff:
         if w.steps < self.WINDOW:
             return
         self._window = _Window()
+        if not w.drafts:  # the drafter's own chooser is at plain decoding already: a gain
+            return        # here is noise, and a pause would stop the chooser learning when to
+            # draft again (pld learns from guesses it looks up but does not send; paused, it
+            # looks up none, so a noisy window could keep it plain for whole answers)
         w = self._past = w.plus(self._past, self.PAST)
         plain = self.plain_s
         if plain is None and self.relative is not None and w.verify_s > 0:

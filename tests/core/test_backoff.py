@@ -63,6 +63,19 @@ def test_a_new_request_probes_drafting_early_and_keeps_the_pause_length():
     assert backoff.plain_s == plain_s
 
 
+def test_windows_where_the_drafter_sent_nothing_are_not_judged():
+    """A drafter whose own chooser is at plain decoding sends empty trees: those steps are plain
+    ones whatever their timing says, and a pause would only stop the chooser learning."""
+    backoff = BackOff(relative_cost=SHAPE)
+    backoff.plain_s = 0.010
+    for _ in range(3 * BackOff.WINDOW):
+        backoff.record(0, 1, 0.012, 0.0, verify_s=0.012)  # 0.83x of plain, but nothing drafted
+    assert backoff.drafting and backoff.hold == BackOff.FIRST_HOLD
+    for _ in range(BackOff.WINDOW):  # one draft in the window: judged, and it lost
+        backoff.record(1 if backoff.drafting else 0, 1, 0.012, 0.0, verify_s=0.012)
+    assert not backoff.drafting
+
+
 def test_no_cost_model_means_a_probe_first():
     backoff = BackOff()
     run(backoff, 8, 3.0, 0.015, 0.010)
