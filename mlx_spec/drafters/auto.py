@@ -30,7 +30,10 @@ model drafters, keep their wait across requests.
 
 Exactness is the candidates' own: every step is one method's step, verified and accepted by the
 same exact rules; only which method proposes depends on timing (so, as with the back-off, a seed
-reproduces sampled text only for candidates whose drafts do not depend on their past).
+does not reproduce auto's sampled text). For the same reason the candidates keep the draft sizes
+they learn while sampling across requests (Drafter.keep_learning): alone, a sampling redrafter or
+draft model starts each request afresh so that a seed gives the same text, and inside auto its
+trials of two or three steps per request would always draft at its prior's size.
 """
 from __future__ import annotations
 
@@ -194,6 +197,8 @@ class Auto(Drafter):
         if not candidates:
             raise MlxSpecError("auto: no candidate method")
         self.candidates: dict[str, Drafter] = dict(candidates)
+        for drafter in self.candidates.values():  # a few trial steps per request would never
+            drafter.keep_learning()                # size a sampled draft (Drafter.keep_learning)
         self._rates_for = rates_for or (lambda regime: Rates())
         self.cost = cost
         self.shadowed = [n for n, d in self.candidates.items()

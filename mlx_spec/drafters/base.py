@@ -32,6 +32,12 @@ class Drafter:
     def begin(self, prompt_tokens: list[int]) -> None:
         """A new request starts; prompt_tokens ends with the root."""
 
+    def keep_learning(self) -> None:
+        """Carry what the drafter learns while sampling (its draft sizes) across requests. By
+        default a drafter whose sampled drafts depend on it starts afresh each request, so that a
+        seed gives the same text; method auto, whose text no seed reproduces, calls this on its
+        candidates (draft_length.SamplingChooser)."""
+
     def propose(self, ctx: StepContext) -> Tree:
         raise NotImplementedError
 

@@ -12,7 +12,8 @@ the target's measured verify cost and the drafter's own time per drafted token, 
 drafts (on SmolLM2-135M a 15M drafter's draft is ~0.14 of a target step, so four drafts at 30%
 agreement cost more than they win, one still wins). Greedy output does not depend on the drafts, so
 the greedy chooser carries what it learned to the next request; when sampling, the drafts shape
-the output drawn from a seed, so that chooser starts over with each request.
+the output drawn from a seed, so that chooser starts over with each request (except inside `auto`:
+draft_length.SamplingChooser).
 
 A draft model's folder may carry a drafting vocabulary (draft_vocab.py): it then drafts only those
 tokens, projecting its last hidden state onto their columns of its vocabulary projection (the
@@ -51,7 +52,7 @@ from . import draft_vocab, register
 from .base import Drafter, StepContext
 from .compiled_step import DraftForward, supports_compiled_step
 from .model_parts import decoder_stack, projection_layer
-from .draft_length import DraftChooser, shared_chooser, verify_cost_for
+from .draft_length import DraftChooser, SamplingChooser, shared_chooser, verify_cost_for
 from .shared import shared, target_cost
 
 
@@ -197,7 +198,7 @@ class DraftModelDrafter(Drafter):
                                     self.draft.vocab_columns if draft_vocab else None)
         self.stop_rule = StopRule()         # static: the chooser sizes the rounds
         self._max_drafts = 0                # k of the round being verified, for the stop rule
-        self.choosers = None                # {greedy?: DraftChooser}; None: always k drafts
+        self.choosers = None                # (greedy chooser, SamplingChooser); None: always k
         if adaptive:
             measured = verify_cost is None and verify_overhead is None and model is not None
             verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.2))
@@ -208,7 +209,8 @@ class DraftModelDrafter(Drafter):
 
             settings = ("draft", self.draft.path, num_draft_tokens, verify_cost, verify_overhead,
                         draft_vocab)
-            self.choosers = {True: shared_chooser(model, settings, make), False: make()}
+            self.choosers = (shared_chooser(model, settings, make),
+                             SamplingChooser(model, settings, make))
 
     # -- drafter cache -----------------------------------------------------------------------------
     @property
@@ -247,14 +249,19 @@ class DraftModelDrafter(Drafter):
         """The stop rule of this round (static here; adaedl keeps one per sampling regime)."""
         return self.stop_rule
 
+    def keep_learning(self) -> None:
+        if self.choosers is not None:
+            self.choosers[1].carried = True
+
     def begin(self, prompt_tokens: list[int]) -> None:
         if self.choosers is not None:  # a seed gives the same sampled text on every request
-            self.choosers[False].reset()
+            self.choosers[1].begin()
 
     def _chooser(self, ctx: StepContext) -> Optional[DraftChooser]:
         if self.choosers is None:
             return None
-        chooser = self.choosers[ctx.sampling.greedy]
+        greedy, sampling = self.choosers
+        chooser = greedy if ctx.sampling.greedy else sampling.get(ctx.sampling.temperature)
         chooser.draft_cost = self.time.relative
         return chooser
 

@@ -263,3 +263,47 @@ def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
         steady.append((auto.current, auto.steady()))
         auto.current = auto._start_trial("b") if step == 0 else auto._next()
     assert steady == [("a", True)] + [("b", False)] * Auto.TRIAL + [("a", True)]
+
+
+def test_auto_candidates_keep_their_sampled_draft_sizes_across_requests(random_models,
+                                                                         random_model_dirs):
+    """Alone, a sampling draft model starts each request from its chooser's prior (a seed gives
+    the same text); inside auto it keeps what it learned, per temperature, for the next request
+    and the next decoder of the same model, so its few trial steps are sized by what it knows."""
+    from mlx_spec.drafters import create
+    from mlx_spec.drafters.draft_length import chain_prior
+    from mlx_spec.drafters.shared import shared
+    from mlx_spec.engine import Limits
+    from mlx_spec.sampling import SamplingParams
+
+    model = random_models["mistral"]
+    options = dict(draft_model=str(random_model_dirs["qwen2"]), num_draft_tokens=3)
+    prompt = model.tokenizer.encode(PROMPTS[0])
+    hot = SamplingParams(temperature=1.0)
+    shared(model).draft_lengths.clear()  # no chooser learned by earlier tests on this model
+
+    def run(drafter, sampling):
+        decoder = Decoder(Target(model.model), drafter, method="draft")
+        list(decoder.generate(list(prompt), Limits(max_tokens=24), sampling, seed=1))  # no back-off
+        return drafter.choosers[1].get(sampling.temperature)
+
+    def at_prior(chooser):
+        return all(chooser.tokens[s] == chain_prior(s) for s in chooser.sizes)
+
+    alone = create("draft", model, **options)
+    learned = run(alone, hot)
+    assert not at_prior(learned)  # a random drafter's misses moved it
+    alone.begin(prompt)
+    assert at_prior(alone.choosers[1].get(1.0))  # alone: every request starts afresh
+
+    kept = create("draft", model, **options)
+    kept.keep_learning()
+    learned = dict(run(kept, hot).tokens)
+    kept.begin(prompt)
+    assert kept.choosers[1].get(1.0).tokens == learned  # carried to the next request
+    other = create("draft", model, **options)
+    other.keep_learning()
+    assert other.choosers[1].get(1.0).tokens == learned  # and to the next decoder
+    assert at_prior(other.choosers[1].get(0.7))  # another temperature learns on its own
+    auto = mlx_spec.make_decoder(model, "auto", methods="draft", **options).drafter
+    assert auto.candidates["draft"].choosers[1].carried

@@ -22,6 +22,20 @@ def test_first_token_always_rejected_means_no_draft():
     assert DraftChooser.for_depths(max_length=8, min_length=1).choose() >= 1
 
 
+def test_a_fresh_chooser_leaves_its_prior_within_a_few_outcomes():
+    """Started afresh (a sampling drafter's each request), the first outcomes weigh as in a mean
+    with the prior: five misses of every draft already choose plain decoding, where the settled
+    rate alone would keep drafting the whole chain for several more steps."""
+    fresh, settled = DraftChooser.for_depths(max_length=4), DraftChooser.for_depths(max_length=4)
+    settled.outcomes = 100  # as if long in use
+    for _ in range(5):
+        fresh.record(accepted=0, offered=4)
+        settled.record(accepted=0, offered=4)
+    assert fresh.choose() == 0 and settled.choose() > 0
+    fresh.reset()
+    assert fresh.outcomes == 0 and fresh.choose() == 4
+
+
 def test_length_tracks_where_acceptance_stops():
     chooser = DraftChooser.for_depths(max_length=12)
     for _ in range(40):

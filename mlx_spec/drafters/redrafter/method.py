@@ -36,7 +36,7 @@ from ...loading import compute_on_cpu, shipped_companion, shipped_model
 from ...tree import Tree
 from .. import register
 from ..base import Drafter, StepContext
-from ..draft_length import DraftChooser, verify_cost_for
+from ..draft_length import DraftChooser, SamplingChooser, verify_cost_for
 from ..shared import shared
 from .beam_search import beam_search, greedy_chain
 from .chain_sampling import sample_chains
@@ -107,10 +107,20 @@ class ReDrafter(Drafter):
         # adaptive=None: adapt the depth only when sampling (measured greedy on the default
         # models: the fixed beam_length was faster, as the head's misses there are short-lived)
         self.adaptive = adaptive
-        self.chooser = (DraftChooser.for_depths(beam_length - 1, 0, draft_cost=draft_cost, verify=(
-            verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15),
-                            tree=beam_width > 1)))
-                        if adaptive is not False else None)
+        self.chooser = self.sampling_chooser = None  # greedy (adaptive=True) / sampled drafts
+        if adaptive is not False:
+            verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15),
+                                     tree=beam_width > 1)
+
+            def make():
+                return DraftChooser.for_depths(beam_length - 1, 0, draft_cost=draft_cost,
+                                               verify=verify)
+
+            self.chooser = make()
+            settings = ("redrafter", head, beam_width, beam_length, top_k, min_prob,
+                        sampled_drafts, verify_cost, verify_overhead, draft_cost,
+                        head_temperature, draft_vocab)
+            self.sampling_chooser = SamplingChooser(model, settings, make)
         if head_temperature is not None and head_temperature <= 0:
             raise ValueError("head_temperature must be > 0")
         # by regime (sampling?): the head, its drafting tables, the temperature of its chains
@@ -126,6 +136,11 @@ class ReDrafter(Drafter):
         self._pending = None
         if self.chooser is not None:
             self.chooser.reset()
+            self.sampling_chooser.begin()
+
+    def keep_learning(self) -> None:
+        if self.sampling_chooser is not None:
+            self.sampling_chooser.carried = True
 
     def propose(self, ctx: StepContext) -> Tree:
         root, pending = ctx.tokens[-1], self._pending
@@ -162,18 +177,25 @@ class ReDrafter(Drafter):
             kept += 1
         return kept
 
-    def _adapting(self, ctx: StepContext) -> bool:
-        return self.chooser is not None and (self.adaptive or not ctx.sampling.greedy)
+    def _chooser(self, ctx: StepContext) -> Optional[DraftChooser]:
+        """The depth chooser of this step, None where the depth is fixed (greedy, by default)."""
+        if self.chooser is None:
+            return None
+        if not ctx.sampling.greedy:
+            return self.sampling_chooser.get(ctx.sampling.temperature)
+        return self.chooser if self.adaptive else None
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         self._pending = None  # spent; prepare() makes the next root's drafts if it is called
-        if self._adapting(ctx):  # a root-only tree (nothing drafted) lets unexplored depths
+        chooser = self._chooser(ctx)
+        if chooser is not None:  # a root-only tree (nothing drafted) lets unexplored depths
             # drift back up
-            self.chooser.record(acceptance.accepted_drafts, max(tree.depths), len(tree) - 1)
+            chooser.record(acceptance.accepted_drafts, max(tree.depths), len(tree) - 1)
 
     def prepare(self, ctx, acceptance, out) -> None:
         """Run the head on the hidden state of the last accepted token: the next root's drafts."""
-        depth = self.chooser.choose() if self._adapting(ctx) else self.length - 1
+        chooser = self._chooser(ctx)
+        depth = chooser.choose() if chooser is not None else self.length - 1
         if depth == 0:  # plain decoding pays more here than drafting wins back
             self._pending = None
             return
