@@ -221,28 +221,28 @@ class DraftModelDrafter(Drafter):
         """Drop cached tokens that are not a prefix of `tokens` (rejected drafts, a new prompt)."""
         self.forward.kv.rewind(common_prefix(self.forward.kv.tokens, tokens))
 
-    def _forward(self, tokens) -> mx.array:
+    def _forward(self, tokens, narrow: bool = False) -> mx.array:
         """Feed tokens (list or lazy [n] array) after the cache; logits of the last one,
-        [target_width]."""
+        [target_width], or with a drafting vocabulary and `narrow`, [K] over self.vocab."""
         logits = self.forward(tokens)
         width, target_width = self.draft.width, self.draft.target_width
         if self.vocab is not None:
-            return draft_vocab.widen(logits, self.vocab, target_width)
+            return logits if narrow else draft_vocab.widen(logits, self.vocab, target_width)
         if width > target_width:
             logits = logits[:target_width]
         elif width < target_width:  # ids the drafter lacks get probability 0
             logits = mx.concatenate([logits, mx.full((target_width - width,), -mx.inf, logits.dtype)])
         return logits
 
-    def _feed_unseen(self, tokens: list[int]) -> mx.array:
+    def _feed_unseen(self, tokens: list[int], narrow: bool = False) -> mx.array:
         """Bring the cache to tokens[:-1] + root and return the logits after the root."""
         self._trim_to(tokens[:-1])  # the root is always fed, so there are logits to draft from
         start = len(self.cached_tokens)
         while len(tokens) - start > PREFILL_CHUNK:  # long new prompts: chunked like mlx-lm
-            self._forward(tokens[start:start + PREFILL_CHUNK])
+            self._forward(tokens[start:start + PREFILL_CHUNK], narrow=True)
             mx.eval([c.state for c in self.forward.cache])
             start += PREFILL_CHUNK
-        return self._forward(tokens[start:])
+        return self._forward(tokens[start:], narrow)
 
     # -- drafting ----------------------------------------------------------------------------------
     def rule_for(self, sampling: SamplingParams) -> StopRule:
@@ -274,17 +274,22 @@ class DraftModelDrafter(Drafter):
             return Tree.from_chain(ctx.tokens[-1], [])
         started = time.perf_counter()
         fed = len(ctx.tokens) - common_prefix(self.cached_tokens, ctx.tokens)
-        logits = self._feed_unseen(ctx.tokens)
         sampling: SamplingParams = ctx.sampling
+        # greedy drafts from a drafting vocabulary: the argmax over its K logits, mapped to ids
+        # (no widening to the whole vocabulary; ids are sorted, so ties break as there)
+        narrow = sampling.greedy and self.vocab is not None
+        logits = self._feed_unseen(ctx.tokens, narrow)
         keys = mx.random.split(ctx.key, k) if not sampling.greedy else [None] * k
         rule = self.rule_for(sampling)
         drafted, probs = [], []
         for i in range(k):
             if i > 0:  # the previous draft is fed while still lazy: no host round trip
-                logits = self._forward(drafted[-1])
+                logits = self._forward(drafted[-1], narrow)
             logprobs = log_probs(logits[None], sampling)[0] if not sampling.greedy else None
             if sampling.greedy:
                 token = mx.argmax(logits, keepdims=True)
+                if narrow:
+                    token = self.vocab[token]
             else:
                 token = mx.random.categorical(logprobs, key=keys[i])[None]
             if rule.checks and i > 0:  # at least one draft per round
