@@ -16,14 +16,15 @@ from .common import err_console, parse_method_options, user_errors
 DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter", "auto"]
 
 
-def _run_one(model, spec, prompt, max_tokens, temperature, seed, ignore_eos=False):
+def _stream_one(model, spec, prompt, max_tokens, temperature, seed, ignore_eos=False):
+    """One method's decoding steps on one prompt: (new token ids, stats so far) per step."""
     import mlx_spec
 
     decoder = mlx_spec.make_decoder(model, spec.name, **spec.options)
-    result = mlx_spec.api.collect(mlx_spec.stream_generate(
-        model, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, decoder=decoder,
-        ignore_eos=ignore_eos), spec.name)
-    return result.token_ids, result.stats
+    for chunk in mlx_spec.stream_generate(model, prompt, max_tokens=max_tokens,
+                                          temperature=temperature, seed=seed, decoder=decoder,
+                                          ignore_eos=ignore_eos):
+        yield chunk.token_ids, chunk.stats
 
 
 def _fmt(value, digits=2):
@@ -118,20 +119,24 @@ def register(app: typer.Typer) -> None:
         warmup_tokens: int = typer.Option(16, "--warmup-tokens"),
         repeat: int = typer.Option(1, "--repeat", help="Run the prompts this many rounds (round r samples with --seed + r); the speedup column then shows the rounds' range."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Decode every prompt to --max-tokens, past end-of-sequence (when sampling, methods otherwise write texts of different lengths)."),
+        interleave: Optional[str] = typer.Option(None, "--interleave", help="`steps`: every method decodes each prompt at once, a step of each in turn (default on the CPU); `prompts`: whole prompts in a rotating order (default on a GPU, where work runs on asynchronously)."),
     ):
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
         from mlx_spec import methods as registry
         from mlx_spec.cost import describe as describe_cost
         from mlx_spec.drafters.shared import target_cost
-        from mlx_spec.bench import (REFERENCE, MethodSpec, load_prompts, measure_rollback, run_bench,
-                                    split_method_list)
+        from mlx_spec.bench import (INTERLEAVINGS, REFERENCE, MethodSpec, load_prompts,
+                                    measure_rollback, run_bench, split_method_list)
         from mlx_spec.sampling import SamplingParams
 
         if max_tokens < 1:
             raise mlx_spec.MlxSpecError(f"--max-tokens must be >= 1, got {max_tokens}")
         if repeat < 1:
             raise mlx_spec.MlxSpecError(f"--repeat must be >= 1, got {repeat}")
+        if interleave is not None and interleave not in INTERLEAVINGS:
+            raise mlx_spec.MlxSpecError(f"--interleave must be one of {', '.join(INTERLEAVINGS)}, "
+                                        f"got {interleave!r}")
         if limit is not None and limit < 1:
             raise mlx_spec.MlxSpecError(f"--limit must be >= 1, got {limit}")
         SamplingParams(temperature=temp)
@@ -157,9 +162,9 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("bench", total=repeat * len(prompt_list) * len(specs))
-            run_one = functools.partial(_run_one, ignore_eos=ignore_eos)
-            report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, run_one,
-                               warmup_tokens=warmup_tokens,
+            stream_one = functools.partial(_stream_one, ignore_eos=ignore_eos)
+            report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, stream_one,
+                               warmup_tokens=warmup_tokens, interleave=interleave,
                                progress=lambda label: bar.update(task, advance=1, description=label),
                                cost=cost, repeat=repeat)
         report["settings"]["ignore_eos"] = ignore_eos

@@ -1,13 +1,19 @@
 """`mlxspec bench`: methods side by side in one process, on the same prompts, interleaved.
 
-Each prompt is run by every method in a rotating order (so drift of the machine hits all methods
-alike), after one warm-up run per method. `repeat` runs the prompt set several rounds (round r
-samples with seed + r) and reports each method's speedup per round beside the pooled one: on a
-shared 2-core machine one round's speedups move by ~10% between runs, so a difference smaller
-than the rounds' spread is not a difference. Each round starts with drafters that learned nothing
-(loaded models are kept): greedy rounds write the same answers, which lookahead's trie of past
-outputs would otherwise retrieve whole. Speed is decode tokens/s (prefill excluded, it is the
-same for every method); "matches_ar" compares greedy token ids with the `ar` run of the same prompt.
+On the CPU every method decodes each prompt at once, step by step in turn (`interleave="steps"`:
+method A's step, then B's, ..., each timed alone), so the host's drift (the one-token step of a
+135M model moved 60-80 ms within seconds on a shared 2-core machine) hits every method in the same
+second rather than in its own prompt's; measured per prompt, whole-prompt rotation left plain-step
+methods +-10% apart in one run. Where evaluation runs asynchronously (a GPU: the engine dispatches
+a method's next verification before handing its tokens over), methods instead run whole prompts in
+a rotating order (`interleave="prompts"`), one method's work never queued behind another's.
+Before the timed runs, one warm-up run per method. `repeat` runs the prompt set several rounds
+(round r samples with seed + r) and reports each method's speedup per round beside the pooled
+one: a difference smaller than the rounds' spread is not a difference. Each round starts with
+drafters that learned nothing (loaded models are kept): greedy rounds write the same answers,
+which lookahead's trie of past outputs would otherwise retrieve whole. Speed is decode tokens/s
+(prefill excluded, it is the same for every method); "matches_ar" compares greedy token ids with
+the `ar` run of the same prompt.
 The package also holds the other measurements users run: prompts.py (built-in prompt sets),
 memory.py (peak RSS), baselines/ (mlx-lm's own speculative decoding as a method) and exactness.py
 (`mlxspec exactness`: sampled steps against the target's exact distributions).
@@ -324,32 +330,72 @@ def own_state(model, label: str, states: dict):
         model.extras = common
 
 
+INTERLEAVINGS = ("steps", "prompts")
+
+
+def default_interleave() -> str:
+    """"steps" where a method's step is done when it hands over its tokens (the CPU: mx.async_eval
+    there returns when the work is done), "prompts" where work runs on asynchronously (a GPU)."""
+    import mlx.core as mx
+
+    gpu = mx.metal.is_available() or (hasattr(mx, "cuda") and mx.cuda.is_available())
+    return "prompts" if gpu else "steps"
+
+
+def _drain(stream) -> tuple[list[int], GenerationStats]:
+    ids, stats = [], None
+    for new, stats in stream:
+        ids.extend(new)
+    return ids, stats
+
+
 def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: int,
-              temperature: float, seed: int, run_one: Callable, warmup_tokens: int = 16,
+              temperature: float, seed: int, stream_one: Callable, warmup_tokens: int = 16,
               progress: Optional[Callable[[str], None]] = None,
-              cost: Optional[CostModel] = None, repeat: int = 1) -> dict:
-    """run_one(model, spec, prompt, max_tokens, temperature, seed) -> (token_ids, stats). With the
-    target's cost model (cost.py), each method's verify time per call gets its prediction.
-    `repeat` rounds of the prompts (module text), each from drafters that learned nothing."""
+              cost: Optional[CostModel] = None, repeat: int = 1,
+              interleave: Optional[str] = None) -> dict:
+    """stream_one(model, spec, prompt, max_tokens, temperature, seed) -> an iterator of
+    (new token ids, stats so far), one per decoding step, whose stats time each step alone (the
+    engine's do: the time the consumer holds a step is not the method's). With the target's cost
+    model (cost.py), each method's verify time per call gets its prediction. `repeat` rounds of the
+    prompts and `interleave` ("steps" or "prompts", default default_interleave()): module text."""
     from ..drafters.shared import loaded_only
 
+    interleave = interleave or default_interleave()
+    if interleave not in INTERLEAVINGS:
+        raise MlxSpecError(f"interleave must be one of {', '.join(INTERLEAVINGS)}, got {interleave!r}")
+    if interleave == "steps" and default_interleave() != "steps":
+        raise MlxSpecError("step interleaving times methods truly only where a step's work is done "
+                           "when it is handed over (the CPU); on a GPU use interleave=prompts")
     memory, states = MemoryTrace(), {}
     for spec in specs:  # warm-up: compile, allocate, load drafters; not timed
         with own_state(model, spec.label, states):
-            run_one(model, spec, prompts[0]["prompt"], warmup_tokens, temperature, seed)
+            _drain(stream_one(model, spec, prompts[0]["prompt"], warmup_tokens, temperature, seed))
     memory.after_warmup()
     runs = []
     for i, (rnd, prompt) in enumerate((r, p) for r in range(repeat) for p in prompts):
         if rnd and prompt is prompts[0]:
             states = {label: loaded_only(state) for label, state in states.items()}
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
-        for spec in rotation:
-            with own_state(model, spec.label, states):
-                ids, stats = run_one(model, spec, prompt["prompt"], max_tokens, temperature,
-                                     seed + rnd)
-            runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats, rnd))
-            if progress:
-                progress(f"{prompt['id']} {spec.label}")
+        streams = {spec.label: stream_one(model, spec, prompt["prompt"], max_tokens, temperature,
+                                          seed + rnd) for spec in rotation}
+        results = {label: ([], None) for label in streams}
+        while streams:  # "prompts": each stream to its end in turn; "steps": one step of each
+            for spec in rotation:
+                stream = streams.get(spec.label)
+                if stream is None:
+                    continue
+                with own_state(model, spec.label, states):
+                    for new, stats in stream:
+                        results[spec.label] = (results[spec.label][0] + list(new), stats)
+                        if interleave == "steps":
+                            break
+                    else:
+                        del streams[spec.label]
+                        ids, stats = results[spec.label]
+                        runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats, rnd))
+                        if progress:
+                            progress(f"{prompt['id']} {spec.label}")
         memory.after_prompt()
     methods, by_category = summarize(runs, greedy=temperature == 0)
     if cost is not None:
@@ -360,7 +406,7 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
             "machine": machine_info(),
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
                                               "seed": seed, "prompts": len(prompts),
-                                              "repeat": repeat,
+                                              "repeat": repeat, "interleave": interleave,
                                               "method_specs": [s.label for s in specs]},
             "per_prompt": [{"method": r.method, "prompt_id": r.prompt_id, "category": r.category,
                             "round": r.round,

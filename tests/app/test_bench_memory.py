@@ -19,8 +19,8 @@ def test_growth_of_a_leaking_run_is_reported():
 
     def leaking_run(model, spec, prompt, max_tokens, temperature, seed):
         kept.append(b"\x01" * (16 * MB))  # written pages: resident
-        return [1, 2], GenerationStats(method=spec.name, generated_tokens=2, target_calls=2,
-                                       accepted_per_call=[1, 1], verify_s=0.01)
+        yield [1, 2], GenerationStats(method=spec.name, generated_tokens=2, target_calls=2,
+                                      accepted_per_call=[1, 1], verify_s=0.01)
 
     prompts = [{"id": str(i), "category": "default", "prompt": "x"} for i in range(4)]
     report = run_bench(FakeModel(), [MethodSpec("ar", "ar")], prompts, 2, 0.0, 0, leaking_run)

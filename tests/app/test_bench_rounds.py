@@ -20,15 +20,16 @@ def fake_run(model, spec, prompt, max_tokens, temperature, seed):
     LEARNED.append((spec.name, seed, len(seen)))
     seen[len(seen)] = "learned"
     seconds = 1.0 if spec.name == "ar" else {10: 0.5, 11: 0.25}[seed]
-    return [seed, 1], GenerationStats(method=spec.name, generated_tokens=8, target_calls=4,
-                                      accepted_per_call=[2] * 4, verify_s=seconds)
+    yield [seed, 1], GenerationStats(method=spec.name, generated_tokens=8, target_calls=4,
+                                     accepted_per_call=[2] * 4, verify_s=seconds)
 
 
 def test_rounds_use_their_own_seed_and_report_their_speedups():
     prompts = [{"id": str(i), "category": "c", "prompt": "x"} for i in range(3)]
     specs = [MethodSpec("ar", "ar"), MethodSpec("fast", "fast")]
     LEARNED.clear()
-    report = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, fake_run, repeat=2)
+    report = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, fake_run, repeat=2,
+                       interleave="prompts")
     # each method's drafters learn over a round (after its warm-up run) and start over in the next
     for name in ("ar", "fast"):
         assert [n for m, seed, n in LEARNED if m == name] == [0, 1, 2, 3, 0, 1, 2]
@@ -39,5 +40,44 @@ def test_rounds_use_their_own_seed_and_report_their_speedups():
     assert sorted({(r["prompt_id"], r["round"]) for r in report["per_prompt"]}) == [
         (str(i), k) for i in range(3) for k in (0, 1)]
     assert report["settings"]["repeat"] == 2
-    single = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, fake_run)
+    single = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, fake_run, interleave="prompts")
     assert "speedup_by_round" not in single["methods"]["fast"]
+
+
+def test_step_interleaving_runs_one_step_of_each_method_in_turn():
+    """On the CPU every method decodes a prompt at once, a step of each in turn (rotating which
+    method goes first), each with its own drafter state; tokens and stats are each method's own."""
+    order = []
+
+    def stepping(model, spec, prompt, max_tokens, temperature, seed):
+        steps = 2 if spec.name == "ar" else 1  # `fast` emits two tokens per step
+        stats = GenerationStats(method=spec.name)
+        for step in range(max_tokens // steps):
+            model.extras.auto_rates[spec.name] = step  # each method sees only its own state
+            order.append((prompt, spec.name, step))
+            stats.generated_tokens += steps
+            stats.target_calls += 1
+            stats.accepted_per_call.append(steps)
+            stats.verify_s += 0.1
+            yield [step] * steps, stats
+
+    specs = [MethodSpec("ar", "ar"), MethodSpec("fast", "fast")]
+    prompts = [{"id": str(i), "category": "c", "prompt": f"p{i}"} for i in range(2)]
+    report = run_bench(FakeModel(), specs, prompts, 4, 0.0, 0, stepping, warmup_tokens=2,
+                       interleave="steps")
+    timed = order[3:]  # after the warm-up runs on p0 (2 tokens: one step of ar, two of fast)
+    assert timed[:6] == [("p0", "ar", 0), ("p0", "fast", 0), ("p0", "ar", 1), ("p0", "fast", 1),
+                         ("p0", "fast", 2), ("p0", "fast", 3)]
+    assert timed[6:9] == [("p1", "fast", 0), ("p1", "ar", 0), ("p1", "fast", 1)]  # rotated
+    assert report["settings"]["interleave"] == "steps"
+    assert report["methods"]["fast"]["speedup"] == pytest.approx(0.5)
+    assert report["methods"]["fast"]["matches_ar"] is False
+    runs = {(r["method"], r["prompt_id"]): r for r in report["per_prompt"]}
+    assert runs[("ar", "0")]["target_calls"] == 2 and runs[("fast", "0")]["target_calls"] == 4
+
+
+def test_unknown_interleaving_is_refused():
+    with pytest.raises(Exception, match="interleave must be one of"):
+        run_bench(FakeModel(), [MethodSpec("ar", "ar")], [{"id": "0", "category": "c",
+                                                           "prompt": "x"}],
+                  2, 0.0, 0, fake_run, interleave="tokens")
