@@ -154,7 +154,8 @@ def test_greedy_equals_ar_on_random_models(random_models, tmp_path, arch):
                                         (4, 4, 0.02)]:
             result = mlx_spec.generate(model, prompt, method="redrafter", max_tokens=40, raw=True,
                                        head=head, beam_width=width, beam_length=length,
-                                       min_prob=min_prob)
+                                       min_prob=min_prob, adaptive=False)  # fixed depth: the
+            # trees' sizes compare (a random head never hits: adapting, it stops drafting)
             assert result.token_ids == ar.token_ids, (arch, prompt, width, length)
             assert result.stats.target_calls <= len(ar.token_ids) + 1
             assert result.stats.drafted_tokens > 0
@@ -295,3 +296,23 @@ def test_head_with_drafting_vocabulary_is_lossless(random_models, tmp_path):
     assert chi_square_pvalue(counts, exact) > 1e-4
     assert all(decoder.drafter.heads[s].tables["vocab_ids"].size == vocab // 2
                for s in (False, True))
+
+
+def test_greedy_depth_adapts_and_carries_over_requests(random_models, tmp_path):
+    """Greedy, the head's depth is chosen like the sampled one (a random head never hits: its
+    drafts shrink towards plain decoding instead of nine misses a step), and since greedy drafts
+    never change the text, what the chooser learned carries to the next request."""
+    model = random_models["llama"]
+    head = random_head_for(model, tmp_path / "head")
+
+    def drafted(**options) -> int:
+        result = mlx_spec.generate(model, PROMPTS[0], method="redrafter", max_tokens=40, raw=True,
+                                   head=head, backoff=False, **options)
+        ar = mlx_spec.generate(model, PROMPTS[0], method="ar", max_tokens=40, raw=True)
+        assert result.token_ids == ar.token_ids
+        return result.stats.drafted_tokens
+
+    fixed = drafted(adaptive=False)
+    first, second = drafted(), drafted()
+    assert fixed >= 9 * 30 and first < fixed / 3
+    assert second < first  # starts from the first request's depths, not the prior's
