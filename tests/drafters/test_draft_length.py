@@ -163,3 +163,22 @@ def test_guesses_settle_once_the_text_decides_them():
     # (matched, offered): 7, 8 then 4 != 9; 8 then 4 != 5
     assert ledger.settle([1, 2, 3, 7, 8, 4]) == [(2, 3), (1, 2)]
     assert ledger.open == []
+
+
+def test_failed_probes_are_rare_where_drafts_never_hit():
+    """A draft model that never matches (planted) on a target where one draft costs ~1.2 steps:
+    once plain, it probes after the drift alone, and a failed probe is learned from where the
+    misses had left the size, not from the drifted value, so the next probe is again a whole
+    drift away (learned from the drifted value, a miss left it just under the threshold and it
+    probed one step in about four)."""
+    chooser = DraftChooser.for_depths(4, verify=lambda n: 1.1 + 0.04 * n if n else 1.0,
+                                      draft_cost=0.06)
+    for _ in range(30):
+        chooser.record(accepted=0, offered=chooser.choose() or 4)
+    assert chooser.choose() == 0
+    probes = 0
+    for _ in range(300):
+        depth = chooser.choose()
+        probes += depth > 0
+        chooser.record(accepted=0, offered=depth)
+    assert 3 <= probes <= 300 // 12
