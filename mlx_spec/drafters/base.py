@@ -36,7 +36,7 @@ class Drafter:
         """Carry what the drafter learns while sampling (its draft sizes) across requests. By
         default a drafter whose sampled drafts depend on it starts afresh each request, so that a
         seed gives the same text; method auto, whose text no seed reproduces, calls this on its
-        candidates (draft_length.SamplingChooser)."""
+        candidates (draft_length.ModelChoosers)."""
 
     def propose(self, ctx: StepContext) -> Tree:
         raise NotImplementedError

@@ -199,7 +199,7 @@ def shared_chooser(model, key: tuple, make):
     carries over to the next request and decoder; a fresh one where there is no model. For
     drafts that never change the output (pld, lookahead: the target's draws depend on the seed and
     position alone; any greedy draft), since a carried-over state changes what is drafted; sampled
-    drafts only where no seed reproduces the text anyway (SamplingChooser.carried)."""
+    drafts only where no seed reproduces the text anyway (ModelChoosers.carried)."""
     if model is None:
         return make()
     choosers = shared(model).draft_lengths
@@ -208,26 +208,34 @@ def shared_chooser(model, key: tuple, make):
     return choosers[key]
 
 
-class SamplingChooser:
-    """The draft-size chooser of a drafter that samples its drafts (redrafter's chains, a draft
-    model's tokens): what it drafts shapes which sampled text a seed gives, so by default it starts
-    afresh with each request and a seed gives the same text every time. `carried` (set through
-    Drafter.keep_learning by method auto, whose text no seed reproduces: which candidate proposes
-    depends on timing) keeps one chooser per loaded model, settings and temperature across
-    requests instead: auto lends a candidate a few trial steps per request, too few for a chooser
-    starting from its prior to learn (measured on SmolLM2 at T = 1.0: redrafter's trials verified
-    7 nodes, 83-88 ms against a 55 ms plain step, for 1.1 tokens)."""
+class ModelChoosers:
+    """The draft-size choosers of a drafter that drafts from a model of its own (redrafter's head,
+    a draft model), one per sampling regime. Greedy drafts never change the output, so the greedy
+    chooser is shared per loaded model and settings and carries what it learned to the next
+    request (shared_chooser). Sampled drafts shape which text a seed gives, so by default their
+    chooser starts afresh with each request and a seed gives the same text every time. `carried`
+    (set through Drafter.keep_learning by method auto, whose text no seed reproduces: which
+    candidate proposes depends on timing) keeps one sampling chooser per loaded model, settings and
+    temperature across requests instead: auto lends a candidate a few trial steps per request, too
+    few for a chooser starting from its prior to learn (measured on SmolLM2 at T = 1.0:
+    redrafter's trials verified 7 nodes, 83-88 ms against a 55 ms plain step, for 1.1 tokens)."""
 
     def __init__(self, model, settings: tuple, make: Callable[[], DraftChooser]):
         self.model, self.settings, self.make = model, settings, make
+        self.greedy = shared_chooser(model, settings, make)
         self.carried = False
         self._fresh = make()
 
     def begin(self) -> None:
+        """A new request: the sampling chooser starts over unless it is carried."""
         if not self.carried:
             self._fresh.reset()
 
-    def get(self, temperature: float) -> DraftChooser:
+    def get(self, sampling) -> DraftChooser:
+        """The chooser for drafts made under `sampling` (a SamplingParams)."""
+        if sampling.greedy:
+            return self.greedy
         if not self.carried:
             return self._fresh
-        return shared_chooser(self.model, self.settings + ("sampling", temperature), self.make)
+        return shared_chooser(self.model, self.settings + ("sampling", sampling.temperature),
+                              self.make)

@@ -13,7 +13,7 @@ drafts (on SmolLM2-135M a 15M drafter's draft is ~0.14 of a target step, so four
 agreement cost more than they win, one still wins). Greedy output does not depend on the drafts, so
 the greedy chooser carries what it learned to the next request; when sampling, the drafts shape
 the output drawn from a seed, so that chooser starts over with each request (except inside `auto`:
-draft_length.SamplingChooser).
+draft_length.ModelChoosers).
 
 A draft model's folder may carry a drafting vocabulary (draft_vocab.py): it then drafts only those
 tokens, projecting its last hidden state onto their columns of its vocabulary projection (the
@@ -52,7 +52,7 @@ from . import draft_vocab, register
 from .base import Drafter, StepContext
 from .compiled_step import DraftForward, supports_compiled_step
 from .model_parts import decoder_stack, projection_layer
-from .draft_length import DraftChooser, SamplingChooser, shared_chooser, verify_cost_for
+from .draft_length import DraftChooser, ModelChoosers, verify_cost_for
 from .shared import shared, target_cost
 
 
@@ -198,7 +198,7 @@ class DraftModelDrafter(Drafter):
                                     self.draft.vocab_columns if draft_vocab else None)
         self.stop_rule = StopRule()         # static: the chooser sizes the rounds
         self._max_drafts = 0                # k of the round being verified, for the stop rule
-        self.choosers = None                # (greedy chooser, SamplingChooser); None: always k
+        self.choosers: Optional[ModelChoosers] = None  # None: num_draft_tokens every round
         if adaptive:
             measured = verify_cost is None and verify_overhead is None and model is not None
             verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.2))
@@ -209,8 +209,7 @@ class DraftModelDrafter(Drafter):
 
             settings = ("draft", self.draft.path, num_draft_tokens, verify_cost, verify_overhead,
                         draft_vocab)
-            self.choosers = (shared_chooser(model, settings, make),
-                             SamplingChooser(model, settings, make))
+            self.choosers = ModelChoosers(model, settings, make)
 
     # -- drafter cache -----------------------------------------------------------------------------
     @property
@@ -251,17 +250,16 @@ class DraftModelDrafter(Drafter):
 
     def keep_learning(self) -> None:
         if self.choosers is not None:
-            self.choosers[1].carried = True
+            self.choosers.carried = True
 
     def begin(self, prompt_tokens: list[int]) -> None:
         if self.choosers is not None:  # a seed gives the same sampled text on every request
-            self.choosers[1].begin()
+            self.choosers.begin()
 
     def _chooser(self, ctx: StepContext) -> Optional[DraftChooser]:
         if self.choosers is None:
             return None
-        greedy, sampling = self.choosers
-        chooser = greedy if ctx.sampling.greedy else sampling.get(ctx.sampling.temperature)
+        chooser = self.choosers.get(ctx.sampling)
         chooser.draft_cost = self.time.relative
         return chooser
 

@@ -285,7 +285,7 @@ def test_auto_candidates_keep_their_sampled_draft_sizes_across_requests(random_m
     def run(drafter, sampling):
         decoder = Decoder(Target(model.model), drafter, method="draft")
         list(decoder.generate(list(prompt), Limits(max_tokens=24), sampling, seed=1))  # no back-off
-        return drafter.choosers[1].get(sampling.temperature)
+        return drafter.choosers.get(sampling)
 
     def at_prior(chooser):
         return all(chooser.tokens[s] == chain_prior(s) for s in chooser.sizes)
@@ -294,16 +294,16 @@ def test_auto_candidates_keep_their_sampled_draft_sizes_across_requests(random_m
     learned = run(alone, hot)
     assert not at_prior(learned)  # a random drafter's misses moved it
     alone.begin(prompt)
-    assert at_prior(alone.choosers[1].get(1.0))  # alone: every request starts afresh
+    assert at_prior(alone.choosers.get(hot))  # alone: every request starts afresh
 
     kept = create("draft", model, **options)
     kept.keep_learning()
     learned = dict(run(kept, hot).tokens)
     kept.begin(prompt)
-    assert kept.choosers[1].get(1.0).tokens == learned  # carried to the next request
+    assert kept.choosers.get(hot).tokens == learned  # carried to the next request
     other = create("draft", model, **options)
     other.keep_learning()
-    assert other.choosers[1].get(1.0).tokens == learned  # and to the next decoder
-    assert at_prior(other.choosers[1].get(0.7))  # another temperature learns on its own
+    assert other.choosers.get(hot).tokens == learned  # and to the next decoder
+    assert at_prior(other.choosers.get(SamplingParams(temperature=0.7)))  # another temperature learns on its own
     auto = mlx_spec.make_decoder(model, "auto", methods="draft", **options).drafter
-    assert auto.candidates["draft"].choosers[1].carried
+    assert auto.candidates["draft"].choosers.carried

@@ -21,7 +21,7 @@ beam_length when it keeps hitting. Greedy too (adaptive=None or True; False draf
 always): on SmolLM2's chat answers the head misses for whole answers (36% agreement), where a fixed
 depth verified 9 drafts per step for 1.0 tokens until the back-off paused it, each such step ~2x a
 plain one. Greedy drafts never change the output, so the greedy chooser carries what it learned to
-the next request (draft_length.shared_chooser); a sampling one starts over (SamplingChooser).
+the next request; a sampling one starts over (draft_length.ModelChoosers).
 
 On a GPU the next beam search starts asynchronously as soon as a verification is observed, so it
 runs while the engine commits the cache and streams text.
@@ -40,7 +40,7 @@ from ...loading import compute_on_cpu, shipped_companion, shipped_model
 from ...tree import Tree
 from .. import register
 from ..base import Drafter, StepContext
-from ..draft_length import DraftChooser, SamplingChooser, shared_chooser, verify_cost_for
+from ..draft_length import DraftChooser, ModelChoosers, verify_cost_for
 from ..shared import shared
 from .beam_search import beam_search, greedy_chain
 from .chain_sampling import sample_chains
@@ -108,7 +108,7 @@ class ReDrafter(Drafter):
         # nodes would cost verification work for little expected gain
         self.min_log_prob = math.log(min_prob) if min_prob > 0 else -math.inf
         self.sampled_drafts = sampled_drafts
-        self.chooser = self.sampling_chooser = None  # greedy / sampled drafts; None: fixed depth
+        self.choosers: Optional[ModelChoosers] = None  # None: fixed depth
         if adaptive is not False:
             verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15),
                                      tree=beam_width > 1)
@@ -120,8 +120,7 @@ class ReDrafter(Drafter):
             settings = ("redrafter", head, beam_width, beam_length, top_k, min_prob,
                         sampled_drafts, verify_cost, verify_overhead, draft_cost,
                         head_temperature, draft_vocab)
-            self.chooser = shared_chooser(model, settings, make)
-            self.sampling_chooser = SamplingChooser(model, settings, make)
+            self.choosers = ModelChoosers(model, settings, make)
         if head_temperature is not None and head_temperature <= 0:
             raise ValueError("head_temperature must be > 0")
         # by regime (sampling?): the head, its drafting tables, the temperature of its chains
@@ -135,12 +134,12 @@ class ReDrafter(Drafter):
     def begin(self, prompt_tokens: list[int]) -> None:
         # no hidden state for the prompt's last token yet: the first step verifies the root alone
         self._pending = None
-        if self.sampling_chooser is not None:
-            self.sampling_chooser.begin()
+        if self.choosers is not None:
+            self.choosers.begin()
 
     def keep_learning(self) -> None:
-        if self.sampling_chooser is not None:
-            self.sampling_chooser.carried = True
+        if self.choosers is not None:
+            self.choosers.carried = True
 
     def propose(self, ctx: StepContext) -> Tree:
         root, pending = ctx.tokens[-1], self._pending
@@ -179,9 +178,7 @@ class ReDrafter(Drafter):
 
     def _chooser(self, ctx: StepContext) -> Optional[DraftChooser]:
         """The depth chooser of this step, None where the depth is fixed (adaptive=False)."""
-        if self.chooser is None or ctx.sampling.greedy:
-            return self.chooser
-        return self.sampling_chooser.get(ctx.sampling.temperature)
+        return self.choosers.get(ctx.sampling) if self.choosers is not None else None
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         self._pending = None  # spent; prepare() makes the next root's drafts if it is called
