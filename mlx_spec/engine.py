@@ -146,12 +146,19 @@ class Decoder:
         self.drafter = drafter
         self.method = method
         self.backoff = backoff  # None: always draft (what the drafter asks for)
+        self._consumer_s = 0.0  # time consumers held yielded steps, ever (see _clock)
         if drafter.needs_hidden_states and not target.has_hidden_states:
             raise MlxSpecError(f"method {method!r} needs the target's hidden states, and this "
                                "architecture's final norm could not be found")
 
     def reset(self) -> None:
         self.target.reset()
+
+    def _clock(self) -> float:
+        """This decoder's own time (StepContext.clock): wall time less the time consumers held
+        its yielded steps, so that a step timed across a yield (auto's, from one observe() to the
+        next) is the decoder's work alone, whatever runs between its steps."""
+        return time.perf_counter() - self._consumer_s
 
     def reusable(self, prompt_tokens: Sequence[int]) -> int:
         """Prompt tokens the target's cache already holds (the last one is always fed)."""
@@ -192,7 +199,7 @@ class Decoder:
         t0 = time.perf_counter()
         drafting = self.backoff is None or self.backoff.drafting
         ctx = StepContext(tokens=tokens, max_drafts=room - 1 if drafting else 0, sampling=sampling,
-                          key=key, trees=self.target.supports_trees)
+                          key=key, trees=self.target.supports_trees, clock=self._clock)
         tree = self.drafter.propose(ctx)
         t1 = time.perf_counter()
         out = self.target.verify(tree)
@@ -260,8 +267,10 @@ class Decoder:
                     flight.draft_s += prepare_s  # the next step's drafting began in prepare
                 paused = time.perf_counter()
                 yield Step(new, finish, stats)
+                held = time.perf_counter() - paused
+                self._consumer_s += held
                 if flight is not None:
-                    flight.consumer_s = time.perf_counter() - paused
+                    flight.consumer_s = held
         finally:
             if flight is not None:  # the consumer stopped early: drop the tree still in flight
                 self.target.trim(len(flight.tree))

@@ -3,7 +3,8 @@
 Candidates are the drafting methods available for the loaded target: `pld` and `lookahead`
 always, `redrafter` where a trained head fits it, `draft` where a draft model does. Each step one
 candidate proposes; auto times every step from one observe() to the next (the candidate's
-drafting, the target's verify of its tree, the engine's accept and streaming) and keeps, per
+drafting, the target's verify of its tree, the engine's accept; not the time the consumer holds a
+yielded step, StepContext.clock: the bench runs other methods' steps there) and keeps, per
 candidate, decayed sums of tokens emitted and seconds spent. It proposes with the best rate (the
 leader keeps proposing until another is ahead by SWITCH_MARGIN: rates are noisy windowed means,
 and chasing the highest chased bursts) and now and then lends a few steps to each other candidate
@@ -277,7 +278,7 @@ class Auto(Drafter):
                 self._asked.append(real)
 
     def observe(self, ctx, tree, acceptance, out) -> None:
-        now = time.perf_counter()
+        now = ctx.clock()  # the decoder's own time: not what its consumer did between steps
         since, self._last_observe = self._last_observe, now
         drafting, self._drafting_s = self._drafting_s, 0.0
         name = self.current  # who proposed this step's tree

@@ -2,8 +2,9 @@
 learn from what the target accepted. It never sees how the target verifies."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ..accept import Acceptance
 from ..sampling import SamplingParams
@@ -18,6 +19,9 @@ class StepContext:
     sampling: SamplingParams
     key: Optional[object] = None  # an mx.random key for drafters that sample
     trees: bool = True         # False: the target verifies chains only (propose a chain)
+    # the decoder's own time (s): wall time less what its consumer held the yielded steps (a UI,
+    # or the bench running other methods' steps in between); a drafter timing whole steps reads it
+    clock: Callable[[], float] = time.perf_counter
 
 
 class Drafter:

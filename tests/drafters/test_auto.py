@@ -53,6 +53,29 @@ def test_auto_picks_the_planted_best_and_still_tries_the_other(random_models):
     assert auto.steps_by_method.get("slow", 0) == 0
 
 
+def test_steps_are_timed_without_the_time_the_consumer_holds_them(random_models):
+    """The bench runs other methods' steps while one method's step is yielded (step
+    interleaving), a UI draws text there: auto's step times, taken from one observe() to the
+    next, must be the decoder's own work (StepContext.clock), or every candidate's rate is
+    drowned in the consumer's time."""
+    from mlx_spec.engine import Limits
+    from mlx_spec.sampling import SamplingParams
+
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], 24)
+    memory = {}
+    auto = Auto({"oracle": Oracle(prompt + expected)},
+                lambda regime: memory.setdefault(regime, Rates()))
+    decoder = Decoder(Target(model.model), auto, "auto")
+    held = 0.05
+    for _ in decoder.generate(list(prompt), Limits(max_tokens=24), SamplingParams()):
+        time.sleep(held)  # the consumer's turn
+    rate = memory["greedy"].by_name["oracle"]
+    assert rate.steps >= 3
+    assert rate.seconds / rate.weight < held / 2  # a random tiny model's step takes a few ms
+
+
 class TextOracle(Oracle):
     drafts_from_text = True
 
