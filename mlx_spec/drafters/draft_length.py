@@ -143,10 +143,15 @@ class DraftChooser:
             self._learn(s, tokens, width * sent)
         self.outcomes += 1
 
-    def record_ranks(self, matched_ranks: list[int], retrieved: int) -> None:
+    def record_ranks(self, matched_ranks: list[int], retrieved: int,
+                     asked: Optional[int] = None) -> None:
         """The text walked through the nodes `matched_ranks` (1-based, best first) of a ranked tree
-        of `retrieved` nodes: a budget s would have sent its first s nodes."""
+        of `retrieved` nodes: a budget s would have sent its first s nodes. `asked`: the tree was
+        cut at that many nodes, so it says nothing about larger budgets (they are left as they
+        are)."""
         for s in self.sizes:
+            if asked is not None and s > asked:
+                break
             self._learn(s, 1.0 + sum(1 for rank in matched_ranks if rank <= s),
                         float(min(s, retrieved)))
         self.outcomes += 1

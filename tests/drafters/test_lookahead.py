@@ -147,6 +147,41 @@ def test_budget_chooser_stops_on_failures_and_grows_on_success():
     assert chooser.choose() == 32
 
 
+def test_a_cut_retrieval_teaches_only_the_budgets_it_covers():
+    chooser = DraftChooser.for_budgets(32, verify_cost=0.07)
+    for _ in range(30):
+        chooser.record_ranks([], retrieved=32)
+    before = dict(chooser.tokens), dict(chooser.nodes)
+    for _ in range(30):
+        chooser.record_ranks([1, 2, 3], retrieved=4, asked=4)  # a peek of 4 nodes, all but one hit
+    assert all(chooser.tokens[s] > before[0][s] for s in chooser.sizes if 0 < s <= 4)
+    assert all(chooser.tokens[s] == before[0][s] and chooser.nodes[s] == before[1][s]
+               for s in chooser.sizes if s > 4)  # nothing known of what budget 32 would send
+    assert chooser.choose() == 3  # drafting is back, at the budget that sent the hits
+
+
+def test_while_plain_decoding_is_chosen_only_a_peek_is_retrieved(random_model_dirs, monkeypatch):
+    from mlx_spec.drafters import lookahead
+
+    asked = []
+    real = lookahead.retrieve
+    monkeypatch.setattr(lookahead, "retrieve",
+                        lambda tries, context, budget, *rest: asked.append(budget)
+                        or real(tries, context, budget, *rest))
+    model = fresh(random_model_dirs["qwen3"])
+    decoder = mlx_spec.make_decoder(model, "lookahead", verify_cost=0.06, verify_overhead=0.25,
+                                    backoff=False)
+    chooser = decoder.drafter.chooser
+    for _ in range(30):
+        chooser.record_ranks([], retrieved=32)  # as after a stretch of misses
+    assert chooser.choose() == 0
+    mlx_spec.generate(model, PROMPTS[1], max_tokens=4, raw=True, decoder=decoder)
+    assert asked[0] == lookahead.PEEK
+    chooser.reset()  # an optimistic chooser sends trees: full retrievals
+    mlx_spec.generate(model, PROMPTS[1], max_tokens=4, raw=True, decoder=decoder)
+    assert asked[-1] == 32
+
+
 def test_adaptive_budget_drafts_little_when_nothing_matches(random_model_dirs):
     folder = random_model_dirs["qwen3"]  # random text: retrieved branches are almost always wrong
     # backoff=False: the budget chooser alone is under test (engine.BackOff would cut both); the
