@@ -16,11 +16,16 @@ from .common import err_console, parse_method_options, user_errors
 DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter", "auto"]
 
 
-def _stream_one(model, spec, prompt, max_tokens, temperature, seed, ignore_eos=False):
-    """One method's decoding steps on one prompt: (new token ids, stats so far) per step."""
+def _stream_one(model, spec, prompt, max_tokens, temperature, seed, ignore_eos=False,
+                dispatch_ahead=True):
+    """One method's decoding steps on one prompt: (new token ids, stats so far) per step.
+    dispatch_ahead=False (step interleaving): nothing of the method runs while another's step
+    is timed (engine.Decoder.dispatch_ahead)."""
     import mlx_spec
 
     decoder = mlx_spec.make_decoder(model, spec.name, **spec.options)
+    if hasattr(decoder, "dispatch_ahead"):
+        decoder.dispatch_ahead = dispatch_ahead
     for chunk in mlx_spec.stream_generate(model, prompt, max_tokens=max_tokens,
                                           temperature=temperature, seed=seed, decoder=decoder,
                                           ignore_eos=ignore_eos):
@@ -126,8 +131,8 @@ def register(app: typer.Typer) -> None:
         from mlx_spec import methods as registry
         from mlx_spec.cost import describe as describe_cost
         from mlx_spec.drafters.shared import target_cost
-        from mlx_spec.bench import (INTERLEAVINGS, REFERENCE, MethodSpec, load_prompts,
-                                    measure_rollback, run_bench, split_method_list)
+        from mlx_spec.bench import (INTERLEAVINGS, REFERENCE, MethodSpec, default_interleave,
+                                    load_prompts, measure_rollback, run_bench, split_method_list)
         from mlx_spec.sampling import SamplingParams
 
         if max_tokens < 1:
@@ -162,7 +167,9 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("bench", total=repeat * len(prompt_list) * len(specs))
-            stream_one = functools.partial(_stream_one, ignore_eos=ignore_eos)
+            steps = (interleave or default_interleave()) == "steps"
+            stream_one = functools.partial(_stream_one, ignore_eos=ignore_eos,
+                                           dispatch_ahead=not steps)
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, stream_one,
                                warmup_tokens=warmup_tokens, interleave=interleave,
                                progress=lambda label: bar.update(task, advance=1, description=label),

@@ -146,6 +146,12 @@ class Decoder:
         self.drafter = drafter
         self.method = method
         self.backoff = backoff  # None: always draft (what the drafter asks for)
+        # The next step's drafting and verification start before a step's tokens are yielded, so
+        # that they run while the consumer streams (_loop). False starts them when the consumer
+        # asks for the next step instead: nothing of this decoder is then in flight while the
+        # consumer holds a step (the bench's step interleaving on the CPU, where mx.async_eval
+        # returns at once and one method's forward would run inside another's timed step).
+        self.dispatch_ahead = True
         self._consumer_s = 0.0  # time consumers held yielded steps, ever (see _clock)
         if drafter.needs_hidden_states and not target.has_hidden_states:
             raise MlxSpecError(f"method {method!r} needs the target's hidden states, and this "
@@ -206,9 +212,22 @@ class Decoder:
         mx.async_eval(out.logits)
         return _InFlight(ctx, tree, out, draft_s=t1 - t0, started=t1, backed_off=not drafting)
 
+    def _next_flight(self, ctx, acceptance, out, tokens, generated, limits, sampling,
+                     draft_key) -> _InFlight:
+        """Prepare (the drafter's early start) and dispatch the step after `ctx`'s."""
+        prepare_s = 0.0
+        if self.backoff is None or self.backoff.drafting:
+            t_prepare = time.perf_counter()
+            self.drafter.prepare(ctx, acceptance, out)
+            prepare_s = time.perf_counter() - t_prepare
+        flight = self._dispatch(tokens, self._room(tokens, generated, limits), sampling, draft_key)
+        flight.draft_s += prepare_s  # the next step's drafting began in prepare
+        return flight
+
     def _loop(self, tokens, limits, sampling, stats, key, seed) -> Iterator[Step]:
         """Step n+1's verification is dispatched before step n's tokens are yielded, so whatever
-        the consumer does with them (detokenize, print, update a UI) overlaps the forward pass."""
+        the consumer does with them (detokenize, print, update a UI) overlaps the forward pass
+        (unless dispatch_ahead is off: then when the consumer asks for step n+1)."""
         generated = 0
         replayed_before = self.target.replayed
         key, draft_key = _split(key, 2)
@@ -256,21 +275,18 @@ class Decoder:
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
                                         flight.draft_s + verify_s + other_s, other_s, verify_s,
                                         branching)
-                flight, prepare_s = None, 0.0
-                if finish is None and (self.backoff is None or self.backoff.drafting):
-                    t_prepare = time.perf_counter()
-                    self.drafter.prepare(ctx, acceptance, out)
-                    prepare_s = time.perf_counter() - t_prepare
-                if finish is None:  # propose and start verifying the next tree before yielding
-                    flight = self._dispatch(tokens, self._room(tokens, generated, limits),
-                                            sampling, draft_key)
-                    flight.draft_s += prepare_s  # the next step's drafting began in prepare
+                flight = None
+                following = (ctx, acceptance, out, tokens, generated, limits, sampling, draft_key)
+                if finish is None and self.dispatch_ahead:  # the next tree before yielding
+                    flight = self._next_flight(*following)
                 paused = time.perf_counter()
                 yield Step(new, finish, stats)
                 held = time.perf_counter() - paused
                 self._consumer_s += held
                 if flight is not None:
                     flight.consumer_s = held
+                elif finish is None:
+                    flight = self._next_flight(*following)
         finally:
             if flight is not None:  # the consumer stopped early: drop the tree still in flight
                 self.target.trim(len(flight.tree))

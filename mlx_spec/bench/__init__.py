@@ -4,9 +4,12 @@ On the CPU every method decodes each prompt at once, step by step in turn (`inte
 method A's step, then B's, ..., each timed alone), so the host's drift (the one-token step of a
 135M model moved 60-80 ms within seconds on a shared 2-core machine) hits every method in the same
 second rather than in its own prompt's; measured per prompt, whole-prompt rotation left plain-step
-methods +-10% apart in one run. Where evaluation runs asynchronously (a GPU: the engine dispatches
-a method's next verification before handing its tokens over), methods instead run whole prompts in
-a rotating order (`interleave="prompts"`), one method's work never queued behind another's.
+methods +-10% apart in one run. The engine normally dispatches a method's next verification before
+handing its tokens over, and mx.async_eval returns at once on the CPU too, so the command turns
+that off for step interleaving (engine.Decoder.dispatch_ahead): otherwise one method's forward ran
+inside the next method's timed step (`ar` measured 3% slower right after a method verifying three
+tokens a step than the same `ar` elsewhere in the run). On a GPU methods instead run whole prompts
+in a rotating order (`interleave="prompts"`), each with its usual overlap.
 Before the timed runs, one warm-up run per method. `repeat` runs the prompt set several rounds
 (round r samples with seed + r) and reports each method's speedup per round beside the pooled
 one: a difference smaller than the rounds' spread is not a difference. Each round starts with
@@ -334,8 +337,8 @@ INTERLEAVINGS = ("steps", "prompts")
 
 
 def default_interleave() -> str:
-    """"steps" where a method's step is done when it hands over its tokens (the CPU: mx.async_eval
-    there returns when the work is done), "prompts" where work runs on asynchronously (a GPU)."""
+    """"steps" on the CPU (one compute stream; see the module text), "prompts" on a GPU, where a
+    step's forward is short beside the host's own work and overlapping them is the speed users get."""
     import mlx.core as mx
 
     gpu = mx.metal.is_available() or (hasattr(mx, "cuda") and mx.cuda.is_available())
@@ -356,7 +359,8 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
               interleave: Optional[str] = None) -> dict:
     """stream_one(model, spec, prompt, max_tokens, temperature, seed) -> an iterator of
     (new token ids, stats so far), one per decoding step, whose stats time each step alone (the
-    engine's do: the time the consumer holds a step is not the method's). With the target's cost
+    engine's do: the time the consumer holds a step is not the method's; with step interleaving
+    nothing of the method may still run when it hands a step over, see the module text). With the target's cost
     model (cost.py), each method's verify time per call gets its prediction. `repeat` rounds of the
     prompts and `interleave` ("steps" or "prompts", default default_interleave()): module text."""
     from ..drafters.shared import loaded_only
@@ -365,8 +369,8 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
     if interleave not in INTERLEAVINGS:
         raise MlxSpecError(f"interleave must be one of {', '.join(INTERLEAVINGS)}, got {interleave!r}")
     if interleave == "steps" and default_interleave() != "steps":
-        raise MlxSpecError("step interleaving times methods truly only where a step's work is done "
-                           "when it is handed over (the CPU); on a GPU use interleave=prompts")
+        raise MlxSpecError("step interleaving is the CPU's way of timing methods side by side; "
+                           "on a GPU use interleave=prompts")
     memory, states = MemoryTrace(), {}
     for spec in specs:  # warm-up: compile, allocate, load drafters; not timed
         with own_state(model, spec.label, states):
