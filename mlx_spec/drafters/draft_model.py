@@ -207,7 +207,7 @@ class DraftModelDrafter(Drafter):
             def make():
                 return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify)
 
-            settings = ("draft", self.draft.path, num_draft_tokens, verify_cost, verify_overhead,
+            settings = (type(self).__name__, self.draft.path, num_draft_tokens, verify_cost, verify_overhead,
                         draft_vocab)
             self.choosers = ModelChoosers(model, settings, make)
 

@@ -80,8 +80,10 @@ def test_max_confidence_rule():
 
 
 def _generate(model, draft_dir, max_tokens=40, temperature=0.0, **options):
-    # backoff=False: these tests read the drafting rounds, which the back-off to plain decoding
-    # (engine.BackOff) would cut wherever drafting measured slower (as it is on tiny models)
+    # backoff=False, adaptive=False: these tests read the rule's drafting rounds, which the
+    # back-off to plain decoding (engine.BackOff) and the draft-length chooser would cut wherever
+    # drafting measured slower (as it is on tiny models)
+    options.setdefault("adaptive", False)
     return mlx_spec.generate(model, PROMPTS[0], method="adaedl", max_tokens=max_tokens, raw=True,
                              temperature=temperature, seed=0, draft_model=str(draft_dir),
                              backoff=False, **options)
@@ -115,7 +117,8 @@ def test_the_drafters_distribution_decides_where_drafting_stops(random_models, r
     model, draft = random_models["llama"], random_model_dirs["llama"]
     rounds = []
     decoder = mlx_spec.make_decoder(model, "adaedl", draft_model=str(draft), num_draft_tokens=5,
-                                    stop_rule="max-confidence", confidence_threshold=0.3)
+                                    stop_rule="max-confidence", confidence_threshold=0.3,
+                                    adaptive=False)
     observe = decoder.drafter.observe
     decoder.drafter.observe = lambda ctx, tree, acc, out: (rounds.append(len(tree) - 1), observe(ctx, tree, acc, out))
     mlx_spec.generate(model, PROMPTS[1], max_tokens=60, raw=True, decoder=decoder)
@@ -125,7 +128,7 @@ def test_the_drafters_distribution_decides_where_drafting_stops(random_models, r
 def test_lambda_adapts_and_persists_across_requests(random_models, random_model_dirs):
     model = random_models["mistral"]
     options = dict(draft_model=str(random_model_dirs["qwen2"]), num_draft_tokens=4, lam=0.3,
-                   backoff=False)  # the threshold moves only in drafting rounds
+                   backoff=False, adaptive=False)  # the threshold moves only in drafting rounds
     first = mlx_spec.make_decoder(model, "adaedl", **options)
     mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=first)
     lam = first.drafter.stop_rule.threshold.lam
@@ -137,7 +140,8 @@ def test_lambda_adapts_and_persists_across_requests(random_models, random_model_
 def test_greedy_and_each_sampling_setting_keep_their_own_lambda(random_models, random_model_dirs):
     model = random_models["llama"]
     options = dict(draft_model=str(random_model_dirs["qwen3"]), num_draft_tokens=4, lam=0.3,
-                   sampling_lam=0.1, backoff=False)  # the thresholds move only in drafting rounds
+                   sampling_lam=0.1, backoff=False,
+                   adaptive=False)  # the thresholds move only in drafting rounds
     decoder = mlx_spec.make_decoder(model, "adaedl", **options)
     mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder)
     greedy = decoder.drafter.stop_rule
@@ -171,3 +175,21 @@ def test_greedy_decoding_reads_a_sharpened_distribution():
         (logits - mx.logsumexp(logits)).tolist()  # other rules read the plain softmax
     with pytest.raises(ValueError):
         make_rule("adaedl", greedy_entropy_temperature=0.0)
+
+
+def test_the_draft_length_chooser_caps_the_rule_down_to_plain_decoding(random_models,
+                                                                       random_model_dirs):
+    """adaptive (the default): the chooser `draft` uses caps each round, so with a drafter the
+    target never agrees with (an unrelated random model) adaedl stops drafting altogether after a
+    few misses, where the rule alone drafts at least one token every round; the output is the
+    target's either way."""
+    model, unrelated = random_models["mistral"], random_model_dirs["qwen2"]
+    expected = mlx_lm_greedy(model, PROMPTS[0], 60)
+    runs = {}
+    for adaptive in (True, False):
+        result = mlx_spec.generate(model, PROMPTS[0], method="adaedl", max_tokens=60, raw=True,
+                                   draft_model=str(unrelated), backoff=False, adaptive=adaptive)
+        assert result.token_ids == expected
+        runs[adaptive] = result.stats
+    assert runs[False].drafted_tokens >= runs[False].target_calls  # one or more every round
+    assert runs[True].drafted_tokens < runs[False].drafted_tokens / 3

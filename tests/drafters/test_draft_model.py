@@ -95,9 +95,11 @@ def _fresh_cache(module, tokens):
 
 
 # adaedl with a low lambda (and gamma, for these random drafters' broad distributions) stops in
-# some rounds and not others: a stopped round has fed its last draft, a full one has not. draft's
-# chooser is told drafting is free (this drafter is as large as the target) so that it drafts.
-METHODS = [("draft", dict(draft_cost=0.0)), ("adaedl", dict(lam=0.05, epsilon=0.0, gamma=0.02))]
+# some rounds and not others: a stopped round has fed its last draft, a full one has not (its
+# rule alone: no chooser). draft's chooser is told drafting is free (this drafter is as large as
+# the target) so that it drafts.
+METHODS = [("draft", dict(draft_cost=0.0)),
+           ("adaedl", dict(lam=0.05, epsilon=0.0, gamma=0.02, adaptive=False))]
 
 
 @pytest.mark.parametrize("method,options", METHODS)
