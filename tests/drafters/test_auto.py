@@ -198,6 +198,20 @@ def test_a_lost_trial_lengthens_the_wait_once_it_is_clearly_behind():
         assert auto._next() == expected and auto.rates.by_name["b"].wait == wait
 
 
+def test_a_trial_lost_within_noise_halves_a_long_wait_and_a_won_one_resets_it():
+    """`b` has waited 8 x FIRST_GAP after clear losses: a trial it loses within its noise (90
+    against 100 tokens/s) halves the wait, not back to FIRST_GAP (a candidate steadily behind
+    but noisy would otherwise be tried every FIRST_GAP steps); a trial it wins resets it."""
+    for b_tokens, wait in ((90.0, 4 * Auto.FIRST_GAP), (130.0, Auto.FIRST_GAP)):
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 1.0, 40)},
+                           leader="a")
+        auto.rates.by_name["b"].wait = 8 * Auto.FIRST_GAP
+        auto._trial = ("b", 0)
+        auto._next()
+        assert auto.rates.by_name["b"].wait == wait
+
+
 def test_each_candidate_waits_its_own_turn_and_a_lost_lead_is_tried_again_soon():
     """`c` has lost many trials (a long wait) while `a` led; when `b` overtakes `a`, `a` is
     tried again RECHECK steps after its last step, long before `c`."""
