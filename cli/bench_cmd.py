@@ -167,11 +167,11 @@ def register(app: typer.Typer) -> None:
         from rich.progress import Progress
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("bench", total=repeat * len(prompt_list) * len(specs))
-            steps = (interleave or default_interleave()) == "steps"
+            interleaving = interleave or default_interleave()
             stream_one = functools.partial(_stream_one, ignore_eos=ignore_eos,
-                                           dispatch_ahead=not steps)
+                                           dispatch_ahead=interleaving != "steps")
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, stream_one,
-                               warmup_tokens=warmup_tokens, interleave=interleave,
+                               warmup_tokens=warmup_tokens, interleave=interleaving,
                                progress=lambda label: bar.update(task, advance=1, description=label),
                                cost=cost, repeat=repeat)
         report["settings"]["ignore_eos"] = ignore_eos

@@ -338,7 +338,8 @@ INTERLEAVINGS = ("steps", "prompts")
 
 def default_interleave() -> str:
     """"steps" on the CPU (one compute stream; see the module text), "prompts" on a GPU, where a
-    step's forward is short beside the host's own work and overlapping them is the speed users get."""
+    step's forward is short beside the host's own work and overlapping them is the speed users
+    get."""
     import mlx.core as mx
 
     gpu = mx.metal.is_available() or (hasattr(mx, "cuda") and mx.cuda.is_available())
@@ -360,9 +361,10 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
     """stream_one(model, spec, prompt, max_tokens, temperature, seed) -> an iterator of
     (new token ids, stats so far), one per decoding step, whose stats time each step alone (the
     engine's do: the time the consumer holds a step is not the method's; with step interleaving
-    nothing of the method may still run when it hands a step over, see the module text). With the target's cost
-    model (cost.py), each method's verify time per call gets its prediction. `repeat` rounds of the
-    prompts and `interleave` ("steps" or "prompts", default default_interleave()): module text."""
+    nothing of the method may still run when it hands a step over, see the module text). With
+    the target's cost model (cost.py), each method's verify time per call gets its prediction.
+    `repeat` rounds of the prompts and `interleave` ("steps" or "prompts", default
+    default_interleave()): module text."""
     from ..drafters.shared import loaded_only
 
     interleave = interleave or default_interleave()

@@ -14,10 +14,10 @@ drafting does not pay, and the rule stops within that cap. Without the chooser (
 the paper's method) every round drafts at least one token, and only the engine's back-off could
 stop drafting, a window of 8 rounds at a time: on SmolLM2 at T = 0.7, where the draft model agrees
 with the target on ~22% of tokens, that left `adaedl` at 0.86-0.96x of plain decoding per
-category. gamma, beta1, beta2 and epsilon are the
-paper's; the starting lambda (`lam` greedy, `sampling_lam` when sampling) and alpha 0.5 (the paper's
-0.9 suits pairs that agree more often than a small drafter does) are ours: docs/tuning.md says how
-they were chosen and why entropy predicts acceptance poorly with the embedded pair.
+category. gamma, beta1, beta2 and epsilon are the paper's; the starting lambda (`lam` greedy,
+`sampling_lam` when sampling) and alpha 0.5 (the paper's 0.9 suits pairs that agree more often
+than a small drafter does) are ours: docs/tuning.md says how they were chosen and why entropy
+predicts acceptance poorly with the embedded pair.
 confidence_threshold (max-confidence rule) 0.1 suits small drafters with broad distributions.
 
 The adaptive state (lambda and the running acceptance rate) is shared per loaded model (shared.py),

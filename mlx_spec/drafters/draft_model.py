@@ -207,8 +207,9 @@ class DraftModelDrafter(Drafter):
             def make():
                 return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify)
 
-            settings = (type(self).__name__, self.draft.path, num_draft_tokens, verify_cost, verify_overhead,
-                        draft_vocab)
+            # keyed by class too: adaedl's rounds, cut by its stop rule, teach another chooser
+            settings = (type(self).__name__, self.draft.path, num_draft_tokens, verify_cost,
+                        verify_overhead, draft_vocab)
             self.choosers = ModelChoosers(model, settings, make)
 
     # -- drafter cache -----------------------------------------------------------------------------
