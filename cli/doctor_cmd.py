@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         import mlx.core as mx
 
         import mlx_spec
-        from mlx_spec import blas, methods
+        from mlx_spec import blas, gpu_env, methods
         from mlx_spec.loading import DEFAULT_DRAFT, DEFAULT_TARGET, shipped_model
 
         def ver(name):
@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         rows = [
             ("backend", backend),
             ("BLAS", blas.describe()),
+            ("GPU settings", gpu_env.describe()),
             ("fp32 GEMM 1024x1024x64", f"{_gemm_gflops():.1f} GFLOP/s"),
             ("mlx-spec", mlx_spec.__version__),
             ("mlx", ver("mlx")),

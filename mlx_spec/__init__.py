@@ -6,8 +6,9 @@ import os as _os
 _os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 _os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from . import blas as _blas  # noqa: E402
+from . import blas as _blas, gpu_env as _gpu_env  # noqa: E402
 
+_gpu_env.apply()  # before mlx's first GPU operation
 _blas.ensure()  # must run before the first `import mlx.core`
 
 __version__ = "0.1.0"
