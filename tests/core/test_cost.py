@@ -53,6 +53,27 @@ def test_measure_times_every_size_and_leaves_the_model_usable(tiny):
                                                 raw=True).token_ids
 
 
+def test_measure_never_times_one_shape_twice(tiny, monkeypatch):
+    """Decoding verifies at a new cached length every step; a backend that builds work per shape
+    (mlx's CUDA build: a cuDNN attention graph per query and key length) pays that in each step,
+    so the measurement must too: a repeated (tokens, cached length) pair would time a warm one."""
+    from mlx_spec.target import Target
+
+    timed = []
+    verify = Target.verify
+
+    def recording(self, tree):
+        timed.append((len(tree), tree.is_chain, self.offset))
+        return verify(self, tree)
+
+    monkeypatch.setattr(Target, "verify", recording)
+    measure(tiny.model, context=24, sizes=(1, 2, 4), repeats=3, max_repeats=3)
+    chains = [shape for shape in timed if shape[1]]
+    # each chain size is timed once greedy and once sampled per round, at that round's length
+    assert len(chains) == 2 * 3 * 4 and len(set(chains)) == len(chains) // 2
+    assert sorted({offset for _, _, offset in timed}) == [24, 25, 26, 27]
+
+
 def test_cost_is_cached_on_disk_per_model(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_SPEC_CACHE", str(tmp_path))
     first = cost_model(tiny)
