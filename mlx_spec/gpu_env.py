@@ -13,7 +13,10 @@ them, and that mlx-spec chooses before mlx is imported unless the user has set t
   there ran at 0.19-0.62x of plain decoding. Without cuDNN, mlx computes such attention with its
   own matrix products and softmax, which need no per-shape build.
 The second costs long prompts on CUDA some prefill speed (unfused attention); set the variable
-to 1 before importing mlx_spec to keep cuDNN. Neither matters on the CPU or on Metal.
+to 1 before importing mlx_spec to keep cuDNN. mlx's documentation gives Metal the same reduced-
+precision default where the chip has it, so the first applies there too; neither matters on the
+CPU. Half-precision models have no such switch: there a multi-token verify and a one-token step
+may still run different kernels and differ in the last bit, which can flip an exact tie.
 """
 from __future__ import annotations
 
