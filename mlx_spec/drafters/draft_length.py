@@ -23,11 +23,18 @@ size stood before it drifted (`learned`), so a failed probe puts it back where t
 it, and the next probe is again a whole drift away (~15 plain steps for a draft model on SmolLM2).
 Learned from the drifted value, a miss moved it only a step below the threshold the drift had just
 reached, and the draft model probed one step in four for whole answers it never matched (~5%
-slower than plain decoding).
+slower than plain decoding). Where a chooser learns only from what it sent (a drafter with a model
+of its own: `probe_backoff`), each probe that wins nothing halves the drift's speed, down to an
+eighth, and a probe that wins a token restores it: on text the drafter does not know, probes fall
+from one per whole drift to one per several, while a drafter that starts to match again is back at
+the usual pace after one success.
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
+from pathlib import Path
 from typing import Callable, Optional
 
 from .shared import shared, target_cost
@@ -58,11 +65,28 @@ def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Option
 PRIOR = 0.8  # assumed acceptance of one more chain level before anything is known about it
 DRIFT = 0.1  # how fast (relative to `rate`) sizes return to their prior while nothing is drafted
 PRIOR_WEIGHT = 1  # outcomes the prior is worth when a chooser starts afresh (DraftChooser._learn)
+SLOWEST_DRIFT = 1 / 8  # the drift's speed after consecutive failed probes (probe_backoff)
 
 
-def chain_prior(size: int) -> float:
-    """Tokens per call of a chain of `size` drafts, each level accepted with PRIOR."""
-    return 1.0 + sum(PRIOR ** d for d in range(1, size + 1))
+def chain_prior(size: int, level: float = PRIOR) -> float:
+    """Tokens per call of a chain of `size` drafts, each level accepted with `level`."""
+    return 1.0 + sum(level ** d for d in range(1, size + 1))
+
+
+def shipped_acceptance(folder) -> Optional[float]:
+    """The lowest first-draft acceptance under sampling that a shipped drafter's training.json
+    measured on held-out text (`heldout.first_draft_accepted_...`: one number, or one per
+    temperature), or None where it records none."""
+    try:
+        heldout = json.loads((Path(folder) / "training.json").read_text()).get("heldout") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    found = []
+    for key, value in heldout.items():
+        if key.startswith("first_draft_accepted"):
+            found += list(value.values()) if isinstance(value, dict) else [value]
+    rates = [float(v) for v in found if isinstance(v, (int, float)) and 0 < v < 1]
+    return min(rates) if rates else None
 
 
 def tree_prior(size: int) -> float:
@@ -75,23 +99,32 @@ class DraftChooser:
     docstring). Chain drafters make one with `for_depths`, ranked trees with `for_budgets`."""
 
     def __init__(self, sizes, verify: VerifyCost, draft_cost: float = 0.0, rate: float = 0.15,
-                 prior: Callable[[int], float] = chain_prior, min_size: int = 0):
+                 prior: Callable[[int], float] = chain_prior, min_size: int = 0,
+                 probe_backoff: bool = False, start: Optional[Callable[[int], float]] = None):
         self.sizes = sorted(set(sizes))
         if not self.sizes or self.sizes[0] < 0 or min_size > self.sizes[-1]:
             raise ValueError("need sizes >= 0 and min_size <= the largest size")
         self.max_size, self.min_size = self.sizes[-1], min_size
         self.verify, self.draft_cost, self.rate, self.prior = verify, draft_cost, rate, prior
+        # `start`: the estimates of a reset chooser, where they differ from the prior that the
+        # drift returns to (a drafter's measured acceptance: ModelChoosers)
+        self.probe_backoff, self.start = probe_backoff, start or prior
         self.reset()
 
     @classmethod
     def for_depths(cls, max_length: int, min_length: int = 0, verify_cost: float = 0.07,
                    verify_overhead: float = 0.15, draft_cost: float = 0.0, rate: float = 0.15,
-                   verify: Optional[VerifyCost] = None) -> "DraftChooser":
-        """Every depth 0..max_length of a chain (or of beams)."""
+                   verify: Optional[VerifyCost] = None, probe_backoff: bool = False,
+                   start_level: float = PRIOR) -> "DraftChooser":
+        """Every depth 0..max_length of a chain (or of beams). A reset chooser assumes each level
+        accepted with `start_level`; the drift after plain steps returns towards PRIOR, so a
+        chooser that starts at plain decoding still probes. `probe_backoff` only for a chooser
+        that learns from the drafts it sent alone (module docstring)."""
         if not 0 <= min_length <= max_length:
             raise ValueError("need 0 <= min_length <= max_length")
         return cls(range(max_length + 1), verify or linear_verify_cost(verify_cost, verify_overhead),
-                   draft_cost, rate, chain_prior, min_length)
+                   draft_cost, rate, chain_prior, min_length, probe_backoff,
+                   functools.partial(chain_prior, level=start_level))
 
     @classmethod
     def for_budgets(cls, max_budget: int, verify_cost: float = 0.06, verify_overhead: float = 0.0,
@@ -105,10 +138,12 @@ class DraftChooser:
                    verify or linear_verify_cost(verify_cost, verify_overhead), 0.0, rate, tree_prior)
 
     def reset(self) -> None:
-        self.tokens = {s: self.prior(s) for s in self.sizes}  # what choose() reads (drifted)
+        self.tokens = {s: self.start(s) for s in self.sizes}  # what choose() reads (drifted)
         self.learned = dict(self.tokens)  # the same before the drift since their last outcome
         self.nodes = {s: float(s) for s in self.sizes}
         self.outcomes = 0  # learned since the reset (see _learn)
+        self.drift_speed = 1.0  # SLOWEST_DRIFT..1: lowered by failed probes (probe_backoff)
+        self.plain_steps = 0  # recorded in a row with nothing drafted
 
     def expected_tokens(self, size: int) -> float:
         return self.tokens[size]
@@ -130,9 +165,14 @@ class DraftChooser:
         offered=0 (a step that drafted nothing) teaches nothing but lets every size drift back
         towards its prior."""
         if offered == 0:
+            self.plain_steps += 1
             for s in self.sizes:
-                self.tokens[s] += self.rate * DRIFT * (self.prior(s) - self.tokens[s])
+                self.tokens[s] += (self.rate * DRIFT * self.drift_speed
+                                   * (self.prior(s) - self.tokens[s]))
             return
+        if self.probe_backoff and self.plain_steps:  # a probe: drafted after plain steps
+            self.drift_speed = 1.0 if accepted else max(self.drift_speed / 2, SLOWEST_DRIFT)
+        self.plain_steps = 0
         width = nodes / offered if nodes else 1.0
         for s in self.sizes:
             sent = min(s, offered) if whole else s
@@ -223,13 +263,22 @@ class ModelChoosers:
     candidate proposes depends on timing) keeps one sampling chooser per loaded model, settings and
     temperature across requests instead: auto lends a candidate a few trial steps per request, too
     few for a chooser starting from its prior to learn (measured on SmolLM2 at T = 1.0:
-    redrafter's trials verified 7 nodes, 83-88 ms against a 55 ms plain step, for 1.1 tokens)."""
+    redrafter's trials verified 7 nodes, 83-88 ms against a 55 ms plain step, for 1.1 tokens).
 
-    def __init__(self, model, settings: tuple, make: Callable[[], DraftChooser]):
-        self.model, self.settings, self.make = model, settings, make
+    A sampling chooser starts from `sampled_start`, the drafter's own measured acceptance per
+    level (shipped_acceptance) where known, instead of PRIOR: starting afresh each request from
+    0.8, SmolLM2's head opened each request with 9-token chains that failed (at T = 0.7: 54
+    chains of 9-10 tokens in 16 requests, 1.07 tokens per call), until its misses had taught it.
+    `make(start_level)` builds a chooser."""
+
+    def __init__(self, model, settings: tuple, make: Callable[..., DraftChooser],
+                 sampled_start: Optional[float] = None):
+        self.model, self.settings = model, settings
+        self.make_sampled = (functools.partial(make, start_level=sampled_start)
+                             if sampled_start is not None else make)
         self.greedy = shared_chooser(model, settings, make)
         self.carried = False
-        self._fresh = make()
+        self._fresh = self.make_sampled()
 
     def begin(self) -> None:
         """A new request: the sampling chooser starts over unless it is carried."""
@@ -243,4 +292,4 @@ class ModelChoosers:
         if not self.carried:
             return self._fresh
         return shared_chooser(self.model, self.settings + ("sampling", sampling.temperature),
-                              self.make)
+                              self.make_sampled)

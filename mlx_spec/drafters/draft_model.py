@@ -52,7 +52,8 @@ from . import draft_vocab, register
 from .base import Drafter, StepContext
 from .compiled_step import DraftForward, supports_compiled_step
 from .model_parts import decoder_stack, projection_layer
-from .draft_length import DraftChooser, ModelChoosers, verify_cost_for
+from .draft_length import (PRIOR, DraftChooser, ModelChoosers, shipped_acceptance,
+                           verify_cost_for)
 from .shared import shared, target_cost
 
 
@@ -204,13 +205,15 @@ class DraftModelDrafter(Drafter):
             verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.2))
             self.time = DraftTime(target_cost(model).seconds[0] if measured else None, draft_cost)
 
-            def make():
-                return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify)
+            def make(start_level=PRIOR):
+                return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify,
+                                               probe_backoff=True, start_level=start_level)
 
             # keyed by class too: adaedl's rounds, cut by its stop rule, teach another chooser
             settings = (type(self).__name__, self.draft.path, num_draft_tokens, verify_cost,
                         verify_overhead, draft_vocab)
-            self.choosers = ModelChoosers(model, settings, make)
+            self.choosers = ModelChoosers(model, settings, make,
+                                          shipped_acceptance(self.draft.path))
 
     # -- drafter cache -----------------------------------------------------------------------------
     @property

@@ -1,6 +1,6 @@
 """The adaptive draft length (mlx_spec/drafters/draft_length.py) and pld's use of it: drafts grow while
 guesses are accepted, shrink to plain decoding when they keep failing, and come back."""
-from mlx_spec.drafters.draft_length import DraftChooser
+from mlx_spec.drafters.draft_length import SLOWEST_DRIFT, DraftChooser
 from mlx_spec.drafters.base import StepContext
 from mlx_spec.drafters.pld import PromptLookup
 from mlx_spec.sampling import SamplingParams
@@ -182,3 +182,71 @@ def test_failed_probes_are_rare_where_drafts_never_hit():
         probes += depth > 0
         chooser.record(accepted=0, offered=depth)
     assert 3 <= probes <= 300 // 12
+
+
+def test_each_failed_probe_slows_the_next_and_one_that_hits_restores_the_pace():
+    """probe_backoff (drafters with a model of their own): probes that win nothing halve the
+    drift's speed each time, down to SLOWEST_DRIFT, so over the same 600 plain-text steps such a
+    chooser probes far less often than one without; the first probe that wins a token restores
+    the usual pace."""
+    def probes_over(chooser, steps, hits=False):
+        count = 0
+        for _ in range(steps):
+            depth = chooser.choose()
+            count += depth > 0
+            chooser.record(accepted=depth if hits else 0, offered=depth)
+        return count
+
+    def make(backoff):
+        chooser = DraftChooser.for_depths(4, verify=lambda n: 1.1 + 0.04 * n if n else 1.0,
+                                          draft_cost=0.06, probe_backoff=backoff)
+        for _ in range(30):
+            chooser.record(accepted=0, offered=chooser.choose() or 4)
+        return chooser
+
+    steady, backing_off = make(False), make(True)
+    assert steady.choose() == backing_off.choose() == 0
+    plain_probes, backed_off_probes = probes_over(steady, 600), probes_over(backing_off, 600)
+    assert backed_off_probes * 2 <= plain_probes and backed_off_probes >= 3
+    assert backing_off.drift_speed == SLOWEST_DRIFT and steady.drift_speed == 1.0
+    # the text turns predictable: the next probe hits and the pace is back at once
+    probes_over(backing_off, 600, hits=True)
+    assert backing_off.drift_speed == 1.0 and backing_off.choose() == 4
+
+
+def test_a_sampling_chooser_starts_from_the_drafters_shipped_acceptance(tmp_path):
+    """training.json's held-out first-draft acceptance (one number, or one per temperature: the
+    lowest is kept) becomes the per-level prior of the choosers that start afresh each request;
+    with SmolLM2's head (~0.47) a first step drafts 2 tokens, not the 7 that PRIOR = 0.8 sends
+    at the same costs, while a drafter with no such record keeps PRIOR."""
+    import json
+
+    from mlx_spec.drafters.draft_length import PRIOR, ModelChoosers, shipped_acceptance
+
+    per_temperature, single, bare = tmp_path / "head", tmp_path / "draft", tmp_path / "bare"
+    for folder, heldout in ((per_temperature, {"first_draft_accepted_sampling":
+                                               {"T=0.7": 0.52, "T=1.0": 0.47}}),
+                            (single, {"first_draft_accepted_T=0.7": 0.43, "top1": 0.9}),
+                            (bare, None)):
+        folder.mkdir()
+        (folder / "training.json").write_text(json.dumps({"heldout": heldout}))
+    assert shipped_acceptance(per_temperature) == 0.47 and shipped_acceptance(single) == 0.43
+    assert shipped_acceptance(bare) is None and shipped_acceptance(tmp_path / "none") is None
+
+    def make(start_level=PRIOR):  # a 2-token verify costs 1.2 steps, each further one 0.08
+        return DraftChooser.for_depths(9, verify=lambda n: 1.12 + 0.08 * n if n else 1.0,
+                                       start_level=start_level)
+
+    informed = ModelChoosers(None, ("test",), make, shipped_acceptance(per_temperature))
+    uninformed = ModelChoosers(None, ("test",), make, shipped_acceptance(bare))
+    sampling = SamplingParams(temperature=0.7)
+    assert uninformed.get(sampling).choose() == 7
+    assert informed.get(sampling).choose() == 2
+    assert informed.greedy.choose() == 7  # greedy drafts keep PRIOR
+    # a start below what pays is plain decoding, but the drift returns towards PRIOR: it probes
+    cautious = make(start_level=0.2)
+    plain = 0
+    while cautious.choose() == 0 and plain < 500:
+        cautious.record(accepted=0, offered=0)
+        plain += 1
+    assert 0 < plain < 500

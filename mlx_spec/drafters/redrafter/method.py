@@ -40,7 +40,7 @@ from ...loading import compute_on_cpu, shipped_companion, shipped_model
 from ...tree import Tree
 from .. import register
 from ..base import Drafter, StepContext
-from ..draft_length import DraftChooser, ModelChoosers, verify_cost_for
+from ..draft_length import PRIOR, DraftChooser, ModelChoosers, shipped_acceptance, verify_cost_for
 from ..shared import shared
 from .beam_search import beam_search, greedy_chain
 from .chain_sampling import sample_chains
@@ -113,14 +113,17 @@ class ReDrafter(Drafter):
             verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15),
                                      tree=beam_width > 1)
 
-            def make():
+            def make(start_level=PRIOR):
                 return DraftChooser.for_depths(beam_length - 1, 0, draft_cost=draft_cost,
-                                               verify=verify)
+                                               verify=verify, probe_backoff=True,
+                                               start_level=start_level)
 
             settings = ("redrafter", head, beam_width, beam_length, top_k, min_prob,
                         sampled_drafts, verify_cost, verify_overhead, draft_cost,
                         head_temperature, draft_vocab)
-            self.choosers = ModelChoosers(model, settings, make)
+            self.choosers = ModelChoosers(
+                model, settings, make,
+                shipped_acceptance(_head_folders(head, model.config)[1]))
         if head_temperature is not None and head_temperature <= 0:
             raise ValueError("head_temperature must be > 0")
         # by regime (sampling?): the head, its drafting tables, the temperature of its chains
