@@ -250,3 +250,26 @@ def test_a_sampling_chooser_starts_from_the_drafters_shipped_acceptance(tmp_path
         cautious.record(accepted=0, offered=0)
         plain += 1
     assert 0 < plain < 500
+
+
+def test_a_probe_after_plain_steps_is_shallow_and_a_full_match_goes_deeper():
+    """probe_backoff: the drift back to the prior makes deep drafts look good without evidence,
+    so the first draft after plain steps sends at most PROBE_DEPTH tokens; when it matches to its
+    end the deeper sizes are extended optimistically and the next draft goes deeper."""
+    from mlx_spec.drafters.draft_length import PROBE_DEPTH
+
+    def make(backoff):
+        chooser = DraftChooser.for_depths(8, verify=lambda n: 1.1 + 0.04 * n if n else 1.0,
+                                          draft_cost=0.02, probe_backoff=backoff)
+        for _ in range(30):
+            chooser.record(accepted=0, offered=chooser.choose() or 8)
+        while chooser.choose() == 0:
+            chooser.record(accepted=0, offered=0)
+        return chooser
+
+    assert make(False).choose() > PROBE_DEPTH  # without it, the first probe is deep
+    chooser = make(True)
+    probe = chooser.choose()
+    assert 0 < probe <= PROBE_DEPTH
+    chooser.record(accepted=probe, offered=probe)
+    assert chooser.choose() > probe
