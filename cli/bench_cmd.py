@@ -132,7 +132,8 @@ def register(app: typer.Typer) -> None:
         from mlx_spec.cost import describe as describe_cost
         from mlx_spec.drafters.shared import target_cost
         from mlx_spec.bench import (INTERLEAVINGS, REFERENCE, MethodSpec, default_interleave,
-                                    load_prompts, measure_rollback, run_bench, split_method_list)
+                                    load_prompts, measure_rollback, mispredicted, run_bench,
+                                    split_method_list)
         from mlx_spec.sampling import SamplingParams
 
         if max_tokens < 1:
@@ -189,6 +190,14 @@ def register(app: typer.Typer) -> None:
         console.print(f"[dim]{cache_line(report['cache'])}[/]")
         console.print(f"[dim]cost model (verify ms = measured per call, model ms = predicted for its "
                       f"mean tokens per verify): {describe_cost(cost)}[/]")
+        missed = mispredicted(report["methods"])
+        if missed:
+            listed = "; ".join(f"{name} {ms:.1f} ms against {model_ms:.1f}"
+                               for name, (ms, model_ms) in missed.items())
+            err_console.print(f"[yellow]verify took longer than the cost model predicts ({listed}): "
+                              "the choosers sized drafts by it, so these timings are not what they "
+                              "planned for (load that changed during the run, or work the backend "
+                              "does per shape); `mlxspec doctor --remeasure` on a quiet machine[/]")
         if json_out:
             json_out.write_text(json.dumps(report, indent=2))
         if plot:

@@ -174,6 +174,21 @@ def add_verify_prediction(methods: dict, cost: CostModel, sampled: bool = False)
             for kind, sizes in m["verified_calls"].items() for nodes, count in sizes.items()) / calls
 
 
+MISPREDICTED = 1.3  # measured verify time per call over the cost model's, above which to warn
+
+
+def mispredicted(methods: dict, factor: float = MISPREDICTED) -> dict:
+    """{method: (measured, predicted) verify ms per call} where the measurement exceeds the cost
+    model's prediction by more than `factor`. The choosers size drafts by that model, so such a
+    method drafted into costs it did not see: load that changed during the run, or work the
+    backend does per shape (on an H200, cuDNN's attention graph per key length: 37.7 ms measured
+    against 4.0 predicted before the model timed new shapes)."""
+    return {name: (m["verify_ms_per_call"], m["predicted_verify_ms_per_call"])
+            for name, m in methods.items()
+            if m.get("predicted_verify_ms_per_call")
+            and m["verify_ms_per_call"] > factor * m["predicted_verify_ms_per_call"]}
+
+
 def _histogram(values: list[int]) -> dict:
     counts = defaultdict(int)
     for v in values:

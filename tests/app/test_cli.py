@@ -139,3 +139,17 @@ def test_verify_prediction_times_each_call_as_the_chain_or_tree_it_verified():
                         sampled_seconds=(0.012, 0.020, 0.030))
     add_verify_prediction(methods, sampled, sampled=True)
     assert methods["m"]["predicted_verify_ms_per_call"] == pytest.approx((12 + 20 + 24) / 3)
+
+
+def test_a_method_whose_verifies_cost_far_more_than_predicted_is_named():
+    """The bench warns where the cost model the choosers read missed a method's verify time by
+    more than MISPREDICTED (the H200's 37.7 ms against 4.0 predicted), and not for the 5-12%
+    misses of a CPU run."""
+    from mlx_spec.bench import MISPREDICTED, mispredicted
+
+    methods = {"ar": {"verify_ms_per_call": 2.1, "predicted_verify_ms_per_call": 2.6},
+               "redrafter": {"verify_ms_per_call": 37.7, "predicted_verify_ms_per_call": 4.0},
+               "pld": {"verify_ms_per_call": 56.0, "predicted_verify_ms_per_call": 52.4},
+               "mlx-lm": {"verify_ms_per_call": 9.0}}  # no prediction: never named
+    assert mispredicted(methods) == {"redrafter": (37.7, 4.0)}
+    assert MISPREDICTED > 56.0 / 52.4
