@@ -273,3 +273,25 @@ def test_a_probe_after_plain_steps_is_shallow_and_a_full_match_goes_deeper():
     assert 0 < probe <= PROBE_DEPTH
     chooser.record(accepted=probe, offered=probe)
     assert chooser.choose() > probe
+
+
+def test_a_new_request_restores_the_probing_pace_of_a_carried_chooser():
+    """The greedy chooser carries what it learned to the next request, but not the slowed pace of
+    its failed probes: a new prompt may suit the drafter better."""
+    from mlx_spec.drafters.draft_length import PRIOR, ModelChoosers
+
+    def make(start_level=PRIOR):
+        return DraftChooser.for_depths(4, verify=lambda n: 1.1 + 0.04 * n if n else 1.0,
+                                       draft_cost=0.06, probe_backoff=True,
+                                       start_level=start_level)
+
+    choosers = ModelChoosers(None, ("test",), make)
+    greedy = SamplingParams(temperature=0.0)
+    choosers.begin()
+    chooser = choosers.get(greedy)
+    for _ in range(600):
+        chooser.record(accepted=0, offered=chooser.choose())
+    assert chooser.drift_speed == SLOWEST_DRIFT
+    assert choosers.get(greedy).drift_speed == SLOWEST_DRIFT  # within the request: kept
+    choosers.begin()
+    assert choosers.get(greedy) is chooser and chooser.drift_speed == 1.0
