@@ -109,6 +109,7 @@ class ReDrafter(Drafter):
         self.min_log_prob = math.log(min_prob) if min_prob > 0 else -math.inf
         self.sampled_drafts = sampled_drafts
         self.choosers: Optional[ModelChoosers] = None  # None: fixed depth
+        folders = _head_folders(head, model.config)  # (greedy head, sampling head)
         if adaptive is not False:
             verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.15),
                                      tree=beam_width > 1)
@@ -121,16 +122,14 @@ class ReDrafter(Drafter):
             settings = ("redrafter", head, beam_width, beam_length, top_k, min_prob,
                         sampled_drafts, verify_cost, verify_overhead, draft_cost,
                         head_temperature, draft_vocab)
-            self.choosers = ModelChoosers(
-                model, settings, make,
-                shipped_acceptance(_head_folders(head, model.config)[1]))
+            self.choosers = ModelChoosers(model, settings, make, shipped_acceptance(folders[1]))
         if head_temperature is not None and head_temperature <= 0:
             raise ValueError("head_temperature must be > 0")
         # by regime (sampling?): the head, its drafting tables, the temperature of its chains
         # draft_vocab=False drafts from the whole vocabulary even where the head has a drafting
         # vocabulary (head.py)
         self.heads = {sampling: _Head(*_load_head(model, folder, draft_vocab), head_temperature)
-                      for sampling, folder in zip((False, True), _head_folders(head, model.config))}
+                      for sampling, folder in zip((False, True), folders)}
         self.embed = token_embedding(model.model)
         self._pending = None  # the drafts for the next root, still lazy (see _Drafts)
 
