@@ -2,8 +2,8 @@
 # The GPU check: run from the repository root on a machine whose mlx has a GPU backend (on Linux:
 # `pip install "mlx[cuda13]"`, or the mlx + mlx-cuda-13 wheels carried in). It prints the doctor,
 # runs the kernel tests (the CUDA twin against the reference), times the tree masks per backend,
-# benches every method greedy and at 0.7 on the embedded target, then runs the greedy equality
-# tests. Results and logs go to $OUT (default ./gpu-check). BT and ET cap each bench and the
+# benches every method greedy and at 0.7 on the embedded target, runs the greedy equality tests,
+# looks for greedy divergences from `ar` and the ties behind them, and times verifies by shape. Results and logs go to $OUT (default ./gpu-check). BT and ET cap each bench and the
 # equality tests in seconds. Without an installed mlx-spec it runs the checkout in place.
 set -u
 OUT=${OUT:-gpu-check}; mkdir -p "$OUT"
@@ -34,4 +34,8 @@ log bench T=0.7
 timeout "${BT:-300}" bash -c "mlxspec bench --methods $METHODS --temp 0.7 --ignore-eos --json $OUT/bench_t07.json" 2>&1 | tail -30
 log greedy equality tests
 timeout "${ET:-300}" python3 -m pytest -q -p no:cacheprovider tests/core/test_greedy_equality.py -o addopts="" --tb=line -rf 2>&1 | tail -20
+log greedy divergences
+timeout "${ET:-300}" python3 examples/greedy_divergence.py 2>&1 | tail -12
+log verify times by shape
+timeout 120 python3 examples/verify_shapes.py 2>&1 | tail -8
 log end
