@@ -196,8 +196,9 @@ def register(app: typer.Typer) -> None:
                                for name, (ms, model_ms) in missed.items())
             err_console.print(f"[yellow]verify took longer than the cost model predicts ({listed}): "
                               "the choosers sized drafts by it, so these timings are not what they "
-                              "planned for (load that changed during the run, or work the backend "
-                              "does per shape); `mlxspec doctor --remeasure` on a quiet machine[/]")
+                              "planned for (load that changed during the run, or work the model's "
+                              "bare forwards do not show: per-shape builds, the step around the "
+                              "forward); `mlxspec doctor --remeasure` on a quiet machine[/]")
         if json_out:
             json_out.write_text(json.dumps(report, indent=2))
         if plot:

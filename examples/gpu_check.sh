@@ -3,8 +3,9 @@
 # `pip install "mlx[cuda13]"`, or the mlx + mlx-cuda-13 wheels carried in). It prints the doctor,
 # runs the kernel tests (the CUDA twin against the reference), times the tree masks per backend,
 # benches every method greedy and at 0.7 on the embedded target, runs the greedy equality tests,
-# looks for greedy divergences from `ar` and the ties behind them, and times verifies by shape. Results and logs go to $OUT (default ./gpu-check). BT and ET cap each bench and the
-# equality tests in seconds. Without an installed mlx-spec it runs the checkout in place.
+# looks for greedy divergences from `ar` and the ties behind them, and times verifies by shape.
+# Results and logs go to $OUT (default ./gpu-check). BT and ET cap each bench, the equality tests
+# and the divergence search in seconds. Without an installed mlx-spec it runs the checkout in place.
 set -u
 OUT=${OUT:-gpu-check}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

@@ -198,7 +198,7 @@ def test_each_failed_probe_slows_the_next_and_one_that_hits_restores_the_pace():
         return count
 
     def make(backoff):
-        chooser = DraftChooser.for_depths(4, verify=lambda n: 1.1 + 0.04 * n if n else 1.0,
+        chooser = DraftChooser.for_depths(4, verify_cost=0.04, verify_overhead=0.1,
                                           draft_cost=0.06, probe_backoff=backoff)
         for _ in range(30):
             chooser.record(accepted=0, offered=chooser.choose() or 4)
@@ -234,7 +234,7 @@ def test_a_sampling_chooser_starts_from_the_drafters_shipped_acceptance(tmp_path
     assert shipped_acceptance(bare) is None and shipped_acceptance(tmp_path / "none") is None
 
     def make(start_level=PRIOR):  # a 2-token verify costs 1.2 steps, each further one 0.08
-        return DraftChooser.for_depths(9, verify=lambda n: 1.12 + 0.08 * n if n else 1.0,
+        return DraftChooser.for_depths(9, verify_cost=0.08, verify_overhead=0.12,
                                        start_level=start_level)
 
     informed = ModelChoosers(None, ("test",), make, shipped_acceptance(per_temperature))
@@ -259,7 +259,7 @@ def test_a_probe_after_plain_steps_is_shallow_and_a_full_match_goes_deeper():
     from mlx_spec.drafters.draft_length import PROBE_DEPTH
 
     def make(backoff):
-        chooser = DraftChooser.for_depths(8, verify=lambda n: 1.1 + 0.04 * n if n else 1.0,
+        chooser = DraftChooser.for_depths(8, verify_cost=0.04, verify_overhead=0.1,
                                           draft_cost=0.02, probe_backoff=backoff)
         for _ in range(30):
             chooser.record(accepted=0, offered=chooser.choose() or 8)
@@ -281,7 +281,7 @@ def test_a_new_request_restores_the_probing_pace_of_a_carried_chooser():
     from mlx_spec.drafters.draft_length import PRIOR, ModelChoosers
 
     def make(start_level=PRIOR):
-        return DraftChooser.for_depths(4, verify=lambda n: 1.1 + 0.04 * n if n else 1.0,
+        return DraftChooser.for_depths(4, verify_cost=0.04, verify_overhead=0.1,
                                        draft_cost=0.06, probe_backoff=True,
                                        start_level=start_level)
 
