@@ -10,21 +10,26 @@ the shadow (drafters/auto.py).
 Measured through the same Target.verify and acceptance the engine uses, up to the host
 holding the target's tokens, as the engine's verify time is: `context` tokens are cached, then a
 chain of each size in SIZES is verified in `repeats` rounds over all sizes after a warm-up round
-(median kept), rewinding the cache after each. Every round caches one token more than the last, so
-no (tokens, cached length) shape is timed twice, as in decoding, where the cache grows every step:
-a backend that builds work per shape pays it in every step (mlx's CUDA build makes a cuDNN
-attention graph per query and key length: on an H200 a multi-token verify measured 40-150 ms in
-the bench against 4.8 ms at the repeated shape of the earlier model, a 2.1 ms one-token step).
-Where the target verifies trees, a two-branch tree of each size that can
-branch (3 nodes and up) is timed too (a branching tree runs with an explicit mask and per-node positions instead of the
-causal fast path: on this CPU a 32-node tree cost ~25% more than a 32-token chain, which a
-chain-only model mispredicted for lookahead). Each chain is also timed with sampled acceptance
-(temperature 1, the engine's per-position draws): every row of a sampled chain becomes a
-probability distribution, and on a CPU that `exp` over the vocabulary is a large part of a step
-(measured on the embedded target: a one-token step 11.7 ms modelled greedy, 13.8 ms when
-sampling), while a branching tree's walk converts only the rows it visits (`row_seconds`).
-`relative(n)` is the interpolated time of an n-token verify over a one-token step; beyond the
-largest size it extrapolates the last segment.
+(median kept), rewinding the cache after each. Every size is timed, not a few to interpolate
+between: the time is not smooth in the token count. On this project's 2-core CPU (OpenBLAS) a
+16-token verify costs what an 8-token one does and a 12-token one 1.45x that (SmolLM2: 8 tokens
+75 ms, 12 110 ms, 16 76 ms; 28 165 ms, 32 131 ms), so a model timed at powers of two only saw the
+cheap sizes and predicted the 10-13 token verifies the choosers sent 13-35% too low. Every round
+caches one token more than the last, so no (tokens, cached length) shape is timed twice, as in
+decoding, where the cache grows every step: a backend that builds work per shape pays it in every
+step (mlx's CUDA build makes a cuDNN attention graph per query and key length: on an H200 a
+multi-token verify measured 40-150 ms in the bench against 4.8 ms at the repeated shape of the
+earlier model, a 2.1 ms one-token step).
+Where the target verifies trees, a two-branch tree is timed at each of EXTRA_SIZES that can branch
+(3 nodes and up): a branching tree runs with an explicit mask and per-node positions instead of the
+causal fast path. Each chain of EXTRA_SIZES is also timed with sampled acceptance (temperature 1,
+the engine's per-position draws): every row of a sampled chain becomes a probability distribution,
+and on a CPU that `exp` over the vocabulary is a large part of a step (measured on the embedded
+target: a one-token step 11.7 ms modelled greedy, 13.8 ms when sampling), while a branching tree's
+walk converts only the rows it visits (`row_seconds`). What a tree or sampling adds over the chain
+of the same size is smooth in the size (a mask, a softmax per row), so it is interpolated between
+EXTRA_SIZES and added to every size's chain. `relative(n)` is the interpolated time of an n-token
+verify over a one-token step; beyond the largest size it extrapolates the last segment.
 """
 from __future__ import annotations
 
@@ -33,14 +38,16 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from .paths import cache_root
 
-SIZES = (1, 2, 4, 8, 16, 32)
+SIZES = tuple(range(1, 34))  # every verify up to a 32-node tree and its root
+EXTRA_SIZES = (1, 2, 4, 8, 16, 32)  # where trees and sampled acceptance are timed too
 CONTEXT = 128
-VERSION = 6  # bump when what is measured changes, so old files on disk are not read
+VERSION = 7  # bump when what is measured changes, so old files on disk are not read
 
 
 @dataclass(frozen=True)
@@ -122,20 +129,21 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
         target.kv.rewind(cached)
         return seconds
 
-    # per kind ("chain", "tree", "sampled"), per size: the shape timed (None where a size cannot
-    # branch, or the target verifies no trees)
+    # per kind ("chain", "tree", "sampled"), per size: the shape timed (None where a size is not
+    # one of EXTRA_SIZES, cannot branch, or the target verifies no trees)
     shapes = {"chain": [], "tree": [], "sampled": []}
     for n in sizes:
         chain = [(11 * j + 5) % vocab for j in range(n)]
+        extra = n in EXTRA_SIZES
         branches = None
-        if target.supports_trees:
+        if extra and target.supports_trees:
             # root, then two branches (n // 2 and the rest): the explicit-mask path of any tree
             a = n // 2
             branches = Tree.from_branches(chain[0], [chain[1:1 + a],
                                                      [(c + 1) % vocab for c in chain[1:n - a]]])
         shapes["chain"].append(Tree.from_chain(chain[0], chain[1:]))
         shapes["tree"].append(None if branches is None or branches.is_chain else branches)
-    shapes["sampled"] = shapes["chain"]
+        shapes["sampled"].append(shapes["chain"][-1] if extra else None)
     params = {"chain": greedy, "tree": greedy, "sampled": sampled}
     # rounds over every shape, the first one a warm-up: a size timed in one burst right after the
     # prefill would carry the machine's warm-up and drift into that size alone (measured: 1 token
@@ -155,18 +163,30 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
     target.reset()
     median = {kind: [float(np.median(t)) if t else None for t in kept]
               for kind, kept in times.items()}
-    # more tokens never cost less: a noisy point (2 tokens measured 0.98x of 1) would make
-    # drafting look cheaper than not drafting (nor does a tree, or sampling, cost less than the
-    # greedy chain)
-    seconds = np.maximum.accumulate(median["chain"])
-    tree_seconds = ()
-    if target.supports_trees:
-        tree_seconds = np.maximum.accumulate(np.maximum(
-            [t if t is not None else c for t, c in zip(median["tree"], seconds)], seconds))
-    sampled_seconds = np.maximum.accumulate(np.maximum(median["sampled"], seconds))
+    return from_medians(sizes, median["chain"], median["tree"] if target.supports_trees else None,
+                        median["sampled"], context)
+
+
+def from_medians(sizes, chain: list, tree: Optional[list], sampled: list,
+                 context: int) -> CostModel:
+    """The model from the median seconds per size: `chain` at every size, `tree` and `sampled`
+    where timed (None elsewhere; tree None altogether where the target verifies no trees)."""
+    # no verify costs less than a one-token step (a noisy 2 tokens at 0.98x of 1 would make
+    # drafting look cheaper than not drafting); a larger size may cost less than a smaller one
+    seconds = np.maximum(chain, chain[0])
+
+    def with_extra(kind: list) -> tuple:
+        """Each size's chain plus what `kind` added over the chain where it was timed (0 where a
+        size of EXTRA_SIZES could not branch), interpolated in between, never negative."""
+        points = [(n, max(0.0, t - c) if t is not None else 0.0)
+                  for n, t, c in zip(sizes, kind, seconds) if n in EXTRA_SIZES]
+        if not points:
+            return ()
+        extra = np.interp(sizes, [n for n, _ in points], [e for _, e in points])
+        return tuple(float(s) for s in seconds + extra)
+
     return CostModel(tuple(sizes), tuple(float(s) for s in seconds), context,
-                     tuple(float(s) for s in tree_seconds),
-                     tuple(float(s) for s in sampled_seconds))
+                     with_extra(tree) if tree is not None else (), with_extra(sampled))
 
 
 def _cache_file(model) -> Path:
@@ -200,7 +220,7 @@ def cost_model(model, refresh: bool = False) -> CostModel:
     return measured
 
 
-def describe(cost: CostModel, sizes=(2, 4, 8, 16), tree_sizes=(8, 32)) -> str:
+def describe(cost: CostModel, sizes=(2, 4, 8, 12, 16), tree_sizes=(8, 32)) -> str:
     """One line: the one-token step time and the relative cost of larger verifies."""
     parts = ", ".join(f"{n}: {cost.relative(n):.2f}x" for n in sizes)
     trees = ", ".join(f"{n}: {cost.relative(n, tree=True):.2f}x" for n in tree_sizes

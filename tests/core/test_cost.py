@@ -5,7 +5,7 @@ import json
 import pytest
 
 import mlx_spec
-from mlx_spec.cost import SIZES, CostModel, cost_model, measure
+from mlx_spec.cost import EXTRA_SIZES, SIZES, CostModel, cost_model, from_medians, measure
 from mlx_spec.drafters.draft_length import verify_cost_for
 from mlx_spec.drafters.shared import shared
 from support.random_models import make_model_folder
@@ -30,6 +30,27 @@ def test_relative_cost_interpolates_and_extrapolates():
     assert sampled.sampled_step_seconds(4, tree=True, visited=2) == pytest.approx(0.036)
     assert CostModel.from_dict(json.loads(json.dumps(sampled.to_dict()))) == sampled
     assert cost.sampled_step_seconds(3) == cost.step_seconds(3)  # not measured: greedy's
+
+
+def test_every_size_keeps_its_own_time_and_trees_add_their_interpolated_extra():
+    """A verify's time is not smooth in its size (this CPU: 16 tokens cost what 8 do, 12 cost
+    1.45x): each size keeps its own median, so a cheaper larger size stays cheaper; only a size
+    below the one-token step is raised to it. Trees and sampling, timed at EXTRA_SIZES, add
+    their extra over the chain, interpolated between those sizes."""
+    sizes = tuple(range(1, 17))
+    chain = [10.0 + (6 if 8 < n < 16 else 3 if n > 1 else 0) for n in sizes]
+    chain[1] = 9.5  # a noisy 2-token point, below one token
+    tree = [c + 2.0 if n in (8, 16) else None for n, c in zip(sizes, chain)]
+    sampled = [c + 0.5 * n if n in EXTRA_SIZES else None for n, c in zip(sizes, chain)]
+    cost = from_medians(sizes, chain, tree, sampled, context=128)
+    assert cost.seconds[1] == 10.0  # raised to the one-token step
+    assert cost.step_seconds(16) < cost.step_seconds(12)  # the sawtooth is kept
+    assert cost.step_seconds(12) == 16.0
+    assert cost.step_seconds(8, tree=True) == 15.0 and cost.step_seconds(16, tree=True) == 15.0
+    assert cost.step_seconds(12, tree=True) == 18.0  # the extra of 2, between 8 and 16
+    assert cost.step_seconds(6, tree=True) == pytest.approx(14.0)  # from 0 at 4 (no tree timed)
+    assert cost.sampled_step_seconds(12) == pytest.approx(16.0 + 6.0)  # 0.5 a row, interpolated
+    assert from_medians(sizes, chain, None, sampled, 128).tree_seconds == ()
 
 
 @pytest.fixture(scope="module")

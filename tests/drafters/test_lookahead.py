@@ -144,7 +144,7 @@ def test_budget_chooser_stops_on_failures_and_grows_on_success():
     chooser.reset()
     for _ in range(30):
         chooser.record_ranks([2, 9, 20, 25, 30, 31], retrieved=32)  # a deep hit, chosen late
-    assert chooser.choose() == 32
+    assert chooser.choose() == 31  # the budget that sends the last hit, not one node more
 
 
 def test_a_cut_retrieval_teaches_only_the_budgets_it_covers():
