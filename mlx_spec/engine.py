@@ -79,10 +79,17 @@ class BackOff:
     WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
     MARGIN, CLEAR, PAST = 0.02, 0.10, 0.5
 
-    def __init__(self, relative_cost: Optional[Callable[[float, bool], float]] = None):
+    def __init__(self, relative_cost: Optional[Callable[[float, bool], float]] = None,
+                 max_hold: int = MAX_HOLD):
+        """max_hold: the longest pause. A drafter whose own chooser learns from guesses it does
+        not send (pld, lookahead, auto with them: Drafter.learns_while_paused) backs off by
+        itself and goes on learning while paused, so its pauses stay at FIRST_HOLD: doubled, a lost window of one
+        12-node tree had paused lookahead for the rest of a rewriting answer that pld drafted at
+        1.8x (SmolLM2, greedy)."""
         self.relative = relative_cost  # (tokens verified, as a tree) -> cost in one-token steps
+        self.max_hold = max_hold
         self.plain_s: Optional[float] = None   # measured seconds per plain step (running mean)
-        self.hold = self.FIRST_HOLD
+        self.hold = min(self.FIRST_HOLD, max_hold)
         self.plain_left = 0                    # plain steps still to run
         self._window = _Window()               # the drafting steps since the last judgement
         self._past = _Window()                 # the earlier windows, decayed by PAST per window
@@ -134,9 +141,9 @@ class BackOff:
             self.plain_left = self.PROBE  # measure plain steps before judging
         elif gain < 1.0 - self.MARGIN:
             self.plain_left = self.hold
-            self.hold = min(2 * self.hold, self.MAX_HOLD)
+            self.hold = min(2 * self.hold, self.max_hold)
         else:
-            self.hold = self.FIRST_HOLD
+            self.hold = min(self.FIRST_HOLD, self.max_hold)
 
 
 class Decoder:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ..errors import MlxSpecError
@@ -52,6 +52,7 @@ from .draft_length import Guesses
 from .shared import shared, target_cost
 
 CANDIDATES = ("pld", "lookahead", "redrafter", "draft")  # by default, those that can run
+PAUSED_ROOM = 64  # drafts a shadow may ask for on a plain step (each candidate caps its own)
 NAMEABLE = CANDIDATES + ("adaedl",)                      # what `methods=` may name
 
 
@@ -219,6 +220,14 @@ class Auto(Drafter):
     def needs_hidden_states(self) -> bool:
         return any(d.needs_hidden_states for d in self.candidates.values())
 
+    @property
+    def learns_while_paused(self) -> bool:
+        """With a candidate that does (pld, lookahead): the text-only candidates are scored in
+        the shadow on the back-off's plain steps too, so auto knows where drafting would win
+        when a pause ends (a doubled pause had kept auto plain through a rewriting answer that
+        pld drafted at 1.7x, SmolLM2 greedy)."""
+        return any(d.learns_while_paused for d in self.candidates.values())
+
     # -- one request ------------------------------------------------------------------------------
     def begin(self, prompt_tokens: list[int]) -> None:
         for drafter in self.candidates.values():
@@ -244,6 +253,9 @@ class Auto(Drafter):
         tree = self.candidates[self.current].propose(ctx)
         if self._drafted:
             self._shadow_steps(ctx)
+        elif self.learns_while_paused:  # the back-off's plain step allows no drafts: the shadow
+            # asks for what each candidate would send if it did
+            self._shadow_steps(replace(ctx, max_drafts=PAUSED_ROOM))
         self._drafting_s += time.perf_counter() - t0
         return tree
 
@@ -283,13 +295,13 @@ class Auto(Drafter):
         drafting, self._drafting_s = self._drafting_s, 0.0
         name = self.current  # who proposed this step's tree
         self.candidates[name].observe(ctx, tree, acceptance, out)
+        asked, self._asked = self._asked, []  # paired below with a drafting step's outcome only
         if not self._drafted:
             return
         self.steps_by_method[name] = self.steps_by_method.get(name, 0) + 1
         rate = self.rates.by_name.setdefault(name, Rate())
         rate.last_step = self.rates.step
         self.rates.step += 1
-        asked, self._asked = self._asked, []
         if since is not None:  # the first step of a request has no start mark: not timed
             rate.add(len(acceptance.tokens), now - since)
             for real in asked:

@@ -33,6 +33,13 @@ class Drafter:
     # scores such candidates in the shadow)
     drafts_from_text = False
 
+    @property
+    def learns_while_paused(self) -> bool:
+        """Whether the drafter's own chooser learns from guesses it does not send and drafts
+        nothing where they fail, looking up even on the engine's plain steps: it backs off by
+        itself, so the engine's pauses for it stay short (engine.BackOff's max_hold)."""
+        return False
+
     def begin(self, prompt_tokens: list[int]) -> None:
         """A new request starts; prompt_tokens ends with the root."""
 

@@ -50,6 +50,10 @@ PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction
 class Lookahead(Drafter):
     drafts_from_text = True
 
+    @property
+    def learns_while_paused(self) -> bool:
+        return self.chooser is not None
+
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
                  decay: float = 0.9, adaptive: bool = True, verify_cost: Optional[float] = None,
@@ -142,8 +146,8 @@ class Lookahead(Drafter):
     def propose(self, ctx: StepContext) -> Tree:
         t0 = time.perf_counter()
         tokens = ctx.tokens
-        if ctx.max_drafts < 1:  # a plain step (the back-off, the last token): the tries catch up
-            self.timing["calls"] += 1  # on the next drafting step
+        if ctx.max_drafts < 1 and self.chooser is None:  # a plain step: the tries catch up on
+            self.timing["calls"] += 1                     # the next drafting step
             return Tree.from_chain(tokens[-1], [])
         self._catch_up(tokens)
         t1 = time.perf_counter()
@@ -152,11 +156,12 @@ class Lookahead(Drafter):
         if self.chooser is not None:
             for outcome in self._guesses.settle(tokens):
                 self.chooser.record_ranks(*outcome)
-            budget = self.chooser.choose()
-        # while plain decoding is chosen, a retrieval of PEEK nodes still teaches the budgets
-        # drafting grows back through, for a fraction of a full one's cost
+            budget = self.chooser.choose() if ctx.max_drafts >= 1 else 0
+        # while plain decoding is chosen (by the chooser, or the engine's back-off), a retrieval
+        # of PEEK nodes still teaches the budgets drafting grows back through, for a fraction of
+        # a full one's cost
         asked = self.decoding_length if budget > 0 else min(PEEK, self.decoding_length)
-        depth = min(self.branch_length, ctx.max_drafts)
+        depth = min(self.branch_length, ctx.max_drafts) if budget else self.branch_length
         mode = self.mode if ctx.trees else "single"  # a chain-only target: the best branch
         found = retrieve([self.request_trie, self.output_trie], tokens[-self.match_length:],
                          asked, depth, self.match_length, mode)

@@ -55,6 +55,10 @@ class NgramIndex:
 class PromptLookup(Drafter):
     drafts_from_text = True
 
+    @property
+    def learns_while_paused(self) -> bool:
+        return self.chooser is not None
+
     def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1,
                  adaptive: bool = True, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None):
@@ -74,8 +78,10 @@ class PromptLookup(Drafter):
         self._guesses.clear()  # the chooser keeps what earlier requests taught it
 
     def propose(self, ctx: StepContext) -> Tree:
-        if ctx.max_drafts < 1:  # a plain step (the back-off, the last token): the index catches
-            return Tree.from_chain(ctx.tokens[-1], [])  # up on the next drafting step
+        """A plain step (the engine's back-off, the last token) sends nothing but still looks
+        up, so the chooser learns during the back-off's pauses what drafting would have won."""
+        if ctx.max_drafts < 1 and self.chooser is None:
+            return Tree.from_chain(ctx.tokens[-1], [])  # the index catches up on the next step
         if len(self.index.tokens) != len(ctx.tokens):
             self.index.extend(ctx.tokens[len(self.index.tokens):])
         draft = self.index.lookup(self.num_draft_tokens)

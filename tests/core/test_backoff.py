@@ -38,6 +38,35 @@ def test_losing_speculation_is_turned_off_and_probed_with_growing_holds():
     assert backoff.hold > 4 * BackOff.FIRST_HOLD
 
 
+def test_a_drafter_that_learns_while_paused_gets_short_pauses(random_model_dirs):
+    """pld and lookahead size their drafts themselves from every guess, sent or not, and go on
+    looking up while the back-off pauses them: their pauses never grow past FIRST_HOLD."""
+    backoff = BackOff(relative_cost=SHAPE, max_hold=BackOff.FIRST_HOLD)
+    run(backoff, 400, 1.2, 0.020, 0.010)
+    assert backoff.hold == BackOff.FIRST_HOLD
+    model = mlx_spec.load(str(random_model_dirs["llama"]))
+    for method, longest, options in (
+            ("pld", BackOff.FIRST_HOLD, {}), ("lookahead", BackOff.FIRST_HOLD, {}),
+            ("draft", BackOff.MAX_HOLD, {"draft_model": str(random_model_dirs["llama"])})):
+        decoder = mlx_spec.make_decoder(model, method, **options)
+        assert decoder.backoff.max_hold == longest, method
+
+
+def test_pld_learns_on_the_back_offs_plain_steps():
+    """A plain step sends nothing, but the lookup and its scoring go on."""
+    from mlx_spec.drafters.base import StepContext
+    from mlx_spec.drafters.pld import PromptLookup
+
+    pld = PromptLookup(None)
+    phrase = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    text = phrase * 3
+    pld.begin(text[:10])
+    for end in range(10, len(text)):
+        tree = pld.propose(StepContext(tokens=text[:end], max_drafts=0, sampling=SamplingParams()))
+        assert len(tree) == 1  # the root alone
+    assert pld.chooser.outcomes > 5 and pld.chooser.choose() == 8  # the repeats were scored
+
+
 def test_winning_speculation_never_stops():
     backoff = BackOff(relative_cost=SHAPE)
     assert run(backoff, 200, 3.0, 0.015, 0.0075) == 0  # 1.5x of plain: no plain step, no probe

@@ -101,6 +101,34 @@ def test_a_text_only_candidate_wins_from_the_shadow_without_trials(random_models
     assert auto.rates.by_name["oracle"].steps > used["oracle"]  # scored in the shadow too
 
 
+def test_while_the_back_off_pauses_auto_its_text_only_candidates_are_still_scored(random_models):
+    """A paused auto (every step plain) still asks a candidate that learns while paused for the
+    tree it would send and scores it, so when the pause ends auto knows that candidate wins
+    here; those shadow steps are not paired with the plain steps. The output is the target's."""
+    from mlx_spec.engine import BackOff
+
+    class PausedLearner(TextOracle):
+        learns_while_paused = True
+
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], 40)
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+    auto = Auto({"slow": SlowWrong(), "oracle": PausedLearner(prompt + expected)},
+                lambda regime: Rates(), cost)
+    assert auto.learns_while_paused
+    class Paused(BackOff):  # paused for the whole answer
+        drafting = False
+
+    decoder = Decoder(Target(model.model), auto, "auto", backoff=Paused(cost.relative))
+    result = mlx_spec.generate(model, PROMPTS[0], max_tokens=40, raw=True, decoder=decoder)
+    assert result.token_ids == expected and result.stats.drafted_tokens == 0
+    assert auto.steps_by_method == {}  # no drafting step
+    assert auto.rates.by_name["oracle"].steps >= 5  # its unsent trees, scored
+    assert "oracle" not in auto.rates.paired  # nothing to pair them with
+    assert not Auto({"slow": SlowWrong()}).learns_while_paused
+
+
 def test_a_shadow_tree_is_scored_once_the_text_leaves_it():
     from mlx_spec.drafters.auto import _shadow_outcome
     tree = Tree.from_branches(5, [[1, 2, 3], [1, 4], [6]])
