@@ -79,18 +79,13 @@ class BackOff:
     WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
     MARGIN, CLEAR, PAST = 0.02, 0.10, 0.5
 
-    def __init__(self, relative_cost: Optional[Callable[[float, bool], float]] = None,
-                 max_hold: int = MAX_HOLD):
-        """max_hold: the longest pause. A drafter whose own chooser learns from guesses it does
-        not send (pld, lookahead, auto with them: Drafter.learns_while_paused) backs off by
-        itself and goes on learning while paused, so its pauses stay at FIRST_HOLD: doubled, a lost window of one
-        12-node tree had paused lookahead for the rest of a rewriting answer that pld drafted at
-        1.8x (SmolLM2, greedy)."""
+    def __init__(self, relative_cost: Optional[Callable[[float, bool], float]] = None):
         self.relative = relative_cost  # (tokens verified, as a tree) -> cost in one-token steps
-        self.max_hold = max_hold
         self.plain_s: Optional[float] = None   # measured seconds per plain step (running mean)
-        self.hold = min(self.FIRST_HOLD, max_hold)
+        self.hold = self.FIRST_HOLD
         self.plain_left = 0                    # plain steps still to run
+        self._resumable = False                # the pause is for a loss (resume_if may end it)
+        self._pause_gain: Optional[float] = None  # the drafter's expected gain as it began
         self._window = _Window()               # the drafting steps since the last judgement
         self._past = _Window()                 # the earlier windows, decayed by PAST per window
 
@@ -104,7 +99,24 @@ class BackOff:
         on this prompt's steps alone (judged with the last prompts' losing windows, auto's first 8
         steps on a text pld decodes 2x faster were paused for the whole answer)."""
         self.plain_left = min(self.plain_left, self.PROBE)
+        self._pause_gain = None  # resume_if's reference is taken on this prompt's text
         self._window, self._past = _Window(), _Window()
+
+    def resume_if(self, gain: Optional[float]) -> None:
+        """End a pause early where the drafter's own evidence, gathered on the pause's plain
+        steps, expects drafting to win by more than CLEAR (Drafter.expected_gain): pld and
+        lookahead go on looking up while paused. Without it a pause doubled by the losing opening
+        of a SmolLM2 rewriting answer kept lookahead plain while the answer quoted its request,
+        which pld drafted at 1.7x; pauses that simply stayed short instead cost 2-4% at T = 1.0
+        (TinyStories), where drafting rarely wins. Only a pause for a loss ends so (not the
+        plain steps measured before judging), and only on a gain above the one expected when it
+        began."""
+        if not (self.plain_left and self._resumable) or gain is None:
+            return
+        if self._pause_gain is None:  # what the drafter expected when the pause began: the
+            self._pause_gain = gain   # back-off overruled it, so only a rise says the text changed
+        elif gain > max(1.0, self._pause_gain) * (1.0 + self.CLEAR):
+            self.plain_left = 0
 
     def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float,
                verify_s: float = 0.0, tree: bool = False) -> None:
@@ -139,11 +151,13 @@ class BackOff:
         gain = None if plain is None else w.tokens * plain / w.seconds
         if gain is None or (self.plain_s is None and abs(gain - 1.0) < self.CLEAR):
             self.plain_left = self.PROBE  # measure plain steps before judging
+            self._resumable = False
         elif gain < 1.0 - self.MARGIN:
             self.plain_left = self.hold
-            self.hold = min(2 * self.hold, self.max_hold)
+            self.hold = min(2 * self.hold, self.MAX_HOLD)
+            self._resumable, self._pause_gain = True, None
         else:
-            self.hold = min(self.FIRST_HOLD, self.max_hold)
+            self.hold = self.FIRST_HOLD
 
 
 class Decoder:
@@ -210,6 +224,8 @@ class Decoder:
     def _dispatch(self, tokens: list[int], room: int, sampling: SamplingParams, key) -> _InFlight:
         """Propose the next tree and start verifying it asynchronously."""
         t0 = time.perf_counter()
+        if self.backoff is not None and self.drafter.learns_while_paused:
+            self.backoff.resume_if(self.drafter.expected_gain())
         drafting = self.backoff is None or self.backoff.drafting
         ctx = StepContext(tokens=tokens, max_drafts=room - 1 if drafting else 0, sampling=sampling,
                           key=key, trees=self.target.supports_trees, clock=self._clock)

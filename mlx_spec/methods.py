@@ -54,17 +54,15 @@ def _factory(name: str):
     return getattr(importlib.import_module(module), attribute)
 
 
-def _backoff(model, method: str, options: dict, drafter) -> Optional[BackOff]:
+def _backoff(model, method: str, options: dict) -> Optional[BackOff]:
     """One BackOff per loaded model, method and options (drafters/shared.py): what it measured
-    carries over to the next request and decoder (each request still probes drafting early).
-    Short pauses for a drafter that learns while paused (BackOff's max_hold)."""
+    carries over to the next request and decoder (each request still probes drafting early)."""
     if method == "ar":
         return None
     backoffs = shared(model).backoffs
     key = (method, repr(sorted(options.items())))
     if key not in backoffs:
-        longest = BackOff.FIRST_HOLD if drafter.learns_while_paused else BackOff.MAX_HOLD
-        backoffs[key] = BackOff(target_cost(model).relative, max_hold=longest)
+        backoffs[key] = BackOff(target_cost(model).relative)
     return backoffs[key]
 
 
@@ -75,7 +73,7 @@ def make_decoder(model, method: str, kv_bits: Optional[int] = None, **options):
         backoff = options.pop("backoff", True)
         drafter = drafters.create(method, model, **options)
         return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method,
-                       backoff=_backoff(model, method, options, drafter) if backoff else None)
+                       backoff=_backoff(model, method, options) if backoff else None)
     factory = _factory(method)
     try:
         inspect.signature(factory).bind(model, kv_bits=kv_bits, **options)

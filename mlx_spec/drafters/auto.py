@@ -222,11 +222,16 @@ class Auto(Drafter):
 
     @property
     def learns_while_paused(self) -> bool:
-        """With a candidate that does (pld, lookahead): the text-only candidates are scored in
-        the shadow on the back-off's plain steps too, so auto knows where drafting would win
-        when a pause ends (a doubled pause had kept auto plain through a rewriting answer that
-        pld drafted at 1.7x, SmolLM2 greedy)."""
+        """With a candidate that does (pld, lookahead): the text-only candidates are asked in
+        the shadow on the back-off's plain steps too, which teaches their choosers and auto's
+        rates, so a pause ends where one of them would win (a doubled pause had kept auto plain
+        through a rewriting answer that pld drafted at 1.7x, SmolLM2 greedy)."""
         return any(d.learns_while_paused for d in self.candidates.values())
+
+    def expected_gain(self) -> Optional[float]:
+        gains = [g for d in self.candidates.values() if d.learns_while_paused
+                 for g in [d.expected_gain()] if g is not None]
+        return max(gains) if gains else None
 
     # -- one request ------------------------------------------------------------------------------
     def begin(self, prompt_tokens: list[int]) -> None:

@@ -35,10 +35,14 @@ class Drafter:
 
     @property
     def learns_while_paused(self) -> bool:
-        """Whether the drafter's own chooser learns from guesses it does not send and drafts
-        nothing where they fail, looking up even on the engine's plain steps: it backs off by
-        itself, so the engine's pauses for it stay short (engine.BackOff's max_hold)."""
+        """Whether the drafter goes on guessing on the engine's back-off's plain steps and learns
+        from those unsent guesses (pld, lookahead), so that expected_gain() can end a pause."""
         return False
+
+    def expected_gain(self) -> Optional[float]:
+        """The speedup over plain decoding that the drafter's own evidence expects of drafting
+        now (engine.BackOff.resume_if), or None where it has none."""
+        return None
 
     def begin(self, prompt_tokens: list[int]) -> None:
         """A new request starts; prompt_tokens ends with the root."""

@@ -54,6 +54,9 @@ class Lookahead(Drafter):
     def learns_while_paused(self) -> bool:
         return self.chooser is not None
 
+    def expected_gain(self) -> Optional[float]:
+        return self.chooser.expected_gain() if self.chooser is not None else None
+
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
                  decay: float = 0.9, adaptive: bool = True, verify_cost: Optional[float] = None,

@@ -59,6 +59,9 @@ class PromptLookup(Drafter):
     def learns_while_paused(self) -> bool:
         return self.chooser is not None
 
+    def expected_gain(self) -> Optional[float]:
+        return self.chooser.expected_gain() if self.chooser is not None else None
+
     def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1,
                  adaptive: bool = True, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None):

@@ -38,18 +38,47 @@ def test_losing_speculation_is_turned_off_and_probed_with_growing_holds():
     assert backoff.hold > 4 * BackOff.FIRST_HOLD
 
 
-def test_a_drafter_that_learns_while_paused_gets_short_pauses(random_model_dirs):
-    """pld and lookahead size their drafts themselves from every guess, sent or not, and go on
-    looking up while the back-off pauses them: their pauses never grow past FIRST_HOLD."""
-    backoff = BackOff(relative_cost=SHAPE, max_hold=BackOff.FIRST_HOLD)
-    run(backoff, 400, 1.2, 0.020, 0.010)
-    assert backoff.hold == BackOff.FIRST_HOLD
-    model = mlx_spec.load(str(random_model_dirs["llama"]))
-    for method, longest, options in (
-            ("pld", BackOff.FIRST_HOLD, {}), ("lookahead", BackOff.FIRST_HOLD, {}),
-            ("draft", BackOff.MAX_HOLD, {"draft_model": str(random_model_dirs["llama"])})):
-        decoder = mlx_spec.make_decoder(model, method, **options)
-        assert decoder.backoff.max_hold == longest, method
+def test_a_pause_ends_early_where_the_drafters_own_evidence_rises():
+    """pld and lookahead go on guessing while paused (Drafter.learns_while_paused): a pause for a
+    loss ends once the gain their choosers expect rises by CLEAR above what it was when the
+    pause began (the back-off overruled that estimate); the plain steps measured before judging
+    are never cut short."""
+    backoff = BackOff(relative_cost=SHAPE)
+    run(backoff, 8, 1.2, 0.020, 0.010)  # lost: paused
+    assert backoff.plain_left == BackOff.FIRST_HOLD
+    backoff.resume_if(1.3)  # the estimate as the pause began: the reference
+    backoff.resume_if(1.35)
+    backoff.resume_if(None)
+    assert not backoff.drafting
+    backoff.resume_if(1.3 * (1 + BackOff.CLEAR) + 0.01)  # the text changed: guesses now match
+    assert backoff.drafting
+    probing = BackOff(relative_cost=SHAPE)
+    run(probing, 8, 2.1, 0.010, 0.005)  # within CLEAR: plain steps are measured first
+    assert probing.plain_left == BackOff.PROBE
+    probing.resume_if(1.0)
+    probing.resume_if(5.0)
+    assert probing.plain_left == BackOff.PROBE
+
+
+def test_the_decoder_asks_a_paused_learner_for_its_gain(random_models):
+    model = random_models["llama"]
+
+    class Learner(Drafter):
+        learns_while_paused = True
+        gains = [1.0, 1.0, 2.0]
+
+        def propose(self, ctx):
+            return Tree.from_chain(ctx.tokens[-1], [])
+
+        def expected_gain(self):
+            return self.gains.pop(0) if self.gains else 2.0
+
+    backoff = BackOff(relative_cost=SHAPE)
+    run(backoff, 8, 1.2, 0.020, 0.010)  # paused for FIRST_HOLD steps
+    decoder = Decoder(Target(model.model), Learner(), "learner", backoff=backoff)
+    backoff.new_request = lambda: None  # keep the pause across generate()'s new request
+    mlx_spec.generate(model, "hello", max_tokens=6, raw=True, decoder=decoder)
+    assert backoff.drafting  # resumed after 3 steps, not 16
 
 
 def test_pld_learns_on_the_back_offs_plain_steps():
