@@ -80,15 +80,22 @@ class TextOracle(Oracle):
     drafts_from_text = True
 
 
+def slow_and_text_oracle(model, max_tokens: int, oracle=TextOracle):
+    """auto over a slow, always wrong candidate and a text-only one that knows the greedy
+    answer of PROMPTS[0] (cheap verifies: 8 tokens cost 1.8 steps); and that answer."""
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], max_tokens)
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+    auto = Auto({"slow": SlowWrong(), "oracle": oracle(prompt + expected)},
+                lambda regime: Rates(), cost)
+    return auto, expected
+
+
 def test_a_text_only_candidate_wins_from_the_shadow_without_trials(random_models):
     """The planted best drafts from the text alone: auto scores its unsent trees against the text
     and switches to it, with no trial steps; the slow candidate stays the only trialled one."""
     model = random_models["llama"]
-    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
-    expected = mlx_lm_greedy(model, PROMPTS[0], 120)
-    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
-    auto = Auto({"slow": SlowWrong(), "oracle": TextOracle(prompt + expected)},
-                lambda regime: Rates(), cost)
+    auto, expected = slow_and_text_oracle(model, 120)
     assert auto.shadowed == ["oracle"]
     result = mlx_spec.generate(model, PROMPTS[0], max_tokens=120, raw=True,
                                decoder=Decoder(Target(model.model), auto, "auto"))
@@ -111,16 +118,12 @@ def test_while_the_back_off_pauses_auto_its_text_only_candidates_are_still_score
         learns_while_paused = True
 
     model = random_models["llama"]
-    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
-    expected = mlx_lm_greedy(model, PROMPTS[0], 40)
-    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
-    auto = Auto({"slow": SlowWrong(), "oracle": PausedLearner(prompt + expected)},
-                lambda regime: Rates(), cost)
+    auto, expected = slow_and_text_oracle(model, 40, PausedLearner)
     assert auto.learns_while_paused
     class Paused(BackOff):  # paused for the whole answer
         drafting = False
 
-    decoder = Decoder(Target(model.model), auto, "auto", backoff=Paused(cost.relative))
+    decoder = Decoder(Target(model.model), auto, "auto", backoff=Paused(auto.cost.relative))
     result = mlx_spec.generate(model, PROMPTS[0], max_tokens=40, raw=True, decoder=decoder)
     assert result.token_ids == expected and result.stats.drafted_tokens == 0
     assert auto.steps_by_method == {}  # no drafting step
