@@ -11,9 +11,9 @@ inside the next method's timed step (`ar` measured 3% slower right after a metho
 tokens a step than the same `ar` elsewhere in the run). On a GPU methods instead run whole prompts
 in a rotating order (`interleave="prompts"`), each with its usual overlap.
 Before the timed runs, one warm-up run per method on the first prompt, whose learned state
-(lookahead's trie, the choosers) is then dropped as at a new round. `repeat` runs the prompt set several rounds
-(round r samples with seed + r) and reports each method's speedup per round beside the pooled
-one: a difference smaller than the rounds' spread is not a difference. Each round starts with
+(lookahead's trie, the choosers) is then dropped as at a new round. `repeat` runs the prompt set
+several rounds (round r samples with seed + r) and reports each method's speedup per round beside
+the pooled one: a difference smaller than the rounds' spread is not a difference. Each round starts with
 drafters that learned nothing (loaded models are kept): greedy rounds write the same answers,
 which lookahead's trie of past outputs would otherwise retrieve whole. Speed is decode tokens/s
 (prefill excluded, it is the same for every method); "matches_ar" compares greedy token ids with

@@ -70,7 +70,8 @@ def test_smollm2_finds_its_shipped_draft_and_head_and_decodes_losslessly():
     # The fp16 copy's measured cost shape (README) planted in the test cache: measuring the 8-bit
     # folder here took 78 s, and the drafters only need a model under which drafting pays.
     one = 0.065
-    planted = cost.CostModel(cost.EXTRA_SIZES, tuple(one * r for r in (1, 0.98, 1.16, 1.30, 1.56, 2.2)),
+    planted = cost.CostModel(cost.EXTRA_SIZES,
+                             tuple(one * r for r in (1, 0.98, 1.16, 1.30, 1.56, 2.2)),
                              cost.CONTEXT, tuple(one * r for r in (1, 0.98, 1.2, 1.45, 1.9, 2.8)))
     file = cost._cache_file(model)
     file.parent.mkdir(parents=True, exist_ok=True)
