@@ -61,7 +61,8 @@ def main() -> None:
             else:
                 logits = plain_logits(model, ids, plain[:at])
                 row.update(plain_token=plain[at], method_token=out[at],
-                           plain_logit=logits[plain[at]].item(), method_logit=logits[out[at]].item(),
+                           plain_logit=logits[plain[at]].item(),
+                           method_logit=logits[out[at]].item(),
                            top3=mx.argsort(-logits)[:3].tolist())
             print(json.dumps(row), flush=True)
     print(f"divergent runs: {divergent} of {len(prompts) * len(methods)}")

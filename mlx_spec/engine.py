@@ -224,8 +224,9 @@ class Decoder:
     def _dispatch(self, tokens: list[int], room: int, sampling: SamplingParams, key) -> _InFlight:
         """Propose the next tree and start verifying it asynchronously."""
         t0 = time.perf_counter()
-        if self.backoff is not None and self.drafter.learns_while_paused:
-            self.backoff.resume_if(self.drafter.expected_gain())
+        if (self.backoff is not None and not self.backoff.drafting
+                and self.drafter.learns_while_paused):  # asked only while paused: a chooser's
+            self.backoff.resume_if(self.drafter.expected_gain())  # gain weighs every size
         drafting = self.backoff is None or self.backoff.drafting
         ctx = StepContext(tokens=tokens, max_drafts=room - 1 if drafting else 0, sampling=sampling,
                           key=key, trees=self.target.supports_trees, clock=self._clock)

@@ -13,11 +13,11 @@ in a rotating order (`interleave="prompts"`), each with its usual overlap.
 Before the timed runs, one warm-up run per method on the first prompt, whose learned state
 (lookahead's trie, the choosers) is then dropped as at a new round. `repeat` runs the prompt set
 several rounds (round r samples with seed + r) and reports each method's speedup per round beside
-the pooled one: a difference smaller than the rounds' spread is not a difference. Each round starts with
-drafters that learned nothing (loaded models are kept): greedy rounds write the same answers,
-which lookahead's trie of past outputs would otherwise retrieve whole. Speed is decode tokens/s
-(prefill excluded, it is the same for every method); "matches_ar" compares greedy token ids with
-the `ar` run of the same prompt.
+the pooled one: a difference smaller than the rounds' spread is not a difference. Each round
+starts with drafters that learned nothing (loaded models are kept): greedy rounds write the same
+answers, which lookahead's trie of past outputs would otherwise retrieve whole. Speed is decode
+tokens/s (prefill excluded, it is the same for every method); "matches_ar" compares greedy token
+ids with the `ar` run of the same prompt.
 The package also holds the other measurements users run: prompts.py (built-in prompt sets),
 memory.py (peak RSS), baselines/ (mlx-lm's own speculative decoding as a method) and exactness.py
 (`mlxspec exactness`: sampled steps against the target's exact distributions).

@@ -52,8 +52,8 @@ from .draft_length import Guesses
 from .shared import shared, target_cost
 
 CANDIDATES = ("pld", "lookahead", "redrafter", "draft")  # by default, those that can run
-PAUSED_ROOM = 64  # drafts a shadow may ask for on a plain step (each candidate caps its own)
 NAMEABLE = CANDIDATES + ("adaedl",)                      # what `methods=` may name
+PAUSED_ROOM = 64  # drafts a shadow may ask for on a plain step (each candidate caps its own)
 
 
 @dataclass

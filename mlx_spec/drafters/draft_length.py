@@ -63,6 +63,7 @@ def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Option
         raise ValueError("verify costs must be >= 0")
     return linear_verify_cost(per_draft, overhead)
 
+
 def _tabled(measured, tree: bool) -> VerifyCost:
     """measured.relative(1 + nodes) read from a table of its values at whole node counts (the
     model's sizes are whole numbers, so interpolating between them is exact): a chooser weighs
