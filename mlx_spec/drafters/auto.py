@@ -1,20 +1,21 @@
 """`auto`: the fastest method this target has, chosen while generating.
 
-Candidates are the drafting methods available for the loaded target: `pld` and `lookahead`
-always, `redrafter` where a trained head fits it, `draft` where a draft model does. Each step one
-candidate proposes; auto times every step from one observe() to the next (the candidate's
-drafting, the target's verify of its tree, the engine's accept; not the time the consumer holds a
-yielded step, StepContext.clock: the bench runs other methods' steps there) and keeps, per
-candidate, decayed sums of tokens emitted and seconds spent. It proposes with the best rate (the
-leader keeps proposing until another is ahead by SWITCH_MARGIN: rates are noisy windowed means,
-and chasing the highest chased bursts) and now and then lends a few steps to each other candidate
-(each waits its own number of steps: soon after it won a trial or lost the lead, ever more
-rarely while its trials lose; its old steps count less the longer it sat out, as the text has
-moved on), and at once again to one measured over too few steps to judge whose optimistic rate
-still beats the best (a trial of 3 steps at T > 0 says little about a candidate that emits 1 to
-10 tokens a step). What it measured is kept per loaded model and
-sampling regime (greedy, or each temperature), so the next request starts from it. Plain decoding
-is not a candidate: the engine's BackOff turns drafting off where even the best candidate loses.
+Candidates are the drafting methods available for the loaded target: `pld` and `lookahead` always,
+`redrafter` where a trained head fits it, `draft` where a draft model does. Each step one candidate
+proposes; auto times every step from one observe() to the next (the candidate's drafting, the
+target's verify of its tree, the engine's accept; not the time the consumer holds a yielded step,
+StepContext.clock: the bench runs other methods' steps there) and keeps, per candidate, decayed sums
+of tokens emitted and seconds spent. It proposes with the best rate (the leader keeps proposing
+until another is ahead by SWITCH_MARGIN, or by both rates' measured noise where that is larger:
+rates are noisy windowed means, and chasing the highest chased bursts) and now and then lends a few
+steps to each other candidate (each waits its own number of steps: soon after it won a trial or lost
+the lead, ever more rarely while its trials lose; its old steps count less the longer it sat out, as
+the text has moved on), and at once again to one measured over too few steps to judge that may still
+beat the best (may_beat: within the standard error of the two rates' difference; a trial of 3 steps
+at T > 0 says little about a candidate that emits 1 to 10 tokens a step). What it measured is kept
+per loaded model and sampling regime (greedy, or each temperature), so the next request starts from
+it. Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
+candidate loses.
 
 Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
 no trials: every step they do not propose (every SHADOW_EVERY-th once measured and while they trail
@@ -38,6 +39,7 @@ trials of two or three steps per request would always draft at its prior's size.
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -62,6 +64,7 @@ class Rate:
     tokens: float = 0.0
     seconds: float = 0.0
     weight: float = 0.0     # decayed count of the steps in the sums
+    squares: tuple = (0.0, 0.0, 0.0)  # decayed sums of tokens², tokens x seconds, seconds²
     steps: int = 0          # own steps ever measured
     last_step: int = -1     # auto's step counter when it last proposed
     wait: int = 24          # trialled candidates: auto steps from its last step to its next
@@ -76,6 +79,8 @@ class Rate:
         self.tokens = self.DECAY * self.tokens + tokens
         self.seconds = self.DECAY * self.seconds + seconds
         self.weight = self.DECAY * self.weight + 1
+        self.squares = tuple(self.DECAY * old + new for old, new in
+                             zip(self.squares, (tokens * tokens, tokens * seconds, seconds * seconds)))
         self.steps += 1
 
     def fade(self, now: int) -> None:
@@ -88,6 +93,7 @@ class Rate:
             factor = self.DECAY ** (self.FADE * (now - self.last_step - 1))
             self.tokens, self.seconds, self.weight = (factor * self.tokens, factor * self.seconds,
                                                       factor * self.weight)
+            self.squares = tuple(factor * value for value in self.squares)
 
     @property
     def per_second(self) -> float:
@@ -108,14 +114,36 @@ class Rate:
         """Tokens per second as measured, without the prior."""
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def optimistic(self, margins: float = 1.0) -> float:
-        """What the rate may still turn out to be: its raw tokens per second, raised by `margins`
-        standard-error-like margins that shrink with the steps ever measured (not the faded
-        weight: fading says old steps describe other text, not that the spread of a step's
-        tokens is unknown; margins on faded weights had sent `draft` to 8 trial steps running)."""
-        if self.seconds <= 0:
-            return float("inf")
-        return self.raw * (1.0 + margins / max(1, min(self.steps, self.SETTLED)) ** 0.5)
+    def spread(self) -> float:
+        """How far one step's tokens stray from what the rate predicts for its seconds, relative
+        to a step's mean tokens (the ratio estimator's sqrt(E[(t - raw x s)^2]) / E[t]), shrunk
+        toward 1 by one pseudo-step: two equal steps say little about the spread. Measured
+        steps are what the margins should scale with: with one step's spread taken as 1, a
+        draft model at 0.7x of redrafter's rate (T = 0.7, story prompts; its steps spread ~0.5)
+        stayed within its margin for ~12 trial steps of every fresh start."""
+        if self.weight <= 0 or self.tokens <= 0:
+            return 1.0
+        tt, ts, ss = self.squares
+        raw = self.raw
+        relative = max(0.0, tt - 2 * raw * ts + raw * raw * ss) * self.weight / self.tokens ** 2
+        return ((self.weight * relative + 1.0) / (self.weight + 1.0)) ** 0.5
+
+    def error(self) -> float:
+        """The rate's relative standard error: the steps' spread over the steps ever measured
+        (not the faded weight: fading says old steps describe other text, not that the spread
+        of a step's tokens is unknown; margins on faded weights had sent `draft` to 8 trial
+        steps running), at most SETTLED of them (text moves on: no rate is known better)."""
+        return self.spread() / max(1, min(self.steps, self.SETTLED)) ** 0.5
+
+
+def may_beat(rate: Rate, other: Rate) -> bool:
+    """Whether `rate` may still turn out faster than `other`: its raw tokens per second, raised
+    by one standard error of the difference (both rates' errors: a former leader's short
+    recheck trial, judged against a leader's rate as if exact, had benched redrafter for 48
+    steps after two unlucky steps at T = 1.0, where it is 1.4x the draft model that led)."""
+    if rate.seconds <= 0:
+        return True
+    return rate.raw * (1.0 + math.hypot(rate.error(), other.error())) > other.raw
 
 
 @dataclass
@@ -189,7 +217,7 @@ class Auto(Drafter):
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, Rate.wait, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
     SETTLED = Rate.SETTLED  # own steps measured before a candidate is trusted: until then, one
-    # whose optimistic rate still beats the best is tried again at once (at T > 0 a step emits 1
+    # that may still beat the best (may_beat) is tried again at once (at T > 0 a step emits 1
     # to 10 tokens by chance, and a few unlucky opening steps must not bench the best candidate:
     # measured, redrafter, 2.4x alone, left to trials at 0.7), and a text-only one is asked
     # every step
@@ -357,7 +385,7 @@ class Auto(Drafter):
             rate, leader = rates.by_name.get(name, Rate()), rates.by_name.get(best, Rate())
             if best == name:
                 rate.wait = self.FIRST_GAP
-            elif rate.optimistic() < leader.raw:
+            elif not may_beat(rate, leader):
                 rate.wait = min(2 * max(rate.wait, self.FIRST_GAP), self.MAX_GAP)
             else:
                 rate.wait = max(rate.wait // 2, self.FIRST_GAP)
@@ -370,9 +398,9 @@ class Auto(Drafter):
         # against the leader as measured: its prior pulls a leader of few steps toward one token
         # a step, which kept `draft` in trials for 6 of the first 20 steps (greedy, 10 tokens a
         # step from redrafter against 1-5)
-        leader = rates.by_name.get(best, Rate()).raw
+        leader = rates.by_name.get(best, Rate())
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
-                    and rates.by_name[n].optimistic() > leader]
+                    and may_beat(rates.by_name[n], leader)]
         if doubtful:
             return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
         due = [n for n in others if rates.step - rates.by_name[n].last_step > rates.by_name[n].wait]
@@ -394,7 +422,7 @@ class Auto(Drafter):
         return name
 
     def _hold(self, best: str) -> str:
-        """The leader stays unless `best` beats it by SWITCH_MARGIN: rates are windowed means of
+        """The leader stays unless `best` beats it by SWITCH_MARGIN or more: rates are windowed means of
         bursty steps (lookahead emits 10 tokens on a repeated phrase, then 1 for a while), and
         always moving to the highest of several noisy rates chases bursts that are over by the
         time the window shows them (measured greedy on the story prompts: lookahead got a fifth
@@ -406,9 +434,11 @@ class Auto(Drafter):
         paired = self.rates.paired.get(best)
         if paired is not None and paired.steps >= self.PAIRED:
             return best if paired.ratio > 1.0 + self.SWITCH_MARGIN else leader
-        rate = self.rates.by_name.get
-        held = rate(leader, Rate()).per_second * (1.0 + self.SWITCH_MARGIN)
-        return best if rate(best, Rate()).per_second > held else leader
+        # else by rates, by more than both rates' noise: at T = 1.0 redrafter's window of 1- and
+        # 2-token steps had handed the lead to a draft model at 0.7x of its rate for 30 steps
+        held, challenger = (self.rates.by_name.get(n, Rate()) for n in (leader, best))
+        margin = max(self.SWITCH_MARGIN, math.hypot(held.error(), challenger.error()))
+        return best if challenger.per_second > held.per_second * (1.0 + margin) else leader
 
     def _best(self) -> str:
         return max(self.candidates, key=lambda n: self.rates.by_name.get(n, Rate()).per_second)

@@ -184,12 +184,13 @@ def test_auto_with_a_draft_model_is_greedy_exact_and_remembers_per_model(random_
     assert set(known) == {"pld", "lookahead", "draft"}  # each was tried, and that is kept
 
 
-def rate(tokens, seconds, steps):
-    """A Rate of `steps` equal steps adding up to `tokens` in `seconds`."""
+def rate(tokens, seconds, steps, spread=0.0):
+    """A Rate of `steps` steps adding up to `tokens` in `seconds`, equal in time, their tokens
+    alternately `spread` (a fraction of the mean) above and below the mean."""
     from mlx_spec.drafters.auto import Rate
     r = Rate()
-    for _ in range(steps):
-        r.add(tokens / steps, seconds / steps)
+    for i in range(steps):
+        r.add(tokens / steps * (1 + spread * (-1) ** i), seconds / steps)
     return r
 
 
@@ -230,10 +231,10 @@ def test_a_lost_trial_lengthens_the_wait_once_it_is_clearly_behind():
 
 
 def test_a_trial_lost_within_noise_halves_a_long_wait_and_a_won_one_resets_it():
-    """`b` has waited 8 x FIRST_GAP after clear losses: a trial it loses within its noise (90
+    """`b` has waited 8 x FIRST_GAP after clear losses: a trial it loses within the noise (95
     against 100 tokens/s) halves the wait, not back to FIRST_GAP (a candidate steadily behind
     but noisy would otherwise be tried every FIRST_GAP steps); a trial it wins resets it."""
-    for b_tokens, wait in ((90.0, 4 * Auto.FIRST_GAP), (130.0, Auto.FIRST_GAP)):
+    for b_tokens, wait in ((95.0, 4 * Auto.FIRST_GAP), (130.0, Auto.FIRST_GAP)):
         auto = Auto({"a": Oracle([]), "b": Oracle([])})
         auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 1.0, 40)},
                            leader="a")
@@ -241,6 +242,36 @@ def test_a_trial_lost_within_noise_halves_a_long_wait_and_a_won_one_resets_it():
         auto._trial = ("b", 0)
         auto._next()
         assert auto.rates.by_name["b"].wait == wait
+
+
+def test_the_noise_of_both_rates_decides_what_is_within_reach():
+    """Margins scale with the steps' measured spread, the leader's as well as the candidate's:
+    at 85 against 100 tokens/s over 12 steps each, steady steps (spread 0.1) make a clear loss
+    and a wait doubled, steps of 1 and 5 tokens (spread 0.67, as at T = 1.0) a loss within
+    the noise, whichever of the two is noisy."""
+    from mlx_spec.drafters.auto import may_beat
+
+    steady, noisy = 0.1, 0.67
+    assert not may_beat(rate(85.0, 1.0, 12, steady), rate(100.0, 1.0, 12, steady))
+    assert may_beat(rate(85.0, 1.0, 12, noisy), rate(100.0, 1.0, 12, steady))
+    assert may_beat(rate(85.0, 1.0, 12, steady), rate(100.0, 1.0, 12, noisy))
+    for spread, wait in ((steady, 2 * Auto.FIRST_GAP), (noisy, Auto.FIRST_GAP)):
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40, spread),
+                                    "b": rate(85.0, 1.0, 12, spread)}, leader="a")
+        auto._trial = ("b", 0)
+        assert auto._next() == "a" and auto.rates.by_name["b"].wait == wait
+
+
+def test_a_noisy_leader_keeps_the_lead_against_a_challenger_within_its_noise():
+    """A challenger 25% ahead takes the lead from a leader of steady steps, not from one whose
+    steps spread as at T = 1.0 (its window of unlucky steps is no evidence that the other is
+    faster)."""
+    for spread, expected in ((0.1, "b"), (0.67, "a")):
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40, spread),
+                                    "b": rate(125.0, 1.0, 40, spread)}, leader="a")
+        assert auto._hold("b") == expected
 
 
 def test_each_candidate_waits_its_own_turn_and_a_lost_lead_is_tried_again_soon():
