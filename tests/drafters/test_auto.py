@@ -274,6 +274,25 @@ def test_a_noisy_leader_keeps_the_lead_against_a_challenger_within_its_noise():
         assert auto._hold("b") == expected
 
 
+def test_a_new_request_halves_the_weight_of_what_the_last_ones_measured():
+    """A new prompt is new text: the rates carried from the last requests keep their values but
+    count NEW_TEXT as much against the steps to come (a leader's rate from the last answer had
+    kept it leading through many poor steps on the next)."""
+    from mlx_spec.drafters.base import StepContext
+    from mlx_spec.sampling import SamplingParams
+
+    kept = Rates(by_name={"a": rate(100.0, 1.0, 40, 0.3), "b": rate(60.0, 1.0, 12, 0.3)})
+    before = {n: (r.weight, r.per_second, r.error()) for n, r in kept.by_name.items()}
+    auto = Auto({"a": Oracle([]), "b": Oracle([])}, lambda regime: kept)
+    auto.begin([1, 2, 3])
+    auto.propose(StepContext(tokens=[1, 2, 3], max_drafts=4, sampling=SamplingParams()))
+    for name, (weight, per_second, error) in before.items():
+        now = kept.by_name[name]
+        assert now.weight == pytest.approx(Auto.NEW_TEXT * weight)
+        assert now.per_second == pytest.approx(per_second)
+        assert now.error() > error  # fewer steps' worth of evidence, wider spread estimate
+
+
 def test_each_candidate_waits_its_own_turn_and_a_lost_lead_is_tried_again_soon():
     """`c` has lost many trials (a long wait) while `a` led; when `b` overtakes `a`, `a` is
     tried again RECHECK steps after its last step, long before `c`."""
