@@ -18,8 +18,8 @@ tree a budget of d would have sent (retrieval is best-first), so the drafter's c
 (draft_length.DraftChooser, the one pld and redrafter size their chains with) learns, for each d,
 the tokens a call would have produced. It sends the budget with the best tokens per unit of
 verification cost, 0 (plain decoding) when guesses keep failing, and notices when they start
-matching again: while at 0 it retrieves only PEEK nodes, which teach the small budgets it grows
-back through, at a fraction of a full retrieval's cost.
+matching again: while at 0 it retrieves only PEEK nodes on every PEEK_EVERY-th step, which teach
+the small budgets it grows back through, at a fraction of a full retrieval's cost.
 
 All trie work happens inside propose(), so the engine's draft time is this method's whole cost.
 """
@@ -41,6 +41,9 @@ from .shared import shared
 # through learn from them; a full retrieval (decoding_length 32, best-first over two tries) cost
 # ~3% of a 14 ms step on the embedded target at T = 1.0, where nothing it found was sent
 PEEK = 4
+PEEK_EVERY = 4  # ... and only on every PEEK_EVERY-th such step: a sample of them is enough to
+# notice guesses matching again, and a peek on every plain step (catch-up, retrieval, scoring;
+# ~0.4 ms) cost 3-4% of the embedded target's 10 ms step at T = 1.0, where plain steps are most
 PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction of it (so a
 # sorting prune runs once per many requests, not on every step that adds a node)
 
@@ -136,6 +139,7 @@ class Lookahead(Drafter):
         # output windows start a little before the answer, so its first tokens can be matched
         self._output_from = max(0, len(prompt_tokens) - self.match_length)
         self._guesses.clear()
+        self._plain_steps = 0  # plain steps so far (PEEK_EVERY)
         self._tokens = None
         self.timing = {"calls": 0, "insert_s": 0.0, "retrieve_s": 0.0}
 
@@ -152,14 +156,19 @@ class Lookahead(Drafter):
         if ctx.max_drafts < 1 and self.chooser is None:  # a plain step: the tries catch up on
             self.timing["calls"] += 1                     # the next drafting step
             return Tree.from_chain(tokens[-1], [])
-        self._catch_up(tokens)
-        t1 = time.perf_counter()
-
         budget = self.decoding_length
         if self.chooser is not None:
             for outcome in self._guesses.settle(tokens):
                 self.chooser.record_ranks(*outcome)
             budget = self.chooser.choose() if ctx.max_drafts >= 1 else 0
+            if budget == 0:
+                self._plain_steps += 1
+                if self._plain_steps % PEEK_EVERY:  # the tries catch up on the next peek
+                    self._tokens = tokens            # (or at the end of the request)
+                    self.timing["calls"] += 1
+                    return Tree.from_chain(tokens[-1], [])
+        self._catch_up(tokens)
+        t1 = time.perf_counter()
         # while plain decoding is chosen (by the chooser, or the engine's back-off), a retrieval
         # of PEEK nodes still teaches the budgets drafting grows back through, for a fraction of
         # a full one's cost

@@ -175,8 +175,12 @@ def test_while_plain_decoding_is_chosen_only_a_peek_is_retrieved(random_model_di
     for _ in range(30):
         chooser.record_ranks([], retrieved=32)  # as after a stretch of misses
     assert chooser.choose() == 0
-    mlx_spec.generate(model, PROMPTS[1], max_tokens=4, raw=True, decoder=decoder)
-    assert asked[0] == lookahead.PEEK
+    result = mlx_spec.generate(model, PROMPTS[1], max_tokens=12, raw=True, decoder=decoder)
+    # on every PEEK_EVERY-th plain step only; the answer still reaches the outputs' trie
+    assert asked == [lookahead.PEEK] * (result.stats.target_calls // lookahead.PEEK_EVERY)
+    assert decoder.drafter.output_trie.count(result.token_ids[-3:]) > 0
+    short = mlx_spec.generate(model, PROMPTS[0], max_tokens=3, raw=True, decoder=decoder)
+    assert decoder.drafter.output_trie.count(short.token_ids) > 0  # no peek in it at all
     chooser.reset()  # an optimistic chooser sends trees: full retrievals
     mlx_spec.generate(model, PROMPTS[1], max_tokens=4, raw=True, decoder=decoder)
     assert asked[-1] == 32
