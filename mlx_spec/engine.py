@@ -119,10 +119,13 @@ class BackOff:
             self.plain_left = 0
 
     def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float,
-               verify_s: float = 0.0, tree: bool = False) -> None:
+               verify_s: float = 0.0, tree: bool = False,
+               switch: Optional[Callable[[float, float], bool]] = None) -> None:
         """One step: `drafted` candidate tokens (a branching tree of them if `tree`), `tokens`
         emitted, its wall time, the part of it outside drafting and verification, and its
-        verification time."""
+        verification time. `switch` (Drafter.switch_instead) is asked before a pause for a
+        loss: where it switches, the judged windows were another way of drafting's, and are
+        dropped instead."""
         if not drafted and self.plain_left:
             self.plain_s = seconds if self.plain_s is None else 0.7 * self.plain_s + 0.3 * seconds
             self.plain_left -= 1
@@ -153,6 +156,9 @@ class BackOff:
             self.plain_left = self.PROBE  # measure plain steps before judging
             self._resumable = False
         elif gain < 1.0 - self.MARGIN:
+            if switch is not None and switch(plain, self.CLEAR):
+                self._past = _Window()
+                return
             self.plain_left = self.hold
             self.hold = min(2 * self.hold, self.MAX_HOLD)
             self._resumable, self._pause_gain = True, None
@@ -298,7 +304,7 @@ class Decoder:
                 if self.backoff is not None and (flight.backed_off or self.drafter.steady()):
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
                                         flight.draft_s + verify_s + other_s, other_s, verify_s,
-                                        branching)
+                                        branching, self.drafter.switch_instead)
                 flight = None
                 following = (ctx, acceptance, out, tokens, generated, limits, sampling, draft_key)
                 if finish is None and self.dispatch_ahead:  # the next tree before yielding

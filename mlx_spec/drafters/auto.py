@@ -79,8 +79,8 @@ class Rate:
         self.tokens = self.DECAY * self.tokens + tokens
         self.seconds = self.DECAY * self.seconds + seconds
         self.weight = self.DECAY * self.weight + 1
-        self.squares = tuple(self.DECAY * old + new for old, new in
-                             zip(self.squares, (tokens * tokens, tokens * seconds, seconds * seconds)))
+        steps = (tokens * tokens, tokens * seconds, seconds * seconds)
+        self.squares = tuple(self.DECAY * old + new for old, new in zip(self.squares, steps))
         self.steps += 1
 
     def fade(self, now: int) -> None:
@@ -363,6 +363,28 @@ class Auto(Drafter):
     def proposers(self) -> dict[str, int]:
         return dict(self.steps_by_method)
 
+    def switch_instead(self, plain_s: float, clear: float) -> bool:
+        """The back-off judged the last steps a loss: where another candidate's measured rate
+        beats plain decoding by more than `clear`, it leads from the next step on instead of a
+        pause (greedy, story prompts: lookahead, leading on the last answer's rate, lost a
+        window on a story and the pause after it kept auto plain for 16 steps there, where
+        redrafter alone ran at 3x). The leader that lost keeps its rate and wins the lead back
+        only as any challenger does. No other candidate that clearly wins: the pause."""
+        if self.rates is None:
+            return False
+        losing = self.rates.leader or self.current
+        others = {n: r for n, r in self.rates.by_name.items()
+                  if n != losing and n in self.candidates and r.steps}
+        if not others:
+            return False
+        name = max(others, key=lambda n: others[n].per_second)
+        if others[name].per_second * plain_s <= 1.0 + clear:
+            return False
+        self.rates.leader = name
+        if self._trial is None:  # a trial that has begun runs its course first
+            self.current = name
+        return True
+
     def steady(self) -> bool:
         return not self._in_trial
 
@@ -430,12 +452,13 @@ class Auto(Drafter):
         return name
 
     def _hold(self, best: str) -> str:
-        """The leader stays unless `best` beats it by SWITCH_MARGIN or more: rates are windowed means of
-        bursty steps (lookahead emits 10 tokens on a repeated phrase, then 1 for a while), and
-        always moving to the highest of several noisy rates chases bursts that are over by the
-        time the window shows them (measured greedy on the story prompts: lookahead got a fifth
-        of auto's steps where alone it was 20% slower than redrafter). A text-only challenger
-        is judged against the real steps taken where it was asked (Pairing): the same text."""
+        """The leader stays unless `best` beats it by SWITCH_MARGIN or more: rates are windowed
+        means of bursty steps (lookahead emits 10 tokens on a repeated phrase, then 1 for a
+        while), and always moving to the highest of several noisy rates chases bursts that are
+        over by the time the window shows them (measured greedy on the story prompts: lookahead
+        got a fifth of auto's steps where alone it was 20% slower than redrafter). A text-only
+        challenger is judged against the real steps taken where it was asked (Pairing): the
+        same text."""
         leader = self.rates.leader
         if leader is None or leader == best or leader not in self.candidates:
             return best

@@ -72,6 +72,13 @@ class Drafter:
         bounded cost of choosing that had paused auto for 16-64 steps where its leader won)."""
         return True
 
+    def switch_instead(self, plain_s: float, clear: float) -> bool:
+        """Asked when the engine's back-off judged the last drafting steps a loss, before it
+        pauses drafting: a drafter that can draft another way whose own measurements beat plain
+        decoding (a step of `plain_s` seconds, one token) by more than `clear` switches to it
+        and returns True, and drafting goes on (auto: another candidate)."""
+        return False
+
     def proposers(self) -> dict[str, int]:
         """This request's drafting steps per method that proposed them (method `auto`)."""
         return {}

@@ -3,6 +3,8 @@ where speculation lost, probes again with growing holds, and stays on where it w
 drafter made slow and always wrong is backed off while the output stays exactly the target's."""
 import time
 
+import pytest
+
 import mlx_spec
 from mlx_spec.drafters import Drafter
 from mlx_spec.engine import BackOff, Decoder, Limits
@@ -36,6 +38,29 @@ def test_losing_speculation_is_turned_off_and_probed_with_growing_holds():
     plain += run(backoff, 400, 1.2, 0.020, 0.010)
     assert plain > 300  # mostly plain, with a probe window after each hold
     assert backoff.hold > 4 * BackOff.FIRST_HOLD
+
+
+def test_a_drafter_that_can_draft_another_way_switches_instead_of_a_pause():
+    """A loss is first offered to the drafter (Drafter.switch_instead, auto: another candidate
+    that measured a clear win): where it switches, drafting goes on and the lost windows are
+    not held against the next; where it cannot, the pause as usual."""
+    asked = []
+
+    def switch(plain_s, clear):
+        asked.append((plain_s, clear))
+        return len(asked) == 1  # the first time only
+
+    backoff = BackOff(relative_cost=SHAPE)
+    for _ in range(8):  # 0.6x of plain (test above)
+        backoff.record(4, 1.2, 0.020, 0.0, verify_s=0.020, switch=switch)
+    assert backoff.drafting and len(asked) == 1
+    assert asked[0] == (pytest.approx(0.010), BackOff.CLEAR)  # the plain step, estimated
+    for _ in range(8):  # another way of drafting, 1.2x: judged on its own steps (with the
+        backoff.record(4, 2.4, 0.020, 0.0, verify_s=0.020, switch=switch)  # lost ones, 1.0x)
+    assert backoff.drafting and len(asked) == 1
+    for _ in range(8):  # loses again, and nothing is left to switch to
+        backoff.record(4, 1.2, 0.020, 0.0, verify_s=0.020, switch=switch)
+    assert not backoff.drafting and backoff.plain_left == BackOff.FIRST_HOLD
 
 
 def test_a_pause_ends_early_where_the_drafters_own_evidence_rises():

@@ -293,6 +293,19 @@ def test_a_new_request_halves_the_weight_of_what_the_last_ones_measured():
         assert now.error() > error  # fewer steps' worth of evidence, wider spread estimate
 
 
+def test_a_loss_hands_the_lead_to_a_candidate_that_clearly_beats_plain_decoding():
+    """The back-off judged `a`'s steps a loss (Drafter.switch_instead): `b`, measured at 100
+    tokens/s where a plain step takes 20 ms (2x), leads instead of a pause; at 50 tokens/s (1x)
+    it cannot, and the pause goes ahead."""
+    for b_rate, switched in ((100.0, True), (50.0, False)):
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        auto.rates = Rates(by_name={"a": rate(150.0, 1.0, 40), "b": rate(b_rate, 1.0, 40)},
+                           leader="a")
+        auto.current = "a"
+        assert auto.switch_instead(0.020, 0.1) is switched
+        assert (auto.current, auto.rates.leader) == (("b", "b") if switched else ("a", "a"))
+
+
 def test_each_candidate_waits_its_own_turn_and_a_lost_lead_is_tried_again_soon():
     """`c` has lost many trials (a long wait) while `a` led; when `b` overtakes `a`, `a` is
     tried again RECHECK steps after its last step, long before `c`."""
