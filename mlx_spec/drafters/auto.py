@@ -369,10 +369,17 @@ class Auto(Drafter):
         pause (greedy, story prompts: lookahead, leading on the last answer's rate, lost a
         window on a story and the pause after it kept auto plain for 16 steps there, where
         redrafter alone ran at 3x). The leader that lost keeps its rate and wins the lead back
-        only as any challenger does. No other candidate that clearly wins: the pause."""
+        only as any challenger does. No other candidate that clearly wins: the pause.
+
+        Only a text-only leader's loss is taken so: it says the text stopped repeating, which
+        the model drafters do not need. A model drafter's lost window at T > 0 is mostly the
+        luck of its sampled steps, and handing its lead to the next best had let a draft model
+        at 0.7x of redrafter's rate lead 15% of the steps (T = 0.7, story prompts)."""
         if self.rates is None:
             return False
         losing = self.rates.leader or self.current
+        if losing not in self.candidates or not self.candidates[losing].drafts_from_text:
+            return False
         others = {n: r for n, r in self.rates.by_name.items()
                   if n != losing and n in self.candidates and r.steps}
         if not others:

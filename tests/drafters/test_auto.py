@@ -294,11 +294,13 @@ def test_a_new_request_halves_the_weight_of_what_the_last_ones_measured():
 
 
 def test_a_loss_hands_the_lead_to_a_candidate_that_clearly_beats_plain_decoding():
-    """The back-off judged `a`'s steps a loss (Drafter.switch_instead): `b`, measured at 100
-    tokens/s where a plain step takes 20 ms (2x), leads instead of a pause; at 50 tokens/s (1x)
-    it cannot, and the pause goes ahead."""
-    for b_rate, switched in ((100.0, True), (50.0, False)):
-        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+    """The back-off judged the steps of `a`, a text-only leader, a loss (Drafter.switch_instead):
+    `b`, measured at 100 tokens/s where a plain step takes 20 ms (2x), leads instead of a pause;
+    at 50 tokens/s (1x) it cannot, and the pause goes ahead. A model drafter's lost window (at
+    T > 0 mostly its sampled steps' luck) is not handed on."""
+    for a, b_rate, switched in ((TextOracle([]), 100.0, True), (TextOracle([]), 50.0, False),
+                                (Oracle([]), 100.0, False)):
+        auto = Auto({"a": a, "b": Oracle([])})
         auto.rates = Rates(by_name={"a": rate(150.0, 1.0, 40), "b": rate(b_rate, 1.0, 40)},
                            leader="a")
         auto.current = "a"
