@@ -79,8 +79,8 @@ class Rate:
         self.tokens = self.DECAY * self.tokens + tokens
         self.seconds = self.DECAY * self.seconds + seconds
         self.weight = self.DECAY * self.weight + 1
-        steps = (tokens * tokens, tokens * seconds, seconds * seconds)
-        self.squares = tuple(self.DECAY * old + new for old, new in zip(self.squares, steps))
+        products = (tokens * tokens, tokens * seconds, seconds * seconds)
+        self.squares = tuple(self.DECAY * old + new for old, new in zip(self.squares, products))
         self.steps += 1
 
     def fade(self, now: int) -> None:
@@ -378,10 +378,9 @@ class Auto(Drafter):
         if self.rates is None:
             return False
         losing = self.rates.leader or self.current
-        if losing not in self.candidates or not self.candidates[losing].drafts_from_text:
+        if not self.candidates[losing].drafts_from_text:
             return False
-        others = {n: r for n, r in self.rates.by_name.items()
-                  if n != losing and n in self.candidates and r.steps}
+        others = {n: r for n, r in self.rates.by_name.items() if n != losing and r.steps}
         if not others:
             return False
         name = max(others, key=lambda n: others[n].per_second)
