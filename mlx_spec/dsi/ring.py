@@ -130,12 +130,12 @@ class RingNode:
         self._streams = _ThreadStreams()
         self._outboxes = {n: queue.Queue() for n in self.neighbours}
         self._readable = backend_sockets(self.rank, self.size)
-        threads = [threading.Thread(target=self._listen, args=(n,), daemon=True,
-                                    name=f"ring-{self.rank}-from-{n}")
-                   for n in self.neighbours if carries_traffic(self.rank, n, self.size)]
-        threads += [threading.Thread(target=self._send_loop, args=(n,), daemon=True,
-                                     name=f"ring-{self.rank}-to-{n}") for n in self.neighbours]
-        for thread in threads:
+        self._listeners = {n: threading.Thread(target=self._listen, args=(n,), daemon=True,
+                                               name=f"ring-{self.rank}-from-{n}")
+                           for n in self.neighbours if carries_traffic(self.rank, n, self.size)}
+        senders = [threading.Thread(target=self._send_loop, args=(n,), daemon=True,
+                                    name=f"ring-{self.rank}-to-{n}") for n in self.neighbours]
+        for thread in [*self._listeners.values(), *senders]:
             thread.start()
 
     # -- sending --------------------------------------------------------------------------------
@@ -170,6 +170,18 @@ class RingNode:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.001)
+
+    def wait_listeners(self, timeout: float, skip=frozenset()) -> None:
+        """Wait (at most `timeout` s in all) until every listener but those of `skip` has
+        returned: each does after its neighbour's goodbye or a lost link. A process that exits
+        while a listener is still inside MLX (receiving the goodbye that follows the last
+        acknowledgement) aborts in C++ teardown ("terminate called without an active
+        exception", seen once in CI). A listener blocked on a hung neighbour (skip) is harmless:
+        it waits, it does not run."""
+        deadline = time.monotonic() + timeout
+        for neighbour, thread in self._listeners.items():
+            if neighbour not in skip:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _mark_lost(self, neighbour: int, reason: str, report: bool = True) -> None:
         with self._lost_lock:

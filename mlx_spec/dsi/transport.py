@@ -146,7 +146,8 @@ class RingPool:
         self.events.put(event)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Ask every live worker to stop, farthest first, and wait for each acknowledgement."""
+        """Ask every live worker to stop, farthest first, and wait for each acknowledgement, then
+        for the listeners to take their neighbours' goodbyes (none may be inside MLX at exit)."""
         size = len(self.worker_ids) + 1
         for worker in sorted(self.worker_ids, key=lambda w: closing_order(w, size), reverse=True):
             way = self.node.toward(worker, avoid=self.abandoned)
@@ -158,6 +159,7 @@ class RingPool:
             while (worker not in self.acknowledged and way[0] not in self.node.lost
                    and time.monotonic() < deadline):
                 time.sleep(0.002)
+        self.node.wait_listeners(timeout, skip=self.abandoned)
 
     # -- receiving (listener threads) -----------------------------------------------------------
     def wait(self, timeout: Optional[float]) -> Optional[Event]:

@@ -1,5 +1,8 @@
 """Relaying over the ring without processes: which way packets go, what rank 0 re-sends when a
 relay dies, and that a worker drops a job that was overtaken by its re-sent copy."""
+import threading
+import time
+
 import numpy as np
 import mlx.core as mx
 
@@ -31,7 +34,7 @@ class FakeNode(RingNode):
         self.left, self.right = (self.rank - 1) % self.size, (self.rank + 1) % self.size
         self.neighbours = sorted({self.left, self.right} - {self.rank})
         self.deliver, self.link_lost, self.lost = deliver, link_lost, set()
-        self.sent, self._outboxes = [], {}
+        self.sent, self._outboxes, self._listeners = [], {}, {}
 
     def send(self, dest, kind, payload, via):
         self.sent.append((dest, kind, np.asarray(payload, dtype=np.int32), via))
@@ -88,6 +91,29 @@ def test_jobs_stranded_in_a_dead_relay_are_resent_the_other_way(monkeypatch):
     pool.node.sent.clear()
     pool.abandon(3)  # now nothing leads to worker 2
     assert pool.wait(0).worker == 2 and not pool.node.sent
+
+
+def test_close_returns_once_the_listeners_have_taken_the_goodbyes(monkeypatch):
+    """A process that exits while a listener is inside MLX aborts in C++ teardown: close waits
+    for the live neighbours' listeners (the goodbye follows the last acknowledgement) and not
+    for one blocked on an abandoned (hung) worker."""
+    monkeypatch.setattr(transport, "RingNode", FakeNode)
+    pool = transport.RingPool(FakeGroup(0, 3))       # workers 1 and 2, both rank 0's neighbours
+    hung = threading.Event()
+    listeners = {1: threading.Thread(target=time.sleep, args=(0.3,), daemon=True),  # goodbye
+                 2: threading.Thread(target=hung.wait, daemon=True)}
+    pool.node._listeners = listeners
+    for thread in listeners.values():
+        thread.start()
+    pool.acknowledged.add(1)                         # worker 1 answered the shutdown at once
+    pool.abandoned.add(2)
+    closing = threading.Thread(target=pool.close, kwargs=dict(timeout=60.0), daemon=True)
+    closing.start()
+    closing.join(20.0)
+    assert not closing.is_alive()                    # the hung worker's listener is not waited for
+    assert not listeners[1].is_alive()               # fails if close returns at the acknowledgement
+    assert pool.node.sent[0][:2] == (1, SHUTDOWN)
+    hung.set()
 
 
 def test_worker_drops_a_job_overtaken_by_its_resent_copy(monkeypatch):
