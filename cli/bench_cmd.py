@@ -124,6 +124,7 @@ def register(app: typer.Typer) -> None:
         warmup_tokens: int = typer.Option(16, "--warmup-tokens"),
         repeat: int = typer.Option(1, "--repeat", help="Run the prompts this many rounds (round r samples with --seed + r); the speedup column then shows the rounds' range."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Decode every prompt to --max-tokens, past end-of-sequence (when sampling, methods otherwise write texts of different lengths)."),
+        fresh: bool = typer.Option(False, "--fresh", help="Start every prompt with drafters that learned nothing, as one `mlxspec generate` per prompt would (`auto` reads the rates it saved at the earlier prompts' ends, in a folder of the run's own)."),
         interleave: Optional[str] = typer.Option(None, "--interleave", help="`steps`: every method decodes each prompt at once, a step of each in turn (default on the CPU); `prompts`: whole prompts in a rotating order (default on a GPU, where work runs on asynchronously)."),
     ):
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
@@ -174,7 +175,7 @@ def register(app: typer.Typer) -> None:
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, stream_one,
                                warmup_tokens=warmup_tokens, interleave=interleaving,
                                progress=lambda label: bar.update(task, advance=1, description=label),
-                               cost=cost, repeat=repeat)
+                               cost=cost, repeat=repeat, fresh=fresh)
         report["settings"]["ignore_eos"] = ignore_eos
         report["cache"] = measure_rollback(
             spec_model, mlx_spec.api.encode_prompt(spec_model, prompt_list[0]["prompt"]))

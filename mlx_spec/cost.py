@@ -189,15 +189,21 @@ def from_medians(sizes, chain: list, tree: Optional[list], sampled: list,
                      with_extra(tree) if tree is not None else (), with_extra(sampled))
 
 
-def _cache_file(model) -> Path:
+def machine_file(model, folder: Path, *more) -> Path:
+    """A file in `folder` for what was measured of this target on this machine (its weights,
+    mlx, the device, the BLAS), and of `more` (JSON-able) where that matters too."""
     import mlx.core as mx
 
     from . import blas
     from .loading import weights_fingerprint
 
     key = json.dumps([VERSION, weights_fingerprint(model.path), mx.__version__,
-                      str(mx.default_device()), blas.describe()])
-    return cache_root() / "cost" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+                      str(mx.default_device()), blas.describe(), *more])
+    return Path(folder) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
+def _cache_file(model) -> Path:
+    return machine_file(model, cache_root() / "cost")
 
 
 def cost_model(model, refresh: bool = False) -> CostModel:

@@ -15,7 +15,11 @@ Before the timed runs, one warm-up run per method on the first prompt, whose lea
 several rounds (round r samples with seed + r) and reports each method's speedup per round beside
 the pooled one: a difference smaller than the rounds' spread is not a difference. Each round
 starts with drafters that learned nothing (loaded models are kept): greedy rounds write the same
-answers, which lookahead's trie of past outputs would otherwise retrieve whole. Speed is decode
+answers, which lookahead's trie of past outputs would otherwise retrieve whole. `auto` keeps its
+rates in this process only (not in the cache folder, drafters/shared.py), so a run does not
+depend on earlier ones. `fresh` starts every prompt with drafters that learned nothing, as one
+`mlxspec generate` per prompt would; `auto` then reads the rates it saved at the end of the earlier
+prompts, in a folder of the run's own, as such a process reads the cache folder. Speed is decode
 tokens/s (prefill excluded, it is the same for every method); "matches_ar" compares greedy token
 ids with the `ar` run of the same prompt.
 The package also holds the other measurements users run: prompts.py (built-in prompt sets),
@@ -336,12 +340,13 @@ def own_state(model, label: str, states: dict):
     trie of past outputs and the learned choosers would carry one method's answers to the next
     on the same prompt (at a fixed seed, methods whose drafts are only followed write the same
     text, so `auto`'s lookahead would retrieve what `lookahead` just wrote). The target's cost
-    model, measured once, is shared."""
+    model, measured once, is shared. Auto's rates stay in the state (run_bench may give it a
+    folder)."""
     from ..drafters.shared import Shared, shared
 
     common = shared(model)
     if label not in states:
-        states[label] = Shared(cost=common.cost)
+        states[label] = Shared(cost=common.cost, auto_folder=None)
     model.extras = states[label]
     try:
         yield
@@ -373,14 +378,24 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
               temperature: float, seed: int, stream_one: Callable, warmup_tokens: int = 16,
               progress: Optional[Callable[[str], None]] = None,
               cost: Optional[CostModel] = None, repeat: int = 1,
-              interleave: Optional[str] = None) -> dict:
+              interleave: Optional[str] = None, fresh: bool = False) -> dict:
     """stream_one(model, spec, prompt, max_tokens, temperature, seed) -> an iterator of
     (new token ids, stats so far), one per decoding step, whose stats time each step alone (the
     engine's do: the time the consumer holds a step is not the method's; with step interleaving
     nothing of the method may still run when it hands a step over, see the module text). With
     the target's cost model (cost.py), each method's verify time per call gets its prediction.
-    `repeat` rounds of the prompts and `interleave` ("steps" or "prompts", default
-    default_interleave()): module text."""
+    `repeat` rounds of the prompts, `interleave` ("steps" or "prompts", default
+    default_interleave()) and `fresh`: module text."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mlxspec-bench-auto-") as folder:
+        return _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
+                          warmup_tokens, progress, cost, repeat, interleave,
+                          Path(folder) if fresh else None)
+
+
+def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one, warmup_tokens,
+               progress, cost, repeat, interleave, auto_folder: Optional[Path]) -> dict:
     from ..drafters.shared import loaded_only
 
     interleave = interleave or default_interleave()
@@ -397,10 +412,12 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
     # lookahead would retrieve the warm-up's tokens when that prompt is timed (measured on
     # SmolLM2, greedy: a 21-token French translation 3.2x, where it was 0.9x from a clean state)
     states = {label: loaded_only(state) for label, state in states.items()}
+    for state in states.values():  # (after the warm-up: its rates are not a prompt's)
+        state.auto_folder = auto_folder
     memory.after_warmup()
     runs = []
     for i, (rnd, prompt) in enumerate((r, p) for r in range(repeat) for p in prompts):
-        if rnd and prompt is prompts[0]:
+        if (rnd and prompt is prompts[0]) or auto_folder:
             states = {label: loaded_only(state) for label, state in states.items()}
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
         streams = {spec.label: stream_one(model, spec, prompt["prompt"], max_tokens, temperature,
@@ -433,6 +450,7 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
                                               "seed": seed, "prompts": len(prompts),
                                               "repeat": repeat, "interleave": interleave,
+                                              "fresh": auto_folder is not None,
                                               "method_specs": [s.label for s in specs]},
             "per_prompt": [{"method": r.method, "prompt_id": r.prompt_id, "category": r.category,
                             "round": r.round,

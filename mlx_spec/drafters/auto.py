@@ -14,8 +14,11 @@ the text has moved on), and at once again to one measured over too few steps to 
 beat the best (may_beat: within the standard error of the two rates' difference; a trial of 3 steps
 at T > 0 says little about a candidate that emits 1 to 10 tokens a step). What it measured is kept
 per loaded model and sampling regime (greedy, or each temperature), so the next request starts from
-it. Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
-candidate loses.
+it, and saved at each request's end in the cache folder (Shared.auto_folder), so the next process
+does too: a one-shot `mlxspec generate` otherwise spends its first steps trialling every model
+drafter. The text-only candidates' rates are not carried to a new request: they measured the last
+text's repeats. Plain decoding is not a candidate: the engine's BackOff turns drafting off where
+even the best candidate loses.
 
 Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
 no trials: every step they do not propose (every SHADOW_EVERY-th once measured and while they trail
@@ -39,12 +42,16 @@ trials of two or three steps per request would always draft at its prior's size.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Optional
 
+from ..cost import machine_file
 from ..errors import MlxSpecError
 from ..target import has_hidden_states
 from ..tree import Tree
@@ -131,6 +138,20 @@ class Rate:
         relative = max(0.0, tt - 2 * raw * ts + raw * raw * ss) * self.weight / self.tokens ** 2
         return ((self.weight * relative + 1.0) / (self.weight + 1.0)) ** 0.5
 
+    def to_dict(self, unit: float) -> dict:
+        """Its sums with seconds in units of `unit` (the target's modelled one-token step), for
+        another process to read (Rates.save)."""
+        tt, ts, ss = self.squares
+        return {"tokens": self.tokens, "seconds": self.seconds / unit, "weight": self.weight,
+                "squares": [tt, ts / unit, ss / unit ** 2], "steps": self.steps, "wait": self.wait}
+
+    @classmethod
+    def from_dict(cls, data: dict, unit: float) -> "Rate":
+        tt, ts, ss = (float(v) for v in data["squares"])
+        return cls(tokens=float(data["tokens"]), seconds=float(data["seconds"]) * unit,
+                   weight=float(data["weight"]), squares=(tt, ts * unit, ss * unit ** 2),
+                   steps=int(data["steps"]), wait=int(data["wait"]))
+
     def error(self) -> float:
         """The rate's relative standard error: the steps' spread over the steps ever measured
         (not the faded weight: fading says old steps describe other text, not that the spread
@@ -204,6 +225,35 @@ class Rates:
     paired: dict = field(default_factory=dict)     # text-only candidate -> its Pairing
     leader: Optional[str] = None                   # the candidate proposing outside trials
 
+    def save(self, file: Path, unit: float) -> None:
+        """Write the candidates' rates and the leader (not the calibrations or pairings: a few
+        steps of a new process remeasure those). Seconds go in units of `unit`, so a process
+        whose cost model was measured again reads the same tokens per step. A cache that cannot
+        be written only costs the next process its first trials."""
+        data = {"leader": self.leader,
+                "rates": {name: rate.to_dict(unit) for name, rate in self.by_name.items()}}
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data))
+            tmp.replace(file)
+        except OSError:
+            pass
+
+    @classmethod
+    def load(cls, file: Path, unit: float, names) -> "Rates":
+        """What an earlier process saved for these candidates (`names`), else nothing known. Its
+        steps are as old as the last request's are at a new one (Auto.NEW_TEXT discounts both);
+        its step counter starts again, so no candidate is due a trial at once."""
+        try:
+            data = json.loads(file.read_text())
+            by_name = {name: Rate.from_dict(rate, unit) for name, rate in data["rates"].items()
+                       if name in names}
+            leader = data["leader"] if data["leader"] in by_name else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return cls()
+        return cls(by_name=by_name, leader=leader)
+
     def scale(self, name: str) -> float:
         """How a shadow step of `name` scales: by its own real steps once there are a few (a
         32-node tree of lookahead's, with its trie updates, measured 15% slower than a chain's
@@ -228,14 +278,18 @@ class Auto(Drafter):
     # measured, redrafter, 2.4x alone, left to trials at 0.7), and a text-only one is asked
     # every step
 
-    def __init__(self, candidates: dict, rates_for=None, cost=None):
-        """cost: the target's CostModel; without one, every candidate is judged by trials."""
+    def __init__(self, candidates: dict, rates_for=None, cost=None, keep=None):
+        """rates_for(regime) -> the Rates to start a request from; keep(regime, rates) at each
+        request's end (the factory saves them for the next process); cost: the target's
+        CostModel, without which every candidate is judged by trials."""
         if not candidates:
             raise MlxSpecError("auto: no candidate method")
         self.candidates: dict[str, Drafter] = dict(candidates)
         for drafter in self.candidates.values():  # a few trial steps per request would never
             drafter.keep_learning()                # size a sampled draft (Drafter.keep_learning)
         self._rates_for = rates_for or (lambda regime: Rates())
+        self._keep = keep or (lambda regime, rates: None)
+        self._regime = ""
         self.cost = cost
         self.shadowed = [n for n, d in self.candidates.items()
                          if cost is not None and d.drafts_from_text]
@@ -278,9 +332,11 @@ class Auto(Drafter):
 
     def propose(self, ctx: StepContext):
         if self.rates is None:
-            self.rates = self._rates_for(_regime(ctx.sampling))
+            self._regime = _regime(ctx.sampling)
+            self.rates = self._rates_for(self._regime)
             for rate in self.rates.by_name.values():  # the last request's text is not this one's
                 rate.discount(self.NEW_TEXT)
+            self._forget_text()
             if not self.shadowed:  # a new prompt may suit another candidate (pld on a text to
                 # transform): a trial comes within 2 x FIRST_GAP steps however long the last
                 # requests made the wait (shadow steps see that at once)
@@ -300,6 +356,24 @@ class Auto(Drafter):
         self._drafting_s += time.perf_counter() - t0
         return tree
 
+    def _forget_text(self) -> None:
+        """A new request: how a text-only candidate compares with the real steps depends on this
+        text's repeats, so its pairings start again, and a text-only leader hands the lead to the
+        best model drafter (where there is one) until its shadow steps beside the real ones
+        show it ahead on this text (_hold; greedy, story prompts: the last answer's leader
+        carried over had pld and lookahead lead 11 of a story's first steps where redrafter
+        alone was 1.4x faster). Also where no model drafter beats plain decoding on average:
+        one may on this text (SmolLM2: redrafter 1.25x on coding, 1.0x on explanations; kept
+        text-only leaders lost 1.7% over the chat prompts, one process per prompt)."""
+        for name in self.shadowed:
+            self.rates.paired.pop(name, None)
+        models = [n for n in self.candidates if n not in self.shadowed]
+        if self.rates.leader in self.shadowed and models:
+            self.rates.leader = max(models, key=lambda n: self._rate(n).per_second)
+
+    def _rate(self, name: str) -> Rate:
+        return self.rates.by_name.get(name, Rate())
+
     def _shadow_steps(self, ctx: StepContext) -> None:
         """Ask every text-only candidate that is not proposing for the tree it would send (one
         measured over SETTLED steps that trails the best only every SHADOW_EVERY steps:
@@ -317,7 +391,9 @@ class Auto(Drafter):
                                                                       *real)
             if name == self.current:
                 continue
+            paired = self.rates.paired.get(name)
             if (rate.steps >= self.SETTLED and rate.per_second < leader
+                    and paired is not None and paired.steps >= self.PAIRED
                     and self.rates.step % self.SHADOW_EVERY):
                 continue
             t0 = time.perf_counter()
@@ -345,8 +421,8 @@ class Auto(Drafter):
         self.rates.step += 1
         if since is not None:  # the first step of a request has no start mark: not timed
             rate.add(len(acceptance.tokens), now - since)
-            for real in asked:
-                real.extend((len(acceptance.tokens), now - since))
+            for real in asked if not self._in_trial else ():  # paired with the leader's steps
+                real.extend((len(acceptance.tokens), now - since))  # (a trial's say nothing of it)
             if self.cost is not None:
                 timed = (now - since - drafting,
                          self.cost.step_seconds(len(tree), not tree.is_chain))
@@ -397,6 +473,8 @@ class Auto(Drafter):
     def end(self) -> None:
         for drafter in self.candidates.values():
             drafter.end()
+        if self.rates is not None:
+            self._keep(self._regime, self.rates)
 
     # -- the choice -------------------------------------------------------------------------------
     def _next(self) -> str:
@@ -448,6 +526,7 @@ class Auto(Drafter):
             # led on a burst: the old one is tried again within RECHECK steps (measured greedy:
             # lookahead leading 9-13 steps after a switch, at 0.8x redrafter's rate)
             rates.by_name[rates.leader].wait = self.RECHECK
+            rates.paired.pop(rates.leader, None)  # (a text-only one's pairing predates its lead)
         rates.leader = held
         return held
 
@@ -466,11 +545,23 @@ class Auto(Drafter):
         challenger is judged against the real steps taken where it was asked (Pairing): the
         same text."""
         leader = self.rates.leader
-        if leader is None or leader == best or leader not in self.candidates:
+        if leader is None or leader not in self.candidates:
+            return best
+        # a text-only candidate ahead of a model drafter's real steps on this text takes the
+        # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
+        # candidates of one token a step, each modelled a little faster than the other's real
+        # steps, had handed the lead to and fro for 10 steps while redrafter waited.)
+        ahead = {n: p.ratio for n, p in self.rates.paired.items()
+                 if n != leader and p.steps >= self.PAIRED and p.ratio > 1.0 + self.SWITCH_MARGIN}
+        if ahead and leader not in self.shadowed:
+            return max(ahead, key=ahead.get)
+        if leader == best:
             return best
         paired = self.rates.paired.get(best)
         if paired is not None and paired.steps >= self.PAIRED:
             return best if paired.ratio > 1.0 + self.SWITCH_MARGIN else leader
+        if best in self.shadowed:
+            return leader  # (not yet paired on this request's text)
         # else by rates, by more than both rates' noise: at T = 1.0 redrafter's window of 1- and
         # 2-token steps had handed the lead to a draft model at 0.7x of its rate for 30 steps
         held, challenger = (self.rates.by_name.get(n, Rate()) for n in (leader, best))
@@ -535,10 +626,22 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
-    memory = shared(model).auto_rates
-    key = tuple(found)
+    state, cost = shared(model), target_cost(model)
+    memory, folder, key = state.auto_rates, state.auto_folder, tuple(found)
+    unit, files = cost.step_seconds(1), {}
+
+    def file(regime: str) -> Path:  # (fingerprints the weights: once per regime)
+        if regime not in files:
+            files[regime] = machine_file(model, folder, list(key), draft_options, regime)
+        return files[regime]
 
     def rates_for(regime: str) -> Rates:
-        return memory.setdefault((key, regime), Rates())
+        if (key, regime) not in memory:  # this process's first request: the last process's
+            memory[(key, regime)] = Rates.load(file(regime), unit, key) if folder else Rates()
+        return memory[(key, regime)]
 
-    return Auto(found, rates_for, target_cost(model))
+    def keep(regime: str, rates: Rates) -> None:
+        if folder:
+            rates.save(file(regime), unit)
+
+    return Auto(found, rates_for, cost, keep)

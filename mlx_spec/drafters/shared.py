@@ -6,9 +6,11 @@ who fills it; the keys inside each field are the settings that make two drafters
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from ..cost import CostModel, cost_model
+from ..paths import cache_root
 
 
 @dataclass
@@ -19,14 +21,18 @@ class Shared:
     stop_rules: dict = field(default_factory=dict)     # adaedl (drafter, settings, regime) -> rule
     backoffs: dict = field(default_factory=dict)       # (method, options) -> engine.BackOff
     auto_rates: dict = field(default_factory=dict)     # auto: (candidates, regime) -> its Rates
+    auto_folder: Optional[Path] = field(default_factory=lambda: cache_root() / "auto")  # where
+    # auto's rates outlive the process (None: in this process only, as in the bench)
     output_trie: Optional[Any] = None                  # lookahead: n-grams of past outputs
     warmed_from: set = field(default_factory=set)      # lookahead: warm-start sources already read
     cost: Optional[CostModel] = None                   # the target's verify cost (cost.py)
 
 
 def loaded_only(state: Shared) -> Shared:
-    """The same loaded models and cost model, nothing learned (the bench's next round)."""
-    return Shared(draft_models=state.draft_models, heads=state.heads, cost=state.cost)
+    """The same loaded models, cost model and rates folder, nothing learned (the bench's next
+    round)."""
+    return Shared(draft_models=state.draft_models, heads=state.heads, cost=state.cost,
+                  auto_folder=state.auto_folder)
 
 
 def shared(model) -> Shared:

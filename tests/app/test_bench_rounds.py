@@ -45,6 +45,31 @@ def test_rounds_use_their_own_seed_and_report_their_speedups():
     assert "speedup_by_round" not in single["methods"]["fast"]
 
 
+def test_fresh_starts_every_prompt_from_new_state_with_a_rates_folder_of_the_run():
+    """--fresh: as one process per prompt: nothing learned carries from prompt to prompt, and
+    auto's rates folder is the run's own (not the user's cache), after the warm-up only, the same
+    folder for every prompt. Without --fresh there is no folder: a run never reads earlier ones."""
+    folders = []
+
+    def recording(model, spec, prompt, max_tokens, temperature, seed):
+        folders.append(model.extras.auto_folder)
+        yield from fake_run(model, spec, prompt, max_tokens, temperature, seed)
+
+    prompts = [{"id": str(i), "category": "c", "prompt": "x"} for i in range(3)]
+    specs = [MethodSpec("ar", "ar"), MethodSpec("fast", "fast")]
+    LEARNED.clear()
+    report = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, recording, repeat=2,
+                       interleave="prompts", fresh=True)
+    for name in ("ar", "fast"):
+        assert [n for m, seed, n in LEARNED if m == name] == [0] * 7
+    assert folders[:2] == [None, None]  # the warm-up's rates are not a prompt's
+    assert len(set(folders[2:])) == 1 and folders[2] is not None and not folders[2].exists()
+    assert report["settings"]["fresh"] is True
+    folders.clear()
+    report = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, recording, interleave="prompts")
+    assert set(folders) == {None} and report["settings"]["fresh"] is False
+
+
 def test_step_interleaving_runs_one_step_of_each_method_in_turn():
     """On the CPU every method decodes a prompt at once, a step of each in turn (rotating which
     method goes first), each with its own drafter state; tokens and stats are each method's own."""

@@ -101,10 +101,11 @@ def test_a_text_only_candidate_wins_from_the_shadow_without_trials(random_models
                                decoder=Decoder(Target(model.model), auto, "auto"))
     assert result.token_ids == expected
     used = auto.steps_by_method
-    # the slow one's opening trial, the steps it led before the oracle's first shadow trees were
-    # scored, and its recheck once it lost the lead (then a wait past the end); the oracle from
-    # its shadow steps on
-    assert used["slow"] <= 2 * Auto.TRIAL + 2 and used["oracle"] >= 10
+    # the slow one's opening trial; the steps it led until PAIRED of the oracle's shadow trees
+    # were scored beside them (a followed tree of 4 drafts is scored once the text, one token a
+    # step, has passed it; trial steps are not paired); its recheck once it lost the lead (then
+    # a wait past the end); the oracle from its shadow steps on
+    assert used["slow"] <= Auto.TRIAL + 4 + Auto.PAIRED + Auto.TRIAL and used["oracle"] >= 8
     assert auto.rates.by_name["oracle"].steps > used["oracle"]  # scored in the shadow too
 
 
@@ -367,20 +368,34 @@ class Counting(TextOracle):
 
 
 def test_a_text_only_candidate_far_behind_is_asked_only_every_few_steps(random_models):
+    """Asked every step until its shadow steps have measured it on this request's text (SETTLED
+    of them: a text-only rate starts afresh with each request), then every SHADOW_EVERY-th."""
+    from mlx_spec.drafters.autoregressive import Autoregressive
+    from mlx_spec.engine import Limits
+    from mlx_spec.sampling import SamplingParams
+
     model = random_models["llama"]
     prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
-    expected = mlx_lm_greedy(model, PROMPTS[0], 60)
+    limits = Limits(max_tokens=200)  # (no end of sequence: a long answer)
+
+    def decode(drafter):
+        steps = Decoder(Target(model.model), drafter, "x").generate(list(prompt), limits,
+                                                                     SamplingParams())
+        return [t for step in steps for t in step.token_ids]
+
+    expected = decode(Autoregressive(model))
+    wrong = next(t for t in range(1, 1000) if t not in expected)
     cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
-    behind = Counting([])  # drafts nothing useful: its shadow rate is one token per step
+    behind = Counting([wrong] * 1000)  # drafts a wrong chain: its shadow rate is one token a step
     memory = Rates(by_name={"oracle": rate(4000.0, 1.0, 40), "behind": rate(100.0, 1.0, 40)})
     auto = Auto({"oracle": Oracle(prompt + expected), "behind": behind}, lambda regime: memory,
                 cost)
-    result = mlx_spec.generate(model, PROMPTS[0], max_tokens=60, raw=True,
-                               decoder=Decoder(Target(model.model), auto, "auto"))
-    assert result.token_ids == expected
+    assert decode(auto) == expected
     steps = auto.steps_by_method["oracle"]
-    assert auto.steps_by_method.keys() == {"oracle"}
-    assert steps // Auto.SHADOW_EVERY <= behind.asked <= steps // Auto.SHADOW_EVERY + 1
+    assert auto.steps_by_method.keys() == {"oracle"} and steps > 2 * Auto.SETTLED
+    assert memory.by_name["behind"].steps >= Auto.SETTLED  # measured on this text
+    settled = Auto.SETTLED + 1  # (its first tree is scored at the step after it is asked)
+    assert behind.asked <= settled + (steps - settled) // Auto.SHADOW_EVERY + 1
 
 
 def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
@@ -440,3 +455,114 @@ def test_auto_candidates_keep_their_sampled_draft_sizes_across_requests(random_m
     assert at_prior(other.choosers.get(SamplingParams(temperature=0.7)))  # another temperature learns on its own
     auto = mlx_spec.make_decoder(model, "auto", methods="draft", **options).drafter
     assert auto.candidates["draft"].choosers.carried
+
+
+def test_a_new_request_pairs_the_text_only_candidates_again():
+    """How pld and lookahead compare with the real steps depends on the text: at a new request
+    their pairings start again and a text-only leader hands the lead to the best model drafter
+    until paired steps on this text show it ahead (the rates themselves are kept)."""
+    from mlx_spec.drafters.auto import Pairing
+    from mlx_spec.drafters.base import StepContext
+    from mlx_spec.sampling import SamplingParams
+
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+    planted = Rates(by_name={"model": rate(100.0, 1.0, 40), "text": rate(300.0, 1.0, 40)},
+                    paired={"text": Pairing()}, leader="text")
+    auto = Auto({"model": Oracle([]), "text": TextOracle([])}, lambda regime: planted, cost)
+    auto.propose(StepContext(tokens=[1, 2], max_drafts=4, sampling=SamplingParams()))
+    assert auto.current == "model" and planted.leader == "model"
+    assert "text" not in planted.paired
+    assert planted.by_name["model"].steps == planted.by_name["text"].steps == 40
+
+
+def test_rates_outlive_the_process_in_the_cache_folder(random_models, tmp_path):
+    """At each request's end auto saves its rates (per candidates and regime) in the cache
+    folder; the next process's first request starts from them. A state without a folder (the
+    bench's) writes nothing; a damaged file reads as nothing known."""
+    from mlx_spec.drafters.shared import Shared
+
+    model = random_models["llama"]
+    kept = model.extras
+    try:
+        model.extras = Shared(auto_folder=tmp_path)
+        decoder = mlx_spec.make_decoder(model, "auto")
+        mlx_spec.generate(model, PROMPTS[0], max_tokens=40, raw=True, decoder=decoder)
+        (file,) = tmp_path.glob("*.json")
+        ((_, regime), measured), = model.extras.auto_rates.items()
+        assert regime == "greedy" and measured.by_name
+
+        model.extras = Shared(auto_folder=tmp_path)  # the next process
+        read = mlx_spec.make_decoder(model, "auto").drafter._rates_for("greedy")
+        assert read.by_name.keys() == measured.by_name.keys() and read.leader == measured.leader
+        for name, old in measured.by_name.items():
+            new = read.by_name[name]
+            assert (new.steps, new.wait) == (old.steps, old.wait)
+            assert new.per_second == pytest.approx(old.per_second)
+            assert new.spread() == pytest.approx(old.spread())
+
+        file.write_text("{not json")
+        model.extras = Shared(auto_folder=tmp_path)
+        assert not mlx_spec.make_decoder(model, "auto").drafter._rates_for("greedy").by_name
+
+        file.unlink()
+        model.extras = Shared(auto_folder=None)
+        mlx_spec.generate(model, PROMPTS[0], max_tokens=20, raw=True,
+                          decoder=mlx_spec.make_decoder(model, "auto"))
+        assert not list(tmp_path.glob("*"))
+    finally:
+        model.extras = kept
+
+
+def test_saved_rates_are_read_in_units_of_the_target_step():
+    """Seconds are saved in units of the modelled one-token step: a process whose cost model
+    says the step takes twice as long reads the same tokens per step, at half the rate."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    planted = Rates(by_name={"a": rate(100.0, 1.0, 20, spread=0.3)}, leader="a")
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / "rates.json"
+        planted.save(file, unit=0.01)
+        assert json.loads(file.read_text())["rates"]["a"]["seconds"] == pytest.approx(
+            planted.by_name["a"].seconds / 0.01)
+        slower = Rates.load(file, unit=0.02, names=("a", "b"))
+        assert Rates.load(file, unit=0.01, names=("b",)).by_name == {}
+    assert slower.leader == "a"
+    assert slower.by_name["a"].per_second == pytest.approx(planted.by_name["a"].per_second / 2)
+    assert slower.by_name["a"].spread() == pytest.approx(planted.by_name["a"].spread())
+
+
+def test_a_text_only_candidate_paired_ahead_of_a_model_drafter_takes_its_lead():
+    """Planted rates: the model drafter `m` leads at twice text-only `t`'s rate from earlier
+    text, but on this text `t`'s shadow steps beat the real steps at the same places by 50%:
+    `t` leads. Two text-only candidates are not switched so (their modelled shadow steps each
+    beat the other's real ones a little); a text-only leader that loses the lead is paired
+    afresh before it may take it back."""
+    from mlx_spec.drafters.auto import Pairing
+
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+
+    def ahead(ratio):
+        p = Pairing()
+        for _ in range(Auto.PAIRED):
+            p.add(3, 0.01 / ratio, 3, 0.01)
+        return p
+
+    auto = Auto({"m": Oracle([]), "t": TextOracle([]), "u": TextOracle([])},
+                lambda regime: None, cost)
+    auto.rates = Rates(by_name={"m": rate(200.0, 1.0, 40), "t": rate(100.0, 1.0, 40),
+                                "u": rate(90.0, 1.0, 40)},
+                       paired={"t": ahead(1.5)}, leader="m", step=50)
+    for r in auto.rates.by_name.values():
+        r.last_step = 49
+    assert auto._best() == "m" and auto._next() == "t" and auto.rates.leader == "t"
+
+    auto.rates.by_name["m"] = rate(50.0, 1.0, 40)
+    auto.rates.paired = {"u": ahead(1.5)}  # a text-only leader is not handed to another so
+    assert auto._best() == "t" and auto._hold("t") == "t"
+
+    auto.rates.by_name["m"] = rate(400.0, 1.0, 40)  # `m` clearly ahead: it takes the lead back
+    auto.rates.by_name["m"].last_step = 49
+    auto.rates.paired["t"] = ahead(1.5)
+    assert auto._next() == "m" and "t" not in auto.rates.paired
