@@ -46,6 +46,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -234,7 +235,8 @@ class Rates:
                 "rates": {name: rate.to_dict(unit) for name, rate in self.by_name.items()}}
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(f".{os.getpid()}.tmp")
+            tmp = file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # (a server's
+            # decoders may end requests on several threads, other processes at the same time)
             tmp.write_text(json.dumps(data))
             tmp.replace(file)
         except OSError:
