@@ -75,6 +75,11 @@ def register(app: typer.Typer) -> None:
             measured = cost_model(spec_model, refresh=remeasure)
             rows.append((f"verify cost ({Path(spec_model.path).name})",
                          describe(measured) + " (relative to a 1-token step; --remeasure on a quiet machine)"))
+            from mlx_spec.drafters.auto import describe_remembered
+
+            rows.append((f"auto's rates ({Path(spec_model.path).name})",
+                         describe_remembered(spec_model) + " (as auto measured them: tokens per modelled "
+                         "1-token step, about the speedup over plain decoding)"))
         for key, value in rows:
             table.add_row(f"[bold]{key}[/]", value)
         Console().print(table)

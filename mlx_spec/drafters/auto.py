@@ -54,6 +54,7 @@ from typing import Optional
 
 from ..cost import machine_file
 from ..errors import MlxSpecError
+from ..loading import weights_fingerprint
 from ..target import has_hidden_states
 from ..tree import Tree
 from . import create, register
@@ -226,12 +227,13 @@ class Rates:
     paired: dict = field(default_factory=dict)     # text-only candidate -> its Pairing
     leader: Optional[str] = None                   # the candidate proposing outside trials
 
-    def save(self, file: Path, unit: float) -> None:
+    def save(self, file: Path, unit: float, about: Optional[dict] = None) -> None:
         """Write the candidates' rates and the leader (not the calibrations or pairings: a few
-        steps of a new process remeasure those). Seconds go in units of `unit`, so a process
-        whose cost model was measured again reads the same tokens per step. A cache that cannot
-        be written only costs the next process its first trials."""
-        data = {"leader": self.leader,
+        steps of a new process remeasure those), and `about` (whose they are: `mlxspec doctor`
+        reads it). Seconds go in units of `unit`, so a process whose cost model was measured
+        again reads the same tokens per step. A cache that cannot be written only costs the
+        next process its first trials."""
+        data = {"leader": self.leader, "about": about or {},
                 "rates": {name: rate.to_dict(unit) for name, rate in self.by_name.items()}}
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
@@ -630,12 +632,15 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
     state, cost = shared(model), target_cost(model)
     memory, folder, key = state.auto_rates, state.auto_folder, tuple(found)
-    unit, files = cost.step_seconds(1), {}
+    unit, files, abouts = cost.step_seconds(1), {}, {}
 
     def file(regime: str) -> Path:  # (fingerprints the weights: once per regime)
         if regime not in files:
             files[regime] = machine_file(model, folder, list(key), draft_options, regime)
         return files[regime]
+
+    def about(regime: str) -> dict:
+        return {"weights": weights_fingerprint(model.path), "regime": regime}
 
     def rates_for(regime: str) -> Rates:
         if (key, regime) not in memory:  # this process's first request: the last process's
@@ -644,6 +649,32 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
 
     def keep(regime: str, rates: Rates) -> None:
         if folder:
-            rates.save(file(regime), unit)
+            if regime not in abouts:
+                abouts[regime] = about(regime)
+            rates.save(file(regime), unit, abouts[regime])
 
     return Auto(found, rates_for, cost, keep)
+
+
+def describe_remembered(model) -> str:
+    """What `auto` saved for this target in the cache folder, per sampling regime: each
+    candidate's tokens per second in units of the modelled one-token step (so about its speedup
+    over plain decoding, engine overhead aside), the leader first. For `mlxspec doctor`."""
+    folder = shared(model).auto_folder
+    weights = weights_fingerprint(model.path)
+    found = []
+    for file in sorted(Path(folder).glob("*.json")) if folder and Path(folder).is_dir() else []:
+        try:
+            data = json.loads(file.read_text())
+            if data["about"].get("weights") != weights:
+                continue
+            rates = {n: Rate.from_dict(r, 1.0) for n, r in data["rates"].items()}
+            leader, regime = data["leader"], str(data["about"]["regime"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        order = sorted(rates, key=lambda n: (n != leader, -rates[n].raw))
+        found.append((regime != "greedy", regime, f"{regime}: " + ", ".join(
+            f"{n} {rates[n].raw:.2f}x" + (" (leads)" if n == leader else "") for n in order)))
+    if not found:
+        return "nothing yet (saved at the end of each request)"
+    return "; ".join(text for *_, text in sorted(found))

@@ -477,8 +477,9 @@ def test_a_new_request_pairs_the_text_only_candidates_again():
 
 def test_rates_outlive_the_process_in_the_cache_folder(random_models, tmp_path):
     """At each request's end auto saves its rates (per candidates and regime) in the cache
-    folder; the next process's first request starts from them. A state without a folder (the
-    bench's) writes nothing; a damaged file reads as nothing known."""
+    folder; the next process's first request starts from them, and `mlxspec doctor` lists them.
+    A state without a folder (the bench's) writes nothing; a damaged file reads as nothing."""
+    from mlx_spec.drafters.auto import describe_remembered
     from mlx_spec.drafters.shared import Shared
 
     model = random_models["llama"]
@@ -490,6 +491,9 @@ def test_rates_outlive_the_process_in_the_cache_folder(random_models, tmp_path):
         (file,) = tmp_path.glob("*.json")
         ((_, regime), measured), = model.extras.auto_rates.items()
         assert regime == "greedy" and measured.by_name
+        told = describe_remembered(model)  # (mlxspec doctor)
+        assert told.startswith("greedy: ") and told.count("(leads)") == (measured.leader is not None)
+        assert all(name in told for name in measured.by_name)
 
         model.extras = Shared(auto_folder=tmp_path)  # the next process
         read = mlx_spec.make_decoder(model, "auto").drafter._rates_for("greedy")
@@ -503,6 +507,7 @@ def test_rates_outlive_the_process_in_the_cache_folder(random_models, tmp_path):
         file.write_text("{not json")
         model.extras = Shared(auto_folder=tmp_path)
         assert not mlx_spec.make_decoder(model, "auto").drafter._rates_for("greedy").by_name
+        assert describe_remembered(model).startswith("nothing yet")
 
         file.unlink()
         model.extras = Shared(auto_folder=None)
