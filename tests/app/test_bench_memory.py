@@ -1,6 +1,7 @@
 """`mlxspec bench` reports process memory: RSS at the start, after the warm-up, after every prompt
 and at the end, the peak, and MLX's allocator figures; a run that keeps memory is visible in it."""
 import json
+import mmap
 
 from mlx_spec.bench import MethodSpec, run_bench
 from mlx_spec.stats import GenerationStats
@@ -18,7 +19,9 @@ def test_growth_of_a_leaking_run_is_reported():
     kept = []
 
     def leaking_run(model, spec, prompt, max_tokens, temperature, seed):
-        kept.append(b"\x01" * (16 * MB))  # written pages: resident
+        block = mmap.mmap(-1, 16 * MB)  # fresh pages, written: resident (a bytes object of
+        block.write(b"\x01" * (16 * MB))  # this size may reuse freed heap that is resident
+        kept.append(block)                  # already, after earlier tests in the process)
         yield [1, 2], GenerationStats(method=spec.name, generated_tokens=2, target_calls=2,
                                       accepted_per_call=[1, 1], verify_s=0.01)
 
