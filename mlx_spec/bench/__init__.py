@@ -387,11 +387,13 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
     `repeat` rounds of the prompts, `interleave` ("steps" or "prompts", default
     default_interleave()) and `fresh`: module text."""
     import tempfile
+    from contextlib import nullcontext
 
-    with tempfile.TemporaryDirectory(prefix="mlxspec-bench-auto-") as folder:
+    with (tempfile.TemporaryDirectory(prefix="mlxspec-bench-auto-") if fresh
+          else nullcontext()) as folder:
         return _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                           warmup_tokens, progress, cost, repeat, interleave,
-                          Path(folder) if fresh else None)
+                          Path(folder) if folder else None)
 
 
 def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one, warmup_tokens,

@@ -16,9 +16,9 @@ at T > 0 says little about a candidate that emits 1 to 10 tokens a step). What i
 per loaded model and sampling regime (greedy, or each temperature), so the next request starts from
 it, and saved at each request's end in the cache folder (Shared.auto_folder), so the next process
 does too: a one-shot `mlxspec generate` otherwise spends its first steps trialling every model
-drafter. The text-only candidates' rates are not carried to a new request: they measured the last
-text's repeats. Plain decoding is not a candidate: the engine's BackOff turns drafting off where
-even the best candidate loses.
+drafter. A text-only candidate is paired afresh on each request's text (how it compares with the
+real steps depends on that text's repeats). Plain decoding is not a candidate: the engine's
+BackOff turns drafting off where even the best candidate loses.
 
 Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
 no trials: every step they do not propose (every SHADOW_EVERY-th once measured and while they trail
@@ -245,18 +245,25 @@ class Rates:
             pass
 
     @classmethod
-    def load(cls, file: Path, unit: float, names) -> "Rates":
-        """What an earlier process saved for these candidates (`names`), else nothing known. Its
-        steps are as old as the last request's are at a new one (Auto.NEW_TEXT discounts both);
-        its step counter starts again, so no candidate is due a trial at once."""
+    def read(cls, file: Path, unit: float) -> tuple["Rates", dict]:
+        """(the Rates saved in `file`, its `about`); (nothing known, {}) where it cannot be read.
+        Its steps are as old as the last request's are at a new one (Auto.NEW_TEXT discounts
+        both); its step counter starts again, so no candidate is due a trial at once."""
         try:
             data = json.loads(file.read_text())
-            by_name = {name: Rate.from_dict(rate, unit) for name, rate in data["rates"].items()
-                       if name in names}
+            by_name = {name: Rate.from_dict(rate, unit) for name, rate in data["rates"].items()}
             leader = data["leader"] if data["leader"] in by_name else None
+            about = dict(data.get("about") or {})
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return cls()
-        return cls(by_name=by_name, leader=leader)
+            return cls(), {}
+        return cls(by_name=by_name, leader=leader), about
+
+    @classmethod
+    def load(cls, file: Path, unit: float, names) -> "Rates":
+        """What an earlier process saved for these candidates (`names`), else nothing known."""
+        saved, _ = cls.read(file, unit)
+        by_name = {name: rate for name, rate in saved.by_name.items() if name in names}
+        return cls(by_name=by_name, leader=saved.leader if saved.leader in by_name else None)
 
     def scale(self, name: str) -> float:
         """How a shadow step of `name` scales: by its own real steps once there are a few (a
@@ -376,6 +383,7 @@ class Auto(Drafter):
             self.rates.leader = max(models, key=lambda n: self._rate(n).per_second)
 
     def _rate(self, name: str) -> Rate:
+        """`name`'s rate, or nothing measured."""
         return self.rates.by_name.get(name, Rate())
 
     def _shadow_steps(self, ctx: StepContext) -> None:
@@ -384,7 +392,7 @@ class Auto(Drafter):
         lookahead's answer costs ~1 ms, 4-5% of a step on the embedded target, and a sample of
         every 4th step rates it as well, only over a longer window); score the trees the text has
         decided since."""
-        leader = self.rates.by_name.get(self._best(), Rate()).per_second
+        leader = self._rate(self._best()).per_second
         for name in self.shadowed:
             ledger = self._shadows[name]
             rate = self.rates.by_name.setdefault(name, Rate())
@@ -425,8 +433,9 @@ class Auto(Drafter):
         self.rates.step += 1
         if since is not None:  # the first step of a request has no start mark: not timed
             rate.add(len(acceptance.tokens), now - since)
-            for real in asked if not self._in_trial else ():  # paired with the leader's steps
-                real.extend((len(acceptance.tokens), now - since))  # (a trial's say nothing of it)
+            if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
+                for real in asked:
+                    real.extend((len(acceptance.tokens), now - since))
             if self.cost is not None:
                 timed = (now - since - drafting,
                          self.cost.step_seconds(len(tree), not tree.is_chain))
@@ -500,7 +509,7 @@ class Auto(Drafter):
             # candidate steadily at 0.73x of the leader (draft beside redrafter on the stories
             # at T = 0.7) looks within noise after about half its trials, and each reset had
             # brought it back every 24 steps (12% of auto's steps, 5% of its speed)
-            rate, leader = rates.by_name.get(name, Rate()), rates.by_name.get(best, Rate())
+            rate, leader = self._rate(name), self._rate(best)
             if best == name:
                 rate.wait = self.FIRST_GAP
             elif not may_beat(rate, leader):
@@ -508,7 +517,7 @@ class Auto(Drafter):
             else:
                 rate.wait = max(rate.wait // 2, self.FIRST_GAP)
         trialled = [n for n in self.candidates if n not in self.shadowed]
-        untried = [n for n in trialled if rates.by_name.get(n, Rate()).steps < 2]
+        untried = [n for n in trialled if self._rate(n).steps < 2]
         if untried:
             return self._start_trial(untried[0])
         best = self._best()
@@ -516,7 +525,7 @@ class Auto(Drafter):
         # against the leader as measured: its prior pulls a leader of few steps toward one token
         # a step, which kept `draft` in trials for 6 of the first 20 steps (greedy, 10 tokens a
         # step from redrafter against 1-5)
-        leader = rates.by_name.get(best, Rate())
+        leader = self._rate(best)
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
                     and may_beat(rates.by_name[n], leader)]
         if doubtful:
@@ -568,12 +577,12 @@ class Auto(Drafter):
             return leader  # (not yet paired on this request's text)
         # else by rates, by more than both rates' noise: at T = 1.0 redrafter's window of 1- and
         # 2-token steps had handed the lead to a draft model at 0.7x of its rate for 30 steps
-        held, challenger = (self.rates.by_name.get(n, Rate()) for n in (leader, best))
+        held, challenger = self._rate(leader), self._rate(best)
         margin = max(self.SWITCH_MARGIN, math.hypot(held.error(), challenger.error()))
         return best if challenger.per_second > held.per_second * (1.0 + margin) else leader
 
     def _best(self) -> str:
-        return max(self.candidates, key=lambda n: self.rates.by_name.get(n, Rate()).per_second)
+        return max(self.candidates, key=lambda n: self._rate(n).per_second)
 
 
 def _shadow_outcome(guess: tuple[Tree, float, list], tokens: list[int], start: int):
@@ -632,26 +641,23 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
     state, cost = shared(model), target_cost(model)
     memory, folder, key = state.auto_rates, state.auto_folder, tuple(found)
-    unit, files, abouts = cost.step_seconds(1), {}, {}
+    unit, files = cost.step_seconds(1), {}
 
-    def file(regime: str) -> Path:  # (fingerprints the weights: once per regime)
+    def file(regime: str) -> tuple[Path, dict]:  # (fingerprints the weights: once per regime)
         if regime not in files:
-            files[regime] = machine_file(model, folder, list(key), draft_options, regime)
+            files[regime] = (machine_file(model, folder, list(key), draft_options, regime),
+                             {"weights": weights_fingerprint(model.path), "regime": regime})
         return files[regime]
-
-    def about(regime: str) -> dict:
-        return {"weights": weights_fingerprint(model.path), "regime": regime}
 
     def rates_for(regime: str) -> Rates:
         if (key, regime) not in memory:  # this process's first request: the last process's
-            memory[(key, regime)] = Rates.load(file(regime), unit, key) if folder else Rates()
+            memory[(key, regime)] = Rates.load(file(regime)[0], unit, key) if folder else Rates()
         return memory[(key, regime)]
 
     def keep(regime: str, rates: Rates) -> None:
         if folder:
-            if regime not in abouts:
-                abouts[regime] = about(regime)
-            rates.save(file(regime), unit, abouts[regime])
+            path, about = file(regime)
+            rates.save(path, unit, about)
 
     return Auto(found, rates_for, cost, keep)
 
@@ -664,14 +670,10 @@ def describe_remembered(model) -> str:
     weights = weights_fingerprint(model.path)
     found = []
     for file in sorted(Path(folder).glob("*.json")) if folder and Path(folder).is_dir() else []:
-        try:
-            data = json.loads(file.read_text())
-            if data["about"].get("weights") != weights:
-                continue
-            rates = {n: Rate.from_dict(r, 1.0) for n, r in data["rates"].items()}
-            leader, regime = data["leader"], str(data["about"]["regime"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        saved, about = Rates.read(file, 1.0)
+        if about.get("weights") != weights or "regime" not in about:
             continue
+        rates, leader, regime = saved.by_name, saved.leader, str(about["regime"])
         order = sorted(rates, key=lambda n: (n != leader, -rates[n].raw))
         found.append((regime != "greedy", regime, f"{regime}: " + ", ".join(
             f"{n} {rates[n].raw:.2f}x" + (" (leads)" if n == leader else "") for n in order)))
