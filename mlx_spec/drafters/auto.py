@@ -154,22 +154,25 @@ class Rate:
                    weight=float(data["weight"]), squares=(tt, ts * unit, ss * unit ** 2),
                    steps=int(data["steps"]), wait=int(data["wait"]))
 
-    def error(self) -> float:
+    def error(self, recent: bool = False) -> float:
         """The rate's relative standard error: the steps' spread over the steps ever measured
         (not the faded weight: fading says old steps describe other text, not that the spread
         of a step's tokens is unknown; margins on faded weights had sent `draft` to 8 trial
-        steps running), at most SETTLED of them (text moves on: no rate is known better)."""
-        return self.spread() / max(1, min(self.steps, self.SETTLED)) ** 0.5
+        steps running), at most SETTLED of them (text moves on: no rate is known better).
+        `recent`: over the decayed weight instead, how well the rate is known on the text now
+        (what a switch of leader rests on: see Auto._hold)."""
+        count = self.weight if recent else self.steps
+        return self.spread() / max(1.0, min(count, self.SETTLED)) ** 0.5
 
 
-def may_beat(rate: Rate, other: Rate) -> bool:
+def may_beat(rate: Rate, other: Rate, z: float = 1.0) -> bool:
     """Whether `rate` may still turn out faster than `other`: its raw tokens per second, raised
-    by one standard error of the difference (both rates' errors: a former leader's short
+    by z standard errors of the difference (both rates' errors: a former leader's short
     recheck trial, judged against a leader's rate as if exact, had benched redrafter for 48
     steps after two unlucky steps at T = 1.0, where it is 1.4x the draft model that led)."""
     if rate.seconds <= 0:
         return True
-    return rate.raw * (1.0 + math.hypot(rate.error(), other.error())) > other.raw
+    return rate.raw * (1.0 + z * math.hypot(rate.error(), other.error())) > other.raw
 
 
 @dataclass
@@ -288,6 +291,9 @@ class Auto(Drafter):
     # to 10 tokens by chance, and a few unlucky opening steps must not bench the best candidate:
     # measured, redrafter, 2.4x alone, left to trials at 0.7), and a text-only one is asked
     # every step
+    DOUBT_Z = 2.0  # standard errors within which an unsettled candidate may still beat the best
+    # (one had ended the first trials after 2-5 steps each, and the leader they picked at
+    # T > 0 was the slower candidate in ~1 cold start of 8: see _next)
 
     def __init__(self, candidates: dict, rates_for=None, cost=None, keep=None):
         """rates_for(regime) -> the Rates to start a request from; keep(regime, rates) at each
@@ -311,6 +317,7 @@ class Auto(Drafter):
         self.current: str = next(iter(self.candidates))
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
         self._trial: Optional[tuple[str, int]] = None   # (candidate, steps left)
+        self._trial_steps = 0  # the running (or last) trial's steps, extensions included
         self._drafted = False  # the step in flight is its candidate's own (not a plain step)
         self._in_trial = False  # the step in flight is part of a trial
         self._last_observe: Optional[float] = None
@@ -501,21 +508,26 @@ class Auto(Drafter):
                 return name
             self._trial = None
             best = self._best()
-            # a trial that won puts the candidate's next one FIRST_GAP away; a lost one doubles
+            # a trial that won puts the candidate's next one FIRST_GAP away (and goes on while
+            # it is ahead but not yet by a switch's margin: _extend_trial); a lost one doubles
             # the wait where the loss is clear, a margin above its rate staying below the best
-            # (draft against redrafter, greedy: two trial steps every 24 had cost ~5%); one lost
-            # within its noise halves it (redrafter losing 2-step trials to a lookahead burst
-            # had waited 48, then 96 steps at 0.8x its rate). Halved, not reset to FIRST_GAP: a
-            # candidate steadily at 0.73x of the leader (draft beside redrafter on the stories
-            # at T = 0.7) looks within noise after about half its trials, and each reset had
-            # brought it back every 24 steps (12% of auto's steps, 5% of its speed)
+            # (draft against redrafter, greedy: two trial steps every 24 had cost ~5%), and
+            # keeps it where the loss is within the noise (a candidate steadily at 0.73x of the
+            # leader, draft beside redrafter at T = 0.7, looks within noise after about half its
+            # trials: a wait halved on those had held it at 24-48 steps). The first trials,
+            # before there is a leader, change no wait: two or three steps at T > 0 had doubled
+            # the better candidate's wait to 96 before it had been judged at all
             rate, leader = self._rate(name), self._rate(best)
-            if best == name:
+            if rates.leader is None:
+                pass
+            elif best == name:
                 rate.wait = self.FIRST_GAP
+                if self._trial_steps < self.SETTLED and self._hold(best) != name:
+                    return self._extend_trial(name)
             elif not may_beat(rate, leader):
                 rate.wait = min(2 * max(rate.wait, self.FIRST_GAP), self.MAX_GAP)
             else:
-                rate.wait = max(rate.wait // 2, self.FIRST_GAP)
+                rate.wait = max(rate.wait, self.FIRST_GAP)
         trialled = [n for n in self.candidates if n not in self.shadowed]
         untried = [n for n in trialled if self._rate(n).steps < 2]
         if untried:
@@ -527,7 +539,7 @@ class Auto(Drafter):
         # step from redrafter against 1-5)
         leader = self._rate(best)
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
-                    and may_beat(rates.by_name[n], leader)]
+                    and may_beat(rates.by_name[n], leader, self.DOUBT_Z)]
         if doubtful:
             return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
         due = [n for n in others if rates.step - rates.by_name[n].last_step > rates.by_name[n].wait]
@@ -546,7 +558,18 @@ class Auto(Drafter):
     def _start_trial(self, name: str) -> str:
         rate = self.rates.by_name.setdefault(name, Rate())
         rate.fade(self.rates.step)
-        self._trial = (name, (self.KNOWN_TRIAL if rate.steps >= 6 else self.TRIAL) - 1)
+        self._trial_steps = 0
+        return self._extend_trial(name, self.KNOWN_TRIAL if rate.steps >= 6 else self.TRIAL)
+
+    def _extend_trial(self, name: str, steps: int = KNOWN_TRIAL) -> str:
+        """`name` proposes the next `steps` steps as a trial. A trial that ends ahead of the
+        leader's rate, though not by the margin a switch needs (_hold), goes on, up to SETTLED
+        steps: at T > 0 a 2-step trial every 24 steps or more cannot prove a candidate faster
+        (its steps emit 1 to 10 tokens), and a leader picked on the first steps' luck had led
+        for whole answers (draft over redrafter at T = 0.7, story prompts: 100-180 of 400
+        steps, where alone it runs at 0.74x of redrafter's speed)."""
+        self._trial = (name, steps - 1)
+        self._trial_steps += steps
         return name
 
     def _hold(self, best: str) -> str:
@@ -576,9 +599,13 @@ class Auto(Drafter):
         if best in self.shadowed:
             return leader  # (not yet paired on this request's text)
         # else by rates, by more than both rates' noise: at T = 1.0 redrafter's window of 1- and
-        # 2-token steps had handed the lead to a draft model at 0.7x of its rate for 30 steps
+        # 2-token steps had handed the lead to a draft model at 0.7x of its rate for 30 steps.
+        # The noise of each rate on the text now (its decayed weight): a challenger's trial of 2
+        # steps beside faded old ones is known from about those 2 (error over the steps ever
+        # measured had let such trials hand the lead to a draft model at 0.75x, T = 1.0)
         held, challenger = self._rate(leader), self._rate(best)
-        margin = max(self.SWITCH_MARGIN, math.hypot(held.error(), challenger.error()))
+        margin = max(self.SWITCH_MARGIN, math.hypot(held.error(recent=True),
+                                                    challenger.error(recent=True)))
         return best if challenger.per_second > held.per_second * (1.0 + margin) else leader
 
     def _best(self) -> str:

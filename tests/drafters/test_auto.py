@@ -8,7 +8,7 @@ import pytest
 import mlx_spec
 from mlx_spec.drafters import Drafter
 from mlx_spec.cost import CostModel
-from mlx_spec.drafters.auto import Auto, Rates, candidates_for
+from mlx_spec.drafters.auto import Auto, Rates, candidates_for, may_beat
 from mlx_spec.engine import Decoder
 from mlx_spec.target import Target
 from mlx_spec.tree import Tree
@@ -223,19 +223,26 @@ def test_the_leader_holds_against_a_rate_within_the_switch_margin():
 def test_a_lost_trial_lengthens_the_wait_once_it_is_clearly_behind():
     """A candidate at half the leader's rate is judged after a few steps (two margins above its
     rate stay below the leader): its lost trial doubles its own wait; one still within reach
-    after as many steps is tried again at once."""
+    after as many steps is tried again at once. Before there is a leader (the first trials of
+    a cold start) no trial changes a wait."""
     for b_tokens, expected, wait in ((50.0, "a", 2 * Auto.FIRST_GAP), (90.0, "b", Auto.FIRST_GAP)):
         auto = Auto({"a": Oracle([]), "b": Oracle([])})
-        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 1.0, 6)})
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 1.0, 6)},
+                           leader="a")
         auto._trial = ("b", 0)
         assert auto._next() == expected and auto.rates.by_name["b"].wait == wait
+    auto = Auto({"a": Oracle([]), "b": Oracle([])})
+    auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(50.0, 1.0, 6)})
+    auto._trial = ("b", 0)
+    assert auto._next() == "a" and auto.rates.by_name["b"].wait == Auto.FIRST_GAP
 
 
-def test_a_trial_lost_within_noise_halves_a_long_wait_and_a_won_one_resets_it():
+def test_a_trial_lost_within_noise_keeps_a_long_wait_and_a_won_one_resets_it():
     """`b` has waited 8 x FIRST_GAP after clear losses: a trial it loses within the noise (95
-    against 100 tokens/s) halves the wait, not back to FIRST_GAP (a candidate steadily behind
-    but noisy would otherwise be tried every FIRST_GAP steps); a trial it wins resets it."""
-    for b_tokens, wait in ((95.0, 4 * Auto.FIRST_GAP), (130.0, Auto.FIRST_GAP)):
+    against 100 tokens/s) keeps that wait (a candidate steadily behind but noisy looks within
+    noise after about half its trials: halving or resetting the wait on those would try it
+    every 24-48 steps for good); a trial it wins resets it."""
+    for b_tokens, wait in ((95.0, 8 * Auto.FIRST_GAP), (130.0, Auto.FIRST_GAP)):
         auto = Auto({"a": Oracle([]), "b": Oracle([])})
         auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(b_tokens, 1.0, 40)},
                            leader="a")
@@ -245,12 +252,49 @@ def test_a_trial_lost_within_noise_halves_a_long_wait_and_a_won_one_resets_it():
         assert auto.rates.by_name["b"].wait == wait
 
 
+def test_a_trial_ahead_within_the_switch_margin_goes_on_until_settled():
+    """`b` ends a trial ahead of the leader's rate (108 against 100, noisy steps) but not by the
+    margin a switch needs: its trial goes on by KNOWN_TRIAL steps at a time (at T > 0 two steps
+    cannot prove it faster), until SETTLED trial steps; then the leader stays."""
+    auto = Auto({"a": Oracle([]), "b": Oracle([])})
+    auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40, 0.5), "b": rate(108.0, 1.0, 40, 0.5)},
+                       leader="a")
+    assert auto._hold("b") == "a"
+    auto._trial, auto._trial_steps = ("b", 0), Auto.KNOWN_TRIAL
+    assert auto._next() == "b" and auto._trial == ("b", Auto.KNOWN_TRIAL - 1)
+    assert auto._trial_steps == 2 * Auto.KNOWN_TRIAL
+    auto._trial, auto._trial_steps = ("b", 0), Auto.SETTLED
+    assert auto._next() == "a" and auto._trial is None and auto.rates.leader == "a"
+
+
+def test_the_first_trials_go_on_while_a_candidate_is_within_two_errors():
+    """Cold, no leader yet: `b`, 6 noisy steps at 70 against 100 tokens/s, is outside one
+    standard error of the difference but within DOUBT_Z of them, so it is tried again at once
+    rather than judged on the luck of its first steps."""
+    a, b = rate(100.0, 1.0, 40, 0.5), rate(70.0, 1.0, 6, 0.5)
+    assert not may_beat(b, a) and may_beat(b, a, Auto.DOUBT_Z)
+    auto = Auto({"a": Oracle([]), "b": Oracle([])})
+    auto.rates = Rates(by_name={"a": a, "b": b})
+    assert auto._next() == "b"
+
+
+def test_a_switch_rests_on_how_well_the_challenger_is_known_now():
+    """`b` at 130 against the leader's 100 tokens/s takes the lead when its rate rests on many
+    recent steps; the same rate resting on about two (its older steps faded while it sat out)
+    is within its noise, and the leader stays."""
+    for fade, expected in ((1.0, "b"), (0.15, "a")):
+        b = rate(130.0, 1.0, 40, 0.3)
+        b.discount(fade)
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40, 0.3), "b": b}, leader="a")
+        assert auto._hold("b") == expected
+
+
 def test_the_noise_of_both_rates_decides_what_is_within_reach():
     """Margins scale with the steps' measured spread, the leader's as well as the candidate's:
     at 85 against 100 tokens/s over 12 steps each, steady steps (spread 0.1) make a clear loss
     and a wait doubled, steps of 1 and 5 tokens (spread 0.67, as at T = 1.0) a loss within
     the noise, whichever of the two is noisy."""
-    from mlx_spec.drafters.auto import may_beat
 
     steady, noisy = 0.1, 0.67
     assert not may_beat(rate(85.0, 1.0, 12, steady), rate(100.0, 1.0, 12, steady))
@@ -402,7 +446,7 @@ def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
 
-    planted = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(50.0, 1.0, 2)})
+    planted = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(40.0, 1.0, 2)})
     auto = Auto({"a": Oracle([]), "b": Oracle([])}, lambda regime: planted)
     ctx = StepContext(tokens=[1, 2], max_drafts=4, sampling=SamplingParams())
     steady = []
