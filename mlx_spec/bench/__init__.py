@@ -22,6 +22,8 @@ depend on earlier ones. `fresh` starts every prompt with drafters that learned n
 prompts, in a folder of the run's own, as such a process reads the cache folder. Speed is decode
 tokens/s (prefill excluded, it is the same for every method); "matches_ar" compares greedy token
 ids with the `ar` run of the same prompt.
+The report keeps every method's steps per prompt ("steps": tokens and seconds of each step, timed
+alone), which replay.py reads to replay `auto`'s choice among its model drafters many times over.
 The package also holds the other measurements users run: prompts.py (built-in prompt sets),
 memory.py (peak RSS), baselines/ (mlx-lm's own speculative decoding as a method) and exactness.py
 (`mlxspec exactness`: sampled steps against the target's exact distributions).
@@ -133,6 +135,7 @@ class Run:
     token_ids: list[int]
     stats: GenerationStats
     round: int = 0
+    steps: list = field(default_factory=list)  # (tokens, seconds) of each decoding step
 
 
 def _aggregate(runs: list[Run]) -> dict:
@@ -424,7 +427,7 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
         streams = {spec.label: stream_one(model, spec, prompt["prompt"], max_tokens, temperature,
                                           seed + rnd) for spec in rotation}
-        results = {label: ([], None) for label in streams}
+        results = {label: ([], None, []) for label in streams}  # (ids, stats, steps)
         while streams:  # "prompts": each stream to its end in turn; "steps": one step of each
             for spec in rotation:
                 stream = streams.get(spec.label)
@@ -432,13 +435,16 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                     continue
                 with own_state(model, spec.label, states):
                     for new, stats in stream:
-                        results[spec.label] = (results[spec.label][0] + list(new), stats)
+                        ids, _, steps = results[spec.label]
+                        timed = stats.decode_s - sum(seconds for _, seconds in steps)
+                        results[spec.label] = (ids + list(new), stats, steps + [(len(new), timed)])
                         if interleave == "steps":
                             break
                     else:
                         del streams[spec.label]
-                        ids, stats = results[spec.label]
-                        runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats, rnd))
+                        ids, stats, steps = results[spec.label]
+                        runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats, rnd,
+                                        steps))
                         if progress:
                             progress(f"{prompt['id']} {spec.label}")
         memory.after_prompt()
@@ -458,5 +464,6 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                             "round": r.round,
                             "tokens_per_s": r.stats.tokens_per_s, "mean_accepted": r.stats.mean_accepted,
                             "target_calls": r.stats.target_calls, "generated_tokens": r.stats.generated_tokens,
-                            "proposers": r.stats.proposers}
+                            "proposers": r.stats.proposers,
+                            "steps": [[tokens, round(seconds, 6)] for tokens, seconds in r.steps]}
                            for r in runs]}

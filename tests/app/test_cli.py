@@ -76,6 +76,12 @@ def test_bench_json_schema(tmp_path, random_model_dirs):
         assert entry["matches_ar"] is True
     assert set(report["by_category"]) == {"story", "copy"}
     assert report["methods"]["ar"]["speedup"] == pytest.approx(1.0)
+    for run in report["per_prompt"]:  # each step's tokens and seconds (bench/replay.py reads them)
+        assert len(run["steps"]) == run["target_calls"]
+        assert sum(tokens for tokens, _ in run["steps"]) == run["generated_tokens"]
+        assert all(seconds > 0 for _, seconds in run["steps"])
+        assert run["tokens_per_s"] == pytest.approx(
+            run["generated_tokens"] / sum(seconds for _, seconds in run["steps"]), rel=1e-3)
 
 
 def test_method_spec_parsing():

@@ -1,0 +1,175 @@
+"""Replay `auto`'s choice among its model drafters on the steps a bench run recorded, many times.
+
+How `auto` fares from a cold start is partly luck when sampling (a step of redrafter emits 1 to 10
+tokens by chance at T = 0.7, so the first steps may favour a slower candidate), and one bench run's
+`auto` is one draw of it: its rounds spread +-4% on the story prompts, more than the changes one
+wants to judge. A bench report (`mlxspec bench --json`) holds every method's steps on every prompt,
+each timed alone ("steps": [tokens, seconds] per decoding step). This runs Auto's own code
+(propose, observe: its trials, rates and lead) many times over with stand-in candidates that emit
+the recorded steps of their method on the same prompt, in a new random order each run, on a clock
+that advances by each step's recorded seconds. Each run is one round of the prompts from a cold
+start, as the bench's; the result is the distribution of auto's speed relative to the fastest of
+its candidates alone on the same round.
+
+Only candidates judged by trials (`redrafter`, `draft`): `pld` and `lookahead` are scored in the
+shadow on the text itself, which a recording of (tokens, seconds) does not hold. Steps are drawn
+independently within a prompt, so runs keep each prompt's difficulty but not the order of its easy
+and hard stretches. The first step of each prompt is left out (auto does not time it either).
+
+    python -m mlx_spec.bench.replay REPORT.json [--methods redrafter,draft] [--runs 600]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional
+
+from ..drafters.auto import Auto, Rates
+from ..drafters.base import Drafter, StepContext
+from ..errors import MlxSpecError
+from ..sampling import SamplingParams
+from ..tree import Tree
+
+TRIALLED = ("redrafter", "draft")  # auto's candidates that a recording can stand in for
+
+Steps = list[tuple[int, float]]  # (tokens, seconds) of each step of one prompt
+
+
+@dataclass
+class Recording:
+    """One method's steps per round and prompt (prompts in the bench's order)."""
+    rounds: list[list[Steps]]
+
+    def speed(self, round_: int) -> float:
+        """Tokens per second alone over one round."""
+        steps = [s for prompt in self.rounds[round_] for s in prompt]
+        return sum(t for t, _ in steps) / max(sum(s for _, s in steps), 1e-12)
+
+
+def recordings(report: dict, methods: Optional[list[str]] = None) -> dict[str, Recording]:
+    """The recorded steps of `methods` (default: those of TRIALLED the report has) in a bench
+    report; a one-line error where the report has none or lacks a method."""
+    per_prompt = report.get("per_prompt") or []
+    if not per_prompt or any("steps" not in p for p in per_prompt):
+        raise MlxSpecError("this report records no steps per prompt (written before they were "
+                           "kept): run `mlxspec bench --json` again")
+    present = list(dict.fromkeys(p["method"] for p in per_prompt))
+    methods = methods or [m for m in present if m in TRIALLED]
+    missing = [m for m in methods if m not in present]
+    if missing or len(methods) < 1:
+        raise MlxSpecError(f"the report has no steps of {', '.join(missing) or 'redrafter or draft'}"
+                           f" (it has {', '.join(present)})")
+    rounds = max(p["round"] for p in per_prompt) + 1
+    found = {}
+    for method in methods:
+        by_round: list[list[Steps]] = [[] for _ in range(rounds)]
+        for p in per_prompt:
+            if p["method"] == method:
+                by_round[p["round"]].append([(int(t), float(s)) for t, s in p["steps"][1:]])
+        found[method] = Recording(by_round)
+    return found
+
+
+class _Recorded(Drafter):
+    """A stand-in candidate: auto asks it for a tree, the replay then plays one of its method's
+    recorded steps (it proposes nothing itself)."""
+
+    def __init__(self, name: str, asked: list):
+        self.name, self._asked = name, asked
+
+    def propose(self, ctx: StepContext) -> Tree:
+        self._asked.append(self.name)
+        return Tree.from_chain(ctx.tokens[-1], [])
+
+
+def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
+                 sampling: SamplingParams) -> tuple[float, dict[str, int]]:
+    """One cold start over one round's prompts: (auto's tokens per second, steps per method)."""
+    asked: list[str] = []
+    rates = Rates()
+    auto = Auto({name: _Recorded(name, asked) for name in found}, rates_for=lambda regime: rates)
+    now = [0.0]
+    ctx = StepContext(tokens=[0], max_drafts=1 << 20, sampling=sampling, clock=lambda: now[0])
+    tokens, used = 0, {name: 0 for name in found}
+    for prompt in range(len(next(iter(found.values())).rounds[round_])):
+        plays = {n: rng.sample(r.rounds[round_][prompt], len(r.rounds[round_][prompt]))
+                 for n, r in found.items()}
+        left = min(sum(t for t, _ in steps) for steps in plays.values())
+        played = {n: 0 for n in plays}
+        auto.begin(ctx.tokens)
+        while left > 0:
+            asked.clear()
+            tree = auto.propose(ctx)
+            name = asked[0]
+            step_tokens, seconds = plays[name][played[name] % len(plays[name])]
+            played[name] += 1
+            used[name] += 1
+            step_tokens = min(step_tokens, left)
+            left -= step_tokens
+            tokens += step_tokens
+            now[0] += seconds
+            auto.observe(ctx, tree, SimpleNamespace(tokens=[0] * step_tokens), None)
+        auto.end()
+    return tokens / max(now[0], 1e-12), dict(used)
+
+
+def replay(found: dict[str, Recording], runs: int = 600, seed: int = 0,
+           temperature: float = 0.7) -> dict:
+    """`runs` cold starts (each on a round drawn at random): auto's speed relative to its fastest
+    candidate alone on that round (mean, 10th and 5th percentile, lowest), and each candidate's
+    share of auto's steps."""
+    rng = random.Random(seed)
+    sampling = SamplingParams(temperature=temperature)
+    rounds = len(next(iter(found.values())).rounds)
+    relative, steps = [], {name: 0 for name in found}
+    for _ in range(runs):
+        round_ = rng.randrange(rounds)
+        speed, used = replay_round(found, round_, rng, sampling)
+        relative.append(speed / max(r.speed(round_) for r in found.values()))
+        for name, count in used.items():
+            steps[name] += count
+    relative.sort()
+    total = max(sum(steps.values()), 1)
+    return {"runs": runs, "mean": sum(relative) / runs, "p10": relative[runs // 10],
+            "p5": relative[runs // 20], "lowest": relative[0],
+            "share": {name: count / total for name, count in steps.items()}}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlx_spec.bench.replay",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", help="a bench report (mlxspec bench --json)")
+    parser.add_argument("--methods", help="comma list (default: redrafter and draft, where "
+                                          "recorded)")
+    parser.add_argument("--runs", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if args.runs < 1:
+            raise MlxSpecError(f"--runs must be >= 1, got {args.runs}")
+        try:
+            report = json.loads(Path(args.report).read_text())
+        except (OSError, ValueError) as exc:
+            raise MlxSpecError(f"cannot read the report {args.report}: {exc}") from None
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        found = recordings(report, methods)
+        temperature = float((report.get("settings") or {}).get("temperature", 0.0))
+        result = replay(found, args.runs, args.seed, temperature)
+    except MlxSpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    share = ", ".join(f"{n} {v:.1%}" for n, v in result["share"].items())
+    print(f"auto[methods={'+'.join(found)}] at T={temperature:g}, {result['runs']} cold rounds: "
+          f"{result['mean']:.3f} of the fastest alone on average (10th percentile "
+          f"{result['p10']:.3f}, 5th {result['p5']:.3f}, lowest {result['lowest']:.3f}); steps: "
+          f"{share}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Replaying auto's choice on a bench report's recorded steps (mlx_spec/bench/replay.py)."""
+import json
+import random
+
+import pytest
+
+from mlx_spec.bench.replay import main, recordings, replay
+from mlx_spec.errors import MlxSpecError
+
+
+def planted_report(speeds: dict, rounds: int = 2, prompts: int = 8, tokens: int = 240,
+                   temperature: float = 0.7, seed: int = 0) -> dict:
+    """A report whose methods' steps emit 1 to 2 x mean - 1 tokens in 10 ms each, about `tokens`
+    a prompt: speeds = {method: mean tokens per step}."""
+    rng = random.Random(seed)
+    per_prompt = []
+    for rnd in range(rounds):
+        for prompt in range(prompts):
+            for method, mean in speeds.items():
+                per_prompt.append({"method": method, "prompt_id": f"p{prompt}", "round": rnd,
+                                   "steps": [[rng.randint(1, 2 * mean - 1), 0.01]
+                                             for _ in range(tokens // mean)]})
+    return {"per_prompt": per_prompt, "settings": {"temperature": temperature}}
+
+
+def test_one_candidate_replays_its_own_speed():
+    found = recordings(planted_report({"redrafter": 4}), ["redrafter"])
+    result = replay(found, runs=20)
+    assert result["mean"] == pytest.approx(1.0) and result["lowest"] == pytest.approx(1.0)
+    assert result["share"] == {"redrafter": 1.0}
+
+
+def test_auto_leads_with_the_planted_best_and_loses_little_to_trials():
+    """One method emits 5 tokens a step on average, the other 2, at the same step time: replayed
+    from cold starts, auto proposes with the first on most steps and keeps most of its speed,
+    whichever of the two it is."""
+    for best, other in (("redrafter", "draft"), ("draft", "redrafter")):
+        result = replay(recordings(planted_report({best: 5, other: 2}), ["redrafter", "draft"]),
+                        runs=40)
+        assert result["share"][best] > 0.85
+        assert result["mean"] > 0.9 and result["lowest"] > 0.8
+
+
+def test_reports_without_steps_or_methods_are_refused():
+    old = planted_report({"redrafter": 4})
+    for run in old["per_prompt"]:
+        del run["steps"]
+    with pytest.raises(MlxSpecError, match="no steps"):
+        recordings(old)
+    with pytest.raises(MlxSpecError, match="draft"):
+        recordings(planted_report({"redrafter": 4}), ["redrafter", "draft"])
+
+
+def test_the_command_prints_one_line_and_refuses_bad_input(tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    report.write_text(json.dumps(planted_report({"redrafter": 5, "draft": 2})))
+    assert main([str(report), "--runs", "10"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "auto[methods=redrafter+draft] at T=0.7, 10 cold rounds" in out[0]
+    for argv in ([str(tmp_path / "missing.json")], [str(report), "--runs", "0"],
+                 [str(report), "--methods", "lookahead"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
