@@ -64,10 +64,10 @@ def assert_consistent(folder, step_limit: int) -> int:
 
 def interrupt_then_resume(args, checkpoint_glob: str, steps: int, outputs=()):
     """Interrupt right after the first checkpoint, check it, run again to the end. A run that
-    ended with exit 0 and nothing on stderr had finished before the Ctrl-C took effect (seen once in
-    a clean clone's test run, the distill's SIGINT landing as the process ended): the scenario did not
-    happen, so it is run once more from scratch (`outputs` removed first); a Ctrl-C that the
-    command swallowed would end the second run the same way and fail."""
+    ended with exit 0 and nothing on stderr had finished before the Ctrl-C took effect (seen
+    once in a clean clone's test run, the distill's SIGINT landing as the process ended): the
+    scenario did not happen, so it is run once more from scratch (`outputs` removed first); a
+    Ctrl-C that the command swallowed would end the second run the same way and fail."""
     for attempt in range(2):
         proc, seen = start(*args), []
         _, err = interrupt_when(proc, lambda: seen.extend(glob.glob(checkpoint_glob)) or seen)
