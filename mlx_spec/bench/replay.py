@@ -12,7 +12,10 @@ start, as the bench's; the result is the distribution of auto's speed relative t
 its candidates alone on the same round.
 
 Only candidates judged by trials (`redrafter`, `draft`): `pld` and `lookahead` are scored in the
-shadow on the text itself, which a recording of (tokens, seconds) does not hold. Steps are drawn
+shadow on the text itself, which a recording of (tokens, seconds) does not hold. By default a
+text-only stand-in that never finds a draft stands beside them, so that auto treats its trialled
+candidates as in its default set (without any text-only candidate it shortens their waits at each
+new request, since no shadow step would see a prompt that suits another candidate). Steps are drawn
 independently within a prompt, so runs keep each prompt's difficulty but not the order of its easy
 and hard stretches. The first step of each prompt is left out (auto does not time it either).
 
@@ -75,6 +78,22 @@ def recordings(report: dict, methods: Optional[list[str]] = None) -> dict[str, R
     return found
 
 
+class _NeverDrafts(Drafter):
+    """A text-only stand-in (the place of pld and lookahead) whose tree is always the root."""
+    drafts_from_text = True
+
+    def propose(self, ctx: StepContext) -> Tree:
+        return Tree.from_chain(ctx.tokens[-1], [])
+
+
+class _UnitCost:
+    """A cost model of one second per step: auto reads it only for text-only shadow steps (none
+    here) and its calibration of real steps (unused by the choice between trialled ones)."""
+
+    def step_seconds(self, nodes: int, tree: bool = False) -> float:
+        return 1.0
+
+
 class _Recorded(Drafter):
     """A stand-in candidate: auto asks it for a tree, the replay then plays one of its method's
     recorded steps (it proposes nothing itself)."""
@@ -88,11 +107,15 @@ class _Recorded(Drafter):
 
 
 def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
-                 sampling: SamplingParams) -> tuple[float, dict[str, int]]:
+                 sampling: SamplingParams, text_only: bool = True) -> tuple[float, dict[str, int]]:
     """One cold start over one round's prompts: (auto's tokens per second, steps per method)."""
     asked: list[str] = []
     rates = Rates()
-    auto = Auto({name: _Recorded(name, asked) for name in found}, rates_for=lambda regime: rates)
+    candidates: dict[str, Drafter] = {name: _Recorded(name, asked) for name in found}
+    if text_only:
+        candidates["text-only"] = _NeverDrafts()
+    auto = Auto(candidates, rates_for=lambda regime: rates,
+                cost=_UnitCost() if text_only else None)
     now = [0.0]
     ctx = StepContext(tokens=[0], max_drafts=1 << 20, sampling=sampling, clock=lambda: now[0])
     tokens, used = 0, {name: 0 for name in found}
@@ -119,7 +142,7 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
 
 
 def replay(found: dict[str, Recording], runs: int = 600, seed: int = 0,
-           temperature: float = 0.7) -> dict:
+           temperature: float = 0.7, text_only: bool = True) -> dict:
     """`runs` cold starts (each on a round drawn at random): auto's speed relative to its fastest
     candidate alone on that round (mean, 10th and 5th percentile, lowest), and each candidate's
     share of auto's steps."""
@@ -129,7 +152,7 @@ def replay(found: dict[str, Recording], runs: int = 600, seed: int = 0,
     relative, steps = [], {name: 0 for name in found}
     for _ in range(runs):
         round_ = rng.randrange(rounds)
-        speed, used = replay_round(found, round_, rng, sampling)
+        speed, used = replay_round(found, round_, rng, sampling, text_only)
         relative.append(speed / max(r.speed(round_) for r in found.values()))
         for name, count in used.items():
             steps[name] += count
@@ -148,6 +171,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                           "recorded)")
     parser.add_argument("--runs", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-text-only", action="store_true",
+                        help="no text-only stand-in (auto's candidates are the recorded ones only)")
     args = parser.parse_args(argv)
     try:
         if args.runs < 1:
@@ -159,7 +184,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
         found = recordings(report, methods)
         temperature = float((report.get("settings") or {}).get("temperature", 0.0))
-        result = replay(found, args.runs, args.seed, temperature)
+        result = replay(found, args.runs, args.seed, temperature, not args.no_text_only)
     except MlxSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

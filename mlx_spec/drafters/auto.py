@@ -9,8 +9,9 @@ of tokens emitted and seconds spent. It proposes with the best rate (the leader 
 until another is ahead by SWITCH_MARGIN, or by both rates' measured noise where that is larger:
 rates are noisy windowed means, and chasing the highest chased bursts) and now and then lends a few
 steps to each other candidate (each waits its own number of steps: soon after it won a trial or lost
-the lead, ever more rarely while its trials lose; its old steps count less the longer it sat out, as
-the text has moved on), and at once again to one measured over too few steps to judge that may still
+the lead, ever more rarely while its trials lose clearly; its old steps count less the longer it sat
+out, as the text has moved on; a trial that ends ahead goes on until it takes the lead or falls
+back), and at once again to one measured over too few steps to judge that may still
 beat the best (may_beat: within the standard error of the two rates' difference; a trial of 3 steps
 at T > 0 says little about a candidate that emits 1 to 10 tokens a step). What it measured is kept
 per loaded model and sampling regime (greedy, or each temperature), so the next request starts from
@@ -165,14 +166,14 @@ class Rate:
         return self.spread() / max(1.0, min(count, self.SETTLED)) ** 0.5
 
 
-def may_beat(rate: Rate, other: Rate, z: float = 1.0) -> bool:
+def may_beat(rate: Rate, other: Rate) -> bool:
     """Whether `rate` may still turn out faster than `other`: its raw tokens per second, raised
-    by z standard errors of the difference (both rates' errors: a former leader's short
+    by one standard error of the difference (both rates' errors: a former leader's short
     recheck trial, judged against a leader's rate as if exact, had benched redrafter for 48
     steps after two unlucky steps at T = 1.0, where it is 1.4x the draft model that led)."""
     if rate.seconds <= 0:
         return True
-    return rate.raw * (1.0 + z * math.hypot(rate.error(), other.error())) > other.raw
+    return rate.raw * (1.0 + math.hypot(rate.error(), other.error())) > other.raw
 
 
 @dataclass
@@ -291,9 +292,6 @@ class Auto(Drafter):
     # to 10 tokens by chance, and a few unlucky opening steps must not bench the best candidate:
     # measured, redrafter, 2.4x alone, left to trials at 0.7), and a text-only one is asked
     # every step
-    DOUBT_Z = 2.0  # standard errors within which an unsettled candidate may still beat the best
-    # (one had ended the first trials after 2-5 steps each, and the leader they picked at
-    # T > 0 was the slower candidate in ~1 cold start of 8: see _next)
 
     def __init__(self, candidates: dict, rates_for=None, cost=None, keep=None):
         """rates_for(regime) -> the Rates to start a request from; keep(regime, rates) at each
@@ -514,13 +512,9 @@ class Auto(Drafter):
             # (draft against redrafter, greedy: two trial steps every 24 had cost ~5%), and
             # keeps it where the loss is within the noise (a candidate steadily at 0.73x of the
             # leader, draft beside redrafter at T = 0.7, looks within noise after about half its
-            # trials: a wait halved on those had held it at 24-48 steps). The first trials,
-            # before there is a leader, change no wait: two or three steps at T > 0 had doubled
-            # the better candidate's wait to 96 before it had been judged at all
+            # trials: a wait halved on those had held it at 24-48 steps)
             rate, leader = self._rate(name), self._rate(best)
-            if rates.leader is None:
-                pass
-            elif best == name:
+            if best == name:
                 rate.wait = self.FIRST_GAP
                 if self._trial_steps < self.SETTLED and self._hold(best) != name:
                     return self._extend_trial(name)
@@ -539,7 +533,7 @@ class Auto(Drafter):
         # step from redrafter against 1-5)
         leader = self._rate(best)
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
-                    and may_beat(rates.by_name[n], leader, self.DOUBT_Z)]
+                    and may_beat(rates.by_name[n], leader)]
         if doubtful:
             return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
         due = [n for n in others if rates.step - rates.by_name[n].last_step > rates.by_name[n].wait]

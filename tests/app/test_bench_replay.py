@@ -62,3 +62,14 @@ def test_the_command_prints_one_line_and_refuses_bad_input(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_without_text_only_candidates_auto_tries_its_others_at_each_new_prompt():
+    """With only trialled candidates, auto shortens their waits at each new request (no shadow
+    step would see a prompt that suits another); the default replay keeps a text-only stand-in
+    beside them, as in auto's default set, and the slower one proposes fewer steps."""
+    found = recordings(planted_report({"redrafter": 5, "draft": 2}, prompts=12))
+    alone = replay(found, runs=20, text_only=False)
+    beside = replay(found, runs=20)
+    assert beside["share"]["draft"] < 0.75 * alone["share"]["draft"]
+    assert set(beside["share"]) == {"redrafter", "draft"}  # the stand-in never proposes
