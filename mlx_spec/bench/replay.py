@@ -17,7 +17,8 @@ text-only stand-in that never finds a draft stands beside them, so that auto tre
 candidates as in its default set (without any text-only candidate it shortens their waits at each
 new request, since no shadow step would see a prompt that suits another candidate). Steps are drawn
 independently within a prompt, so runs keep each prompt's difficulty but not the order of its easy
-and hard stretches. The first step of each prompt is left out (auto does not time it either).
+and hard stretches (`--keep-order` plays them in their recorded order from a random step on). The
+first step of each prompt is left out (auto does not time it either).
 
     python -m mlx_spec.bench.replay REPORT.json [--methods redrafter,draft] [--runs 600]
 """
@@ -106,8 +107,18 @@ class _Recorded(Drafter):
         return Tree.from_chain(ctx.tokens[-1], [])
 
 
+def _played(steps: Steps, rng: random.Random, keep_order: bool) -> Steps:
+    """A prompt's steps in a random order, or in their recorded order from a random step on
+    (cyclic: the stretches where a method drafts well or badly stay together)."""
+    if not keep_order:
+        return rng.sample(steps, len(steps))
+    start = rng.randrange(len(steps)) if steps else 0
+    return steps[start:] + steps[:start]
+
+
 def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
-                 sampling: SamplingParams, text_only: bool = True) -> tuple[float, dict[str, int]]:
+                 sampling: SamplingParams, text_only: bool = True,
+                 keep_order: bool = False) -> tuple[float, dict[str, int]]:
     """One cold start over one round's prompts: (auto's tokens per second, steps per method)."""
     asked: list[str] = []
     rates = Rates()
@@ -120,8 +131,7 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
     ctx = StepContext(tokens=[0], max_drafts=1 << 20, sampling=sampling, clock=lambda: now[0])
     tokens, used = 0, {name: 0 for name in found}
     for prompt in range(len(next(iter(found.values())).rounds[round_])):
-        plays = {n: rng.sample(r.rounds[round_][prompt], len(r.rounds[round_][prompt]))
-                 for n, r in found.items()}
+        plays = {n: _played(r.rounds[round_][prompt], rng, keep_order) for n, r in found.items()}
         left = min(sum(t for t, _ in steps) for steps in plays.values())
         played = {n: 0 for n in plays}
         auto.begin(ctx.tokens)
@@ -142,7 +152,7 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
 
 
 def replay(found: dict[str, Recording], runs: int = 600, seed: int = 0,
-           temperature: float = 0.7, text_only: bool = True) -> dict:
+           temperature: float = 0.7, text_only: bool = True, keep_order: bool = False) -> dict:
     """`runs` cold starts (each on a round drawn at random): auto's speed relative to its fastest
     candidate alone on that round (mean, 10th and 5th percentile, lowest), and each candidate's
     share of auto's steps."""
@@ -152,7 +162,7 @@ def replay(found: dict[str, Recording], runs: int = 600, seed: int = 0,
     relative, steps = [], {name: 0 for name in found}
     for _ in range(runs):
         round_ = rng.randrange(rounds)
-        speed, used = replay_round(found, round_, rng, sampling, text_only)
+        speed, used = replay_round(found, round_, rng, sampling, text_only, keep_order)
         relative.append(speed / max(r.speed(round_) for r in found.values()))
         for name, count in used.items():
             steps[name] += count
@@ -173,6 +183,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-text-only", action="store_true",
                         help="no text-only stand-in (auto's candidates are the recorded ones only)")
+    parser.add_argument("--keep-order", action="store_true",
+                        help="play each prompt's steps in their recorded order from a random step "
+                             "on, not shuffled")
     args = parser.parse_args(argv)
     try:
         if args.runs < 1:
@@ -184,7 +197,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
         found = recordings(report, methods)
         temperature = float((report.get("settings") or {}).get("temperature", 0.0))
-        result = replay(found, args.runs, args.seed, temperature, not args.no_text_only)
+        result = replay(found, args.runs, args.seed, temperature, not args.no_text_only,
+                        args.keep_order)
     except MlxSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

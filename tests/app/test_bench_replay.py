@@ -25,9 +25,10 @@ def planted_report(speeds: dict, rounds: int = 2, prompts: int = 8, tokens: int 
 
 def test_one_candidate_replays_its_own_speed():
     found = recordings(planted_report({"redrafter": 4}), ["redrafter"])
-    result = replay(found, runs=20)
-    assert result["mean"] == pytest.approx(1.0) and result["lowest"] == pytest.approx(1.0)
-    assert result["share"] == {"redrafter": 1.0}
+    for keep_order in (False, True):
+        result = replay(found, runs=20, keep_order=keep_order)
+        assert result["mean"] == pytest.approx(1.0) and result["lowest"] == pytest.approx(1.0)
+        assert result["share"] == {"redrafter": 1.0}
 
 
 def test_auto_leads_with_the_planted_best_and_loses_little_to_trials():
@@ -35,10 +36,11 @@ def test_auto_leads_with_the_planted_best_and_loses_little_to_trials():
     from cold starts, auto proposes with the first on most steps and keeps most of its speed,
     whichever of the two it is."""
     for best, other in (("redrafter", "draft"), ("draft", "redrafter")):
-        result = replay(recordings(planted_report({best: 5, other: 2}), ["redrafter", "draft"]),
-                        runs=40)
-        assert result["share"][best] > 0.85
-        assert result["mean"] > 0.9 and result["lowest"] > 0.8
+        for keep_order in (False, True):
+            result = replay(recordings(planted_report({best: 5, other: 2}), ["redrafter", "draft"]),
+                            runs=40, keep_order=keep_order)
+            assert result["share"][best] > 0.85
+            assert result["mean"] > 0.9 and result["lowest"] > 0.8
 
 
 def test_reports_without_steps_or_methods_are_refused():
@@ -54,9 +56,10 @@ def test_reports_without_steps_or_methods_are_refused():
 def test_the_command_prints_one_line_and_refuses_bad_input(tmp_path, capsys):
     report = tmp_path / "bench.json"
     report.write_text(json.dumps(planted_report({"redrafter": 5, "draft": 2})))
-    assert main([str(report), "--runs", "10"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "auto[methods=redrafter+draft] at T=0.7, 10 cold rounds" in out[0]
+    for order in ([], ["--keep-order"]):
+        assert main([str(report), "--runs", "10", *order]) == 0
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 1 and "auto[methods=redrafter+draft] at T=0.7, 10 cold rounds" in out[0]
     for argv in ([str(tmp_path / "missing.json")], [str(report), "--runs", "0"],
                  [str(report), "--methods", "lookahead"]):
         assert main(argv) == 2
