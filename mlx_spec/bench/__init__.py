@@ -428,6 +428,7 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
         streams = {spec.label: stream_one(model, spec, prompt["prompt"], max_tokens, temperature,
                                           seed + rnd) for spec in rotation}
         results = {label: ([], None, []) for label in streams}  # (ids, stats, steps)
+        timed = dict.fromkeys(streams, 0.0)  # each method's decode seconds at its last step
         while streams:  # "prompts": each stream to its end in turn; "steps": one step of each
             for spec in rotation:
                 stream = streams.get(spec.label)
@@ -436,8 +437,10 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                 with own_state(model, spec.label, states):
                     for new, stats in stream:
                         ids, _, steps = results[spec.label]
-                        timed = stats.decode_s - sum(seconds for _, seconds in steps)
-                        results[spec.label] = (ids + list(new), stats, steps + [(len(new), timed)])
+                        ids.extend(new)
+                        steps.append((len(new), stats.decode_s - timed[spec.label]))
+                        timed[spec.label] = stats.decode_s
+                        results[spec.label] = (ids, stats, steps)
                         if interleave == "steps":
                             break
                     else:
