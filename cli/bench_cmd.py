@@ -56,6 +56,20 @@ def cache_line(cache: dict) -> str:
             f"a forward of the {cache['accepted'] + 1} kept tokens: {cache['replay_forward_ms']:.2f} ms)")
 
 
+def stall_line(methods: dict) -> str:
+    """The machine's stalls per method and the speedups without them, or "" where none."""
+    from mlx_spec.bench import STALL
+    if not any(m.get("stall_steps") for m in methods.values()):
+        return ""
+    stalled = ", ".join(f"{name} {m['stall_steps']} (+{m['stall_s']:.1f} s, "
+                        f"{m['stall_s'] / m['decode_s']:.1%} of its time)"
+                        for name, m in methods.items() if m.get("stall_steps") and m["decode_s"])
+    unstalled = ", ".join(f"{name} {m['speedup_unstalled']:.2f}x" for name, m in methods.items()
+                          if m.get("speedup_unstalled") is not None)
+    return (f"stalls (steps over {STALL:g}x their prompt's median step: the machine's, by chance on "
+            f"any method): {stalled}; speedups without them: {unstalled}")
+
+
 def render_table(title: str, methods: dict) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("method", "tok/s", "speedup", "acc/call", "calls", "= ar", "draft%", "verify%",
@@ -191,6 +205,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"[dim]{cache_line(report['cache'])}[/]")
         console.print(f"[dim]cost model (verify ms = measured per call, model ms = predicted for its "
                       f"mean tokens per verify): {describe_cost(cost)}[/]")
+        stalled = stall_line(report["methods"])
+        if stalled:
+            console.print(f"[dim]{stalled}[/]")
         missed = mispredicted(report["methods"])
         if missed:
             listed = "; ".join(f"{name} {ms:.1f} ms against {model_ms:.1f}"

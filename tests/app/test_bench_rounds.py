@@ -107,3 +107,38 @@ def test_unknown_interleaving_is_refused():
         run_bench(FakeModel(), [MethodSpec("ar", "ar")], [{"id": "0", "category": "c",
                                                            "prompt": "x"}],
                   2, 0.0, 0, fake_run, interleave="tokens")
+
+
+def test_the_machines_stalls_are_counted_and_speeds_given_without_them():
+    """A step over STALL times its prompt's median step is the machine's stall: counted per
+    method with the seconds beyond the median, and the speeds again without them (the step at
+    its prompt's median), so that a stall that fell on one method by chance can be told from the
+    method's speed. Slower steps within STALL are the method's own."""
+    from mlx_spec.bench import STALL
+
+    def stepping(model, spec, prompt, max_tokens, temperature, seed):
+        stats = GenerationStats(method=spec.name)
+        for step in range(max_tokens):
+            stats.generated_tokens += 1
+            stats.target_calls += 1
+            stats.accepted_per_call.append(1)
+            seconds = 0.1
+            if spec.name == "fast" and step == 5:
+                seconds = 1.0  # a stall
+            if spec.name == "fast" and step == 6:
+                seconds = 0.9 * STALL * 0.1  # slow, its own
+            stats.verify_s += seconds
+            yield [step], stats
+
+    specs = [MethodSpec("ar", "ar"), MethodSpec("fast", "fast")]
+    prompts = [{"id": "0", "category": "c", "prompt": "p0"}]
+    report = run_bench(FakeModel(), specs, prompts, 10, 0.0, 0, stepping, warmup_tokens=2,
+                       interleave="steps")
+    fast, ar = report["methods"]["fast"], report["methods"]["ar"]
+    assert (ar["stall_steps"], ar["stall_s"]) == (0, 0.0)
+    assert fast["stall_steps"] == 1 and fast["stall_s"] == pytest.approx(0.9)
+    assert fast["tokens_per_s"] == pytest.approx(10 / (1.9 + 0.9 * STALL * 0.1 - 0.1))
+    assert fast["tokens_per_s_unstalled"] == pytest.approx(10 / (1.0 + 0.9 * STALL * 0.1 - 0.1))
+    assert ar["tokens_per_s_unstalled"] == pytest.approx(10.0)
+    assert fast["speedup_unstalled"] == pytest.approx(fast["tokens_per_s_unstalled"] / 10.0)
+    assert report["per_prompt"][0]["steps"]  # each step kept, stalls too
