@@ -576,7 +576,12 @@ def test_saved_rates_are_read_in_units_of_the_target_step():
     import tempfile
     from pathlib import Path
 
-    planted = Rates(by_name={"a": rate(100.0, 1.0, 20, spread=0.3)}, leader="a")
+    from mlx_spec.drafters.auto import LongRate
+
+    long = LongRate()
+    for i in range(30):
+        long.add(4 + (-1) ** i, 0.05)
+    planted = Rates(by_name={"a": rate(100.0, 1.0, 20, spread=0.3)}, leader="a", long={"a": long})
     with tempfile.TemporaryDirectory() as folder:
         file = Path(folder) / "rates.json"
         planted.save(file, unit=0.01)
@@ -587,6 +592,47 @@ def test_saved_rates_are_read_in_units_of_the_target_step():
     assert slower.leader == "a"
     assert slower.by_name["a"].per_second == pytest.approx(planted.by_name["a"].per_second / 2)
     assert slower.by_name["a"].spread() == pytest.approx(planted.by_name["a"].spread())
+    assert type(slower.long["a"]) is LongRate  # (its own decay and error)
+    assert slower.long["a"].raw == pytest.approx(long.raw / 2)
+    assert slower.long["a"].error() == pytest.approx(long.error())
+
+
+def test_a_model_drafter_clearly_slower_over_the_long_run_neither_leads_nor_waits_less():
+    """Planted rates: `b`'s window (two lucky trial steps) is 30% ahead of leader `a`'s, but over
+    the long run (LongRate, 40 steps each) `b` runs at 0.7x of `a`, its steps spread as at
+    T = 0.7: `b` does not take the lead and its trial counts as clearly lost, its wait doubled
+    (without the long run it took the lead). Where the long run has them within noise, the
+    window decides as before. And a leader clearly slower over the long run than a model drafter
+    whose window is the best hands it the lead, however small the window's difference."""
+    from mlx_spec.drafters.auto import LongRate
+
+    def long_rate(tokens_per_step):
+        r = LongRate()
+        for i in range(40):
+            r.add(tokens_per_step * (1 + 0.5 * (-1) ** i), 0.02)
+        return r
+
+    for b_long, expected, wait in ((2.8, "a", 192), (3.9, "b", Auto.FIRST_GAP)):
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        windows = {"a": rate(200.0, 1.0, 40, 0.3), "b": rate(260.0, 1.0, 14, 0.3)}
+        windows["b"].wait = 96
+        auto.rates = Rates(by_name=windows, leader="a",
+                           long={"a": long_rate(4.0), "b": long_rate(b_long)})
+        auto._trial, auto._trial_steps = ("b", 0), 12  # b's trial ends (settled: no extension)
+        assert auto._next() == expected
+        assert auto.rates.leader == expected and auto.rates.by_name["b"].wait == wait
+
+    auto = Auto({"a": Oracle([]), "b": Oracle([])})
+    auto.rates = Rates(by_name={"a": rate(200.0, 1.0, 40, 0.3), "b": rate(201.0, 1.0, 40, 0.3)},
+                       leader="a", long={"a": long_rate(2.8), "b": long_rate(4.0)})
+    assert auto._hold("b") == "b"
+    auto.rates.long = {"a": long_rate(3.9), "b": long_rate(4.0)}
+    assert auto._hold("b") == "a"  # within the switch margin, the long run within noise
+    # whoever hands the lead on (a text-only leader at a new request, the back-off) hands it to
+    # the best window of those not clearly slower over the long run
+    auto.rates = Rates(by_name={"a": rate(200.0, 1.0, 40, 0.3), "b": rate(260.0, 1.0, 14, 0.3)},
+                       long={"a": long_rate(4.0), "b": long_rate(2.8)})
+    assert auto._best() == "a"
 
 
 def test_a_text_only_candidate_paired_ahead_of_a_model_drafter_takes_its_lead():
