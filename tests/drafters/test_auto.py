@@ -668,3 +668,33 @@ def test_a_text_only_candidate_paired_ahead_of_a_model_drafter_takes_its_lead():
     auto.rates.by_name["m"].last_step = 49
     auto.rates.paired["t"] = ahead(1.5)
     assert auto._next() == "m" and "t" not in auto.rates.paired
+
+
+def test_model_drafters_that_swap_places_swap_the_lead():
+    """Planted steps, no timing: `a` emits 4 tokens a step and `b` 2 for 200 steps, then the
+    reverse (a new kind of text where the other drafter does better). `a` leads the first part;
+    once the long run has seen the swap (LongRate), `b` leads: 75% or more of the last 300
+    steps. A new request every 32 steps, as in a chat."""
+    from types import SimpleNamespace
+
+    from mlx_spec.drafters.base import StepContext
+    from mlx_spec.sampling import SamplingParams
+
+    rates = Rates()
+    auto = Auto({"a": Oracle([]), "b": Oracle([])}, rates_for=lambda regime: rates)
+    now = [0.0]
+    ctx = StepContext(tokens=[0], max_drafts=8, sampling=SamplingParams(), clock=lambda: now[0])
+    chosen = []
+    for step in range(500):
+        if step % 32 == 0:
+            if step:
+                auto.end()
+            auto.begin(ctx.tokens)
+        tree = auto.propose(ctx)
+        name = auto.current
+        tokens = 4 if (name == "a") == (step < 200) else 2
+        now[0] += 0.02
+        auto.observe(ctx, tree, SimpleNamespace(tokens=[0] * tokens), None)
+        chosen.append(name)
+    assert chosen[:200].count("a") >= 180
+    assert chosen[200:].count("b") >= 225
