@@ -15,11 +15,10 @@ back; a model drafter clearly slower than another over the long run, LongRate, n
 lead nor waits less for a lucky window), and at once again to one measured over too few steps to
 judge that may still beat the best (may_beat: within the standard error of the two rates'
 difference; a trial of 3 steps at T > 0 says little about a candidate that emits 1 to 10 tokens a
-step). What it measured is kept
-per loaded model and sampling regime (greedy, or each temperature), so the next request starts from
-it, and saved at each request's end in the cache folder (Shared.auto_folder), so the next process
-does too: a one-shot `mlxspec generate` otherwise spends its first steps trialling every model
-drafter. A text-only candidate is paired afresh on each request's text (how it compares with the
+step). What it measured is kept per loaded model and sampling regime (greedy, or each
+temperature), so the next request starts from it, and saved at each request's end in the cache
+folder (Shared.auto_folder), so the next process does too: a one-shot `mlxspec generate`
+otherwise spends its first steps trialling every model drafter. A text-only candidate is paired afresh on each request's text (how it compares with the
 real steps depends on that text's repeats). Plain decoding is not a candidate: the engine's
 BackOff turns drafting off where even the best candidate loses.
 
