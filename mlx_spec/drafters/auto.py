@@ -170,7 +170,8 @@ class Rate:
         """The rate's relative standard error: the steps' spread over the steps ever measured
         (not the faded weight: fading says old steps describe other text, not that the spread
         of a step's tokens is unknown; margins on faded weights had sent `draft` to 8 trial
-        steps running), at most SETTLED of them (text moves on: no rate is known better).
+        steps running), at most KNOWN of them (a window's SETTLED: text moves on, no rate is
+        known better; a LongRate's more).
         `recent`: over the decayed weight instead, how well the rate is known on the text now
         (what a switch of leader rests on: see Auto._hold)."""
         count = self.weight if recent else self.steps
@@ -467,13 +468,13 @@ class Auto(Drafter):
         rate.last_step = self.rates.step
         self.rates.step += 1
         if since is not None:  # the first step of a request has no start mark: not timed
-            rate.add(len(acceptance.tokens), now - since)
+            step = (len(acceptance.tokens), now - since)
+            rate.add(*step)
             if not self.candidates[name].drafts_from_text:
-                self.rates.long.setdefault(name, LongRate()).add(len(acceptance.tokens),
-                                                                 now - since)
+                self.rates.long.setdefault(name, LongRate()).add(*step)
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
                 for real in asked:
-                    real.extend((len(acceptance.tokens), now - since))
+                    real.extend(step)
             if self.cost is not None:
                 timed = (now - since - drafting,
                          self.cost.step_seconds(len(tree), not tree.is_chain))
@@ -650,7 +651,7 @@ class Auto(Drafter):
         kept = [n for n in names if not any(self._clearly_slower(n, m) for m in names)]
         return max(kept or names, key=lambda n: self._rate(n).per_second)
 
-    def _clearly_slower(self, name: str, than: Optional[str]) -> bool:
+    def _clearly_slower(self, name: str, than: str) -> bool:
         """Whether model drafter `name` is clearly slower than model drafter `than` over the long
         run (their LongRates: `name` cannot beat `than` within the noise of both): then a window
         in which `name` looks as fast or faster is the luck of its steps, not a change of text,
