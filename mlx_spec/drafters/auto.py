@@ -15,12 +15,13 @@ back; a model drafter clearly slower than another over the long run, LongRate, n
 lead nor waits less for a lucky window), and at once again to one measured over too few steps to
 judge that may still beat the best (may_beat: within the standard error of the two rates'
 difference; a trial of 3 steps at T > 0 says little about a candidate that emits 1 to 10 tokens a
-step). What it measured is kept per loaded model and sampling regime (greedy, or each
-temperature), so the next request starts from it, and saved at each request's end in the cache
-folder (Shared.auto_folder), so the next process does too: a one-shot `mlxspec generate`
-otherwise spends its first steps trialling every model drafter. A text-only candidate is paired afresh on each request's text (how it compares with the
-real steps depends on that text's repeats). Plain decoding is not a candidate: the engine's
-BackOff turns drafting off where even the best candidate loses.
+step), until it has as many steps as the best. What it measured is kept per loaded model and
+sampling regime (greedy, or each temperature), so the next request starts from it, and saved at each
+request's end in the cache folder (Shared.auto_folder), so the next process does too: a one-shot
+`mlxspec generate` otherwise spends its first steps trialling every model drafter. A text-only
+candidate is paired afresh on each request's text (how it compares with the real steps depends on
+that text's repeats). Plain decoding is not a candidate: the engine's BackOff turns drafting off
+where even the best candidate loses.
 
 Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
 no trials: every step they do not propose (every SHADOW_EVERY-th once measured and while they trail
@@ -411,12 +412,15 @@ class Auto(Drafter):
         carried over had pld and lookahead lead 11 of a story's first steps where redrafter
         alone was 1.4x faster). Also where no model drafter beats plain decoding on average:
         one may on this text (SmolLM2: redrafter 1.25x on coding, 1.0x on explanations; kept
-        text-only leaders lost 1.7% over the chat prompts, one process per prompt)."""
+        text-only leaders lost 1.7% over the chat prompts, one process per prompt). The best
+        over the long run (_steadiest): the windows of model drafters that sat out while a
+        text-only one led are the rates of older text (a draft model's window from 270 steps
+        before, never faded since, handed it the lead at 0.7x of redrafter's speed, T = 0.7)."""
         for name in self.shadowed:
             self.rates.paired.pop(name, None)
         models = [n for n in self.candidates if n not in self.shadowed]
         if self.rates.leader in self.shadowed and models:
-            self.rates.leader = self._fastest(models)
+            self.rates.leader = self._steadiest(models)
 
     def _rate(self, name: str) -> Rate:
         """`name`'s rate, or nothing measured."""
@@ -467,7 +471,13 @@ class Auto(Drafter):
         rate = self.rates.by_name.setdefault(name, Rate())
         rate.last_step = self.rates.step
         self.rates.step += 1
-        if since is not None:  # the first step of a request has no start mark: not timed
+        if since is None:  # the first step of a request has no start mark: not timed, and
+            # not one of a trial's steps either (a cold start's first trial, on a request's first
+            # step, had one timed step less than the next: the prior then shrank its rate more,
+            # and draft led redrafter at 0.7x its speed for whole answers, T = 0.7)
+            if self._trial is not None and self._trial[0] == name:
+                self._trial = (name, self._trial[1] + 1)
+        else:
             step = (len(acceptance.tokens), now - since)
             rate.add(*step)
             if not self.candidates[name].drafts_from_text:
@@ -512,6 +522,9 @@ class Auto(Drafter):
         if not others:
             return False
         name = self._fastest(others)
+        models = [n for n in others if n not in self.shadowed]
+        if name in models:  # (their windows may be older text: _forget_text)
+            name = self._steadiest(models)
         if self._rate(name).per_second * plain_s <= 1.0 + clear:
             return False
         self.rates.leader = name
@@ -565,9 +578,13 @@ class Auto(Drafter):
         others = [n for n in trialled if n != best]
         # against the leader as measured: its prior pulls a leader of few steps toward one token
         # a step, which kept `draft` in trials for 6 of the first 20 steps (greedy, 10 tokens a
-        # step from redrafter against 1-5)
+        # step from redrafter against 1-5); and not beyond the leader's own count of steps, so
+        # that both are known alike (a challenger tried on to SETTLED steps at a cold start,
+        # while the leader stood at its opening 3-4, had its prior faded and the leader's not:
+        # draft then led redrafter at 0.7x its speed, T = 0.7)
         leader = self._rate(best)
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
+                    and rates.by_name[n].steps <= leader.steps
                     and may_beat(rates.by_name[n], leader)]
         if doubtful:
             return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
@@ -650,6 +667,14 @@ class Auto(Drafter):
         redrafter's speed (T = 0.7, bench of the story prompts)."""
         kept = [n for n in names if not any(self._clearly_slower(n, m) for m in names)]
         return max(kept or names, key=lambda n: self._rate(n).per_second)
+
+    def _steadiest(self, models: list[str]) -> str:
+        """The model drafter of best long-run rate (LongRate), where each has one; else by
+        windows (_fastest)."""
+        long = self.rates.long
+        if all(n in long for n in models):
+            return max(models, key=lambda n: long[n].raw)
+        return self._fastest(models)
 
     def _clearly_slower(self, name: str, than: str) -> bool:
         """Whether model drafter `name` is clearly slower than model drafter `than` over the long
