@@ -207,12 +207,13 @@ def register(app: typer.Typer) -> None:
                       f"mean tokens per verify): {describe_cost(cost)}[/]")
         stalled = stall_line(report["methods"])
         if stalled:
-            console.print(f"[dim]{stalled}[/]")
+            console.print(f"[dim]{escape(stalled)}[/]")
         missed = mispredicted(report["methods"])
         if missed:
             listed = "; ".join(f"{name} {ms:.1f} ms against {model_ms:.1f}"
                                for name, (ms, model_ms) in missed.items())
-            err_console.print(f"[yellow]verify took longer than the cost model predicts ({listed}): "
+            err_console.print(f"[yellow]verify took longer than the cost model predicts "
+                              f"({escape(listed)}): "
                               "the choosers sized drafts by it, so these timings are not what they "
                               "planned for (load that changed during the run, or work the model's "
                               "bare forwards do not show: per-shape builds, the step around the "
@@ -223,4 +224,4 @@ def register(app: typer.Typer) -> None:
             write_plot(report, plot)
         lossy = [n for n, m in report["methods"].items() if m.get("matches_ar") is False]
         if lossy:
-            err_console.print(f"[bold red]output differs from ar for: {', '.join(lossy)}[/]")
+            err_console.print(f"[bold red]output differs from ar for: {escape(', '.join(lossy))}[/]")
