@@ -15,7 +15,7 @@ back; a model drafter clearly slower than another over the long run, LongRate, n
 lead nor waits less for a lucky window), and at once again to one measured over too few steps to
 judge that may still beat the best (may_beat: within the standard error of the two rates'
 difference; a trial of 3 steps at T > 0 says little about a candidate that emits 1 to 10 tokens a
-step), until it has as many steps as the best. What it measured is kept per loaded model and
+step). What it measured is kept per loaded model and
 sampling regime (greedy, or each temperature), so the next request starts from it, and saved at each
 request's end in the cache folder (Shared.auto_folder), so the next process does too: a one-shot
 `mlxspec generate` otherwise spends its first steps trialling every model drafter. A text-only
@@ -578,13 +578,9 @@ class Auto(Drafter):
         others = [n for n in trialled if n != best]
         # against the leader as measured: its prior pulls a leader of few steps toward one token
         # a step, which kept `draft` in trials for 6 of the first 20 steps (greedy, 10 tokens a
-        # step from redrafter against 1-5); and not beyond the leader's own count of steps, so
-        # that both are known alike (a challenger tried on to SETTLED steps at a cold start,
-        # while the leader stood at its opening 3-4, had its prior faded and the leader's not:
-        # draft then led redrafter at 0.7x its speed, T = 0.7)
+        # step from redrafter against 1-5)
         leader = self._rate(best)
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
-                    and rates.by_name[n].steps <= leader.steps
                     and may_beat(rates.by_name[n], leader)]
         if doubtful:
             return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
