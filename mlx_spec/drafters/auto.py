@@ -475,7 +475,7 @@ class Auto(Drafter):
             # not one of a trial's steps either (a cold start's first trial, on a request's first
             # step, had one timed step less than the next: the prior then shrank its rate more,
             # and draft led redrafter at 0.7x its speed for whole answers, T = 0.7)
-            if self._trial is not None and self._trial[0] == name:
+            if self._in_trial:
                 self._trial = (name, self._trial[1] + 1)
         else:
             step = (len(acceptance.tokens), now - since)
