@@ -7,8 +7,12 @@ import pytest
 import mlx_spec  # (loads the optimized BLAS before mlx)
 from support.random_models import ARCHITECTURES, make_model_folder
 
-# measured verify costs (mlx_spec/cost.py) of the tests' throwaway models stay out of ~/.cache
-os.environ.setdefault("MLX_SPEC_CACHE", tempfile.mkdtemp(prefix="mlx-spec-test-cache-"))
+# measured verify costs (mlx_spec/cost.py) and auto's saved rates of the tests' throwaway models
+# stay out of ~/.cache; each pytest-xdist worker has a folder of its own (the workers inherit the
+# controller's environment, and one worker's saved rates must not steer another's tests)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER or "MLX_SPEC_CACHE" not in os.environ:
+    os.environ["MLX_SPEC_CACHE"] = tempfile.mkdtemp(prefix=f"mlx-spec-test-cache-{_WORKER or ''}")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
