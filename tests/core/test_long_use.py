@@ -4,6 +4,7 @@ output stays lossless."""
 import mlx_spec
 from mlx_spec.drafters.lookahead import PRUNE_TO, Lookahead
 from mlx_spec.drafters.shared import shared
+from mlx_spec.drafters.trie import ROOT
 from support.random_models import CORPUS
 
 BUDGET = 60
@@ -11,11 +12,11 @@ WORDS = CORPUS.split()[:80]
 
 
 def node_count(trie) -> int:
-    count, stack = 0, [trie.root]
+    count, stack = 0, [ROOT]
     while stack:
-        node = stack.pop()
-        count += len(node.children)
-        stack.extend(node.children.values())
+        children = trie.children(stack.pop())
+        count += len(children)
+        stack.extend(children.values())
     return count
 
 
