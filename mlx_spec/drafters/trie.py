@@ -13,12 +13,11 @@ key leaves a well-formed trie: both best-first retrieval and pruning rely on it.
 Frequencies decay lazily: decay() scales up the weight of future insertions instead of scaling down
 every stored count, so it costs O(1); counts are renormalised only when the weight grows large.
 
-Nodes are integers (ROOT is 0) into flat lists, a child always numbered after its parent, and a
-node's children are a dict of token -> node made at its first child. Int-only dicts are invisible to
-Python's cycle collector, and a list of numbers is one object to it: with a node object and a dict
-per node, each token's ~12 new nodes were objects the collector kept traversing (a streamed token
-cost 36 us with the collector on, 12 with it off; 11 now, either way), and a full collection took
-48 ms longer with the 233,000 nodes of a trie near the shared output trie's budget (10 ms now).
+Nodes are integers (ROOT is 0) into flat lists (a pruned node's number goes to the next new one),
+and a node's children are a dict of token -> node made at its first child. Int-only dicts are
+invisible to Python's cycle collector, and a list of numbers is one object to it: with a node
+object and a dict per node, each token's ~12 new nodes were objects the collector kept traversing
+(README, "The n-gram trie and the cycle collector").
 """
 from __future__ import annotations
 
@@ -41,16 +40,15 @@ class NgramTrie:
         self.kids: list[Optional[dict[int, int]]] = [None]  # node -> {token: child}, None: a leaf
         self.freq = [0.0]   # node -> count, in units of `weight`
         self.last = [-1]    # node -> tick of the latest position through it
-        self.parent = [-1]  # node -> its parent (ROOT's: -1)
-        self.token = [-1]   # node -> the token from its parent to it
         self.weight = 1.0      # what one new occurrence adds to a count (grows as decay() is called)
         self.tick = 0          # positions inserted so far; stamps `last`
-        self.renumbered = 0    # prunes so far (each numbers the nodes afresh)
+        self.free: list[int] = []  # numbers of pruned nodes, for new ones (their freq is -1)
+        self.pruned = 0        # prunes so far (a node number kept across one may name another)
 
     @property
     def size(self) -> int:
         """Nodes, root excluded."""
-        return len(self.freq) - 1
+        return len(self.freq) - 1 - len(self.free)
 
     def children(self, node: int) -> dict[int, int]:
         """token -> child of `node` (a copy: the trie's own dict is not for changing)."""
@@ -64,12 +62,14 @@ class NgramTrie:
             children = self.kids[node] = {}
         child = children.get(token)
         if child is None:
-            child = children[token] = len(self.freq)
-            self.kids.append(None)
-            self.freq.append(0.0)
-            self.last.append(-1)
-            self.parent.append(node)
-            self.token.append(token)
+            if self.free:
+                child = children[token] = self.free.pop()
+                self.freq[child], self.last[child] = 0.0, -1
+            else:
+                child = children[token] = len(self.freq)
+                self.kids.append(None)
+                self.freq.append(0.0)
+                self.last.append(-1)
         return child
 
     def add_path(self, path: Sequence[int], done: int = 0, tick: Optional[int] = None) -> int:
@@ -86,16 +86,9 @@ class NgramTrie:
         kids, freq, last, weight = self.kids, self.freq, self.last, self.weight
         for token in tokens:
             children = kids[node]
-            if children is None:
-                children = kids[node] = {}
-            child = children.get(token)
-            if child is None:  # (_child, inlined: ~12 new nodes a token on novel text)
-                child = children[token] = len(freq)
-                kids.append(None)
-                freq.append(0.0)
-                last.append(-1)
-                self.parent.append(node)
-                self.token.append(token)
+            child = children.get(token) if children is not None else None
+            if child is None:
+                child = self._child(node, token)
             if count:
                 freq[child] += weight
                 last[child] = tick
@@ -135,50 +128,73 @@ class NgramTrie:
             raise ValueError(f"decay factor must be in (0, 1], got {factor}")
         self.weight /= factor
         if self.weight > _RENORMALISE_ABOVE:
-            self.freq = [f / self.weight for f in self.freq]
+            self.freq = [f / self.weight if f >= 0 else f for f in self.freq]
             self.weight = 1.0
 
     def prune(self, budget: int) -> None:
         """Keep at most `budget` nodes: drop the rarest (and, among equals, the least recent).
-        The kept nodes are numbered afresh, in their old order."""
+        Their numbers go to `free`, for the next new nodes (rebuilding the kept ones as a new trie
+        took 1.5x the old object trie's time, 410 ms at 234,000 nodes)."""
         if self.size <= budget:
             return
-        freq, last, parent, token = self.freq, self.last, self.parent, self.token
-        keys = sorted(zip(freq[1:], last[1:]))
-        threshold = keys[self.size - budget - 1]  # dropping every key <= this leaves <= budget
-        renumbered = [ROOT] + [-1] * self.size    # old node -> new (-1: dropped)
-        kept = NgramTrie()
-        kept.weight, kept.tick = self.weight, self.tick
-        for old in range(1, len(freq)):
-            into = renumbered[parent[old]]
-            if into < 0 or (freq[old], last[old]) <= threshold:  # (a dropped parent's subtree too)
+        kids, freq, last, free = self.kids, self.freq, self.last, self.free
+        keys = sorted(zip(freq[1:], last[1:]))  # (free numbers' keys first: their freq is -1)
+        threshold = keys[len(free) + self.size - budget - 1]  # dropping each key <= this leaves
+        kept = [ROOT]                                         # <= budget
+        for node in kept:  # breadth first (grows as it goes)
+            children = kids[node]
+            if not children:
                 continue
-            node = renumbered[old] = kept._child(into, token[old])
-            kept.freq[node], kept.last[node] = freq[old], last[old]
-        self.kids, self.freq, self.last = kept.kids, kept.freq, kept.last
-        self.parent, self.token = kept.parent, kept.token
-        self.renumbered += 1
+            for token, child in list(children.items()):
+                if (freq[child], last[child]) > threshold:
+                    kept.append(child)
+                    continue
+                del children[token]
+                dropped = [child]  # its subtree goes with it
+                for gone in dropped:
+                    dropped.extend((kids[gone] or {}).values())
+                    kids[gone], freq[gone], last[gone] = None, -1.0, -1
+                free.extend(dropped)
+        self.pruned += 1
+
+    def _edges(self):
+        """(parent, token, node) for every node but the root, parents first and each node's
+        children in their order (breadth first)."""
+        order = [ROOT]
+        for node in order:  # (grows as it goes)
+            children = self.kids[node]
+            if children:
+                for token, child in children.items():
+                    yield node, token, child
+                    order.append(child)
 
     def absorb(self, other: "NgramTrie") -> None:
         """Add every count of `other` (a loaded warm-start trie) to this one."""
-        mine = [ROOT]  # other's node -> this trie's
-        for node in range(1, len(other.freq)):
-            child = self._child(mine[other.parent[node]], other.token[node])
+        mine = {ROOT: ROOT}  # other's node -> this trie's
+        for parent, token, node in other._edges():
+            child = mine[node] = self._child(mine[parent], token)
             self.freq[child] += other.freq[node] / other.weight * self.weight
             self.last[child] = max(self.last[child], other.last[node])
-            mine.append(child)
         self.tick = max(self.tick, other.tick)
 
     # -- files ------------------------------------------------------------------------------------
     def save(self, path) -> None:
         """One .npz-format file: nodes in parent-first order as parallel arrays (a node's parent
         as its index in them, -1 for the root)."""
+        tokens, parents, nodes = [], [], []
+        index = {ROOT: -1}
+        for parent, token, node in self._edges():
+            index[node] = len(tokens)
+            tokens.append(token)
+            parents.append(index[parent])
+            nodes.append(node)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, format=np.array(FORMAT), tick=np.array(self.tick),
-                            tokens=np.array(self.token[1:], dtype=np.int64),
-                            parents=np.array(self.parent[1:], dtype=np.int64) - 1,
-                            freqs=np.array(self.freq[1:], dtype=np.float64) / self.weight,
-                            lasts=np.array(self.last[1:], dtype=np.int64))
+                            tokens=np.array(tokens, dtype=np.int64),
+                            parents=np.array(parents, dtype=np.int64),
+                            freqs=np.array([self.freq[n] for n in nodes], dtype=np.float64)
+                            / self.weight,
+                            lasts=np.array([self.last[n] for n in nodes], dtype=np.int64))
         # written beside, then renamed over: an interrupt leaves the previous file whole
         partial = Path(f"{path}.partial")
         partial.write_bytes(buffer.getvalue())
@@ -223,7 +239,7 @@ class TrieStream:
         self.tokens: list[int] = []
         self._base_tick = trie.tick
         self._ends: dict[int, int] = {}  # start of a window still growing -> its last node
-        self._renumbered = trie.renumbered
+        self._pruned = trie.pruned
 
     def extend(self, new_tokens: Sequence[int]) -> None:
         trie, tokens, window = self.trie, self.tokens, self.window
@@ -231,8 +247,9 @@ class TrieStream:
         tokens.extend(new_tokens)
         after = len(tokens)
         ends, self._ends = self._ends, {}
-        if self._renumbered != trie.renumbered:  # pruned since: the ends are found again (and
-            self._renumbered = trie.renumbered   # made where pruned, as counted before)
+        if self._pruned != trie.pruned:  # an end may be gone, its number another node's: the
+            self._pruned = trie.pruned   # ends are found again (made where pruned, uncounted, as
+            # a walk from the root would)
             ends = {start: trie.add_path(tokens[start:before], done=before - start)
                     for start in ends}
         for start in range(max(0, before - window + 1), after):
