@@ -299,3 +299,17 @@ def test_merged_tree_has_one_node_per_distinct_prefix():
     assert len(set(paths)) == len(tree)
     leaves = [retrieved_paths(found)[i - 1] for i in tree.leaves()]
     assert len(Tree.from_branches(found.tokens[0], leaves)) == len(tree)
+
+
+def test_ranking_over_three_tries_equals_two_and_an_empty_one():
+    """Ranking is written out for one and two tries and generic beyond: the generic one gives
+    what the two-trie one gives where the third trie adds nothing."""
+    rng = random.Random(9)
+    prompt, output = NgramTrie(), NgramTrie()
+    prompt.insert(random_seq(rng, 80, 5), window=5)
+    output.insert(random_seq(rng, 300, 5), window=5)
+    for seed in range(20):
+        context = random_seq(random.Random(seed), 2, 5)
+        two = retrieve([prompt, output], context, budget=16, depth=4)
+        three = retrieve([prompt, output, NgramTrie()], context, budget=16, depth=4)
+        assert (two.tokens, two.parents) == (three.tokens, three.parents)
