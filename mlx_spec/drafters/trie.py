@@ -36,6 +36,8 @@ ROOT = 0
 
 
 class NgramTrie:
+    """Not for two threads at once (nor was the object trie): each decoder uses it from one thread."""
+
     def __init__(self):
         self.kids: list[Optional[dict[int, int]]] = [None]  # node -> {token: child}, None: a leaf
         self.freq = [0.0]   # node -> count, in units of `weight`
@@ -106,8 +108,8 @@ class NgramTrie:
 
     # -- lookup -----------------------------------------------------------------------------------
     def find(self, tokens: Sequence[int]) -> Optional[int]:
-        """The node of n-gram `tokens` (ROOT for none: compare with None, not by truth), or None
-        where it never occurred."""
+        """The node of n-gram `tokens` (ROOT for no tokens: compare with None, not by truth), or
+        None where it never occurred."""
         node = ROOT
         for token in tokens:
             children = self.kids[node]
@@ -128,7 +130,7 @@ class NgramTrie:
             raise ValueError(f"decay factor must be in (0, 1], got {factor}")
         self.weight /= factor
         if self.weight > _RENORMALISE_ABOVE:
-            self.freq = [f / self.weight if f >= 0 else f for f in self.freq]
+            self.freq[:] = [f / self.weight if f >= 0 else f for f in self.freq]
             self.weight = 1.0
 
     def prune(self, budget: int) -> None:
@@ -158,15 +160,17 @@ class NgramTrie:
         self.pruned += 1
 
     def _edges(self):
-        """(parent, token, node) for every node but the root, parents first and each node's
-        children in their order (breadth first)."""
-        order = [ROOT]
-        for node in order:  # (grows as it goes)
-            children = self.kids[node]
-            if children:
-                for token, child in children.items():
-                    yield node, token, child
-                    order.append(child)
+        """(parent, token, node) for every node but the root, parents first: depth first, each
+        node's children last to first, the order of the object trie's walk. save() and absorb()
+        keep it, so a file written by either version and absorbed by the other makes siblings in
+        the same order (their order breaks ties of count and tick in retrieval)."""
+        kids = self.kids
+        stack = [(ROOT, token, child) for token, child in (kids[ROOT] or {}).items()]
+        while stack:
+            parent, token, node = stack.pop()
+            yield parent, token, node
+            if kids[node]:
+                stack.extend((node, t, c) for t, c in kids[node].items())
 
     def absorb(self, other: "NgramTrie") -> None:
         """Add every count of `other` (a loaded warm-start trie) to this one."""
@@ -208,6 +212,10 @@ class NgramTrie:
                     raise ValueError(f"{path} is not a saved n-gram trie ({data['format']})")
                 arrays = {k: data[k].tolist() for k in ("tokens", "parents", "freqs", "lasts")}
                 tick = int(data["tick"])
+            if len({len(values) for values in arrays.values()}) != 1:
+                raise ValueError("its arrays differ in length")
+            if not all(0.0 <= f < float("inf") for f in arrays["freqs"]):
+                raise ValueError("a count is negative or not finite")
             trie = cls()
             trie.tick = tick
             for index, (token, parent, freq, last) in enumerate(zip(*arrays.values())):
@@ -254,8 +262,10 @@ class TrieStream:
                     for start in ends}
         for start in range(max(0, before - window + 1), after):
             stop = min(start + window, after)
-            node = trie.walk(ends.get(start, ROOT), tokens[max(start, before):stop],
-                             self._base_tick + start)
+            end = ends.get(start) if start < before else ROOT
+            if end is None:  # (an extend cut short by an exception: found again, as after a prune)
+                end = trie.add_path(tokens[start:before], done=before - start)
+            node = trie.walk(end, tokens[max(start, before):stop], self._base_tick + start)
             if stop - start < window:
                 self._ends[start] = node
         trie.tick = max(trie.tick, self._base_tick + after)

@@ -313,3 +313,17 @@ def test_ranking_over_three_tries_equals_two_and_an_empty_one():
         two = retrieve([prompt, output], context, budget=16, depth=4)
         three = retrieve([prompt, output, NgramTrie()], context, budget=16, depth=4)
         assert (two.tokens, two.parents) == (three.tokens, three.parents)
+
+
+def test_a_warm_start_ranks_tied_siblings_as_the_trie_it_was_saved_from(tmp_path):
+    """Siblings tied on count and tick are ranked by their order; a warm start (save, load,
+    absorb) gives them back in the order of the trie saved, as the object trie's did."""
+    saved = NgramTrie()
+    first, second = TrieStream(saved, window=3), TrieStream(saved, window=3)  # (same tick)
+    first.extend([1, 2])
+    second.extend([1, 3])
+    assert retrieve([saved], [1], budget=1, depth=1).tokens == [1, 2]
+    saved.save(tmp_path / "trie.npz")
+    warm = NgramTrie()
+    warm.absorb(NgramTrie.load(tmp_path / "trie.npz"))
+    assert retrieve([warm], [1], budget=1, depth=1).tokens == [1, 2]
