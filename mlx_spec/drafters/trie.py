@@ -255,15 +255,14 @@ class TrieStream:
         tokens.extend(new_tokens)
         after = len(tokens)
         ends, self._ends = self._ends, {}
-        if self._pruned != trie.pruned:  # an end may be gone, its number another node's: the
-            self._pruned = trie.pruned   # ends are found again (made where pruned, uncounted, as
-            # a walk from the root would)
-            ends = {start: trie.add_path(tokens[start:before], done=before - start)
-                    for start in ends}
+        if self._pruned != trie.pruned:  # an end may be gone, its number another node's: none
+            self._pruned = trie.pruned   # is kept, and each is found again below
+            ends = {}
         for start in range(max(0, before - window + 1), after):
             stop = min(start + window, after)
             end = ends.get(start) if start < before else ROOT
-            if end is None:  # (an extend cut short by an exception: found again, as after a prune)
+            if end is None:  # pruned since (or an extend cut short): from the root, the missing
+                # nodes made uncounted, window by window as the object trie's walks did
                 end = trie.add_path(tokens[start:before], done=before - start)
             node = trie.walk(end, tokens[max(start, before):stop], self._base_tick + start)
             if stop - start < window:

@@ -104,7 +104,7 @@ def test_nodes_are_no_objects_for_the_cycle_collector():
     streamed token cost 36 us with the collector on, 12 off). Nodes are slots of a few lists and
     int-only dicts: no new object for the collector however many nodes are made."""
     import gc
-    trie, stream = NgramTrie(), None
+    trie = NgramTrie()
     stream = TrieStream(trie, window=6)
     stream.extend(random_seq(random.Random(7), 50, 40))
     gc.collect()
