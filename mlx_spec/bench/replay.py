@@ -87,12 +87,16 @@ class _NeverDrafts(Drafter):
         return Tree.from_chain(ctx.tokens[-1], [])
 
 
-class _UnitCost:
-    """A cost model of one second per step: auto reads it only for text-only shadow steps (none
-    here) and its calibration of real steps (unused by the choice between trialled ones)."""
+class _FlatCost:
+    """A cost model of the recordings' median step for any tree: auto reads it for text-only
+    shadow steps (none here), its calibration of real steps, and the cap on a stalled step's
+    seconds (Auto._capped), which the recorded stalls meet as they would the real model's."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
 
     def step_seconds(self, nodes: int, tree: bool = False) -> float:
-        return 1.0
+        return self.seconds
 
 
 class _Recorded(Drafter):
@@ -105,6 +109,13 @@ class _Recorded(Drafter):
     def propose(self, ctx: StepContext) -> Tree:
         self._asked.append(self.name)
         return Tree.from_chain(ctx.tokens[-1], [])
+
+
+def _median_step(found: dict[str, Recording]) -> float:
+    """The median seconds of every recorded step of every method."""
+    seconds = sorted(s for r in found.values() for round_ in r.rounds for steps in round_
+                     for _, s in steps)
+    return seconds[len(seconds) // 2] if seconds else 1.0
 
 
 def _played(steps: Steps, rng: random.Random, keep_order: bool) -> Steps:
@@ -126,7 +137,7 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
     if text_only:
         candidates["text-only"] = _NeverDrafts()
     auto = Auto(candidates, rates_for=lambda regime: rates,
-                cost=_UnitCost() if text_only else None)
+                cost=_FlatCost(_median_step(found)) if text_only else None)
     now = [0.0]
     ctx = StepContext(tokens=[0], max_drafts=1 << 20, sampling=sampling, clock=lambda: now[0])
     tokens, used = 0, {name: 0 for name in found}

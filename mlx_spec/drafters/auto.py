@@ -2,39 +2,40 @@
 
 Candidates are the drafting methods available for the loaded target: `pld` and `lookahead` always,
 `redrafter` where a trained head fits it, `draft` where a draft model does. Each step one candidate
-proposes; auto times every step from one observe() to the next (the candidate's drafting, the
-target's verify of its tree, the engine's accept; not the time the consumer holds a yielded step,
-StepContext.clock: the bench runs other methods' steps there) and keeps, per candidate, decayed sums
-of tokens emitted and seconds spent. It proposes with the best rate (the leader keeps proposing
-until another is ahead by SWITCH_MARGIN, or by both rates' measured noise where that is larger:
-rates are noisy windowed means, and chasing the highest chased bursts) and now and then lends a few
-steps to each other candidate (each waits its own number of steps: soon after it won a trial or lost
-the lead, ever more rarely while its trials lose clearly; its old steps count less the longer it sat
-out, as the text has moved on; a trial that ends ahead goes on until it takes the lead or falls
-back; a model drafter clearly slower than another over the long run, LongRate, neither takes its
-lead nor waits less for a lucky window), and at once again to one measured over too few steps to
-judge that may still beat the best (may_beat: within the standard error of the two rates'
-difference; a trial of 3 steps at T > 0 says little about a candidate that emits 1 to 10 tokens a
-step). What it measured is kept per loaded model and
-sampling regime (greedy, or each temperature), so the next request starts from it, and saved at each
-request's end in the cache folder (Shared.auto_folder), so the next process does too: a one-shot
-`mlxspec generate` otherwise spends its first steps trialling every model drafter. A text-only
-candidate is paired afresh on each request's text (how it compares with the real steps depends on
-that text's repeats). Plain decoding is not a candidate: the engine's BackOff turns drafting off
-where even the best candidate loses.
+proposes, and auto times the step from one observe() to the next (the candidate's drafting, the
+target's verify, the engine's accept; not the time the consumer holds a yielded step:
+StepContext.clock). Per candidate it keeps a Rate, decayed sums of tokens emitted and seconds spent.
 
-Candidates whose drafts come from the text alone (`Drafter.drafts_from_text`: pld, lookahead) need
-no trials: every step they do not propose (every SHADOW_EVERY-th once measured and while they trail
-the best), they are asked for the tree they would have sent, and once the text has gone past it,
-that tree is scored as the target would have: the draft tokens the text followed, plus one (a target
-that emits these tokens accepts exactly those; at T > 0 any method's tokens are the target's
-samples, so the score is a fair draw). Its time is the target's measured verify time for that many
-tokens (mlx_spec/cost.py), scaled by how the real steps (its own, once it has proposed a few)
-compare with that model on this machine now, plus the time the candidate took to answer. Such a
-challenger takes the lead only where its shadow steps beat the real steps taken at the same
-places (Pairing), not the leader's rate from other text. These shadow steps matter most where the
-prompt decides (pld on a text to transform wins from the first repeat), so trials, left to the
-model drafters, keep their wait across requests.
+The choice, in stages (_next):
+- The leader proposes until another candidate's rate is ahead by SWITCH_MARGIN, or by both rates'
+  measured noise where that is larger (_hold): rates are windowed means of bursty steps, and
+  moving to the highest of several noisy rates chases bursts that are over when the window shows
+  them.
+- Model drafters (`redrafter`, `draft`) are judged by trials: each waits its own number of steps
+  between trials, FIRST_GAP after a trial it won, doubled by each one it clearly lost; its old
+  steps fade with the steps it sat out (the text has moved on); a trial that ends ahead goes on
+  until it takes the lead or falls back; one measured over too few steps to judge that may still
+  beat the leader (may_beat: within the standard error of the rates' difference) is tried again
+  at once. Over the long run (LongRate) a model drafter clearly slower than another neither takes
+  its lead nor shortens its wait for a lucky window: at T > 0 one step emits 1 to 10 tokens by
+  chance, and windows of ~14 steps rank two drafters wrongly far more often than 50 steps do.
+- Text-only candidates (`Drafter.drafts_from_text`: `pld`, `lookahead`) need no trials: on steps
+  they do not propose they are asked, in the shadow, for the tree they would have sent, and once
+  the text has gone past it that tree is scored as the target would have (the draft tokens the
+  text followed, plus one: at T > 0 any method's tokens are the target's samples, so the score is
+  a fair draw). Its time is the target's modelled verify time for that many tokens
+  (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
+  plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
+  steps beat the real steps taken at the same places (Pairing), not a rate from other text.
+- Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
+  candidate loses.
+
+What auto measured is kept per loaded model and sampling regime (greedy, or each temperature), so
+the next request starts from it, and saved at each request's end in the cache folder
+(Shared.auto_folder) for the next process: a one-shot `mlxspec generate` would otherwise spend its
+first steps trialling every model drafter. A text-only candidate is paired afresh on each request's
+text (how it compares with the real steps depends on that text's repeats); trials keep their wait
+across requests.
 
 Exactness is the candidates' own: every step is one method's step, verified and accepted by the
 same exact rules; only which method proposes depends on timing (so, as with the back-off, a seed
@@ -42,6 +43,9 @@ does not reproduce auto's sampled text). For the same reason the candidates keep
 they learn while sampling across requests (Drafter.keep_learning): alone, a sampling redrafter or
 draft model starts each request afresh so that a seed gives the same text, and inside auto its
 trials of two or three steps per request would always draft at its prior's size.
+
+The measurements behind each rule and constant are in the README ("Why `auto`'s rules are as
+they are"), and `python -m mlx_spec.bench.replay` replays its choice on a bench's recorded steps.
 """
 from __future__ import annotations
 
@@ -90,12 +94,10 @@ class Rate:
     KNOWN = SETTLED         # the most steps its error counts (see error)
 
     def add(self, tokens: int, seconds: float) -> None:
-        """One step more. Its seconds count at most SPIKE times the mean step so far: about 1% of
-        steps take 5-10x the median, whichever method runs (the machine's, not the method's:
-        recorded in a bench at T = 0.7, redrafter, draft and plain decoding alike, 100-130 ms
-        against 10-22 ms), and one such step in a window of ~14 had cut redrafter's rate by a
-        third and handed the lead to a draft model at 0.7x its speed for 40 steps. A method's own
-        slow steps stay within 2x its median (99th percentile, same bench)."""
+        """One step more. Its seconds count at most SPIKE times the mean step so far: a few steps
+        in a hundred take 5-10x the median whichever method runs (the machine's stalls, not the
+        method's), and one of them in a window of ~14 would decide the lead; a method's own slow
+        steps stay within 2x its median."""
         if self.weight > 0:
             seconds = min(seconds, self.SPIKE * self.seconds / self.weight)
         self.tokens = self.DECAY * self.tokens + tokens
@@ -108,9 +110,7 @@ class Rate:
     def fade(self, now: int) -> None:
         """Discount evidence by its age before a trial adds to it: steps measured on another part
         of the text (or another request) say less about this one, so a candidate that led a while
-        ago is judged mostly by its trial, not kept out by a rate from a harder passage (measured
-        greedy on the story prompts: redrafter's rate from a hard story kept lookahead leading
-        through four passages where redrafter alone was 1.3x faster)."""
+        ago is judged mostly by its trial, not kept out by a rate from a harder passage."""
         if self.last_step >= 0 and now > self.last_step + 1:
             self.discount(self.DECAY ** (self.FADE * (now - self.last_step - 1)))
 
@@ -123,11 +123,10 @@ class Rate:
     @property
     def per_second(self) -> float:
         """Tokens per second, shrunk toward one token per step (what plain decoding would give
-        at this step time) while the candidate has few steps: a few lucky steps of a trial (at
-        T > 0 a step emits 1 to 5 tokens by chance) must not displace a candidate measured over
-        many steps. The shrinking fades out over SETTLED steps: kept for good, it would favour
-        for ever a cheap candidate of few tokens per step over an expensive one of many (measured:
-        draft over redrafter at T = 1.0, where redrafter alone was 1.5x faster)."""
+        at this step time) while the candidate has few steps: a few lucky steps of a trial must
+        not displace a candidate measured over many. The shrinking fades out over SETTLED steps:
+        kept for good, it would favour a cheap candidate of few tokens per step over an
+        expensive one of many for ever."""
         if self.seconds <= 0:
             return 0.0
         prior = self.PRIOR * max(0.0, 1.0 - self.steps / self.SETTLED)
@@ -142,10 +141,9 @@ class Rate:
     def spread(self) -> float:
         """How far one step's tokens stray from what the rate predicts for its seconds, relative
         to a step's mean tokens (the ratio estimator's sqrt(E[(t - raw x s)^2]) / E[t]), shrunk
-        toward 1 by one pseudo-step: two equal steps say little about the spread. Measured
-        steps are what the margins should scale with: with one step's spread taken as 1, a
-        draft model at 0.7x of redrafter's rate (T = 0.7, story prompts; its steps spread ~0.5)
-        stayed within its margin for ~12 trial steps of every fresh start."""
+        toward 1 by one pseudo-step: two equal steps say little about the spread. Margins scale
+        with it: a fixed spread of 1 (twice what model drafters' steps show) kept a clearly
+        slower candidate within its margin for a dozen trial steps of every fresh start."""
         if self.weight <= 0 or self.tokens <= 0:
             return 1.0
         tt, ts, ss = self.squares
@@ -170,8 +168,8 @@ class Rate:
     def error(self, recent: bool = False) -> float:
         """The rate's relative standard error: the steps' spread over the steps ever measured
         (not the faded weight: fading says old steps describe other text, not that the spread
-        of a step's tokens is unknown; margins on faded weights had sent `draft` to 8 trial
-        steps running), at most KNOWN of them (a window's SETTLED: text moves on, no rate is
+        of a step's tokens is unknown; margins that wide sent a slow candidate back to trial
+        after trial), at most KNOWN of them (a window's SETTLED: text moves on, no rate is
         known better; a LongRate's more).
         `recent`: over the decayed weight instead, how well the rate is known on the text now
         (what a switch of leader rests on: see Auto._hold)."""
@@ -181,22 +179,18 @@ class Rate:
 
 class LongRate(Rate):
     """A model drafter's steps over the long run: about its last 50, whatever the text, never
-    faded. Model drafters keep their order over texts far more than their windowed rates show (a
-    draft model at 0.7x of redrafter's speed on 23 of 24 prompts, T = 0.7), while ~14-step
-    windows of steps that emit 1 to 10 tokens put it within noise of redrafter in a quarter of
-    its trials and ahead in one in ten: its trials came every 24 steps for good, and some took
-    the lead. Auto._clearly_slower reads it. (About 100 steps replayed the recorded benches
-    alike, and where two planted candidates swapped places gave the better one 35-37% of the
-    steps after the swap instead of 46-48%.)"""
+    faded. Model drafters keep their order over texts far more than their windowed rates show,
+    while ~14-step windows of steps that emit 1 to 10 tokens put a clearly slower one within
+    noise of the faster, or ahead, in many of its trials. Auto._clearly_slower reads it. (Longer
+    memories replay the recorded benches alike but follow a real change of order more slowly.)"""
     DECAY = 0.98
     KNOWN = 48
 
 
 def may_beat(rate: Rate, other: Rate) -> bool:
     """Whether `rate` may still turn out faster than `other`: its raw tokens per second, raised
-    by one standard error of the difference (both rates' errors: a former leader's short
-    recheck trial, judged against a leader's rate as if exact, had benched redrafter for 48
-    steps after two unlucky steps at T = 1.0, where it is 1.4x the draft model that led)."""
+    by one standard error of the difference (both rates' errors: judged against the other's
+    rate as if it were exact, two unlucky steps of a short recheck trial bench the faster)."""
     if rate.seconds <= 0:
         return True
     return rate.raw * (1.0 + math.hypot(rate.error(), other.error())) > other.raw
@@ -206,8 +200,8 @@ def may_beat(rate: Rate, other: Rate) -> bool:
 class Pairing:
     """A text-only candidate's shadow steps beside the real steps taken at the same places, each
     a Rate, so that `ratio` compares the two on the same text. Judged apart, a candidate's rate
-    was highest right after a burst (a repeated phrase drafted whole) and took the lead at that
-    moment, then ran at 0.8x the leader it displaced (greedy, story prompts)."""
+    is highest right after a burst (a repeated phrase drafted whole), which is when it would take
+    the lead and then run slower than the leader it displaced."""
     shadow: Rate = field(default_factory=Rate)
     real: Rate = field(default_factory=Rate)
 
@@ -303,8 +297,8 @@ class Rates:
 
     def scale(self, name: str) -> float:
         """How a shadow step of `name` scales: by its own real steps once there are a few (a
-        32-node tree of lookahead's, with its trie updates, measured 15% slower than a chain's
-        ratio predicted), else by every real step's."""
+        wide tree with its drafter's updates costs more than a chain's ratio predicts), else by
+        every real step's."""
         own = self.own.get(name)
         return own.scale if own is not None and own.steps >= own.TRUSTED else self.real.scale
 
@@ -314,16 +308,13 @@ class Auto(Drafter):
 
     SHADOW_EVERY = 4  # see _shadow_steps
     SWITCH_MARGIN, RECHECK, PAIRED = 0.1, 6, 4  # see _hold and _next
-    NEW_TEXT = 0.5  # what the last requests' steps count for at a new request (a leader's rate
-    # from the last answer had kept lookahead leading through 11 steps of 1-2 tokens on a story
-    # where redrafter, measured a step before at 0.9x its rate, was 1.7x faster; greedy)
+    NEW_TEXT = 0.5  # what the last requests' steps count for at a new request (the last
+    # answer's leader must not hold the lead on a text that suits another candidate)
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, Rate.wait, 384  # KNOWN_TRIAL: for a candidate
     # with 6 or more measured steps (its rate's prior and history absorb a short trial's luck)
     SETTLED = Rate.SETTLED  # own steps measured before a candidate is trusted: until then, one
-    # that may still beat the best (may_beat) is tried again at once (at T > 0 a step emits 1
-    # to 10 tokens by chance, and a few unlucky opening steps must not bench the best candidate:
-    # measured, redrafter, 2.4x alone, left to trials at 0.7), and a text-only one is asked
-    # every step
+    # that may still beat the best (may_beat) is tried again at once (a few unlucky opening
+    # steps must not bench the best candidate), and a text-only one is asked every step
 
     def __init__(self, candidates: dict, rates_for=None, cost=None, keep=None):
         """rates_for(regime) -> the Rates to start a request from; keep(regime, rates) at each
@@ -360,8 +351,8 @@ class Auto(Drafter):
     def learns_while_paused(self) -> bool:
         """With a candidate that does (pld, lookahead): the text-only candidates are asked in
         the shadow on the back-off's plain steps too, which teaches their choosers and auto's
-        rates, so a pause ends where one of them would win (a doubled pause had kept auto plain
-        through a rewriting answer that pld drafted at 1.7x, SmolLM2 greedy)."""
+        rates, so a pause ends where one of them would win (a pause doubled on its own would
+        keep auto plain through an answer that quotes its request)."""
         return any(d.learns_while_paused for d in self.candidates.values())
 
     def expected_gain(self) -> Optional[float]:
@@ -408,14 +399,11 @@ class Auto(Drafter):
         """A new request: how a text-only candidate compares with the real steps depends on this
         text's repeats, so its pairings start again, and a text-only leader hands the lead to the
         best model drafter (where there is one) until its shadow steps beside the real ones
-        show it ahead on this text (_hold; greedy, story prompts: the last answer's leader
-        carried over had pld and lookahead lead 11 of a story's first steps where redrafter
-        alone was 1.4x faster). Also where no model drafter beats plain decoding on average:
-        one may on this text (SmolLM2: redrafter 1.25x on coding, 1.0x on explanations; kept
-        text-only leaders lost 1.7% over the chat prompts, one process per prompt). The best
-        over the long run (_steadiest): the windows of model drafters that sat out while a
-        text-only one led are the rates of older text (a draft model's window from 270 steps
-        before, never faded since, handed it the lead at 0.7x of redrafter's speed, T = 0.7)."""
+        show it ahead on this text (_hold): the last answer's repeats say nothing of this one.
+        Also where no model drafter beats plain decoding on average: one may on this text (a
+        head that wins on code and not on prose). The best over the long run (_steadiest): the
+        windows of model drafters that sat out while a text-only one led are rates of older
+        text."""
         for name in self.shadowed:
             self.rates.paired.pop(name, None)
         models = [n for n in self.candidates if n not in self.shadowed]
@@ -428,10 +416,9 @@ class Auto(Drafter):
 
     def _shadow_steps(self, ctx: StepContext) -> None:
         """Ask every text-only candidate that is not proposing for the tree it would send (one
-        measured over SETTLED steps that trails the best only every SHADOW_EVERY steps:
-        lookahead's answer costs ~1 ms, 4-5% of a step on the embedded target, and a sample of
-        every 4th step rates it as well, only over a longer window); score the trees the text has
-        decided since."""
+        measured over SETTLED steps that trails the best only every SHADOW_EVERY steps: an
+        answer costs a few percent of a step, and a sample of the steps rates it as well, only
+        over a longer window); score the trees the text has decided since."""
         leader = self._rate(self._best()).per_second
         for name in self.shadowed:
             ledger = self._shadows[name]
@@ -472,26 +459,38 @@ class Auto(Drafter):
         rate.last_step = self.rates.step
         self.rates.step += 1
         if since is None:  # the first step of a request has no start mark: not timed, and
-            # not one of a trial's steps either (a cold start's first trial, on a request's first
-            # step, had one timed step less than the next: the prior then shrank its rate more,
-            # and draft led redrafter at 0.7x its speed for whole answers, T = 0.7)
+            # not one of a trial's steps either (the cold start's first trial would have one
+            # timed step less than the next, and the prior shrink its rate more)
             if self._in_trial:
                 self._trial = (name, self._trial[1] + 1)
         else:
-            step = (len(acceptance.tokens), now - since)
+            modelled = (self.cost.step_seconds(len(tree), not tree.is_chain)
+                        if self.cost is not None else None)
+            step = (len(acceptance.tokens), self._capped(now - since, drafting, modelled))
             rate.add(*step)
             if not self.candidates[name].drafts_from_text:
                 self.rates.long.setdefault(name, LongRate()).add(*step)
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
                 for real in asked:
                     real.extend(step)
-            if self.cost is not None:
-                timed = (now - since - drafting,
-                         self.cost.step_seconds(len(tree), not tree.is_chain))
+            if modelled is not None:
+                timed = (step[1] - drafting, modelled)
                 self.rates.real.add(*timed)
                 if name in self.shadowed:
                     self.rates.own.setdefault(name, Calibration()).add(*timed)
         self.current = self._next()
+
+    def _capped(self, seconds: float, drafting: float, modelled: Optional[float]) -> float:
+        """A step's seconds, at most its drafting plus Rate.SPIKE times the verify the cost model
+        predicts for its tree (scaled as the real steps run, once there are a few): a stall of
+        the machine's counts as a slow step, no more, also among a candidate's first steps,
+        which Rate.add has no mean of its own to cap by (one there would make the candidate
+        look clearly slower over the long run for some fifty steps)."""
+        if modelled is None:
+            return seconds
+        real = self.rates.real
+        scale = max(1.0, real.scale) if real.steps >= real.TRUSTED else 1.0
+        return min(seconds, drafting + Rate.SPIKE * scale * modelled)
 
     def prepare(self, ctx, acceptance, out) -> None:
         t0 = time.perf_counter()
@@ -504,15 +503,13 @@ class Auto(Drafter):
     def switch_instead(self, plain_s: float, clear: float) -> bool:
         """The back-off judged the last steps a loss: where another candidate's measured rate
         beats plain decoding by more than `clear`, it leads from the next step on instead of a
-        pause (greedy, story prompts: lookahead, leading on the last answer's rate, lost a
-        window on a story and the pause after it kept auto plain for 16 steps there, where
-        redrafter alone ran at 3x). The leader that lost keeps its rate and wins the lead back
-        only as any challenger does. No other candidate that clearly wins: the pause.
+        pause (a pause would hold plain decoding where a model drafter wins by far). The leader
+        that lost keeps its rate and wins the lead back only as any challenger does. No other
+        candidate that clearly wins: the pause.
 
         Only a text-only leader's loss is taken so: it says the text stopped repeating, which
         the model drafters do not need. A model drafter's lost window at T > 0 is mostly the
-        luck of its sampled steps, and handing its lead to the next best had let a draft model
-        at 0.7x of redrafter's rate lead 15% of the steps (T = 0.7, story prompts)."""
+        luck of its sampled steps, and handing its lead on would hand it to a slower one."""
         if self.rates is None:
             return False
         losing = self.rates.leader or self.current
@@ -555,12 +552,10 @@ class Auto(Drafter):
             best = self._best()
             # a trial that won puts the candidate's next one FIRST_GAP away (and goes on while
             # it is ahead but not yet by a switch's margin: _extend_trial); a lost one doubles
-            # the wait where the loss is clear, a margin above its rate staying below the best
-            # (draft against redrafter, greedy: two trial steps every 24 had cost ~5%), and
-            # keeps it where the loss is within the noise (a candidate steadily at 0.73x of the
-            # leader, draft beside redrafter at T = 0.7, looks within noise after about half its
-            # trials: a wait halved on those had held it at 24-48 steps)
-            # (or is clearly slower than the best over the long run: _clearly_slower)
+            # the wait where the loss is clear (a margin above its rate stays below the best, or
+            # it is clearly slower over the long run: _clearly_slower), and keeps it where the
+            # loss is within the noise (halved there, a steadily slower candidate that looks
+            # within noise after half its trials would be tried every 24-48 steps for good)
             rate, leader = self._rate(name), self._rate(best)
             if best == name:
                 rate.wait = self.FIRST_GAP
@@ -577,8 +572,7 @@ class Auto(Drafter):
         best = self._best()
         others = [n for n in trialled if n != best]
         # against the leader as measured: its prior pulls a leader of few steps toward one token
-        # a step, which kept `draft` in trials for 6 of the first 20 steps (greedy, 10 tokens a
-        # step from redrafter against 1-5)
+        # a step, and a slower candidate would be tried again and again in the first steps
         leader = self._rate(best)
         doubtful = [n for n in others if rates.by_name[n].steps < self.SETTLED
                     and may_beat(rates.by_name[n], leader)]
@@ -590,8 +584,7 @@ class Auto(Drafter):
         held = self._hold(best)
         if rates.leader in rates.by_name and held != rates.leader:
             # a leader that just lost the lead was good a moment ago, and the new one may have
-            # led on a burst: the old one is tried again within RECHECK steps (measured greedy:
-            # lookahead leading 9-13 steps after a switch, at 0.8x redrafter's rate)
+            # led on a burst: the old one is tried again within RECHECK steps
             rates.by_name[rates.leader].wait = self.RECHECK
             rates.paired.pop(rates.leader, None)  # (a text-only one's pairing predates its lead)
         rates.leader = held
@@ -607,9 +600,8 @@ class Auto(Drafter):
         """`name` proposes the next `steps` steps as a trial. A trial that ends ahead of the
         leader's rate, though not by the margin a switch needs (_hold), goes on, up to SETTLED
         steps: at T > 0 a 2-step trial every 24 steps or more cannot prove a candidate faster
-        (its steps emit 1 to 10 tokens), and a leader picked on the first steps' luck had led
-        for whole answers (draft over redrafter at T = 0.7, story prompts: 100-180 of 400
-        steps, where alone it runs at 0.74x of redrafter's speed)."""
+        (its steps emit 1 to 10 tokens), and a leader picked on the first steps' luck can lead
+        whole answers."""
         self._trial = (name, steps - 1)
         self._trial_steps += steps
         return name
@@ -618,8 +610,7 @@ class Auto(Drafter):
         """The leader stays unless `best` beats it by SWITCH_MARGIN or more: rates are windowed
         means of bursty steps (lookahead emits 10 tokens on a repeated phrase, then 1 for a
         while), and always moving to the highest of several noisy rates chases bursts that are
-        over by the time the window shows them (measured greedy on the story prompts: lookahead
-        got a fifth of auto's steps where alone it was 20% slower than redrafter). A text-only
+        over by the time the window shows them. A text-only
         challenger is judged against the real steps taken where it was asked (Pairing): the
         same text."""
         leader = self.rates.leader
@@ -628,7 +619,7 @@ class Auto(Drafter):
         # a text-only candidate ahead of a model drafter's real steps on this text takes the
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
-        # steps, had handed the lead to and fro for 10 steps while redrafter waited.)
+        # steps, would hand the lead to and fro while a model drafter waits.)
         ahead = {n: p.ratio for n, p in self.rates.paired.items()
                  if n != leader and p.steps >= self.PAIRED and p.ratio > 1.0 + self.SWITCH_MARGIN}
         if ahead and leader not in self.shadowed:
@@ -640,11 +631,9 @@ class Auto(Drafter):
             return best if paired.ratio > 1.0 + self.SWITCH_MARGIN else leader
         if best in self.shadowed:
             return leader  # (not yet paired on this request's text)
-        # else by rates, by more than both rates' noise: at T = 1.0 redrafter's window of 1- and
-        # 2-token steps had handed the lead to a draft model at 0.7x of its rate for 30 steps.
-        # The noise of each rate on the text now (its decayed weight): a challenger's trial of 2
-        # steps beside faded old ones is known from about those 2 (error over the steps ever
-        # measured had let such trials hand the lead to a draft model at 0.75x, T = 1.0)
+        # else by rates, by more than both rates' noise (at T > 0 a window of a few 1- and
+        # 2-token steps is luck), each rate's noise on the text now (its decayed weight): a
+        # challenger's trial of 2 steps beside faded old ones is known from about those 2
         if self._clearly_slower(leader, best):
             return best
         held, challenger = self._rate(leader), self._rate(best)
@@ -659,8 +648,7 @@ class Auto(Drafter):
         """The best rate among `names`, leaving out a model drafter clearly slower over the long
         run than another of them (_clearly_slower): not only when it challenges a model drafter's
         lead; a text-only leader hands the lead on too (at a new request, to the back-off, to a
-        window ahead of it), and on the windows alone it had gone to a draft model at 0.7x of
-        redrafter's speed (T = 0.7, bench of the story prompts)."""
+        window ahead of it), and on the windows alone it would go to the luckier window."""
         kept = [n for n in names if not any(self._clearly_slower(n, m) for m in names)]
         return max(kept or names, key=lambda n: self._rate(n).per_second)
 

@@ -757,3 +757,46 @@ def test_a_cold_start_times_as_many_trial_steps_of_each_model_drafter():
     assert rates.by_name["a"].steps == rates.by_name["b"].steps == Auto.TRIAL
     # equal steps, equal rates: the first candidate is not left behind by its prior
     assert rates.by_name["a"].per_second == pytest.approx(rates.by_name["b"].per_second)
+
+
+class _FlatCost:
+    """A cost model of `seconds` per verify, whatever the tree."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def step_seconds(self, nodes, tree=False):
+        return self.seconds
+
+
+def test_a_stall_among_a_candidates_first_steps_counts_as_a_slow_step_by_the_cost_model():
+    """Rate.add caps a stalled step by the candidate's own mean step, which its first step has
+    not got: there auto caps it by the cost model (drafting plus SPIKE modelled verifies), so one
+    stall of the machine at a cold start does not make the better candidate look clearly slower
+    over the long run. Without a cost model the step counts as measured."""
+    from types import SimpleNamespace
+
+    from mlx_spec.drafters.auto import Rate
+    from mlx_spec.drafters.base import StepContext
+    from mlx_spec.sampling import SamplingParams
+
+    def first_steps(cost):
+        rates = Rates()
+        auto = Auto({"a": Oracle([]), "b": Oracle([])}, rates_for=lambda regime: rates,
+                    cost=cost)
+        now = [0.0]
+        ctx = StepContext(tokens=[0], max_drafts=8, sampling=SamplingParams(),
+                          clock=lambda: now[0])
+        auto.begin(ctx.tokens)
+        for seconds in (0.01, 0.2):  # the request's untimed first step, then a stall
+            tree = auto.propose(ctx)
+            now[0] += seconds
+            auto.observe(ctx, tree, SimpleNamespace(tokens=[0] * 3), None)
+        return rates.by_name["a"], rates.long["a"]
+
+    rate, long = first_steps(_FlatCost(0.01))
+    assert rate.steps == long.steps == 1
+    # SPIKE modelled verifies, plus auto's own drafting (microseconds here)
+    assert Rate.SPIKE * 0.01 <= rate.seconds == long.seconds < Rate.SPIKE * 0.01 + 0.002
+    rate, long = first_steps(None)
+    assert rate.seconds == long.seconds == pytest.approx(0.2)
