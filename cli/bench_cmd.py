@@ -66,8 +66,13 @@ def stall_line(methods: dict) -> str:
                         for name, m in methods.items() if m.get("stall_steps") and m["decode_s"])
     unstalled = ", ".join(f"{name} {m['speedup_unstalled']:.2f}x" for name, m in methods.items()
                           if m.get("speedup_unstalled") is not None)
+    verify = ", ".join(f"{name} {m['verify_ms_per_call_unstalled']:.1f} / "
+                       f"{m['predicted_verify_ms_per_call']:.1f}" for name, m in methods.items()
+                       if m.get("predicted_verify_ms_per_call")
+                       and m.get("verify_ms_per_call_unstalled") is not None)
     return (f"stalls (steps over {STALL:g}x their prompt's median step: the machine's, by chance on "
-            f"any method): {stalled}; speedups without them: {unstalled}")
+            f"any method): {stalled}; speedups without them: {unstalled}"
+            + (f"; verify ms per call without them / model ms: {verify}" if verify else ""))
 
 
 def render_table(title: str, methods: dict) -> Table:

@@ -139,6 +139,10 @@ def test_verify_prediction_times_each_call_as_the_chain_or_tree_it_verified():
     assert methods["m"]["verified_calls"] == {"chain": {"1": 1, "4": 1}, "tree": {"8": 1}}
     assert methods["m"]["predicted_verify_ms_per_call"] == pytest.approx((10 + 12 + 20) / 3)
     assert methods["m"]["verify_ms_per_call"] == pytest.approx(14.0)
+    assert methods["m"]["verify_ms_per_call_unstalled"] == pytest.approx(14.0)  # no stalls
+    methods["m"]["stall_s"] = 0.012  # one stall's 12 ms beyond the median step, out of the verify
+    add_verify_prediction(methods, cost)
+    assert methods["m"]["verify_ms_per_call_unstalled"] == pytest.approx(10.0)
     # when sampling: chains at their sampled times; the tree adds one row (2 ms) per token of
     # the method's mean 2 per call, the rows its walk visits
     sampled = CostModel((1, 4, 8), (0.010, 0.012, 0.016), 128, tree_seconds=(0.010, 0.014, 0.020),
@@ -159,3 +163,21 @@ def test_a_method_whose_verifies_cost_far_more_than_predicted_is_named():
                "mlx-lm": {"verify_ms_per_call": 9.0}}  # no prediction: never named
     assert mispredicted(methods) == {"redrafter": (37.7, 4.0)}
     assert MISPREDICTED > 56.0 / 52.4
+
+
+def test_the_stall_line_gives_speeds_and_verify_times_without_the_stalls():
+    """Where the machine stalled, the footer gives each method's speedup and verify time per call
+    without the stalls, the latter beside the cost model's prediction (the model is measured at
+    the run's start; a stall is not the model's miss)."""
+    from mlx_spec.cli.bench_cmd import stall_line
+
+    methods = {"ar": {"stall_steps": 0, "stall_s": 0.0, "decode_s": 2.0, "speedup_unstalled": 1.0,
+                      "verify_ms_per_call_unstalled": 11.8, "predicted_verify_ms_per_call": 11.5},
+               "redrafter": {"stall_steps": 3, "stall_s": 0.3, "decode_s": 3.0,
+                             "speedup_unstalled": 1.9, "verify_ms_per_call_unstalled": 17.0,
+                             "predicted_verify_ms_per_call": 16.1}}
+    line = stall_line(methods)
+    assert "redrafter 3 (+0.3 s, 10.0% of its time)" in line
+    assert "speedups without them: ar 1.00x, redrafter 1.90x" in line
+    assert "verify ms per call without them / model ms: ar 11.8 / 11.5, redrafter 17.0 / 16.1" in line
+    assert stall_line({n: dict(m, stall_steps=0) for n, m in methods.items()}) == ""
