@@ -228,7 +228,8 @@ class Decoder:
         return room
 
     def _dispatch(self, tokens: list[int], room: int, sampling: SamplingParams, key) -> _InFlight:
-        """Propose the next tree and start verifying it asynchronously."""
+        """Propose the next tree, start verifying it asynchronously, and give the drafter the
+        wait (Drafter.while_verifying)."""
         t0 = time.perf_counter()
         if (self.backoff is not None and not self.backoff.drafting
                 and self.drafter.learns_while_paused):  # asked only while paused: a chooser's
@@ -240,6 +241,7 @@ class Decoder:
         t1 = time.perf_counter()
         out = self.target.verify(tree)
         mx.async_eval(out.logits)
+        self.drafter.while_verifying(ctx)
         return _InFlight(ctx, tree, out, draft_s=t1 - t0, started=t1, backed_off=not drafting)
 
     def _next_flight(self, ctx, acceptance, out, tokens, generated, limits, sampling,

@@ -195,6 +195,7 @@ def one_step(drafter, rows: ExactRows, sampling: SamplingParams, seed: int, dept
     drafter.begin(ctx.tokens)  # each trial is the first step of a request of its own
     drafter.prepare(ctx, previous, before)
     tree = drafter.propose(ctx)
+    drafter.while_verifying(ctx)
     root_position = len(rows.context) - 1
     if exact_everywhere:
         logits = mx.stack([rows.row(path) for path in _paths(tree)])

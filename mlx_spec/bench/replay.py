@@ -149,6 +149,7 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
         while left > 0:
             asked.clear()
             tree = auto.propose(ctx)
+            auto.while_verifying(ctx)
             name = asked[0]
             step_tokens, seconds = plays[name][played[name] % len(plays[name])]
             played[name] += 1

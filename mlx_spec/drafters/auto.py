@@ -26,7 +26,9 @@ The choice, in stages (_next):
   a fair draw). Its time is the target's modelled verify time for that many tokens
   (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
-  steps beat the real steps taken at the same places (Pairing), not a rate from other text.
+  steps beat the real steps taken at the same places (Pairing), not a rate from other text. The
+  asks run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
+  until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
   candidate loses.
 
@@ -316,7 +318,7 @@ class Auto(Drafter):
     # that may still beat the best (may_beat) is tried again at once (a few unlucky opening
     # steps must not bench the best candidate), and a text-only one is asked every step
 
-    def __init__(self, candidates: dict, rates_for=None, cost=None, keep=None):
+    def __init__(self, candidates: dict, rates_for=None, cost=None, keep=None, overlap=True):
         """rates_for(regime) -> the Rates to start a request from; keep(regime, rates) at each
         request's end (the factory saves them for the next process); cost: the target's
         CostModel, without which every candidate is judged by trials."""
@@ -329,6 +331,7 @@ class Auto(Drafter):
         self._keep = keep or (lambda regime, rates: None)
         self._regime = ""
         self.cost = cost
+        self.overlap = overlap
         self.shadowed = [n for n, d in self.candidates.items()
                          if cost is not None and d.drafts_from_text]
         self._shadows = {n: Guesses(_shadow_outcome) for n in self.shadowed}
@@ -387,13 +390,21 @@ class Auto(Drafter):
         self._in_trial = self._trial is not None
         t0 = time.perf_counter()
         tree = self.candidates[self.current].propose(ctx)
+        if not self.overlap:
+            self._shadows_of_step(ctx)
+        self._drafting_s += time.perf_counter() - t0
+        return tree
+
+    def while_verifying(self, ctx: StepContext) -> None:
+        if self.overlap:
+            self._shadows_of_step(ctx)
+
+    def _shadows_of_step(self, ctx: StepContext) -> None:
         if self._drafted:
             self._shadow_steps(ctx)
         elif self.learns_while_paused:  # the back-off's plain step allows no drafts: the shadow
             # asks for what each candidate would send if it did
             self._shadow_steps(replace(ctx, max_drafts=PAUSED_ROOM))
-        self._drafting_s += time.perf_counter() - t0
-        return tree
 
     def _forget_text(self) -> None:
         """A new request: how a text-only candidate compares with the real steps depends on this
@@ -719,9 +730,11 @@ def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
 
 @register("auto")
 def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None,
-         num_draft_tokens: Optional[int] = None):
+         num_draft_tokens: Optional[int] = None, overlap: bool = True):
     """`methods`: the candidates (separated by commas or plus signs), default every available
-    one; `draft_model` / `num_draft_tokens` go to the draft-model candidates."""
+    one; `draft_model` / `num_draft_tokens` go to the draft-model candidates; `overlap=False`
+    asks the text-only candidates before the verify is dispatched instead of while it runs
+    (Drafter.while_verifying), for measuring what the overlap gives."""
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
@@ -745,7 +758,7 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
             path, about = file(regime)
             rates.save(path, unit, about)
 
-    return Auto(found, rates_for, cost, keep)
+    return Auto(found, rates_for, cost, keep, overlap)
 
 
 def describe_remembered(model) -> str:

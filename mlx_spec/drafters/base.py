@@ -56,6 +56,12 @@ class Drafter:
     def propose(self, ctx: StepContext) -> Tree:
         raise NotImplementedError
 
+    def while_verifying(self, ctx: StepContext) -> None:
+        """Work for this step that the tree does not wait on: the engine calls it right after it
+        dispatches the verify of the tree propose() returned (on a GPU the host is free until the
+        step's one sync), and before observe(). A decoder that cannot overlap calls it right
+        after propose()."""
+
     def observe(self, ctx: StepContext, tree: Tree, acceptance: Acceptance,
                 out: VerifyOutput) -> None:
         """The target verified `tree` and accepted `acceptance`; ctx.tokens is already extended."""

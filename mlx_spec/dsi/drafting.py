@@ -36,6 +36,7 @@ def draft_once(drafter: Drafter, ctx: StepContext, version: int, restart: Option
         # speculation back, which to them is a request starting from the committed text
         drafter.begin(restart)
     tree = drafter.propose(ctx)
+    drafter.while_verifying(ctx)
     if not tree.is_chain:
         raise MlxSpecError("dsi needs a drafter that proposes chains (draft, pld, adaedl)")
     tokens = [int(t) for t in tree.tokens[1:ctx.max_drafts + 1]]

@@ -800,3 +800,49 @@ def test_a_stall_among_a_candidates_first_steps_counts_as_a_slow_step_by_the_cos
     assert Rate.SPIKE * 0.01 <= rate.seconds == long.seconds < Rate.SPIKE * 0.01 + 0.002
     rate, long = first_steps(None)
     assert rate.seconds == long.seconds == pytest.approx(0.2)
+
+
+def test_shadow_asks_run_while_the_target_verifies_the_step(random_models):
+    """The engine calls Drafter.while_verifying right after it dispatches the verify of the
+    proposed tree, before the step's sync: auto asks its text-only candidates there (on a GPU the
+    host is idle until the sync), each step's asks before that step's observe, on the step's own
+    context; `overlap=False` asks inside propose, as before."""
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], 12)
+    for overlap in (True, False):
+        events = []
+
+        class Recording(TextOracle):
+            def propose(self, ctx):
+                events.append(("asked", len(ctx.tokens)))
+                return super().propose(ctx)
+
+        class Leader(Oracle):
+            def propose(self, ctx):
+                events.append(("propose", len(ctx.tokens)))
+                return super().propose(ctx)
+
+            def observe(self, ctx, tree, acceptance, out):
+                events.append(("observe", None))
+
+        auto = Auto({"leader": Leader(prompt + expected), "text": Recording(prompt + expected)},
+                    cost=CostModel((1, 2), (0.01, 0.011), 64), overlap=overlap)
+        target = Target(model.model)
+        verify = target.verify
+
+        def verifying(tree):
+            events.append(("verify", None))
+            return verify(tree)
+        target.verify = verifying
+        decoder = Decoder(target, auto, "auto")
+        result = mlx_spec.generate(model, PROMPTS[0], max_tokens=12, raw=True, decoder=decoder)
+        assert result.token_ids == expected
+        kinds = [kind for kind, _ in events]
+        first = kinds.index("propose")
+        step = kinds[first:first + 4]
+        assert step == (["propose", "verify", "asked", "observe"] if overlap
+                        else ["propose", "asked", "verify", "observe"])
+        proposed = [n for kind, n in events if kind == "propose"]
+        asked = [n for kind, n in events if kind == "asked"]
+        assert asked and set(asked) <= set(proposed)  # each ask on its step's context
