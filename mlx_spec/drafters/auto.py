@@ -335,7 +335,8 @@ class Auto(Drafter):
         self.shadowed = [n for n, d in self.candidates.items()
                          if cost is not None and d.drafts_from_text]
         self._shadows = {n: Guesses(_shadow_outcome) for n in self.shadowed}
-        self._drafting_s = 0.0  # this step's drafting: prepare, propose, shadows
+        self._drafting_s = 0.0  # this step's drafting: prepare, propose (shadows unless overlap)
+        self._overlapped_s = 0.0  # this step's shadow asks while its verify ran (while_verifying)
         self._asked: list[list] = []  # this step's shadow entries, waiting for its real outcome
         self.rates: Optional[Rates] = None       # this request's regime (set at its first step)
         self.current: str = next(iter(self.candidates))
@@ -397,7 +398,9 @@ class Auto(Drafter):
 
     def while_verifying(self, ctx: StepContext) -> None:
         if self.overlap:
+            t0 = time.perf_counter()
             self._shadows_of_step(ctx)
+            self._overlapped_s += time.perf_counter() - t0
 
     def _shadows_of_step(self, ctx: StepContext) -> None:
         if self._drafted:
@@ -460,6 +463,10 @@ class Auto(Drafter):
         now = ctx.clock()  # the decoder's own time: not what its consumer did between steps
         since, self._last_observe = self._last_observe, now
         drafting, self._drafting_s = self._drafting_s, 0.0
+        # the asks made while the verify ran are not the verify's: where they did not overlap it
+        # (a CPU whose cores the forward holds) they lengthened the wait
+        besides = drafting + self._overlapped_s
+        self._overlapped_s = 0.0
         name = self.current  # who proposed this step's tree
         self.candidates[name].observe(ctx, tree, acceptance, out)
         asked, self._asked = self._asked, []  # paired below with a drafting step's outcome only
@@ -477,7 +484,7 @@ class Auto(Drafter):
         else:
             modelled = (self.cost.step_seconds(len(tree), not tree.is_chain)
                         if self.cost is not None else None)
-            step = (len(acceptance.tokens), self._capped(now - since, drafting, modelled))
+            step = (len(acceptance.tokens), self._capped(now - since, besides, modelled))
             rate.add(*step)
             if not self.candidates[name].drafts_from_text:
                 self.rates.long.setdefault(name, LongRate()).add(*step)
@@ -485,23 +492,23 @@ class Auto(Drafter):
                 for real in asked:
                     real.extend(step)
             if modelled is not None:
-                timed = (step[1] - drafting, modelled)
+                timed = (step[1] - besides, modelled)
                 self.rates.real.add(*timed)
                 if name in self.shadowed:
                     self.rates.own.setdefault(name, Calibration()).add(*timed)
         self.current = self._next()
 
-    def _capped(self, seconds: float, drafting: float, modelled: Optional[float]) -> float:
-        """A step's seconds, at most its drafting plus Rate.SPIKE times the verify the cost model
-        predicts for its tree (scaled as the real steps run, once there are a few): a stall of
-        the machine's counts as a slow step, no more, also among a candidate's first steps,
-        which Rate.add has no mean of its own to cap by (one there would make the candidate
-        look clearly slower over the long run for some fifty steps)."""
+    def _capped(self, seconds: float, besides: float, modelled: Optional[float]) -> float:
+        """A step's seconds, at most its drafting and shadow asks (`besides`) plus Rate.SPIKE
+        times the verify the cost model predicts for its tree (scaled as the real steps run, once
+        there are a few): a stall of the machine's counts as a slow step, no more, also among a
+        candidate's first steps, which Rate.add has no mean of its own to cap by (one there
+        would make the candidate look clearly slower over the long run for some fifty steps)."""
         if modelled is None:
             return seconds
         real = self.rates.real
         scale = max(1.0, real.scale) if real.steps >= real.TRUSTED else 1.0
-        return min(seconds, drafting + Rate.SPIKE * scale * modelled)
+        return min(seconds, besides + Rate.SPIKE * scale * modelled)
 
     def prepare(self, ctx, acceptance, out) -> None:
         t0 = time.perf_counter()
