@@ -397,10 +397,11 @@ class Auto(Drafter):
         return tree
 
     def while_verifying(self, ctx: StepContext) -> None:
+        t0 = time.perf_counter()
+        self.candidates[self.current].while_verifying(ctx)  # the tree in flight is its
         if self.overlap:
-            t0 = time.perf_counter()
             self._shadows_of_step(ctx)
-            self._overlapped_s += time.perf_counter() - t0
+        self._overlapped_s += time.perf_counter() - t0
 
     def _shadows_of_step(self, ctx: StepContext) -> None:
         if self._drafted:

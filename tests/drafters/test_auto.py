@@ -806,7 +806,8 @@ def test_shadow_asks_run_while_the_target_verifies_the_step(random_models):
     """The engine calls Drafter.while_verifying right after it dispatches the verify of the
     proposed tree, before the step's sync: auto asks its text-only candidates there (on a GPU the
     host is idle until the sync), each step's asks before that step's observe, on the step's own
-    context; `overlap=False` asks inside propose, as before."""
+    context; `overlap=False` asks inside propose, as before. The candidate whose tree is in
+    flight gets the wait too (its own while_verifying)."""
     model = random_models["llama"]
     prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
     expected = mlx_lm_greedy(model, PROMPTS[0], 12)
@@ -822,6 +823,9 @@ def test_shadow_asks_run_while_the_target_verifies_the_step(random_models):
             def propose(self, ctx):
                 events.append(("propose", len(ctx.tokens)))
                 return super().propose(ctx)
+
+            def while_verifying(self, ctx):
+                events.append(("wait", None))
 
             def observe(self, ctx, tree, acceptance, out):
                 events.append(("observe", None))
@@ -840,9 +844,9 @@ def test_shadow_asks_run_while_the_target_verifies_the_step(random_models):
         assert result.token_ids == expected
         kinds = [kind for kind, _ in events]
         first = kinds.index("propose")
-        step = kinds[first:first + 4]
-        assert step == (["propose", "verify", "asked", "observe"] if overlap
-                        else ["propose", "asked", "verify", "observe"])
+        step = kinds[first:first + 5]  # the proposing candidate gets the wait too
+        assert step == (["propose", "verify", "wait", "asked", "observe"] if overlap
+                        else ["propose", "asked", "verify", "wait", "observe"])
         proposed = [n for kind, n in events if kind == "propose"]
         asked = [n for kind, n in events if kind == "asked"]
         assert asked and set(asked) <= set(proposed)  # each ask on its step's context
