@@ -129,15 +129,17 @@ def _played(steps: Steps, rng: random.Random, keep_order: bool) -> Steps:
 
 def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
                  sampling: SamplingParams, text_only: bool = True,
-                 keep_order: bool = False) -> tuple[float, dict[str, int]]:
-    """One cold start over one round's prompts: (auto's tokens per second, steps per method)."""
+                 keep_order: bool = False, step_s: Optional[float] = None
+                 ) -> tuple[float, dict[str, int]]:
+    """One cold start over one round's prompts: (auto's tokens per second, steps per method).
+    `step_s`: the stand-in cost model's step (_median_step of `found`, where not given)."""
     asked: list[str] = []
     rates = Rates()
     candidates: dict[str, Drafter] = {name: _Recorded(name, asked) for name in found}
     if text_only:
         candidates["text-only"] = _NeverDrafts()
     auto = Auto(candidates, rates_for=lambda regime: rates,
-                cost=_FlatCost(_median_step(found)) if text_only else None)
+                cost=_FlatCost(step_s or _median_step(found)) if text_only else None)
     now = [0.0]
     ctx = StepContext(tokens=[0], max_drafts=1 << 20, sampling=sampling, clock=lambda: now[0])
     tokens, used = 0, {name: 0 for name in found}
@@ -171,10 +173,11 @@ def replay(found: dict[str, Recording], runs: int = 600, seed: int = 0,
     rng = random.Random(seed)
     sampling = SamplingParams(temperature=temperature)
     rounds = len(next(iter(found.values())).rounds)
+    step_s = _median_step(found)
     relative, steps = [], {name: 0 for name in found}
     for _ in range(runs):
         round_ = rng.randrange(rounds)
-        speed, used = replay_round(found, round_, rng, sampling, text_only, keep_order)
+        speed, used = replay_round(found, round_, rng, sampling, text_only, keep_order, step_s)
         relative.append(speed / max(r.speed(round_) for r in found.values()))
         for name, count in used.items():
             steps[name] += count

@@ -223,7 +223,7 @@ class Pairing:
 
 @dataclass
 class Calibration:
-    """Real steps against the cost model: decayed sums of their seconds (less auto's drafting)
+    """Real steps against the cost model: decayed sums of their seconds (less auto's own work)
     and of the cost model's verify seconds for their trees. Shadow steps are modelled seconds
     times this ratio (engine overhead, today's machine speed, what a candidate's own steps cost
     beyond the verify)."""
@@ -335,8 +335,9 @@ class Auto(Drafter):
         self.shadowed = [n for n, d in self.candidates.items()
                          if cost is not None and d.drafts_from_text]
         self._shadows = {n: Guesses(_shadow_outcome) for n in self.shadowed}
-        self._drafting_s = 0.0  # this step's drafting: prepare, propose (shadows unless overlap)
-        self._overlapped_s = 0.0  # this step's shadow asks while its verify ran (while_verifying)
+        self._besides_s = 0.0  # this step's work besides the verify: prepare, propose, the shadow
+        # asks (made while the verify ran too: where they did not overlap it, on a CPU whose cores
+        # the forward holds, they lengthened the wait)
         self._asked: list[list] = []  # this step's shadow entries, waiting for its real outcome
         self.rates: Optional[Rates] = None       # this request's regime (set at its first step)
         self.current: str = next(iter(self.candidates))
@@ -393,7 +394,7 @@ class Auto(Drafter):
         tree = self.candidates[self.current].propose(ctx)
         if not self.overlap:
             self._shadows_of_step(ctx)
-        self._drafting_s += time.perf_counter() - t0
+        self._besides_s += time.perf_counter() - t0
         return tree
 
     def while_verifying(self, ctx: StepContext) -> None:
@@ -401,7 +402,7 @@ class Auto(Drafter):
         self.candidates[self.current].while_verifying(ctx)  # the tree in flight is its
         if self.overlap:
             self._shadows_of_step(ctx)
-        self._overlapped_s += time.perf_counter() - t0
+        self._besides_s += time.perf_counter() - t0
 
     def _shadows_of_step(self, ctx: StepContext) -> None:
         if self._drafted:
@@ -463,11 +464,7 @@ class Auto(Drafter):
     def observe(self, ctx, tree, acceptance, out) -> None:
         now = ctx.clock()  # the decoder's own time: not what its consumer did between steps
         since, self._last_observe = self._last_observe, now
-        drafting, self._drafting_s = self._drafting_s, 0.0
-        # the asks made while the verify ran are not the verify's: where they did not overlap it
-        # (a CPU whose cores the forward holds) they lengthened the wait
-        besides = drafting + self._overlapped_s
-        self._overlapped_s = 0.0
+        besides, self._besides_s = self._besides_s, 0.0
         name = self.current  # who proposed this step's tree
         self.candidates[name].observe(ctx, tree, acceptance, out)
         asked, self._asked = self._asked, []  # paired below with a drafting step's outcome only
@@ -514,7 +511,7 @@ class Auto(Drafter):
     def prepare(self, ctx, acceptance, out) -> None:
         t0 = time.perf_counter()
         self.candidates[self.current].prepare(ctx, acceptance, out)
-        self._drafting_s += time.perf_counter() - t0  # part of the next step (observe to observe)
+        self._besides_s += time.perf_counter() - t0  # part of the next step (observe to observe)
 
     def proposers(self) -> dict[str, int]:
         return dict(self.steps_by_method)
