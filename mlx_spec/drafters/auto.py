@@ -628,7 +628,7 @@ class Auto(Drafter):
         while), and always moving to the highest of several noisy rates chases bursts that are
         over by the time the window shows them. A text-only
         challenger is judged against the real steps taken where it was asked (Pairing): the
-        same text."""
+        same text. Every margin is at least both rates' noise on the text now (_margin)."""
         leader = self.rates.leader
         if leader is None or leader not in self.candidates:
             return best
@@ -636,15 +636,15 @@ class Auto(Drafter):
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
         # steps, would hand the lead to and fro while a model drafter waits.)
-        ahead = {n: p.ratio for n, p in self.rates.paired.items()
-                 if n != leader and p.steps >= self.PAIRED and p.ratio > 1.0 + self.SWITCH_MARGIN}
+        ahead = {n: p.ratio for n, p in self.rates.paired.items() if n != leader
+                 and p.steps >= self.PAIRED and p.ratio > 1.0 + _margin(p.shadow, p.real)}
         if ahead and leader not in self.shadowed:
             return max(ahead, key=ahead.get)
         if leader == best:
             return best
         paired = self.rates.paired.get(best)
         if paired is not None and paired.steps >= self.PAIRED:
-            return best if paired.ratio > 1.0 + self.SWITCH_MARGIN else leader
+            return best if paired.ratio > 1.0 + _margin(paired.shadow, paired.real) else leader
         if best in self.shadowed:
             return leader  # (not yet paired on this request's text)
         # else by rates, by more than both rates' noise (at T > 0 a window of a few 1- and
@@ -653,8 +653,7 @@ class Auto(Drafter):
         if self._clearly_slower(leader, best):
             return best
         held, challenger = self._rate(leader), self._rate(best)
-        margin = max(self.SWITCH_MARGIN, math.hypot(held.error(recent=True),
-                                                    challenger.error(recent=True)))
+        margin = _margin(challenger, held)
         return best if challenger.per_second > held.per_second * (1.0 + margin) else leader
 
     def _best(self) -> str:
@@ -685,6 +684,16 @@ class Auto(Drafter):
         if name not in long or than not in long or name == than:
             return False
         return not may_beat(long[name], long[than])
+
+
+def _margin(challenger: Rate, leader: Rate) -> float:
+    """How far `challenger`'s rate must beat `leader`'s to take the lead: SWITCH_MARGIN, or both
+    rates' noise on the text now (Rate.error, recent) where that is larger. For a text-only
+    challenger too (its shadow steps against the real ones beside them): a few paired steps of a
+    bursty candidate beside a leader whose steps emit 1 to 10 tokens by chance put it well
+    ahead now and then, and it took the lead to run slower than the leader it displaced."""
+    return max(Auto.SWITCH_MARGIN, math.hypot(challenger.error(recent=True),
+                                              leader.error(recent=True)))
 
 
 def _shadow_outcome(guess: tuple[Tree, float, list], tokens: list[int], start: int):

@@ -162,6 +162,29 @@ def test_a_text_only_challenger_is_judged_on_the_same_steps_as_the_leader():
         assert auto._next() == expected
 
 
+def test_a_text_only_challenger_ahead_within_the_noise_of_its_steps_does_not_lead():
+    """Paired steps where `b`'s shadow emitted 1 or 10 tokens beside real steps of 4 each: its
+    ratio, ~1.4, is above the switch margin but within the noise of so few bursty steps, and
+    `a` holds. The same ratio from steady shadow steps takes the lead."""
+    from mlx_spec.drafters.auto import Pairing
+
+    def paired(shadow_steps):
+        pairing = Pairing()
+        for tokens in shadow_steps:
+            pairing.add(tokens, 0.02, 4, 0.02)
+        return pairing
+
+    bursty = paired((1, 10, 1, 10))
+    steady = paired((4 * bursty.ratio,) * 4)
+    assert abs(steady.ratio - bursty.ratio) < 1e-9 and bursty.ratio > 1.3
+    for pairing, expected in ((bursty, "a"), (steady, "b")):
+        auto = Auto({"a": Oracle([]), "b": TextOracle([])},
+                    cost=CostModel((1, 2), (0.01, 0.012), 128))
+        auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(100.0, 1.0, 40)},
+                           leader="a", paired={"b": pairing})
+        assert auto._next() == expected
+
+
 def test_candidates_are_what_the_target_can_run(random_models, random_model_dirs):
     model = random_models["llama"]
     assert list(candidates_for(model)) == ["pld", "lookahead"]  # no head or draft model fits
