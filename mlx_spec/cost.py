@@ -33,6 +33,7 @@ verify over a one-token step; beyond the largest size it extrapolates the last s
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import time
@@ -78,11 +79,20 @@ class CostModel:
         return max(0.0, self.sampled_seconds[0] - self.seconds[0]) if self.sampled_seconds else 0.0
 
     def _interpolate(self, tokens: float, seconds: tuple) -> float:
+        """np.interp's value (its formula), beyond the last size the last segment's: in plain
+        Python, since auto and the back-off ask several times a step and np.interp converts
+        the tuples to arrays on every call."""
         sizes = self.sizes
-        if tokens <= sizes[-1] or len(sizes) == 1:
-            return float(np.interp(tokens, sizes, seconds))
-        slope = (seconds[-1] - seconds[-2]) / (sizes[-1] - sizes[-2])
-        return float(seconds[-1] + slope * (tokens - sizes[-1]))
+        if tokens <= sizes[0] or len(sizes) == 1:
+            return float(seconds[0])
+        if tokens > sizes[-1]:
+            slope = (seconds[-1] - seconds[-2]) / (sizes[-1] - sizes[-2])
+            return float(seconds[-1] + slope * (tokens - sizes[-1]))
+        j = bisect.bisect_right(sizes, tokens) - 1
+        if j == len(sizes) - 1:
+            return float(seconds[-1])
+        slope = (seconds[j + 1] - seconds[j]) / (sizes[j + 1] - sizes[j])
+        return float(slope * (tokens - sizes[j]) + seconds[j])
 
     def relative(self, tokens: float, tree: bool = False) -> float:
         """Cost of verifying `tokens` tokens in units of a one-token step (never below 1)."""

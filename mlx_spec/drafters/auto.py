@@ -458,7 +458,7 @@ class Auto(Drafter):
                 seconds = (self.rates.scale(name)
                            * self.cost.step_seconds(len(tree), not tree.is_chain) + answer_s)
                 real = []  # filled by observe() with this step's real tokens and seconds
-                ledger.add(len(ctx.tokens), (tree, seconds, real))
+                ledger.add(len(ctx.tokens), (_branches(tree), seconds, real))
                 self._asked.append(real)
 
     def observe(self, ctx, tree, acceptance, out) -> None:
@@ -631,7 +631,11 @@ class Auto(Drafter):
         same text. Every margin is at least both rates' noise on the text now (_margin)."""
         leader = self.rates.leader
         if leader is None or leader not in self.candidates:
-            return best
+            # a cold start: a text-only candidate's rate is modelled and not yet paired with real
+            # steps on this text, so the best model drafter leads until the pairing shows the
+            # text-only one ahead (as at a new request: _forget_text)
+            models = [n for n in self.candidates if n not in self.shadowed]
+            return self._fastest(models) if best in self.shadowed and models else best
         # a text-only candidate ahead of a model drafter's real steps on this text takes the
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
@@ -696,19 +700,27 @@ def _margin(challenger: Rate, leader: Rate) -> float:
                                               leader.error(recent=True)))
 
 
-def _shadow_outcome(guess: tuple[Tree, float, list], tokens: list[int], start: int):
+def _branches(tree: Tree) -> list[dict[int, int]]:
+    """Per node of `tree`, its children by token: a shadow tree is walked along the text once
+    per step until it is scored, so its children are found once, when it is asked for."""
+    kids: list[dict[int, int]] = [{} for _ in tree.tokens]
+    for node in range(1, len(tree.tokens)):
+        kids[tree.parents[node]].setdefault(tree.tokens[node], node)
+    return kids
+
+
+def _shadow_outcome(guess: tuple[list, float, list], tokens: list[int], start: int):
     """(draft tokens of the tree the text followed, the step's seconds, the real step's [tokens,
     seconds] or [] where it was not timed), or None while the text has not yet left the tree.
-    The tree was made when the text was tokens[:start]."""
-    tree, seconds, real = guess
-    children = tree.children()
+    The tree (its _branches) was made when the text was tokens[:start]."""
+    kids, seconds, real = guess
     node, matched = 0, 0
     for token in tokens[start:]:
-        node = next((c for c in children[node] if tree.tokens[c] == token), None)
+        node = kids[node].get(token)
         if node is None:
             return matched, seconds, real
         matched += 1
-    return (matched, seconds, real) if not children[node] else None
+    return (matched, seconds, real) if not kids[node] else None
 
 
 def _regime(sampling) -> str:

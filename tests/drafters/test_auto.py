@@ -135,10 +135,10 @@ def test_while_the_back_off_pauses_auto_its_text_only_candidates_are_still_score
 
 
 def test_a_shadow_tree_is_scored_once_the_text_leaves_it():
-    from mlx_spec.drafters.auto import _shadow_outcome
+    from mlx_spec.drafters.auto import _branches, _shadow_outcome
     tree = Tree.from_branches(5, [[1, 2, 3], [1, 4], [6]])
     real = [3, 0.2]  # the real step taken where the tree was asked for
-    guess = (tree, 0.5, real)
+    guess = (_branches(tree), 0.5, real)
     assert _shadow_outcome(guess, [9, 5, 1], 2) is None                  # still inside the tree
     assert _shadow_outcome(guess, [9, 5, 1, 4], 2) == (2, 0.5, real)     # reached a leaf
     assert _shadow_outcome(guess, [9, 5, 1, 7], 2) == (1, 0.5, real)     # left it after one token
@@ -183,6 +183,28 @@ def test_a_text_only_challenger_ahead_within_the_noise_of_its_steps_does_not_lea
         auto.rates = Rates(by_name={"a": rate(100.0, 1.0, 40), "b": rate(100.0, 1.0, 40)},
                            leader="a", paired={"b": pairing})
         assert auto._next() == expected
+
+
+def test_at_a_cold_start_a_text_only_candidate_leads_only_once_paired_ahead():
+    """Nothing leads yet; text-only `t`'s modelled shadow rate is twice model drafter `m`'s, but
+    no real step has been taken beside it: `m` leads. Once `t`'s shadow steps beat the real ones
+    at the same places, `t` leads. With no model drafter, the best text-only one leads at once."""
+    from mlx_spec.drafters.auto import Pairing
+
+    cost = CostModel((1, 2), (0.01, 0.012), 128)
+    auto = Auto({"m": Oracle([]), "t": TextOracle([])}, cost=cost)
+    auto.rates = Rates(by_name={"m": rate(100.0, 1.0, 40), "t": rate(200.0, 1.0, 40)}, step=10)
+    for r in auto.rates.by_name.values():
+        r.last_step = 9
+    assert auto._best() == "t" and auto._next() == "m" and auto.rates.leader == "m"
+    pairing = auto.rates.paired.setdefault("t", Pairing())
+    for _ in range(Auto.PAIRED):
+        pairing.add(8, 0.02, 4, 0.02)
+    assert auto._next() == "t"
+
+    alone = Auto({"t": TextOracle([]), "u": TextOracle([])}, cost=cost)
+    alone.rates = Rates(by_name={"t": rate(200.0, 1.0, 40), "u": rate(100.0, 1.0, 40)})
+    assert alone._next() == "t"
 
 
 def test_candidates_are_what_the_target_can_run(random_models, random_model_dirs):
