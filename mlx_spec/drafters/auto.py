@@ -26,7 +26,9 @@ The choice, in stages (_next):
   a fair draw). Its time is the target's modelled verify time for that many tokens
   (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
-  steps beat the real steps taken at the same places (Pairing), not a rate from other text. The
+  steps beat the real steps taken at the same places (Pairing), not a rate from other text, by
+  the same margin as any switch; so a model drafter leads first where there is one (at a cold
+  start and at each new request), until a text-only candidate is paired ahead. The
   asks run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
   until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
