@@ -336,6 +336,7 @@ class Auto(Drafter):
         self.overlap = overlap
         self.shadowed = [n for n, d in self.candidates.items()
                          if cost is not None and d.drafts_from_text]
+        self.trialled = [n for n in self.candidates if n not in self.shadowed]  # judged by trials
         self._shadows = {n: Guesses(_shadow_outcome) for n in self.shadowed}
         self._besides_s = 0.0  # this step's work besides the verify: prepare, propose, the shadow
         # asks (made while the verify ran too: where they did not overlap it, on a CPU whose cores
@@ -424,9 +425,8 @@ class Auto(Drafter):
         text."""
         for name in self.shadowed:
             self.rates.paired.pop(name, None)
-        models = [n for n in self.candidates if n not in self.shadowed]
-        if self.rates.leader in self.shadowed and models:
-            self.rates.leader = self._steadiest(models)
+        if self.rates.leader in self.shadowed and self.trialled:
+            self.rates.leader = self._steadiest(self.trialled)
 
     def _rate(self, name: str) -> Rate:
         """`name`'s rate, or nothing measured."""
@@ -583,12 +583,11 @@ class Auto(Drafter):
                 rate.wait = min(2 * max(rate.wait, self.FIRST_GAP), self.MAX_GAP)
             else:
                 rate.wait = max(rate.wait, self.FIRST_GAP)
-        trialled = [n for n in self.candidates if n not in self.shadowed]
-        untried = [n for n in trialled if self._rate(n).steps < 2]
+        untried = [n for n in self.trialled if self._rate(n).steps < 2]
         if untried:
             return self._start_trial(untried[0])
         best = self._best()
-        others = [n for n in trialled if n != best]
+        others = [n for n in self.trialled if n != best]
         # against the leader as measured: its prior pulls a leader of few steps toward one token
         # a step, and a slower candidate would be tried again and again in the first steps
         leader = self._rate(best)
@@ -636,8 +635,8 @@ class Auto(Drafter):
             # a cold start: a text-only candidate's rate is modelled and not yet paired with real
             # steps on this text, so the best model drafter leads until the pairing shows the
             # text-only one ahead (as at a new request: _forget_text)
-            models = [n for n in self.candidates if n not in self.shadowed]
-            return self._fastest(models) if best in self.shadowed and models else best
+            return (self._fastest(self.trialled) if best in self.shadowed and self.trialled
+                    else best)
         # a text-only candidate ahead of a model drafter's real steps on this text takes the
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
