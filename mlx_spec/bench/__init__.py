@@ -138,39 +138,61 @@ class Run:
     stats: GenerationStats
     round: int = 0
     steps: list = field(default_factory=list)  # (tokens, seconds) of each decoding step
+    parts: list = field(default_factory=list)  # (draft s, verify s, other s, nodes verified,
+    # as a branching tree?) of each step: where its seconds went, what the cost model prices
 
 
-STALL = 4.0  # a step over this many times its prompt's median step: the machine stalled
+STALL = 4.0  # without a cost model: a step over this many times its prompt's median step
+STALL_STEPS = 1.0  # with one: a step over its priced time by more than this many one-token steps
 
 
-def stalls(steps: list) -> tuple[int, float]:
-    """(how many, seconds beyond the median) of the steps of one prompt that took over STALL
-    times its median step: the machine's stalls, not the method's work. This task's 2-core VM
-    stalls ~100 ms at a time once it has been busy for about a minute (a loop of equal 12 ms
-    matrix products: no stall in its first 25 s, then 58 in 120 s, all 112-117 ms); a stall falls
-    on whichever method is running, by chance, and in one four-round run gave `auto` 2.9 s and
-    `redrafter` 2.1 s of their 37 and 35 s: a third of the 5% between them. A method's own slow
-    steps (a 32-node tree against plain steps) stay within ~3.5x. Under 8 steps: no median."""
+def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None) -> tuple[int, float]:
+    """(how many, seconds beyond the step's due) of the steps of one prompt where the machine
+    stalled: not the method's work. This task's 2-core VM stalls ~100 ms at a time once it has
+    been busy for about a minute (a loop of equal 12 ms matrix products: no stall in its first
+    25 s, then 58 in 120 s, all 112-117 ms); a stall falls on whichever method is running, by
+    chance, and in one four-round run gave `auto` 2.9 s and `redrafter` 2.1 s of their 37 and
+    35 s: a third of the 5% between them.
+
+    With the target's cost model and each step's `parts` (Run.parts), a step is due the model's
+    price for what it verified, scaled as the prompt's verifies ran, plus the prompt's median
+    drafting and other work; a stall is a step over its due by more than STALL_STEPS one-token
+    steps. Measured (SmolLM2 and the embedded target at T = 0.7, every method, 18,000 steps):
+    the methods' own steps stay within one such step of their due, the stalls are 1.2-1.6 of
+    them on SmolLM2 (a 68 ms step) and 7-9 on the embedded target (12 ms). Without: a step over
+    STALL times the prompt's median, which misses every stall of a step over ~30 ms (a
+    32-node tree costs 3.5x a plain step: no lower multiple tells the two apart). Under 8
+    steps: no median."""
     if len(steps) < 8:
         return 0, 0.0
-    seconds = sorted(s for _, s in steps)
-    median = seconds[len(seconds) // 2]
-    over = [s - median for s in seconds if s > STALL * median]
+    if cost is not None and len(parts) == len(steps):
+        priced = [cost.step_seconds(nodes, tree) for *_, nodes, tree in parts]
+        scale = _median([verify / price for (_, verify, *_), price in zip(parts, priced)])
+        besides = _median([draft + other for draft, _, other, *_ in parts])
+        over = [s - besides - scale * price for (_, s), price in zip(steps, priced)]
+        over = [s for s in over if s > STALL_STEPS * scale * cost.step_seconds(1, False)]
+    else:
+        median = _median([s for _, s in steps])
+        over = [s - median for _, s in steps if s > STALL * median]
     return len(over), sum(over)
 
 
-def _aggregate(runs: list[Run]) -> dict:
+def _median(values: list) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _aggregate(runs: list[Run], cost: Optional[CostModel] = None) -> dict:
     tokens = sum(r.stats.generated_tokens for r in runs)
     decode_s = sum(r.stats.decode_s for r in runs)
     calls = sum(r.stats.target_calls for r in runs)
     per_call = [n for r in runs for n in r.stats.accepted_per_call]
-    stalled = [stalls(r.steps) for r in runs]
+    stalled = [stalls(r.steps, r.parts, cost) for r in runs]
     stall_s = sum(s for _, s in stalled)
     return {
         "tokens_per_s": tokens / decode_s if decode_s else 0.0,
         # the machine's stalls (see stalls) and the speed without them: the stalled steps at
         # their prompt's median step
-        "stall_steps": sum(n for n, _ in stalled),
+        "stall_steps": sum(n for n, _ in stalled),  # ("stall_s": their seconds over their due)
         "stall_s": stall_s,
         "tokens_per_s_unstalled": tokens / (decode_s - stall_s) if decode_s > stall_s else 0.0,
         "mean_accepted": sum(per_call) / max(1, calls),
@@ -236,15 +258,17 @@ def _histogram(values: list[int]) -> dict:
     return {str(k): counts[k] for k in sorted(counts)}
 
 
-def summarize(runs: list[Run], greedy: bool) -> tuple[dict, dict]:
-    """Per method and per category: speed, speedup over ar, acceptance, equality with ar."""
+def summarize(runs: list[Run], greedy: bool,
+              cost: Optional[CostModel] = None) -> tuple[dict, dict]:
+    """Per method and per category: speed, speedup over ar, acceptance, equality with ar; with
+    the target's cost model, stalls are told by each step's price (see stalls)."""
     reference_ids = {(r.prompt_id, r.round): r.token_ids for r in runs if r.method == REFERENCE}
 
     def table(selected: list[Run]) -> dict:
         by_method: dict[str, list[Run]] = defaultdict(list)
         for r in selected:
             by_method[r.method].append(r)
-        out = {name: _aggregate(rs) for name, rs in by_method.items()}
+        out = {name: _aggregate(rs, cost) for name, rs in by_method.items()}
         ref_speed = out.get(REFERENCE, {}).get("tokens_per_s")
         rounds = sorted({r.round for r in selected})
         ref_by_round = ([_aggregate([r for r in by_method[REFERENCE] if r.round == k])["tokens_per_s"]
@@ -405,6 +429,16 @@ def default_interleave() -> str:
     return "prompts" if gpu else "steps"
 
 
+def _step_parts(stats: GenerationStats, spent: list) -> tuple:
+    """The step just yielded: (draft, verify, other seconds, nodes it verified, as a branching
+    tree?), from `stats` against `spent`, the method's seconds until then (updated)."""
+    now = (stats.draft_s, stats.verify_s, stats.other_s)
+    seconds = tuple(n - before for n, before in zip(now, spent))
+    spent[:] = now
+    nodes, tree = stats.verified_per_call[-1] if stats.verified_per_call else (1, False)
+    return (*seconds, nodes, tree)
+
+
 def _drain(stream) -> tuple[list[int], GenerationStats]:
     ids, stats = [], None
     for new, stats in stream:
@@ -464,6 +498,8 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                                           seed + rnd) for spec in rotation}
         results = {label: ([], None, []) for label in streams}  # (ids, stats, steps)
         timed = dict.fromkeys(streams, 0.0)  # each method's decode seconds at its last step
+        spent = {label: [0.0, 0.0, 0.0] for label in streams}  # (its draft, verify, other s)
+        parts = {label: [] for label in streams}
         while streams:  # "prompts": each stream to its end in turn; "steps": one step of each
             for spec in rotation:
                 stream = streams.get(spec.label)
@@ -475,6 +511,7 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                         ids.extend(new)
                         steps.append((len(new), stats.decode_s - timed[spec.label]))
                         timed[spec.label] = stats.decode_s
+                        parts[spec.label].append(_step_parts(stats, spent[spec.label]))
                         results[spec.label] = (ids, stats, steps)
                         if interleave == "steps":
                             break
@@ -482,11 +519,11 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                         del streams[spec.label]
                         ids, stats, steps = results[spec.label]
                         runs.append(Run(spec.label, prompt["id"], prompt["category"], ids, stats, rnd,
-                                        steps))
+                                        steps, parts[spec.label]))
                         if progress:
                             progress(f"{prompt['id']} {spec.label}")
         memory.after_prompt()
-    methods, by_category = summarize(runs, greedy=temperature == 0)
+    methods, by_category = summarize(runs, greedy=temperature == 0, cost=cost)
     if cost is not None:
         for table in (methods, *by_category.values()):
             add_verify_prediction(table, cost, sampled=temperature > 0)
@@ -503,5 +540,7 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                             "tokens_per_s": r.stats.tokens_per_s, "mean_accepted": r.stats.mean_accepted,
                             "target_calls": r.stats.target_calls, "generated_tokens": r.stats.generated_tokens,
                             "proposers": r.stats.proposers,
-                            "steps": [[tokens, round(seconds, 6)] for tokens, seconds in r.steps]}
+                            "steps": [[tokens, round(seconds, 6)] for tokens, seconds in r.steps],
+                            "step_parts": [[*(round(x, 6) for x in part[:3]), *part[3:]]
+                                           for part in r.parts]}
                            for r in runs]}

@@ -142,3 +142,42 @@ def test_the_machines_stalls_are_counted_and_speeds_given_without_them():
     assert ar["tokens_per_s_unstalled"] == pytest.approx(10.0)
     assert fast["speedup_unstalled"] == pytest.approx(fast["tokens_per_s_unstalled"] / 10.0)
     assert report["per_prompt"][0]["steps"]  # each step kept, stalls too
+
+
+def test_with_the_cost_model_a_stall_is_told_by_each_steps_price():
+    """With the target's cost model a step is due its tree's modelled price (scaled as the
+    prompt's verifies ran), and a stall is a step over its due by more than STALL_STEPS one-token
+    steps: the machine's 100 ms on a step the model prices at twice a plain one, which the
+    median rule (4x) misses; a plain step 80% over its due is the method's own."""
+    from mlx_spec.bench import STALL_STEPS
+    from mlx_spec.cost import CostModel
+
+    cost = CostModel(sizes=(1, 8), seconds=(0.05, 0.1), context=128)  # on the run's machine the
+    # verifies take twice the model's price: the due is scaled to that
+
+    def stepping(model, spec, prompt, max_tokens, temperature, seed):
+        stats = GenerationStats(method=spec.name)
+        for step in range(max_tokens):
+            nodes = 8 if spec.name == "wide" and step % 2 else 1
+            seconds = 2 * cost.step_seconds(nodes)  # 0.1 s a plain step, 0.2 an 8-node one
+            if spec.name == "wide" and step == 5:
+                seconds += 0.15  # the machine (3.5x the prompt's median step)
+            if spec.name == "wide" and step == 6:
+                seconds += 0.08  # the method's own
+            stats.generated_tokens += 1
+            stats.target_calls += 1
+            stats.accepted_per_call.append(1)
+            stats.verified_per_call.append((nodes, False))
+            stats.verify_s += seconds
+            yield [step], stats
+
+    specs = [MethodSpec("ar", "ar"), MethodSpec("wide", "wide")]
+    prompts = [{"id": "0", "category": "c", "prompt": "p0"}]
+    report = run_bench(FakeModel(), specs, prompts, 10, 0.0, 0, stepping, warmup_tokens=2,
+                       interleave="steps", cost=cost)
+    wide, ar = report["methods"]["wide"], report["methods"]["ar"]
+    assert STALL_STEPS * 0.1 < 0.15 and 0.08 < STALL_STEPS * 0.1
+    assert (ar["stall_steps"], ar["stall_s"]) == (0, 0.0)
+    assert wide["stall_steps"] == 1 and wide["stall_s"] == pytest.approx(0.15)
+    (part, *_), = [r["step_parts"] for r in report["per_prompt"] if r["method"] == "wide"]
+    assert part == [0.0, pytest.approx(0.1), 0.0, 1, False]

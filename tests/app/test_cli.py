@@ -82,6 +82,11 @@ def test_bench_json_schema(tmp_path, random_model_dirs):
         assert all(seconds > 0 for _, seconds in run["steps"])
         assert run["tokens_per_s"] == pytest.approx(
             run["generated_tokens"] / sum(seconds for _, seconds in run["steps"]), rel=1e-3)
+        parts = run["step_parts"]  # where each step's seconds went, and what it verified
+        assert len(parts) == len(run["steps"])
+        for (_, seconds), (draft, verify, other, nodes, tree) in zip(run["steps"], parts):
+            assert draft + verify + other == pytest.approx(seconds, abs=3e-6)
+            assert nodes >= 1 and tree is False  # (pld sends chains)
 
 
 def test_method_spec_parsing():
