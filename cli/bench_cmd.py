@@ -56,9 +56,10 @@ def cache_line(cache: dict) -> str:
             f"a forward of the {cache['accepted'] + 1} kept tokens: {cache['replay_forward_ms']:.2f} ms)")
 
 
-def stall_line(methods: dict) -> str:
-    """The machine's stalls per method and the speedups without them, or "" where none."""
-    from mlx_spec.bench import STALL
+def stall_line(methods: dict, priced: bool = True) -> str:
+    """The machine's stalls per method and the speedups without them, or "" where none; `priced`:
+    told by the cost model's price of each step (bench.stalls), else by the median rule."""
+    from mlx_spec.bench import STALL, STALL_STEPS
     if not any(m.get("stall_steps") for m in methods.values()):
         return ""
     stalled = ", ".join(f"{name} {m['stall_steps']} (+{m['stall_s']:.1f} s, "
@@ -70,8 +71,10 @@ def stall_line(methods: dict) -> str:
                        f"{m['predicted_verify_ms_per_call']:.1f}" for name, m in methods.items()
                        if m.get("predicted_verify_ms_per_call")
                        and m.get("verify_ms_per_call_unstalled") is not None)
-    return (f"stalls (steps over {STALL:g}x their prompt's median step: the machine's, by chance on "
-            f"any method): {stalled}; speedups without them: {unstalled}"
+    rule = (f"steps over their tree's modelled price by more than {STALL_STEPS:g} one-token step"
+            if priced else f"steps over {STALL:g}x their prompt's median step")
+    return (f"stalls ({rule}: the machine's, by chance on any method): {stalled}; speedups "
+            f"without them: {unstalled}"
             + (f"; verify ms per call without them / model ms: {verify}" if verify else ""))
 
 
@@ -210,7 +213,7 @@ def register(app: typer.Typer) -> None:
         console.print(f"[dim]{cache_line(report['cache'])}[/]")
         console.print(f"[dim]cost model (verify ms = measured per call, model ms = predicted for its "
                       f"mean tokens per verify): {describe_cost(cost)}[/]")
-        stalled = stall_line(report["methods"])
+        stalled = stall_line(report["methods"], priced=report.get("cost_model") is not None)
         if stalled:
             console.print(f"[dim]{escape(stalled)}[/]")
         missed = mispredicted(report["methods"])

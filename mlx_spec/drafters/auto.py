@@ -39,7 +39,8 @@ What auto measured is kept per loaded model and sampling regime (greedy, or each
 the next request starts from it, and saved at each request's end in the cache folder
 (Shared.auto_folder) for the next process: a one-shot `mlxspec generate` would otherwise spend its
 first steps trialling every model drafter. A text-only candidate is paired afresh on each request's
-text (how it compares with the real steps depends on that text's repeats); trials keep their wait
+text (how it compares with the real steps depends on that text's repeats), and over the long run
+beside the model drafters' steps (which decides who opens a request); trials keep their wait
 across requests.
 
 Exactness is the candidates' own: every step is one method's step, verified and accepted by the
@@ -267,10 +268,9 @@ class Rates:
     def save(self, file: Path, unit: float, about: Optional[dict] = None) -> None:
         """Write the candidates' rates, the leader and the long-run pairings (not the
         calibrations or this request's pairings: a few steps of a new process remeasure those),
-        and `about` (whose they are: `mlxspec doctor`
-        reads it). Seconds go in units of `unit`, so a process whose cost model was measured
-        again reads the same tokens per step. A cache that cannot be written only costs the
-        next process its first trials."""
+        and `about` (whose they are: `mlxspec doctor` reads it). Seconds go in units of `unit`,
+        so a process whose cost model was measured again reads the same tokens per step. A
+        cache that cannot be written only costs the next process its first trials."""
         data = {"leader": self.leader, "about": about or {},
                 "rates": {name: rate.to_dict(unit) for name, rate in self.by_name.items()},
                 "long": {name: rate.to_dict(unit) for name, rate in self.long.items()},
