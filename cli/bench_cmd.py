@@ -71,7 +71,7 @@ def stall_line(methods: dict, priced: bool = True) -> str:
                        f"{m['predicted_verify_ms_per_call']:.1f}" for name, m in methods.items()
                        if m.get("predicted_verify_ms_per_call")
                        and m.get("verify_ms_per_call_unstalled") is not None)
-    rule = (f"steps over their tree's modelled price by more than {STALL_STEPS:g} one-token step"
+    rule = (f"steps over their due by more than {STALL_STEPS:g}x a one-token step"
             if priced else f"steps over {STALL:g}x their prompt's median step")
     return (f"stalls ({rule}: the machine's, by chance on any method): {stalled}; speedups "
             f"without them: {unstalled}"

@@ -146,7 +146,8 @@ STALL = 4.0  # without a cost model: a step over this many times its prompt's me
 STALL_STEPS = 1.0  # with one: a step over its priced time by more than this many one-token steps
 
 
-def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None) -> tuple[int, float]:
+def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None,
+           sampled: bool = False) -> tuple[int, float]:
     """(how many, seconds beyond the step's due) of the steps of one prompt where the machine
     stalled: not the method's work. This task's 2-core VM stalls ~100 ms at a time once it has
     been busy for about a minute (a loop of equal 12 ms matrix products: no stall in its first
@@ -154,23 +155,28 @@ def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None) -> t
     chance, and in one four-round run gave `auto` 2.9 s and `redrafter` 2.1 s of their 37 and
     35 s: a third of the 5% between them.
 
-    With the target's cost model and each step's `parts` (Run.parts), a step is due the model's
-    price for what it verified, scaled as the prompt's verifies ran, plus the prompt's median
-    drafting and other work; a stall is a step over its due by more than STALL_STEPS one-token
-    steps. Measured (SmolLM2 and the embedded target at T = 0.7, every method, 18,000 steps):
-    the methods' own steps stay within one such step of their due, the stalls are 1.2-1.6 of
-    them on SmolLM2 (a 68 ms step) and 7-9 on the embedded target (12 ms). Without: a step over
+    With the target's cost model and each step's `parts` (Run.parts), a step is due its own
+    drafting, the model's price for what it verified (`sampled`: as the bench prices a sampled
+    verify, the rows its tokens visited), scaled as the prompt's verifies ran, and the prompt's
+    median other work; a stall is a step over its due by more than STALL_STEPS one-token steps
+    (a stall within the drafting is taken for drafting: a draft model's varies with its depth).
+    Measured (SmolLM2 and the embedded target at T = 0.7, every method, 18,000 steps): the
+    methods' own steps stay within one such step of their due, the stalls are 1.2-1.6 of them
+    on SmolLM2 (a 68 ms step) and 7-9 on the embedded target (12 ms). Without: a step over
     STALL times the prompt's median, which misses every stall of a step over ~30 ms (a
     32-node tree costs 3.5x a plain step: no lower multiple tells the two apart). Under 8
     steps: no median."""
     if len(steps) < 8:
         return 0, 0.0
     if cost is not None and len(parts) == len(steps):
-        priced = [cost.step_seconds(nodes, tree) for *_, nodes, tree in parts]
-        scale = _median([verify / price for (_, verify, *_), price in zip(parts, priced)])
-        besides = _median([draft + other for draft, _, other, *_ in parts])
-        over = [s - besides - scale * price for (_, s), price in zip(steps, priced)]
-        over = [s for s in over if s > STALL_STEPS * scale * cost.step_seconds(1, False)]
+        def price(nodes: int, tree: bool, visited: int) -> float:
+            return (cost.sampled_step_seconds(nodes, tree, visited) if sampled
+                    else cost.step_seconds(nodes, tree))
+        priced = [price(nodes, tree, tokens) for (tokens, _), (*_, nodes, tree) in zip(steps, parts)]
+        scale = _median([part[1] / p for part, p in zip(parts, priced)])  # verify / its price
+        others = _median([part[2] for part in parts])
+        over = [s - part[0] - others - scale * p for (_, s), part, p in zip(steps, parts, priced)]
+        over = [x for x in over if x > STALL_STEPS * scale * price(1, False, 1)]
     else:
         median = _median([s for _, s in steps])
         over = [s - median for _, s in steps if s > STALL * median]
@@ -181,17 +187,17 @@ def _median(values: list) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def _aggregate(runs: list[Run], cost: Optional[CostModel] = None) -> dict:
+def _aggregate(runs: list[Run], cost: Optional[CostModel] = None, sampled: bool = False) -> dict:
     tokens = sum(r.stats.generated_tokens for r in runs)
     decode_s = sum(r.stats.decode_s for r in runs)
     calls = sum(r.stats.target_calls for r in runs)
     per_call = [n for r in runs for n in r.stats.accepted_per_call]
-    stalled = [stalls(r.steps, r.parts, cost) for r in runs]
+    stalled = [stalls(r.steps, r.parts, cost, sampled) for r in runs]
     stall_s = sum(s for _, s in stalled)
     return {
         "tokens_per_s": tokens / decode_s if decode_s else 0.0,
         # the machine's stalls (see stalls) and the speed without them: the stalled steps at
-        # their prompt's median step
+        # their due
         "stall_steps": sum(n for n, _ in stalled),  # ("stall_s": their seconds over their due)
         "stall_s": stall_s,
         "tokens_per_s_unstalled": tokens / (decode_s - stall_s) if decode_s > stall_s else 0.0,
@@ -219,7 +225,7 @@ def add_verify_prediction(methods: dict, cost: CostModel, sampled: bool = False)
     chain or a branching tree), both in ms. When sampling, a chain's rows all become
     distributions and a tree's walk converts the rows it visits (the method's mean tokens per
     call). Also the measured time without the machine's stalls ("verify_ms_per_call_unstalled":
-    their seconds beyond the median step taken out of the verify, where a step spends most of
+    their seconds beyond their due taken out of the verify, where a step spends most of
     its time), which is what the model, measured at the run's start, can be held to."""
     for m in methods.values():
         calls = max(1, m["target_calls"])
@@ -268,7 +274,7 @@ def summarize(runs: list[Run], greedy: bool,
         by_method: dict[str, list[Run]] = defaultdict(list)
         for r in selected:
             by_method[r.method].append(r)
-        out = {name: _aggregate(rs, cost) for name, rs in by_method.items()}
+        out = {name: _aggregate(rs, cost, not greedy) for name, rs in by_method.items()}
         ref_speed = out.get(REFERENCE, {}).get("tokens_per_s")
         rounds = sorted({r.round for r in selected})
         ref_by_round = ([_aggregate([r for r in by_method[REFERENCE] if r.round == k])["tokens_per_s"]

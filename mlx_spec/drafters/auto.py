@@ -296,7 +296,8 @@ class Rates:
             long = {name: LongRate.from_dict(rate, unit)
                     for name, rate in (data.get("long") or {}).items()}
             long_paired = {name: Pairing(*(LongRate.from_dict(half, unit) for half in pair))
-                           for name, pair in (data.get("long_paired") or {}).items()}
+                           for name, pair in (data.get("long_paired") or {}).items()
+                           if isinstance(pair, list) and len(pair) == 2}
             leader = data["leader"] if data["leader"] in by_name else None
             about = dict(data.get("about") or {})
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -457,8 +458,11 @@ class Auto(Drafter):
     def _long_ahead(self) -> Optional[str]:
         """The text-only candidate furthest ahead of the model drafters' real steps beside it
         over the long run (Rates.long_paired, LONG_PAIRED steps or more), if one is ahead. No
-        margin: it picks who opens a request, once, on the longest evidence there is; margins
-        guard switches against a window's burst."""
+        margin: it picks who opens a request on the longest evidence there is (a margin would
+        leave the model drafter opening where the two are within it, as before), and margins
+        guard switches against a window's burst. The estimate goes on while the text-only one
+        leads, from the model drafters' trial steps: frozen at the value that first crossed 1,
+        it would favour the text-only one however far that was luck."""
         ahead = {n: p.ratio for n, p in self.rates.long_paired.items()
                  if n in self.shadowed and p.steps >= self.LONG_PAIRED and p.ratio > 1.0}
         return max(ahead, key=ahead.get) if ahead else None
@@ -478,11 +482,13 @@ class Auto(Drafter):
             rate = self.rates.by_name.setdefault(name, Rate())
             for matched, seconds, real in ledger.settle(ctx.tokens):
                 rate.add(1 + matched, seconds)
-                if real:  # the real step taken where this tree was asked for, and its proposer
-                    *step, proposer = real
-                    self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
-                                                                      *step)
-                    if proposer in self.trialled:
+                if real:  # the real step taken where this tree was asked for: its tokens,
+                    *step, proposer, trial = real  # seconds, proposer, and whether a trial's
+                    if not trial:
+                        self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
+                                                                          *step)
+                    if proposer in self.trialled:  # (trials too: while a text-only candidate
+                        # leads, its long-run pairing goes on from the model drafters' trials)
                         self.rates.long_paired.setdefault(name, Pairing.long()).add(
                             1 + matched, seconds, *step)
             if name == self.current:
@@ -527,9 +533,8 @@ class Auto(Drafter):
             rate.add(*step)
             if not self.candidates[name].drafts_from_text:
                 self.rates.long.setdefault(name, LongRate()).add(*step)
-            if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
-                for real in asked:
-                    real.extend((*step, name))
+            for real in asked:  # (a trial's steps say nothing of the leader: this request's
+                real.extend((*step, name, self._in_trial))  # pairing leaves them out)
             if modelled is not None:
                 timed = (step[1] - besides, modelled)
                 self.rates.real.add(*timed)
@@ -751,7 +756,8 @@ def _branches(tree: Tree) -> list[dict[int, int]]:
 
 def _shadow_outcome(guess: tuple[list, float, list], tokens: list[int], start: int):
     """(draft tokens of the tree the text followed, the step's seconds, the real step's [tokens,
-    seconds] or [] where it was not timed), or None while the text has not yet left the tree.
+    seconds, proposer, in a trial?] or [] where it was not timed), or None while the text has not
+    yet left the tree.
     The tree (its _branches) was made when the text was tokens[:start]."""
     kids, seconds, real = guess
     node, matched = 0, 0

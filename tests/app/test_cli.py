@@ -186,4 +186,4 @@ def test_the_stall_line_gives_speeds_and_verify_times_without_the_stalls():
     assert "speedups without them: ar 1.00x, redrafter 1.90x" in line
     assert "verify ms per call without them / model ms: ar 11.8 / 11.5, redrafter 17.0 / 16.1" in line
     assert stall_line({n: dict(m, stall_steps=0) for n, m in methods.items()}) == ""
-    assert "modelled price" in line and "median" in stall_line(methods, priced=False)
+    assert "their due" in line and "median" in stall_line(methods, priced=False)
