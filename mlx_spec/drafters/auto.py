@@ -28,8 +28,7 @@ The choice, in stages (_next):
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing), not a rate from other text, by
   the same margin as any switch; so a model drafter leads first where there is one (at a cold
-  start and at each new request), until a text-only candidate is paired ahead, unless one has
-  been paired ahead of the model drafters over the long run (_forget_text). The
+  start and at each new request), until a text-only candidate is paired ahead. The
   asks run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
   until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
@@ -39,8 +38,7 @@ What auto measured is kept per loaded model and sampling regime (greedy, or each
 the next request starts from it, and saved at each request's end in the cache folder
 (Shared.auto_folder) for the next process: a one-shot `mlxspec generate` would otherwise spend its
 first steps trialling every model drafter. A text-only candidate is paired afresh on each request's
-text (how it compares with the real steps depends on that text's repeats), and over the long run
-beside the model drafters' steps (which decides who opens a request); trials keep their wait
+text (how it compares with the real steps depends on that text's repeats); trials keep their wait
 across requests.
 
 Exactness is the candidates' own: every step is one method's step, verified and accepted by the
@@ -211,11 +209,6 @@ class Pairing:
     shadow: Rate = field(default_factory=Rate)
     real: Rate = field(default_factory=Rate)
 
-    @classmethod
-    def long(cls) -> "Pairing":
-        """One over the long run (LongRate halves): Rates.long_paired."""
-        return cls(LongRate(), LongRate())
-
     def add(self, tokens: int, seconds: float, real_tokens: int, real_seconds: float) -> None:
         self.shadow.add(tokens, seconds)
         self.real.add(real_tokens, real_seconds)
@@ -262,20 +255,16 @@ class Rates:
     paired: dict = field(default_factory=dict)     # text-only candidate -> its Pairing
     leader: Optional[str] = None                   # the candidate proposing outside trials
     long: dict = field(default_factory=dict)       # model drafter -> its LongRate
-    long_paired: dict = field(default_factory=dict)  # text-only candidate -> its Pairing.long
-    # beside model drafters' real steps, across requests (Auto._forget_text)
 
     def save(self, file: Path, unit: float, about: Optional[dict] = None) -> None:
-        """Write the candidates' rates, the leader and the long-run pairings (not the
-        calibrations or this request's pairings: a few steps of a new process remeasure those),
-        and `about` (whose they are: `mlxspec doctor` reads it). Seconds go in units of `unit`,
-        so a process whose cost model was measured again reads the same tokens per step. A
-        cache that cannot be written only costs the next process its first trials."""
+        """Write the candidates' rates and the leader (not the calibrations or pairings: a few
+        steps of a new process remeasure those), and `about` (whose they are: `mlxspec doctor`
+        reads it). Seconds go in units of `unit`, so a process whose cost model was measured
+        again reads the same tokens per step. A cache that cannot be written only costs the
+        next process its first trials."""
         data = {"leader": self.leader, "about": about or {},
                 "rates": {name: rate.to_dict(unit) for name, rate in self.by_name.items()},
-                "long": {name: rate.to_dict(unit) for name, rate in self.long.items()},
-                "long_paired": {name: [p.shadow.to_dict(unit), p.real.to_dict(unit)]
-                                for name, p in self.long_paired.items()}}
+                "long": {name: rate.to_dict(unit) for name, rate in self.long.items()}}
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # (a server's
@@ -295,14 +284,11 @@ class Rates:
             by_name = {name: Rate.from_dict(rate, unit) for name, rate in data["rates"].items()}
             long = {name: LongRate.from_dict(rate, unit)
                     for name, rate in (data.get("long") or {}).items()}
-            long_paired = {name: Pairing(*(LongRate.from_dict(half, unit) for half in pair))
-                           for name, pair in (data.get("long_paired") or {}).items()
-                           if isinstance(pair, list) and len(pair) == 2}
             leader = data["leader"] if data["leader"] in by_name else None
             about = dict(data.get("about") or {})
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return cls(), {}
-        return cls(by_name=by_name, leader=leader, long=long, long_paired=long_paired), about
+        return cls(by_name=by_name, leader=leader, long=long), about
 
     @classmethod
     def load(cls, file: Path, unit: float, names) -> "Rates":
@@ -310,9 +296,8 @@ class Rates:
         saved, _ = cls.read(file, unit)
         by_name = {name: rate for name, rate in saved.by_name.items() if name in names}
         long = {name: rate for name, rate in saved.long.items() if name in names}
-        long_paired = {name: p for name, p in saved.long_paired.items() if name in names}
         return cls(by_name=by_name, leader=saved.leader if saved.leader in by_name else None,
-                   long=long, long_paired=long_paired)
+                   long=long)
 
     def scale(self, name: str) -> float:
         """How a shadow step of `name` scales: by its own real steps once there are a few (a
@@ -327,7 +312,6 @@ class Auto(Drafter):
 
     SHADOW_EVERY = 4  # see _shadow_steps
     SWITCH_MARGIN, RECHECK, PAIRED = 0.1, 6, 4  # see _hold and _next
-    LONG_PAIRED = LongRate.KNOWN  # see _long_ahead
     NEW_TEXT = 0.5  # what the last requests' steps count for at a new request (the last
     # answer's leader must not hold the lead on a text that suits another candidate)
     TRIAL, KNOWN_TRIAL, FIRST_GAP, MAX_GAP = 3, 2, Rate.wait, 384  # KNOWN_TRIAL: for a candidate
@@ -432,40 +416,17 @@ class Auto(Drafter):
 
     def _forget_text(self) -> None:
         """A new request: how a text-only candidate compares with the real steps depends on this
-        text's repeats, so its pairings start again, and the request opens with the best model
-        drafter (where there is one) until a text-only candidate's shadow steps beside the real
-        ones show it ahead on this text (_hold): the last answer's repeats say nothing of this
-        one. Also where no model drafter beats plain decoding on average: one may on this text
-        (a head that wins on code and not on prose). The best over the long run (_steadiest):
-        the windows of model drafters that sat out while a text-only one led are rates of older
-        text.
-
-        Except where a text-only candidate has beaten the model drafters' real steps beside it
-        over the long run, across requests (_long_ahead): then it opens. On a model where every
-        method is within ~10% of plain decoding (SmolLM2 at T = 1.0: `pld` 1.085x, the model
-        drafters 1.00-1.03x), a text-only edge that small stays inside the margin of each
-        request's first paired steps, and the model drafter that opened led whole answers."""
+        text's repeats, so its pairings start again, and a text-only leader hands the lead to the
+        best model drafter (where there is one) until its shadow steps beside the real ones
+        show it ahead on this text (_hold): the last answer's repeats say nothing of this one.
+        Also where no model drafter beats plain decoding on average: one may on this text (a
+        head that wins on code and not on prose). The best over the long run (_steadiest): the
+        windows of model drafters that sat out while a text-only one led are rates of older
+        text."""
         for name in self.shadowed:
             self.rates.paired.pop(name, None)
-        if not self.trialled:
-            return
-        opener = self._long_ahead()
-        if opener is not None:
-            self.rates.leader = opener
-        elif self.rates.leader in self.shadowed:
+        if self.rates.leader in self.shadowed and self.trialled:
             self.rates.leader = self._steadiest(self.trialled)
-
-    def _long_ahead(self) -> Optional[str]:
-        """The text-only candidate furthest ahead of the model drafters' real steps beside it
-        over the long run (Rates.long_paired, LONG_PAIRED steps or more), if one is ahead. No
-        margin: it picks who opens a request on the longest evidence there is (a margin would
-        leave the model drafter opening where the two are within it, as before), and margins
-        guard switches against a window's burst. The estimate goes on while the text-only one
-        leads, from the model drafters' trial steps: frozen at the value that first crossed 1,
-        it would favour the text-only one however far that was luck."""
-        ahead = {n: p.ratio for n, p in self.rates.long_paired.items()
-                 if n in self.shadowed and p.steps >= self.LONG_PAIRED and p.ratio > 1.0}
-        return max(ahead, key=ahead.get) if ahead else None
 
     def _rate(self, name: str) -> Rate:
         """`name`'s rate, or nothing measured."""
@@ -482,15 +443,9 @@ class Auto(Drafter):
             rate = self.rates.by_name.setdefault(name, Rate())
             for matched, seconds, real in ledger.settle(ctx.tokens):
                 rate.add(1 + matched, seconds)
-                if real:  # the real step taken where this tree was asked for: its tokens,
-                    *step, proposer, trial = real  # seconds, proposer, and whether a trial's
-                    if not trial:
-                        self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
-                                                                          *step)
-                    if proposer in self.trialled:  # (trials too: while a text-only candidate
-                        # leads, its long-run pairing goes on from the model drafters' trials)
-                        self.rates.long_paired.setdefault(name, Pairing.long()).add(
-                            1 + matched, seconds, *step)
+                if real:  # the real step taken where this tree was asked for
+                    self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
+                                                                      *real)
             if name == self.current:
                 continue
             paired = self.rates.paired.get(name)
@@ -504,7 +459,7 @@ class Auto(Drafter):
             if len(tree) > 1:
                 seconds = (self.rates.scale(name)
                            * self.cost.step_seconds(len(tree), not tree.is_chain) + answer_s)
-                real = []  # filled by observe(): this step's real tokens, seconds, proposer
+                real = []  # filled by observe() with this step's real tokens and seconds
                 ledger.add(len(ctx.tokens), (_branches(tree), seconds, real))
                 self._asked.append(real)
 
@@ -533,8 +488,9 @@ class Auto(Drafter):
             rate.add(*step)
             if not self.candidates[name].drafts_from_text:
                 self.rates.long.setdefault(name, LongRate()).add(*step)
-            for real in asked:  # (a trial's steps say nothing of the leader: this request's
-                real.extend((*step, name, self._in_trial))  # pairing leaves them out)
+            if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
+                for real in asked:
+                    real.extend(step)
             if modelled is not None:
                 timed = (step[1] - besides, modelled)
                 self.rates.real.add(*timed)
@@ -756,8 +712,7 @@ def _branches(tree: Tree) -> list[dict[int, int]]:
 
 def _shadow_outcome(guess: tuple[list, float, list], tokens: list[int], start: int):
     """(draft tokens of the tree the text followed, the step's seconds, the real step's [tokens,
-    seconds, proposer, in a trial?] or [] where it was not timed), or None while the text has not
-    yet left the tree.
+    seconds] or [] where it was not timed), or None while the text has not yet left the tree.
     The tree (its _branches) was made when the text was tokens[:start]."""
     kids, seconds, real = guess
     node, matched = 0, 0

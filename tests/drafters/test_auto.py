@@ -108,9 +108,6 @@ def test_a_text_only_candidate_wins_from_the_shadow_without_trials(random_models
     # a wait past the end); the oracle from its shadow steps on
     assert used["slow"] <= Auto.TRIAL + 4 + Auto.PAIRED + Auto.TRIAL and used["oracle"] >= 8
     assert auto.rates.by_name["oracle"].steps > used["oracle"]  # scored in the shadow too
-    # beside a model drafter's real steps only: the long-run pairing has them all, and the
-    # trial steps' besides
-    assert auto.rates.long_paired["oracle"].steps >= auto.rates.paired["oracle"].steps >= 4
 
 
 def test_while_the_back_off_pauses_auto_its_text_only_candidates_are_still_scored(random_models):
@@ -140,7 +137,7 @@ def test_while_the_back_off_pauses_auto_its_text_only_candidates_are_still_score
 def test_a_shadow_tree_is_scored_once_the_text_leaves_it():
     from mlx_spec.drafters.auto import _branches, _shadow_outcome
     tree = Tree.from_branches(5, [[1, 2, 3], [1, 4], [6]])
-    real = [3, 0.2, "m", False]  # the real step where the tree was asked for, its proposer
+    real = [3, 0.2]  # the real step taken where the tree was asked for
     guess = (_branches(tree), 0.5, real)
     assert _shadow_outcome(guess, [9, 5, 1], 2) is None                  # still inside the tree
     assert _shadow_outcome(guess, [9, 5, 1, 4], 2) == (2, 0.5, real)     # reached a leaf
@@ -584,50 +581,6 @@ def test_a_new_request_pairs_the_text_only_candidates_again():
     assert planted.by_name["model"].steps == planted.by_name["text"].steps == 40
 
 
-def test_the_long_run_pairing_counts_only_the_real_steps_of_model_drafters():
-    """A text-only candidate's shadow trees settle beside the real steps taken where they were
-    asked: this request's pairing counts those outside trials (a trial says nothing of the
-    leader), the long-run pairing (across requests, what decides who opens one) those a model
-    drafter proposed, trials too (while the text-only one leads they are all it gets)."""
-    from mlx_spec.drafters.auto import _branches
-    from mlx_spec.drafters.base import StepContext
-    from mlx_spec.sampling import SamplingParams
-
-    auto = Auto({"m": Oracle([]), "t": TextOracle([]), "u": TextOracle([])},
-                cost=CostModel((1, 2), (0.01, 0.012), 128))
-    auto.rates, auto.current = Rates(leader="m"), "m"
-    tree = Tree.from_chain(5, [6, 7])
-    for start, proposer, trial in ((2, "m", False), (6, "t", False), (10, "m", True)):
-        auto._shadows["u"].add(start, (_branches(tree), 0.012, [3, 0.012, proposer, trial]))
-    auto._shadow_steps(StepContext(tokens=[1, 5, 6, 7, 1, 5, 6, 7, 1, 5, 6, 7, 9], max_drafts=4,
-                                   sampling=SamplingParams()))  # (asked where the text ended in 5)
-    assert auto.rates.paired["u"].steps == 2 and auto.rates.long_paired["u"].steps == 2
-    assert auto.rates.by_name["u"].steps == 3
-
-
-def test_a_text_only_candidate_ahead_over_the_long_run_opens_each_request():
-    """At a new request the best model drafter leads, unless a text-only candidate's shadow steps
-    have beaten the model drafters' real steps beside them over LONG_PAIRED steps or more across
-    requests: then that one opens, by however little (a model drafter takes the lead back as any
-    challenger does). Fewer steps, or behind: the model drafter."""
-    from mlx_spec.drafters.auto import Pairing
-    from mlx_spec.drafters.base import StepContext
-    from mlx_spec.sampling import SamplingParams
-
-    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
-    for steps, shadow_tokens, expected in ((Auto.LONG_PAIRED, 1.08, "text"),
-                                           (Auto.LONG_PAIRED - 1, 1.08, "model"),
-                                           (Auto.LONG_PAIRED, 0.95, "model")):
-        long = Pairing.long()
-        for i in range(steps):
-            long.add(shadow_tokens, 0.01, 1, 0.01)
-        planted = Rates(by_name={"model": rate(100.0, 1.0, 40), "text": rate(90.0, 1.0, 40)},
-                        long_paired={"text": long}, leader="model")
-        auto = Auto({"model": Oracle([]), "text": TextOracle([])}, lambda regime: planted, cost)
-        auto.propose(StepContext(tokens=[1, 2], max_drafts=4, sampling=SamplingParams()))
-        assert (auto.current, planted.leader) == (expected, expected)
-
-
 def test_a_text_only_leader_hands_the_lead_to_the_best_model_drafter_over_the_long_run():
     """At a new request (and where the back-off ends a text-only leader's run) the lead goes to
     the model drafter of best long-run rate, not of best window: `b`'s window is from steps
@@ -708,23 +661,18 @@ def test_saved_rates_are_read_in_units_of_the_target_step():
     import tempfile
     from pathlib import Path
 
-    from mlx_spec.drafters.auto import LongRate, Pairing
+    from mlx_spec.drafters.auto import LongRate
 
     long = LongRate()
     for i in range(30):
         long.add(4 + (-1) ** i, 0.05)
-    paired = Pairing.long()
-    for i in range(30):
-        paired.add(1 + i % 3, 0.01, 2, 0.01)
-    planted = Rates(by_name={"a": rate(100.0, 1.0, 20, spread=0.3)}, leader="a", long={"a": long},
-                    long_paired={"t": paired})
+    planted = Rates(by_name={"a": rate(100.0, 1.0, 20, spread=0.3)}, leader="a", long={"a": long})
     with tempfile.TemporaryDirectory() as folder:
         file = Path(folder) / "rates.json"
         planted.save(file, unit=0.01)
         assert json.loads(file.read_text())["rates"]["a"]["seconds"] == pytest.approx(
             planted.by_name["a"].seconds / 0.01)
-        slower = Rates.load(file, unit=0.02, names=("a", "b", "t"))
-        file_text = file.read_text()
+        slower = Rates.load(file, unit=0.02, names=("a", "b"))
         assert Rates.load(file, unit=0.01, names=("b",)).by_name == {}
     assert slower.leader == "a"
     assert slower.by_name["a"].per_second == pytest.approx(planted.by_name["a"].per_second / 2)
@@ -732,20 +680,6 @@ def test_saved_rates_are_read_in_units_of_the_target_step():
     assert type(slower.long["a"]) is LongRate  # (its own decay and error)
     assert slower.long["a"].raw == pytest.approx(long.raw / 2)
     assert slower.long["a"].error() == pytest.approx(long.error())
-    kept = slower.long_paired["t"]  # a long-run pairing: a ratio, whatever the unit
-    assert type(kept.shadow) is type(kept.real) is LongRate and kept.steps == 30
-    assert kept.ratio == pytest.approx(paired.ratio) and kept.real.raw == pytest.approx(100.0)
-
-    saved = json.loads(file_text)  # a file of an older version, without long-run pairings, or
-    for pairs in ({"t": [saved["long"]["a"]]}, None):  # with a damaged one: the rest is read
-        older = {k: v for k, v in saved.items() if k != "long_paired"}
-        if pairs is not None:
-            older["long_paired"] = pairs
-        with tempfile.TemporaryDirectory() as folder:
-            file = Path(folder) / "rates.json"
-            file.write_text(json.dumps(older))
-            read = Rates.load(file, unit=0.01, names=("a", "t"))
-        assert read.long_paired == {} and read.leader == "a" and "a" in read.long
 
 
 def test_a_model_drafter_clearly_slower_over_the_long_run_neither_leads_nor_waits_less():
