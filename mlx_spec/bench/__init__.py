@@ -39,6 +39,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median_high
 from typing import Callable, Optional
 
 from . import memory
@@ -173,18 +174,14 @@ def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None,
             return (cost.sampled_step_seconds(nodes, tree, visited) if sampled
                     else cost.step_seconds(nodes, tree))
         priced = [price(nodes, tree, tokens) for (tokens, _), (*_, nodes, tree) in zip(steps, parts)]
-        scale = _median([part[1] / p for part, p in zip(parts, priced)])  # verify / its price
-        others = _median([part[2] for part in parts])
+        scale = median_high([part[1] / p for part, p in zip(parts, priced)])  # verify / price
+        others = median_high([part[2] for part in parts])
         over = [s - part[0] - others - scale * p for (_, s), part, p in zip(steps, parts, priced)]
         over = [x for x in over if x > STALL_STEPS * scale * price(1, False, 1)]
     else:
-        median = _median([s for _, s in steps])
+        median = median_high([s for _, s in steps])
         over = [s - median for _, s in steps if s > STALL * median]
     return len(over), sum(over)
-
-
-def _median(values: list) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _aggregate(runs: list[Run], cost: Optional[CostModel] = None, sampled: bool = False) -> dict:
@@ -503,7 +500,6 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
         streams = {spec.label: stream_one(model, spec, prompt["prompt"], max_tokens, temperature,
                                           seed + rnd) for spec in rotation}
         results = {label: ([], None, []) for label in streams}  # (ids, stats, steps)
-        timed = dict.fromkeys(streams, 0.0)  # each method's decode seconds at its last step
         spent = {label: [0.0, 0.0, 0.0] for label in streams}  # (its draft, verify, other s)
         parts = {label: [] for label in streams}
         while streams:  # "prompts": each stream to its end in turn; "steps": one step of each
@@ -515,9 +511,9 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
                     for new, stats in stream:
                         ids, _, steps = results[spec.label]
                         ids.extend(new)
-                        steps.append((len(new), stats.decode_s - timed[spec.label]))
-                        timed[spec.label] = stats.decode_s
-                        parts[spec.label].append(_step_parts(stats, spent[spec.label]))
+                        part = _step_parts(stats, spent[spec.label])
+                        parts[spec.label].append(part)
+                        steps.append((len(new), sum(part[:3])))  # (the step's decode seconds)
                         results[spec.label] = (ids, stats, steps)
                         if interleave == "steps":
                             break
