@@ -129,6 +129,23 @@ def write_plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def control_line(control: dict) -> str:
+    """The footer's account of the control (bench.control_band): how far plain decoding run twice
+    in one run lands from itself, the margin every other speedup is read against."""
+    line = f"control (`ar` run twice, the second as {control['label']}): {control['speedup']:.3f}x"
+    if control.get("speedup_unstalled") is not None:
+        line += f" ({control['speedup_unstalled']:.3f}x without stalls)"
+    if control.get("speedup_by_round"):
+        line += ", rounds " + " / ".join(f"{x:.3f}" for x in control["speedup_by_round"])
+    if len(control["by_category"]) > 1:
+        low, high = control["band"]
+        line += f"; per category {low:.3f}-{high:.3f}x"
+        if control.get("band_unstalled"):
+            low, high = control["band_unstalled"]
+            line += f" ({low:.3f}-{high:.3f}x without stalls)"
+    return line + ": speedups this far from 1.00x are the run's noise, not a method's"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("bench")
     @user_errors
@@ -148,6 +165,7 @@ def register(app: typer.Typer) -> None:
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Decode every prompt to --max-tokens, past end-of-sequence (when sampling, methods otherwise write texts of different lengths)."),
         fresh: bool = typer.Option(False, "--fresh", help="Start every prompt with drafters that learned nothing, as one `mlxspec generate` per prompt would (`auto` reads the rates it saved at the earlier prompts' ends, in a folder of the run's own)."),
         interleave: Optional[str] = typer.Option(None, "--interleave", help="`steps`: every method decodes each prompt at once, a step of each in turn (default on the CPU); `prompts`: whole prompts in a rotating order (default on a GPU, where work runs on asynchronously)."),
+        control: bool = typer.Option(False, "--control", help="Run plain decoding a second time, as `ar (control)`: its speedup per category (1.00x but for timing noise) is the band inside which this run cannot tell a method from `ar`."),
     ):
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
@@ -197,7 +215,7 @@ def register(app: typer.Typer) -> None:
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, stream_one,
                                warmup_tokens=warmup_tokens, interleave=interleaving,
                                progress=lambda label: bar.update(task, advance=1, description=label),
-                               cost=cost, repeat=repeat, fresh=fresh)
+                               cost=cost, repeat=repeat, fresh=fresh, control=control)
         report["settings"]["ignore_eos"] = ignore_eos
         report["cache"] = measure_rollback(
             spec_model, mlx_spec.api.encode_prompt(spec_model, prompt_list[0]["prompt"]))
@@ -216,6 +234,8 @@ def register(app: typer.Typer) -> None:
         stalled = stall_line(report["methods"], priced=report.get("cost_model") is not None)
         if stalled:
             console.print(f"[dim]{escape(stalled)}[/]")
+        if "control" in report:
+            console.print(f"[dim]{escape(control_line(report['control']))}[/]")
         missed = mispredicted(report["methods"])
         if missed:
             listed = "; ".join(f"{name} {ms:.1f} ms against {model_ms:.1f}"

@@ -48,6 +48,7 @@ from ..errors import MlxSpecError
 from ..stats import GenerationStats
 
 REFERENCE = "ar"
+CONTROL = "ar (control)"  # plain decoding once more, under a label of its own (run_bench's control)
 
 
 @dataclass
@@ -300,6 +301,27 @@ def summarize(runs: list[Run], greedy: bool,
     return table(runs), {cat: table(rs) for cat, rs in by_category.items()}
 
 
+def control_band(methods: dict, by_category: dict) -> dict:
+    """What the control (plain decoding run a second time beside `ar`, interleaved as any
+    method) measured: its speedup over `ar`, 1.0 but for the run's timing noise, overall, per
+    category and per round, with the band the categories span, with and without the machine's
+    stalls. A method's figure for a category is told from `ar`'s only outside that band: on
+    this task's 2-core VM a category of two chat requests moves a few percent between runs of
+    one method."""
+    per_category = {cat: table[CONTROL]["speedup"] for cat, table in by_category.items()
+                    if table.get(CONTROL, {}).get("speedup") is not None}
+    unstalled = {cat: table[CONTROL]["speedup_unstalled"] for cat, table in by_category.items()
+                 if table.get(CONTROL, {}).get("speedup_unstalled") is not None}
+    control = methods[CONTROL]
+    return {"label": CONTROL, "speedup": control["speedup"],
+            "speedup_unstalled": control.get("speedup_unstalled"),
+            "speedup_by_round": control.get("speedup_by_round"),
+            "by_category": per_category, "by_category_unstalled": unstalled,
+            "band": [min(per_category.values()), max(per_category.values())],
+            "band_unstalled": ([min(unstalled.values()), max(unstalled.values())]
+                               if unstalled else None)}
+
+
 def machine_info() -> dict:
     import os
 
@@ -453,17 +475,23 @@ def run_bench(model, specs: list[MethodSpec], prompts: list[dict], max_tokens: i
               temperature: float, seed: int, stream_one: Callable, warmup_tokens: int = 16,
               progress: Optional[Callable[[str], None]] = None,
               cost: Optional[CostModel] = None, repeat: int = 1,
-              interleave: Optional[str] = None, fresh: bool = False) -> dict:
+              interleave: Optional[str] = None, fresh: bool = False,
+              control: bool = False) -> dict:
     """stream_one(model, spec, prompt, max_tokens, temperature, seed) -> an iterator of
     (new token ids, stats so far), one per decoding step, whose stats time each step alone (the
     engine's do: the time the consumer holds a step is not the method's; with step interleaving
     nothing of the method may still run when it hands a step over, see the module text). With
     the target's cost model (cost.py), each method's verify time per call gets its prediction.
     `repeat` rounds of the prompts, `interleave` ("steps" or "prompts", default
-    default_interleave()) and `fresh`: module text."""
+    default_interleave()) and `fresh`: module text. `control`: plain decoding runs a second time
+    beside `ar`, as one more method (CONTROL), and the report's "control" gives how far it
+    landed from `ar` (control_band): the run's own noise, against which to read every other
+    method's speedup."""
     import tempfile
     from contextlib import nullcontext
 
+    if control:
+        specs = list(specs) + [MethodSpec(CONTROL, REFERENCE)]
     with (tempfile.TemporaryDirectory(prefix="mlxspec-bench-auto-") if fresh
           else nullcontext()) as folder:
         return _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
@@ -529,14 +557,17 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
     if cost is not None:
         for table in (methods, *by_category.values()):
             add_verify_prediction(table, cost, sampled=temperature > 0)
+    labels = [s.label for s in specs]
     return {"methods": methods, "by_category": by_category, "memory": memory.report(),
+            **({"control": control_band(methods, by_category)} if CONTROL in labels else {}),
             "cost_model": cost.to_dict() if cost is not None else None,
             "machine": machine_info(),
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
                                               "seed": seed, "prompts": len(prompts),
                                               "repeat": repeat, "interleave": interleave,
                                               "fresh": auto_folder is not None,
-                                              "method_specs": [s.label for s in specs]},
+                                              "method_specs": labels,
+                                              "control": CONTROL in labels},
             "per_prompt": [{"method": r.method, "prompt_id": r.prompt_id, "category": r.category,
                             "round": r.round,
                             "tokens_per_s": r.stats.tokens_per_s, "mean_accepted": r.stats.mean_accepted,

@@ -2,7 +2,7 @@
 method's speedup per round beside the pooled one; greedy equality is checked round by round."""
 import pytest
 
-from mlx_spec.bench import MethodSpec, run_bench
+from mlx_spec.bench import CONTROL, MethodSpec, run_bench
 from mlx_spec.stats import GenerationStats
 
 
@@ -100,6 +100,35 @@ def test_step_interleaving_runs_one_step_of_each_method_in_turn():
     assert report["methods"]["fast"]["matches_ar"] is False
     runs = {(r["method"], r["prompt_id"]): r for r in report["per_prompt"]}
     assert runs[("ar", "0")]["target_calls"] == 2 and runs[("fast", "0")]["target_calls"] == 4
+
+
+def test_the_control_is_plain_decoding_again_and_its_band_is_reported():
+    """--control: `ar` runs a second time under a label of its own, interleaved as any method;
+    the report gives how far it landed from `ar` per category (its speed differs only by the
+    run's noise: planted here as a slow second category), the band a method must leave to be
+    told from plain decoding."""
+    ran = []
+
+    def timed(model, spec, prompt, max_tokens, temperature, seed):
+        ran.append((spec.label, spec.name))
+        slow = spec.label == CONTROL and prompt == "b"
+        yield [1] * 8, GenerationStats(method=spec.name, generated_tokens=8, target_calls=8,
+                                       accepted_per_call=[1] * 8, verify_s=1.25 if slow else 1.0)
+
+    prompts = [{"id": "0", "category": "a", "prompt": "a"}, {"id": "1", "category": "b",
+                                                               "prompt": "b"}]
+    report = run_bench(FakeModel(), [MethodSpec("ar", "ar")], prompts, 8, 0.0, 0, timed,
+                       interleave="prompts", control=True)
+    assert set(ran) == {("ar", "ar"), (CONTROL, "ar")}
+    assert report["settings"]["control"] is True and CONTROL in report["methods"]
+    control = report["control"]
+    assert control["by_category"] == pytest.approx({"a": 1.0, "b": 0.8})
+    assert control["band"] == pytest.approx([0.8, 1.0])
+    assert control["speedup"] == pytest.approx(16 / 2.25 / 8)
+    assert report["methods"][CONTROL]["matches_ar"] is True
+    plain = run_bench(FakeModel(), [MethodSpec("ar", "ar")], prompts, 8, 0.0, 0, timed,
+                      interleave="prompts")
+    assert "control" not in plain and plain["settings"]["control"] is False
 
 
 def test_unknown_interleaving_is_refused():

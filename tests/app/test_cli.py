@@ -187,3 +187,16 @@ def test_the_stall_line_gives_speeds_and_verify_times_without_the_stalls():
     assert "verify ms per call without them / model ms: ar 11.8 / 11.5, redrafter 17.0 / 16.1" in line
     assert stall_line({n: dict(m, stall_steps=0) for n, m in methods.items()}) == ""
     assert "their due" in line and "median" in stall_line(methods, priced=False)
+
+
+def test_the_control_line_gives_the_band_a_method_must_leave():
+    from mlx_spec.cli.bench_cmd import control_line
+
+    control = {"label": "ar (control)", "speedup": 0.991, "speedup_unstalled": 0.996,
+               "speedup_by_round": [0.98, 1.002], "by_category": {"a": 0.97, "b": 1.02},
+               "band": [0.97, 1.02], "band_unstalled": [0.981, 1.013]}
+    line = control_line(control)
+    assert "0.991x (0.996x without stalls), rounds 0.980 / 1.002" in line
+    assert "per category 0.970-1.020x (0.981-1.013x without stalls)" in line
+    one = control_line(dict(control, by_category={"a": 0.991}, speedup_by_round=None))
+    assert "per category" not in one and "rounds" not in one
