@@ -204,11 +204,12 @@ def register(app: typer.Typer) -> None:
         spec_model = mlx_spec.load(model)
         # measured again in this run, so predictions and choosers see today's machine (and load)
         cost = target_cost(spec_model, refresh=True)  # what every method's choosers then read
-        err_console.print(f"[dim]{len(prompt_list)} prompts x {len(specs)} methods, "
+        runs = len(specs) + control  # (the control: one more method, added by run_bench)
+        err_console.print(f"[dim]{len(prompt_list)} prompts x {runs} methods, "
                           f"{max_tokens} tokens, temp {temp}[/]")
         from rich.progress import Progress
         with Progress(console=err_console, transient=True) as bar:
-            task = bar.add_task("bench", total=repeat * len(prompt_list) * len(specs))
+            task = bar.add_task("bench", total=repeat * len(prompt_list) * runs)
             interleaving = interleave or default_interleave()
             stream_one = functools.partial(_stream_one, ignore_eos=ignore_eos,
                                            dispatch_ahead=interleaving != "steps")

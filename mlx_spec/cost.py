@@ -73,6 +73,12 @@ class CostModel:
                                                                          else tokens)
         return self._interpolate(tokens, self.sampled_seconds)
 
+    def verify_seconds(self, tokens: float, tree: bool, sampled: bool,
+                       visited: float = 1.0) -> float:
+        """Seconds of a verify step, greedy (step_seconds) or sampled (sampled_step_seconds)."""
+        return (self.sampled_step_seconds(tokens, tree, visited) if sampled
+                else self.step_seconds(tokens, tree))
+
     @property
     def row_seconds(self) -> float:
         """What sampling adds per row made a distribution (a one-token step's difference)."""

@@ -171,14 +171,13 @@ def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None,
     if len(steps) < 8:
         return 0, 0.0
     if cost is not None and len(parts) == len(steps):
-        def price(nodes: int, tree: bool, visited: int) -> float:
-            return (cost.sampled_step_seconds(nodes, tree, visited) if sampled
-                    else cost.step_seconds(nodes, tree))
-        priced = [price(nodes, tree, tokens) for (tokens, _), (*_, nodes, tree) in zip(steps, parts)]
+        priced = [cost.verify_seconds(nodes, tree, sampled, visited=tokens)
+                  for (tokens, _), (*_, nodes, tree) in zip(steps, parts)]
         scale = median_high([part[1] / p for part, p in zip(parts, priced)])  # verify / price
         others = median_high([part[2] for part in parts])
         over = [s - part[0] - others - scale * p for (_, s), part, p in zip(steps, parts, priced)]
-        over = [x for x in over if x > STALL_STEPS * scale * price(1, False, 1)]
+        step = scale * cost.verify_seconds(1, False, sampled)  # one one-token step
+        over = [x for x in over if x > STALL_STEPS * step]
     else:
         median = median_high([s for _, s in steps])
         over = [s - median for _, s in steps if s > STALL * median]
@@ -227,16 +226,12 @@ def add_verify_prediction(methods: dict, cost: CostModel, sampled: bool = False)
     its time), which is what the model, measured at the run's start, can be held to."""
     for m in methods.values():
         calls = max(1, m["target_calls"])
-
-        def modelled(nodes: int, tree: bool) -> float:
-            if not sampled:
-                return cost.step_seconds(nodes, tree)
-            return cost.sampled_step_seconds(nodes, tree, visited=m["mean_accepted"])
         m["verify_ms_per_call"] = 1000 * m["time_split_s"]["verify"] / calls
         m["verify_ms_per_call_unstalled"] = 1000 * max(
             0.0, m["time_split_s"]["verify"] - m.get("stall_s", 0.0)) / calls
         m["predicted_verify_ms_per_call"] = 1000 * sum(
-            count * modelled(int(nodes), kind == "tree")
+            count * cost.verify_seconds(int(nodes), kind == "tree", sampled,
+                                        visited=m["mean_accepted"])
             for kind, sizes in m["verified_calls"].items() for nodes, count in sizes.items()) / calls
 
 

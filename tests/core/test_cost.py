@@ -30,6 +30,8 @@ def test_relative_cost_interpolates_and_extrapolates():
     assert sampled.sampled_step_seconds(4, tree=True, visited=2) == pytest.approx(0.036)
     assert CostModel.from_dict(json.loads(json.dumps(sampled.to_dict()))) == sampled
     assert cost.sampled_step_seconds(3) == cost.step_seconds(3)  # not measured: greedy's
+    assert sampled.verify_seconds(4, True, sampled=True, visited=2) == pytest.approx(0.036)
+    assert sampled.verify_seconds(4, True, sampled=False) == pytest.approx(0.030)
 
 
 def test_every_size_keeps_its_own_time_and_trees_add_their_interpolated_extra():
