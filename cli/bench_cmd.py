@@ -132,12 +132,14 @@ def write_plot(report: dict, path: Path) -> None:
 def control_line(control: dict) -> str:
     """The footer's account of the control (bench.control_band): how far plain decoding run twice
     in one run lands from itself, the margin every other speedup is read against."""
+    if control["speedup"] is None:
+        return f"control ({control['label']}): no speedup (`ar` emitted no tokens)"
     line = f"control (`ar` run twice, the second as {control['label']}): {control['speedup']:.3f}x"
     if control.get("speedup_unstalled") is not None:
         line += f" ({control['speedup_unstalled']:.3f}x without stalls)"
     if control.get("speedup_by_round"):
         line += ", rounds " + " / ".join(f"{x:.3f}" for x in control["speedup_by_round"])
-    if len(control["by_category"]) > 1:
+    if len(control["by_category"]) > 1 and control["band"]:
         low, high = control["band"]
         line += f"; per category {low:.3f}-{high:.3f}x"
         if control.get("band_unstalled"):

@@ -299,10 +299,11 @@ def summarize(runs: list[Run], greedy: bool,
 def control_band(methods: dict, by_category: dict) -> dict:
     """What the control (plain decoding run a second time beside `ar`, interleaved as any
     method) measured: its speedup over `ar`, 1.0 but for the run's timing noise, overall, per
-    category and per round, with the band the categories span, with and without the machine's
-    stalls. A method's figure for a category is told from `ar`'s only outside that band: on
-    this task's 2-core VM a category of two chat requests moves a few percent between runs of
-    one method."""
+    category and per round, with the band the categories span (None where `ar` emitted
+    nothing), with and without the machine's stalls. A method's figure for a category is told
+    from `ar`'s only outside that band. When sampling, the control writes `ar`'s very text (the
+    same seed), so the band is the timing noise alone: the other methods' sampled texts differ
+    from `ar`'s and move their figures further from run to run."""
     per_category = {cat: table[CONTROL]["speedup"] for cat, table in by_category.items()
                     if table.get(CONTROL, {}).get("speedup") is not None}
     unstalled = {cat: table[CONTROL]["speedup_unstalled"] for cat, table in by_category.items()
@@ -312,7 +313,8 @@ def control_band(methods: dict, by_category: dict) -> dict:
             "speedup_unstalled": control.get("speedup_unstalled"),
             "speedup_by_round": control.get("speedup_by_round"),
             "by_category": per_category, "by_category_unstalled": unstalled,
-            "band": [min(per_category.values()), max(per_category.values())],
+            "band": ([min(per_category.values()), max(per_category.values())]
+                     if per_category else None),
             "band_unstalled": ([min(unstalled.values()), max(unstalled.values())]
                                if unstalled else None)}
 

@@ -200,3 +200,6 @@ def test_the_control_line_gives_the_band_a_method_must_leave():
     assert "per category 0.970-1.020x (0.981-1.013x without stalls)" in line
     one = control_line(dict(control, by_category={"a": 0.991}, speedup_by_round=None))
     assert "per category" not in one and "rounds" not in one
+    from mlx_spec.bench import CONTROL, control_band  # `ar` emitted nothing: no band, no crash
+    empty = control_band({CONTROL: {"speedup": None}}, {"a": {CONTROL: {"speedup": None}}})
+    assert empty["band"] is None and "no speedup" in control_line(empty)
