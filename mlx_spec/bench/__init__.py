@@ -304,19 +304,20 @@ def control_band(methods: dict, by_category: dict) -> dict:
     from `ar`'s only outside that band. When sampling, the control writes `ar`'s very text (the
     same seed), so the band is the timing noise alone: the other methods' sampled texts differ
     from `ar`'s and move their figures further from run to run."""
-    per_category = {cat: table[CONTROL]["speedup"] for cat, table in by_category.items()
-                    if table.get(CONTROL, {}).get("speedup") is not None}
-    unstalled = {cat: table[CONTROL]["speedup_unstalled"] for cat, table in by_category.items()
-                 if table.get(CONTROL, {}).get("speedup_unstalled") is not None}
+    def per_category(key: str) -> dict:  # the control's `key` in each category that has one
+        return {cat: table[CONTROL][key] for cat, table in by_category.items()
+                if table.get(CONTROL, {}).get(key) is not None}
+
+    def band(values: dict) -> Optional[list]:
+        return [min(values.values()), max(values.values())] if values else None
+
     control = methods[CONTROL]
+    speedups, unstalled = per_category("speedup"), per_category("speedup_unstalled")
     return {"label": CONTROL, "speedup": control["speedup"],
             "speedup_unstalled": control.get("speedup_unstalled"),
             "speedup_by_round": control.get("speedup_by_round"),
-            "by_category": per_category, "by_category_unstalled": unstalled,
-            "band": ([min(per_category.values()), max(per_category.values())]
-                     if per_category else None),
-            "band_unstalled": ([min(unstalled.values()), max(unstalled.values())]
-                               if unstalled else None)}
+            "by_category": speedups, "by_category_unstalled": unstalled,
+            "band": band(speedups), "band_unstalled": band(unstalled)}
 
 
 def machine_info() -> dict:
