@@ -18,7 +18,8 @@ The choice, in stages (_next):
   beat the leader (may_beat: within the standard error of the rates' difference) is tried again
   at once. Over the long run (LongRate) a model drafter clearly slower than another neither takes
   its lead nor shortens its wait for a lucky window: at T > 0 one step emits 1 to 10 tokens by
-  chance, and windows of ~14 steps rank two drafters wrongly far more often than 50 steps do.
+  chance, and windows of ~14 steps rank two drafters wrongly far more often than 50 steps do. A
+  due trial waits while the drafter's long run cannot beat the leader's rate (_worth_a_trial).
 - Text-only candidates (`Drafter.drafts_from_text`: `pld`, `lookahead`) need no trials: on steps
   they do not propose they are asked, in the shadow, for the tree they would have sent, and once
   the text has gone past it that tree is scored as the target would have (the draft tokens the
@@ -595,7 +596,8 @@ class Auto(Drafter):
                     and may_beat(rates.by_name[n], leader)]
         if doubtful:
             return self._start_trial(min(doubtful, key=lambda n: rates.by_name[n].last_step))
-        due = [n for n in others if rates.step - rates.by_name[n].last_step > rates.by_name[n].wait]
+        due = [n for n in others if rates.step - rates.by_name[n].last_step > rates.by_name[n].wait
+               and self._worth_a_trial(n, leader)]
         if due:
             return self._start_trial(min(due, key=lambda n: rates.by_name[n].last_step))
         held = self._hold(best)
@@ -606,6 +608,16 @@ class Auto(Drafter):
             rates.paired.pop(rates.leader, None)  # (a text-only one's pairing predates its lead)
         rates.leader = held
         return held
+
+    def _worth_a_trial(self, name: str, leader: Rate) -> bool:
+        """Whether model drafter `name`, due a trial, may still beat the leader's rate on the text
+        now: not where its long-run rate (LongRate, once SETTLED steps long) cannot, within the
+        noise of both (may_beat). Such a trial waits, its wait unchanged (it lost nothing), until
+        the leader's rate comes within reach: while `pld` copies a passage at several tokens a
+        step, a model drafter's trial steps emit one or two each. (Judged on fewer steps, the
+        faster drafter's unlucky opening would keep it from the trials that correct it.)"""
+        long = self.rates.long.get(name)
+        return long is None or long.steps < self.SETTLED or may_beat(long, leader)
 
     def _start_trial(self, name: str) -> str:
         rate = self.rates.by_name.setdefault(name, Rate())

@@ -70,9 +70,11 @@ def test_the_command_prints_one_line_and_refuses_bad_input(tmp_path, capsys):
 def test_without_text_only_candidates_auto_tries_its_others_at_each_new_prompt():
     """With only trialled candidates, auto shortens their waits at each new request (no shadow
     step would see a prompt that suits another); the default replay keeps a text-only stand-in
-    beside them, as in auto's default set, and the slower one proposes fewer steps."""
+    beside them, as in auto's default set, and the slower one proposes fewer steps. (Fewer by
+    15% here, where it was 60% before a due trial began to wait while the drafter's long run
+    cannot beat the leader's rate: that rule holds back most of the extra trials either way.)"""
     found = recordings(planted_report({"redrafter": 5, "draft": 2}, prompts=12))
     alone = replay(found, runs=20, text_only=False)
     beside = replay(found, runs=20)
-    assert beside["share"]["draft"] < 0.75 * alone["share"]["draft"]
+    assert beside["share"]["draft"] < 0.9 * alone["share"]["draft"]
     assert set(beside["share"]) == {"redrafter", "draft"}  # the stand-in never proposes

@@ -8,7 +8,7 @@ import pytest
 import mlx_spec
 from mlx_spec.drafters import Drafter
 from mlx_spec.cost import CostModel
-from mlx_spec.drafters.auto import Auto, Rates, candidates_for, may_beat
+from mlx_spec.drafters.auto import Auto, LongRate, Rates, candidates_for, may_beat
 from mlx_spec.engine import Decoder
 from mlx_spec.target import Target
 from mlx_spec.tree import Tree
@@ -710,6 +710,26 @@ def test_a_model_drafter_clearly_slower_over_the_long_run_neither_leads_nor_wait
     auto.rates = Rates(by_name={"a": rate(200.0, 1.0, 40, 0.3), "b": rate(260.0, 1.0, 14, 0.3)},
                        long={"a": long_rate(4.0), "b": long_rate(2.8)})
     assert auto._best() == "a"
+
+
+def test_a_due_trial_waits_while_the_drafter_cannot_beat_the_leader_over_the_long_run():
+    """Planted rates: model drafter `b` is due a trial, and over the long run (LongRate, 40 steps)
+    it runs at 100 tokens a second. Against a leader at 400 (a copied passage) the trial waits,
+    its wait unchanged; against one at 110, within both rates' noise, it runs; and with a long run
+    of fewer than SETTLED steps (an unlucky opening may be all it is) it runs whatever the leader."""
+    def next_after(leader_rate, b_long):
+        auto = Auto({"a": Oracle([]), "b": Oracle([])})
+        windows = {"a": rate(leader_rate, 1.0, 40, 0.3), "b": rate(100.0, 1.0, 40, 0.3)}
+        windows["b"].last_step, windows["b"].wait = 0, 24
+        auto.rates = Rates(by_name=windows, step=100, leader="a", long={"b": b_long})
+        return auto._next(), windows["b"].wait
+
+    assert next_after(400.0, long_rate(2.0)) == ("a", 24)
+    assert next_after(110.0, long_rate(2.0)) == ("b", 24)
+    few = LongRate()
+    for tokens in (1, 3, 2):
+        few.add(tokens, 0.02)
+    assert next_after(400.0, few) == ("b", 24)
 
 
 def test_a_text_only_candidate_paired_ahead_of_a_model_drafter_takes_its_lead():
