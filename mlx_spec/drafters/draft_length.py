@@ -215,11 +215,13 @@ class DraftChooser:
         of `retrieved` nodes: a budget s would have sent its first s nodes. `asked`: the tree was
         cut at that many nodes, so it says nothing about larger budgets (they are left as they
         are)."""
+        ranks, below = sorted(matched_ranks), 0  # `below`: the ranks <= s (sizes ascend)
         for s in self.sizes:
             if asked is not None and s > asked:
                 break
-            self._learn(s, 1.0 + sum(1 for rank in matched_ranks if rank <= s),
-                        float(min(s, retrieved)))
+            while below < len(ranks) and ranks[below] <= s:
+                below += 1
+            self._learn(s, 1.0 + below, float(min(s, retrieved)))
         self.outcomes += 1
 
     def _learn(self, size: int, tokens: float, nodes: float) -> None:
