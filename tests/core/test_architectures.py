@@ -113,7 +113,9 @@ def test_every_method_equals_mlx_lm_greedy(matrix_models, twin_dirs, name):
     model = matrix_models[name]
     methods = [("ar", {}), ("pld", {}), ("lookahead", {}),
                ("draft", {"draft_model": str(twin_dirs[name]), "num_draft_tokens": 3,
-                          "draft_cost": 0.0})]  # (the twin costs what the target does)
+                          "adaptive": False, "backoff": False})]  # drafts every step: sized by
+    # the machine's measured costs, the twin (as dear as the target) drafted nothing on
+    # falcon_h1 under the parallel suite's load, and the hits below are what the test needs
     hits = {}
     for prompt in PROMPTS:
         expected = mlx_lm_greedy(model, prompt, MAX_TOKENS)
