@@ -327,3 +327,28 @@ def test_a_warm_start_ranks_tied_siblings_as_the_trie_it_was_saved_from(tmp_path
     warm = NgramTrie()
     warm.absorb(NgramTrie.load(tmp_path / "trie.npz"))
     assert retrieve([warm], [1], budget=1, depth=1).tokens == [1, 2]
+
+
+def test_two_tries_merge_children_as_any_number_of_tries_do():
+    """_Ranked.children is written out for two tries (lookahead's): on random tries it gives
+    every token under either trie's node with both nodes (None where one lacks it), as the
+    general form does for three."""
+    import random
+
+    from mlx_spec.drafters.trie import _Ranked
+    rng = random.Random(3)
+    tries = [NgramTrie(), NgramTrie(), NgramTrie()]
+    for trie in tries:
+        trie.insert([rng.randrange(6) for _ in range(300)], window=4)
+    pair, triple = _Ranked(tries[:2]), _Ranked(tries[:2] + [NgramTrie()])
+    seen = 0
+    for context in ([], [1], [2, 3], [4, 4], [5, 0, 1]):
+        nodes = tuple(trie.find(context) for trie in tries[:2])
+        got = pair.children(nodes)
+        assert got == {t: found[:2] for t, found in triple.children(nodes + (None,)).items()}
+        for token, (a, b) in got.items():
+            assert a == (tries[0].kids[nodes[0]] or {}).get(token) if nodes[0] is not None else a is None
+            assert b == (tries[1].kids[nodes[1]] or {}).get(token) if nodes[1] is not None else b is None
+        seen += len(got)
+    assert seen > 10
+    assert pair.children((None, None)) == {}
