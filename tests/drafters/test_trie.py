@@ -333,8 +333,6 @@ def test_two_tries_merge_children_as_any_number_of_tries_do():
     """_Ranked.children is written out for two tries (lookahead's): on random tries it gives
     every token under either trie's node with both nodes (None where one lacks it), as the
     general form does for three."""
-    import random
-
     from mlx_spec.drafters.trie import _Ranked
     rng = random.Random(3)
     tries = [NgramTrie(), NgramTrie(), NgramTrie()]
