@@ -56,6 +56,18 @@ def cache_line(cache: dict) -> str:
             f"a forward of the {cache['accepted'] + 1} kept tokens: {cache['replay_forward_ms']:.2f} ms)")
 
 
+def anchored_line(methods: dict) -> str:
+    """Each method's verify ms per call without stalls beside the model's prediction anchored to
+    `ar`'s calls (bench.add_verify_prediction), or "" where there is none."""
+    pairs = ", ".join(f"{name} {m['verify_ms_per_call_unstalled']:.1f} / "
+                      f"{m['predicted_verify_ms_per_call_anchored']:.1f} "
+                      f"({m['verify_ms_per_call_unstalled'] / m['predicted_verify_ms_per_call_anchored'] - 1:+.0%})"
+                      for name, m in methods.items()
+                      if m.get("predicted_verify_ms_per_call_anchored") and name != "ar")
+    return (f"the model's shape (verify ms per call without stalls / model ms scaled by `ar`'s "
+            f"measured over predicted): {pairs}" if pairs else "")
+
+
 def stall_line(methods: dict, priced: bool = True) -> str:
     """The machine's stalls per method and the speedups without them, or "" where none; `priced`:
     told by the cost model's price of each step (bench.stalls), else by the median rule."""
@@ -234,6 +246,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"[dim]{cache_line(report['cache'])}[/]")
         console.print(f"[dim]cost model (verify ms = measured per call, model ms = predicted for its "
                       f"mean tokens per verify): {describe_cost(cost)}[/]")
+        anchored = anchored_line(report["methods"])
+        if anchored:
+            console.print(f"[dim]{escape(anchored)}[/]")
         stalled = stall_line(report["methods"], priced=report.get("cost_model") is not None)
         if stalled:
             console.print(f"[dim]{escape(stalled)}[/]")

@@ -156,6 +156,34 @@ def test_verify_prediction_times_each_call_as_the_chain_or_tree_it_verified():
     assert methods["m"]["predicted_verify_ms_per_call"] == pytest.approx((12 + 20 + 24) / 3)
 
 
+def test_the_prediction_anchored_to_plain_decoding_takes_out_the_machines_drift():
+    """The machine ran 20% slower than when the model was measured: `ar`'s one-token calls took
+    12 ms against 10 predicted, and the method's calls 20% more than predicted too; anchored to
+    `ar`'s calls, the model's shape is exact, and the footer says so."""
+    from mlx_spec.cli.bench_cmd import anchored_line
+    from mlx_spec.bench import Run, add_verify_prediction, summarize
+    from mlx_spec.cost import CostModel
+    from mlx_spec.stats import GenerationStats
+
+    cost = CostModel((1, 4, 8), (0.010, 0.012, 0.016), 128)
+    stats = GenerationStats(target_calls=2, generated_tokens=4, verify_s=1.2 * 0.028,
+                            accepted_per_call=[2, 2], verified_per_call=[(4, False), (8, False)])
+    plain = GenerationStats(target_calls=1, generated_tokens=1, verify_s=0.012,
+                            accepted_per_call=[1], verified_per_call=[(1, False)])
+    methods, _ = summarize([Run("ar", "0", "c", [1], plain), Run("m", "0", "c", [1], stats)], True)
+    add_verify_prediction(methods, cost)
+    assert methods["m"]["predicted_verify_ms_per_call"] == pytest.approx(14.0)
+    assert methods["m"]["verify_ms_per_call"] == pytest.approx(16.8)
+    assert methods["m"]["predicted_verify_ms_per_call_anchored"] == pytest.approx(16.8)
+    assert methods["ar"]["predicted_verify_ms_per_call_anchored"] == pytest.approx(12.0)
+    assert anchored_line(methods).endswith("m 16.8 / 16.8 (+0%)")
+    del methods["ar"]  # no plain decoding in the run: nothing to anchor to
+    for m in methods.values():
+        del m["predicted_verify_ms_per_call_anchored"]
+    add_verify_prediction(methods, cost)
+    assert "predicted_verify_ms_per_call_anchored" not in methods["m"] and anchored_line(methods) == ""
+
+
 def test_a_method_whose_verifies_cost_far_more_than_predicted_is_named():
     """The bench warns where the cost model the choosers read missed a method's verify time by
     more than MISPREDICTED (the H200's 37.7 ms against 4.0 predicted), and not for the 5-12%
