@@ -59,20 +59,7 @@ class NgramTrie:
     # -- insertion --------------------------------------------------------------------------------
     def _child(self, node: int, token: int) -> int:
         """`node`'s child for `token`, made (with no count) where there is none yet."""
-        children = self.kids[node]
-        if children is None:
-            children = self.kids[node] = {}
-        child = children.get(token)
-        if child is None:
-            if self.free:
-                child = children[token] = self.free.pop()
-                self.freq[child], self.last[child] = 0.0, -1
-            else:
-                child = children[token] = len(self.freq)
-                self.kids.append(None)
-                self.freq.append(0.0)
-                self.last.append(-1)
-        return child
+        return self.walk(node, (token,), -1, count=False)
 
     def add_path(self, path: Sequence[int], done: int = 0, tick: Optional[int] = None) -> int:
         """Count one occurrence of `path`, whose first `done` tokens were counted earlier (a window
@@ -84,9 +71,9 @@ class NgramTrie:
 
     def walk(self, node: int, tokens: Sequence[int], tick: int, count: bool = True) -> int:
         """From `node` down `tokens`, making the nodes missing; each passed counts one occurrence
-        more, stamped `tick`, where `count`. Returns the last node. (_child written out: on
-        text that does not repeat nearly every step down makes a node, and under a profiler
-        the call took as long as the rest of the walk.)"""
+        more, stamped `tick`, where `count`. Returns the last node. (The one place that makes
+        nodes, written out in the loop: on text that does not repeat nearly every step down
+        makes one, and under a profiler a call per node took as long as the rest of the walk.)"""
         kids, freq, last, weight, free = self.kids, self.freq, self.last, self.weight, self.free
         for token in tokens:
             children = kids[node]
