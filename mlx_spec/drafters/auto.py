@@ -28,8 +28,10 @@ The choice, in stages (_next):
   (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing), not a rate from other text, by
-  the same margin as any switch; so a model drafter leads first where there is one (at a cold
-  start and at each new request), until a text-only candidate is paired ahead. The
+  the same margin as any switch (by any amount, once paired over SETTLED steps, where the
+  leading model drafter's chooser sits at plain decoding: Rate.idle); so a model drafter leads
+  first where there is one (at a cold start and at each new request), until a text-only
+  candidate is paired ahead. The
   asks run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
   until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
@@ -90,6 +92,7 @@ class Rate:
     last_step: int = -1     # auto's step counter when it last proposed
     wait: int = 24          # trialled candidates: auto steps from its last step to its next
     # trial (Auto.FIRST_GAP at first; doubled by each lost trial, up to Auto.MAX_GAP)
+    sent: float = 0.0       # decayed count of the steps that sent a draft (see idle)
 
     DECAY = 0.93            # per own step: about the last 14 steps decide
     FADE = 0.25             # per auto step it sat out: its evidence fades (see fade)
@@ -97,8 +100,9 @@ class Rate:
     SETTLED = 12            # own steps after which the prior has faded out (see per_second)
     SPIKE = 3.0             # a step counts at most this many of the rate's mean step seconds
     KNOWN = SETTLED         # the most steps its error counts (see error)
+    IDLE = 0.25             # idle: fewer of its recent steps than this sent a draft
 
-    def add(self, tokens: int, seconds: float) -> None:
+    def add(self, tokens: int, seconds: float, sent: bool = True) -> None:
         """One step more. Its seconds count at most SPIKE times the mean step so far: a few steps
         in a hundred take 5-10x the median whichever method runs (the machine's stalls, not the
         method's), and one of them in a window of ~14 would decide the lead; a method's own slow
@@ -108,6 +112,7 @@ class Rate:
         self.tokens = self.DECAY * self.tokens + tokens
         self.seconds = self.DECAY * self.seconds + seconds
         self.weight = self.DECAY * self.weight + 1
+        self.sent = self.DECAY * self.sent + sent
         products = (tokens * tokens, tokens * seconds, seconds * seconds)
         self.squares = tuple(self.DECAY * old + new for old, new in zip(self.squares, products))
         self.steps += 1
@@ -123,6 +128,7 @@ class Rate:
         """Every measured step counts `factor` as much (the rate itself is unchanged)."""
         self.tokens, self.seconds, self.weight = (factor * self.tokens, factor * self.seconds,
                                                   factor * self.weight)
+        self.sent *= factor
         self.squares = tuple(factor * value for value in self.squares)
 
     @property
@@ -137,6 +143,13 @@ class Rate:
         prior = self.PRIOR * max(0.0, 1.0 - self.steps / self.SETTLED)
         step_s = self.seconds / self.weight
         return (self.tokens + prior) / (self.seconds + prior * step_s)
+
+    @property
+    def idle(self) -> bool:
+        """Whether the candidate's chooser sits at plain decoding: of its recent steps (at least
+        PRIOR of them), fewer than IDLE sent a draft. Its steps are then plain steps and, for a
+        model drafter, a probe now and then that pays a draft and a wider verify blind."""
+        return self.weight >= self.PRIOR and self.sent < self.IDLE * self.weight
 
     @property
     def raw(self) -> float:
@@ -161,14 +174,16 @@ class Rate:
         another process to read (Rates.save)."""
         tt, ts, ss = self.squares
         return {"tokens": self.tokens, "seconds": self.seconds / unit, "weight": self.weight,
-                "squares": [tt, ts / unit, ss / unit ** 2], "steps": self.steps, "wait": self.wait}
+                "squares": [tt, ts / unit, ss / unit ** 2], "steps": self.steps, "wait": self.wait,
+                "sent": self.sent}
 
     @classmethod
     def from_dict(cls, data: dict, unit: float) -> "Rate":
         tt, ts, ss = (float(v) for v in data["squares"])
         return cls(tokens=float(data["tokens"]), seconds=float(data["seconds"]) * unit,
                    weight=float(data["weight"]), squares=(tt, ts * unit, ss * unit ** 2),
-                   steps=int(data["steps"]), wait=int(data["wait"]))
+                   steps=int(data["steps"]), wait=int(data["wait"]),
+                   sent=float(data.get("sent", data["weight"])))  # (older files: not idle)
 
     def error(self, recent: bool = False) -> float:
         """The rate's relative standard error: the steps' spread over the steps ever measured
@@ -486,7 +501,7 @@ class Auto(Drafter):
             modelled = (self.cost.step_seconds(len(tree), not tree.is_chain)
                         if self.cost is not None else None)
             step = (len(acceptance.tokens), self._capped(now - since, besides, modelled))
-            rate.add(*step)
+            rate.add(*step, sent=len(tree) > 1)
             if not self.candidates[name].drafts_from_text:
                 self.rates.long.setdefault(name, LongRate()).add(*step)
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
@@ -528,20 +543,28 @@ class Auto(Drafter):
 
         Only a text-only leader's loss is taken so: it says the text stopped repeating, which
         the model drafters do not need. A model drafter's lost window at T > 0 is mostly the
-        luck of its sampled steps, and handing its lead on would hand it to a slower one."""
+        luck of its sampled steps, and handing its lead on would hand it to a slower one.
+        Unless it is idle (Rate.idle): its chooser sits at plain decoding and the loss is a
+        probe's. The best text-only candidate not expected to lose to plain decoding leads
+        then: it decodes about as plainly as a pause would, with the same shadow asks, and
+        drafts where its look-ups expect a gain; a pause would also hold back a text that
+        starts to repeat (SmolLM2 at T = 1.0: an extraction answer `lookahead` decoded at 1.3x
+        stayed paused after the idle `redrafter`'s first probe)."""
         if self.rates is None:
             return False
         losing = self.rates.leader or self.current
-        if not self.candidates[losing].drafts_from_text:
+        if losing not in self.shadowed and self._rate(losing).idle:
+            known = [n for n in self.shadowed if self._rate(n).steps]
+            name, needs = (self._fastest(known), 1.0) if known else (None, 0.0)
+        elif self.candidates[losing].drafts_from_text:
+            others = [n for n, r in self.rates.by_name.items() if n != losing and r.steps]
+            name, needs = (self._fastest(others), 1.0 + clear) if others else (None, 0.0)
+            models = [n for n in others if n not in self.shadowed]
+            if name in models:  # (their windows may be older text: _forget_text)
+                name = self._steadiest(models)
+        else:
             return False
-        others = [n for n, r in self.rates.by_name.items() if n != losing and r.steps]
-        if not others:
-            return False
-        name = self._fastest(others)
-        models = [n for n in others if n not in self.shadowed]
-        if name in models:  # (their windows may be older text: _forget_text)
-            name = self._steadiest(models)
-        if self._rate(name).per_second * plain_s <= 1.0 + clear:
+        if name is None or self._rate(name).per_second * plain_s < needs:
             return False
         self.rates.leader = name
         if self._trial is None:  # a trial that has begun runs its course first
@@ -652,9 +675,14 @@ class Auto(Drafter):
         # a text-only candidate ahead of a model drafter's real steps on this text takes the
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
-        # steps, would hand the lead to and fro while a model drafter waits.)
-        ahead = {n: p.ratio for n, p in self.rates.paired.items() if n != leader
-                 and p.steps >= self.PAIRED and p.ratio > 1.0 + _margin(p.shadow, p.real)}
+        # steps, would hand the lead to and fro while a model drafter waits.) Ahead of an idle
+        # one's (Rate.idle) by any amount, once paired over SETTLED steps: both then decode
+        # about plainly, but the text-only one drafts where its look-ups, scored at every step,
+        # expect a gain, and the idle model drafter's probes pay blind
+        idle = leader not in self.shadowed and self._rate(leader).idle
+        ahead = {n: p.ratio for n, p in self.rates.paired.items() if n != leader and (
+                 p.steps >= self.PAIRED and p.ratio > 1.0 + _margin(p.shadow, p.real)
+                 or idle and p.steps >= self.SETTLED and p.ratio > 1.0)}
         if ahead and leader not in self.shadowed:
             return max(ahead, key=ahead.get)
         if leader == best:

@@ -415,6 +415,51 @@ def test_a_loss_hands_the_lead_to_a_candidate_that_clearly_beats_plain_decoding(
         assert (auto.current, auto.rates.leader) == (("b", "b") if switched else ("a", "a"))
 
 
+def idle(r):
+    """`r` as the rate of a candidate whose recent steps sent no draft (its chooser at 0)."""
+    r.sent = 0.0
+    assert r.idle
+    return r
+
+
+def test_an_idle_model_drafters_loss_hands_the_lead_to_a_text_only_candidate():
+    """Model drafter `m` leads, its chooser at plain decoding (Rate.idle), and the back-off judged
+    its probe a loss: text-only `t`, measured at plain decoding's rate or above, leads instead of
+    a pause, though it does not beat plain decoding by `clear`. Not below plain decoding's rate,
+    and not where `m` sends drafts (its loss is then the luck of its sampled steps)."""
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+    for m_idle, t_rate, switched in ((True, 52.0, True), (True, 45.0, False),
+                                     (False, 52.0, False)):
+        auto = Auto({"m": Oracle([]), "t": TextOracle([])}, cost=cost)
+        m = rate(50.0, 1.0, 40)
+        auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(t_rate, 1.0, 40)},
+                           leader="m")
+        auto.current = "m"
+        assert auto.switch_instead(0.020, 0.1) is switched
+        assert (auto.current, auto.rates.leader) == (("t", "t") if switched else ("m", "m"))
+
+
+def test_a_text_only_candidate_paired_ahead_of_an_idle_leader_by_less_than_the_margin_leads():
+    """`t`'s shadow steps beat the real steps at the same places by 5%, within the switch margin:
+    against a model drafter that drafts, `m` holds; against one whose steps sent no draft
+    (Rate.idle: plain steps and a blind probe now and then), `t` leads once paired over SETTLED
+    steps, not before."""
+    from mlx_spec.drafters.auto import Pairing
+
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+    for m_idle, paired_steps, expected in ((False, Auto.SETTLED, "m"),
+                                           (True, Auto.SETTLED - 1, "m"),
+                                           (True, Auto.SETTLED, "t")):
+        auto = Auto({"m": Oracle([]), "t": TextOracle([])}, cost=cost)
+        m = rate(100.0, 1.0, 40)
+        pairing = Pairing()
+        for _ in range(paired_steps):
+            pairing.add(1.05, 0.02, 1, 0.02)
+        auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(100.0, 1.0, 40)},
+                           leader="m", paired={"t": pairing})
+        assert auto._hold("m") == expected
+
+
 def test_each_candidate_waits_its_own_turn_and_a_lost_lead_is_tried_again_soon():
     """`c` has lost many trials (a long wait) while `a` led; when `b` overtakes `a`, `a` is
     tried again RECHECK steps after its last step, long before `c`."""
@@ -636,7 +681,8 @@ def test_rates_outlive_the_process_in_the_cache_folder(random_models, tmp_path):
         assert read.by_name.keys() == measured.by_name.keys() and read.leader == measured.leader
         for name, old in measured.by_name.items():
             new = read.by_name[name]
-            assert (new.steps, new.wait) == (old.steps, old.wait)
+            assert (new.steps, new.wait, new.idle) == (old.steps, old.wait, old.idle)
+            assert new.sent == pytest.approx(old.sent)
             assert new.per_second == pytest.approx(old.per_second)
             assert new.spread() == pytest.approx(old.spread())
 
