@@ -28,14 +28,13 @@ The choice, in stages (_next):
   (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing), not a rate from other text, by
-  the same margin as any switch (by any amount, once paired over SETTLED steps, where the
-  leading model drafter's chooser sits at plain decoding: Rate.idle); so a model drafter leads
-  first where there is one (at a cold start and at each new request), until a text-only
-  candidate is paired ahead. The
+  the same margin as any switch; so a model drafter leads first where there is one (at a cold
+  start and at each new request), until a text-only candidate is paired ahead. The
   asks run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
   until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
-  candidate loses.
+  candidate loses (where the loser is a model drafter whose chooser sits at plain decoding, a
+  text-only candidate takes its lead instead: switch_instead).
 
 What auto measured is kept per loaded model and sampling regime (greedy, or each temperature), so
 the next request starts from it, and saved at each request's end in the cache folder
@@ -549,7 +548,10 @@ class Auto(Drafter):
         then: it decodes about as plainly as a pause would, with the same shadow asks, and
         drafts where its look-ups expect a gain; a pause would also hold back a text that
         starts to repeat (SmolLM2 at T = 1.0: an extraction answer `lookahead` decoded at 1.3x
-        stayed paused after the idle `redrafter`'s first probe)."""
+        stayed paused after the idle `redrafter`'s first probe). Only at a loss: handing an idle
+        leader's lead to a text-only candidate paired ahead of its plain steps by less than the
+        switch margin cost SmolLM2 greedy coding 1.16x against 1.28x (a model drafter at 0 wakes
+        on a text that suits it, but in trials at 0 it sends nothing to show it)."""
         if self.rates is None:
             return False
         losing = self.rates.leader or self.current
@@ -675,14 +677,9 @@ class Auto(Drafter):
         # a text-only candidate ahead of a model drafter's real steps on this text takes the
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
-        # steps, would hand the lead to and fro while a model drafter waits.) Ahead of an idle
-        # one's (Rate.idle) by any amount, once paired over SETTLED steps: both then decode
-        # about plainly, but the text-only one drafts where its look-ups, scored at every step,
-        # expect a gain, and the idle model drafter's probes pay blind
-        idle = leader not in self.shadowed and self._rate(leader).idle
-        ahead = {n: p.ratio for n, p in self.rates.paired.items() if n != leader and (
-                 p.steps >= self.PAIRED and p.ratio > 1.0 + _margin(p.shadow, p.real)
-                 or idle and p.steps >= self.SETTLED and p.ratio > 1.0)}
+        # steps, would hand the lead to and fro while a model drafter waits.)
+        ahead = {n: p.ratio for n, p in self.rates.paired.items() if n != leader
+                 and p.steps >= self.PAIRED and p.ratio > 1.0 + _margin(p.shadow, p.real)}
         if ahead and leader not in self.shadowed:
             return max(ahead, key=ahead.get)
         if leader == best:

@@ -439,27 +439,6 @@ def test_an_idle_model_drafters_loss_hands_the_lead_to_a_text_only_candidate():
         assert (auto.current, auto.rates.leader) == (("t", "t") if switched else ("m", "m"))
 
 
-def test_a_text_only_candidate_paired_ahead_of_an_idle_leader_by_less_than_the_margin_leads():
-    """`t`'s shadow steps beat the real steps at the same places by 5%, within the switch margin:
-    against a model drafter that drafts, `m` holds; against one whose steps sent no draft
-    (Rate.idle: plain steps and a blind probe now and then), `t` leads once paired over SETTLED
-    steps, not before."""
-    from mlx_spec.drafters.auto import Pairing
-
-    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
-    for m_idle, paired_steps, expected in ((False, Auto.SETTLED, "m"),
-                                           (True, Auto.SETTLED - 1, "m"),
-                                           (True, Auto.SETTLED, "t")):
-        auto = Auto({"m": Oracle([]), "t": TextOracle([])}, cost=cost)
-        m = rate(100.0, 1.0, 40)
-        pairing = Pairing()
-        for _ in range(paired_steps):
-            pairing.add(1.05, 0.02, 1, 0.02)
-        auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(100.0, 1.0, 40)},
-                           leader="m", paired={"t": pairing})
-        assert auto._hold("m") == expected
-
-
 def test_each_candidate_waits_its_own_turn_and_a_lost_lead_is_tried_again_soon():
     """`c` has lost many trials (a long wait) while `a` led; when `b` overtakes `a`, `a` is
     tried again RECHECK steps after its last step, long before `c`."""
