@@ -547,7 +547,7 @@ class Auto(Drafter):
         probe's. The best text-only candidate not expected to lose to plain decoding leads
         then: it decodes about as plainly as a pause would, with the same shadow asks, and
         drafts where its look-ups expect a gain; a pause would also hold back a text that
-        starts to repeat (SmolLM2 at T = 1.0: an extraction answer `lookahead` decoded at 1.3x
+        starts to repeat (SmolLM2 at T = 1.0: an extraction answer `lookahead` decoded at 1.26x
         stayed paused after the idle `redrafter`'s first probe). Only at a loss: handing an idle
         leader's lead to a text-only candidate paired ahead of its plain steps by less than the
         switch margin cost SmolLM2 greedy coding 1.16x against 1.28x (a model drafter at 0 wakes
