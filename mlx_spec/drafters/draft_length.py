@@ -281,6 +281,37 @@ def shared_chooser(model, key: tuple, make):
     return choosers[key]
 
 
+def regime_key(settings: tuple, sampling) -> tuple:
+    """The key of the chooser for drafts made under `sampling` (a SamplingParams): a draft's
+    acceptance depends on the temperature (SmolLM2's `pld`: 1.15x greedy, ~1.0x at T = 1.0), so
+    what greedy requests taught must not size sampled drafts, nor the reverse."""
+    return settings if sampling.greedy else settings + ("sampling", sampling.temperature)
+
+
+class RegimeChoosers:
+    """The choosers of a drafter whose drafts never change the output (pld, lookahead): one per
+    loaded model, settings and sampling regime (regime_key), each carrying what it learned to the
+    next request of its regime (shared_chooser); `current`, the greedy one until a step names
+    another regime (use)."""
+
+    def __init__(self, model, settings: tuple, make: Callable[[], DraftChooser]):
+        self.model, self.settings, self.make = model, settings, make
+        self._own: dict = {}  # without a model: this drafter's own, per regime
+        self.current = self._get(settings)
+
+    def use(self, sampling) -> DraftChooser:
+        """The chooser for this step's drafts, kept as `current`."""
+        self.current = self._get(regime_key(self.settings, sampling))
+        return self.current
+
+    def _get(self, key: tuple) -> DraftChooser:
+        if self.model is not None:
+            return shared_chooser(self.model, key, self.make)
+        if key not in self._own:
+            self._own[key] = self.make()
+        return self._own[key]
+
+
 class ModelChoosers:
     """The draft-size choosers of a drafter that drafts from a model of its own (redrafter's head,
     a draft model), one per sampling regime. Greedy drafts never change the output, so the greedy
@@ -325,7 +356,7 @@ class ModelChoosers:
         elif not self.carried:
             chooser = self._fresh
         else:
-            chooser = shared_chooser(self.model, self.settings + ("sampling", sampling.temperature),
+            chooser = shared_chooser(self.model, regime_key(self.settings, sampling),
                                      self.make_sampled)
         if id(chooser) not in self._paced:  # its first use in this request
             chooser.drift_speed = 1.0

@@ -34,7 +34,7 @@ from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import CliFlag, register
 from .base import Drafter, StepContext
-from .draft_length import DraftChooser, Guesses, shared_chooser, verify_cost_for
+from .draft_length import DraftChooser, Guesses, RegimeChoosers, verify_cost_for
 from .shared import shared
 
 # nodes retrieved while the chooser keeps to plain decoding: the small budgets it would grow back
@@ -60,6 +60,11 @@ class Lookahead(Drafter):
     def expected_gain(self) -> Optional[float]:
         return self.chooser.expected_gain() if self.chooser is not None else None
 
+    @property
+    def chooser(self) -> Optional[DraftChooser]:
+        """The budget chooser of the sampling regime of the last step (None: fixed budget)."""
+        return self.choosers.current if self.choosers is not None else None
+
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,
                  decay: float = 0.9, adaptive: bool = True, verify_cost: Optional[float] = None,
@@ -76,14 +81,16 @@ class Lookahead(Drafter):
         self.window = match_length + branch_length
         self.node_budget, self.decay_factor = node_budget, decay
         self.save_path = save_trie
-        # one chooser per loaded model and settings: a request starts from what the last ones
-        # taught it (a fresh optimistic one per request paid a few 32-node misses each time)
-        self.chooser = (shared_chooser(model, ("lookahead", decoding_length, verify_cost,
-                                               verify_overhead),
-                                       lambda: DraftChooser.for_budgets(decoding_length, verify=verify_cost_for(
-                                           model, verify_cost, verify_overhead,
-                                           default=(0.06, 0.25), tree=True)))
-                        if adaptive else None)
+        # one chooser per loaded model, settings and sampling regime: a request starts from what
+        # the last ones taught it (a fresh optimistic one per request paid a few 32-node misses
+        # each time)
+        self.choosers = (RegimeChoosers(model, ("lookahead", decoding_length, verify_cost,
+                                                verify_overhead),
+                                        lambda: DraftChooser.for_budgets(
+                                            decoding_length, verify=verify_cost_for(
+                                                model, verify_cost, verify_overhead,
+                                                default=(0.06, 0.25), tree=True)))
+                         if adaptive else None)
         state = shared(model)
         if state.output_trie is None:
             state.output_trie = NgramTrie()
@@ -153,14 +160,15 @@ class Lookahead(Drafter):
     def propose(self, ctx: StepContext) -> Tree:
         t0 = time.perf_counter()
         tokens = ctx.tokens
-        if ctx.max_drafts < 1 and self.chooser is None:  # a plain step: the tries catch up on
+        if ctx.max_drafts < 1 and self.choosers is None:  # a plain step: the tries catch up on
             self.timing["calls"] += 1                     # the next drafting step
             return Tree.from_chain(tokens[-1], [])
         budget = self.decoding_length
-        if self.chooser is not None:
+        if self.choosers is not None:
+            chooser = self.choosers.use(ctx.sampling)
             for outcome in self._guesses.settle(tokens):
-                self.chooser.record_ranks(*outcome)
-            budget = self.chooser.choose() if ctx.max_drafts >= 1 else 0
+                chooser.record_ranks(*outcome)
+            budget = chooser.choose() if ctx.max_drafts >= 1 else 0
             if budget == 0:
                 self._plain_steps += 1
                 if self._plain_steps % PEEK_EVERY:  # the tries catch up on the next peek
@@ -177,7 +185,7 @@ class Lookahead(Drafter):
         mode = self.mode if ctx.trees else "single"  # a chain-only target: the best branch
         found = retrieve([self.request_trie, self.output_trie], tokens[-self.match_length:],
                          asked, depth, self.match_length, mode)
-        if self.chooser is not None and len(found) > 1:
+        if self.choosers is not None and len(found) > 1:
             self._guesses.add(len(tokens), (found, asked))
         keep = 1 + min(budget, ctx.max_drafts, len(found) - 1)
         tree = Tree(tokens=found.tokens[:keep], parents=found.parents[:keep])

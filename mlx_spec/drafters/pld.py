@@ -8,14 +8,14 @@ Adaptive length (mlx_spec/drafters/draft_length.py): every lookup is remembered 
 are known, then scored as if all of it had been sent (acceptance walks the target's own draws, so
 what the target says does not depend on what was drafted). Guesses that keep failing (sampling at a
 high temperature, text that does not repeat) shrink the draft down to plain decoding; the scoring
-goes on, so drafting resumes when guesses start to match. What it learned is kept per loaded model,
-so the next request starts from it.
+goes on, so drafting resumes when guesses start to match. What it learned is kept per loaded model
+and sampling regime (greedy, or each temperature), so the next request starts from it.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from .draft_length import DraftChooser, Guesses, shared_chooser, verify_cost_for
+from .draft_length import DraftChooser, Guesses, RegimeChoosers, verify_cost_for
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
@@ -62,6 +62,11 @@ class PromptLookup(Drafter):
     def expected_gain(self) -> Optional[float]:
         return self.chooser.expected_gain() if self.chooser is not None else None
 
+    @property
+    def chooser(self) -> Optional[DraftChooser]:
+        """The draft-length chooser of the sampling regime of the last step (None: fixed)."""
+        return self.choosers.current if self.choosers is not None else None
+
     def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1,
                  adaptive: bool = True, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None):
@@ -70,10 +75,10 @@ class PromptLookup(Drafter):
         self.num_draft_tokens = num_draft_tokens
         self.index = NgramIndex(ngram_min, ngram_max)
         settings = ("pld", num_draft_tokens, verify_cost, verify_overhead)
-        self.chooser = (shared_chooser(model, settings, lambda: DraftChooser.for_depths(
+        self.choosers = (RegimeChoosers(model, settings, lambda: DraftChooser.for_depths(
             num_draft_tokens, 0, verify=verify_cost_for(model, verify_cost, verify_overhead,
                                                         default=(0.07, 0.2))))
-                        if adaptive else None)
+                         if adaptive else None)
         self._guesses = Guesses(_chain_outcome)
 
     def begin(self, prompt_tokens: list[int]) -> None:
@@ -83,17 +88,18 @@ class PromptLookup(Drafter):
     def propose(self, ctx: StepContext) -> Tree:
         """A plain step (the engine's back-off, the last token) sends nothing but still looks
         up, so the chooser learns during the back-off's pauses what drafting would have won."""
-        if ctx.max_drafts < 1 and self.chooser is None:
+        if ctx.max_drafts < 1 and self.choosers is None:
             return Tree.from_chain(ctx.tokens[-1], [])  # the index catches up on the next step
         if len(self.index.tokens) != len(ctx.tokens):
             self.index.extend(ctx.tokens[len(self.index.tokens):])
         draft = self.index.lookup(self.num_draft_tokens)
-        if self.chooser is not None:
+        if self.choosers is not None:
+            chooser = self.choosers.use(ctx.sampling)
             for matched, offered in self._guesses.settle(ctx.tokens):
-                self.chooser.record(matched, offered, whole=True)
+                chooser.record(matched, offered, whole=True)
             if draft:
                 self._guesses.add(len(ctx.tokens), draft)
-                draft = draft[:self.chooser.choose()]
+                draft = draft[:chooser.choose()]
         return Tree.from_chain(ctx.tokens[-1], draft[:ctx.max_drafts])
 
 
