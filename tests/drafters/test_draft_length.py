@@ -303,19 +303,26 @@ def test_text_drafters_keep_one_chooser_per_sampling_regime(random_models):
     chooser as it left it: the acceptance of one regime does not size the other's drafts. Per
     loaded model, so a second drafter on the same model shares them."""
     from mlx_spec.drafters.lookahead import Lookahead
+    from mlx_spec.drafters.shared import Shared
 
     model = random_models["llama"]
     text = [5, 6, 7, 8, 9, 10, 11, 12, 13] * 6
     greedy, hot = SamplingParams(), SamplingParams(temperature=1.0)
-    for make in (lambda: PromptLookup(model), lambda: Lookahead(model)):
-        drafter = make()
-        drafter.begin(text[:10])
-        for end in range(10, len(text)):
-            drafter.propose(StepContext(tokens=text[:end], max_drafts=0, sampling=greedy))
-        taught = drafter.chooser
-        assert taught.outcomes > 3 and taught.choose() > 0
-        drafter.begin(text[:10])
-        drafter.propose(StepContext(tokens=text[:10], max_drafts=8, sampling=hot))
-        assert drafter.chooser is not taught and drafter.chooser.outcomes == 0
-        drafter.propose(StepContext(tokens=text[:11], max_drafts=8, sampling=greedy))
-        assert drafter.chooser is taught and make().chooser is taught
+    kept = model.extras
+    try:
+        for make in (lambda: PromptLookup(model), lambda: Lookahead(model)):
+            # nothing learned by other tests' drafters on this model
+            model.extras = Shared(cost=kept.cost if kept else None, auto_folder=None)
+            drafter = make()
+            drafter.begin(text[:10])
+            for end in range(10, len(text)):
+                drafter.propose(StepContext(tokens=text[:end], max_drafts=0, sampling=greedy))
+            taught = drafter.chooser
+            assert taught.outcomes > 3 and taught.choose() > 0
+            drafter.begin(text[:10])
+            drafter.propose(StepContext(tokens=text[:10], max_drafts=8, sampling=hot))
+            assert drafter.chooser is not taught and drafter.chooser.outcomes == 0
+            drafter.propose(StepContext(tokens=text[:11], max_drafts=8, sampling=greedy))
+            assert drafter.chooser is taught and make().chooser is taught
+    finally:
+        model.extras = kept
