@@ -99,7 +99,7 @@ class Rate:
     SETTLED = 12            # own steps after which the prior has faded out (see per_second)
     SPIKE = 3.0             # a step counts at most this many of the rate's mean step seconds
     KNOWN = SETTLED         # the most steps its error counts (see error)
-    IDLE = 0.25             # idle: fewer of its recent steps than this sent a draft
+    IDLE = 0.25             # idle: a smaller fraction of its recent steps sent a draft
 
     def add(self, tokens: int, seconds: float, sent: bool = True) -> None:
         """One step more. Its seconds count at most SPIKE times the mean step so far: a few steps
@@ -146,7 +146,7 @@ class Rate:
     @property
     def idle(self) -> bool:
         """Whether the candidate's chooser sits at plain decoding: of its recent steps (at least
-        PRIOR of them), fewer than IDLE sent a draft. Its steps are then plain steps and, for a
+        PRIOR of them), fewer than the fraction IDLE sent a draft. Its steps are then plain steps and, for a
         model drafter, a probe now and then that pays a draft and a wider verify blind."""
         return self.weight >= self.PRIOR and self.sent < self.IDLE * self.weight
 
@@ -555,18 +555,24 @@ class Auto(Drafter):
         if self.rates is None:
             return False
         losing = self.rates.leader or self.current
-        if losing not in self.shadowed and self._rate(losing).idle:
-            known = [n for n in self.shadowed if self._rate(n).steps]
-            name, needs = (self._fastest(known), 1.0) if known else (None, 0.0)
-        elif self.candidates[losing].drafts_from_text:
+        if self.candidates[losing].drafts_from_text:
             others = [n for n, r in self.rates.by_name.items() if n != losing and r.steps]
-            name, needs = (self._fastest(others), 1.0 + clear) if others else (None, 0.0)
+            if not others:
+                return False
+            name = self._fastest(others)
             models = [n for n in others if n not in self.shadowed]
             if name in models:  # (their windows may be older text: _forget_text)
                 name = self._steadiest(models)
+            if self._rate(name).per_second * plain_s <= 1.0 + clear:
+                return False
+        elif self._rate(losing).idle:
+            known = [n for n in self.shadowed if self._rate(n).steps]
+            if not known:
+                return False
+            name = self._fastest(known)
+            if self._rate(name).per_second * plain_s < 1.0:
+                return False
         else:
-            return False
-        if name is None or self._rate(name).per_second * plain_s < needs:
             return False
         self.rates.leader = name
         if self._trial is None:  # a trial that has begun runs its course first

@@ -82,7 +82,8 @@ class Drafter:
         """Asked when the engine's back-off judged the last drafting steps a loss, before it
         pauses drafting: a drafter that can draft another way whose own measurements beat plain
         decoding (a step of `plain_s` seconds, one token) by more than `clear` switches to it
-        and returns True, and drafting goes on (auto: another candidate)."""
+        and returns True, and drafting goes on (auto: another candidate; after an idle model
+        drafter's loss, a text-only one at plain decoding's rate or above)."""
         return False
 
     def proposers(self) -> dict[str, int]:

@@ -268,8 +268,9 @@ class Guesses:
 
 
 def shared_chooser(model, key: tuple, make):
-    """One chooser per loaded model and drafter settings (drafters/shared.py), so what it learned
-    carries over to the next request and decoder; a fresh one where there is no model. For
+    """One chooser per loaded model and `key` (drafter settings, and the sampling regime where
+    it matters: regime_key; drafters/shared.py), so what it learned carries over to the next
+    request and decoder; a fresh one where there is no model. For
     drafts that never change the output (pld, lookahead: the target's draws depend on the seed and
     position alone; any greedy draft), since a carried-over state changes what is drafted; sampled
     drafts only where no seed reproduces the text anyway (ModelChoosers.carried)."""
@@ -291,8 +292,10 @@ def regime_key(settings: tuple, sampling) -> tuple:
 class RegimeChoosers:
     """The choosers of a drafter whose drafts never change the output (pld, lookahead): one per
     loaded model, settings and sampling regime (regime_key), each carrying what it learned to the
-    next request of its regime (shared_chooser); `current`, the greedy one until a step names
-    another regime (use)."""
+    next request of its regime (shared_chooser). `current` is the chooser of the last step's
+    regime (greedy before any step): what expected_gain reads before a request's first step
+    (the engine's BackOff.resume_if, at most the first PROBE steps of a request) is the last
+    request's."""
 
     def __init__(self, model, settings: tuple, make: Callable[[], DraftChooser]):
         self.model, self.settings, self.make = model, settings, make

@@ -422,14 +422,40 @@ def idle(r):
     return r
 
 
+class Plain(Drafter):
+    """A model drafter whose chooser sits at plain decoding: it sends the root alone."""
+
+    def propose(self, ctx):
+        return Tree.from_chain(ctx.tokens[-1], [])
+
+
+def test_a_candidate_whose_trees_send_no_draft_is_idle(random_models):
+    """Rate.idle as observe() records it: over a request's steps, a candidate whose trees are the
+    root alone is idle; one that sends drafts is not."""
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], 48)
+    for name, drafter, idle_after in (("plain", Plain(), True),
+                                      ("oracle", Oracle(prompt + expected), False)):
+        memory = {}
+        auto = Auto({name: drafter}, lambda regime: memory.setdefault(regime, Rates()))
+        decoder = Decoder(Target(model.model), auto, "auto")
+        result = mlx_spec.generate(model, PROMPTS[0], max_tokens=48, raw=True, decoder=decoder)
+        assert result.token_ids == expected
+        measured = memory["greedy"].by_name[name]
+        assert measured.steps >= 5 and measured.idle is idle_after
+
+
 def test_an_idle_model_drafters_loss_hands_the_lead_to_a_text_only_candidate():
     """Model drafter `m` leads, its chooser at plain decoding (Rate.idle), and the back-off judged
-    its probe a loss: text-only `t`, measured at plain decoding's rate or above, leads instead of
-    a pause, though it does not beat plain decoding by `clear`. Not below plain decoding's rate,
-    and not where `m` sends drafts (its loss is then the luck of its sampled steps)."""
+    its probe a loss: text-only `t`, measured at plain decoding's rate or above (51 tokens/s
+    where a plain step takes 20 ms), leads instead of a pause, though it does not beat plain
+    decoding by `clear`. Not below plain decoding's rate, and not where `m` sends drafts (its
+    loss is then the luck of its sampled steps). Without a cost model nothing is shadowed and
+    the pause goes ahead; a text-only leader's loss is handed on as before (by `clear`)."""
     cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
     for m_idle, t_rate, switched in ((True, 52.0, True), (True, 45.0, False),
-                                     (False, 52.0, False)):
+                                     (True, 51.0, True), (False, 52.0, False)):
         auto = Auto({"m": Oracle([]), "t": TextOracle([])}, cost=cost)
         m = rate(50.0, 1.0, 40)
         auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(t_rate, 1.0, 40)},
@@ -437,6 +463,17 @@ def test_an_idle_model_drafters_loss_hands_the_lead_to_a_text_only_candidate():
         auto.current = "m"
         assert auto.switch_instead(0.020, 0.1) is switched
         assert (auto.current, auto.rates.leader) == (("t", "t") if switched else ("m", "m"))
+
+    uncosted = Auto({"m": Oracle([]), "t": TextOracle([])})  # t is judged by trials then
+    uncosted.rates = Rates(by_name={"m": idle(rate(50.0, 1.0, 40)), "t": rate(52.0, 1.0, 40)},
+                           leader="m")
+    assert not uncosted.switch_instead(0.020, 0.1)
+    text_led = Auto({"t": TextOracle([]), "u": TextOracle([])})
+    text_led.rates = Rates(by_name={"t": idle(rate(50.0, 1.0, 40)), "u": rate(54.0, 1.0, 40)},
+                           leader="t")
+    assert not text_led.switch_instead(0.020, 0.1)  # 1.08x: not more than `clear`
+    text_led.rates.by_name["u"] = rate(56.0, 1.0, 40)
+    assert text_led.switch_instead(0.020, 0.1) and text_led.rates.leader == "u"
 
 
 def test_each_candidate_waits_its_own_turn_and_a_lost_lead_is_tried_again_soon():
