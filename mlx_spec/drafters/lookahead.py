@@ -161,7 +161,7 @@ class Lookahead(Drafter):
         t0 = time.perf_counter()
         tokens = ctx.tokens
         if ctx.max_drafts < 1 and self.choosers is None:  # a plain step: the tries catch up on
-            self.timing["calls"] += 1                     # the next drafting step
+            self.timing["calls"] += 1                      # the next drafting step
             return Tree.from_chain(tokens[-1], [])
         budget = self.decoding_length
         if self.choosers is not None:
