@@ -60,11 +60,12 @@ def anchored_line(methods: dict) -> str:
     """Each method's verify ms per call without stalls beside the model's prediction anchored to
     `ar`'s calls (bench.add_verify_prediction), or "" where there is none."""
     from mlx_spec.bench import REFERENCE
-    pairs = ", ".join(f"{name} {m['verify_ms_per_call_unstalled']:.1f} / "
-                      f"{m['predicted_verify_ms_per_call_anchored']:.1f} "
-                      f"({m['verify_ms_per_call_unstalled'] / m['predicted_verify_ms_per_call_anchored'] - 1:+.0%})"
-                      for name, m in methods.items()
-                      if m.get("predicted_verify_ms_per_call_anchored") and name != REFERENCE)
+    measured = {name: (m["verify_ms_per_call_unstalled"],
+                       m["predicted_verify_ms_per_call_anchored"])
+                for name, m in methods.items()
+                if m.get("predicted_verify_ms_per_call_anchored") and name != REFERENCE}
+    pairs = ", ".join(f"{name} {ms:.1f} / {model:.1f} ({ms / model - 1:+.0%})"
+                      for name, (ms, model) in measured.items())
     return (f"the model's shape (verify ms per call without stalls / model ms scaled by `ar`'s "
             f"measured over predicted): {pairs}" if pairs else "")
 

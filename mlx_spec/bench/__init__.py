@@ -225,10 +225,10 @@ def add_verify_prediction(methods: dict, cost: CostModel, sampled: bool = False)
     their seconds beyond their due taken out of the verify, where a step spends most of
     its time), which is what the model, measured at the run's start, can be held to.
     Where `ar` ran, also the prediction anchored to its calls ("..._anchored": scaled by `ar`'s
-    measured time without stalls over its predicted time): the machine's speed drifts over a run (a SmolLM2
-    run at 0.7 measured every method's verifies 14-19% above the model, `ar`'s by 16%), which
-    moves every method alike, while the choosers read only the model's ratios; the anchored
-    figure is how well its shape holds."""
+    measured time without stalls over its predicted time): the machine's speed drifts over a run
+    (a SmolLM2 run at 0.7 measured every method's verifies 14-19% above the model, `ar`'s by
+    16%), which moves every method alike, while the choosers read only the model's ratios; the
+    anchored figure is how well its shape holds."""
     for m in methods.values():
         m.pop("predicted_verify_ms_per_call_anchored", None)  # (from an earlier call)
         calls = max(1, m["target_calls"])
@@ -240,8 +240,9 @@ def add_verify_prediction(methods: dict, cost: CostModel, sampled: bool = False)
                                         visited=m["mean_accepted"])
             for kind, sizes in m["verified_calls"].items() for nodes, count in sizes.items()) / calls
     plain = methods.get(REFERENCE)
-    if plain and plain["predicted_verify_ms_per_call"] > 0 and plain["verify_ms_per_call_unstalled"] > 0:
-        drift = plain["verify_ms_per_call_unstalled"] / plain["predicted_verify_ms_per_call"]
+    predicted = plain["predicted_verify_ms_per_call"] if plain else 0.0
+    if predicted > 0 and plain["verify_ms_per_call_unstalled"] > 0:
+        drift = plain["verify_ms_per_call_unstalled"] / predicted
         for m in methods.values():
             m["predicted_verify_ms_per_call_anchored"] = drift * m["predicted_verify_ms_per_call"]
 

@@ -146,8 +146,9 @@ class Rate:
     @property
     def idle(self) -> bool:
         """Whether the candidate's chooser sits at plain decoding: of its recent steps (at least
-        PRIOR of them), fewer than the fraction IDLE sent a draft. Its steps are then plain steps and, for a
-        model drafter, a probe now and then that pays a draft and a wider verify blind."""
+        PRIOR of them), fewer than the fraction IDLE sent a draft. Its steps are then plain steps
+        and, for a model drafter, a probe now and then that pays a draft and a wider verify
+        blind."""
         return self.weight >= self.PRIOR and self.sent < self.IDLE * self.weight
 
     @property

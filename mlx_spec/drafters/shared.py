@@ -17,7 +17,7 @@ from ..paths import cache_root
 class Shared:
     draft_models: dict = field(default_factory=dict)   # draft folder -> draft_model.DraftModel
     heads: dict = field(default_factory=dict)          # redrafter (head folder, draft_vocab) -> (head, tables)
-    draft_lengths: dict = field(default_factory=dict)  # (method, settings[, regime]) -> draft_length.DraftChooser
+    draft_lengths: dict = field(default_factory=dict)  # (method, settings[, regime]) -> DraftChooser
     stop_rules: dict = field(default_factory=dict)     # adaedl (drafter, settings, regime) -> rule
     backoffs: dict = field(default_factory=dict)       # (method, options) -> engine.BackOff
     auto_rates: dict = field(default_factory=dict)     # auto: (candidates, regime) -> its Rates
