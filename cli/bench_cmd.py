@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
     def bench(
         model: Optional[str] = typer.Option(None, "--model", "-m", help="mlx-lm folder or hub id (default: embedded)."),
         methods: Optional[str] = typer.Option(None, "--methods", help="Comma list; NAME[key=value,...] sets options. Default: all methods."),
-        prompts: Optional[str] = typer.Option(None, "--prompts", help="question.jsonl or text lines, or `chat` for the built-in chat requests (default: built-in story prompts)."),
+        prompts: Optional[str] = typer.Option(None, "--prompts", help="question.jsonl or text lines, or `chat` / `chat2` for the built-in chat requests (default: built-in story prompts)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Use the first K prompts."),
         max_tokens: int = typer.Option(128, "--max-tokens", "-n"),
         temp: float = typer.Option(0.0, "--temp"),

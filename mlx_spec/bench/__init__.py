@@ -99,14 +99,13 @@ def split_method_list(text: str) -> list[str]:
 
 def load_prompts(path: Optional[str]) -> list[dict]:
     """FastChat / Spec-Bench question.jsonl ({"question_id","category","turns"}: the first turn is
-    used) or plain text, one prompt per line; None gives the built-in story prompts and "chat" the
-    built-in chat requests."""
+    used) or plain text, one prompt per line; None gives the built-in story prompts, "chat" and
+    "chat2" the two sets of built-in chat requests (prompts.CHAT_SETS)."""
+    from .prompts import CHAT_SETS, builtin_prompts, chat_prompts
     if path is None:
-        from .prompts import builtin_prompts
         return builtin_prompts()
-    if path == "chat" and not Path(path).exists():
-        from .prompts import chat_prompts
-        return chat_prompts()
+    if path in CHAT_SETS and not Path(path).exists():
+        return chat_prompts(path)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:

@@ -68,11 +68,48 @@ CHAT_PROMPTS = [
 ]
 
 
-def chat_prompts() -> list[dict]:
-    """[{"id", "category", "prompt"}] of CHAT_PROMPTS."""
+# Sixteen more requests, two per category, written after `auto`'s rules and constants were set
+# (only its shadow trees counted while followed, Auto._pairing, came after them: prompted by
+# the short table and repeat answers here): eight other kinds of request, some that copy their
+# request as a table or a corrected text does. `mlxspec bench --prompts chat2` checks a change
+# on requests other than those it was measured on.
+MORE_CHAT_PROMPTS = [
+    ("advice", "I have trouble falling asleep at night. Give me some practical tips."),
+    ("advice", "How can I prepare for my first job interview at a bookshop?"),
+    ("story", "Tell a short story about a cat who wants to learn to swim."),
+    ("story", "Write a bedtime story about a small robot that lost its key."),
+    ("facts", "What are the planets of the solar system, in order from the sun?"),
+    ("facts", "Name three famous rivers in Africa and one fact about each."),
+    ("codefix", "Fix the bug in this Python code: def add_all(xs):\n    total = 0\n    for x in "
+                "xs:\n        total = x\n    return total"),
+    ("codefix", "This Python code should print the numbers 1 to 10 but prints 0 to 9. Fix it: "
+                "for i in range(10): print(i)"),
+    ("reasoning", "Tom is taller than Sam, and Sam is taller than Lily. Who is the shortest? "
+                  "Explain."),
+    ("reasoning", "A train leaves at 3:40 pm and the trip takes 2 hours and 35 minutes. When "
+                  "does it arrive?"),
+    ("reply", "Reply politely to this message from a customer: \"My order number 4471 arrived "
+              "with a broken handle on the teapot. What can you do?\""),
+    ("reply", "Write a short answer to my friend who asked: \"Do you want to come hiking with "
+              "us on Sunday morning at 8?\" I can't come because I work."),
+    ("table", "Make a table with three fruits, their colour and their season."),
+    ("table", "Put these people in a table with name and city: Anna lives in Oslo, Ben in Lyon, "
+              "Chiara in Turin and Dev in Pune."),
+    ("repeat", "Repeat the following sentence three times, each on its own line: The quick "
+               "brown fox jumps over the lazy dog."),
+    ("repeat", "Correct the spelling in this text and give back the whole text: \"Yesterday I "
+               "went to the libary and borowed two books about astronomy and one about the "
+               "ocean.\""),
+]
+
+CHAT_SETS = {"chat": CHAT_PROMPTS, "chat2": MORE_CHAT_PROMPTS}  # the names `--prompts` takes
+
+
+def chat_prompts(name: str = "chat") -> list[dict]:
+    """[{"id", "category", "prompt"}] of the chat requests CHAT_SETS[name]."""
     counts: dict = {}
     prompts = []
-    for category, text in CHAT_PROMPTS:
+    for category, text in CHAT_SETS[name]:
         counts[category] = counts.get(category, -1) + 1
         prompts.append({"id": f"{category}-{counts[category]}", "category": category, "prompt": text})
     return prompts

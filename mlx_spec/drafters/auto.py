@@ -27,7 +27,8 @@ The choice, in stages (_next):
   a fair draw). Its time is the target's modelled verify time for that many tokens
   (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
-  steps beat the real steps taken at the same places (Pairing), not a rate from other text, by
+  steps beat the real steps taken at the same places (Pairing; a tree the text is still
+  following counts what it matched so far: _pairing), not a rate from other text, by
   the same margin as any switch; so a model drafter leads first where there is one (at a cold
   start and at each new request), until a text-only candidate is paired ahead. The
   asks run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
@@ -358,6 +359,8 @@ class Auto(Drafter):
         # asks (made while the verify ran too: where they did not overlap it, on a CPU whose cores
         # the forward holds, they lengthened the wait)
         self._asked: list[list] = []  # this step's shadow entries, waiting for its real outcome
+        self._following: dict[str, list] = {}  # text-only candidate -> its open shadow trees the
+        # text follows, as (tokens matched so far + 1, seconds, the real step): see _pairing
         self.rates: Optional[Rates] = None       # this request's regime (set at its first step)
         self.current: str = next(iter(self.candidates))
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
@@ -392,6 +395,7 @@ class Auto(Drafter):
         self.steps_by_method = {}
         for ledger in self._shadows.values():
             ledger.clear()
+        self._following = {}
 
     def propose(self, ctx: StepContext):
         if self.rates is None:
@@ -462,6 +466,7 @@ class Auto(Drafter):
                 if real:  # the real step taken where this tree was asked for
                     self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
                                                                       *real)
+            self._following[name] = _followed(ledger, ctx.tokens)
             if name == self.current:
                 continue
             paired = self.rates.paired.get(name)
@@ -685,13 +690,14 @@ class Auto(Drafter):
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
         # steps, would hand the lead to and fro while a model drafter waits.)
-        ahead = {n: p.ratio for n, p in self.rates.paired.items() if n != leader
-                 and p.steps >= self.PAIRED and p.ratio > 1.0 + _margin(p.shadow, p.real)}
+        ahead = {n: p.ratio for n in self.shadowed if n != leader for p in [self._pairing(n)]
+                 if p is not None and p.steps >= self.PAIRED
+                 and p.ratio > 1.0 + _margin(p.shadow, p.real)}
         if ahead and leader not in self.shadowed:
             return max(ahead, key=ahead.get)
         if leader == best:
             return best
-        paired = self.rates.paired.get(best)
+        paired = self._pairing(best)
         if paired is not None and paired.steps >= self.PAIRED:
             return best if paired.ratio > 1.0 + _margin(paired.shadow, paired.real) else leader
         if best in self.shadowed:
@@ -704,6 +710,24 @@ class Auto(Drafter):
         held, challenger = self._rate(leader), self._rate(best)
         margin = _margin(challenger, held)
         return best if challenger.per_second > held.per_second * (1.0 + margin) else leader
+
+    def _pairing(self, name: str) -> Optional[Pairing]:
+        """Text-only `name`'s Pairing on this text, counting too its shadow trees that the text
+        is still following, each at what it has matched so far plus one (a lower bound of its
+        score), beside its real step. A tree is scored once the text leaves it: while the
+        leader emits a token a step, a followed tree of 5 drafts is scored 5 steps after it was
+        asked, and a miss the step after, so the scored trees alone undercount the candidate
+        wherever it would win, most at the start of a short answer that copies its request
+        (README, "Why `auto`'s rules are as they are"). With them, the trees counted are all
+        those asked up to the last step."""
+        paired, following = self.rates.paired.get(name), self._following.get(name)
+        if not following:
+            return paired
+        both = (Pairing(replace(paired.shadow), replace(paired.real)) if paired is not None
+                else Pairing())
+        for tokens, seconds, real in following:
+            both.add(tokens, seconds, *real)
+        return both
 
     def _best(self) -> str:
         return self._fastest(list(self.candidates))
@@ -759,13 +783,28 @@ def _shadow_outcome(guess: tuple[list, float, list], tokens: list[int], start: i
     seconds] or [] where it was not timed), or None while the text has not yet left the tree.
     The tree (its _branches) was made when the text was tokens[:start]."""
     kids, seconds, real = guess
+    matched, node = _shadow_walk(kids, tokens, start)
+    return (matched, seconds, real) if node is None or not kids[node] else None
+
+
+def _followed(ledger: Guesses, tokens: list[int]) -> list[tuple]:
+    """The shadow trees open in `ledger` that `tokens` have gone into, each as (draft tokens
+    matched so far + 1, the step's seconds, the real step's [tokens, seconds]); those with no
+    real step to pair with (asked in a trial, on a plain or untimed step) are left out."""
+    return [(1 + matched, seconds, real) for start, (kids, seconds, real) in ledger.open
+            if real for matched, _ in [_shadow_walk(kids, tokens, start)] if matched]
+
+
+def _shadow_walk(kids: list[dict[int, int]], tokens: list[int], start: int):
+    """(draft tokens of the tree that tokens[start:] follow, the node they reach, or None where
+    the text has left the tree)."""
     node, matched = 0, 0
     for token in tokens[start:]:
         node = kids[node].get(token)
         if node is None:
-            return matched, seconds, real
+            return matched, None
         matched += 1
-    return (matched, seconds, real) if not kids[node] else None
+    return matched, node
 
 
 def _regime(sampling) -> str:

@@ -101,6 +101,9 @@ def test_prompt_files(tmp_path):
     text.write_text("first prompt\n\nsecond prompt\n")
     assert [p["prompt"] for p in load_prompts(str(text))] == ["first prompt", "second prompt"]
     assert {p["category"] for p in load_prompts(None)} == {"story", "passage"}
+    chat, chat2 = load_prompts("chat"), load_prompts("chat2")
+    assert len(chat) == len(chat2) == 16 and chat2[0]["id"] == "advice-0"
+    assert not {p["category"] for p in chat} & {p["category"] for p in chat2}
 
 
 def test_the_cli_default_method_is_the_library_one():

@@ -102,11 +102,13 @@ def test_a_text_only_candidate_wins_from_the_shadow_without_trials(random_models
                                decoder=Decoder(Target(model.model), auto, "auto"))
     assert result.token_ids == expected
     used = auto.steps_by_method
-    # the slow one's opening trial; the steps it led until PAIRED of the oracle's shadow trees
-    # were scored beside them (a followed tree of 4 drafts is scored once the text, one token a
-    # step, has passed it; trial steps are not paired); its recheck once it lost the lead (then
-    # a wait past the end); the oracle from its shadow steps on
-    assert used["slow"] <= Auto.TRIAL + 4 + Auto.PAIRED + Auto.TRIAL and used["oracle"] >= 8
+    # the slow one's untimed first step and opening trial; the steps it led until PAIRED of the
+    # oracle's shadow trees were paired beside them, each counted from the step after it was
+    # asked, while the text still follows it (_pairing; scored only once the text, one token a
+    # step, had passed its 4 drafts, they took 3 steps more); trial steps are not paired; its
+    # recheck once it lost the lead (KNOWN_TRIAL steps, one less than the bound's TRIAL; then a
+    # wait past the end); the oracle from then on
+    assert used["slow"] <= 1 + Auto.TRIAL + Auto.PAIRED + 1 + Auto.TRIAL and used["oracle"] >= 8
     assert auto.rates.by_name["oracle"].steps > used["oracle"]  # scored in the shadow too
 
 
@@ -143,6 +145,35 @@ def test_a_shadow_tree_is_scored_once_the_text_leaves_it():
     assert _shadow_outcome(guess, [9, 5, 1, 4], 2) == (2, 0.5, real)     # reached a leaf
     assert _shadow_outcome(guess, [9, 5, 1, 7], 2) == (1, 0.5, real)     # left it after one token
     assert _shadow_outcome(guess, [9, 5, 8], 2) == (0, 0.5, real)
+
+
+def test_a_shadow_tree_the_text_still_follows_counts_what_it_matched_so_far():
+    """A followed shadow tree is scored only once the text leaves it; until then it counts, in
+    the pairing auto judges by, at the draft tokens the text has gone into it (plus one): a lower
+    bound. Not a tree the text has not entered, nor one asked in a trial (no real step)."""
+    from mlx_spec.drafters.auto import Pairing, _branches, _followed, _shadow_outcome
+    from mlx_spec.drafters.draft_length import Guesses
+
+    chain = _branches(Tree.from_chain(5, [1, 2, 3, 4]))
+    ledger = Guesses(_shadow_outcome)
+    ledger.add(2, (chain, 0.02, [1, 0.01]))  # asked when the text was [9, 5]: followed 3 tokens
+    ledger.add(2, (chain, 0.02, []))         # the same, asked in a trial
+    ledger.add(5, (chain, 0.02, [1, 0.01]))  # asked just now
+    tokens = [9, 5, 1, 2, 3]
+    assert ledger.settle(tokens) == [] and len(ledger.open) == 3
+    assert _followed(ledger, tokens) == [(4, 0.02, [1, 0.01])]
+
+    auto = Auto({"m": Oracle([]), "t": TextOracle([])},
+                cost=CostModel((1, 2), (0.01, 0.012), 128))
+    auto.rates = Rates(by_name={"m": rate(100.0, 1.0, 40), "t": rate(100.0, 1.0, 40)},
+                       leader="m", step=50)
+    settled = auto.rates.paired.setdefault("t", Pairing())
+    for _ in range(Auto.PAIRED - 1):
+        settled.add(4, 0.02, 1, 0.01)
+    assert auto._next() == "m"  # PAIRED - 1 scored trees: not yet enough to judge
+    auto._following = {"t": _followed(ledger, tokens)}
+    assert auto._pairing("t").steps == Auto.PAIRED and auto._next() == "t"
+    assert settled.steps == Auto.PAIRED - 1  # the scored pairing itself is unchanged
 
 
 def test_a_text_only_challenger_is_judged_on_the_same_steps_as_the_leader():
@@ -627,7 +658,8 @@ def test_auto_candidates_keep_their_sampled_draft_sizes_across_requests(random_m
 def test_a_new_request_pairs_the_text_only_candidates_again():
     """How pld and lookahead compare with the real steps depends on the text: at a new request
     their pairings start again and a text-only leader hands the lead to the best model drafter
-    until paired steps on this text show it ahead (the rates themselves are kept)."""
+    until paired steps on this text show it ahead (the rates themselves are kept); nor do the
+    last request's trees that its text was still following count (_pairing)."""
     from mlx_spec.drafters.auto import Pairing
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
@@ -636,7 +668,10 @@ def test_a_new_request_pairs_the_text_only_candidates_again():
     planted = Rates(by_name={"model": rate(100.0, 1.0, 40), "text": rate(300.0, 1.0, 40)},
                     paired={"text": Pairing()}, leader="text")
     auto = Auto({"model": Oracle([]), "text": TextOracle([])}, lambda regime: planted, cost)
+    auto._following = {"text": [(8, 0.02, [1, 0.01])] * Auto.PAIRED}  # the last request's
+    auto.begin([1, 2])
     auto.propose(StepContext(tokens=[1, 2], max_drafts=4, sampling=SamplingParams()))
+    assert auto._pairing("text") is None
     assert auto.current == "model" and planted.leader == "model"
     assert "text" not in planted.paired
     assert planted.by_name["model"].steps == planted.by_name["text"].steps == 40
