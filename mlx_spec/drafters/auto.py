@@ -690,16 +690,17 @@ class Auto(Drafter):
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
         # steps, would hand the lead to and fro while a model drafter waits.)
-        ahead = {n: p.ratio for n in self.shadowed if n != leader for p in [self._pairing(n)]
-                 if p is not None and p.steps >= self.PAIRED
-                 and p.ratio > 1.0 + _margin(p.shadow, p.real)}
+        paired = {n: p for n in self.shadowed for p in [self._pairing(n)]
+                  if p is not None and p.steps >= self.PAIRED}  # (each built once a step)
+        ahead = {n: p.ratio for n, p in paired.items()
+                 if p.ratio > 1.0 + _margin(p.shadow, p.real)}
+        ahead.pop(leader, None)
         if ahead and leader not in self.shadowed:
             return max(ahead, key=ahead.get)
         if leader == best:
             return best
-        paired = self._pairing(best)
-        if paired is not None and paired.steps >= self.PAIRED:
-            return best if paired.ratio > 1.0 + _margin(paired.shadow, paired.real) else leader
+        if best in paired:
+            return best if best in ahead else leader
         if best in self.shadowed:
             return leader  # (not yet paired on this request's text)
         # else by rates, by more than both rates' noise (at T > 0 a window of a few 1- and
