@@ -73,7 +73,7 @@ from ..target import has_hidden_states
 from ..tree import Tree
 from . import create, register
 from .base import Drafter, StepContext
-from .draft_length import Guesses
+from .draft_length import Guesses, Open
 from .shared import shared, target_cost
 
 CANDIDATES = ("pld", "lookahead", "redrafter", "draft")  # by default, those that can run
@@ -466,7 +466,7 @@ class Auto(Drafter):
                 if real:  # the real step taken where this tree was asked for
                     self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
                                                                       *real)
-            self._following[name] = _followed(ledger, ctx.tokens)
+            self._following[name] = ledger.so_far
             if name == self.current:
                 continue
             paired = self.rates.paired.get(name)
@@ -781,19 +781,16 @@ def _branches(tree: Tree) -> list[dict[int, int]]:
 
 def _shadow_outcome(guess: tuple[list, float, list], tokens: list[int], start: int):
     """(draft tokens of the tree the text followed, the step's seconds, the real step's [tokens,
-    seconds] or [] where it was not timed), or None while the text has not yet left the tree.
-    The tree (its _branches) was made when the text was tokens[:start]."""
+    seconds] or [] where it was not timed) once the text has left the tree. While it has not, an
+    Open of (draft tokens matched so far + 1, the seconds, the real step) where the text has gone
+    into the tree and there is a real step to pair it with (not one asked in a trial, on a plain
+    or untimed step): Auto._pairing counts those (Auto._following). The tree (its _branches) was
+    made when the text was tokens[:start]."""
     kids, seconds, real = guess
     matched, node = _shadow_walk(kids, tokens, start)
-    return (matched, seconds, real) if node is None or not kids[node] else None
-
-
-def _followed(ledger: Guesses, tokens: list[int]) -> list[tuple]:
-    """The shadow trees open in `ledger` that `tokens` have gone into, each as (draft tokens
-    matched so far + 1, the step's seconds, the real step's [tokens, seconds]); those with no
-    real step to pair with (asked in a trial, on a plain or untimed step) are left out."""
-    return [(1 + matched, seconds, real) for start, (kids, seconds, real) in ledger.open
-            if real for matched, _ in [_shadow_walk(kids, tokens, start)] if matched]
+    if node is None or not kids[node]:
+        return matched, seconds, real
+    return Open((1 + matched, seconds, real) if matched and real else None)
 
 
 def _shadow_walk(kids: list[dict[int, int]], tokens: list[int], start: int):

@@ -237,46 +237,62 @@ class DraftChooser:
         self.nodes[size] += rate * (nodes - self.nodes[size])
 
 
+class Open:
+    """What an outcome function returns for a guess the text has not yet left: `so_far`, how it
+    stands now (None: nothing worth reporting), which Guesses.settle collects in `so_far`."""
+    __slots__ = ("so_far",)
+
+    def __init__(self, so_far=None):
+        self.so_far = so_far
+
+
 class Guesses:
     """A drafter's guesses, each kept from the step it was made until the text has gone far
     enough past it to say how it would have fared; the choosers learn from those outcomes, sent
     or not (a longer guess than the chooser let through still teaches about its deeper levels).
-    outcome(guess, tokens, start) gives the outcome, or None while later tokens could change it."""
+    outcome(guess, tokens, start) gives the outcome, or None (or an Open) while later tokens could
+    change it."""
 
     def __init__(self, outcome: Callable):
         self.outcome = outcome
         self.open: list[tuple[int, object]] = []
+        self.so_far: list = []  # the last settle's Open.so_far of the guesses it left open
 
     def add(self, start: int, guess) -> None:
         """`guess` was made when the text was tokens[:start]."""
         self.open.append((start, guess))
 
     def clear(self) -> None:
-        self.open = []
+        self.open, self.so_far = [], []
 
     def settle(self, tokens: list[int]) -> list:
-        """The outcomes that `tokens` decides, oldest first; the rest stay open."""
-        known, still_open = [], []
+        """The outcomes that `tokens` decides, oldest first; the rest stay open (and where their
+        outcome function says how they stand so far, that is in `so_far`: one walk of each guess
+        a step, not one to settle it and another to see how far the text went into it)."""
+        known, still_open, so_far = [], [], []
         for start, guess in self.open:
             result = self.outcome(guess, tokens, start)
-            if result is None:
+            if result is None or isinstance(result, Open):
                 still_open.append((start, guess))
+                if result is not None and result.so_far is not None:
+                    so_far.append(result.so_far)
             else:
                 known.append(result)
-        self.open = still_open
+        self.open, self.so_far = still_open, so_far
         return known
 
 
-def shared_chooser(model, key: tuple, make):
+def shared_chooser(model, key: tuple, make, own: Optional[dict] = None):
     """One chooser per loaded model and `key` (drafter settings, and the sampling regime where
     it matters: regime_key; drafters/shared.py), so what it learned carries over to the next
-    request and decoder; a fresh one where there is no model. For
+    request and decoder. Where there is no model, one per key in `own` (the caller's dict: its
+    drafter's own), or a fresh one at each call without it. For
     drafts that never change the output (pld, lookahead: the target's draws depend on the seed and
     position alone; any greedy draft), since a carried-over state changes what is drafted; sampled
     drafts only where no seed reproduces the text anyway (ModelChoosers.carried)."""
-    if model is None:
+    choosers = shared(model).draft_lengths if model is not None else own
+    if choosers is None:
         return make()
-    choosers = shared(model).draft_lengths
     if key not in choosers:
         choosers[key] = make()
     return choosers[key]
@@ -300,19 +316,32 @@ class RegimeChoosers:
     def __init__(self, model, settings: tuple, make: Callable[[], DraftChooser]):
         self.model, self.settings, self.make = model, settings, make
         self._own: dict = {}  # without a model: this drafter's own, per regime
-        self.current = self._get(settings)
+        self.current = shared_chooser(model, settings, make, self._own)
 
     def use(self, sampling) -> DraftChooser:
         """The chooser for this step's drafts, kept as `current`."""
-        self.current = self._get(regime_key(self.settings, sampling))
+        self.current = shared_chooser(self.model, regime_key(self.settings, sampling), self.make,
+                                      self._own)
         return self.current
 
-    def _get(self, key: tuple) -> DraftChooser:
-        if self.model is not None:
-            return shared_chooser(self.model, key, self.make)
-        if key not in self._own:
-            self._own[key] = self.make()
-        return self._own[key]
+
+class SizedByRegime:
+    """What a drafter sized by RegimeChoosers (pld, lookahead) tells the engine and auto; its
+    `choosers` is None where its size is fixed (adaptive=False). Its guesses go on while the
+    engine's back-off pauses drafting, and their outcomes teach its chooser."""
+    choosers: Optional[RegimeChoosers] = None
+
+    @property
+    def chooser(self) -> Optional[DraftChooser]:
+        """The chooser of the sampling regime of the last step (None: a fixed size)."""
+        return self.choosers.current if self.choosers is not None else None
+
+    @property
+    def learns_while_paused(self) -> bool:
+        return self.chooser is not None
+
+    def expected_gain(self) -> Optional[float]:
+        return self.chooser.expected_gain() if self.chooser is not None else None
 
 
 class ModelChoosers:
@@ -338,7 +367,8 @@ class ModelChoosers:
         self.model, self.settings = model, settings
         self.make_sampled = (functools.partial(make, start_level=sampled_start)
                              if sampled_start is not None else make)
-        self.greedy = shared_chooser(model, settings, make)
+        self._own: dict = {}  # without a model: this drafter's own (shared_chooser)
+        self.greedy = shared_chooser(model, settings, make, self._own)
         self.carried = False
         self._fresh = self.make_sampled()
         self._paced: set = set()  # ids of the choosers whose pace this request has reset
@@ -360,7 +390,7 @@ class ModelChoosers:
             chooser = self._fresh
         else:
             chooser = shared_chooser(self.model, regime_key(self.settings, sampling),
-                                     self.make_sampled)
+                                     self.make_sampled, self._own)
         if id(chooser) not in self._paced:  # its first use in this request
             chooser.drift_speed = 1.0
             self._paced.add(id(chooser))

@@ -34,7 +34,8 @@ from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import CliFlag, register
 from .base import Drafter, StepContext
-from .draft_length import DraftChooser, Guesses, RegimeChoosers, verify_cost_for
+from .draft_length import (DraftChooser, Guesses, RegimeChoosers, SizedByRegime,
+                           verify_cost_for)
 from .shared import shared
 
 # nodes retrieved while the chooser keeps to plain decoding: the small budgets it would grow back
@@ -50,20 +51,8 @@ PRUNE_TO = 0.8  # once over its node budget, the trie is pruned to this fraction
 
 @register("lookahead", flags=[CliFlag("--lookahead-warmup", "warmup", str,
                                              "lookahead: past answers (text) or a saved trie.")])
-class Lookahead(Drafter):
+class Lookahead(SizedByRegime, Drafter):
     drafts_from_text = True
-
-    @property
-    def learns_while_paused(self) -> bool:
-        return self.chooser is not None
-
-    def expected_gain(self) -> Optional[float]:
-        return self.chooser.expected_gain() if self.chooser is not None else None
-
-    @property
-    def chooser(self) -> Optional[DraftChooser]:
-        """The budget chooser of the sampling regime of the last step (None: fixed budget)."""
-        return self.choosers.current if self.choosers is not None else None
 
     def __init__(self, model, decoding_length: int = 32, branch_length: int = 12,
                  match_length: int = 2, mode: str = "multi", node_budget: int = 200_000,

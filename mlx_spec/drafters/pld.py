@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .draft_length import DraftChooser, Guesses, RegimeChoosers, verify_cost_for
+from .draft_length import (DraftChooser, Guesses, RegimeChoosers, SizedByRegime,
+                           verify_cost_for)
 from ..tree import Tree
 from . import register
 from .base import Drafter, StepContext
@@ -52,20 +53,8 @@ class NgramIndex:
 
 
 @register("pld")
-class PromptLookup(Drafter):
+class PromptLookup(SizedByRegime, Drafter):
     drafts_from_text = True
-
-    @property
-    def learns_while_paused(self) -> bool:
-        return self.chooser is not None
-
-    def expected_gain(self) -> Optional[float]:
-        return self.chooser.expected_gain() if self.chooser is not None else None
-
-    @property
-    def chooser(self) -> Optional[DraftChooser]:
-        """The draft-length chooser of the sampling regime of the last step (None: fixed)."""
-        return self.choosers.current if self.choosers is not None else None
 
     def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1,
                  adaptive: bool = True, verify_cost: Optional[float] = None,

@@ -138,10 +138,14 @@ def test_while_the_back_off_pauses_auto_its_text_only_candidates_are_still_score
 
 def test_a_shadow_tree_is_scored_once_the_text_leaves_it():
     from mlx_spec.drafters.auto import _branches, _shadow_outcome
+    from mlx_spec.drafters.draft_length import Open
     tree = Tree.from_branches(5, [[1, 2, 3], [1, 4], [6]])
     real = [3, 0.2]  # the real step taken where the tree was asked for
     guess = (_branches(tree), 0.5, real)
-    assert _shadow_outcome(guess, [9, 5, 1], 2) is None                  # still inside the tree
+    inside = _shadow_outcome(guess, [9, 5, 1], 2)                        # still inside the tree:
+    assert isinstance(inside, Open) and inside.so_far == (2, 0.5, real)  # open, 1 token matched
+    assert _shadow_outcome(guess, [9, 5], 2).so_far is None              # not entered yet
+    assert _shadow_outcome((guess[0], 0.5, []), [9, 5, 1], 2).so_far is None  # no real step
     assert _shadow_outcome(guess, [9, 5, 1, 4], 2) == (2, 0.5, real)     # reached a leaf
     assert _shadow_outcome(guess, [9, 5, 1, 7], 2) == (1, 0.5, real)     # left it after one token
     assert _shadow_outcome(guess, [9, 5, 8], 2) == (0, 0.5, real)
@@ -151,7 +155,7 @@ def test_a_shadow_tree_the_text_still_follows_counts_what_it_matched_so_far():
     """A followed shadow tree is scored only once the text leaves it; until then it counts, in
     the pairing auto judges by, at the draft tokens the text has gone into it (plus one): a lower
     bound. Not a tree the text has not entered, nor one asked in a trial (no real step)."""
-    from mlx_spec.drafters.auto import Pairing, _branches, _followed, _shadow_outcome
+    from mlx_spec.drafters.auto import Pairing, _branches, _shadow_outcome
     from mlx_spec.drafters.draft_length import Guesses
 
     chain = _branches(Tree.from_chain(5, [1, 2, 3, 4]))
@@ -161,7 +165,7 @@ def test_a_shadow_tree_the_text_still_follows_counts_what_it_matched_so_far():
     ledger.add(5, (chain, 0.02, [1, 0.01]))  # asked just now
     tokens = [9, 5, 1, 2, 3]
     assert ledger.settle(tokens) == [] and len(ledger.open) == 3
-    assert _followed(ledger, tokens) == [(4, 0.02, [1, 0.01])]
+    assert ledger.so_far == [(4, 0.02, [1, 0.01])]  # what the settle saw of the open trees
 
     auto = Auto({"m": Oracle([]), "t": TextOracle([])},
                 cost=CostModel((1, 2), (0.01, 0.012), 128))
@@ -171,7 +175,7 @@ def test_a_shadow_tree_the_text_still_follows_counts_what_it_matched_so_far():
     for _ in range(Auto.PAIRED - 1):
         settled.add(4, 0.02, 1, 0.01)
     assert auto._next() == "m"  # PAIRED - 1 scored trees: not yet enough to judge
-    auto._following = {"t": _followed(ledger, tokens)}
+    auto._following = {"t": ledger.so_far}
     assert auto._pairing("t").steps == Auto.PAIRED and auto._next() == "t"
     assert settled.steps == Auto.PAIRED - 1  # the scored pairing itself is unchanged
 

@@ -297,6 +297,21 @@ def test_a_new_request_restores_the_probing_pace_of_a_carried_chooser():
     assert choosers.get(greedy) is chooser and chooser.drift_speed == 1.0
 
 
+def test_a_carried_sampling_chooser_is_one_per_temperature_without_a_model_too():
+    """Carried (inside auto), a drafter's sampling chooser lasts across steps and requests, one
+    per temperature, also where there is no loaded model to keep it on (the drafter keeps it)."""
+    from mlx_spec.drafters.draft_length import ModelChoosers
+
+    choosers = ModelChoosers(None, ("test",), lambda start_level=0.8: DraftChooser.for_depths(4))
+    choosers.carried = True
+    warm, hot = SamplingParams(temperature=0.7), SamplingParams(temperature=1.0)
+    choosers.begin()
+    first = choosers.get(warm)
+    assert choosers.get(warm) is first and choosers.get(hot) is not first
+    choosers.begin()
+    assert choosers.get(warm) is first and choosers.get(SamplingParams()) is choosers.greedy
+
+
 def test_text_drafters_keep_one_chooser_per_sampling_regime(random_models):
     """Greedy steps on a text that repeats teach `pld` and `lookahead` to draft deep; a request at
     T = 1.0 starts from a chooser of its own (none of those outcomes), and greedy again finds its
