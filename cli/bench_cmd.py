@@ -242,12 +242,12 @@ def register(app: typer.Typer) -> None:
             for category, table in report["by_category"].items():
                 console.print(render_table(f"category: {category}", table))
         machine = report["machine"]
-        console.print(f"[dim]{machine['backend']} | {machine['blas']} | mlx {machine['mlx']} | "
-                      f"model {report['model']}[/]")
-        console.print(f"[dim]{memory_line(report['memory'])}[/]")
-        console.print(f"[dim]{cache_line(report['cache'])}[/]")
+        console.print(f"[dim]{escape(machine['backend'])} | {escape(machine['blas'])} | "
+                      f"mlx {machine['mlx']} | model {escape(str(report['model']))}[/]")
+        console.print(f"[dim]{escape(memory_line(report['memory']))}[/]")
+        console.print(f"[dim]{escape(cache_line(report['cache']))}[/]")
         console.print(f"[dim]cost model (verify ms = measured per call, model ms = predicted for its "
-                      f"mean tokens per verify): {describe_cost(cost)}[/]")
+                      f"mean tokens per verify): {escape(describe_cost(cost))}[/]")
         anchored = anchored_line(report["methods"])
         if anchored:
             console.print(f"[dim]{escape(anchored)}[/]")

@@ -8,6 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -62,7 +63,10 @@ def data_options(contexts: int, heldout_contexts: int, continuation: int, gen_ba
                         seed=seed + 1))
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    """`message` on stderr as one line, then exit with `code`. The message is escaped: it quotes
+    what the user typed (a method spec `auto[methods=...]`, a path), which rich would read as
+    markup (dropping it, or raising on a stray closing tag such as `[/x]`)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -78,7 +82,7 @@ def user_errors(command):
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
         except KeyboardInterrupt as exc:  # Ctrl-C: one line (what to do next, when known)
-            err_console.print(f"[dim]{str(exc) or 'interrupted'}[/]", soft_wrap=True)
+            err_console.print(f"[dim]{escape(str(exc) or 'interrupted')}[/]", soft_wrap=True)
             raise typer.Exit(130)
     return wrapper
 
@@ -113,7 +117,7 @@ def stats_line(stats) -> str:
 
 
 def print_stats_line(stats) -> None:
-    err_console.print(f"[dim]{stats_line(stats)}[/]")
+    err_console.print(f"[dim]{escape(stats_line(stats))}[/]")
 
 
 def stdout_write(text: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from .common import err_console, fail, user_errors
 
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
             except MlxSpecError as exc:
                 if len(specs) == 1:
                     raise
-                err_console.print(f"[dim]skipped {spec.label}: {exc}[/]")
+                err_console.print(f"[dim]skipped {escape(f'{spec.label}: {exc}')}[/]")
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("exactness", total=None)
 

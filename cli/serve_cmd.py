@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from .common import (DEFAULT_METHOD, DraftModelOption, MethodOption, MethodOptionsOption,
                      MinPOption, ModelOption, NumDraftTokensOption, TempOption, TopKOption,
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
         server = Server(spec_model, defaults, queue_size=queue_size)
         http = make_http_server(server, host, port)
         bound_host, bound_port = http.server_address[:2]
-        err_console.print(f"serving {server.model_id} with {method} on "
+        err_console.print(f"serving {escape(server.model_id)} with {escape(method)} on "
                           f"http://{bound_host}:{bound_port}/v1 (Ctrl-C stops)")
         try:
             http.serve_forever()

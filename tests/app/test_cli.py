@@ -22,6 +22,10 @@ def test_generate_json_contract(random_model_dirs):
     (["generate", "--max-tokens", "-3"], "max-tokens"),
     (["generate", "--temp", "-1"], "temperature"),
     (["generate", "--method", "nope"], "unknown method"),
+    # what the user typed is quoted as typed, not read as rich markup (a stray closing tag
+    # raised a MarkupError traceback; a bracketed option list vanished from the message)
+    (["generate", "--method", "[/x]"], "unknown method '[/x]'"),
+    (["generate", "--method", "auto[methods=pld]"], "unknown method 'auto[methods=pld]'"),
     (["generate", "--bogus-flag"], "No such option"),
     (["bench", "--prompts", "/no/such/prompts.jsonl", "--model", "/no/such/folder"], "cannot read prompts"),
 ])
