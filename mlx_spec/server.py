@@ -259,6 +259,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -326,6 +328,19 @@ class Handler(BaseHTTPRequestHandler):
             finally:
                 self.app.count("in_queue", -1)
         self._guarded(route)
+
+    def _not_allowed(self) -> None:
+        """Any other HTTP method (PUT, DELETE, PATCH, OPTIONS): a JSON 405 like every other
+        refusal, not the standard library's HTML 501. The connection closes after it: a body
+        sent with the request is not read."""
+        self.close_connection = True
+
+        def route():
+            raise ApiError(405, f"{self.command} is not supported here: use GET or POST",
+                           code="method_not_allowed")
+        self._guarded(route)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def _settle(self, generation) -> None:
         try:

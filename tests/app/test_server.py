@@ -226,6 +226,22 @@ def test_bad_requests_get_a_4xx_in_openai_shape(served, path, body, raw, status)
     assert get(port, "/health")[0] == 200
 
 
+@pytest.mark.parametrize("verb", ["DELETE", "PUT", "PATCH", "OPTIONS"])
+def test_other_http_methods_get_a_json_405(served, verb):
+    """Not the standard library's HTML 501: a 405 in OpenAI's error shape, and the server goes
+    on answering (the request's body, unread, closes that connection)."""
+    server, port = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request(verb, "/v1/chat/completions", body=json.dumps({"messages": []}),
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    error = json.loads(response.read())["error"]
+    conn.close()
+    assert response.status == 405 and verb in error["message"]
+    assert error["code"] == "method_not_allowed"
+    assert get(port, "/health")[0] == 200
+
+
 def test_a_full_queue_answers_429_at_once(model, folders):
     server, http = start(model, folders, queue_size=1)
     port = http.server_address[1]
