@@ -34,15 +34,32 @@ class GenerationResult:
 
 def encode_prompt(model: SpecModel, prompt: Union[str, Sequence[int]], raw: bool = False) -> list[int]:
     """raw=True tokenizes exactly as mlx_lm.generate does a plain string; raw=False first applies
-    the tokenizer's chat template when it has one."""
+    the tokenizer's chat template when it has one. Token ids are checked against the model's
+    vocabulary (check_tokens)."""
     if not isinstance(prompt, str):
-        return [int(t) for t in prompt]
+        return check_tokens(model, [int(t) for t in prompt])
     tokenizer = model.tokenizer
     if uses_chat_template(model, prompt, raw):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                                tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
-    return list(tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos)))
+    return check_tokens(model, list(tokenizer.encode(
+        prompt, add_special_tokens=bos is None or not prompt.startswith(bos))))
+
+
+def check_tokens(model: SpecModel, tokens: list[int]) -> list[int]:
+    """`tokens`, refused with a clear error where the model cannot decode from them: none at all,
+    or an id outside its vocabulary (the embedding lookup reads past its table: on the CPU
+    the process died of a segmentation fault)."""
+    if not tokens:
+        raise MlxSpecError("the prompt has no tokens")
+    vocab = model.vocab_size
+    if vocab is not None:
+        bad = next((t for t in tokens if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise MlxSpecError(f"prompt token id {bad} is outside the model's vocabulary "
+                               f"(0..{vocab - 1})")
+    return tokens
 
 
 def uses_chat_template(model: SpecModel, prompt, raw: bool) -> bool:

@@ -163,6 +163,16 @@ class SpecModel:
         return int(value) if value else None
 
     @property
+    def vocab_size(self) -> Optional[int]:
+        """Token ids the model can embed (0..vocab_size-1), from its config (a multimodal
+        config's text_config), or None where neither says."""
+        for config in (self.config, self.config.get("text_config") or {}):
+            value = config.get("vocab_size") if isinstance(config, dict) else None
+            if value:
+                return int(value)
+        return None
+
+    @property
     def eos_token_ids(self) -> frozenset:
         return frozenset(getattr(self.tokenizer, "eos_token_ids", None) or
                          ([self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []))

@@ -162,7 +162,10 @@ class Server:
         if not chat:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-                return list(prompt)
+                try:
+                    return encode_prompt(self.model, prompt)  # (ids checked, not tokenized)
+                except MlxSpecError as exc:
+                    raise ApiError(400, str(exc), param="prompt") from None
             if not isinstance(prompt, str) or not prompt:
                 raise ApiError(400, "prompt must be a non-empty string", param="prompt")
             return encode_prompt(self.model, prompt, raw=True)

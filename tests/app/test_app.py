@@ -132,3 +132,18 @@ def test_app_example_runs(random_model_dirs):
     assert "[1] streaming" in text and "[2] cancelling" in text and "[3] in sequence" in text
     assert "finish: cancelled" in text
     assert text.count("...") == 3
+
+
+def test_prompt_token_ids_outside_the_vocabulary_are_refused(random_models):
+    """Token ids the model cannot embed are a clear error before any decoding (on the CPU the
+    embedding lookup read past its table and the process died of a segmentation fault)."""
+    from mlx_spec.errors import MlxSpecError
+
+    model = random_models["llama"]
+    vocab = model.vocab_size
+    assert vocab == model.model.model.embed_tokens.weight.shape[0]
+    for tokens, message in (([1, vocab], f"token id {vocab} is outside"),
+                            ([-1, 2], "token id -1 is outside"), ([], "no tokens")):
+        with pytest.raises(MlxSpecError, match=message):
+            mlx_spec.generate(model, tokens, max_tokens=2, method="ar")
+    assert len(mlx_spec.generate(model, [1, vocab - 1], max_tokens=2, method="ar").token_ids) == 2

@@ -211,6 +211,9 @@ BAD = [
     ("/v1/completions", {"prompt": PROMPT, "n": 2}, None, 400),
     ("/v1/completions", {"prompt": PROMPT, "model": "gpt-4o"}, None, 404),
     ("/v1/completions", {"prompt": list(range(3, 250)) * 10}, None, 400),        # > context
+    ("/v1/completions", {"prompt": [5, 10 ** 6]}, None, 400),   # not in the vocabulary (the
+    ("/v1/completions", {"prompt": [-1]}, None, 400),           # embedding read past its table:
+    # the server died of a segmentation fault)
     ("/v1/completions", {"prompt": PROMPT, "stream": True, "method_options": {"x": 1}}, None, 400),
     ("/v1/embeddings", {"input": "x"}, None, 404),
 ]
