@@ -5,6 +5,7 @@ so temperature / top-k / top-p / min-p change what "the target's distribution" m
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -21,8 +22,8 @@ class SamplingParams:
     min_p: float = 0.0
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise MlxSpecError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # (NaN too: no distribution to sample)
+            raise MlxSpecError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise MlxSpecError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

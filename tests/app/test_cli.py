@@ -21,6 +21,8 @@ def test_generate_json_contract(random_model_dirs):
     (["generate", "--model", "/no/such/folder"], "model folder not found"),
     (["generate", "--max-tokens", "-3"], "max-tokens"),
     (["generate", "--temp", "-1"], "temperature"),
+    (["generate", "--temp", "nan"], "temperature must be a finite number"),  # (was a ValueError
+    (["generate", "--temp", "inf"], "temperature must be a finite number"),  # traceback; noise)
     (["generate", "--method", "nope"], "unknown method"),
     # what the user typed is quoted as typed, not read as rich markup (a stray closing tag
     # raised a MarkupError traceback; a bracketed option list vanished from the message)

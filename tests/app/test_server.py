@@ -205,6 +205,7 @@ BAD = [
     ("/v1/completions", {"prompt": PROMPT, "max_tokens": "ten"}, None, 400),
     ("/v1/completions", {"prompt": PROMPT, "max_tokens": -3}, None, 400),
     ("/v1/completions", {"prompt": PROMPT, "temperature": -1}, None, 400),
+    ("/v1/completions", None, b'{"prompt": "Once", "temperature": NaN}', 400),  # (json reads NaN)
     ("/v1/completions", {"prompt": PROMPT, "method": "telepathy"}, None, 400),
     ("/v1/completions", {"prompt": PROMPT, "method_options": {"wings": 2}}, None, 400),
     ("/v1/completions", {"prompt": PROMPT, "stop": 3}, None, 400),
