@@ -203,6 +203,9 @@ def register(app: typer.Typer) -> None:
         if limit is not None and limit < 1:
             raise mlx_spec.MlxSpecError(f"--limit must be >= 1, got {limit}")
         SamplingParams(temperature=temp)
+        for flag, out in (("--json", json_out), ("--plot", plot)):  # refused now, not after
+            if out is not None and not out.parent.is_dir():         # the whole run
+                raise mlx_spec.MlxSpecError(f"{flag} {out}: no folder {out.parent} to write it in")
         names = split_method_list(methods) if methods else [m for m in DEFAULT_METHODS if m in registry.available()]
         specs = [MethodSpec.parse(n) for n in names]
         for spec in specs:
@@ -214,6 +217,8 @@ def register(app: typer.Typer) -> None:
                 raise mlx_spec.MlxSpecError(f"--opt {key}: use METHOD.KEY=VALUE for a method in --methods")
             for spec in targets:
                 spec.options.setdefault(option, value)
+        for spec in specs:  # every option of every method, before the model loads and runs
+            registry.check_options(spec.name, **spec.options)
         if REFERENCE not in [s.label for s in specs]:
             specs.insert(0, MethodSpec(REFERENCE, REFERENCE))
         prompt_list = load_prompts(prompts)[:limit]

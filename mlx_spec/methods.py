@@ -15,7 +15,6 @@ so that this module imports nothing from the layers that provide them). Methods 
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Optional
 
 from . import drafters
@@ -49,6 +48,17 @@ def check_name(name: str) -> None:
         raise MlxSpecError(f"unknown method {name!r}; available: {', '.join(available())}")
 
 
+def check_options(method: str, **options) -> None:
+    """Refuse an unknown method, options it does not take and values of the wrong kind, without
+    a model (drafters.check_options): a bench checks its whole list before it loads and runs."""
+    check_name(method)
+    if method in DECODERS:
+        drafters.check_options(method, _factory(method), None, kv_bits=None, **options)
+    else:
+        options.pop("backoff", None)
+        drafters.check_options(method, drafters.factory(method), None, **options)
+
+
 def _factory(name: str):
     module, attribute = DECODERS[name].split(":")
     return getattr(importlib.import_module(module), attribute)
@@ -75,8 +85,5 @@ def make_decoder(model, method: str, kv_bits: Optional[int] = None, **options):
         return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method,
                        backoff=_backoff(model, method, options) if backoff else None)
     factory = _factory(method)
-    try:
-        inspect.signature(factory).bind(model, kv_bits=kv_bits, **options)
-    except TypeError as exc:
-        raise MlxSpecError(f"bad options for method {method!r}: {exc}") from None
+    drafters.check_options(method, factory, model, kv_bits=kv_bits, **options)
     return factory(model, kv_bits=kv_bits, **options)

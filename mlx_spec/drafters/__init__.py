@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,18 +46,44 @@ def check_name(name: str) -> None:
         raise MlxSpecError(f"unknown method {name!r}; available: {', '.join(available())}")
 
 
+def factory(name: str) -> Callable:
+    """What builds drafter `name` (a class or function of (model, **options))."""
+    check_name(name)
+    return _REGISTRY[name]
+
+
 def create(name: str, model, **options) -> Drafter:
     """Build the drafter `name` for a loaded SpecModel; unknown options are a clear error."""
-    check_name(name)
-    factory = _REGISTRY[name]
+    make = factory(name)
+    check_options(name, make, model, **options)
     try:
-        inspect.signature(factory).bind(model, **options)
-    except TypeError as exc:
-        raise MlxSpecError(f"bad options for method {name!r}: {exc}") from None
-    try:
-        return factory(model, **options)
+        return make(model, **options)
     except ValueError as exc:
         raise MlxSpecError(f"method {name!r}: {exc}") from None
+
+
+def check_options(name: str, factory, *args, **options) -> None:
+    """Refuse, as a clear error, options that method `name`'s `factory` does not take, and values
+    of another kind than the option's default (a word for a whole number: a TypeError deep in
+    the drafter otherwise). Options without a typed default (None) are the factory's to check."""
+    signature = inspect.signature(factory)
+    try:
+        signature.bind(*args, **options)
+    except TypeError as exc:
+        raise MlxSpecError(f"bad options for method {name!r}: {exc}") from None
+    for key, value in options.items():
+        parameter = signature.parameters.get(key)
+        default = parameter.default if parameter is not None else None
+        kind = next((k for k in (bool, int, float) if isinstance(default, k)), None)
+        fits = (kind is None or isinstance(value, bool) == (kind is bool)
+                and isinstance(value, _KINDS[kind]))
+        if not fits:
+            raise MlxSpecError(f"bad options for method {name!r}: {key} must be "
+                               f"{_KIND_NAMES[kind]}, got {value!r}")
+
+
+_KINDS = {bool: bool, int: numbers.Integral, float: numbers.Real}  # (numpy's numbers too)
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
 def _load_builtin() -> None:
@@ -69,5 +96,5 @@ def _load_builtin() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-__all__ = ["CliFlag", "Drafter", "StepContext", "register", "available", "check_name", "cli_flags",
-           "create"]
+__all__ = ["CliFlag", "Drafter", "StepContext", "register", "available", "check_name",
+           "check_options", "cli_flags", "create", "factory"]

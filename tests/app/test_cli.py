@@ -30,6 +30,10 @@ def test_generate_json_contract(random_model_dirs):
     (["generate", "--method", "auto[methods=pld]"], "unknown method 'auto[methods=pld]'"),
     (["generate", "--bogus-flag"], "No such option"),
     (["bench", "--prompts", "/no/such/prompts.jsonl", "--model", "/no/such/folder"], "cannot read prompts"),
+    (["bench", "--json", "/no/such/folder/report.json"], "no folder /no/such/folder"),  # (before
+    # the run: it was found only once the whole bench had run, and the report was lost)
+    (["bench", "--methods", "ar,pld[num_draft_tokens=x]"], "num_draft_tokens must be a whole"),
+    (["generate", "--method", "pld", "-o", "adaptive=1"], "adaptive must be true or false"),
 ])
 def test_bad_input_is_one_line_and_nonzero(args, message):
     code, out, err = run_cli(*args)
