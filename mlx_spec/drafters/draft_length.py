@@ -282,17 +282,15 @@ class Guesses:
         return known
 
 
-def shared_chooser(model, key: tuple, make, own: Optional[dict] = None):
+def shared_chooser(model, key: tuple, make, own: dict):
     """One chooser per loaded model and `key` (drafter settings, and the sampling regime where
     it matters: regime_key; drafters/shared.py), so what it learned carries over to the next
-    request and decoder. Where there is no model, one per key in `own` (the caller's dict: its
-    drafter's own), or a fresh one at each call without it. For
+    request and decoder; where there is no model, one per key in `own` (the caller's dict: its
+    drafter's own). For
     drafts that never change the output (pld, lookahead: the target's draws depend on the seed and
     position alone; any greedy draft), since a carried-over state changes what is drafted; sampled
     drafts only where no seed reproduces the text anyway (ModelChoosers.carried)."""
     choosers = shared(model).draft_lengths if model is not None else own
-    if choosers is None:
-        return make()
     if key not in choosers:
         choosers[key] = make()
     return choosers[key]
