@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 import threading
@@ -72,7 +73,7 @@ from ..loading import weights_fingerprint
 from ..target import has_hidden_states
 from ..tree import Tree
 from . import create, register
-from .base import Drafter, StepContext
+from .base import Drafter, StepContext, check_draft_size
 from .draft_length import Guesses, Open
 from .shared import shared, target_cost
 
@@ -845,7 +846,13 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
     (Drafter.while_verifying), for measuring what the overlap gives."""
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}
+    if num_draft_tokens is not None:  # checked here: the draft candidates may not run at all
+        if not isinstance(num_draft_tokens, numbers.Integral) or isinstance(num_draft_tokens, bool):
+            raise ValueError(f"num_draft_tokens must be a whole number, got {num_draft_tokens!r}")
+        check_draft_size("num_draft_tokens", num_draft_tokens)
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
+    if draft_model is not None and methods is None and "draft" not in found:
+        create("draft", model, **draft_options)  # a draft model named that cannot run: its error
     state, cost = shared(model), target_cost(model)
     memory, folder, key = state.auto_rates, state.auto_folder, tuple(found)
     unit, files = cost.step_seconds(1), {}

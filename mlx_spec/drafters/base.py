@@ -11,6 +11,16 @@ from ..sampling import SamplingParams
 from ..target import VerifyOutput
 from ..tree import Tree
 
+MAX_DRAFTS = 256  # the most draft tokens a drafter's settings may ask one step to verify: far
+# past what pays on any machine (a verify of 256 tokens costs tens of one-token steps), and the
+# choosers weigh every size at every step (num_draft_tokens=100000 hung before its first step)
+
+
+def check_draft_size(name: str, value: int, least: int = 1) -> None:
+    """Refuse a draft-size setting outside least..MAX_DRAFTS (ValueError: create() reports it)."""
+    if not least <= value <= MAX_DRAFTS:
+        raise ValueError(f"{name} must be in {least}..{MAX_DRAFTS}, got {value}")
+
 
 @dataclass
 class StepContext:

@@ -49,7 +49,7 @@ from ..sampling import SamplingParams, log_probs
 from .stopping import StopRule
 from ..tree import Tree
 from . import draft_vocab, register
-from .base import Drafter, StepContext
+from .base import Drafter, StepContext, check_draft_size
 from .compiled_step import DraftForward, supports_compiled_step
 from .model_parts import decoder_stack, projection_layer
 from .draft_length import (PRIOR, DraftChooser, ModelChoosers, shipped_acceptance,
@@ -187,8 +187,7 @@ class DraftModelDrafter(Drafter):
                  adaptive: bool = True, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None, draft_cost: Optional[float] = None,
                  draft_vocab: bool = True):
-        if num_draft_tokens < 1:
-            raise ValueError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        check_draft_size("num_draft_tokens", num_draft_tokens)
         if draft_cost is not None and draft_cost < 0:
             raise ValueError("draft_cost must be >= 0")
         self.num_draft_tokens = num_draft_tokens

@@ -33,7 +33,7 @@ from ..errors import MlxSpecError
 from ..tree import Tree
 from .trie import NgramTrie, Retrieval, TrieStream, is_saved_trie, retrieve
 from . import CliFlag, register
-from .base import Drafter, StepContext
+from .base import Drafter, StepContext, check_draft_size
 from .draft_length import (DraftChooser, Guesses, RegimeChoosers, SizedByRegime,
                            verify_cost_for)
 from .shared import shared
@@ -59,8 +59,9 @@ class Lookahead(SizedByRegime, Drafter):
                  decay: float = 0.9, adaptive: bool = True, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None,
                  warmup: Optional[str] = None, save_trie: Optional[str] = None):
-        if decoding_length < 1 or branch_length < 1 or match_length < 1:
-            raise ValueError("need decoding_length, branch_length and match_length >= 1")
+        for setting, value in (("decoding_length", decoding_length),
+                               ("branch_length", branch_length), ("match_length", match_length)):
+            check_draft_size(setting, value)
         if mode not in ("multi", "single"):
             raise ValueError(f"mode must be 'multi' or 'single', got {mode!r}")
         if node_budget < 1 or not 0.0 < decay <= 1.0:

@@ -19,7 +19,7 @@ from .draft_length import (DraftChooser, Guesses, RegimeChoosers, SizedByRegime,
                            verify_cost_for)
 from ..tree import Tree
 from . import register
-from .base import Drafter, StepContext
+from .base import MAX_DRAFTS, Drafter, StepContext, check_draft_size
 
 
 class NgramIndex:
@@ -59,8 +59,9 @@ class PromptLookup(SizedByRegime, Drafter):
     def __init__(self, model, num_draft_tokens: int = 8, ngram_max: int = 3, ngram_min: int = 1,
                  adaptive: bool = True, verify_cost: Optional[float] = None,
                  verify_overhead: Optional[float] = None):
-        if num_draft_tokens < 1 or not 1 <= ngram_min <= ngram_max:
-            raise ValueError("need num_draft_tokens >= 1 and 1 <= ngram_min <= ngram_max")
+        check_draft_size("num_draft_tokens", num_draft_tokens)
+        if not 1 <= ngram_min <= ngram_max <= MAX_DRAFTS:
+            raise ValueError(f"need 1 <= ngram_min <= ngram_max <= {MAX_DRAFTS}")
         self.num_draft_tokens = num_draft_tokens
         self.index = NgramIndex(ngram_min, ngram_max)
         settings = ("pld", num_draft_tokens, verify_cost, verify_overhead)

@@ -8,6 +8,7 @@ import time
 from typing import Iterator, Optional
 
 from .. import drafters
+from ..drafters.base import MAX_DRAFTS
 from ..engine import Limits, Step, check_request
 from ..errors import MlxSpecError
 from ..loading import SpecModel
@@ -89,11 +90,11 @@ def make_dsi_decoder(model: SpecModel, workers: int = 2, block: int = 4,
     block = num_draft_tokens or lookahead or block
     if drafter == "dsi":
         raise MlxSpecError("dsi's drafter must be a drafting method such as draft or pld")
+    if not 1 <= block <= MAX_DRAFTS:
+        raise MlxSpecError(f"block must be in 1..{MAX_DRAFTS}, got {block}")
     drafters.check_name(drafter)
     proposer = drafters.create(drafter, model,
                                **_drafter_options(drafter, block, draft_model, drafter_options))
-    if block < 1:
-        raise MlxSpecError(f"block must be >= 1, got {block}")
     pool = get_pool(workers, model.path, kv_bits)
     drafting = ThreadedDrafting(proposer, pool.pool.post)
     if pool.orchestrator is None:

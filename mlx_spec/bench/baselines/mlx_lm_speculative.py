@@ -16,6 +16,7 @@ from mlx_lm.generate import speculative_generate_step
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.sample_utils import make_sampler
 
+from ...drafters.base import check_draft_size
 from ...drafters.draft_model import load_draft_model
 from ...engine import Limits, Step, check_request
 from ...errors import MlxSpecError
@@ -48,8 +49,10 @@ class MlxLmDecoder:
 
     def __init__(self, model: SpecModel, draft_model: Optional[str] = None,
                  num_draft_tokens: int = 3, kv_bits: Optional[int] = None):
-        if num_draft_tokens < 1:
-            raise MlxSpecError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
+        try:
+            check_draft_size("num_draft_tokens", num_draft_tokens)
+        except ValueError as exc:
+            raise MlxSpecError(str(exc)) from None
         if kv_bits:
             raise MlxSpecError("the mlx-lm baseline runs with mlx-lm's own (unquantized) caches")
         self.model = model

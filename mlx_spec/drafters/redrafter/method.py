@@ -39,7 +39,7 @@ from ...errors import MlxSpecError
 from ...loading import compute_on_cpu, shipped_companion, shipped_model
 from ...tree import Tree
 from .. import register
-from ..base import Drafter, StepContext
+from ..base import Drafter, StepContext, check_draft_size
 from ..draft_length import PRIOR, DraftChooser, ModelChoosers, shipped_acceptance, verify_cost_for
 from ..shared import shared
 from .beam_search import beam_search, greedy_chain
@@ -99,8 +99,9 @@ class ReDrafter(Drafter):
                  verify_overhead: Optional[float] = None,
                  draft_cost: float = 0.06, head_temperature: Optional[float] = None,
                  draft_vocab: bool = True):
-        if beam_width < 1 or beam_length < 2:
-            raise ValueError("need beam_width >= 1 and beam_length >= 2")
+        check_draft_size("beam_length", beam_length, least=2)
+        check_draft_size("beam_width", beam_width)
+        check_draft_size("beam_width x (beam_length - 1)", beam_width * (beam_length - 1))
         if not 0.0 <= min_prob < 1.0:
             raise ValueError("min_prob must be in [0, 1)")
         self.width, self.length, self.top_k = beam_width, beam_length, top_k
