@@ -34,13 +34,16 @@ def register(app: typer.Typer) -> None:
         speculatively (`method` and `method_options` in a request's body override the defaults)."""
         import mlx_spec
         from mlx_spec.methods import check_name
-        from mlx_spec.sampling import SamplingParams
+        from mlx_spec.sampling import SamplingParams, check_seed
         from mlx_spec.server import Defaults, Server, make_http_server
 
         check_name(method)
         SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p)
+        check_seed(seed)
         if max_tokens < 1 or queue_size < 1:
             raise mlx_spec.MlxSpecError("--max-tokens and --queue-size must be >= 1")
+        if not 0 <= port <= 65535:
+            raise mlx_spec.MlxSpecError(f"--port must be in 0..65535, got {port}")
         options = parse_method_options(opt)
         named = {"draft_model": draft_model, "num_draft_tokens": num_draft_tokens}
         options.update({k: v for k, v in named.items() if v is not None})

@@ -1,6 +1,8 @@
 """The public Python API: load, generate, stream_generate."""
 from __future__ import annotations
 
+import numbers
+import operator
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
@@ -8,7 +10,7 @@ from . import methods
 from .engine import Decoder, Limits
 from .errors import MlxSpecError
 from .loading import SpecModel
-from .sampling import SamplingParams
+from .sampling import SamplingParams, check_seed
 from .stats import GenerationStats
 
 
@@ -37,7 +39,19 @@ def encode_prompt(model: SpecModel, prompt: Union[str, Sequence[int]], raw: bool
     the tokenizer's chat template when it has one. Token ids are checked against the model's
     vocabulary (check_tokens)."""
     if not isinstance(prompt, str):
-        return check_tokens(model, [int(t) for t in prompt])
+        try:  # token ids: ints, numpy's or mlx's (not bytes: their values are not token ids)
+            if isinstance(prompt, (bytes, bytearray)) or any(isinstance(t, bool) for t in prompt):
+                raise TypeError
+            tokens = [operator.index(t) for t in prompt]
+        except TypeError:
+            raise MlxSpecError(f"the prompt must be text or token ids (whole numbers), got "
+                               f"{prompt!r:.60}") from None
+        return check_tokens(model, tokens)
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # (a file's invalid bytes reach argv as lone surrogates)
+        raise MlxSpecError(f"the prompt is not valid UTF-8 text ({exc.reason} at character "
+                           f"{exc.start})") from None
     tokenizer = model.tokenizer
     if uses_chat_template(model, prompt, raw):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
@@ -92,9 +106,15 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
                     ignore_eos: bool = False, **method_options) -> Iterator[GenerationChunk]:
     """Stream `prompt`'s continuation in chunks (one per decoding step). `ignore_eos` decodes
     past end-of-sequence tokens to max_tokens (benchmarks: every method writes as many tokens)."""
+    if not isinstance(max_tokens, numbers.Integral) or isinstance(max_tokens, bool):
+        raise MlxSpecError(f"max_tokens must be a whole number, got {max_tokens!r}")
     if max_tokens < 1:
         raise MlxSpecError(f"max_tokens must be >= 1, got {max_tokens}")
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
+    check_seed(seed)
+    stop = [stop] if isinstance(stop, str) else stop  # one string: that string (as the server)
+    if stop is not None and not all(isinstance(s, str) for s in stop):
+        raise MlxSpecError(f"stop must be a string or a list of strings, got {stop!r}")
     prompt_tokens = encode_prompt(model, prompt, raw)
     if decoder is None:
         decoder = make_decoder(model, method, **method_options)
@@ -104,9 +124,9 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
                     eos_token_ids=frozenset() if ignore_eos else model.eos_token_ids)
     detokenizer = model.tokenizer.detokenizer
     detokenizer.reset()
-    stops = [s for s in (stop or []) if s]
+    stops = _Stops([s for s in (stop or []) if s])
     continuation = not uses_chat_template(model, prompt, raw)
-    text, seam = "", None
+    seam = None
     for step in decoder.generate(prompt_tokens, limits, sampling, seed=seed):
         for token in step.token_ids:
             detokenizer.add_token(token)
@@ -117,24 +137,40 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
             seam = _seam_space(model.tokenizer, prompt_tokens[-1], step.token_ids[0]) if continuation else ""
             segment = seam + segment
         finish = step.finish_reason
-        if stops:
-            segment, cut = _cut_at_stop(text, segment, stops)
-            if cut:
-                finish = "stop"
-        text += segment
+        segment, cut = stops.feed(segment, last=finish is not None)
+        if cut:
+            finish = "stop"
         yield GenerationChunk(segment, step.token_ids, finish, step.stats)
         if finish is not None:
             return
 
 
-def _cut_at_stop(before: str, segment: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Cut `segment` where a stop string first completes (it may start in `before`)."""
-    window = before[-max(map(len, stops)):] + segment
-    offset = len(window) - len(segment)
-    hits = [h for h in (window.find(s) for s in stops) if h >= 0]
-    if not hits:
-        return segment, False
-    return segment[:max(0, min(hits) - offset)], True
+class _Stops:
+    """Cuts the streamed text before the first stop string to complete. Text that may begin one is
+    held back until the next steps tell: text once yielded cannot be taken back, and a stop
+    string that began in one chunk and ended in the next left its first characters in the reply
+    (stop "da" on "edamon..." gave "ed")."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops, self.held = list(stops), ""
+
+    def feed(self, segment: str, last: bool) -> tuple[str, bool]:
+        """(the text to yield now, whether a stop string completed); `last`: the final step,
+        whose held text goes out."""
+        text = self.held + segment
+        # the stop string that completes first (as if the text came a character at a time, so
+        # the cut does not depend on how the steps split it), the longest of those that do there
+        hits = [(at + len(s), at) for s in self.stops for at in [text.find(s)] if at >= 0]
+        if hits:
+            self.held = ""
+            return text[:min(hits)[1]], True
+        # the longest end of the text that begins some stop string (nothing yielded can, since
+        # every such end was held back)
+        keep = 0 if last else max((k for s in self.stops
+                                   for k in range(1, min(len(s), len(text) + 1))
+                                   if s.startswith(text[len(text) - k:])), default=0)
+        self.held = text[len(text) - keep:]
+        return text[:len(text) - keep], False
 
 
 def collect(chunks: Iterator[GenerationChunk], method: str = "") -> GenerationResult:

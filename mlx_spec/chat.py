@@ -25,7 +25,7 @@ from .app import CANCELLED, DecoderPool
 from .engine import Decoder
 from .errors import MlxSpecError
 from .loading import SpecModel
-from .sampling import SamplingParams
+from .sampling import SEEDS, SamplingParams, check_seed
 from .stats import GenerationStats
 
 
@@ -59,6 +59,7 @@ class ChatSession:
                  method_options: Optional[dict] = None, on_note: Callable[[str], None] = print):
         if max_tokens < 1:
             raise MlxSpecError(f"max_tokens must be >= 1, got {max_tokens}")
+        check_seed(seed)
         self.model = model
         self.max_tokens = max_tokens
         self.seed = seed
@@ -118,7 +119,7 @@ class ChatSession:
                kept: int) -> Iterator[GenerationChunk]:
         decoder = self.decoder
         reused = decoder.reusable(prompt)
-        seed = None if self.seed is None else self.seed + len(self.turns)
+        seed = None if self.seed is None else (self.seed + len(self.turns)) % SEEDS
         parts, ids, last = [], [], None
         try:
             for chunk in stream_generate(self.model, prompt, method=self.method, decoder=decoder,

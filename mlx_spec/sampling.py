@@ -6,6 +6,7 @@ so temperature / top-k / top-p / min-p change what "the target's distribution" m
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -22,6 +23,12 @@ class SamplingParams:
     min_p: float = 0.0
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "top_k", "min_p"):
+            value = getattr(self, name)
+            kind = numbers.Integral if name == "top_k" else numbers.Real
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise MlxSpecError(f"{name} must be a {'whole ' if name == 'top_k' else ''}"
+                                   f"number, got {value!r}")
         if not 0 <= self.temperature < math.inf:  # (NaN too: no distribution to sample)
             raise MlxSpecError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -34,6 +41,17 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+SEEDS = 1 << 64  # mx.random.key takes an unsigned 64-bit seed
+
+
+def check_seed(seed) -> None:
+    """Refuse a seed that is not None or a whole number in 0..2**64-1 (sampling raised a bare
+    TypeError from mx.random.key; greedy decoding ignored it)."""
+    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)
+                             or not 0 <= seed < SEEDS):
+        raise MlxSpecError(f"seed must be a whole number in 0..2**64-1, got {seed!r}")
 
 
 def log_probs(logits: mx.array, params: SamplingParams) -> mx.array:

@@ -31,7 +31,7 @@ from .app import CANCELLED, Worker
 from .chat import continue_text
 from .errors import MlxSpecError
 from .loading import SpecModel
-from .sampling import SamplingParams
+from .sampling import SamplingParams, check_seed
 
 MAX_BODY = 8 << 20  # bytes
 
@@ -154,8 +154,13 @@ class Server:
             raise ApiError(400, f"the prompt has {len(prompt_tokens)} tokens; the model's "
                                 f"context is {context}", param="messages" if chat else "prompt",
                            code="context_length_exceeded")
+        seed = _get(body, "seed", int, d.seed)
+        try:
+            check_seed(seed)
+        except MlxSpecError as exc:
+            raise ApiError(400, str(exc), param="seed") from None
         return Request(chat, prompt_tokens, method, options, max_tokens, sampling,
-                       _get(body, "seed", int, d.seed), stop or [], stream,
+                       seed, stop or [], stream,
                        bool(stream_options.get("include_usage")))
 
     def _prompt(self, body: dict, chat: bool) -> list[int]:
@@ -168,7 +173,7 @@ class Server:
                     raise ApiError(400, str(exc), param="prompt") from None
             if not isinstance(prompt, str) or not prompt:
                 raise ApiError(400, "prompt must be a non-empty string", param="prompt")
-            return encode_prompt(self.model, prompt, raw=True)
+            return self._encode(prompt, "prompt")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ApiError(400, "messages must be a non-empty list", param="messages")
@@ -196,7 +201,13 @@ class Server:
                 rendered = continue_text(rendered, message["content"])
         if not rendered.strip():
             raise ApiError(400, "the messages are empty", param="messages")
-        return encode_prompt(self.model, rendered, raw=True)
+        return self._encode(rendered, "messages")
+
+    def _encode(self, text: str, param: str) -> list[int]:
+        try:
+            return encode_prompt(self.model, text, raw=True)
+        except MlxSpecError as exc:  # (text that is not valid UTF-8: lone surrogates)
+            raise ApiError(400, str(exc), param=param) from None
 
     def submit(self, request: Request):
         return self.worker.submit(request.prompt_tokens, method=request.method,
@@ -277,8 +288,10 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         try:
             return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # (bad JSON or UTF-8, nesting too deep for
+            # the parser, an integer of more digits than Python converts)
+            raise ApiError(400, f"the body is not valid JSON: {type(exc).__name__}: "
+                                f"{str(exc)[:200]}") from None
 
     def _guarded(self, action) -> None:
         try:

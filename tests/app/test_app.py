@@ -147,3 +147,65 @@ def test_prompt_token_ids_outside_the_vocabulary_are_refused(random_models):
         with pytest.raises(MlxSpecError, match=message):
             mlx_spec.generate(model, tokens, max_tokens=2, method="ar")
     assert len(mlx_spec.generate(model, [1, vocab - 1], max_tokens=2, method="ar").token_ids) == 2
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"max_tokens": "8"}, "max_tokens must be a whole number"),
+    ({"max_tokens": 8.5}, "max_tokens must be a whole number"),
+    ({"temperature": "0.5"}, "temperature must be a number"),
+    ({"top_k": 2.5}, "top_k must be a whole number"),
+    ({"seed": -1, "temperature": 0.7}, "seed must be a whole number"),
+    ({"seed": 2 ** 64, "temperature": 0.7}, "seed must be a whole number"),
+    ({"stop": [1]}, "stop must be a string or a list of strings"),
+    ({"prompt": None}, "the prompt must be text or token ids"),
+    ({"prompt": b"hello"}, "the prompt must be text or token ids"),
+    ({"prompt": ["a"]}, "the prompt must be text or token ids"),
+    ({"prompt": "bad \udcff bytes"}, "the prompt is not valid UTF-8"),  # (a file's bad bytes)
+])
+def test_wrong_arguments_are_one_clear_error(random_models, arguments, message):
+    """Arguments of the wrong type or range are an MlxSpecError naming them, not a TypeError
+    from deep inside (mx.random.key, the tokenizer, a slice)."""
+    from mlx_spec.errors import MlxSpecError
+
+    arguments = {"prompt": "Once upon", "max_tokens": 2, "method": "ar", **arguments}
+    with pytest.raises(MlxSpecError, match=message.replace("*", "\\*")):
+        mlx_spec.generate(random_models["llama"], arguments.pop("prompt"), **arguments)
+
+
+def test_a_stop_string_alone_is_that_string(random_models):
+    """stop="xyz" is one stop string (as the server reads it), not three one-letter ones."""
+    model = random_models["llama"]
+    text = mlx_spec.generate(model, [1, 2, 3], max_tokens=12, method="ar").text
+    assert len(text) > 3
+    word = text[1:3]
+    cut = mlx_spec.generate(model, [1, 2, 3], max_tokens=12, method="ar", stop=word).text
+    assert cut == text[:text.index(word)]
+
+
+def test_stop_strings_cut_the_streamed_text_wherever_the_chunks_split_it():
+    """Whatever chunks a reply streams in, the text ends right before the first stop string to
+    complete, and only text that cannot begin one is ever yielded (nothing yielded is taken
+    back)."""
+    import random
+    from mlx_spec.api import _Stops
+
+    rng = random.Random(0)
+    for _ in range(500):
+        reply = "".join(rng.choice("abcd") for _ in range(rng.randint(1, 30)))
+        stops = ["".join(rng.choice("abcd") for _ in range(rng.randint(1, 4)))
+                 for _ in range(rng.randint(1, 3))]
+        cuts = sorted(set(rng.sample(range(1, len(reply)), rng.randint(0, len(reply) - 1)))
+                      | {len(reply)})
+        chunks = [reply[a:b] for a, b in zip([0] + cuts, cuts)]
+        cutter, out, stopped = _Stops(stops), "", False
+        for i, chunk in enumerate(chunks):
+            text, stopped = cutter.feed(chunk, last=i == len(chunks) - 1)
+            out += text
+            if stopped:
+                break
+        # the reply a character at a time: cut where a stop string first completes (the longest
+        # of those that complete there)
+        ends = [(at + len(s), at) for s in stops for at in [reply.find(s)] if at >= 0]
+        first = min(ends)[1] if ends else None
+        assert out == (reply if first is None else reply[:first]) and stopped == (first is not None)
+

@@ -215,6 +215,12 @@ BAD = [
     ("/v1/completions", {"prompt": [5, 10 ** 6]}, None, 400),   # not in the vocabulary (the
     ("/v1/completions", {"prompt": [-1]}, None, 400),           # embedding read past its table:
     # the server died of a segmentation fault)
+    ("/v1/completions", {"prompt": PROMPT, "temperature": 0.7, "seed": -1}, None, 400),  # (500s
+    ("/v1/completions", {"prompt": "bad \ud800 text"}, None, 400),                   # before)
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, None, 400),
+    ("/v1/completions", {"prompt": [True]}, None, 400),
+    ("/v1/completions", None, b"[" * 100000 + b"]" * 100000, 400),  # too deep to parse
+    ("/v1/completions", None, b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", 400),
     ("/v1/completions", {"prompt": PROMPT, "stream": True, "method_options": {"x": 1}}, None, 400),
     ("/v1/embeddings", {"input": "x"}, None, 404),
 ]
