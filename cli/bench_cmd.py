@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .common import err_console, parse_method_options, user_errors
+from .common import check_output_file, err_console, parse_method_options, user_errors
 
 DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter", "auto"]
 
@@ -197,15 +197,16 @@ def register(app: typer.Typer) -> None:
             raise mlx_spec.MlxSpecError(f"--max-tokens must be >= 1, got {max_tokens}")
         if repeat < 1:
             raise mlx_spec.MlxSpecError(f"--repeat must be >= 1, got {repeat}")
+        if warmup_tokens < 1:  # (the warm-up loads and compiles what each method runs)
+            raise mlx_spec.MlxSpecError(f"--warmup-tokens must be >= 1, got {warmup_tokens}")
         if interleave is not None and interleave not in INTERLEAVINGS:
             raise mlx_spec.MlxSpecError(f"--interleave must be one of {', '.join(INTERLEAVINGS)}, "
                                         f"got {interleave!r}")
         if limit is not None and limit < 1:
             raise mlx_spec.MlxSpecError(f"--limit must be >= 1, got {limit}")
         SamplingParams(temperature=temp)
-        for flag, out in (("--json", json_out), ("--plot", plot)):  # refused now, not after
-            if out is not None and not out.parent.is_dir():         # the whole run
-                raise mlx_spec.MlxSpecError(f"{flag} {out}: no folder {out.parent} to write it in")
+        check_output_file("--json", json_out)
+        check_output_file("--plot", plot)
         names = split_method_list(methods) if methods else [m for m in DEFAULT_METHODS if m in registry.available()]
         specs = [MethodSpec.parse(n) for n in names]
         for spec in specs:

@@ -70,6 +70,17 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def check_output_file(flag: str, path: Optional[Path]) -> None:
+    """Refuse now an output file that could not be written at the end (a folder, or one in a
+    folder that does not exist): a bench or a test run would otherwise lose its whole report."""
+    if path is None:
+        return
+    if path.is_dir() or not str(path).strip():
+        fail(f"{flag} {path}: give a file name, not a folder")
+    if not path.parent.is_dir():
+        fail(f"{flag} {path}: no folder {path.parent} to write it in")
+
+
 def user_errors(command):
     """Turn the library's user-facing errors into one line on stderr and a non-zero exit."""
     @functools.wraps(command)

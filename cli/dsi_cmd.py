@@ -3,6 +3,7 @@ acceptance rate, given or measured on models; picks the block (drafts per job) a
 from __future__ import annotations
 
 import json
+import math
 from typing import Optional
 
 import typer
@@ -40,6 +41,12 @@ def register(app: typer.Typer) -> None:
             print(f"paper grid (c, a in 0..1, k 1..10, 7 target servers): DSI up to {over_si:.2f}x "
                   f"faster than SI, {over_best:.2f}x faster than min(SI, non-SI)")
             return
+        if not 1 <= workers <= 64 or not 1 <= tokens <= 20_000 or not 0 <= block <= 64:  # (20000
+            # simulated tokens take ~15 s; more only take longer)
+            fail("need 1 <= --workers <= 64, 1 <= --tokens <= 20000 and 0 <= --block <= 64")
+        times = (target_ms, drafter_ms, target_per_token_ms, overhead_ms)
+        if any(t is not None and not 0 <= t < math.inf for t in times):  # (NaN fails too)
+            fail("times (ms) must be finite numbers >= 0")
         measured = None
         if model is not None:
             import mlx_spec

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .common import err_console, fail, user_errors
+from .common import check_output_file, err_console, fail, user_errors
 
 DEFAULT_METHODS = "ar,pld,lookahead,draft,adaedl,redrafter,auto"
 
@@ -56,7 +56,10 @@ def register(app: typer.Typer) -> None:
             fail("--temps: exactness is tested when sampling; give temperatures > 0")
         if not 0 < shift < 1 or plant < 0 or (trials is not None and trials < 1):
             fail("--shift must be in (0, 1), --plant >= 0 and --trials >= 1")
+        check_output_file("--json", json_out)
         specs = [MethodSpec.parse(n) for n in split_method_list(methods)]
+        if not specs:
+            fail("--methods: name at least one method")
         for spec in specs:
             registry.check_name(spec.name)
             if spec.name in registry.DECODERS:  # dsi, mlx-lm: decoders of their own

@@ -34,6 +34,18 @@ def test_generate_json_contract(random_model_dirs):
     # the run: it was found only once the whole bench had run, and the report was lost)
     (["bench", "--methods", "ar,pld[num_draft_tokens=x]"], "num_draft_tokens must be a whole"),
     (["generate", "--method", "pld", "-o", "adaptive=1"], "adaptive must be true or false"),
+    # found by probing (session 35): each was a traceback, a hang or a silent mistake
+    (["generate", "--temp", "0.7", "--seed", "-1"], "seed must be a whole number in 0..2**64-1"),
+    (["generate", "--method", "pld", "--num-draft-tokens", "100000"], "must be in 1..256"),  # hung
+    (["generate", "--draft-model", "/no/such/folder"], "not found"),  # auto dropped it silently
+    (["generate", "--num-draft-tokens", "0"], "num_draft_tokens must be in 1..256"),      # (auto)
+    (["bench", "--json", "."], "give a file name, not a folder"),  # (found after the whole run)
+    (["bench", "--warmup-tokens", "0"], "--warmup-tokens must be >= 1"),
+    (["exactness", "--methods", ""], "name at least one method"),  # (an empty table, exit 0)
+    (["serve", "--port", "99999"], "--port must be in 0..65535"),
+    (["dsi-sim", "--target-ms", "10", "--drafter-ms", "1", "--acceptance", "0.5", "--workers", "0"],
+     "--workers"),                                                                      # (hung)
+    (["dsi-sim", "--target-ms", "inf", "--drafter-ms", "1", "--acceptance", "0.5"], "finite"),
 ])
 def test_bad_input_is_one_line_and_nonzero(args, message):
     code, out, err = run_cli(*args)
