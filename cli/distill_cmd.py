@@ -47,8 +47,12 @@ def register(app: typer.Typer) -> None:
             raise MlxSpecError("give either --text FILE or --instructions")
         if self_written and not instructions:
             raise MlxSpecError("--self-written adds chat requests: it goes with --instructions")
-        if text is not None and not text.exists():
+        if text is not None and (not text.exists() or text.is_dir()):
             raise MlxSpecError(f"text file not found: {text}")
+        if init_head is not None and not (init_head / "config.json").is_file():
+            raise MlxSpecError(f"--init-head {init_head}: not a head folder (no config.json)")
+        if not 0 < learning_rate < 1:  # (NaN too)
+            raise MlxSpecError(f"--learning-rate must be in (0, 1), got {learning_rate}")
         data, heldout = data_options(contexts, heldout_contexts, continuation, gen_batch, temp, seed)
         head = HeadOptions(exit_dim=exit_dim, num_draft_layers=layers, draft_steps=draft_steps,
                            init_from=str(init_head) if init_head else None, soft_labels=soft_labels,

@@ -86,6 +86,11 @@ def register(app: typer.Typer) -> None:
 
         if text is None or tokenizer is None:
             raise MlxSpecError("give --text and --tokenizer (or --instructions --teacher TARGET)")
+        if not any((tokenizer / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
+            # (else transformers' own messages: a hub id's rules, or "sentencepiece or tiktoken")
+            raise MlxSpecError(f"--tokenizer {tokenizer}: not a tokenizer folder (no "
+                               "tokenizer.model or tokenizer.json; `mlxspec train-tokenizer` "
+                               "makes one)")
         corpus = load_corpus(text, cased)
         train_causal_lm(corpus.train, corpus.heldout, tokenizer, out, preset, options, checkpoint_dir,
                         teacher_dir=teacher, init_dir=init)

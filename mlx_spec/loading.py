@@ -79,6 +79,8 @@ def resolve(path_or_id: Optional[str]) -> str:
     'org/name' that is not a folder -> a hub id for mlx-lm to download."""
     if path_or_id is None:
         path_or_id = DEFAULT_TARGET
+    if not str(path_or_id).strip():  # (Path("") is the current folder)
+        raise ModelLoadError("the model is empty: give an mlx-lm folder or a hub id")
     shipped = shipped_model(str(path_or_id))
     if shipped is not None:
         return str(shipped)

@@ -100,7 +100,8 @@ class Lookahead(SizedByRegime, Drafter):
         """Fill the shared output trie once per loaded model and file."""
         file = Path(path).expanduser()
         if not file.is_file():
-            raise MlxSpecError(f"lookahead warmup file not found: {path}")
+            raise MlxSpecError(f"lookahead warmup: {path} is not a file (past answers as text, "
+                               "or a saved trie)")
         done = shared(model).warmed_from
         if str(file.resolve()) in done:
             return

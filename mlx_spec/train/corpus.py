@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import MlxSpecError
 from .truecase import Truecaser
 
 # UTF-8 read as cp1252 and re-encoded: the original data carries a few of these.
@@ -56,6 +57,9 @@ def load_corpus(text_path: str | Path, cased_path: str | Path | None = None,
     """
     text = clean(Path(text_path).read_text(encoding="utf-8", errors="replace"))
     stories = split_stories(text)
+    if len(stories) < 2:  # (one for training, one held out; an empty file failed in the tokenizer)
+        raise MlxSpecError(f"{text_path}: found {len(stories)} stories; training needs at least "
+                           "two (stories are separated by newlines)")
     if cased_path is not None:
         cased = split_stories(clean(Path(cased_path).read_text(encoding="utf-8", errors="replace")))
         truecaser = Truecaser.fit(cased)

@@ -11,24 +11,33 @@ import io
 import json
 from pathlib import Path
 
+from ..errors import MlxSpecError
+
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+MIN_VOCAB = 256 + 4  # byte fallback's pieces, unk / bos / eos, and the newline piece
 
 
 def train_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int = 4096,
                     max_sentences: int = 200_000) -> Path:
     import sentencepiece as spm
 
+    if vocab_size < MIN_VOCAB:
+        raise MlxSpecError(f"vocab_size must be >= {MIN_VOCAB} (256 byte pieces and the special "
+                           f"ones), got {vocab_size}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts[:max_sentences]), model_writer=model,
-        model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
-        character_coverage=0.9999, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, split_digits=True, user_defined_symbols=["\n"],
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, max_sentence_length=1 << 16,
-        num_threads=2, minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts[:max_sentences]), model_writer=model,
+            model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
+            character_coverage=0.9999, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, split_digits=True, user_defined_symbols=["\n"],
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, max_sentence_length=1 << 16,
+            num_threads=2, minloglevel=2,
+        )
+    except RuntimeError as exc:  # its own complaint's last line, e.g. "Vocabulary size too high"
+        raise MlxSpecError(f"sentencepiece: {str(exc).strip().splitlines()[-1]}") from None
+    out.mkdir(parents=True, exist_ok=True)  # (only once there is a tokenizer to write in it)
     (out / "tokenizer.model").write_bytes(model.getvalue())
     export_for_transformers(out)
     return out

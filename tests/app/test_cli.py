@@ -46,6 +46,13 @@ def test_generate_json_contract(random_model_dirs):
     (["dsi-sim", "--target-ms", "10", "--drafter-ms", "1", "--acceptance", "0.5", "--workers", "0"],
      "--workers"),                                                                      # (hung)
     (["dsi-sim", "--target-ms", "inf", "--drafter-ms", "1", "--acceptance", "0.5"], "finite"),
+    (["generate", "--model", ""], "the model is empty"),               # (". is not a model")
+    (["train", "--out", "/tmp/x", "--text", "/dev/null", "--tokenizer", "/no/such/folder"],
+     "not a tokenizer folder"),                                         # (a hub id's rules)
+    (["train-tokenizer", "--text", "/dev/null", "--out", "/tmp/x"], "found 0 stories"),
+    (["distill", "--out", "/tmp/x", "--text", "/dev/null"], "found 0 stories"),  # (IndexError)
+    (["distill", "--out", "/tmp/x", "--text", "/etc/hostname", "--init-head", "/no/such"],
+     "not a head folder"),                               # (found after the continuations' run)
 ])
 def test_bad_input_is_one_line_and_nonzero(args, message):
     code, out, err = run_cli(*args)
