@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         top_p: TopPOption = 1.0,
         top_k: TopKOption = 0,
         min_p: MinPOption = 0.0,
-        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same output)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same output with a fixed method (auto's choice of method depends on timing)."),
         raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template."),
         stop: List[str] = typer.Option([], "--stop", help="Stop string (repeatable)."),
         draft_model: DraftModelOption = None,

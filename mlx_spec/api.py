@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
 
 from . import methods
-from .engine import Decoder, Limits
+from .engine import Decoder, Limits, check_request
 from .errors import MlxSpecError
 from .loading import SpecModel
 from .sampling import SamplingParams, check_seed
@@ -105,7 +105,9 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
                     stop: Optional[Sequence[str]] = None, decoder: Optional[Decoder] = None,
                     ignore_eos: bool = False, **method_options) -> Iterator[GenerationChunk]:
     """Stream `prompt`'s continuation in chunks (one per decoding step). `ignore_eos` decodes
-    past end-of-sequence tokens to max_tokens (benchmarks: every method writes as many tokens)."""
+    past end-of-sequence tokens to max_tokens (benchmarks: every method writes as many tokens).
+    Bad arguments raise here, at the call, not at the first chunk: a caller that shows the prompt
+    before the reply (mlxspec generate) shows nothing of a request that cannot run."""
     if not isinstance(max_tokens, numbers.Integral) or isinstance(max_tokens, bool):
         raise MlxSpecError(f"max_tokens must be a whole number, got {max_tokens!r}")
     if max_tokens < 1:
@@ -122,10 +124,18 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
         raise MlxSpecError("method options go to make_decoder when a decoder is passed")
     limits = Limits(max_tokens=max_tokens, context_length=model.context_length,
                     eos_token_ids=frozenset() if ignore_eos else model.eos_token_ids)
+    check_request(prompt_tokens, limits)
+    continuation = not uses_chat_template(model, prompt, raw)
+    return _stream(model, decoder, prompt_tokens, limits, sampling, seed,
+                   _Stops([s for s in (stop or []) if s]), continuation)
+
+
+def _stream(model: SpecModel, decoder: Decoder, prompt_tokens: list[int], limits: Limits,
+            sampling: SamplingParams, seed: Optional[int], stops: "_Stops",
+            continuation: bool) -> Iterator[GenerationChunk]:
+    """stream_generate's chunks, once its arguments are checked: the decoder's steps as text."""
     detokenizer = model.tokenizer.detokenizer
     detokenizer.reset()
-    stops = _Stops([s for s in (stop or []) if s])
-    continuation = not uses_chat_template(model, prompt, raw)
     seam = None
     for step in decoder.generate(prompt_tokens, limits, sampling, seed=seed):
         for token in step.token_ids:

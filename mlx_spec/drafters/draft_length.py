@@ -59,8 +59,8 @@ def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Option
         return _tabled(target_cost(model), tree)
     per_draft = default[0] if verify_cost is None else verify_cost
     overhead = default[1] if verify_overhead is None else verify_overhead
-    if min(per_draft, overhead) < 0:
-        raise ValueError("verify costs must be >= 0")
+    if not (0 <= per_draft < math.inf and 0 <= overhead < math.inf):  # (NaN fails too)
+        raise ValueError("verify costs must be finite numbers >= 0")
     return linear_verify_cost(per_draft, overhead)
 
 

@@ -32,6 +32,8 @@ cost more: docs/tuning.md).
 """
 from __future__ import annotations
 
+import math
+
 import statistics
 import time
 from collections import deque
@@ -188,8 +190,8 @@ class DraftModelDrafter(Drafter):
                  verify_overhead: Optional[float] = None, draft_cost: Optional[float] = None,
                  draft_vocab: bool = True):
         check_draft_size("num_draft_tokens", num_draft_tokens)
-        if draft_cost is not None and draft_cost < 0:
-            raise ValueError("draft_cost must be >= 0")
+        if draft_cost is not None and not 0 <= draft_cost < math.inf:  # (NaN fails too)
+            raise ValueError("draft_cost must be a finite number >= 0")
         self.num_draft_tokens = num_draft_tokens
         self.draft = load_draft_model(model, draft_model)
         # draft_vocab=False drafts from the whole vocabulary where the drafter has a drafting one
