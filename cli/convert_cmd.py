@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from .common import err_console, user_errors
 
@@ -49,4 +50,5 @@ def register(app: typer.Typer) -> None:
         finally:
             bar.close()
         size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-        err_console.print(f"wrote {out} ({size / 1e6:.1f} MB); try: mlxspec generate --model {out}")
+        err_console.print(escape(f"wrote {out} ({size / 1e6:.1f} MB); try: mlxspec generate "
+                                 f"--model {out}"))

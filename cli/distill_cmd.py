@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
         if self_written and not instructions:
             raise MlxSpecError("--self-written adds chat requests: it goes with --instructions")
         if text is not None and (not text.exists() or text.is_dir()):
-            raise MlxSpecError(f"text file not found: {text}")
+            raise MlxSpecError(f"text file not found: {text}" if not text.exists() else
+                               f"--text {text} is a folder, not a text file")
         if init_head is not None and not (init_head / "config.json").is_file():
             raise MlxSpecError(f"--init-head {init_head}: not a head folder (no config.json)")
         if not 0 < learning_rate < 1:  # (NaN too)

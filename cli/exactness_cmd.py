@@ -3,6 +3,7 @@ the whole vocabulary (mlx_spec/bench/exactness.py says how), sized to catch a gi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -52,8 +53,8 @@ def register(app: typer.Typer) -> None:
                 temperatures.append(float(text))
             except ValueError:
                 fail(f"--temps: {text!r} is not a number")
-        if any(t <= 0 for t in temperatures):
-            fail("--temps: exactness is tested when sampling; give temperatures > 0")
+        if any(not 0 < t < math.inf for t in temperatures):  # (NaN too)
+            fail("--temps: exactness is tested when sampling; give finite temperatures > 0")
         if not 0 < shift < 1 or plant < 0 or (trials is not None and trials < 1):
             fail("--shift must be in (0, 1), --plant >= 0 and --trials >= 1")
         check_output_file("--json", json_out)

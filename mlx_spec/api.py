@@ -1,7 +1,6 @@
 """The public Python API: load, generate, stream_generate."""
 from __future__ import annotations
 
-import numbers
 import operator
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence, Union
@@ -10,7 +9,7 @@ from . import methods
 from .engine import Decoder, Limits, check_request
 from .errors import MlxSpecError
 from .loading import SpecModel
-from .sampling import SamplingParams, check_seed
+from .sampling import SamplingParams, check_seed, is_whole
 from .stats import GenerationStats
 
 
@@ -40,7 +39,10 @@ def encode_prompt(model: SpecModel, prompt: Union[str, Sequence[int]], raw: bool
     vocabulary (check_tokens)."""
     if not isinstance(prompt, str):
         try:  # token ids: ints, numpy's or mlx's (not bytes: their values are not token ids)
-            if isinstance(prompt, (bytes, bytearray)) or any(isinstance(t, bool) for t in prompt):
+            if isinstance(prompt, (bytes, bytearray)):
+                raise TypeError
+            prompt = list(prompt)  # (read once: it may be a generator)
+            if any(isinstance(t, bool) for t in prompt):
                 raise TypeError
             tokens = [operator.index(t) for t in prompt]
         except TypeError:
@@ -62,11 +64,9 @@ def encode_prompt(model: SpecModel, prompt: Union[str, Sequence[int]], raw: bool
 
 
 def check_tokens(model: SpecModel, tokens: list[int]) -> list[int]:
-    """`tokens`, refused with a clear error where the model cannot decode from them: none at all,
-    or an id outside its vocabulary (the embedding lookup reads past its table: on the CPU
-    the process died of a segmentation fault)."""
-    if not tokens:
-        raise MlxSpecError("the prompt has no tokens")
+    """`tokens`, refused with a clear error where one is an id outside the model's vocabulary (the
+    embedding lookup reads past its table: on the CPU the process died of a segmentation
+    fault). (No tokens at all: engine.check_request.)"""
     vocab = model.vocab_size
     if vocab is not None:
         bad = next((t for t in tokens if not 0 <= t < vocab), None)
@@ -108,26 +108,24 @@ def stream_generate(model: SpecModel, prompt: Union[str, Sequence[int]], method:
     past end-of-sequence tokens to max_tokens (benchmarks: every method writes as many tokens).
     Bad arguments raise here, at the call, not at the first chunk: a caller that shows the prompt
     before the reply (mlxspec generate) shows nothing of a request that cannot run."""
-    if not isinstance(max_tokens, numbers.Integral) or isinstance(max_tokens, bool):
+    if not is_whole(max_tokens):
         raise MlxSpecError(f"max_tokens must be a whole number, got {max_tokens!r}")
-    if max_tokens < 1:
-        raise MlxSpecError(f"max_tokens must be >= 1, got {max_tokens}")
     sampling = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
     check_seed(seed)
-    stop = [stop] if isinstance(stop, str) else stop  # one string: that string (as the server)
-    if stop is not None and not all(isinstance(s, str) for s in stop):
+    stop = [stop] if isinstance(stop, str) else list(stop or [])  # one string: that string
+    if not all(isinstance(s, str) for s in stop):                # (as the server reads it)
         raise MlxSpecError(f"stop must be a string or a list of strings, got {stop!r}")
     prompt_tokens = encode_prompt(model, prompt, raw)
+    limits = Limits(max_tokens=max_tokens, context_length=model.context_length,
+                    eos_token_ids=frozenset() if ignore_eos else model.eos_token_ids)
+    check_request(prompt_tokens, limits)  # (before a decoder loads a draft model or workers)
     if decoder is None:
         decoder = make_decoder(model, method, **method_options)
     elif method_options:
         raise MlxSpecError("method options go to make_decoder when a decoder is passed")
-    limits = Limits(max_tokens=max_tokens, context_length=model.context_length,
-                    eos_token_ids=frozenset() if ignore_eos else model.eos_token_ids)
-    check_request(prompt_tokens, limits)
     continuation = not uses_chat_template(model, prompt, raw)
     return _stream(model, decoder, prompt_tokens, limits, sampling, seed,
-                   _Stops([s for s in (stop or []) if s]), continuation)
+                   _Stops([s for s in stop if s]), continuation)
 
 
 def _stream(model: SpecModel, decoder: Decoder, prompt_tokens: list[int], limits: Limits,
@@ -159,7 +157,9 @@ class _Stops:
     """Cuts the streamed text before the first stop string to complete. Text that may begin one is
     held back until the next steps tell: text once yielded cannot be taken back, and a stop
     string that began in one chunk and ended in the next left its first characters in the reply
-    (stop "da" on "edamon..." gave "ed")."""
+    (stop "da" on "edamon..." gave "ed"). The held text goes out with the final step; a reply
+    cancelled before it (app.Generation.cancel) ends without it, at most one character short of
+    the longest stop string, though its token ids are all there."""
 
     def __init__(self, stops: Sequence[str]):
         self.stops, self.held = list(stops), ""

@@ -21,6 +21,7 @@ from . import drafters
 from .drafters.shared import shared, target_cost
 from .engine import BackOff, Decoder
 from .errors import MlxSpecError
+from .sampling import is_whole
 from .target import Target
 
 DEFAULT = "auto"  # the method of generate, chat, the server and the app when none is named
@@ -48,10 +49,15 @@ def check_name(name: str) -> None:
         raise MlxSpecError(f"unknown method {name!r}; available: {', '.join(available())}")
 
 
-def check_options(method: str, **options) -> None:
+def check_options(method: str, /, **options) -> None:
     """Refuse an unknown method, options it does not take and values of the wrong kind, without
-    a model (drafters.check_options): a bench checks its whole list before it loads and runs."""
+    a model (drafters.check_options): a bench checks its whole list before it loads and runs.
+    `kv_bits` is make_decoder's own, for every method (checked when the cache is made)."""
     check_name(method)
+    kv_bits = options.pop("kv_bits", None)
+    if kv_bits is not None and not is_whole(kv_bits):
+        raise MlxSpecError(f"bad options for method {method!r}: kv_bits must be a whole number, "
+                           f"got {kv_bits!r}")
     if method in DECODERS:
         drafters.check_options(method, _factory(method), None, kv_bits=None, **options)
     else:

@@ -46,11 +46,15 @@ class SamplingParams:
 SEEDS = 1 << 64  # mx.random.key takes an unsigned 64-bit seed
 
 
+def is_whole(value) -> bool:
+    """A whole number (Python's, numpy's), not a bool: what counts, sizes and seeds take."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_seed(seed) -> None:
     """Refuse a seed that is not None or a whole number in 0..2**64-1 (sampling raised a bare
     TypeError from mx.random.key; greedy decoding ignored it)."""
-    if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)
-                             or not 0 <= seed < SEEDS):
+    if seed is not None and not (is_whole(seed) and 0 <= seed < SEEDS):
         raise MlxSpecError(f"seed must be a whole number in 0..2**64-1, got {seed!r}")
 
 

@@ -239,7 +239,10 @@ def _get(body: dict, key: str, kind, default):
         return default
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
+        try:
+            value, ok = float(value), True
+        except OverflowError:  # (an integer of hundreds of digits)
+            ok = False
     if not ok:
         raise ApiError(400, f"{key} must be {_KIND_NAMES[kind]}, got {json.dumps(value)[:40]}",
                        param=key)
@@ -273,6 +276,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if status == 405:
+            self.send_header("Allow", "GET, POST")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -346,9 +351,9 @@ class Handler(BaseHTTPRequestHandler):
         self._guarded(route)
 
     def _not_allowed(self) -> None:
-        """Any other HTTP method (PUT, DELETE, PATCH, OPTIONS): a JSON 405 like every other
-        refusal, not the standard library's HTML 501. The connection closes after it: a body
-        sent with the request is not read."""
+        """Any other HTTP method (PUT, DELETE, PATCH, OPTIONS, HEAD, TRACE): a JSON 405 like
+        every other refusal, not the standard library's HTML 501. The connection closes after
+        it: a body sent with the request is not read."""
         self.close_connection = True
 
         def route():
@@ -356,7 +361,7 @@ class Handler(BaseHTTPRequestHandler):
                            code="method_not_allowed")
         self._guarded(route)
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_TRACE = _not_allowed
 
     def _settle(self, generation) -> None:
         try:

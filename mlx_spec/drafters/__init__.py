@@ -52,7 +52,7 @@ def factory(name: str) -> Callable:
     return _REGISTRY[name]
 
 
-def create(name: str, model, **options) -> Drafter:
+def create(name: str, model, /, **options) -> Drafter:
     """Build the drafter `name` for a loaded SpecModel; unknown options are a clear error."""
     make = factory(name)
     check_options(name, make, model, **options)
@@ -62,7 +62,7 @@ def create(name: str, model, **options) -> Drafter:
         raise MlxSpecError(f"method {name!r}: {exc}") from None
 
 
-def check_options(name: str, factory, *args, **options) -> None:
+def check_options(name: str, factory, /, *args, **options) -> None:
     """Refuse, as a clear error, options that method `name`'s `factory` does not take, and values
     of another kind than the option's default (a word for a whole number: a TypeError deep in
     the drafter otherwise). Options without a typed default (None) are the factory's to check."""

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 import re
 import threading
@@ -70,6 +69,7 @@ from typing import Optional
 from ..cost import machine_file
 from ..errors import MlxSpecError
 from ..loading import weights_fingerprint
+from ..sampling import is_whole
 from ..target import has_hidden_states
 from ..tree import Tree
 from . import create, register
@@ -847,7 +847,7 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}
     if num_draft_tokens is not None:  # checked here: the draft candidates may not run at all
-        if not isinstance(num_draft_tokens, numbers.Integral) or isinstance(num_draft_tokens, bool):
+        if not is_whole(num_draft_tokens):
             raise ValueError(f"num_draft_tokens must be a whole number, got {num_draft_tokens!r}")
         check_draft_size("num_draft_tokens", num_draft_tokens)
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)

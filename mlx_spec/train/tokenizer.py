@@ -36,7 +36,8 @@ def train_tokenizer(texts: list[str], out_dir: str | Path, vocab_size: int = 409
             num_threads=2, minloglevel=2,
         )
     except RuntimeError as exc:  # its own complaint's last line, e.g. "Vocabulary size too high"
-        raise MlxSpecError(f"sentencepiece: {str(exc).strip().splitlines()[-1]}") from None
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise MlxSpecError(f"sentencepiece: {lines[-1]}") from None
     out.mkdir(parents=True, exist_ok=True)  # (only once there is a tokenizer to write in it)
     (out / "tokenizer.model").write_bytes(model.getvalue())
     export_for_transformers(out)

@@ -143,7 +143,8 @@ def test_prompt_token_ids_outside_the_vocabulary_are_refused(random_models):
     vocab = model.vocab_size
     assert vocab == model.model.model.embed_tokens.weight.shape[0]
     for tokens, message in (([1, vocab], f"token id {vocab} is outside"),
-                            ([-1, 2], "token id -1 is outside"), ([], "no tokens")):
+                            ([-1, 2], "token id -1 is outside"), ([], "the prompt is empty"),
+                            ((t for t in [1, vocab]), f"token id {vocab} is outside")):  # (read once)
         with pytest.raises(MlxSpecError, match=message):
             mlx_spec.generate(model, tokens, max_tokens=2, method="ar")
     assert len(mlx_spec.generate(model, [1, vocab - 1], max_tokens=2, method="ar").token_ids) == 2
@@ -157,6 +158,7 @@ def test_prompt_token_ids_outside_the_vocabulary_are_refused(random_models):
     ({"seed": -1, "temperature": 0.7}, "seed must be a whole number"),
     ({"seed": 2 ** 64, "temperature": 0.7}, "seed must be a whole number"),
     ({"stop": [1]}, "stop must be a string or a list of strings"),
+    ({"stop": (s for s in [1])}, "stop must be a string or a list of strings"),  # (read once)
     ({"prompt": None}, "the prompt must be text or token ids"),
     ({"prompt": b"hello"}, "the prompt must be text or token ids"),
     ({"prompt": ["a"]}, "the prompt must be text or token ids"),

@@ -118,6 +118,23 @@ def test_bench_json_schema(tmp_path, random_model_dirs):
             assert nodes >= 1 and tree is False  # (pld sends chains)
 
 
+def test_method_options_are_checked_without_a_model():
+    """What a bench checks before it loads: every method's options by kind, make_decoder's own
+    kv_bits taken by every method, and an option may have any name (no clash with the
+    checker's own parameters)."""
+    from mlx_spec import methods
+    from mlx_spec.errors import MlxSpecError
+
+    methods.check_options("pld", kv_bits=8, num_draft_tokens=4, backoff=False)
+    methods.check_options("dsi", kv_bits=8, workers=2)
+    for method, options, message in (("pld", {"num_draft_tokens": "x"}, "a whole number"),
+                                     ("pld", {"kv_bits": "x"}, "kv_bits must be"),
+                                     ("pld", {"factory": 1}, "unexpected keyword"),
+                                     ("lookahead", {"name": 1}, "unexpected keyword")):
+        with pytest.raises(MlxSpecError, match=message):
+            methods.check_options(method, **options)
+
+
 def test_method_spec_parsing():
     assert split_method_list("ar, redrafter[beam_width=2,beam_length=4],pld") == [
         "ar", "redrafter[beam_width=2,beam_length=4]", "pld"]

@@ -221,6 +221,7 @@ BAD = [
     ("/v1/completions", {"prompt": [True]}, None, 400),
     ("/v1/completions", None, b"[" * 100000 + b"]" * 100000, 400),  # too deep to parse
     ("/v1/completions", None, b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", 400),
+    ("/v1/completions", None, b'{"prompt": "x", "temperature": ' + b"9" * 400 + b"}", 400),
     ("/v1/completions", {"prompt": PROMPT, "stream": True, "method_options": {"x": 1}}, None, 400),
     ("/v1/embeddings", {"input": "x"}, None, 404),
 ]
@@ -236,7 +237,7 @@ def test_bad_requests_get_a_4xx_in_openai_shape(served, path, body, raw, status)
     assert get(port, "/health")[0] == 200
 
 
-@pytest.mark.parametrize("verb", ["DELETE", "PUT", "PATCH", "OPTIONS"])
+@pytest.mark.parametrize("verb", ["DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"])
 def test_other_http_methods_get_a_json_405(served, verb):
     """Not the standard library's HTML 501: a 405 in OpenAI's error shape, and the server goes
     on answering (the request's body, unread, closes that connection)."""
@@ -245,10 +246,12 @@ def test_other_http_methods_get_a_json_405(served, verb):
     conn.request(verb, "/v1/chat/completions", body=json.dumps({"messages": []}),
                  headers={"Content-Type": "application/json"})
     response = conn.getresponse()
-    error = json.loads(response.read())["error"]
+    body = response.read()
     conn.close()
-    assert response.status == 405 and verb in error["message"]
-    assert error["code"] == "method_not_allowed"
+    assert response.status == 405 and response.getheader("Allow") == "GET, POST"
+    if verb != "HEAD":  # (a reply to HEAD has no body)
+        error = json.loads(body)["error"]
+        assert verb in error["message"] and error["code"] == "method_not_allowed"
     assert get(port, "/health")[0] == 200
 
 
