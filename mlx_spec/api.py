@@ -158,8 +158,8 @@ class _Stops:
     held back until the next steps tell: text once yielded cannot be taken back, and a stop
     string that began in one chunk and ended in the next left its first characters in the reply
     (stop "da" on "edamon..." gave "ed"). The held text goes out with the final step; a reply
-    cancelled before it (app.Generation.cancel) ends without it, at most one character short of
-    the longest stop string, though its token ids are all there."""
+    cancelled before it (app.Generation.cancel) ends without it (fewer characters than the
+    longest stop string has), though its token ids are all there."""
 
     def __init__(self, stops: Sequence[str]):
         self.stops, self.held = list(stops), ""
