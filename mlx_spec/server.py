@@ -161,7 +161,7 @@ class Server:
             raise ApiError(400, str(exc), param="seed") from None
         return Request(chat, prompt_tokens, method, options, max_tokens, sampling,
                        seed, stop or [], stream,
-                       bool(stream_options.get("include_usage")))
+                       _get(stream_options, "include_usage", bool, False))
 
     def _prompt(self, body: dict, chat: bool) -> list[int]:
         if not chat:

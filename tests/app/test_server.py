@@ -219,6 +219,8 @@ BAD = [
     ("/v1/completions", {"prompt": "bad \ud800 text"}, None, 400),                   # before)
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\ud800"}]}, None, 400),
     ("/v1/completions", {"prompt": [True]}, None, 400),
+    ("/v1/completions", {"prompt": PROMPT, "stream": True, "stream_options": {"include_usage": "x"}},
+     None, 400),
     ("/v1/completions", None, b"[" * 100000 + b"]" * 100000, 400),  # too deep to parse
     ("/v1/completions", None, b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}", 400),
     ("/v1/completions", None, b'{"prompt": "x", "temperature": ' + b"9" * 400 + b"}", 400),
