@@ -6,6 +6,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from ..errors import MlxSpecError
 from .base import Drafter, StepContext
 
@@ -75,14 +77,14 @@ def check_options(name: str, factory, /, *args, **options) -> None:
         parameter = signature.parameters.get(key)
         default = parameter.default if parameter is not None else None
         kind = next((k for k in (bool, int, float) if isinstance(default, k)), None)
-        fits = (kind is None or isinstance(value, bool) == (kind is bool)
-                and isinstance(value, _KINDS[kind]))
+        truth = isinstance(value, _KINDS[bool])  # (a bool is also a whole number: not for these)
+        fits = kind is None or truth == (kind is bool) and isinstance(value, _KINDS[kind])
         if not fits:
             raise MlxSpecError(f"bad options for method {name!r}: {key} must be "
                                f"{_KIND_NAMES[kind]}, got {value!r}")
 
 
-_KINDS = {bool: bool, int: numbers.Integral, float: numbers.Real}  # (numpy's numbers too)
+_KINDS = {bool: (bool, np.bool_), int: numbers.Integral, float: numbers.Real}  # (numpy's too)
 _KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number"}
 
 

@@ -844,12 +844,13 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
     one; `draft_model` / `num_draft_tokens` go to the draft-model candidates; `overlap=False`
     asks the text-only candidates before the verify is dispatched instead of while it runs
     (Drafter.while_verifying), for measuring what the overlap gives."""
-    draft_options = {k: v for k, v in (("draft_model", draft_model),
-                                       ("num_draft_tokens", num_draft_tokens)) if v is not None}
     if num_draft_tokens is not None:  # checked here: the draft candidates may not run at all
         if not is_whole(num_draft_tokens):
             raise ValueError(f"num_draft_tokens must be a whole number, got {num_draft_tokens!r}")
         check_draft_size("num_draft_tokens", num_draft_tokens)
+        num_draft_tokens = int(num_draft_tokens)  # (numpy's: it names the saved rates' file)
+    draft_options = {k: v for k, v in (("draft_model", draft_model),
+                                       ("num_draft_tokens", num_draft_tokens)) if v is not None}
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
     if draft_model is not None and methods is None and "draft" not in found:
         create("draft", model, **draft_options)  # a draft model named that cannot run: its error

@@ -1,6 +1,7 @@
 """The CLI's contracts: JSON fields, one-line errors with non-zero exits, bench report schema."""
 import json
 
+import numpy as np
 import pytest
 
 from mlx_spec.bench import MethodSpec, load_prompts, split_method_list
@@ -127,8 +128,11 @@ def test_method_options_are_checked_without_a_model():
 
     methods.check_options("pld", kv_bits=8, num_draft_tokens=4, backoff=False)
     methods.check_options("dsi", kv_bits=8, workers=2)
+    methods.check_options("pld", adaptive=np.False_, num_draft_tokens=np.int64(4))  # numpy's
+    methods.check_options("lookahead", decay=1, node_budget=np.int32(100))  # an int for a float
     for method, options, message in (("pld", {"num_draft_tokens": "x"}, "a whole number"),
                                      ("pld", {"kv_bits": "x"}, "kv_bits must be"),
+                                     ("pld", {"num_draft_tokens": np.True_}, "a whole number"),
                                      ("pld", {"factory": 1}, "unexpected keyword"),
                                      ("lookahead", {"name": 1}, "unexpected keyword")):
         with pytest.raises(MlxSpecError, match=message):
