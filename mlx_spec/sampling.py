@@ -15,6 +15,16 @@ import numpy as np
 from .errors import MlxSpecError
 
 
+def is_whole(value) -> bool:
+    """A whole number (Python's, numpy's), not a bool: what counts, sizes and seeds take."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A real number (Python's, numpy's; whole ones too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.0
@@ -25,10 +35,10 @@ class SamplingParams:
     def __post_init__(self):
         for name in ("temperature", "top_p", "top_k", "min_p"):
             value = getattr(self, name)
-            kind = numbers.Integral if name == "top_k" else numbers.Real
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise MlxSpecError(f"{name} must be a {'whole ' if name == 'top_k' else ''}"
-                                   f"number, got {value!r}")
+            whole = name == "top_k"
+            if not (is_whole(value) if whole else is_number(value)):
+                raise MlxSpecError(f"{name} must be a {'whole ' if whole else ''}number, "
+                                   f"got {value!r}")
         if not 0 <= self.temperature < math.inf:  # (NaN too: no distribution to sample)
             raise MlxSpecError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -44,11 +54,6 @@ class SamplingParams:
 
 
 SEEDS = 1 << 64  # mx.random.key takes an unsigned 64-bit seed
-
-
-def is_whole(value) -> bool:
-    """A whole number (Python's, numpy's), not a bool: what counts, sizes and seeds take."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_seed(seed) -> None:

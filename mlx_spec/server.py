@@ -167,10 +167,7 @@ class Server:
         if not chat:
             prompt = body.get("prompt")
             if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-                try:
-                    return encode_prompt(self.model, prompt)  # (ids checked, not tokenized)
-                except MlxSpecError as exc:
-                    raise ApiError(400, str(exc), param="prompt") from None
+                return self._encode(prompt, "prompt")  # (ids checked, not tokenized)
             if not isinstance(prompt, str) or not prompt:
                 raise ApiError(400, "prompt must be a non-empty string", param="prompt")
             return self._encode(prompt, "prompt")
@@ -203,10 +200,12 @@ class Server:
             raise ApiError(400, "the messages are empty", param="messages")
         return self._encode(rendered, "messages")
 
-    def _encode(self, text: str, param: str) -> list[int]:
+    def _encode(self, prompt, param: str) -> list[int]:
+        """encode_prompt's tokens, its refusals as 400s (text that is not valid UTF-8, token ids
+        outside the vocabulary)."""
         try:
-            return encode_prompt(self.model, text, raw=True)
-        except MlxSpecError as exc:  # (text that is not valid UTF-8: lone surrogates)
+            return encode_prompt(self.model, prompt, raw=True)
+        except MlxSpecError as exc:
             raise ApiError(400, str(exc), param=param) from None
 
     def submit(self, request: Request):

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import inspect
-import numbers
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ..errors import MlxSpecError
+from ..sampling import is_number, is_whole
 from .base import Drafter, StepContext
 
 _REGISTRY: dict[str, Callable[..., Drafter]] = {}
@@ -77,14 +77,15 @@ def check_options(name: str, factory, /, *args, **options) -> None:
         parameter = signature.parameters.get(key)
         default = parameter.default if parameter is not None else None
         kind = next((k for k in (bool, int, float) if isinstance(default, k)), None)
-        truth = isinstance(value, _KINDS[bool])  # (a bool is also a whole number: not for these)
-        fits = kind is None or truth == (kind is bool) and isinstance(value, _KINDS[kind])
+        fits = kind is None or _KINDS[kind](value)
         if not fits:
             raise MlxSpecError(f"bad options for method {name!r}: {key} must be "
                                f"{_KIND_NAMES[kind]}, got {value!r}")
 
 
-_KINDS = {bool: (bool, np.bool_), int: numbers.Integral, float: numbers.Real}  # (numpy's too)
+# what an option whose default is of each kind takes (numpy's values too)
+_KINDS = {bool: lambda value: isinstance(value, (bool, np.bool_)), int: is_whole,
+          float: is_number}
 _KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
