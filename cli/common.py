@@ -70,6 +70,17 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def parse_numbers(flag: str, text: str) -> list[float]:
+    """A comma list of numbers (--temps), or a one-line error naming `flag`."""
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            fail(f"{flag}: {part!r} is not a number")
+    return values
+
+
 def check_output_file(flag: str, path: Optional[Path]) -> None:
     """Refuse now an output file that could not be written at the end (a folder, or one in a
     folder that does not exist): a bench or a test run would otherwise lose its whole report."""

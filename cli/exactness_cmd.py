@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from .common import check_output_file, err_console, fail, user_errors
+from .common import check_output_file, err_console, fail, parse_numbers, user_errors
 
 DEFAULT_METHODS = "ar,pld,lookahead,draft,adaedl,redrafter,auto"
 
@@ -47,12 +47,7 @@ def register(app: typer.Typer) -> None:
             fail("mlxspec exactness needs scipy (its statistics): pip install scipy")
         from mlx_spec.bench import exactness as ex
 
-        temperatures = []
-        for text in temps.split(","):
-            try:
-                temperatures.append(float(text))
-            except ValueError:
-                fail(f"--temps: {text!r} is not a number")
+        temperatures = parse_numbers("--temps", temps)
         if any(not 0 < t < math.inf for t in temperatures):  # (NaN too)
             fail("--temps: exactness is tested when sampling; give finite temperatures > 0")
         if not 0 < shift < 1 or plant < 0 or (trials is not None and trials < 1):

@@ -40,10 +40,10 @@ def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
             return _accept_sampled_chain(tree, logits, params, key)
         return _accept_sampled_tree(tree, logits, params, key)
     if params.greedy or seed is None or root_position is None:
-        return _accept_by_walking(tree, choose(logits, params, key).tolist().__getitem__)
+        return accept_by_walking(tree, choose(logits, params, key).tolist().__getitem__)
     positions = [root_position + depth + 1 for depth in tree.depths]
     if tree.is_chain:  # every row may be on the path: draw them all at once
-        return _accept_by_walking(
+        return accept_by_walking(
             tree, choose_at_positions(logits, params, seed, positions).tolist().__getitem__)
 
     def draw(node: int) -> int:
@@ -51,11 +51,12 @@ def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
         probabilities (MLX's exp over a vocabulary row dominates on a CPU), each the same draw
         that choose_at_positions makes for the whole tree."""
         return choose_at_positions(logits[node:node + 1], params, seed, [positions[node]]).item()
-    return _accept_by_walking(tree, draw)
+    return accept_by_walking(tree, draw)
 
 
-def _accept_by_walking(tree: Tree, target_token) -> Acceptance:
-    """target_token(node): the target's own token after `node`."""
+def accept_by_walking(tree: Tree, target_token) -> Acceptance:
+    """target_token(node): the target's own token after `node` (bench.text_replay: the token of
+    a known text at the node's depth)."""
     children = tree.children()
     node, path, tokens = 0, [0], []
     while True:

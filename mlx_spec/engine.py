@@ -102,6 +102,14 @@ class BackOff:
         self._pause_gain = None  # resume_if's reference is taken on this prompt's text
         self._window, self._past = _Window(), _Window()
 
+    def allows_drafts(self, drafter: Drafter) -> bool:
+        """Whether the next step may draft; a paused drafter that learns while paused is first
+        asked whether it now expects to win (resume_if; asked only while paused: a chooser's
+        gain weighs every size)."""
+        if self.plain_left and drafter.learns_while_paused:
+            self.resume_if(drafter.expected_gain())
+        return self.drafting
+
     def resume_if(self, gain: Optional[float]) -> None:
         """End a pause early where the drafter's own evidence, gathered on the pause's plain
         steps, expects drafting to win by more than CLEAR (Drafter.expected_gain): pld and
@@ -231,10 +239,7 @@ class Decoder:
         """Propose the next tree, start verifying it asynchronously, and give the drafter the
         wait (Drafter.while_verifying)."""
         t0 = time.perf_counter()
-        if (self.backoff is not None and not self.backoff.drafting
-                and self.drafter.learns_while_paused):  # asked only while paused: a chooser's
-            self.backoff.resume_if(self.drafter.expected_gain())  # gain weighs every size
-        drafting = self.backoff is None or self.backoff.drafting
+        drafting = self.backoff is None or self.backoff.allows_drafts(self.drafter)
         ctx = StepContext(tokens=tokens, max_drafts=room - 1 if drafting else 0, sampling=sampling,
                           key=key, trees=self.target.supports_trees, clock=self._clock)
         tree = self.drafter.propose(ctx)
