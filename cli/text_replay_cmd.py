@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
         backoff: bool = typer.Option(True, "--backoff/--no-backoff", help="The engine's back-off, fed the priced seconds."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
     ):
-        """Replay text-only methods on `ar`'s own texts, each step priced by the cost model: the
-        speedups a bench would measure on a quiet machine, the same every run."""
+        """Replay pld and lookahead on `ar`'s own texts, each step priced by the cost model: their
+        speedups per category, the same on every run (the drafters' own time is shown beside)."""
         from rich.console import Console
         from rich.table import Table
 
@@ -49,8 +49,11 @@ def register(app: typer.Typer) -> None:
         if not specs:
             fail("--methods: name at least one method")
         for spec in specs:  # (before the model loads and ar decodes)
-            registry.check_options(spec.name, **spec.options)
-            tr.check_method(spec.name)
+            registry.check_name(spec.name)
+            spec.options.setdefault("backoff", backoff)  # (a method's own backoff=... wins)
+            if not isinstance(spec.options["backoff"], bool):
+                fail(f"{escape(spec.label)}: backoff must be true or false")
+            tr.check_method(spec.name, **{k: v for k, v in spec.options.items() if k != "backoff"})
         prompt_list = load_prompts(prompts)[:limit]
         spec_model = mlx_spec.load(model)
         cost = target_cost(spec_model)
@@ -65,21 +68,25 @@ def register(app: typer.Typer) -> None:
                                     seed)
             for spec in specs:
                 replayed = tr.replay(spec_model, texts, spec.name, temperature, cost,
-                                     backoff=backoff, **spec.options)
+                                     **spec.options)
                 results.append({"method": spec.label, "temperature": temperature,
+                                "backoff": spec.options["backoff"],
                                 **tr.summary(replayed, cost, temperature > 0)})
         categories = list(dict.fromkeys(p["category"] for p in prompt_list))
         table = Table(title=f"replayed on ar's texts ({len(prompt_list)} prompts, {max_tokens} "
                             "tokens), priced by the cost model")
-        for column in ("method", "temp", "speedup", "tokens/call", *categories):
+        for column in ("method", "temp", "speedup", "tokens/call", "drafting ms/call",
+                       *categories):
             table.add_column(column)
         for r in results:
             table.add_row(escape(r["method"]), f"{r['temperature']:g}", f"{r['speedup']:.3f}x",
                           f"{r['tokens_per_call']:.2f}",
+                          f"{1000 * r['drafting_s'] / max(r['target_calls'], 1):.2f}",
                           *(f"{r['by_category'][c]['speedup']:.3f}x" for c in categories))
         Console(width=None if Console().is_terminal else 160).print(table)
         if json_out:
             json_out.write_text(json.dumps({"model": spec_model.path, "max_tokens": max_tokens,
-                                            "seed": seed, "prompts": len(prompt_list),
-                                            "backoff": backoff, "cost_model": cost.to_dict(),
+                                            "seed": seed, "prompt_set": prompts or "stories",
+                                            "prompts": len(prompt_list),
+                                            "cost_model": cost.to_dict(),
                                             "results": results}, indent=2))

@@ -6,18 +6,20 @@ own per-position draws: accept.py), so once that text is known, every step of th
 tree the drafter proposes, the tokens it emits, what it verifies. Only the seconds are noise. So
 each prompt is decoded once with `ar` (end-of-sequence ignored, as `mlxspec bench --ignore-eos`,
 so every text is as long), and then the method's own drafter runs along the text with the engine's
-BackOff: each tree is walked along the text (accept.accept_by_walking) and the step costs the
-drafter's own measured time plus the cost model's price of its verify (mlx_spec/cost.py; when
-sampling, a chain's rows all become distributions, a branching tree's walk converts the rows it
-visits), as the bench prices a step to tell the machine's stalls. The speedup is tokens per priced
-second over `ar`'s, one one-token verify per token.
+BackOff, one for all the prompts as a decoder keeps: each tree is walked along the text
+(accept.accept_by_walking) and the step costs the cost model's price of its verify
+(mlx_spec/cost.py; when sampling, a chain's rows all become distributions, a branching tree's walk
+converts the rows it visits), as the bench prices a step to tell the machine's stalls. The speedup
+is tokens per priced second over `ar`'s, one one-token verify per token. Priced so, a replay is
+the same on every run; the drafter's own time is measured beside it (`drafting_s`), not priced,
+since a wall-clock time in the back-off's judgements would make its choices differ from run to run.
 
 What it is for: at T > 0 a bench's per-category figures move by a few percent from run to run
 (the machine's noise: the control band; for sampled methods, their different texts), more than a
 change to how pld or lookahead size their drafts; here every variant runs on the same texts at the
-same prices. What it leaves out: the engine's own work per step (the same for every method), and
-how far the machine is today from when the cost model was measured (the bench's anchored
-prediction says that).
+same prices. What it leaves out: the drafters' time (1-2% of a step for these two on this
+project's CPU: the bench's draft%), the engine's own per step, and how far the machine is today
+from when the cost model was measured (the bench's anchored prediction says that).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from ..drafters.shared import Shared, shared
 from ..engine import BackOff, Limits
 from ..errors import MlxSpecError
 from ..sampling import SamplingParams
+from ..target import Target
 
 
 @dataclass
@@ -50,8 +53,8 @@ class Replayed:
     text: Text
     target_calls: int
     drafted_tokens: int
-    priced_s: float      # the verifies' prices plus the drafter's own time
-    drafting_s: float    # of which the drafter's own time
+    priced_s: float      # the verifies' prices (cost model)
+    drafting_s: float    # the drafter's own time, measured (not in priced_s)
 
     @property
     def tokens(self) -> int:
@@ -74,33 +77,39 @@ def ar_texts(model, prompts: list[dict], encode: Callable[[str], list[int]], tem
     return texts
 
 
-def check_method(name: str) -> None:
-    """Refuse a method whose drafts do not depend on the text alone: it writes another text
-    than `ar` when sampling, and its drafts cannot be known from the text."""
+def check_method(name: str, **options) -> None:
+    """Refuse a method whose drafts do not depend on the text alone (it writes another text than
+    `ar` when sampling, and its drafts cannot be known from the text), and options its drafter
+    does not take (`kv_bits`: nothing runs the target here)."""
     if name in methods.DECODERS or not getattr(drafters.factory(name), "drafts_from_text", False):
         raise MlxSpecError(f"{name} cannot be replayed on ar's text: only methods whose drafts "
                            "depend on the text alone (pld, lookahead) write ar's very text")
+    drafters.check_options(name, drafters.factory(name), None, **options)
 
 
 def replay(model, texts: list[Text], method: str, temperature: float, cost: CostModel,
            backoff: bool = True, **options) -> list[Replayed]:
     """`method` (with `options`) along each of `texts` in turn, as one decoder would run those
-    requests, with drafter state of its own (bench.own_state: the choosers and lookahead's trie of
-    past answers start empty)."""
+    requests (one drafter, one BackOff), with drafter state of its own (bench.own_state: the
+    choosers and lookahead's trie of past answers start empty)."""
+    check_method(method, **options)
+    trees = Target(model.model).supports_trees  # (lookahead sends chains where it cannot)
     saved = shared(model)
     model.extras = Shared(cost=cost, auto_folder=None)
     try:
-        check_method(method)
         drafter = drafters.create(method, model, **options)
-        return [_along(drafter, text, SamplingParams(temperature=temperature), cost,
-                       BackOff(cost.relative) if backoff else None) for text in texts]
+        judge = BackOff(cost.relative) if backoff else None
+        sampling = SamplingParams(temperature=temperature)
+        return [_along(drafter, text, sampling, cost, judge, trees) for text in texts]
     finally:
         model.extras = saved
 
 
 def _along(drafter, text: Text, sampling: SamplingParams, cost: CostModel,
-           backoff: Optional[BackOff]) -> Replayed:
-    """The engine's steps (engine.Decoder._loop) with the text in place of the target."""
+           backoff: Optional[BackOff], trees: bool) -> Replayed:
+    """The engine's steps (engine.Decoder._loop) with the text in place of the target. Not
+    called: Drafter.prepare and while_verifying, and observe gets no target output; pld and
+    lookahead do nothing there (check_method admits only those two kinds of drafter)."""
     tokens, output = list(text.prompt), text.output
     calls = drafted = 0
     priced = drafting_s = 0.0
@@ -113,7 +122,7 @@ def _along(drafter, text: Text, sampling: SamplingParams, cost: CostModel,
             drafting = backoff is None or backoff.allows_drafts(drafter)
             room = len(output) - done
             ctx = StepContext(tokens=tokens, max_drafts=room - 1 if drafting else 0,
-                              sampling=sampling)
+                              sampling=sampling, trees=trees)
             t0 = time.perf_counter()
             tree = drafter.propose(ctx)
             own_s = time.perf_counter() - t0
@@ -123,10 +132,10 @@ def _along(drafter, text: Text, sampling: SamplingParams, cost: CostModel,
             tokens.extend(acceptance.tokens)
             drafter.observe(ctx, tree, acceptance, None)
             calls, drafted = calls + 1, drafted + len(tree) - 1
-            priced, drafting_s = priced + own_s + verify_s, drafting_s + own_s
+            priced, drafting_s = priced + verify_s, drafting_s + own_s
             if backoff is not None and (not drafting or drafter.steady()):
-                backoff.record(len(tree) - 1, len(acceptance.tokens), own_s + verify_s, 0.0,
-                               verify_s, not tree.is_chain, drafter.switch_instead)
+                backoff.record(len(tree) - 1, len(acceptance.tokens), verify_s, 0.0, verify_s,
+                               not tree.is_chain, drafter.switch_instead)
     finally:
         drafter.end()
     return Replayed(text, calls, drafted, priced, drafting_s)
