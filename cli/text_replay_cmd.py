@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
             registry.check_name(spec.name)
             spec.options.setdefault("backoff", backoff)  # (a method's own backoff=... wins)
             if not isinstance(spec.options["backoff"], bool):
-                fail(f"{escape(spec.label)}: backoff must be true or false")
+                fail(f"{spec.label}: backoff must be true or false")
             tr.check_method(spec.name, **{k: v for k, v in spec.options.items() if k != "backoff"})
         prompt_list = load_prompts(prompts)[:limit]
         spec_model = mlx_spec.load(model)

@@ -17,8 +17,8 @@ since a wall-clock time in the back-off's judgements would make its choices diff
 What it is for: at T > 0 a bench's per-category figures move by a few percent from run to run
 (the machine's noise: the control band; for sampled methods, their different texts), more than a
 change to how pld or lookahead size their drafts; here every variant runs on the same texts at the
-same prices. What it leaves out: the drafters' time (1-2% of a step for these two on this
-project's CPU: the bench's draft%), the engine's own per step, and how far the machine is today
+same prices. What it leaves out: the drafters' time (0.1-1% of a step for these two on this
+project's CPU), the engine's own work per step, and how far the machine is today
 from when the cost model was measured (the bench's anchored prediction says that).
 """
 from __future__ import annotations
@@ -109,7 +109,8 @@ def _along(drafter, text: Text, sampling: SamplingParams, cost: CostModel,
            backoff: Optional[BackOff], trees: bool) -> Replayed:
     """The engine's steps (engine.Decoder._loop) with the text in place of the target. Not
     called: Drafter.prepare and while_verifying, and observe gets no target output; pld and
-    lookahead do nothing there (check_method admits only those two kinds of drafter)."""
+    lookahead do nothing there (check_method admits only drafters whose drafts follow the text
+    alone: those two today)."""
     tokens, output = list(text.prompt), text.output
     calls = drafted = 0
     priced = drafting_s = 0.0

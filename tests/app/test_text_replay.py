@@ -1,6 +1,6 @@
 """pld and lookahead replayed on ar's texts (mlx_spec/bench/text_replay.py): the replay takes the
-very steps the method takes when it decodes, so its priced speedups differ from a bench's by the
-cost model's error alone."""
+very steps the method takes when it decodes (without the back-off, whose judgements read measured
+seconds there), and prices each by what it verified."""
 import json
 
 import pytest

@@ -97,13 +97,13 @@ def test_pld_forgets_a_run_of_matches_sooner_when_sampling():
         for _ in range(3):  # a copied phrase
             chooser.record(accepted=8, offered=8, whole=True)
         assert chooser.choose() > 0
-        misses = 0
-        while chooser.choose() > 0:
+        for misses in range(1, 100):
             chooser.record(accepted=0, offered=8, whole=True)
-            misses += 1
-        return misses
-    sampled, greedy = misses_to_plain(SamplingParams(temperature=1.0)), misses_to_plain(SamplingParams())
-    assert 0 < sampled < greedy
+            if chooser.choose() == 0:
+                return misses
+        return 100
+    sampled = misses_to_plain(SamplingParams(temperature=1.0))
+    assert 0 < sampled < misses_to_plain(SamplingParams()) < 100
 
 
 def test_after_giving_up_drafting_is_tried_again():
