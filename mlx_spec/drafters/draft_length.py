@@ -309,17 +309,17 @@ class RegimeChoosers:
     next request of its regime (shared_chooser). `current` is the chooser of the last step's
     regime (greedy before any step): what expected_gain reads before a request's first step
     (the engine's BackOff.resume_if, at most the first PROBE steps of a request) is the last
-    request's. make(sampled) builds the chooser of a greedy (False) or sampling regime."""
+    request's."""
 
-    def __init__(self, model, settings: tuple, make: Callable[[bool], DraftChooser]):
+    def __init__(self, model, settings: tuple, make: Callable[[], DraftChooser]):
         self.model, self.settings, self.make = model, settings, make
         self._own: dict = {}  # without a model: this drafter's own, per regime
-        self.current = shared_chooser(model, settings, lambda: make(False), self._own)
+        self.current = shared_chooser(model, settings, make, self._own)
 
     def use(self, sampling) -> DraftChooser:
         """The chooser for this step's drafts, kept as `current`."""
-        self.current = shared_chooser(self.model, regime_key(self.settings, sampling),
-                                      lambda: self.make(not sampling.greedy), self._own)
+        self.current = shared_chooser(self.model, regime_key(self.settings, sampling), self.make,
+                                      self._own)
         return self.current
 
 

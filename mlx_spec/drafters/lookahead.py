@@ -76,7 +76,7 @@ class Lookahead(SizedByRegime, Drafter):
         # each time)
         self.choosers = (RegimeChoosers(model, ("lookahead", decoding_length, verify_cost,
                                                 verify_overhead),
-                                        lambda sampled: DraftChooser.for_budgets(
+                                        lambda: DraftChooser.for_budgets(
                                             decoding_length, verify=verify_cost_for(
                                                 model, verify_cost, verify_overhead,
                                                 default=(0.06, 0.25), tree=True)))

@@ -52,15 +52,6 @@ class NgramIndex:
         return []
 
 
-# how fast the chooser follows its guesses' outcomes (DraftChooser's rate). When sampling, a
-# copied phrase is followed for a few tokens and left: a chooser slow to forget the matches drafts
-# just as the text leaves the copy. Replayed on SmolLM2's texts (`mlxspec text-replay`; README,
-# session 36): chat2 codefix at T = 1.0 0.964x at 0.15, 0.997x at 0.3; over four sets of texts at
-# T = 0.7 and 1.0 within 0.8% overall either way, the lowest category the same or up to 2.4 points
-# higher. Greedy text copies for longer: kept at 0.15
-GREEDY_RATE, SAMPLED_RATE = 0.15, 0.3
-
-
 @register("pld")
 class PromptLookup(SizedByRegime, Drafter):
     drafts_from_text = True
@@ -74,10 +65,9 @@ class PromptLookup(SizedByRegime, Drafter):
         self.num_draft_tokens = num_draft_tokens
         self.index = NgramIndex(ngram_min, ngram_max)
         settings = ("pld", num_draft_tokens, verify_cost, verify_overhead)
-        self.choosers = (RegimeChoosers(model, settings, lambda sampled: DraftChooser.for_depths(
+        self.choosers = (RegimeChoosers(model, settings, lambda: DraftChooser.for_depths(
             num_draft_tokens, 0, verify=verify_cost_for(model, verify_cost, verify_overhead,
-                                                        default=(0.07, 0.2)),
-            rate=SAMPLED_RATE if sampled else GREEDY_RATE))
+                                                        default=(0.07, 0.2))))
                          if adaptive else None)
         self._guesses = Guesses(_chain_outcome)
 

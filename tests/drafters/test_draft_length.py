@@ -86,26 +86,6 @@ def test_pld_stops_drafting_when_lookups_fail_and_resumes_when_they_match():
     assert max(adaptive[-len(phrase):]) > 0  # drafting is back for the repeated phrase
 
 
-def test_pld_forgets_a_run_of_matches_sooner_when_sampling():
-    """When sampling, a copied phrase is followed for a few tokens and left: after the same run of
-    full matches, pld's chooser of a sampling regime is back at plain decoding after fewer misses
-    than its greedy one (which waits on text that copies for longer)."""
-    def misses_to_plain(sampling) -> int:
-        chooser = PromptLookup(None).choosers.use(sampling)
-        for _ in range(40):  # settled on lookups that mostly fail
-            chooser.record(accepted=0, offered=8, whole=True)
-        for _ in range(3):  # a copied phrase
-            chooser.record(accepted=8, offered=8, whole=True)
-        assert chooser.choose() > 0
-        for misses in range(1, 100):
-            chooser.record(accepted=0, offered=8, whole=True)
-            if chooser.choose() == 0:
-                return misses
-        return 100
-    sampled = misses_to_plain(SamplingParams(temperature=1.0))
-    assert 0 < sampled < misses_to_plain(SamplingParams()) < 100
-
-
 def test_after_giving_up_drafting_is_tried_again():
     chooser = DraftChooser.for_depths(max_length=8)
     for _ in range(30):
