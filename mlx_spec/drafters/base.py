@@ -16,10 +16,11 @@ MAX_DRAFTS = 256  # the most draft tokens a drafter's settings may ask one step 
 # choosers weigh every size at every step (num_draft_tokens=100000 hung before its first step)
 
 
-def check_draft_size(name: str, value: int, least: int = 1) -> None:
-    """Refuse a draft-size setting outside least..MAX_DRAFTS (ValueError: create() reports it)."""
+def check_draft_size(name: str, value: int, least: int = 1, error: type = ValueError) -> None:
+    """Refuse a draft-size setting outside least..MAX_DRAFTS: a ValueError in a drafter (create()
+    names the method), the `error` a decoder of its own raises (MlxSpecError)."""
     if not least <= value <= MAX_DRAFTS:
-        raise ValueError(f"{name} must be in {least}..{MAX_DRAFTS}, got {value}")
+        raise error(f"{name} must be in {least}..{MAX_DRAFTS}, got {value}")
 
 
 @dataclass

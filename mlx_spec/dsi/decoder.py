@@ -8,7 +8,7 @@ import time
 from typing import Iterator, Optional
 
 from .. import drafters
-from ..drafters.base import MAX_DRAFTS
+from ..drafters.base import check_draft_size
 from ..engine import Limits, Step, check_request
 from ..errors import MlxSpecError
 from ..loading import SpecModel
@@ -90,8 +90,7 @@ def make_dsi_decoder(model: SpecModel, workers: int = 2, block: int = 4,
     block = num_draft_tokens or lookahead or block
     if drafter == "dsi":
         raise MlxSpecError("dsi's drafter must be a drafting method such as draft or pld")
-    if not 1 <= block <= MAX_DRAFTS:
-        raise MlxSpecError(f"block must be in 1..{MAX_DRAFTS}, got {block}")
+    check_draft_size("block", block, error=MlxSpecError)
     drafters.check_name(drafter)
     proposer = drafters.create(drafter, model,
                                **_drafter_options(drafter, block, draft_model, drafter_options))

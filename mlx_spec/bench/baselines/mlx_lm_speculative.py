@@ -49,10 +49,7 @@ class MlxLmDecoder:
 
     def __init__(self, model: SpecModel, draft_model: Optional[str] = None,
                  num_draft_tokens: int = 3, kv_bits: Optional[int] = None):
-        try:
-            check_draft_size("num_draft_tokens", num_draft_tokens)
-        except ValueError as exc:
-            raise MlxSpecError(str(exc)) from None
+        check_draft_size("num_draft_tokens", num_draft_tokens, error=MlxSpecError)
         if kv_bits:
             raise MlxSpecError("the mlx-lm baseline runs with mlx-lm's own (unquantized) caches")
         self.model = model
