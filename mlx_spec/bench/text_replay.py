@@ -112,14 +112,13 @@ def _along(drafter, text: Text, sampling: SamplingParams, cost: CostModel,
     lookahead do nothing there (check_method admits only drafters whose drafts follow the text
     alone: those two today)."""
     tokens, output = list(text.prompt), text.output
-    calls = drafted = 0
+    done = calls = drafted = 0  # done: tokens of the output emitted so far
     priced = drafting_s = 0.0
     drafter.begin(list(tokens))
     if backoff is not None:
         backoff.new_request()
     try:
-        while len(tokens) - len(text.prompt) < len(output):
-            done = len(tokens) - len(text.prompt)
+        while done < len(output):
             drafting = backoff is None or backoff.allows_drafts(drafter)
             room = len(output) - done
             ctx = StepContext(tokens=tokens, max_drafts=room - 1 if drafting else 0,
@@ -131,6 +130,7 @@ def _along(drafter, text: Text, sampling: SamplingParams, cost: CostModel,
             verify_s = cost.verify_seconds(len(tree), not tree.is_chain, not sampling.greedy,
                                            visited=len(acceptance.tokens))
             tokens.extend(acceptance.tokens)
+            done += len(acceptance.tokens)
             drafter.observe(ctx, tree, acceptance, None)
             calls, drafted = calls + 1, drafted + len(tree) - 1
             priced, drafting_s = priced + verify_s, drafting_s + own_s
