@@ -17,8 +17,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .sampling import SamplingParams, choose, choose_at_positions, probs
+from .loading import compute_on_cpu
+from .sampling import HostRows, SamplingParams, choose, choose_at_positions, position_uniform, probs
 from .tree import Tree
+
+HOST_ROWS = compute_on_cpu()  # the walk reads the target's rows through HostRows (its docstring);
+# on a GPU MLX's own ops over the rows stay (one sync a step; not measured here: no GPU)
 
 
 @dataclass
@@ -36,10 +40,17 @@ def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
     """key: this step's random key. seed and root_position (the root token's index in prompt +
     output) switch the target's own draws to per-position uniforms."""
     if tree.draft_probs is not None and not params.greedy and len(tree) > 1:
-        if tree.is_chain and tree.draws is None:
+        if tree.is_chain and tree.draws is None and not HOST_ROWS:
             return _accept_sampled_chain(tree, logits, params, key)
         return _accept_sampled_tree(tree, logits, params, key)
-    if params.greedy or seed is None or root_position is None:
+    seeded = seed is not None and root_position is not None
+    if HOST_ROWS and (params.greedy or seeded):
+        rows = HostRows(logits, params)
+        if params.greedy:
+            return accept_by_walking(tree, rows.argmax)
+        return accept_by_walking(tree, lambda node: rows.draw(
+            node, position_uniform(seed, root_position + tree.depths[node] + 1)))
+    if params.greedy or not seeded:
         return accept_by_walking(tree, choose(logits, params, key).tolist().__getitem__)
     positions = [root_position + depth + 1 for depth in tree.depths]
     if tree.is_chain:  # every row may be on the path: draw them all at once
@@ -103,7 +114,11 @@ def _accept_sampled_tree(tree: Tree, logits: mx.array, params: SamplingParams, k
     and, in one conversion, the draft rows of the draws tested below it (a 16-node tree at T > 0
     spent ~9 ms of a CPU step turning all 16 target rows of a 4,096-token vocabulary into
     probabilities; one row ~0.6 ms). Two host reads per visited node instead of two per step."""
+    rows = HostRows(logits, params) if HOST_ROWS else None
+
     def p(node: int) -> np.ndarray:  # the target's distribution after `node`
+        if rows is not None:
+            return rows.probs(node)
         return np.array(probs(logits[node:node + 1], params)[0], dtype=np.float64)
 
     def q(children: list[int]) -> np.ndarray:  # [len, V]: what each child's token was drawn from

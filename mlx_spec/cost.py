@@ -48,7 +48,7 @@ from .paths import cache_root
 SIZES = tuple(range(1, 34))  # every verify up to a 32-node tree and its root
 EXTRA_SIZES = (1, 2, 4, 8, 16, 32)  # where trees and sampled acceptance are timed too
 CONTEXT = 128
-VERSION = 7  # bump when what is measured changes, so old files on disk are not read
+VERSION = 8  # bump when what is measured changes, so old files on disk are not read
 
 
 @dataclass(frozen=True)

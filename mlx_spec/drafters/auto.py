@@ -739,7 +739,9 @@ class Auto(Drafter):
         run than another of them (_clearly_slower): not only when it challenges a model drafter's
         lead; a text-only leader hands the lead on too (at a new request, to the back-off, to a
         window ahead of it), and on the windows alone it would go to the luckier window."""
-        kept = [n for n in names if not any(self._clearly_slower(n, m) for m in names)]
+        models = [n for n in names if n in self.rates.long]  # (the others have no long run)
+        slower = [n for n in models if any(self._clearly_slower(n, m) for m in models)]
+        kept = [n for n in names if n not in slower]
         return max(kept or names, key=lambda n: self._rate(n).per_second)
 
     def _steadiest(self, models: list[str]) -> str:

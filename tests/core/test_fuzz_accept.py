@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from support.fuzz_cases import FUZZ, trees
+from support.fuzz_cases import BOTH_ROW_PATHS, FUZZ, rows_on, trees
 from mlx_spec.accept import accept
 from mlx_spec.sampling import SamplingParams, log_probs
 from mlx_spec.tree import Tree
@@ -61,43 +61,70 @@ def check_is_walk(tree: Tree, result, logits: np.ndarray, top_k: int) -> None:
         assert token in np.argsort(-logits[node])[:top_k]
 
 
+@BOTH_ROW_PATHS
 @FUZZ
 @given(tree=trees(TREE_VOCAB), seed=st.integers(0, 2**32 - 1))
-def test_greedy_equals_brute_force_on_random_logits(tree, seed):
+def test_greedy_equals_brute_force_on_random_logits(host, tree, seed):
     logits = random_logits(seed, len(tree))
-    result = accept(tree, mx.array(logits), GREEDY)
+    with rows_on(host):
+        result = accept(tree, mx.array(logits), GREEDY)
     assert (result.path, result.tokens) == brute_force_greedy(tree, logits)
 
 
+@BOTH_ROW_PATHS
 @FUZZ
 @given(tree=trees(TREE_VOCAB), seed=st.integers(0, 2**32 - 1), pick=st.integers(0, 10**6))
-def test_greedy_stops_at_a_planted_node(tree, seed, pick):
+def test_greedy_stops_at_a_planted_node(host, tree, seed, pick):
     end = pick % len(tree)
     logits = plant_greedy_stop(tree, random_logits(seed, len(tree)), end)
-    result = accept(tree, mx.array(logits), GREEDY)
+    with rows_on(host):
+        result = accept(tree, mx.array(logits), GREEDY)
     assert result.path == tree.path_to(end)
     assert result.tokens == [tree.tokens[i] for i in result.path[1:]] + [VOCAB - 1]
     assert result.accepted_drafts == tree.depths[end]
     assert (result.path, result.tokens) == brute_force_greedy(tree, logits)
 
 
+@BOTH_ROW_PATHS
 @FUZZ
 @given(tree=trees(TREE_VOCAB), seed=st.integers(0, 2**32 - 1), temperature=st.sampled_from([0.5, 1.0, 2.0]))
-def test_top1_sampling_is_greedy(tree, seed, temperature):
+def test_top1_sampling_is_greedy(host, tree, seed, temperature):
     """With top_k 1 the processed distribution is a point mass on the argmax at any temperature."""
     logits = random_logits(seed, len(tree))
-    result = accept(tree, mx.array(logits), SamplingParams(temperature=temperature, top_k=1),
-                    mx.random.key(seed))
+    with rows_on(host):
+        result = accept(tree, mx.array(logits), SamplingParams(temperature=temperature, top_k=1),
+                        mx.random.key(seed), seed=seed, root_position=len(tree))
     assert (result.path, result.tokens) == brute_force_greedy(tree, logits)
 
 
+@BOTH_ROW_PATHS
 @FUZZ
-@given(tree=trees(TREE_VOCAB), seed=st.integers(0, 2**32 - 1), top_k=st.integers(1, VOCAB))
-def test_sampled_walk_is_a_valid_walk(tree, seed, top_k):
+@given(tree=trees(TREE_VOCAB), seed=st.integers(0, 2**32 - 1), top_k=st.integers(1, VOCAB),
+       seeded=st.booleans())
+def test_sampled_walk_is_a_valid_walk(host, tree, seed, top_k, seeded):
+    """`seeded`: the target's draws at per-position uniforms (as the engine samples), else from
+    the step's key."""
     logits = random_logits(seed, len(tree))
-    result = accept(tree, mx.array(logits), SamplingParams(temperature=1.0, top_k=top_k),
-                    mx.random.key(seed))
+    at = {"seed": seed, "root_position": 3} if seeded else {}
+    with rows_on(host):
+        result = accept(tree, mx.array(logits), SamplingParams(temperature=1.0, top_k=top_k),
+                        mx.random.key(seed), **at)
     check_is_walk(tree, result, logits, top_k)
+
+
+@FUZZ
+@given(tree=trees(TREE_VOCAB), seed=st.integers(0, 2**32 - 1),
+       params=st.sampled_from([SamplingParams(temperature=1.0), SamplingParams(temperature=0.7),
+                               SamplingParams(temperature=1.3, top_p=0.8)]))
+def test_both_row_paths_walk_alike_at_a_seed(tree, seed, params):
+    """At a seed the host rows and MLX's draw the same tokens (the same inverse-CDF draw, up to
+    float rounding at an interval's edge), so a method's text does not depend on which ran."""
+    logits = mx.array(random_logits(seed, len(tree)))
+    walks = []
+    for host in (True, False):
+        with rows_on(host):
+            walks.append(accept(tree, logits, params, seed=seed, root_position=5))
+    assert (walks[0].path, walks[0].tokens) == (walks[1].path, walks[1].tokens)
 
 
 # -- sampled chains (rejection sampling) --------------------------------------------------------
@@ -134,14 +161,16 @@ def planted_chain(seed: int, length: int, stop: int, params: SamplingParams):
     return tree, logits, p, replacement
 
 
+@BOTH_ROW_PATHS
 @FUZZ
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 7), stop_pick=st.integers(0, 10**6),
        temperature=st.sampled_from([0.7, 1.0]))
-def test_rejection_sampling_follows_a_planted_pattern(seed, length, stop_pick, temperature):
+def test_rejection_sampling_follows_a_planted_pattern(host, seed, length, stop_pick, temperature):
     params = SamplingParams(temperature=temperature, top_k=TOP_K)
     stop = 1 + stop_pick % (length + 1)  # length + 1: every draft is accepted
     tree, logits, p, replacement = planted_chain(seed, length, stop, params)
-    result = accept(tree, logits, params, mx.random.key(seed))
+    with rows_on(host):
+        result = accept(tree, logits, params, mx.random.key(seed))
     assert result.path == list(range(stop))
     assert result.tokens[:-1] == tree.tokens[1:stop]
     if replacement is not None:  # drawn from the residual, which holds one token
@@ -150,9 +179,10 @@ def test_rejection_sampling_follows_a_planted_pattern(seed, length, stop_pick, t
         assert p[stop - 1, result.tokens[-1]] > 0
 
 
+@BOTH_ROW_PATHS
 @FUZZ
 @given(seed=st.integers(0, 2**32 - 1), length=st.integers(1, 7))
-def test_greedy_ignores_draft_distributions(seed, length):
+def test_greedy_ignores_draft_distributions(host, seed, length):
     """At temperature 0 a sampled chain is accepted by the argmax walk, whatever q says."""
     rng = np.random.default_rng(seed)
     chain = [int(t) for t in rng.integers(0, TREE_VOCAB, size=length)]
@@ -160,6 +190,7 @@ def test_greedy_ignores_draft_distributions(seed, length):
     tree = Tree.from_chain(int(rng.integers(0, VOCAB)), chain, draft_probs=mx.array(q))
     end = int(rng.integers(0, length + 1))
     logits = plant_greedy_stop(tree, random_logits(seed, length + 1), end)
-    result = accept(tree, mx.array(logits), GREEDY, mx.random.key(seed))
+    with rows_on(host):
+        result = accept(tree, mx.array(logits), GREEDY, mx.random.key(seed))
     assert (result.path, result.tokens) == brute_force_greedy(tree, logits)
     assert result.path == list(range(end + 1))

@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from support.fuzz_cases import FUZZ
+from support.fuzz_cases import BOTH_ROW_PATHS, FUZZ, rows_on
 from mlx_spec.accept import accept
 from mlx_spec.sampling import SamplingParams, log_probs
 from mlx_spec.tree import Tree
@@ -84,12 +84,14 @@ def planted(seed: int, path_length: int, rejections: list[int], end_with_rejecti
     return build.tree(), logits[:len(build.tokens)], p, path, None
 
 
+@BOTH_ROW_PATHS
 @FUZZ
 @given(seed=st.integers(0, 2**32 - 1), path_length=st.integers(0, 4),
        rejections=st.lists(st.integers(0, 3), min_size=5, max_size=5), end_with_rejections=st.booleans())
-def test_recursive_rejection_follows_a_planted_tree(seed, path_length, rejections, end_with_rejections):
+def test_recursive_rejection_follows_a_planted_tree(host, seed, path_length, rejections, end_with_rejections):
     tree, logits, p, path, last = planted(seed, path_length, rejections, end_with_rejections)
-    result = accept(tree, logits, PARAMS, mx.random.key(seed))
+    with rows_on(host):
+        result = accept(tree, logits, PARAMS, mx.random.key(seed))
     assert result.path == path
     assert result.tokens[:-1] == [tree.tokens[i] for i in path[1:]]
     if last is not None:
