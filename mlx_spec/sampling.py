@@ -114,13 +114,12 @@ def invert_cdf(probs: mx.array, uniforms: mx.array) -> mx.array:
 
 class HostRows:
     """The target's processed distribution after each node of a verified tree, one row at a
-    time on the host, as the acceptance walk reaches it: where MLX computes on the CPU, its exp
-    takes ~20 ns an entry (1.2 ms for one row of SmolLM2's 49,152 tokens: a sampled 9-token
-    chain's draws were 11 ms of a 68 ms step, a rejection-sampled chain's 5-19 ms) and its
-    float16 argmax ~4 ns (a 32-node tree's greedy rows 5 ms), numpy's well under 1 ns; and the
-    rows past the walk's first miss are never computed. The draws are exact as MLX's are (the
-    same distribution to float rounding), and every method's walk draws through the same rows,
-    so `pld` and `lookahead` still write `ar`'s text at a seed."""
+    time on the host, as the acceptance walk reaches it. Where MLX computes on the CPU its exp
+    takes ~20 ns an entry, one at a time, where numpy's takes well under 1; and rows past the
+    walk's first miss are never computed. The draws are exact as MLX's are (the same
+    distribution, to float rounding), and every method's walk draws through the same rows, so
+    `pld` and `lookahead` still write `ar`'s text at a seed. (What it saves: README, "The
+    target's rows on the host".)"""
 
     def __init__(self, logits: mx.array, params: SamplingParams):
         if logits.dtype == mx.bfloat16:  # (numpy has no bfloat16; float32 holds it exactly)
