@@ -44,12 +44,16 @@ def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
             return _accept_sampled_chain(tree, logits, params, key)
         return _accept_sampled_tree(tree, logits, params, key)
     seeded = seed is not None and root_position is not None
-    if HOST_ROWS and (params.greedy or seeded):
+    if HOST_ROWS:
         rows = HostRows(logits, params)
         if params.greedy:
             return accept_by_walking(tree, rows.argmax)
-        return accept_by_walking(tree, lambda node: rows.draw(
-            node, position_uniform(seed, root_position + tree.depths[node] + 1)))
+        if seeded:
+            def uniform(node: int) -> float:
+                return position_uniform(seed, root_position + tree.depths[node] + 1)
+        else:  # one uniform per node from the step's key
+            uniform = np.asarray(mx.random.uniform(shape=(len(tree),), key=key)).__getitem__
+        return accept_by_walking(tree, lambda node: rows.draw(node, uniform(node)))
     if params.greedy or not seeded:
         return accept_by_walking(tree, choose(logits, params, key).tolist().__getitem__)
     positions = [root_position + depth + 1 for depth in tree.depths]
