@@ -9,6 +9,10 @@ Given the request's seed, each draw uses the uniform number of the position its 
 Sampled chains (draft models at temperature > 0): standard speculative rejection sampling. Node i's
 token x was drawn from q; accept it with probability min(1, p(x)/q(x)); at the first rejection draw
 from normalize(max(0, p - q)). The output distribution is exactly p, and acceptance is sum min(p, q).
+
+Where MLX computes on the CPU (HOST_ROWS), the target's rows are read on the host and only those
+the walk visits are computed (sampling.HostRows); a sampled chain is then accepted by the same
+walk as a tree of sampled drafts (_accept_sampled_tree, each node having one child).
 """
 from __future__ import annotations
 

@@ -23,11 +23,10 @@ earlier model, a 2.1 ms one-token step).
 Where the target verifies trees, a two-branch tree is timed at each of EXTRA_SIZES that can branch
 (3 nodes and up): a branching tree runs with an explicit mask and per-node positions instead of the
 causal fast path. Each chain of EXTRA_SIZES is also timed with sampled acceptance (temperature 1,
-the engine's per-position draws): every row of a sampled chain becomes a probability distribution,
-and on a CPU that `exp` over the vocabulary is a large part of a step (measured on the embedded
-target: a one-token step 11.7 ms modelled greedy, 13.8 ms when sampling), while a branching tree's
-walk converts only the rows it visits (`row_seconds`). What a tree or sampling adds over the chain
-of the same size is smooth in the size (a mask, a softmax per row), so it is interpolated between
+the engine's per-position draws): with MLX's ops (on a GPU) every row of a sampled chain becomes a
+probability distribution, while a branching tree's walk, and on a CPU every walk
+(sampling.HostRows), converts only the rows it visits (`row_seconds`). What a tree or sampling
+adds over the chain of the same size is smooth in the size (a mask, a softmax per row), so it is interpolated between
 EXTRA_SIZES and added to every size's chain. `relative(n)` is the interpolated time of an n-token
 verify over a one-token step; beyond the largest size it extrapolates the last segment.
 """
@@ -66,8 +65,9 @@ class CostModel:
 
     def sampled_step_seconds(self, tokens: float, tree: bool = False,
                              visited: float = 1.0) -> float:
-        """Seconds of a verify step when sampling: a chain turns all its rows into
-        probabilities; a branching tree only the `visited` rows of its acceptance walk."""
+        """Seconds of a verify step when sampling: a chain as timed with sampled acceptance
+        (all its rows made distributions with MLX's ops; on a CPU the rows its walk visited);
+        a branching tree's only the `visited` rows of its acceptance walk."""
         if tree or not self.sampled_seconds:
             return self.step_seconds(tokens, tree) + self.row_seconds * (visited if tree
                                                                          else tokens)

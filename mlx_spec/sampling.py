@@ -116,23 +116,30 @@ class HostRows:
     """The target's processed distribution after each node of a verified tree, one row at a
     time on the host, as the acceptance walk reaches it. Where MLX computes on the CPU its exp
     takes ~20 ns an entry, one at a time, where numpy's takes well under 1; and rows past the
-    walk's first miss are never computed. The draws are exact as MLX's are (the same
-    distribution, to float rounding), and every method's walk draws through the same rows, so
-    `pld` and `lookahead` still write `ar`'s text at a seed. (What it saves: README, "The
-    target's rows on the host".)"""
+    walk's first miss are never computed. (With top-k, top-p or min-p set, a visited row is
+    still filtered by MLX's log_probs.) Each draw is a function of its row and its uniform
+    alone, as with MLX's ops, and every method on a machine draws through the same path, so
+    `pld` and `lookahead` still write `ar`'s text at a seed; the two paths may differ at an
+    interval's edge (MLX's CDF is float32, this one float64), so a CPU's and a GPU's sampled
+    texts at one seed need not be equal. (What it saves: README, "The target's rows on the
+    host".)"""
 
     def __init__(self, logits: mx.array, params: SamplingParams):
         if logits.dtype == mx.bfloat16:  # (numpy has no bfloat16; float32 holds it exactly)
             logits = logits.astype(mx.float32)
         self.logits = logits
-        self.host = np.asarray(logits)  # [n, V]: the step's one sync, no copy
+        self.host = np.asarray(logits)  # [n, V]: the step's one sync, no copy (read-only:
+        self.host.flags.writeable = False  # it is MLX's own buffer)
         self.params = params
         self._filtered = (params.top_p < 1.0 or params.min_p > 0
                           or 0 < params.top_k < logits.shape[-1])
 
     def argmax(self, node: int) -> int:
-        """The greedy token after `node` (the first of equal maxima, as mx.argmax)."""
-        return int(self.host[node].astype(np.float32).argmax())
+        """The greedy token after `node` (the first of equal maxima, as mx.argmax). A float16
+        row is converted first: numpy's float16 argmax took 4x the conversion and a float32
+        argmax together."""
+        row = self.host[node]
+        return int((row if row.dtype == np.float32 else row.astype(np.float32)).argmax())
 
     def weights(self, node: int) -> np.ndarray:
         """[V] float32: the distribution after `node` up to a factor (0 where a filter drops a
@@ -157,7 +164,8 @@ class HostRows:
         weights = self.weights(node)
         cdf = np.cumsum(weights, dtype=np.float64)
         token = int(np.searchsorted(cdf, uniform * cdf[-1], side="right"))
-        return token if token < len(cdf) else int(np.flatnonzero(weights)[-1])  # (rounding)
+        # (u x total < total for any u < 1: past the end only for a uniform of 1)
+        return token if token < len(cdf) else int(np.flatnonzero(weights)[-1])
 
 
 def choose(logits: mx.array, params: SamplingParams, key) -> mx.array:

@@ -117,8 +117,9 @@ def test_sampled_walk_is_a_valid_walk(host, tree, seed, top_k, seeded):
        params=st.sampled_from([SamplingParams(temperature=1.0), SamplingParams(temperature=0.7),
                                SamplingParams(temperature=1.3, top_p=0.8)]))
 def test_both_row_paths_walk_alike_at_a_seed(tree, seed, params):
-    """At a seed the host rows and MLX's draw the same tokens (the same inverse-CDF draw, up to
-    float rounding at an interval's edge), so a method's text does not depend on which ran."""
+    """At a seed the host rows and MLX's draw the same tokens: the same inverse-CDF draw (they
+    may differ at an interval's edge, float32 against float64 sums: not with these six-token
+    rows)."""
     logits = mx.array(random_logits(seed, len(tree)))
     walks = []
     for host in (True, False):
@@ -194,3 +195,22 @@ def test_greedy_ignores_draft_distributions(host, seed, length):
         result = accept(tree, mx.array(logits), GREEDY, mx.random.key(seed))
     assert (result.path, result.tokens) == brute_force_greedy(tree, logits)
     assert result.path == list(range(end + 1))
+
+
+@BOTH_ROW_PATHS
+def test_a_sampled_chains_first_token_is_distributed_as_the_target(host):
+    """Drafts drawn from q, accepted by rejection sampling: the first emitted token is a sample
+    of the target's p whatever q is (chi-square over 4,000 trials, each with fresh drafts)."""
+    rng = np.random.default_rng(7)
+    params = SamplingParams(temperature=1.0)
+    logits = mx.array(rng.normal(size=(3, VOCAB)).astype(np.float32) * 1.5)
+    p = np.array(mx.softmax(logits[0]))
+    q = rng.dirichlet(np.ones(VOCAB), size=3).astype(np.float32)  # row 0 (the root) unused
+    counts = np.zeros(VOCAB)
+    with rows_on(host):
+        for trial in range(4000):
+            chain = [int(rng.choice(VOCAB, p=q[i] / q[i].sum())) for i in (1, 2)]
+            tree = Tree.from_chain(0, chain, draft_probs=mx.array(q))
+            counts[accept(tree, logits, params, mx.random.key(trial)).tokens[0]] += 1
+    expected = 4000 * p
+    assert ((counts - expected) ** 2 / expected).sum() < 20.5  # df 5: p = 0.001
