@@ -10,9 +10,9 @@ Sampled chains (draft models at temperature > 0): standard speculative rejection
 token x was drawn from q; accept it with probability min(1, p(x)/q(x)); at the first rejection draw
 from normalize(max(0, p - q)). The output distribution is exactly p, and acceptance is sum min(p, q).
 
-Where MLX computes on the CPU (HOST_ROWS), the target's rows are read on the host and only those
-the walk visits are computed (sampling.HostRows); a sampled chain is then accepted by the same
-walk as a tree of sampled drafts (_accept_sampled_tree, each node having one child).
+Where MLX computes on the CPU (sampling.rows_on_host), the target's rows are read on the host and
+only those the walk visits are computed (sampling.HostRows); a sampled chain is then accepted by
+the same walk as a tree of sampled drafts (_accept_sampled_tree, each node having one child).
 """
 from __future__ import annotations
 
@@ -21,12 +21,9 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .loading import compute_on_cpu
-from .sampling import HostRows, SamplingParams, choose, choose_at_positions, position_uniform, probs
+from .sampling import (HostRows, SamplingParams, choose, choose_at_positions, position_uniform,
+                       probs, rows_on_host)
 from .tree import Tree
-
-HOST_ROWS = compute_on_cpu()  # the walk reads the target's rows through HostRows (its docstring);
-# on a GPU MLX's own ops over the rows stay (one sync a step; not measured here: no GPU)
 
 
 @dataclass
@@ -44,11 +41,11 @@ def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
     """key: this step's random key. seed and root_position (the root token's index in prompt +
     output) switch the target's own draws to per-position uniforms."""
     if tree.draft_probs is not None and not params.greedy and len(tree) > 1:
-        if tree.is_chain and tree.draws is None and not HOST_ROWS:
+        if tree.is_chain and tree.draws is None and not rows_on_host():
             return _accept_sampled_chain(tree, logits, params, key)
         return _accept_sampled_tree(tree, logits, params, key)
     seeded = seed is not None and root_position is not None
-    if HOST_ROWS:
+    if rows_on_host():
         rows = HostRows(logits, params)
         if params.greedy:
             return accept_by_walking(tree, rows.argmax)
@@ -122,7 +119,7 @@ def _accept_sampled_tree(tree: Tree, logits: mx.array, params: SamplingParams, k
     and, in one conversion, the draft rows of the draws tested below it (a 16-node tree at T > 0
     spent ~9 ms of a CPU step turning all 16 target rows of a 4,096-token vocabulary into
     probabilities; one row ~0.6 ms). Two host reads per visited node instead of two per step."""
-    rows = HostRows(logits, params) if HOST_ROWS else None
+    rows = HostRows(logits, params) if rows_on_host() else None
 
     def p(node: int) -> np.ndarray:  # the target's distribution after `node`
         if rows is not None:

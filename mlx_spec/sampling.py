@@ -13,6 +13,15 @@ import mlx.core as mx
 import numpy as np
 
 from .errors import MlxSpecError
+from .loading import compute_on_cpu
+
+HOST_ROWS = compute_on_cpu()  # draws and distributions over a vocabulary are computed on the host
+# (HostRows) where MLX computes on the CPU; on a GPU with MLX's ops (not measured here: no GPU)
+
+
+def rows_on_host() -> bool:
+    """Whether draws and distributions over a vocabulary are computed on the host (HostRows)."""
+    return HOST_ROWS
 
 
 def is_whole(value) -> bool:

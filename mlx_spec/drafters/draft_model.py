@@ -47,7 +47,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from .. import loading
 from ..errors import MlxSpecError
 from ..kv import PREFILL_CHUNK, TokenCache, common_prefix
-from ..sampling import SamplingParams, log_probs
+from ..sampling import HostRows, SamplingParams, log_probs, rows_on_host
 from .stopping import StopRule
 from ..tree import Tree
 from . import draft_vocab, register
@@ -284,15 +284,24 @@ class DraftModelDrafter(Drafter):
         logits = self._feed_unseen(ctx.tokens, narrow)
         keys = mx.random.split(ctx.key, k) if not sampling.greedy else [None] * k
         rule = self.rule_for(sampling)
+        # where MLX computes on the CPU, a sampled draft is drawn on the host (HostRows: MLX's
+        # exp there cost ~4 passes over the vocabulary per draft); the next forward waits for it
+        on_host = not sampling.greedy and rows_on_host()
+        uniforms = np.asarray(mx.stack([mx.random.uniform(key=key) for key in keys])) \
+            if on_host else None
         drafted, probs = [], []
         for i in range(k):
             if i > 0:  # the previous draft is fed while still lazy: no host round trip
                 logits = self._forward(drafted[-1], narrow)
-            logprobs = log_probs(logits[None], sampling)[0] if not sampling.greedy else None
+            logprobs = (log_probs(logits[None], sampling)[0]
+                        if not sampling.greedy and (not on_host or rule.checks) else None)
             if sampling.greedy:
                 token = mx.argmax(logits, keepdims=True)
                 if narrow:
                     token = self.vocab[token]
+            elif on_host:
+                rows = HostRows(logits[None], sampling)
+                token = mx.array([rows.draw(0, float(uniforms[i]))], dtype=mx.uint32)
             else:
                 token = mx.random.categorical(logprobs, key=keys[i])[None]
             if rule.checks and i > 0:  # at least one draft per round
@@ -304,7 +313,9 @@ class DraftModelDrafter(Drafter):
             else:
                 mx.async_eval(token)
             drafted.append(token)
-            if not sampling.greedy:
+            if on_host:
+                probs.append(rows.probs(0).astype(np.float32))
+            elif not sampling.greedy:
                 probs.append(mx.exp(logprobs))
         chain = mx.concatenate(drafted).tolist()
         if self.choosers is not None:
@@ -312,7 +323,9 @@ class DraftModelDrafter(Drafter):
         # every draft but the k-th was fed back (a rule stops only after feeding the last it kept)
         self.forward.kv.name_tokens(chain[:min(len(chain), k - 1)])
         draft_probs = None
-        if not sampling.greedy:  # row 0 (the root) is unused by acceptance
+        if on_host:  # row 0 (the root) is unused by acceptance
+            draft_probs = mx.array(np.stack([np.zeros_like(probs[0]), *probs]))
+        elif not sampling.greedy:
             draft_probs = mx.stack([mx.zeros_like(probs[0]), *probs])
         return Tree.from_chain(ctx.tokens[-1], chain, draft_probs=draft_probs)
 

@@ -13,7 +13,8 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from support.fuzz_cases import BOTH_ROW_PATHS, FUZZ, rows_on
+from support.fuzz_cases import FUZZ
+from support.rows import BOTH_ROW_PATHS, rows_on
 from mlx_spec.accept import accept
 from mlx_spec.sampling import SamplingParams, log_probs
 from mlx_spec.tree import Tree

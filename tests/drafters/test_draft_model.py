@@ -16,6 +16,7 @@ from mlx_spec.sampling import SamplingParams, log_probs
 from mlx_spec.target import Target
 from support.random_models import make_model_folder
 from support.greedy import PROMPTS, mlx_lm_greedy
+from support.rows import BOTH_ROW_PATHS, rows_on
 
 PAIRS = [("llama", "qwen3"), ("qwen2", "mistral"), ("llama3-scaled", "llama")]
 
@@ -157,9 +158,10 @@ def test_sampled_chain_uses_rejection_sampling(random_models, random_model_dirs)
     assert theirs.acceptance_rate < 0.5
 
 
+@BOTH_ROW_PATHS
 @pytest.mark.parametrize("vocabulary", [False, True])
 def test_sampled_drafts_leave_the_target_distribution_exact(random_models, near_copy_dirs,
-                                                            vocab_draft, vocabulary):
+                                                            vocab_draft, vocabulary, host):
     """One drafted token then rejection sampling, many times from one context: the emitted token's
     frequencies match the target's processed distribution p, not the drafter's q (also where q is
     0 outside a drafting vocabulary: the residual brings back the tokens it never drafts)."""
@@ -175,11 +177,13 @@ def test_sampled_drafts_leave_the_target_distribution_exact(random_models, near_
     target = Target(model.model)
     target.prefill(prompt[:-1])
     n, counts, key = 600, np.zeros_like(p), mx.random.key(0)
-    for _ in range(n):
-        key, draft_key, accept_key = mx.random.split(key, 3)
-        tree = drafter.propose(StepContext(tokens=list(prompt), max_drafts=1, sampling=sampling, key=draft_key))
-        counts[accept(tree, target.verify(tree).logits, sampling, accept_key).tokens[0]] += 1
-        target.trim(len(tree))
+    with rows_on(host):  # the drafts drawn and accepted on the host (a CPU) or by MLX's ops
+        for _ in range(n):
+            key, draft_key, accept_key = mx.random.split(key, 3)
+            tree = drafter.propose(StepContext(tokens=list(prompt), max_drafts=1,
+                                               sampling=sampling, key=draft_key))
+            counts[accept(tree, target.verify(tree).logits, sampling, accept_key).tokens[0]] += 1
+            target.trim(len(tree))
     assert 0.5 * np.abs(q - p).sum() > 0.3  # the drafter's own samples would fail the check below
     assert 0.5 * np.abs(counts / n - p).sum() < 0.15
     if vocabulary:  # the tokens it never drafts come out as often as the target writes them

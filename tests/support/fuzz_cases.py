@@ -3,33 +3,13 @@
 often, and the brute-force facts the tests compare the real code with."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
-import mlx_spec.accept
 
 from mlx_spec.tree import Tree
 
 FUZZ = settings(deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-# accept() reads the target's rows through HostRows where MLX computes on the CPU and through
-# MLX's own ops on a GPU (mlx_spec.accept.HOST_ROWS): a test taking `host` runs on both
-BOTH_ROW_PATHS = pytest.mark.parametrize("host", [True, False], ids=["host-rows", "mlx-rows"])
-
-
-@contextmanager
-def rows_on(host: bool):
-    """accept() as it runs where HOST_ROWS is `host`."""
-    saved = mlx_spec.accept.HOST_ROWS
-    mlx_spec.accept.HOST_ROWS = host
-    try:
-        yield
-    finally:
-        mlx_spec.accept.HOST_ROWS = saved
 
 
 @st.composite
