@@ -142,6 +142,7 @@ class HostRows:
         self.params = params
         self._filtered = (params.top_p < 1.0 or params.min_p > 0
                           or 0 < params.top_k < logits.shape[-1])
+        self._weights: dict[int, np.ndarray] = {}  # node -> its row's weights, once computed
 
     def argmax(self, node: int) -> int:
         """The greedy token after `node` (the first of equal maxima, as mx.argmax). A float16
@@ -153,14 +154,19 @@ class HostRows:
     def weights(self, node: int) -> np.ndarray:
         """[V] float32: the distribution after `node` up to a factor (0 where a filter drops a
         token): exp((logits - their max) / temperature), as probs() is before normalising."""
-        if self._filtered:  # (MLX's sort and filters, numpy's exp)
-            return np.exp(np.asarray(log_probs(self.logits[node:node + 1], self.params)[0]
-                                     .astype(mx.float32)))
-        z = self.host[node].astype(np.float32)
-        z -= z.max()
-        if self.params.temperature != 1.0:
-            z *= np.float32(1.0 / self.params.temperature)
-        return np.exp(z, out=z)
+        if node not in self._weights:  # (once per node: a draw and its distribution read it)
+            if self._filtered:  # (MLX's sort and filters, numpy's exp)
+                z = np.exp(np.asarray(log_probs(self.logits[node:node + 1], self.params)[0]
+                                      .astype(mx.float32)))
+            else:
+                z = self.host[node].astype(np.float32)
+                z -= z.max()
+                if self.params.temperature != 1.0:
+                    z *= np.float32(1.0 / self.params.temperature)
+                np.exp(z, out=z)
+            z.flags.writeable = False
+            self._weights[node] = z
+        return self._weights[node]
 
     def probs(self, node: int) -> np.ndarray:
         """[V] float64: the distribution after `node`, normalised."""

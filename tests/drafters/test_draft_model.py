@@ -182,6 +182,8 @@ def test_sampled_drafts_leave_the_target_distribution_exact(random_models, near_
             key, draft_key, accept_key = mx.random.split(key, 3)
             tree = drafter.propose(StepContext(tokens=list(prompt), max_drafts=1,
                                                sampling=sampling, key=draft_key))
+            assert np.allclose(np.array(tree.draft_probs[1]), q, atol=1e-5)  # drawn from q
+            assert q[tree.tokens[1]] > 0
             counts[accept(tree, target.verify(tree).logits, sampling, accept_key).tokens[0]] += 1
             target.trim(len(tree))
     assert 0.5 * np.abs(q - p).sum() > 0.3  # the drafter's own samples would fail the check below
