@@ -122,8 +122,9 @@ def invert_cdf(probs: mx.array, uniforms: mx.array) -> mx.array:
 
 
 class HostRows:
-    """The target's processed distribution after each node of a verified tree, one row at a
-    time on the host, as the acceptance walk reaches it. Where MLX computes on the CPU its exp
+    """The processed distribution of each row of logits [n, V] (the target's after each node
+    of a verified tree, a draft model's after each draft), one row at a time on the host, as the
+    acceptance walk (or the drafting) reaches it. Where MLX computes on the CPU its exp
     takes ~20 ns an entry, one at a time, where numpy's takes well under 1; and rows past the
     walk's first miss are never computed. (With top-k, top-p or min-p set, a visited row is
     still filtered by MLX's log_probs.) Each draw is a function of its row and its uniform

@@ -26,7 +26,8 @@ tokens it has not seen (the bonus token, plus the last draft when the whole chai
 
 Drafting waits for the host once per round: each drafted token feeds the next forward while staying
 on the MLX graph (mx.async_eval pipelines the forwards), and the one- and two-token forwards run
-compiled (compiled_step.py). A stopping rule (see `adaedl`) needs one sync per token; its statistic is
+compiled (compiled_step.py). Sampled drafts where MLX computes on the CPU are the exception: each is
+drawn on the host (sampling.HostRows), where MLX's exp over the vocabulary cost more than the wait. A stopping rule (see `adaedl`) needs one sync per token; its statistic is
 evaluated together with the token (judging it one forward later, so that the host never waits,
 cost more: docs/tuning.md).
 """
@@ -291,8 +292,8 @@ class DraftModelDrafter(Drafter):
             if on_host else None
         drafted, probs = [], []
         for i in range(k):
-            if i > 0:  # the previous draft is fed while still lazy: no host round trip
-                logits = self._forward(drafted[-1], narrow)
+            if i > 0:  # the previous draft is fed while still lazy (drawn by MLX's ops): no
+                logits = self._forward(drafted[-1], narrow)  # host round trip
             logprobs = (log_probs(logits[None], sampling)[0]
                         if not sampling.greedy and (not on_host or rule.checks) else None)
             if sampling.greedy:
