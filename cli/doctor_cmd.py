@@ -40,6 +40,7 @@ def register(app: typer.Typer) -> None:
         import mlx_spec
         from mlx_spec import blas, gpu_env, methods
         from mlx_spec.loading import DEFAULT_DRAFT, DEFAULT_TARGET, shipped_model
+        from mlx_spec.sampling import rows_on_host
 
         def ver(name):
             try:
@@ -58,6 +59,8 @@ def register(app: typer.Typer) -> None:
             ("backend", backend),
             ("BLAS", blas.describe()),
             ("GPU settings", gpu_env.describe()),
+            ("sampling rows", "on the host, numpy's exp (MLX computes on the CPU)"
+             if rows_on_host() else "MLX's ops"),
             ("fp32 GEMM 1024x1024x64", f"{_gemm_gflops():.1f} GFLOP/s"),
             ("mlx-spec", mlx_spec.__version__),
             ("mlx", ver("mlx")),

@@ -8,7 +8,8 @@ from support.cli import STORIES, run_cli
 def test_doctor_methods_version():
     code, out, err = run_cli("doctor")
     assert code == 0, err
-    for field in ("backend", "BLAS", "mlx-lm", "tinystories-target", "methods", "auto's rates"):
+    for field in ("backend", "BLAS", "sampling rows", "mlx-lm", "tinystories-target", "methods",
+                  "auto's rates"):
         assert field in out
     code, out, _ = run_cli("methods")
     assert code == 0 and {"ar", "pld", "lookahead", "draft", "adaedl", "redrafter"} <= set(out.split())
