@@ -45,26 +45,27 @@ def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
             return _accept_sampled_chain(tree, logits, params, key)
         return _accept_sampled_tree(tree, logits, params, key)
     seeded = seed is not None and root_position is not None
+    # each node's row draws the token at this position of prompt + output (seeded draws)
+    positions = [root_position + depth + 1 for depth in tree.depths] if seeded else None
     if rows_on_host():
         rows = HostRows(logits, params)
         if params.greedy:
             return accept_by_walking(tree, rows.argmax)
         if seeded:
             def uniform(node: int) -> float:
-                return position_uniform(seed, root_position + tree.depths[node] + 1)
+                return position_uniform(seed, positions[node])
         else:  # one uniform per node from the step's key
             uniform = np.asarray(mx.random.uniform(shape=(len(tree),), key=key)).__getitem__
         return accept_by_walking(tree, lambda node: rows.draw(node, uniform(node)))
     if params.greedy or not seeded:
         return accept_by_walking(tree, choose(logits, params, key).tolist().__getitem__)
-    positions = [root_position + depth + 1 for depth in tree.depths]
     if tree.is_chain:  # every row may be on the path: draw them all at once
         return accept_by_walking(
             tree, choose_at_positions(logits, params, seed, positions).tolist().__getitem__)
 
     def draw(node: int) -> int:
         """A branching tree's path is a few of its rows: only the rows the walk visits become
-        probabilities (MLX's exp over a vocabulary row dominates on a CPU), each the same draw
+        probabilities (an exp over a vocabulary row each), each the same draw
         that choose_at_positions makes for the whole tree."""
         return choose_at_positions(logits[node:node + 1], params, seed, [positions[node]]).item()
     return accept_by_walking(tree, draw)

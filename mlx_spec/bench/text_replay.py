@@ -8,9 +8,10 @@ each prompt is decoded once with `ar` (end-of-sequence ignored, as `mlxspec benc
 so every text is as long), and then the method's own drafter runs along the text with the engine's
 BackOff, one for all the prompts as a decoder keeps: each tree is walked along the text
 (accept.accept_by_walking) and the step costs the cost model's price of its verify
-(mlx_spec/cost.py; when sampling, a chain's rows all become distributions, a branching tree's walk
-converts the rows it visits), as the bench prices a step to tell the machine's stalls. The speedup
-is tokens per priced second over `ar`'s, one one-token verify per token. Priced so, a replay is
+(mlx_spec/cost.py; when sampling, the rows the step turned into distributions: a chain's all with
+MLX's ops, only those its walk visits where they are read on the host, as for a branching tree),
+as the bench prices a step to tell the machine's stalls. The speedup is tokens per priced second
+over `ar`'s, one one-token verify per token. Priced so, a replay is
 the same on every run; the drafter's own time is measured beside it (`drafting_s`), not priced,
 since a wall-clock time in the back-off's judgements would make its choices differ from run to run.
 
