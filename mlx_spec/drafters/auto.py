@@ -29,10 +29,11 @@ The choice, in stages (_next):
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing; a tree the text is still
   following counts what it matched so far: _pairing), not a rate from other text, by
-  the same margin as any switch; so a model drafter leads first where there is one (at a cold
-  start and at each new request), until a text-only candidate is paired ahead. The
-  asks run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
-  until the step's sync.
+  the same margin as any switch (by SWITCH_MARGIN alone where the model drafter leading sits at
+  plain decoding: its steps have no noise to wait out); so a model drafter leads first where
+  there is one (at a cold start and at each new request), until a text-only candidate is paired
+  ahead. The asks run while the target verifies the step's tree (while_verifying): on a GPU the
+  host is idle until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
   candidate loses (where the loser is a model drafter whose chooser sits at plain decoding, a
   text-only candidate takes its lead instead: switch_instead).
@@ -679,7 +680,11 @@ class Auto(Drafter):
         while), and always moving to the highest of several noisy rates chases bursts that are
         over by the time the window shows them. A text-only
         challenger is judged against the real steps taken where it was asked (Pairing): the
-        same text. Every margin is at least both rates' noise on the text now (_margin)."""
+        same text. Every margin is at least both rates' noise on the text now (_margin), but
+        for a text-only challenger against a model drafter that sits at plain decoding
+        (Rate.idle): its steps are plain steps, a token each, with no burst to wait out, and the
+        challenger's own chooser drafts only where it expects a gain, so SWITCH_MARGIN is
+        enough."""
         leader = self.rates.leader
         if leader is None or leader not in self.candidates:
             # a cold start: a text-only candidate's rate is modelled and not yet paired with real
@@ -693,8 +698,9 @@ class Auto(Drafter):
         # steps, would hand the lead to and fro while a model drafter waits.)
         paired = {n: p for n in self.shadowed for p in [self._pairing(n)]
                   if p is not None and p.steps >= self.PAIRED}  # (each built once a step)
+        plain = leader not in self.shadowed and self._rate(leader).idle
         ahead = {n: p.ratio for n, p in paired.items()
-                 if p.ratio > 1.0 + _margin(p.shadow, p.real)}
+                 if p.ratio > 1.0 + (self.SWITCH_MARGIN if plain else _margin(p.shadow, p.real))}
         ahead.pop(leader, None)
         if ahead and leader not in self.shadowed:
             return max(ahead, key=ahead.get)

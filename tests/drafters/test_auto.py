@@ -868,6 +868,36 @@ def test_a_text_only_candidate_paired_ahead_of_a_model_drafter_takes_its_lead():
     assert auto._next() == "m" and "t" not in auto.rates.paired
 
 
+def test_against_an_idle_leaders_plain_steps_a_text_only_candidate_needs_only_the_switch_margin():
+    """Model drafter `m` leads with plain steps of one token each; text-only `t`'s shadow steps
+    beside them emitted 1, 1, 1, 1, 2, 1 tokens (ratio 1.18, within the noise of so few bursty
+    steps). Where `m` sits at plain decoding (Rate.idle) its steps have no burst to wait out and
+    `t` leads (its own chooser drafts only where it expects a gain); where `m` sends drafts it
+    holds. Below the switch margin `t` does not lead either way."""
+    from mlx_spec.drafters.auto import Pairing, _margin
+
+    cost = CostModel((1, 2), (0.01, 0.012), 128)
+
+    def pairing(shadow_tokens):
+        p = Pairing()
+        for tokens in shadow_tokens:
+            p.add(tokens, 0.02, 1, 0.02)
+        return p
+
+    bursty, flat = pairing((1, 1, 1, 1, 2, 1)), pairing((1, 1.05, 1, 1.05, 1, 1.05))
+    assert 1.0 + Auto.SWITCH_MARGIN < bursty.ratio < 1.0 + _margin(bursty.shadow, bursty.real)
+    assert flat.ratio < 1.0 + Auto.SWITCH_MARGIN
+    for m_idle, paired, expected in ((True, bursty, "t"), (False, bursty, "m"),
+                                     (True, flat, "m")):
+        auto = Auto({"m": Oracle([]), "t": TextOracle([])}, cost=cost)
+        m = rate(50.0, 1.0, 40)
+        auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(50.0, 1.0, 40)},
+                           paired={"t": paired}, leader="m", step=50)
+        for r in auto.rates.by_name.values():
+            r.last_step = 49
+        assert auto._next() == expected
+
+
 def test_model_drafters_that_swap_places_swap_the_lead():
     """Planted steps, no timing: `a` emits 4 tokens a step and `b` 2 for 200 steps, then the
     reverse (a new kind of text where the other drafter does better). `a` leads the first part;
