@@ -28,12 +28,12 @@ The choice, in stages (_next):
   (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing; a tree the text is still
-  following counts what it matched so far: _pairing), not a rate from other text, by
-  the same margin as any switch (by SWITCH_MARGIN alone where the model drafter leading sits at
-  plain decoding: its steps have no noise to wait out); so a model drafter leads first where
-  there is one (at a cold start and at each new request), until a text-only candidate is paired
-  ahead. The asks run while the target verifies the step's tree (while_verifying): on a GPU the
-  host is idle until the step's sync.
+  following counts what it matched so far: _pairing), not a rate from other text, by the same
+  margin as any switch (by SWITCH_MARGIN alone where the model drafter leading sits at plain
+  decoding: its steps are mostly plain, and the challenger drafts only where its chooser expects
+  a gain); so a model drafter leads first where there is one (at a cold start and at each new
+  request), until a text-only candidate is paired ahead. The asks run while the target verifies
+  the step's tree (while_verifying): on a GPU the host is idle until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
   candidate loses (where the loser is a model drafter whose chooser sits at plain decoding, a
   text-only candidate takes its lead instead: switch_instead).
@@ -557,9 +557,11 @@ class Auto(Drafter):
         drafts where its look-ups expect a gain; a pause would also hold back a text that
         starts to repeat (SmolLM2 at T = 1.0: an extraction answer `lookahead` decoded at 1.26x
         stayed paused after the idle `redrafter`'s first probe). Only at a loss: handing an idle
-        leader's lead to a text-only candidate paired ahead of its plain steps by less than the
-        switch margin cost SmolLM2 greedy coding 1.16x against 1.28x (a model drafter at 0 wakes
-        on a text that suits it, but in trials at 0 it sends nothing to show it)."""
+        leader's lead to a text-only candidate paired ahead of its plain steps by any amount
+        (over SETTLED paired steps) cost SmolLM2 greedy coding 1.16x against 1.28x (a model
+        drafter at 0 wakes on a text that suits it, but in trials at 0 it sends nothing to show
+        it); without a loss the lead passes only as _hold hands it on, by SWITCH_MARGIN against
+        an idle leader's plain steps."""
         if self.rates is None:
             return False
         losing = self.rates.leader or self.current
@@ -680,11 +682,11 @@ class Auto(Drafter):
         while), and always moving to the highest of several noisy rates chases bursts that are
         over by the time the window shows them. A text-only
         challenger is judged against the real steps taken where it was asked (Pairing): the
-        same text. Every margin is at least both rates' noise on the text now (_margin), but
+        same text. Every margin is at least both rates' noise on the text now (_margin), except
         for a text-only challenger against a model drafter that sits at plain decoding
-        (Rate.idle): its steps are plain steps, a token each, with no burst to wait out, and the
-        challenger's own chooser drafts only where it expects a gain, so SWITCH_MARGIN is
-        enough."""
+        (Rate.idle) where the real steps beside the challenger's emitted about a token each
+        (_plain): those have no burst to wait out, and the challenger's own chooser drafts only
+        where it expects a gain, so SWITCH_MARGIN is enough."""
         leader = self.rates.leader
         if leader is None or leader not in self.candidates:
             # a cold start: a text-only candidate's rate is modelled and not yet paired with real
@@ -698,9 +700,10 @@ class Auto(Drafter):
         # steps, would hand the lead to and fro while a model drafter waits.)
         paired = {n: p for n in self.shadowed for p in [self._pairing(n)]
                   if p is not None and p.steps >= self.PAIRED}  # (each built once a step)
-        plain = leader not in self.shadowed and self._rate(leader).idle
+        idle = leader not in self.shadowed and self._rate(leader).idle
         ahead = {n: p.ratio for n, p in paired.items()
-                 if p.ratio > 1.0 + (self.SWITCH_MARGIN if plain else _margin(p.shadow, p.real))}
+                 if p.ratio > 1.0 + (self.SWITCH_MARGIN if idle and _plain(p.real)
+                                     else _margin(p.shadow, p.real))}
         ahead.pop(leader, None)
         if ahead and leader not in self.shadowed:
             return max(ahead, key=ahead.get)
@@ -777,6 +780,13 @@ def _margin(challenger: Rate, leader: Rate) -> float:
     ahead now and then, and it took the lead to run slower than the leader it displaced."""
     return max(Auto.SWITCH_MARGIN, math.hypot(challenger.error(recent=True),
                                               leader.error(recent=True)))
+
+
+def _plain(real: Rate) -> bool:
+    """Whether the real steps of a Pairing emitted about a token each (a mean of at most
+    1 + SWITCH_MARGIN): plain steps, or drafts that were not accepted. A pairing outlives a change
+    of leader between model drafters, and an idle leader's rate lags a chooser that wakes."""
+    return real.tokens <= (1.0 + Auto.SWITCH_MARGIN) * real.weight
 
 
 def _branches(tree: Tree) -> list[dict[int, int]]:

@@ -873,22 +873,26 @@ def test_against_an_idle_leaders_plain_steps_a_text_only_candidate_needs_only_th
     beside them emitted 1, 1, 1, 1, 2, 1 tokens (ratio 1.18, within the noise of so few bursty
     steps). Where `m` sits at plain decoding (Rate.idle) its steps have no burst to wait out and
     `t` leads (its own chooser drafts only where it expects a gain); where `m` sends drafts it
-    holds. Below the switch margin `t` does not lead either way."""
+    holds, and so it does where the real steps beside `t`'s emitted two tokens each (the pairing
+    was built beside another leader). Below the switch margin `t` does not lead either way. An
+    idle text-only leader is not handed on so: `u`, the best rate, paired as `t` was, waits."""
     from mlx_spec.drafters.auto import Pairing, _margin
 
     cost = CostModel((1, 2), (0.01, 0.012), 128)
 
-    def pairing(shadow_tokens):
+    def pairing(shadow_tokens, real_tokens=1):
         p = Pairing()
         for tokens in shadow_tokens:
-            p.add(tokens, 0.02, 1, 0.02)
+            p.add(real_tokens * tokens, 0.02, real_tokens, 0.02)
         return p
 
     bursty, flat = pairing((1, 1, 1, 1, 2, 1)), pairing((1, 1.05, 1, 1.05, 1, 1.05))
+    beside_drafts = pairing((1, 1, 1, 1, 2, 1), real_tokens=2)
     assert 1.0 + Auto.SWITCH_MARGIN < bursty.ratio < 1.0 + _margin(bursty.shadow, bursty.real)
+    assert beside_drafts.ratio < 1.0 + _margin(beside_drafts.shadow, beside_drafts.real)
     assert flat.ratio < 1.0 + Auto.SWITCH_MARGIN
     for m_idle, paired, expected in ((True, bursty, "t"), (False, bursty, "m"),
-                                     (True, flat, "m")):
+                                     (True, beside_drafts, "m"), (True, flat, "m")):
         auto = Auto({"m": Oracle([]), "t": TextOracle([])}, cost=cost)
         m = rate(50.0, 1.0, 40)
         auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(50.0, 1.0, 40)},
@@ -896,6 +900,11 @@ def test_against_an_idle_leaders_plain_steps_a_text_only_candidate_needs_only_th
         for r in auto.rates.by_name.values():
             r.last_step = 49
         assert auto._next() == expected
+
+    auto = Auto({"t": TextOracle([]), "u": TextOracle([])}, cost=cost)
+    auto.rates = Rates(by_name={"t": idle(rate(50.0, 1.0, 40)), "u": rate(52.0, 1.0, 40)},
+                       paired={"u": pairing((1, 1, 1, 1, 2, 1))}, leader="t", step=50)
+    assert auto._best() == "u" and auto._next() == "t"
 
 
 def test_model_drafters_that_swap_places_swap_the_lead():
