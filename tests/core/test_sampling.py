@@ -31,11 +31,12 @@ def test_inverting_the_cdf_draws_each_token_with_its_probability_and_never_a_zer
                                     SamplingParams(temperature=1.0),
                                     SamplingParams(temperature=0.8, top_k=5),
                                     SamplingParams(temperature=1.0, top_p=0.9),
-                                    SamplingParams(temperature=1.2, min_p=0.05)])
+                                    SamplingParams(temperature=1.2, min_p=0.05),
+                                    SamplingParams(temperature=0.7, top_k=40, min_p=0.02)])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.float16, mx.bfloat16])
 def test_host_rows_are_mlx_rows(params, dtype):
-    """HostRows (numpy's exp where MLX's is slow) gives each row's probabilities, argmax and
-    inverse-CDF draw as MLX's ops do."""
+    """HostRows (numpy's exp and top-k / min-p filters where MLX's are slow) gives each row's
+    probabilities, the tokens its filters keep, argmax and inverse-CDF draw as MLX's ops do."""
     logits = (mx.random.normal((4, 3000), key=mx.random.key(2)) * 3).astype(dtype)
     rows = HostRows(logits, params)
     uniforms = np.random.default_rng(0).random(200)
@@ -46,6 +47,7 @@ def test_host_rows_are_mlx_rows(params, dtype):
     reference = np.array(probs(logits, params))
     for node in range(4):
         assert np.allclose(rows.probs(node), reference[node], atol=1e-6)
+        assert np.array_equal(rows.probs(node) > 0, reference[node] > 0)
         drawn = [rows.draw(node, u) for u in uniforms]
         mlx = np.array(invert_cdf(mx.broadcast_to(mx.array(reference[node]), (200, 3000)),
                                   mx.array(uniforms, dtype=mx.float32))).tolist()
