@@ -46,8 +46,14 @@ def test_host_rows_are_mlx_rows(params, dtype):
         return
     reference = np.array(probs(logits, params))
     for node in range(4):
+        differ = np.flatnonzero((rows.probs(node) > 0) != (reference[node] > 0))
+        if params.top_p < 1.0:  # (a token at top-p's edge may differ: MLX sums in float32)
+            assert len(differ) <= 1 and all(abs(_mass_before(rows.probs(node), t) - params.top_p)
+                                            < 1e-4 for t in differ)
+            if len(differ):
+                continue
+        assert len(differ) == 0
         assert np.allclose(rows.probs(node), reference[node], atol=1e-6)
-        assert np.array_equal(rows.probs(node) > 0, reference[node] > 0)
         drawn = [rows.draw(node, u) for u in uniforms]
         mlx = np.array(invert_cdf(mx.broadcast_to(mx.array(reference[node]), (200, 3000)),
                                   mx.array(uniforms, dtype=mx.float32))).tolist()
@@ -55,6 +61,38 @@ def test_host_rows_are_mlx_rows(params, dtype):
         edge = np.abs(uniforms[:, None] - cdf[None, :]).min(axis=1) < 1e-5  # rounding decides
         assert all(d == m for d, m, e in zip(drawn, mlx, edge) if not e)
         assert all(reference[node][d] > 0 for d in drawn)
+
+
+def _mass_before(p: np.ndarray, token: int) -> float:
+    """The mass of the tokens heavier than `token` in `p` (before it in top-p's order)."""
+    return float(p[p > p[token]].sum())
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.99, 0.999999])
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_top_p_on_the_host_keeps_the_smallest_prefix_that_reaches_top_p(top_p, dtype):
+    """sampling._top_p against its definition, a stable sort of the weights (equal ones by id)
+    and a float64 sum: each token kept while the mass before it is below top_p of the total;
+    bfloat16 logits put many equal weights at the edge, and a planted run of ties splits there."""
+    from mlx_spec.sampling import _top_p
+
+    def reference(weights):
+        order = np.argsort(-weights, kind="stable")
+        before = np.cumsum(weights[order]) - weights[order]
+        keep = np.zeros(len(weights), dtype=bool)
+        keep[order[before < top_p * weights.sum()]] = True
+        return keep
+
+    rng = np.random.default_rng(3)
+    for vocab in (50, 3000, 49152):
+        logits = mx.array(rng.normal(size=vocab) * 3).astype(dtype).astype(mx.float32)
+        weights = np.exp(np.array(logits) - np.array(logits).max()).astype(np.float64)
+        assert np.array_equal(_top_p(weights, top_p), reference(weights))
+    ties = np.array([0.5, 1.0, 4.0, 1.0, 1.0, 1.0])  # total 8.5; the ties (ids 1, 3, 4, 5) have
+    # 4, 5, 6, 7 before them, id 0 has 8: top_p x 8.5 decides how many ties stay, lowest ids first
+    kept = {0.05: [2], 0.5: [1, 2], 0.8: [1, 2, 3, 4], 0.9: [1, 2, 3, 4, 5], 0.99: list(range(6)),
+            0.999999: list(range(6))}[top_p]
+    assert np.flatnonzero(_top_p(ties, top_p)).tolist() == kept
 
 
 def test_host_draws_follow_the_probabilities_and_never_a_zero_one():
