@@ -11,16 +11,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .common import check_output_file, err_console, parse_method_options, user_errors
+from .common import (MinPOption, TopKOption, TopPOption, check_output_file, err_console,
+                     parse_method_options, user_errors)
 
 DEFAULT_METHODS = ["ar", "pld", "lookahead", "draft", "adaedl", "redrafter", "auto"]
 
 
 def _stream_one(model, spec, prompt, max_tokens, temperature, seed, ignore_eos=False,
-                dispatch_ahead=True):
+                dispatch_ahead=True, filters=None):
     """One method's decoding steps on one prompt: (new token ids, stats so far) per step.
     dispatch_ahead=False (step interleaving): nothing of the method runs while another's step
-    is timed (engine.Decoder.dispatch_ahead)."""
+    is timed (engine.Decoder.dispatch_ahead). filters: top_p, top_k, min_p when sampling."""
     import mlx_spec
 
     decoder = mlx_spec.make_decoder(model, spec.name, **spec.options)
@@ -28,7 +29,7 @@ def _stream_one(model, spec, prompt, max_tokens, temperature, seed, ignore_eos=F
         decoder.dispatch_ahead = dispatch_ahead
     for chunk in mlx_spec.stream_generate(model, prompt, max_tokens=max_tokens,
                                           temperature=temperature, seed=seed, decoder=decoder,
-                                          ignore_eos=ignore_eos):
+                                          ignore_eos=ignore_eos, **(filters or {})):
         yield chunk.token_ids, chunk.stats
 
 
@@ -182,6 +183,9 @@ def register(app: typer.Typer) -> None:
         fresh: bool = typer.Option(False, "--fresh", help="Start every prompt with drafters that learned nothing, as one `mlxspec generate` per prompt would (`auto` reads the rates it saved at the earlier prompts' ends, in a folder of the run's own)."),
         interleave: Optional[str] = typer.Option(None, "--interleave", help="`steps`: every method decodes each prompt at once, a step of each in turn (default on the CPU); `prompts`: whole prompts in a rotating order (default on a GPU, where work runs on asynchronously)."),
         control: bool = typer.Option(False, "--control", help="Run plain decoding a second time, as `ar (control)`: its speedup per category (1.00x but for timing noise) is the band inside which this run cannot tell a method from `ar`."),
+        top_p: TopPOption = 1.0,
+        top_k: TopKOption = 0,
+        min_p: MinPOption = 0.0,
     ):
         """Benchmark methods side by side: tokens/s, speedup, acceptance, losslessness."""
         import mlx_spec
@@ -204,7 +208,10 @@ def register(app: typer.Typer) -> None:
                                         f"got {interleave!r}")
         if limit is not None and limit < 1:
             raise mlx_spec.MlxSpecError(f"--limit must be >= 1, got {limit}")
-        SamplingParams(temperature=temp)
+        SamplingParams(temperature=temp, top_p=top_p, top_k=top_k, min_p=min_p)  # validates
+        filters = {"top_p": top_p, "top_k": top_k, "min_p": min_p}
+        if temp == 0 and filters != {"top_p": 1.0, "top_k": 0, "min_p": 0.0}:
+            raise mlx_spec.MlxSpecError("--top-p, --top-k and --min-p filter sampling: set --temp")
         check_output_file("--json", json_out)
         check_output_file("--plot", plot)
         names = split_method_list(methods) if methods else [m for m in DEFAULT_METHODS if m in registry.available()]
@@ -234,12 +241,14 @@ def register(app: typer.Typer) -> None:
             task = bar.add_task("bench", total=repeat * len(prompt_list) * runs)
             interleaving = interleave or default_interleave()
             stream_one = functools.partial(_stream_one, ignore_eos=ignore_eos,
-                                           dispatch_ahead=interleaving != "steps")
+                                           dispatch_ahead=interleaving != "steps",
+                                           filters=filters)
             report = run_bench(spec_model, specs, prompt_list, max_tokens, temp, seed, stream_one,
                                warmup_tokens=warmup_tokens, interleave=interleaving,
                                progress=lambda label: bar.update(task, advance=1, description=label),
                                cost=cost, repeat=repeat, fresh=fresh, control=control)
         report["settings"]["ignore_eos"] = ignore_eos
+        report["settings"].update(filters)
         report["cache"] = measure_rollback(
             spec_model, mlx_spec.api.encode_prompt(spec_model, prompt_list[0]["prompt"]))
         console = Console(width=None if Console().is_terminal else 120)

@@ -119,6 +119,31 @@ def test_bench_json_schema(tmp_path, random_model_dirs):
             assert nodes >= 1 and tree is False  # (pld sends chains)
 
 
+def test_bench_samples_with_the_filters_it_is_given(tmp_path, random_models, random_model_dirs):
+    """--top-p / --top-k / --min-p reach every method's sampling: at T = 1.0 with top_k = 1 the
+    bench's stream is greedy decoding's; the report records them; a filter without --temp is a
+    one-line error."""
+    from mlx_spec.cli.bench_cmd import _stream_one
+
+    model, spec = random_models["qwen2"], MethodSpec("pld", "pld")
+
+    def tokens(temperature, filters=None):
+        return [t for ids, _ in _stream_one(model, spec, "lily found the ball", 12, temperature,
+                                            7, filters=filters) for t in ids]
+    greedy = tokens(0.0)
+    assert tokens(1.0, {"top_k": 1}) == greedy and tokens(1.0) != greedy
+
+    out = tmp_path / "bench.json"
+    code, _, err = run_cli("bench", "--model", str(random_model_dirs["qwen2"]), "--methods", "pld",
+                           "--prompts", "chat", "--limit", "1", "--max-tokens", "4", "--temp", "0.7",
+                           "--top-p", "0.9", "--top-k", "20", "--min-p", "0.01", "--json", str(out))
+    assert code == 0, err
+    settings = json.loads(out.read_text())["settings"]
+    assert (settings["top_p"], settings["top_k"], settings["min_p"]) == (0.9, 20, 0.01)
+    code, _, err = run_cli("bench", "--model", str(random_model_dirs["qwen2"]), "--top-p", "0.9")
+    assert code != 0 and "--temp" in err and len(err.strip().splitlines()) == 1
+
+
 def test_method_options_are_checked_without_a_model():
     """What a bench checks before it loads: every method's options by kind, make_decoder's own
     kv_bits taken by every method, and an option may have any name (no clash with the
