@@ -130,8 +130,8 @@ class HostRows:
     numpy too (_kept). Each draw is a function of its row and its uniform
     alone, as with MLX's ops, and every method on a machine draws through the same path, so
     `pld` and `lookahead` still write `ar`'s text at a seed; the two paths may differ at an
-    interval's edge (MLX's CDF is float32, this one float64), so a CPU's and a GPU's sampled
-    texts at one seed need not be equal. (What it saves: README, "The target's rows on the
+    interval's edge (MLX's CDF is float32, this one float64) and at top-p's edge (_kept), so a
+    CPU's and a GPU's sampled texts at one seed need not be equal. (What it saves: README, "The target's rows on the
     host".)"""
 
     def __init__(self, logits: mx.array, params: SamplingParams):
@@ -188,9 +188,11 @@ def _kept(z: np.ndarray, params: SamplingParams) -> np.ndarray:
     scaled logits z = (logits - max) / temperature (the log-probabilities up to a constant), each
     filter judged on the whole distribution as there, with numpy's partition where MLX sorts: a
     row of SmolLM2's 49,152 tokens took 9.7 ms with top-p through MLX, 5.1 with top-k, 2.0 with
-    min-p. Top-p's edge is summed in float64 (_top_p), where MLX's cumsum is float32: a token
-    whose mass before it is within that rounding of top_p (~1e-4 over SmolLM2's vocabulary) may
-    be kept on one path and not the other, as a draw at an interval's edge may differ."""
+    min-p. Both paths keep the same tokens up to rounding: a top-k or min-p threshold compares
+    float32 values computed two ways (a token within an ulp of it may differ); top-p's edge is
+    summed in float64 here (_top_p), in float32 by MLX's cumsum, so a token whose mass before it
+    is within that rounding of top_p (~1e-4 over SmolLM2's vocabulary) may be kept on one path
+    and not the other, as a draw at an interval's edge may differ."""
     keep = np.ones(z.shape, dtype=bool)
     vocab = z.shape[0]
     if 0 < params.top_k < vocab:

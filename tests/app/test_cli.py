@@ -119,10 +119,15 @@ def test_bench_json_schema(tmp_path, random_model_dirs):
             assert nodes >= 1 and tree is False  # (pld sends chains)
 
 
-def test_bench_samples_with_the_filters_it_is_given(tmp_path, random_models, random_model_dirs):
+def test_bench_samples_with_the_filters_it_is_given(tmp_path, random_models, random_model_dirs,
+                                                    monkeypatch):
     """--top-p / --top-k / --min-p reach every method's sampling: at T = 1.0 with top_k = 1 the
-    bench's stream is greedy decoding's; the report records them; a filter without --temp is a
-    one-line error."""
+    bench's stream is greedy decoding's; the command hands the filters to every stream it runs
+    and records them; a filter without --temp is a one-line error."""
+    from typer.testing import CliRunner
+
+    import mlx_spec
+    from mlx_spec.cli.app import app
     from mlx_spec.cli.bench_cmd import _stream_one
 
     model, spec = random_models["qwen2"], MethodSpec("pld", "pld")
@@ -133,11 +138,18 @@ def test_bench_samples_with_the_filters_it_is_given(tmp_path, random_models, ran
     greedy = tokens(0.0)
     assert tokens(1.0, {"top_k": 1}) == greedy and tokens(1.0) != greedy
 
+    seen, stream = [], mlx_spec.stream_generate
+    def recording(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("top_p", "top_k", "min_p")})
+        return stream(*args, **kwargs)
+    monkeypatch.setattr(mlx_spec, "stream_generate", recording)
     out = tmp_path / "bench.json"
-    code, _, err = run_cli("bench", "--model", str(random_model_dirs["qwen2"]), "--methods", "pld",
-                           "--prompts", "chat", "--limit", "1", "--max-tokens", "4", "--temp", "0.7",
-                           "--top-p", "0.9", "--top-k", "20", "--min-p", "0.01", "--json", str(out))
-    assert code == 0, err
+    result = CliRunner().invoke(app, [
+        "bench", "--model", str(random_model_dirs["qwen2"]), "--methods", "pld", "--prompts",
+        "chat", "--limit", "1", "--max-tokens", "4", "--temp", "0.7", "--top-p", "0.9",
+        "--top-k", "20", "--min-p", "0.01", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert seen and all(s == {"top_p": 0.9, "top_k": 20, "min_p": 0.01} for s in seen)
     settings = json.loads(out.read_text())["settings"]
     assert (settings["top_p"], settings["top_k"], settings["min_p"]) == (0.9, 20, 0.01)
     code, _, err = run_cli("bench", "--model", str(random_model_dirs["qwen2"]), "--top-p", "0.9")

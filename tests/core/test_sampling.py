@@ -90,9 +90,12 @@ def test_top_p_on_the_host_keeps_the_smallest_prefix_that_reaches_top_p(top_p, d
         assert np.array_equal(_top_p(weights, top_p), reference(weights))
     ties = np.array([0.5, 1.0, 4.0, 1.0, 1.0, 1.0])  # total 8.5; the ties (ids 1, 3, 4, 5) have
     # 4, 5, 6, 7 before them, id 0 has 8: top_p x 8.5 decides how many ties stay, lowest ids first
-    kept = {0.05: [2], 0.5: [1, 2], 0.8: [1, 2, 3, 4], 0.9: [1, 2, 3, 4, 5], 0.99: list(range(6)),
+    kept = {0.05: [2], 0.5: [1, 2], 0.9: [1, 2, 3, 4, 5], 0.99: list(range(6)),
             0.999999: list(range(6))}[top_p]
     assert np.flatnonzero(_top_p(ties, top_p)).tolist() == kept
+    # a run of 200 ties past the first partition's 64 heaviest: the edge falls inside it
+    long_run = np.concatenate([np.full(100, 0.5), np.full(10, 30.0), np.full(200, 1.0)])
+    assert np.array_equal(_top_p(long_run, top_p), reference(long_run))
 
 
 def test_host_draws_follow_the_probabilities_and_never_a_zero_one():
