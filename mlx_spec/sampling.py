@@ -127,17 +127,17 @@ class HostRows:
     acceptance walk (or the drafting) reaches it. Where MLX computes on the CPU its exp
     takes ~20 ns an entry, one at a time, where numpy's takes well under 1; and rows past the
     walk's first miss are never computed; top-k, top-p and min-p filter a visited row with
-    numpy too (_kept). Each draw is a function of its row and its uniform
-    alone, as with MLX's ops, and every method on a machine draws through the same path, so
-    `pld` and `lookahead` still write `ar`'s text at a seed; the two paths may differ at an
-    interval's edge (MLX's CDF is float32, this one float64) and at top-p's edge (_kept), so a
-    CPU's and a GPU's sampled texts at one seed need not be equal. (What it saves: README, "The target's rows on the
+    numpy too (_kept). Each draw is a function of its row and its uniform alone, as with MLX's
+    ops, and every method on a machine draws through the same path, so `pld` and `lookahead`
+    still write `ar`'s text at a seed; the two paths may differ at an interval's edge (MLX's CDF
+    is float32, this one float64) and at top-p's edge (_kept), so a CPU's and a GPU's sampled
+    texts at one seed need not be equal. (What it saves: README, "The target's rows on the
     host".)"""
 
     def __init__(self, logits: mx.array, params: SamplingParams):
         if logits.dtype == mx.bfloat16:  # (numpy has no bfloat16; float32 holds it exactly)
             logits = logits.astype(mx.float32)
-        self.logits = logits
+        self.logits = logits  # (the array whose buffer self.host views)
         self.host = np.asarray(logits)  # [n, V]: the step's one sync, no copy (read-only:
         self.host.flags.writeable = False  # it is MLX's own buffer)
         self.params = params
