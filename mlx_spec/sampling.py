@@ -137,9 +137,8 @@ class HostRows:
     def __init__(self, logits: mx.array, params: SamplingParams):
         if logits.dtype == mx.bfloat16:  # (numpy has no bfloat16; float32 holds it exactly)
             logits = logits.astype(mx.float32)
-        self.logits = logits  # (the array whose buffer self.host views)
-        self.host = np.asarray(logits)  # [n, V]: the step's one sync, no copy (read-only:
-        self.host.flags.writeable = False  # it is MLX's own buffer)
+        self.host = np.asarray(logits)  # [n, V]: the step's one sync, no copy (read-only: it
+        self.host.flags.writeable = False  # is MLX's own buffer, which the view keeps alive)
         self.params = params
         self._filtered = (params.top_p < 1.0 or params.min_p > 0
                           or 0 < params.top_k < logits.shape[-1])
