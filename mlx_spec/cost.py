@@ -27,8 +27,9 @@ the engine's per-position draws): with MLX's ops (on a GPU) every row of a sampl
 probability distribution, while a branching tree's walk, and on a CPU every walk
 (sampling.HostRows), converts only the rows it visits (`row_seconds`). What a tree or sampling
 adds over the chain of the same size is smooth in the size (a mask, a softmax per row), so it is
-interpolated between EXTRA_SIZES and added to every size's chain. `relative(n)` is the interpolated time of an n-token
-verify over a one-token step; beyond the largest size it extrapolates the last segment.
+interpolated between EXTRA_SIZES and added to every size's chain. `relative(n)` is the
+interpolated time of an n-token verify over a one-token step; beyond the largest size it
+extrapolates the last segment.
 """
 from __future__ import annotations
 

@@ -27,9 +27,10 @@ tokens it has not seen (the bonus token, plus the last draft when the whole chai
 Drafting waits for the host once per round: each drafted token feeds the next forward while staying
 on the MLX graph (mx.async_eval pipelines the forwards), and the one- and two-token forwards run
 compiled (compiled_step.py). Sampled drafts where MLX computes on the CPU are the exception: each is
-drawn on the host (sampling.HostRows), where MLX's exp over the vocabulary cost more than the wait. A stopping rule (see `adaedl`) needs one sync per token; its statistic is
-evaluated together with the token (judging it one forward later, so that the host never waits,
-cost more: docs/tuning.md).
+drawn on the host (sampling.HostRows), where MLX's exp over the vocabulary cost more than the
+wait. A stopping rule (see `adaedl`) needs one sync per token; its statistic is evaluated together
+with the token (judging it one forward later, so that the host never waits, cost more:
+docs/tuning.md).
 """
 from __future__ import annotations
 
