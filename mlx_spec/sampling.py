@@ -61,6 +61,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def filters(self, vocab: int) -> bool:
+        """Whether top-k, top-p or min-p drops any token of a `vocab`-token row (a top_k of 0 or
+        of the whole vocabulary keeps every token)."""
+        return self.top_p < 1.0 or self.min_p > 0 or 0 < self.top_k < vocab
+
 
 SEEDS = 1 << 64  # mx.random.key takes an unsigned 64-bit seed
 
@@ -102,9 +107,7 @@ def log_probs(logits: mx.array, params: SamplingParams) -> mx.array:
 def probs(logits: mx.array, params: SamplingParams) -> mx.array:
     """Row-wise probabilities of the processed distribution: exp(log_probs), in one softmax when
     nothing is filtered (on a CPU each pass of exp over a vocabulary row is a measurable cost)."""
-    filtered = (params.top_p < 1.0 or params.min_p > 0
-                or 0 < params.top_k < logits.shape[-1])
-    if params.greedy or filtered:
+    if params.greedy or params.filters(logits.shape[-1]):
         return mx.exp(log_probs(logits, params))
     return mx.softmax(logits.astype(mx.float32) / params.temperature, axis=-1)
 
@@ -140,8 +143,7 @@ class HostRows:
         self.host = np.asarray(logits)  # [n, V]: the step's one sync, no copy (read-only: it
         self.host.flags.writeable = False  # is MLX's own buffer, which the view keeps alive)
         self.params = params
-        self._filtered = (params.top_p < 1.0 or params.min_p > 0
-                          or 0 < params.top_k < logits.shape[-1])
+        self._filtered = params.filters(logits.shape[-1])
         self._weights: dict[int, np.ndarray] = {}  # node -> its row's weights, once computed
 
     def argmax(self, node: int) -> int:

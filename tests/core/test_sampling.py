@@ -16,6 +16,20 @@ def test_probs_are_the_processed_distribution(params):
                        atol=1e-6)
 
 
+@pytest.mark.parametrize("params, filters", [
+    (SamplingParams(temperature=1.0), False), (SamplingParams(temperature=1.0, top_k=64), False),
+    (SamplingParams(temperature=1.0, top_k=100), False),
+    (SamplingParams(temperature=1.0, top_k=63), True),
+    (SamplingParams(temperature=1.0, top_p=0.99), True),
+    (SamplingParams(temperature=1.0, min_p=0.01), True)])
+def test_a_filter_acts_where_it_drops_a_token_of_the_row(params, filters):
+    """filters() decides whether probs() (and HostRows) take the filtered path: a filtered row
+    has zeros where log_probs dropped tokens, an unfiltered one none."""
+    assert params.filters(64) is filters
+    logits = mx.random.normal((1, 64), key=mx.random.key(3)) * 3
+    assert bool((HostRows(logits, params).weights(0) == 0).any()) is filters
+
+
 def test_inverting_the_cdf_draws_each_token_with_its_probability_and_never_a_zero_one():
     q = mx.array([[0.0, 0.25, 0.0, 0.5, 0.25, 0.0]])
     # uniforms on a fine grid: each token's share of the grid is its probability
