@@ -139,9 +139,23 @@ def write_plot(report: dict, path: Path) -> None:
     right.set_ylabel("target calls")
     right.set_title("accepted lengths")
     right.legend(fontsize=8)
-    fig.suptitle(f"mlxspec bench: {Path(report['model']).name}, temp {report['settings']['temperature']}")
+    fig.suptitle(f"mlxspec bench: {Path(report['model']).name}, "
+                 f"{sampling_words(report['settings'])}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def sampling_words(settings: dict) -> str:
+    """"temp T" and the filters that act (top-p, top-k, min-p), for the progress line and the
+    plot's title; a report written before the filters were recorded has none."""
+    words = [f"temp {settings['temperature']}"]
+    if settings.get("top_p", 1.0) < 1.0:
+        words.append(f"top-p {settings['top_p']}")
+    if settings.get("top_k", 0) > 0:
+        words.append(f"top-k {settings['top_k']}")
+    if settings.get("min_p", 0.0) > 0:
+        words.append(f"min-p {settings['min_p']}")
+    return ", ".join(words)
 
 
 def control_line(control: dict) -> str:
@@ -234,8 +248,9 @@ def register(app: typer.Typer) -> None:
         # measured again in this run, so predictions and choosers see today's machine (and load)
         cost = target_cost(spec_model, refresh=True)  # what every method's choosers then read
         runs = len(specs) + control  # (the control: one more method, added by run_bench)
+        sampling = sampling_words({"temperature": temp, **filters})
         err_console.print(f"[dim]{len(prompt_list)} prompts x {runs} methods, "
-                          f"{max_tokens} tokens, temp {temp}[/]")
+                          f"{max_tokens} tokens, {sampling}[/]")
         from rich.progress import Progress
         with Progress(console=err_console, transient=True) as bar:
             task = bar.add_task("bench", total=repeat * len(prompt_list) * runs)

@@ -128,7 +128,7 @@ def test_bench_samples_with_the_filters_it_is_given(tmp_path, random_models, ran
 
     import mlx_spec
     from mlx_spec.cli.app import app
-    from mlx_spec.cli.bench_cmd import _stream_one
+    from mlx_spec.cli.bench_cmd import _stream_one, sampling_words
 
     model, spec = random_models["qwen2"], MethodSpec("pld", "pld")
 
@@ -152,6 +152,9 @@ def test_bench_samples_with_the_filters_it_is_given(tmp_path, random_models, ran
     assert seen and all(s == {"top_p": 0.9, "top_k": 20, "min_p": 0.01} for s in seen)
     settings = json.loads(out.read_text())["settings"]
     assert (settings["top_p"], settings["top_k"], settings["min_p"]) == (0.9, 20, 0.01)
+    # the plot's title (and the progress line) name the filters; an older report, none
+    assert sampling_words(settings) == "temp 0.7, top-p 0.9, top-k 20, min-p 0.01"
+    assert sampling_words({"temperature": 0.7}) == "temp 0.7"
     code, _, err = run_cli("bench", "--model", str(random_model_dirs["qwen2"]), "--top-p", "0.9")
     assert code != 0 and "--temp" in err and len(err.strip().splitlines()) == 1
 
