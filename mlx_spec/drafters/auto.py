@@ -879,7 +879,8 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
     def file(regime: str) -> tuple[Path, dict]:  # (fingerprints the weights: once per regime)
         if regime not in files:
             files[regime] = (machine_file(model, folder, list(key), draft_options, regime),
-                             {"weights": weights_fingerprint(model.path), "regime": regime})
+                             {"weights": weights_fingerprint(model.path), "regime": regime,
+                              "candidates": list(key), "options": draft_options})
         return files[regime]
 
     def rates_for(regime: str) -> Rates:
@@ -898,18 +899,35 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
 def describe_remembered(model) -> str:
     """What `auto` saved for this target in the cache folder, per sampling regime: each
     candidate's tokens per second in units of the modelled one-token step (so about its speedup
-    over plain decoding, engine overhead aside), the leader first. For `mlxspec doctor`."""
+    over plain decoding, engine overhead aside), the leader first, `-` for one not measured yet.
+    For `mlxspec doctor`: only the records `auto` reads on this machine now (a file written under
+    another mlx, BLAS or version of mlx-spec, or before records named their candidates, is left
+    out); where a regime has records of several candidate sets (a bench's
+    `auto[methods=...]`, a draft model named), each names its candidates, the latest first."""
     folder = shared(model).auto_folder
     weights = weights_fingerprint(model.path)
     found = []
     for file in sorted(Path(folder).glob("*.json")) if folder and Path(folder).is_dir() else []:
         saved, about = Rates.read(file, 1.0)
-        if about.get("weights") != weights or "regime" not in about:
+        try:
+            regime, candidates, options = (str(about["regime"]), list(about["candidates"]),
+                                           dict(about["options"]))
+            current = (about["weights"] == weights and file.name == machine_file(
+                model, folder, candidates, options, regime).name)
+            written = file.stat().st_mtime
+        except (KeyError, TypeError, ValueError, OSError):
             continue
-        rates, leader, regime = saved.by_name, saved.leader, str(about["regime"])
-        order = sorted(rates, key=lambda n: (n != leader, -rates[n].raw))
-        found.append((regime != "greedy", regime, f"{regime}: " + ", ".join(
-            f"{n} {rates[n].raw:.2f}x" + (" (leads)" if n == leader else "") for n in order)))
+        if current:
+            rates, leader = saved.by_name, saved.leader
+            order = sorted(rates, key=lambda n: (n != leader, -rates[n].raw))
+            told = ", ".join(f"{n} " + (f"{rates[n].raw:.2f}x" if rates[n].seconds > 0 else "-")
+                             + (" (leads)" if n == leader else "") for n in order)
+            setting = "+".join(candidates) + "".join(f", {k}={v}" for k, v in options.items())
+            found.append((regime != "greedy", regime, -written, setting, told))
     if not found:
         return "nothing yet (saved at the end of each request)"
-    return "; ".join(text for *_, text in sorted(found))
+    found.sort()
+    shared_regime = {regime for _, regime, *_ in found
+                     if sum(other == regime for _, other, *_ in found) > 1}
+    return "; ".join(f"{regime}" + (f" [{setting}]" if regime in shared_regime else "")
+                     + f": {told}" for _, regime, _, setting, told in found)

@@ -1,6 +1,7 @@
 """`auto` proposes with the candidate of best measured tokens per second: planted candidates (one
 right and fast, one wrong and slow) show it picks the planted best, keeps trying the other now and
 then, and carries what it measured to the next request; the output stays exactly the target's."""
+import json
 import time
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 import mlx_spec
 from mlx_spec.drafters import Drafter
 from mlx_spec.cost import CostModel
-from mlx_spec.drafters.auto import Auto, LongRate, Rates, candidates_for, may_beat
+from mlx_spec.drafters.auto import Auto, LongRate, Rate, Rates, candidates_for, may_beat
 from mlx_spec.engine import Decoder
 from mlx_spec.target import Target
 from mlx_spec.tree import Tree
@@ -730,6 +731,21 @@ def test_rates_outlive_the_process_in_the_cache_folder(random_models, tmp_path):
         told = describe_remembered(model)  # (mlxspec doctor)
         assert told.startswith("greedy: ") and told.count("(leads)") == (measured.leader is not None)
         assert all(name in told for name in measured.by_name)
+        # a record of another candidate set for the same regime: each then names its candidates
+        # (a candidate without a measured step shows `-`); a file this machine's auto would not
+        # read (another mlx, BLAS or version names the same record otherwise) is left out
+        mlx_spec.generate(model, PROMPTS[1], max_tokens=6, raw=True,
+                          decoder=mlx_spec.make_decoder(model, "auto", methods="pld"))
+        (second,) = set(tmp_path.glob("*.json")) - {file}
+        names = "+".join(decoder.drafter.candidates)
+        both = describe_remembered(model)
+        assert f"greedy [{names}]: " in both and "greedy [pld]: pld " in both
+        (tmp_path / "0000000000000000.json").write_text(file.read_text())
+        Rates(by_name={"pld": Rate()}).save(second, 1.0, json.loads(second.read_text())["about"])
+        told = describe_remembered(model)
+        assert told.count("greedy") == 2 and "greedy [pld]: pld -" in told
+        for extra in set(tmp_path.glob("*.json")) - {file}:
+            extra.unlink()
 
         model.extras = Shared(auto_folder=tmp_path)  # the next process
         read = mlx_spec.make_decoder(model, "auto").drafter._rates_for("greedy")
