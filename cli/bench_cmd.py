@@ -146,8 +146,8 @@ def write_plot(report: dict, path: Path) -> None:
 
 
 def sampling_words(settings: dict) -> str:
-    """"temp T" and the filters that act (top-p, top-k, min-p), for the progress line and the
-    plot's title; a report written before the filters were recorded has none."""
+    """"temp T" and the filters set (top-p, top-k, min-p), for the progress line and the plot's
+    title; a report written before the filters were recorded has none."""
     words = [f"temp {settings['temperature']}"]
     if settings.get("top_p", 1.0) < 1.0:
         words.append(f"top-p {settings['top_p']}")

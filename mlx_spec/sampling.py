@@ -62,8 +62,8 @@ class SamplingParams:
         return self.temperature == 0
 
     def filters(self, vocab: int) -> bool:
-        """Whether top-k, top-p or min-p drops any token of a `vocab`-token row (a top_k of 0 or
-        of the whole vocabulary keeps every token)."""
+        """Whether a top-k, top-p or min-p filter that may drop tokens of a `vocab`-token row is
+        set (a top_k of 0 or of the whole vocabulary drops none; greedy decoding ignores them)."""
         return self.top_p < 1.0 or self.min_p > 0 or 0 < self.top_k < vocab
 
 

@@ -901,9 +901,9 @@ def describe_remembered(model) -> str:
     candidate's tokens per second in units of the modelled one-token step (so about its speedup
     over plain decoding, engine overhead aside), the leader first, `-` for one not measured yet.
     For `mlxspec doctor`: only the records `auto` reads on this machine now (a file written under
-    another mlx, BLAS or version of mlx-spec, or before records named their candidates, is left
-    out); where a regime has records of several candidate sets (a bench's
-    `auto[methods=...]`, a draft model named), each names its candidates, the latest first."""
+    another mlx, device, BLAS or cache format (cost.VERSION), or before records named their
+    candidates, is left out); where a regime has records of several candidate sets or draft
+    options (`generate --opt methods=pld`, `--draft-model`), each names them, the latest first."""
     folder = shared(model).auto_folder
     weights = weights_fingerprint(model.path)
     found = []
@@ -915,6 +915,8 @@ def describe_remembered(model) -> str:
             current = (about["weights"] == weights and file.name == machine_file(
                 model, folder, candidates, options, regime).name)
             written = file.stat().st_mtime
+            setting = "+".join(map(str, candidates)) + "".join(f", {k}={v}"
+                                                                for k, v in options.items())
         except (KeyError, TypeError, ValueError, OSError):
             continue
         if current:
@@ -922,12 +924,11 @@ def describe_remembered(model) -> str:
             order = sorted(rates, key=lambda n: (n != leader, -rates[n].raw))
             told = ", ".join(f"{n} " + (f"{rates[n].raw:.2f}x" if rates[n].seconds > 0 else "-")
                              + (" (leads)" if n == leader else "") for n in order)
-            setting = "+".join(candidates) + "".join(f", {k}={v}" for k, v in options.items())
             found.append((regime != "greedy", regime, -written, setting, told))
     if not found:
         return "nothing yet (saved at the end of each request)"
     found.sort()
     shared_regime = {regime for _, regime, *_ in found
                      if sum(other == regime for _, other, *_ in found) > 1}
-    return "; ".join(f"{regime}" + (f" [{setting}]" if regime in shared_regime else "")
+    return "; ".join(regime + (f" [{setting}]" if regime in shared_regime else "")
                      + f": {told}" for _, regime, _, setting, told in found)

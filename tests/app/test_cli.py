@@ -149,6 +149,7 @@ def test_bench_samples_with_the_filters_it_is_given(tmp_path, random_models, ran
         "chat", "--limit", "1", "--max-tokens", "4", "--temp", "0.7", "--top-p", "0.9",
         "--top-k", "20", "--min-p", "0.01", "--json", str(out)])
     assert result.exit_code == 0, result.output
+    assert "temp 0.7, top-p 0.9, top-k 20, min-p 0.01" in result.output  # the progress line
     assert seen and all(s == {"top_p": 0.9, "top_k": 20, "min_p": 0.01} for s in seen)
     settings = json.loads(out.read_text())["settings"]
     assert (settings["top_p"], settings["top_k"], settings["min_p"]) == (0.9, 20, 0.01)

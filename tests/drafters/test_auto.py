@@ -2,6 +2,7 @@
 right and fast, one wrong and slow) show it picks the planted best, keeps trying the other now and
 then, and carries what it measured to the next request; the output stays exactly the target's."""
 import json
+import os
 import time
 
 import pytest
@@ -734,16 +735,24 @@ def test_rates_outlive_the_process_in_the_cache_folder(random_models, tmp_path):
         # a record of another candidate set for the same regime: each then names its candidates
         # (a candidate without a measured step shows `-`); a file this machine's auto would not
         # read (another mlx, BLAS or version names the same record otherwise) is left out
-        mlx_spec.generate(model, PROMPTS[1], max_tokens=6, raw=True,
-                          decoder=mlx_spec.make_decoder(model, "auto", methods="pld"))
+        mlx_spec.generate(model, PROMPTS[1], max_tokens=6, raw=True, decoder=mlx_spec.make_decoder(
+            model, "auto", methods="pld", num_draft_tokens=3))
         (second,) = set(tmp_path.glob("*.json")) - {file}
+        os.utime(file, (1e9, 1e9))  # the first record older: the latest is listed first
         names = "+".join(decoder.drafter.candidates)
         both = describe_remembered(model)
-        assert f"greedy [{names}]: " in both and "greedy [pld]: pld " in both
+        assert both.startswith("greedy [pld, num_draft_tokens=3]: pld ")
+        assert f"; greedy [{names}]: " in both
         (tmp_path / "0000000000000000.json").write_text(file.read_text())
-        Rates(by_name={"pld": Rate()}).save(second, 1.0, json.loads(second.read_text())["about"])
+        about = json.loads(second.read_text())["about"]
+        for odd, value in (("1", 3), ("2", "x"), ("3", None)):  # unreadable records: left out
+            wrong = {**about, "candidates" if odd == "1" else "options": value}
+            if value is None:
+                del wrong["candidates"]  # (a record written before they named their candidates)
+            Rates(by_name={"pld": Rate()}).save(tmp_path / f"{odd * 16}.json", 1.0, wrong)
+        Rates(by_name={"pld": Rate()}).save(second, 1.0, about)
         told = describe_remembered(model)
-        assert told.count("greedy") == 2 and "greedy [pld]: pld -" in told
+        assert told.count("greedy") == 2 and "greedy [pld, num_draft_tokens=3]: pld -" in told
         for extra in set(tmp_path.glob("*.json")) - {file}:
             extra.unlink()
 
