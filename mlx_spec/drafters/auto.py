@@ -28,12 +28,14 @@ The choice, in stages (_next):
   (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing; a tree the text is still
-  following counts what it matched so far: _pairing), not a rate from other text, by the same
-  margin as any switch (by SWITCH_MARGIN alone where the model drafter leading sits at plain
-  decoding: its steps are mostly plain, and the challenger drafts only where its chooser expects
-  a gain); so a model drafter leads first where there is one (at a cold start and at each new
-  request), until a text-only candidate is paired ahead. The asks run while the target verifies
-  the step's tree (while_verifying): on a GPU the host is idle until the step's sync.
+  following counts what it matched so far: _pairing; over PAIRED steps, or SETTLED where its
+  rate cannot beat a model drafter leader's long run: _paired_steps), not a rate from other
+  text, by the same margin as any switch (by SWITCH_MARGIN alone where the model drafter
+  leading sits at plain decoding: its steps are mostly plain, and the challenger drafts only
+  where its chooser expects a gain); so a model drafter leads first where there is one (at a
+  cold start and at each new request), until a text-only candidate is paired ahead. The asks
+  run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
+  until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
   candidate loses (where the loser is a model drafter whose chooser sits at plain decoding, a
   text-only candidate takes its lead instead: switch_instead).
@@ -699,7 +701,7 @@ class Auto(Drafter):
         # candidates of one token a step, each modelled a little faster than the other's real
         # steps, would hand the lead to and fro while a model drafter waits.)
         paired = {n: p for n in self.shadowed for p in [self._pairing(n)]
-                  if p is not None and p.steps >= self.PAIRED}  # (each built once a step)
+                  if p is not None and p.steps >= self._paired_steps(n, leader)}  # (built once)
         idle = leader not in self.shadowed and self._rate(leader).idle
         ahead = {n: p.ratio for n, p in paired.items()
                  if p.ratio > 1.0 + (self.SWITCH_MARGIN if idle and _plain(p.real)
@@ -721,6 +723,21 @@ class Auto(Drafter):
         held, challenger = self._rate(leader), self._rate(best)
         margin = _margin(challenger, held)
         return best if challenger.per_second > held.per_second * (1.0 + margin) else leader
+
+    def _paired_steps(self, name: str, leader: str) -> int:
+        """How many paired steps text-only `name` needs before it may take `leader`'s lead:
+        PAIRED, or SETTLED where its rate over all the text it was asked on cannot beat the
+        leader's long run (a model drafter's LongRate, once SETTLED steps long; may_beat). Four
+        paired steps at T > 0 are as bursty as the leader's steps beside them: on the embedded
+        target at T = 0.7, `lookahead` (about half `redrafter`'s rate over the long run) took its
+        lead on four steps at 1.53x of an unlucky opening (1, 1, 3, 1, 1 tokens), and a lead so
+        taken ran at half the speed until a trial won it back. Where the two compare on
+        average (SmolLM2), or the challenger copies a text at several tokens a step (its rate
+        then beats the leader's long run), four are enough."""
+        long = self.rates.long.get(leader)
+        if long is None or long.steps < self.SETTLED or may_beat(self._rate(name), long):
+            return self.PAIRED
+        return self.SETTLED
 
     def _pairing(self, name: str) -> Optional[Pairing]:
         """Text-only `name`'s Pairing on this text, counting too its shadow trees that the text

@@ -893,6 +893,32 @@ def test_a_text_only_candidate_paired_ahead_of_a_model_drafter_takes_its_lead():
     assert auto._next() == "m" and "t" not in auto.rates.paired
 
 
+def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_paired_steps():
+    """Model drafter `m` leads, 4 tokens a 20 ms step over the long run (LongRate); text-only
+    `t`'s rate over all the text it was asked on is 30 tokens a second. Paired 1.6x ahead of the
+    real steps over PAIRED steps, `t` does not lead (four steps at T > 0 are an opening's luck),
+    over SETTLED steps it does. Where its rate may beat `m`'s long run (a text it copies), or `m`
+    has no settled long run, PAIRED steps are enough."""
+    from mlx_spec.drafters.auto import Pairing
+
+    def ahead(steps):
+        pairing = Pairing()
+        for _ in range(steps):
+            pairing.add(2, 0.02 / 1.6, 2, 0.02)
+        return pairing
+
+    for t_tokens, long, steps, expected in ((30.0, True, Auto.PAIRED, "m"),
+                                            (30.0, True, Auto.SETTLED, "t"),
+                                            (200.0, True, Auto.PAIRED, "t"),
+                                            (30.0, False, Auto.PAIRED, "t")):
+        auto = Auto({"m": Oracle([]), "t": TextOracle([])},
+                    cost=CostModel((1, 2), (0.01, 0.012), 128))
+        auto.rates = Rates(by_name={"m": rate(50.0, 1.0, 40), "t": rate(t_tokens, 1.0, 40)},
+                           paired={"t": ahead(steps)}, leader="m", step=50,
+                           long={"m": long_rate(4.0)} if long else {})
+        assert auto._hold("t") == expected
+
+
 def test_against_an_idle_leaders_plain_steps_a_text_only_candidate_needs_only_the_switch_margin():
     """Model drafter `m` leads with plain steps of one token each; text-only `t`'s shadow steps
     beside them emitted 1, 1, 1, 1, 2, 1 tokens (ratio 1.18, within the noise of so few bursty
