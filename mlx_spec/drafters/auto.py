@@ -474,8 +474,8 @@ class Auto(Drafter):
             if name == self.current:
                 continue
             paired = self.rates.paired.get(name)
-            if (rate.steps >= self.SETTLED and rate.per_second < leader
-                    and paired is not None and paired.steps >= self.PAIRED
+            if (rate.steps >= self.SETTLED and rate.per_second < leader and paired is not None
+                    and paired.steps >= self._paired_steps(name, self.rates.leader)
                     and self.rates.step % self.SHADOW_EVERY):
                 continue
             t0 = time.perf_counter()
@@ -714,7 +714,7 @@ class Auto(Drafter):
         if best in paired:
             return best if best in ahead else leader
         if best in self.shadowed:
-            return leader  # (not yet paired on this request's text)
+            return leader  # (not yet paired on enough steps of this request's text)
         # else by rates, by more than both rates' noise (at T > 0 a window of a few 1- and
         # 2-token steps is luck), each rate's noise on the text now (its decayed weight): a
         # challenger's trial of 2 steps beside faded old ones is known from about those 2
@@ -724,18 +724,23 @@ class Auto(Drafter):
         margin = _margin(challenger, held)
         return best if challenger.per_second > held.per_second * (1.0 + margin) else leader
 
-    def _paired_steps(self, name: str, leader: str) -> int:
-        """How many paired steps text-only `name` needs before it may take `leader`'s lead:
-        PAIRED, or SETTLED where its rate over all the text it was asked on cannot beat the
-        leader's long run (a model drafter's LongRate, once SETTLED steps long; may_beat). Four
-        paired steps at T > 0 are as bursty as the leader's steps beside them: on the embedded
-        target at T = 0.7, `lookahead` (about half `redrafter`'s rate over the long run) took its
-        lead on four steps at 1.53x of an unlucky opening (1, 1, 3, 1, 1 tokens), and a lead so
-        taken ran at half the speed until a trial won it back. Where the two compare on
-        average (SmolLM2), or the challenger copies a text at several tokens a step (its rate
-        then beats the leader's long run), four are enough."""
+    def _paired_steps(self, name: str, leader: Optional[str]) -> int:
+        """How many paired steps text-only `name` needs before it may take `leader`'s lead (and
+        is asked every step until then: _shadow_steps): PAIRED, or SETTLED where its windowed
+        rate (its last ~14 scored shadow trees, and real steps where it led; at a request's
+        start mostly earlier text) cannot beat the leader's long run (a busy model drafter's
+        LongRate, once SETTLED steps long; may_beat). Four paired steps at T > 0 are as bursty
+        as the leader's steps beside them: on the embedded target at T = 0.7, `lookahead` (about
+        half `redrafter`'s rate over the long run) took its lead on four steps at 1.53x of an
+        unlucky opening (1, 1, 3, 1, 1 tokens), and a lead so taken ran at half the speed until
+        a trial won it back. Where the two compare on average (SmolLM2), where the challenger
+        copies a text at several tokens a step (its rate then rises past the long run), and
+        beside an idle leader's plain steps (Rate.idle: its long run may be older text), four
+        are enough. (Not the pairing's own shadow rate: over four steps it carries their luck and
+        a wide error, and would let the case above through.)"""
         long = self.rates.long.get(leader)
-        if long is None or long.steps < self.SETTLED or may_beat(self._rate(name), long):
+        if (long is None or long.steps < self.SETTLED or self._rate(leader).idle
+                or may_beat(self._rate(name), long)):
             return self.PAIRED
         return self.SETTLED
 

@@ -895,10 +895,11 @@ def test_a_text_only_candidate_paired_ahead_of_a_model_drafter_takes_its_lead():
 
 def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_paired_steps():
     """Model drafter `m` leads, 4 tokens a 20 ms step over the long run (LongRate); text-only
-    `t`'s rate over all the text it was asked on is 30 tokens a second. Paired 1.6x ahead of the
-    real steps over PAIRED steps, `t` does not lead (four steps at T > 0 are an opening's luck),
-    over SETTLED steps it does. Where its rate may beat `m`'s long run (a text it copies), or `m`
-    has no settled long run, PAIRED steps are enough."""
+    `t`'s windowed rate is 30 tokens a second. Paired 1.6x ahead of the real steps over PAIRED
+    steps, `t` does not lead (four steps at T > 0 are an opening's luck), over SETTLED steps it
+    does. Where its rate may beat `m`'s long run (a text it copies), where `m`'s long run is not
+    yet SETTLED steps long or there is none, and where `m` sits idle at plain decoding (its long
+    run is older text), PAIRED steps are enough."""
     from mlx_spec.drafters.auto import Pairing
 
     def ahead(steps):
@@ -907,15 +908,22 @@ def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_pa
             pairing.add(2, 0.02 / 1.6, 2, 0.02)
         return pairing
 
-    for t_tokens, long, steps, expected in ((30.0, True, Auto.PAIRED, "m"),
-                                            (30.0, True, Auto.SETTLED, "t"),
-                                            (200.0, True, Auto.PAIRED, "t"),
-                                            (30.0, False, Auto.PAIRED, "t")):
+    short = LongRate()
+    for _ in range(Auto.SETTLED - 1):
+        short.add(4.0, 0.02)
+    for t_tokens, long, m_idle, steps, expected in (
+            (30.0, long_rate(4.0), False, Auto.PAIRED, "m"),
+            (30.0, long_rate(4.0), False, Auto.SETTLED, "t"),
+            (200.0, long_rate(4.0), False, Auto.PAIRED, "t"),
+            (30.0, short, False, Auto.PAIRED, "t"),
+            (30.0, None, False, Auto.PAIRED, "t"),
+            (30.0, long_rate(4.0), True, Auto.PAIRED, "t")):
         auto = Auto({"m": Oracle([]), "t": TextOracle([])},
                     cost=CostModel((1, 2), (0.01, 0.012), 128))
-        auto.rates = Rates(by_name={"m": rate(50.0, 1.0, 40), "t": rate(t_tokens, 1.0, 40)},
+        m = rate(50.0, 1.0, 40)
+        auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(t_tokens, 1.0, 40)},
                            paired={"t": ahead(steps)}, leader="m", step=50,
-                           long={"m": long_rate(4.0)} if long else {})
+                           long={"m": long} if long is not None else {})
         assert auto._hold("t") == expected
 
 
