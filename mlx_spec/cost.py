@@ -206,15 +206,17 @@ def from_medians(sizes, chain: list, tree: Optional[list], sampled: list,
                      with_extra(tree) if tree is not None else (), with_extra(sampled))
 
 
-def machine_file(model, folder: Path, *more) -> Path:
+def machine_file(model, folder: Path, *more, weights: Optional[str] = None) -> Path:
     """A file in `folder` for what was measured of this target on this machine (its weights,
-    mlx, the device, the BLAS), and of `more` (JSON-able) where that matters too."""
+    mlx, the device, the BLAS), and of `more` (JSON-able) where that matters too. `weights`: the
+    target's loading.weights_fingerprint where the caller has it (it reads a MiB of each
+    weights file)."""
     import mlx.core as mx
 
     from . import blas
     from .loading import weights_fingerprint
 
-    key = json.dumps([VERSION, weights_fingerprint(model.path), mx.__version__,
+    key = json.dumps([VERSION, weights or weights_fingerprint(model.path), mx.__version__,
                       str(mx.default_device()), blas.describe(), *more])
     return Path(folder) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 

@@ -900,8 +900,10 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
 
     def file(regime: str) -> tuple[Path, dict]:  # (fingerprints the weights: once per regime)
         if regime not in files:
-            files[regime] = (machine_file(model, folder, list(key), draft_options, regime),
-                             {"weights": weights_fingerprint(model.path), "regime": regime,
+            weights = weights_fingerprint(model.path)
+            files[regime] = (machine_file(model, folder, list(key), draft_options, regime,
+                                          weights=weights),
+                             {"weights": weights, "regime": regime,
                               "candidates": list(key), "options": draft_options})
         return files[regime]
 
@@ -935,7 +937,7 @@ def describe_remembered(model) -> str:
             regime, candidates, options = (str(about["regime"]), list(about["candidates"]),
                                            dict(about["options"]))
             current = (about["weights"] == weights and file.name == machine_file(
-                model, folder, candidates, options, regime).name)
+                model, folder, candidates, options, regime, weights=weights).name)
             written = file.stat().st_mtime
             setting = "+".join(map(str, candidates)) + "".join(f", {k}={v}"
                                                                 for k, v in options.items())
