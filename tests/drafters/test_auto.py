@@ -271,7 +271,6 @@ def test_auto_with_a_draft_model_is_greedy_exact_and_remembers_per_model(random_
 def rate(tokens, seconds, steps, spread=0.0):
     """A Rate of `steps` steps adding up to `tokens` in `seconds`, equal in time, their tokens
     alternately `spread` (a fraction of the mean) above and below the mean."""
-    from mlx_spec.drafters.auto import Rate
     r = Rate()
     for i in range(steps):
         r.add(tokens / steps * (1 + spread * (-1) ** i), seconds / steps)
@@ -389,7 +388,6 @@ def test_a_machine_stall_counts_as_a_few_of_the_candidates_steps_not_as_its_spee
     ~100 ms at a time under sustained load, whatever runs) counts as SPIKE mean steps: the leader
     keeps its lead over a challenger at 0.75x its speed, where the stall counted in full would
     have cut its rate by ~40% and handed the lead over. Slower steps within SPIKE count in full."""
-    from mlx_spec.drafters.auto import Rate
     stalled = rate(40.0, 0.1, 10)  # 4 tokens in 10 ms a step
     stalled.add(4, 0.1)
     capped = rate(40.0, 0.1, 10)
@@ -734,7 +732,7 @@ def test_rates_outlive_the_process_in_the_cache_folder(random_models, tmp_path):
         assert all(name in told for name in measured.by_name)
         # a record of another candidate set for the same regime: each then names its candidates
         # (a candidate without a measured step shows `-`); a file this machine's auto would not
-        # read (another mlx, BLAS or version names the same record otherwise) is left out
+        # read (another mlx, device, BLAS or cache format names it otherwise) is left out
         mlx_spec.generate(model, PROMPTS[1], max_tokens=6, raw=True, decoder=mlx_spec.make_decoder(
             model, "auto", methods="pld", num_draft_tokens=3))
         (second,) = set(tmp_path.glob("*.json")) - {file}
@@ -1040,7 +1038,6 @@ def test_a_stall_among_a_candidates_first_steps_counts_as_a_slow_step_by_the_cos
     over the long run. Without a cost model the step counts as measured."""
     from types import SimpleNamespace
 
-    from mlx_spec.drafters.auto import Rate
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
 
