@@ -10,6 +10,10 @@ from . import blas as _blas, gpu_env as _gpu_env  # noqa: E402
 
 _gpu_env.apply()  # before mlx's first GPU operation
 _blas.ensure()  # must run before the first `import mlx.core`
+if _blas.late:
+    import warnings as _warnings
+
+    _warnings.warn(_blas.LATE, RuntimeWarning, stacklevel=2)
 
 __version__ = "0.1.0"
 

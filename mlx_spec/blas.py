@@ -47,6 +47,9 @@ _CANDIDATES = (
 )
 
 loaded_path: str | None = None  # the library this process bound to, or None for mlx's own
+late = False  # mlx.core was imported before ensure() ran: mlx's calls bound to its bundled BLAS
+LATE = ("mlx was imported before mlx_spec, so mlx's bundled reference BLAS serves this process "
+        "(verifying drafts costs several times more): import mlx_spec before mlx and mlx_lm")
 
 
 def _site_roots() -> list[str]:
@@ -74,9 +77,19 @@ def _candidates(wheels: list[str] | None = None) -> list[str]:
 
 
 def ensure() -> str | None:
-    """Load the first optimized BLAS found, globally. Safe to call more than once."""
-    global loaded_path
-    if loaded_path is not None or not sys.platform.startswith("linux"):
+    """Load the first optimized BLAS found, globally. Safe to call more than once.
+
+    Only before mlx.core is imported: mlx binds its CBLAS calls when it loads (an optimized
+    library loaded after it measured 4.4 against 24.8 GFLOP/s loaded before), so a process that
+    imported mlx (or mlx_lm) first keeps mlx's bundled BLAS, unless one of the candidates was
+    already in the process before (LD_PRELOAD); `late` says so, and describe() tells it."""
+    global loaded_path, late
+    if loaded_path is not None or late or not sys.platform.startswith("linux"):
+        return loaded_path
+    if "mlx.core" in sys.modules:
+        candidates = _candidates()
+        loaded_path = _mapped(candidates)
+        late = loaded_path is None and bool(candidates)  # (MLXSPEC_BLAS=none: nothing lost)
         return loaded_path
     wheels = _wheel_libraries()
     for path in _candidates(wheels):
@@ -86,6 +99,16 @@ def ensure() -> str | None:
             loaded_path = path
             break
     return loaded_path
+
+
+def _mapped(paths: list[str]) -> str | None:
+    """The first of `paths` this process has loaded already (/proc/self/maps), if any."""
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = {line.split(None, 5)[-1].strip() for line in maps if "/" in line}
+    except OSError:
+        return None
+    return next((path for path in paths if os.path.realpath(path) in loaded), None)
 
 
 def _bind(path: str):
@@ -243,6 +266,9 @@ def describe() -> str:
     """Which library serves cblas_sgemm in this process (for `mlxspec doctor`)."""
     if sys.platform == "darwin":
         return "Accelerate (macOS)"
+    if late:
+        return ("mlx bundled reference BLAS (slow: mlx was imported before mlx_spec; import "
+                "mlx_spec first)")
     if loaded_path is None:
         return "mlx bundled reference BLAS (slow: install libopenblas0-pthread)"
     return f"optimized: {os.path.realpath(loaded_path)}"

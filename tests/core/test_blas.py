@@ -64,3 +64,24 @@ def test_a_renamed_copy_carries_the_new_soname(tmp_path, monkeypatch):
     assert b"libgfortran.so.5\0" in data and old + b"\0" not in data
     with pytest.raises(ValueError, match="longer"):
         blas._set_soname(bytearray(data), b"x" * 200)
+
+
+@linux_x86
+def test_mlx_imported_first_keeps_its_own_blas_and_says_so():
+    """mlx binds its CBLAS calls when it loads: a process that imported mlx (or mlx_lm) before
+    mlx_spec is served by mlx's bundled BLAS whatever mlx_spec loads later. It is warned (once,
+    at the import) and describe() (doctor, bench reports, the cost model's file) says so, where
+    it used to name the library it loaded too late."""
+    script = ("import warnings; warnings.simplefilter('always'); import mlx.core, mlx_spec; "
+              "from mlx_spec import blas; print(blas.late, blas.describe())")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLXSPEC_BLAS", "LD_PRELOAD")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True mlx bundled reference BLAS (slow: mlx was imported before")
+    assert "RuntimeWarning: mlx was imported before mlx_spec" in out.stderr
+    first = subprocess.run([sys.executable, "-W", "error", "-c", script.replace(
+        "import mlx.core, mlx_spec", "import mlx_spec, mlx.core")], capture_output=True,
+        text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("False optimized: ")
