@@ -18,7 +18,10 @@ candidates as in its default set (without any text-only candidate it shortens th
 new request, since no shadow step would see a prompt that suits another candidate). Steps are drawn
 independently within a prompt, so runs keep each prompt's difficulty but not the order of its easy
 and hard stretches (`--keep-order` plays them in their recorded order from a random step on). The
-first step of each prompt is left out (auto does not time it either).
+first step of each prompt is left out (auto does not time it either). A recording holds the tokens
+each step emitted, not their mean over the step's acceptance draws that auto counts a model
+drafter's step by (Acceptance.expected_tokens), so at T > 0 a replay ranks on noisier steps than
+auto does.
 
     python -m mlx_spec.bench.replay REPORT.json [--methods redrafter,draft] [--runs 600]
 """
@@ -30,9 +33,9 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Optional
 
+from ..accept import Acceptance
 from ..drafters.auto import Auto, Rates
 from ..drafters.base import Drafter, StepContext
 from ..errors import MlxSpecError
@@ -160,7 +163,7 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
             left -= step_tokens
             tokens += step_tokens
             now[0] += seconds
-            auto.observe(ctx, tree, SimpleNamespace(tokens=[0] * step_tokens), None)
+            auto.observe(ctx, tree, Acceptance(path=[0], tokens=[0] * step_tokens), None)
         auto.end()
     return tokens / max(now[0], 1e-12), dict(used)
 

@@ -106,7 +106,7 @@ class Rate:
     KNOWN = SETTLED         # the most steps its error counts (see error)
     IDLE = 0.25             # idle: a smaller fraction of its recent steps sent a draft
 
-    def add(self, tokens: int, seconds: float, sent: bool = True) -> None:
+    def add(self, tokens: float, seconds: float, sent: bool = True) -> None:
         """One step more. Its seconds count at most SPIKE times the mean step so far: a few steps
         in a hundred take 5-10x the median whichever method runs (the machine's stalls, not the
         method's), and one of them in a window of ~14 would decide the lead; a method's own slow
@@ -230,7 +230,7 @@ class Pairing:
     shadow: Rate = field(default_factory=Rate)
     real: Rate = field(default_factory=Rate)
 
-    def add(self, tokens: int, seconds: float, real_tokens: int, real_seconds: float) -> None:
+    def add(self, tokens: int, seconds: float, real_tokens: float, real_seconds: float) -> None:
         self.shadow.add(tokens, seconds)
         self.real.add(real_tokens, real_seconds)
 
@@ -509,9 +509,16 @@ class Auto(Drafter):
         else:
             modelled = (self.cost.step_seconds(len(tree), not tree.is_chain)
                         if self.cost is not None else None)
-            step = (len(acceptance.tokens), self._capped(now - since, besides, modelled))
+            model = not self.candidates[name].drafts_from_text
+            # a model drafter's step counts the tokens its tree emits on average over the
+            # acceptance's draws (Acceptance.expected_tokens: the same mean, about half the
+            # variance at T > 0, so trials and leads rank two drafters on half the steps); a
+            # text-only candidate's, those it emitted (its rate's shadow steps are counted so,
+            # and its trees of up to 32 nodes would read as many rows of the vocabulary)
+            tokens = acceptance.expected_tokens() if model else len(acceptance.tokens)
+            step = (tokens, self._capped(now - since, besides, modelled))
             rate.add(*step, sent=len(tree) > 1)
-            if not self.candidates[name].drafts_from_text:
+            if model:
                 self.rates.long.setdefault(name, LongRate()).add(*step)
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
                 for real in asked:

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import mlx_spec
+from mlx_spec.accept import Acceptance
 from mlx_spec.drafters import Drafter
 from mlx_spec.cost import CostModel
 from mlx_spec.drafters.auto import Auto, LongRate, Rate, Rates, candidates_for, may_beat
@@ -969,8 +970,6 @@ def test_model_drafters_that_swap_places_swap_the_lead():
     reverse (a new kind of text where the other drafter does better). `a` leads the first part;
     once the long run has seen the swap (LongRate), `b` leads: 75% or more of the last 300
     steps. A new request every 32 steps, as in a chat."""
-    from types import SimpleNamespace
-
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
 
@@ -988,7 +987,7 @@ def test_model_drafters_that_swap_places_swap_the_lead():
         name = auto.current
         tokens = 4 if (name == "a") == (step < 200) else 2
         now[0] += 0.02
-        auto.observe(ctx, tree, SimpleNamespace(tokens=[0] * tokens), None)
+        auto.observe(ctx, tree, Acceptance(path=[0], tokens=[0] * tokens), None)
         chosen.append(name)
     assert chosen[:200].count("a") >= 180
     assert chosen[200:].count("b") >= 225
@@ -999,8 +998,6 @@ def test_a_cold_start_times_as_many_trial_steps_of_each_model_drafter():
     it runs one step longer, so each candidate's opening rate rests on TRIAL timed steps (with
     one fewer, the prior shrank the first candidate's rate more and handed the lead to the
     second: draft over redrafter at 0.7x its speed, T = 0.7)."""
-    from types import SimpleNamespace
-
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
 
@@ -1014,7 +1011,7 @@ def test_a_cold_start_times_as_many_trial_steps_of_each_model_drafter():
         tree = auto.propose(ctx)
         chosen.append(auto.current)
         now[0] += 0.02
-        auto.observe(ctx, tree, SimpleNamespace(tokens=[0] * 3), None)
+        auto.observe(ctx, tree, Acceptance(path=[0], tokens=[0] * 3), None)
     assert chosen == ["a"] * (Auto.TRIAL + 1) + ["b"] * Auto.TRIAL
     assert rates.by_name["a"].steps == rates.by_name["b"].steps == Auto.TRIAL
     # equal steps, equal rates: the first candidate is not left behind by its prior
@@ -1036,8 +1033,6 @@ def test_a_stall_among_a_candidates_first_steps_counts_as_a_slow_step_by_the_cos
     not got: there auto caps it by the cost model (drafting plus SPIKE modelled verifies), so one
     stall of the machine at a cold start does not make the better candidate look clearly slower
     over the long run. Without a cost model the step counts as measured."""
-    from types import SimpleNamespace
-
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
 
@@ -1052,7 +1047,7 @@ def test_a_stall_among_a_candidates_first_steps_counts_as_a_slow_step_by_the_cos
         for seconds in (0.01, 0.2):  # the request's untimed first step, then a stall
             tree = auto.propose(ctx)
             now[0] += seconds
-            auto.observe(ctx, tree, SimpleNamespace(tokens=[0] * 3), None)
+            auto.observe(ctx, tree, Acceptance(path=[0], tokens=[0] * 3), None)
         return rates.by_name["a"], rates.long["a"]
 
     rate, long = first_steps(_FlatCost(0.01))
@@ -1111,3 +1106,31 @@ def test_shadow_asks_run_while_the_target_verifies_the_step(random_models):
         proposed = [n for kind, n in events if kind == "propose"]
         asked = [n for kind, n in events if kind == "asked"]
         assert asked and set(asked) <= set(proposed)  # each ask on its step's context
+
+
+def test_a_model_drafters_step_counts_its_expected_tokens_a_text_only_ones_what_it_emitted():
+    """At T > 0 a model drafter's step counts Acceptance.expected_tokens (the mean over the
+    acceptance's draws: half the variance), in its rate and its long run; a text-only candidate's
+    real step counts the tokens it emitted, as its shadow steps do."""
+    from mlx_spec.drafters.base import StepContext
+    from mlx_spec.sampling import SamplingParams
+
+    rates = Rates()
+    auto = Auto({"m": Oracle([]), "t": TextOracle([])}, rates_for=lambda regime: rates)
+    now = [0.0]
+    ctx = StepContext(tokens=[0], max_drafts=8, sampling=SamplingParams(temperature=1.0),
+                      clock=lambda: now[0])
+    auto.begin(ctx.tokens)
+    counted = {}
+    for _ in range(8):
+        tree = auto.propose(ctx)
+        name = auto.current
+        before = rates.by_name[name].tokens if name in rates.by_name else 0.0
+        now[0] += 0.02
+        auto.observe(ctx, tree, Acceptance(path=[0], tokens=[0] * 3, expected=lambda: 2.25), None)
+        if rates.by_name[name].steps:  # (a request's first step is not timed)
+            counted.setdefault(name, rates.by_name[name].tokens - Rate.DECAY * before)
+    assert counted == {"m": pytest.approx(2.25), "t": pytest.approx(3.0)}
+    for counts in (rates.by_name["m"], rates.long["m"]):  # every step of m at 2.25
+        assert counts.tokens == pytest.approx(2.25 * counts.weight)
+    assert "t" not in rates.long
