@@ -11,9 +11,11 @@ from . import blas as _blas, gpu_env as _gpu_env  # noqa: E402
 _gpu_env.apply()  # before mlx's first GPU operation
 _blas.ensure()  # must run before the first `import mlx.core`
 if _blas.late:
+    import mlx.core as _mx  # (imported already: that is what `late` says)
     import warnings as _warnings
 
-    _warnings.warn(_blas.LATE, RuntimeWarning, stacklevel=2)
+    if _mx.default_device() == _mx.cpu:  # (a GPU's forward does not run on the BLAS)
+        _warnings.warn(_blas.LATE, RuntimeWarning, stacklevel=2)
 
 __version__ = "0.1.0"
 

@@ -62,10 +62,15 @@ def accept(tree: Tree, logits: mx.array, params: SamplingParams, key=None,
     rows = HostRows(logits, params) if rows_on_host() else None
     acceptance = _accept(tree, logits, params, key, seed, root_position, rows)
     if not params.greedy and len(tree) > 1:
-        def row(node: int) -> np.ndarray:  # the target's distribution after `node`
-            if rows is not None:
-                return rows.probs(node)
-            return np.array(probs(logits[node:node + 1], params)[0], dtype=np.float64)
+        if rows is not None:
+            row = rows.probs  # the target's distribution after a node, [V] float64
+        else:  # every row read at once when first asked (not a host sync per node)
+            read: list[np.ndarray] = []
+
+            def row(node: int) -> np.ndarray:
+                if not read:
+                    read.append(np.array(_host(probs(logits, params)), dtype=np.float64))
+                return read[0][node]
         acceptance.expected = lambda: _expected_tokens(tree, row)
     return acceptance
 
@@ -218,7 +223,9 @@ def _expected_tokens(tree: Tree, row: Callable[[int], np.ndarray]) -> float:
         if sampled:
             for i, child in enumerate(below):
                 x, q_child = tree.tokens[child], q[child].astype(np.float64)
-                accepted = min(1.0, residual[x] / q_child[x]) if q_child[x] > 0 else 0.0
+                # (a draft probability rounded to 0: both rules accept x wherever r(x) > 0)
+                accepted = (min(1.0, residual[x] / q_child[x]) if q_child[x] > 0
+                            else float(residual[x] > 0))
                 total += none * accepted * (1.0 + emitted[child])
                 none *= 1.0 - accepted
                 if i + 1 < len(below):  # (the residual only matters to a draw after this one)

@@ -19,6 +19,7 @@ scipy's openblas wheels cannot serve: their symbols are prefixed (scipy_cblas_sg
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import glob
 import hashlib
 import json
@@ -89,7 +90,8 @@ def ensure() -> str | None:
     if "mlx.core" in sys.modules:
         candidates = _candidates()
         loaded_path = _mapped(candidates)
-        late = loaded_path is None and bool(candidates)  # (MLXSPEC_BLAS=none: nothing lost)
+        late = loaded_path is None and _available(candidates)  # (where there is none, or
+        # MLXSPEC_BLAS=none: the import order lost nothing)
         return loaded_path
     wheels = _wheel_libraries()
     for path in _candidates(wheels):
@@ -99,6 +101,17 @@ def ensure() -> str | None:
             loaded_path = path
             break
     return loaded_path
+
+
+def _available(paths: list[str]) -> bool:
+    """Whether one of `paths` (files, or names the loader searches for) is on this system."""
+    for path in paths:
+        if os.path.isabs(path) or os.sep in path:
+            if os.path.exists(path):
+                return True
+        elif ctypes.util.find_library(path.split(".so")[0].removeprefix("lib")):
+            return True
+    return False
 
 
 def _mapped(paths: list[str]) -> str | None:

@@ -813,8 +813,10 @@ def _margin(challenger: Rate, leader: Rate) -> float:
 
 def _plain(real: Rate) -> bool:
     """Whether the real steps of a Pairing emitted about a token each (a mean of at most
-    1 + SWITCH_MARGIN): plain steps, or drafts that were not accepted. A pairing outlives a change
-    of leader between model drafters, and an idle leader's rate lags a chooser that wakes."""
+    1 + SWITCH_MARGIN): plain steps, or drafts that were not accepted (a model drafter's steps
+    count their expected tokens, so a draft with little chance counts a little above 1). A
+    pairing outlives a change of leader between model drafters, and an idle leader's rate lags a
+    chooser that wakes."""
     return real.tokens <= (1.0 + Auto.SWITCH_MARGIN) * real.weight
 
 

@@ -80,8 +80,25 @@ def test_mlx_imported_first_keeps_its_own_blas_and_says_so():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("True mlx bundled reference BLAS (slow: mlx was imported before")
     assert "RuntimeWarning: mlx was imported before mlx_spec" in out.stderr
-    first = subprocess.run([sys.executable, "-W", "error", "-c", script.replace(
+    first = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", script.replace(
         "import mlx.core, mlx_spec", "import mlx_spec, mlx.core")], capture_output=True,
         text=True, env=env, timeout=120)
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("False optimized: ")
+
+
+def test_where_no_optimized_blas_is_found_the_import_order_loses_nothing(tmp_path, monkeypatch):
+    """On a system without any of the libraries mlx_spec looks for, mlx imported first (as here,
+    in the test process) is not `late`: no warning, and describe() keeps its advice to install
+    one. With one of them present, it is."""
+    missing = [str(tmp_path / "libopenblas.so.0"), "libsurely-no-such-blas.so.0"]
+    monkeypatch.setattr(blas, "loaded_path", None)
+    monkeypatch.setattr(blas, "late", False)
+    monkeypatch.setattr(blas, "_candidates", lambda wheels=None: missing)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert blas.ensure() is None and blas.late is False
+    assert "install libopenblas0-pthread" in blas.describe()
+    present = tmp_path / "libopenblas.so.0"
+    present.write_bytes(b"")
+    assert blas.ensure() is None and blas.late is True
+    assert "imported before mlx_spec" in blas.describe()

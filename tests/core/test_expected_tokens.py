@@ -47,6 +47,17 @@ def test_a_second_draw_is_tested_against_the_residual(host):
         assert expected(tree, logits) == pytest.approx(2.0, abs=1e-5)
 
 
+@BOTH_ROW_PATHS
+def test_a_draft_probability_rounded_to_zero_is_accepted_as_the_rules_accept_it(host):
+    """q(x) = 0 for the drafted token (a float16 row that rounded a rare token away): both
+    acceptance rules accept x wherever p(x) > 0, so the step emits two tokens surely."""
+    tree = Tree.from_chain(2, [0], draft_probs=mx.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    logits = logits_of([[0.5, 0.5, 1e-30], [0.2, 0.3, 0.5]])
+    with rows_on(host):
+        acceptance = accept(tree, logits, T1, mx.random.key(3))
+        assert acceptance.tokens[0] == 0 and acceptance.expected_tokens() == pytest.approx(2.0)
+
+
 def random_sampled_tree(rng, vocab: int) -> Tree:
     """Three chains of three tokens each drawn from random distributions, so that they often
     share a prefix (merged nodes drawn more than once)."""
@@ -63,10 +74,11 @@ def random_sampled_tree(rng, vocab: int) -> Tree:
 def test_the_mean_over_draws_is_the_expected_count(host, kind):
     """4,000 acceptances of one tree with different keys: their mean len(tokens) is within four
     standard errors of expected_tokens, which is the same number for every key."""
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(5)  # (its sampled tree draws one root child twice)
     vocab = 5
     if kind == "sampled tree":
         tree = random_sampled_tree(rng, vocab)
+        assert any(len(d) != len(set(d)) for d in tree.draws)  # a node drawn more than once
     else:
         tree = Tree.from_branches(0, [[1, 2, 3], [1, 4], [2, 2], [3]])
     logits = mx.array((rng.normal(size=(len(tree), vocab)) * 1.2).astype(np.float32))
