@@ -179,14 +179,26 @@ class Checkpoint:
 
     @contextmanager
     def resume_hint(self):
-        """Ctrl-C inside: re-raised with one line telling where the run will resume from."""
+        """Ctrl-C inside: re-raised with one line telling where the run will resume from: the
+        checkpoint on disk, which a Ctrl-C inside a save may have completed (after the last
+        rename, before saved_step was set: the line said "before the first checkpoint" while
+        the same command resumed from step 25) or left to recover (_recover)."""
         try:
             yield
         except KeyboardInterrupt:
-            if self.saved_step is None:
+            step = self._step_on_disk()
+            if step is None:
                 raise KeyboardInterrupt("interrupted before the first checkpoint") from None
-            raise KeyboardInterrupt(f"interrupted; the same command resumes from step {self.saved_step} "
+            raise KeyboardInterrupt(f"interrupted; the same command resumes from step {step} "
                                     f"({self.folder})") from None
+
+    def _step_on_disk(self) -> int | None:
+        try:
+            if self.exists():
+                return int(json.loads((self.folder / "progress.json").read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return self.saved_step
 
 
 def learning_rate_schedule(options: TrainOptions):

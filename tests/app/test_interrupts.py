@@ -13,6 +13,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
+import pytest
 
 from mlx_spec.train.lm import Checkpoint
 from support.random_models import CORPUS
@@ -168,3 +169,26 @@ def test_save_interrupted_between_renames_still_resumes(tmp_path):
     again = Checkpoint(tmp_path / "run.ckpt")
     assert again.exists()
     assert again.load(model, optimizer)["step"] == 25
+
+
+def test_the_interrupt_line_names_the_checkpoint_on_disk(tmp_path):
+    """A Ctrl-C inside the first save, after its last rename and before the run noted the step,
+    left a whole checkpoint the same command resumes from: the line says so (it said "before
+    the first checkpoint": seen once in a clean clone's test run). A save stopped between its
+    renames leaves the previous checkpoint as .old, which is the one named. Nothing on disk:
+    before the first checkpoint."""
+    def line(folder):
+        with pytest.raises(KeyboardInterrupt) as raised:
+            with Checkpoint(folder).resume_hint():
+                raise KeyboardInterrupt
+        return str(raised.value)
+
+    done = tmp_path / "done.ckpt"
+    done.mkdir()
+    (done / "progress.json").write_text(json.dumps({"step": 25}))
+    assert line(done) == f"interrupted; the same command resumes from step 25 ({done})"
+    old = tmp_path / "half.ckpt.old"
+    old.mkdir()
+    (old / "progress.json").write_text(json.dumps({"step": 50}))
+    assert "resumes from step 50" in line(tmp_path / "half.ckpt")
+    assert line(tmp_path / "none.ckpt") == "interrupted before the first checkpoint"
