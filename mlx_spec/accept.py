@@ -153,10 +153,10 @@ def _accept_sampled_chain(tree: Tree, logits: mx.array, params: SamplingParams, 
 
 def _accept_sampled_tree(tree: Tree, logits: mx.array, params: SamplingParams, key,
                          rows: Optional[HostRows]) -> Acceptance:
-    """Only the rows the walk reads become probabilities: at each visited node its target row
-    and, in one conversion, the draft rows of the draws tested below it (a 16-node tree at T > 0
-    spent ~9 ms of a CPU step turning all 16 target rows of a 4,096-token vocabulary into
-    probabilities; one row ~0.6 ms). Two host reads per visited node instead of two per step.
+    """Only the target's rows the walk reads become probabilities, one per visited node (a
+    16-node tree at T > 0 spent ~9 ms of a CPU step turning all 16 target rows of a 4,096-token
+    vocabulary into probabilities; one row ~0.6 ms). The draft rows are read to the host once a
+    step (an MLX gather per visited node cost ~0.05 ms each on the CPU).
     `rows`: the target's rows on the host (sampling.rows_on_host), else None."""
     def p(node: int) -> np.ndarray:  # the target's distribution after `node`
         if rows is not None:
@@ -165,11 +165,12 @@ def _accept_sampled_tree(tree: Tree, logits: mx.array, params: SamplingParams, k
 
     rng = np.random.default_rng(mx.random.randint(0, 1 << 31, key=key).item())
     draws = tree.draws if tree.draws is not None else tree.children()
+    q = _host(tree.draft_probs)  # [n, V]: what each node's token was drawn from, read once
     node, path, tokens = 0, [0], []
     while True:
         residual, chosen = p(node), None
-        for child, q_child in zip(draws[node], _draft_rows(tree, draws[node])):
-            x = tree.tokens[child]
+        for child in draws[node]:
+            x, q_child = tree.tokens[child], q[child].astype(np.float64)
             if rng.random() * q_child[x] < residual[x]:  # probability min(1, r(x) / q(x))
                 chosen = child
                 break
@@ -180,12 +181,6 @@ def _accept_sampled_tree(tree: Tree, logits: mx.array, params: SamplingParams, k
         tokens.append(tree.tokens[chosen])
         path.append(chosen)
         node = chosen
-
-
-def _draft_rows(tree: Tree, children: list[int]) -> np.ndarray:
-    """[len(children), V] float64: the distribution each child's token was drawn from."""
-    rows = tree.draft_probs[mx.array(children)] if children else tree.draft_probs[:0]
-    return np.array(rows.astype(mx.float32), dtype=np.float64)
 
 
 def _host(array: mx.array) -> np.ndarray:
