@@ -29,7 +29,7 @@ The choice, in stages (_next):
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing; a tree the text is still
   following counts what it matched so far: _pairing; over PAIRED steps, or SETTLED where its
-  rate cannot beat a model drafter leader's long run: _paired_steps), not a rate from other
+  long run cannot beat a busy model drafter leader's: _paired_steps), not a rate from other
   text, by the same margin as any switch (by SWITCH_MARGIN alone where the model drafter
   leading sits at plain decoding: its steps are mostly plain, and the challenger drafts only
   where its chooser expects a gain); so a model drafter leads first where there is one (at a
@@ -203,11 +203,13 @@ class Rate:
 
 
 class LongRate(Rate):
-    """A model drafter's steps over the long run: about its last 50, whatever the text, never
-    faded. Model drafters keep their order over texts far more than their windowed rates show,
-    while ~14-step windows of steps that emit 1 to 10 tokens put a clearly slower one within
-    noise of the faster, or ahead, in many of its trials. Auto._clearly_slower reads it. (Longer
-    memories replay the recorded benches alike but follow a real change of order more slowly.)"""
+    """A candidate's steps over the long run: about its last 50, whatever the text, never faded.
+    Model drafters keep their order over texts far more than their windowed rates show, while
+    ~14-step windows of steps that emit 1 to 10 tokens put a clearly slower one within noise of
+    the faster, or ahead, in many of its trials. Auto._clearly_slower reads it. (Longer memories
+    replay the recorded benches alike but follow a real change of order more slowly.) A
+    text-only candidate's (its scored shadow steps and its own) says whether it compares with a
+    model drafter on average, or only on the bursts of a predictable passage (Auto._paired_steps)."""
     DECAY = 0.98
     KNOWN = 48
 
@@ -276,6 +278,7 @@ class Rates:
     paired: dict = field(default_factory=dict)     # text-only candidate -> its Pairing
     leader: Optional[str] = None                   # the candidate proposing outside trials
     long: dict = field(default_factory=dict)       # model drafter -> its LongRate
+    text_long: dict = field(default_factory=dict)  # text-only candidate -> its LongRate
 
     def save(self, file: Path, unit: float, about: Optional[dict] = None) -> None:
         """Write the candidates' rates and the leader (not the calibrations or pairings: a few
@@ -285,7 +288,8 @@ class Rates:
         next process its first trials."""
         data = {"leader": self.leader, "about": about or {},
                 "rates": {name: rate.to_dict(unit) for name, rate in self.by_name.items()},
-                "long": {name: rate.to_dict(unit) for name, rate in self.long.items()}}
+                "long": {name: rate.to_dict(unit) for name, rate in self.long.items()},
+                "text_long": {name: rate.to_dict(unit) for name, rate in self.text_long.items()}}
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # (a server's
@@ -303,22 +307,24 @@ class Rates:
         try:
             data = json.loads(file.read_text())
             by_name = {name: Rate.from_dict(rate, unit) for name, rate in data["rates"].items()}
-            long = {name: LongRate.from_dict(rate, unit)
-                    for name, rate in (data.get("long") or {}).items()}
+            long, text_long = ({name: LongRate.from_dict(rate, unit)
+                                for name, rate in (data.get(key) or {}).items()}
+                               for key in ("long", "text_long"))
             leader = data["leader"] if data["leader"] in by_name else None
             about = dict(data.get("about") or {})
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return cls(), {}
-        return cls(by_name=by_name, leader=leader, long=long), about
+        return cls(by_name=by_name, leader=leader, long=long, text_long=text_long), about
 
     @classmethod
     def load(cls, file: Path, unit: float, names) -> "Rates":
         """What an earlier process saved for these candidates (`names`), else nothing known."""
         saved, _ = cls.read(file, unit)
         by_name = {name: rate for name, rate in saved.by_name.items() if name in names}
-        long = {name: rate for name, rate in saved.long.items() if name in names}
+        long, text_long = ({name: rate for name, rate in kept.items() if name in names}
+                           for kept in (saved.long, saved.text_long))
         return cls(by_name=by_name, leader=saved.leader if saved.leader in by_name else None,
-                   long=long)
+                   long=long, text_long=text_long)
 
     def scale(self, name: str) -> float:
         """How a shadow step of `name` scales: by its own real steps once there are a few (a
@@ -458,15 +464,20 @@ class Auto(Drafter):
 
     def _shadow_steps(self, ctx: StepContext) -> None:
         """Ask every text-only candidate that is not proposing for the tree it would send (one
-        measured over SETTLED steps that trails the best only every SHADOW_EVERY steps: an
-        answer costs a few percent of a step, and a sample of the steps rates it as well, only
-        over a longer window); score the trees the text has decided since."""
+        measured over SETTLED steps that trails the best only every SHADOW_EVERY steps, once
+        paired on the steps it needs to lead or while the leader outruns it (_outrun): an answer
+        costs a few percent of a step (on a CPU, where the forward holds the cores, it lengthens
+        the verify: `lookahead`'s 0.42 ms on 33 ms embedded steps), and a sample of the steps
+        rates it as well, only over a longer window; a window that rises past the best's is
+        asked every step again); score the trees the text has decided since."""
         leader = self._rate(self._best()).per_second
         for name in self.shadowed:
             ledger = self._shadows[name]
             rate = self.rates.by_name.setdefault(name, Rate())
+            long = self.rates.text_long.setdefault(name, LongRate())
             for matched, seconds, real in ledger.settle(ctx.tokens):
                 rate.add(1 + matched, seconds)
+                long.add(1 + matched, seconds)
                 if real:  # the real step taken where this tree was asked for
                     self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
                                                                       *real)
@@ -474,8 +485,9 @@ class Auto(Drafter):
             if name == self.current:
                 continue
             paired = self.rates.paired.get(name)
-            if (rate.steps >= self.SETTLED and rate.per_second < leader and paired is not None
-                    and paired.steps >= self._paired_steps(name, self.rates.leader)
+            if (rate.steps >= self.SETTLED and rate.per_second < leader
+                    and (self._outrun(name, self.rates.leader)
+                         or (paired is not None and paired.steps >= self.PAIRED))
                     and self.rates.step % self.SHADOW_EVERY):
                 continue
             t0 = time.perf_counter()
@@ -518,8 +530,8 @@ class Auto(Drafter):
             tokens = acceptance.expected_tokens() if model else len(acceptance.tokens)
             step = (tokens, self._capped(now - since, besides, modelled))
             rate.add(*step, sent=len(tree) > 1)
-            if model:
-                self.rates.long.setdefault(name, LongRate()).add(*step)
+            (self.rates.long if model else self.rates.text_long).setdefault(
+                name, LongRate()).add(*step)
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
                 for real in asked:
                     real.extend(step)
@@ -733,23 +745,31 @@ class Auto(Drafter):
 
     def _paired_steps(self, name: str, leader: Optional[str]) -> int:
         """How many paired steps text-only `name` needs before it may take `leader`'s lead (and
-        is asked every step until then: _shadow_steps): PAIRED, or SETTLED where its windowed
-        rate (its last ~14 scored shadow trees, and real steps where it led; at a request's
-        start mostly earlier text) cannot beat the leader's long run (a busy model drafter's
-        LongRate, once SETTLED steps long; may_beat). Four paired steps at T > 0 are as bursty
-        as the leader's steps beside them: on the embedded target at T = 0.7, `lookahead` (about
-        half `redrafter`'s rate over the long run) took its lead on four steps at 1.53x of an
-        unlucky opening (1, 1, 3, 1, 1 tokens), and a lead so taken ran at half the speed until
-        a trial won it back. Where the two compare on average (SmolLM2), where the challenger
-        copies a text at several tokens a step (its rate then rises past the long run), and
-        beside an idle leader's plain steps (Rate.idle: its long run may be older text), four
-        are enough. (Not the pairing's own shadow rate: over four steps it carries their luck and
-        a wide error, and would let the case above through.)"""
+        is asked every step until then, unless the leader outruns it: _shadow_steps): SETTLED
+        where the leader outruns it (_outrun), else PAIRED. Four paired steps at T > 0 are as
+        bursty as the leader's steps beside them: on the embedded target at T = 0.7, `lookahead`
+        (about half `redrafter`'s rate over the long run) took its lead on four steps at 1.53x
+        of an unlucky opening (1, 1, 3, 1, 1 tokens), and on six steps at 2.9x in a predictable
+        stretch where `redrafter` emitted 8, 7 and 8 tokens a step too; a lead so taken ran at
+        half the speed (1 to 2 tokens a step) until a trial won it back. Where the two compare on
+        average (SmolLM2) and beside an idle leader's plain steps (Rate.idle: its long run may
+        be older text), four are enough. (Not the pairing's own shadow rate: over four steps it
+        carries their luck and a wide error, and would let the cases above through.)"""
+        return self.SETTLED if self._outrun(name, leader) else self.PAIRED
+
+    def _outrun(self, name: str, leader: Optional[str]) -> bool:
+        """Whether `leader`, a busy model drafter, runs beyond text-only `name`'s reach over the
+        long run: `name`'s long run (LongRate of its scored shadow steps and its own; its
+        windowed rate while that is shorter than SETTLED steps) cannot beat the leader's
+        (may_beat). Its windowed rate is not the test once the long run is known: a burst of
+        predictable text lifts it past the leader's long run for a few steps, which is when a
+        pairing of four steps shows it ahead."""
         long = self.rates.long.get(leader)
-        if (long is None or long.steps < self.SETTLED or self._rate(leader).idle
-                or may_beat(self._rate(name), long)):
-            return self.PAIRED
-        return self.SETTLED
+        if long is None or long.steps < self.SETTLED or self._rate(leader).idle:
+            return False
+        own = self.rates.text_long.get(name)
+        challenger = own if own is not None and own.steps >= self.SETTLED else self._rate(name)
+        return not may_beat(challenger, long)
 
     def _pairing(self, name: str) -> Optional[Pairing]:
         """Text-only `name`'s Pairing on this text, counting too its shadow trees that the text

@@ -572,7 +572,8 @@ class Counting(TextOracle):
 
 def test_a_text_only_candidate_far_behind_is_asked_only_every_few_steps(random_models):
     """Asked every step until its shadow steps have measured it on this request's text (SETTLED
-    of them: a text-only rate starts afresh with each request), then every SHADOW_EVERY-th."""
+    of them: a text-only rate starts afresh with each request), then every SHADOW_EVERY-th; from
+    the first step where the leader outruns it over the long run."""
     from mlx_spec.drafters.autoregressive import Autoregressive
     from mlx_spec.engine import Limits
     from mlx_spec.sampling import SamplingParams
@@ -599,6 +600,19 @@ def test_a_text_only_candidate_far_behind_is_asked_only_every_few_steps(random_m
     assert memory.by_name["behind"].steps >= Auto.SETTLED  # measured on this text
     settled = Auto.SETTLED + 1  # (its first tree is scored at the step after it is asked)
     assert behind.asked <= settled + (steps - settled) // Auto.SHADOW_EVERY + 1
+
+    # where the leader's long run outruns the candidate's (Auto._outrun: both LongRates known),
+    # the pairing is not waited for: every SHADOW_EVERY-th step from the first
+    behind = Counting([wrong] * 1000)
+    memory = Rates(by_name={"oracle": rate(4000.0, 1.0, 40), "behind": rate(100.0, 1.0, 40)},
+                   long={"oracle": long_rate(5.0)}, text_long={"behind": long_rate(1.0)})
+    auto = Auto({"oracle": Oracle(prompt + expected), "behind": behind}, lambda regime: memory,
+                cost)
+    assert decode(auto) == expected
+    steps = auto.steps_by_method["oracle"]
+    assert auto.steps_by_method.keys() == {"oracle"} and steps > 2 * Auto.SETTLED
+    assert behind.asked <= steps // Auto.SHADOW_EVERY + 2
+    assert memory.text_long["behind"].steps > 40  # its scored shadow steps feed its long run
 
 
 def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
@@ -791,13 +805,14 @@ def test_saved_rates_are_read_in_units_of_the_target_step():
     long = LongRate()
     for i in range(30):
         long.add(4 + (-1) ** i, 0.05)
-    planted = Rates(by_name={"a": rate(100.0, 1.0, 20, spread=0.3)}, leader="a", long={"a": long})
+    planted = Rates(by_name={"a": rate(100.0, 1.0, 20, spread=0.3)}, leader="a", long={"a": long},
+                    text_long={"t": long_rate(2.0), "u": long_rate(1.0)})
     with tempfile.TemporaryDirectory() as folder:
         file = Path(folder) / "rates.json"
         planted.save(file, unit=0.01)
         assert json.loads(file.read_text())["rates"]["a"]["seconds"] == pytest.approx(
             planted.by_name["a"].seconds / 0.01)
-        slower = Rates.load(file, unit=0.02, names=("a", "b"))
+        slower = Rates.load(file, unit=0.02, names=("a", "b", "t"))
         assert Rates.load(file, unit=0.01, names=("b",)).by_name == {}
     assert slower.leader == "a"
     assert slower.by_name["a"].per_second == pytest.approx(planted.by_name["a"].per_second / 2)
@@ -805,6 +820,8 @@ def test_saved_rates_are_read_in_units_of_the_target_step():
     assert type(slower.long["a"]) is LongRate  # (its own decay and error)
     assert slower.long["a"].raw == pytest.approx(long.raw / 2)
     assert slower.long["a"].error() == pytest.approx(long.error())
+    assert slower.text_long.keys() == {"t"} and type(slower.text_long["t"]) is LongRate
+    assert slower.text_long["t"].raw == pytest.approx(planted.text_long["t"].raw / 2)
 
 
 def test_a_model_drafter_clearly_slower_over_the_long_run_neither_leads_nor_waits_less():
@@ -898,7 +915,8 @@ def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_pa
     steps, `t` does not lead (four steps at T > 0 are an opening's luck), over SETTLED steps it
     does. Where its rate may beat `m`'s long run (a text it copies), where `m`'s long run is not
     yet SETTLED steps long or there is none, and where `m` sits idle at plain decoding (its long
-    run is older text), PAIRED steps are enough."""
+    run is older text), PAIRED steps are enough. Once `t`'s own long run (its scored shadow
+    steps and its own, LongRate) is SETTLED steps long, it decides in place of its window."""
     from mlx_spec.drafters.auto import Pairing
 
     def ahead(steps):
@@ -910,19 +928,30 @@ def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_pa
     short = LongRate()
     for _ in range(Auto.SETTLED - 1):
         short.add(4.0, 0.02)
-    for t_tokens, long, m_idle, steps, expected in (
-            (30.0, long_rate(4.0), False, Auto.PAIRED, "m"),
-            (30.0, long_rate(4.0), False, Auto.SETTLED, "t"),
-            (200.0, long_rate(4.0), False, Auto.PAIRED, "t"),
-            (30.0, short, False, Auto.PAIRED, "t"),
-            (30.0, None, False, Auto.PAIRED, "t"),
-            (30.0, long_rate(4.0), True, Auto.PAIRED, "t")):
+    t_short = LongRate()
+    for _ in range(Auto.SETTLED - 1):
+        t_short.add(1.0, 0.02)
+    for t_tokens, t_long, long, m_idle, steps, expected in (
+            (30.0, None, long_rate(4.0), False, Auto.PAIRED, "m"),
+            (30.0, None, long_rate(4.0), False, Auto.SETTLED, "t"),
+            (200.0, None, long_rate(4.0), False, Auto.PAIRED, "t"),
+            (200.0, t_short, long_rate(4.0), False, Auto.PAIRED, "t"),
+            (30.0, None, short, False, Auto.PAIRED, "t"),
+            (30.0, None, None, False, Auto.PAIRED, "t"),
+            (30.0, None, long_rate(4.0), True, Auto.PAIRED, "t"),
+            # its long run (SETTLED steps or more) decides, not its window: a window lifted by
+            # a predictable passage is a burst where `t` runs at a quarter of `m` on average
+            (200.0, long_rate(1.0), long_rate(4.0), False, Auto.PAIRED, "m"),
+            (200.0, long_rate(1.0), long_rate(4.0), False, Auto.SETTLED, "t"),
+            (30.0, long_rate(3.6), long_rate(4.0), False, Auto.PAIRED, "t"),
+            (30.0, long_rate(1.0), long_rate(4.0), True, Auto.PAIRED, "t")):
         auto = Auto({"m": Oracle([]), "t": TextOracle([])},
                     cost=CostModel((1, 2), (0.01, 0.012), 128))
         m = rate(50.0, 1.0, 40)
         auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(t_tokens, 1.0, 40)},
                            paired={"t": ahead(steps)}, leader="m", step=50,
-                           long={"m": long} if long is not None else {})
+                           long={"m": long} if long is not None else {},
+                           text_long={"t": t_long} if t_long is not None else {})
         assert auto._hold("t") == expected
 
 
@@ -1133,4 +1162,5 @@ def test_a_model_drafters_step_counts_its_expected_tokens_a_text_only_ones_what_
     assert counted == {"m": pytest.approx(2.25), "t": pytest.approx(3.0)}
     for counts in (rates.by_name["m"], rates.long["m"]):  # every step of m at 2.25
         assert counts.tokens == pytest.approx(2.25 * counts.weight)
-    assert "t" not in rates.long
+    assert "t" not in rates.long and rates.text_long["t"].tokens == pytest.approx(
+        3.0 * rates.text_long["t"].weight)
