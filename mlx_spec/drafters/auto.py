@@ -29,7 +29,8 @@ The choice, in stages (_next):
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing; a tree the text is still
   following counts what it matched so far: _pairing; over PAIRED steps, or SETTLED where its
-  long run cannot beat a busy model drafter leader's: _paired_steps), not a rate from other
+  long run (its window until that is SETTLED steps long) cannot beat a busy model drafter
+  leader's: _paired_steps), not a rate from other
   text, by the same margin as any switch (by SWITCH_MARGIN alone where the model drafter
   leading sits at plain decoding: its steps are mostly plain, and the challenger drafts only
   where its chooser expects a gain); so a model drafter leads first where there is one (at a
@@ -206,10 +207,12 @@ class LongRate(Rate):
     """A candidate's steps over the long run: about its last 50, whatever the text, never faded.
     Model drafters keep their order over texts far more than their windowed rates show, while
     ~14-step windows of steps that emit 1 to 10 tokens put a clearly slower one within noise of
-    the faster, or ahead, in many of its trials. Auto._clearly_slower reads it. (Longer memories
-    replay the recorded benches alike but follow a real change of order more slowly.) A
-    text-only candidate's (its scored shadow steps and its own) says whether it compares with a
-    model drafter on average, or only on the bursts of a predictable passage (Auto._paired_steps)."""
+    the faster, or ahead, in many of its trials (Auto._clearly_slower, _worth_a_trial and
+    _steadiest read a model drafter's). (Longer memories replay the recorded benches alike but
+    follow a real change of order more slowly.) A text-only candidate's (its scored shadow steps
+    and its own) says whether it compares with a model drafter on average, or only on the bursts
+    of a predictable passage (Auto._outrun). Like its window, it leans high: a shadow ask that
+    finds no draft is not scored, and asks come every step while its window passes the best."""
     DECAY = 0.98
     KNOWN = 48
 
@@ -465,7 +468,7 @@ class Auto(Drafter):
     def _shadow_steps(self, ctx: StepContext) -> None:
         """Ask every text-only candidate that is not proposing for the tree it would send (one
         measured over SETTLED steps that trails the best only every SHADOW_EVERY steps, once
-        paired on the steps it needs to lead or while the leader outruns it (_outrun): an answer
+        paired on PAIRED steps or while the leader outruns it (_outrun): an answer
         costs a few percent of a step (on a CPU, where the forward holds the cores, it lengthens
         the verify: `lookahead`'s 0.42 ms on 33 ms embedded steps), and a sample of the steps
         rates it as well, only over a longer window; a window that rises past the best's is

@@ -571,9 +571,10 @@ class Counting(TextOracle):
 
 
 def test_a_text_only_candidate_far_behind_is_asked_only_every_few_steps(random_models):
-    """Asked every step until its shadow steps have measured it on this request's text (SETTLED
-    of them: a text-only rate starts afresh with each request), then every SHADOW_EVERY-th; from
-    the first step where the leader outruns it over the long run."""
+    """A text-only candidate settled far behind the leader is asked every step until it is
+    paired on PAIRED steps of this request's text (its pairing starts afresh with each request),
+    then every SHADOW_EVERY-th; from the first step where the leader outruns it over the long run
+    (Auto._outrun)."""
     from mlx_spec.drafters.autoregressive import Autoregressive
     from mlx_spec.engine import Limits
     from mlx_spec.sampling import SamplingParams
@@ -597,9 +598,9 @@ def test_a_text_only_candidate_far_behind_is_asked_only_every_few_steps(random_m
     assert decode(auto) == expected
     steps = auto.steps_by_method["oracle"]
     assert auto.steps_by_method.keys() == {"oracle"} and steps > 2 * Auto.SETTLED
-    assert memory.by_name["behind"].steps >= Auto.SETTLED  # measured on this text
-    settled = Auto.SETTLED + 1  # (its first tree is scored at the step after it is asked)
-    assert behind.asked <= settled + (steps - settled) // Auto.SHADOW_EVERY + 1
+    assert memory.paired["behind"].steps >= Auto.PAIRED  # measured on this text
+    paired = Auto.PAIRED + 1  # (its first tree is scored at the step after it is asked)
+    assert behind.asked <= paired + (steps - paired) // Auto.SHADOW_EVERY + 1
 
     # where the leader's long run outruns the candidate's (Auto._outrun: both LongRates known),
     # the pairing is not waited for: every SHADOW_EVERY-th step from the first
@@ -822,6 +823,16 @@ def test_saved_rates_are_read_in_units_of_the_target_step():
     assert slower.long["a"].error() == pytest.approx(long.error())
     assert slower.text_long.keys() == {"t"} and type(slower.text_long["t"]) is LongRate
     assert slower.text_long["t"].raw == pytest.approx(planted.text_long["t"].raw / 2)
+
+    with tempfile.TemporaryDirectory() as folder:  # a file written before text_long was kept
+        file = Path(folder) / "rates.json"
+        planted.save(file, unit=0.01)
+        data = json.loads(file.read_text())
+        del data["text_long"]
+        file.write_text(json.dumps(data))
+        older = Rates.load(file, unit=0.01, names=("a", "t"))
+    assert older.text_long == {} and older.long["a"].raw == pytest.approx(long.raw)
+    assert older.leader == "a"
 
 
 def test_a_model_drafter_clearly_slower_over_the_long_run_neither_leads_nor_waits_less():
