@@ -927,7 +927,8 @@ def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_pa
     does. Where its rate may beat `m`'s long run (a text it copies), where `m`'s long run is not
     yet SETTLED steps long or there is none, and where `m` sits idle at plain decoding (its long
     run is older text), PAIRED steps are enough. Once `t`'s own long run (its scored shadow
-    steps and its own, LongRate) is SETTLED steps long, it decides in place of its window."""
+    steps and its own, LongRate) is SETTLED steps long, it decides in place of its window, and
+    below `m`'s at all, within the noise too, it needs SETTLED."""
     from mlx_spec.drafters.auto import Pairing
 
     def ahead(steps):
@@ -954,7 +955,8 @@ def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_pa
             # a predictable passage is a burst where `t` runs at a quarter of `m` on average
             (200.0, long_rate(1.0), long_rate(4.0), False, Auto.PAIRED, "m"),
             (200.0, long_rate(1.0), long_rate(4.0), False, Auto.SETTLED, "t"),
-            (30.0, long_rate(3.6), long_rate(4.0), False, Auto.PAIRED, "t"),
+            (30.0, long_rate(4.2), long_rate(4.0), False, Auto.PAIRED, "t"),
+            (200.0, long_rate(3.8), long_rate(4.0), False, Auto.PAIRED, "m"),  # (within noise)
             (30.0, long_rate(1.0), long_rate(4.0), True, Auto.PAIRED, "t")):
         auto = Auto({"m": Oracle([]), "t": TextOracle([])},
                     cost=CostModel((1, 2), (0.01, 0.012), 128))
