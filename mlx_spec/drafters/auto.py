@@ -468,11 +468,11 @@ class Auto(Drafter):
     def _shadow_steps(self, ctx: StepContext) -> None:
         """Ask every text-only candidate that is not proposing for the tree it would send (one
         measured over SETTLED steps that trails the best only every SHADOW_EVERY steps, once
-        paired on PAIRED steps or while the leader outruns it (_outrun): an answer
-        costs a few percent of a step (on a CPU, where the forward holds the cores, it lengthens
-        the verify: `lookahead`'s 0.42 ms on 33 ms embedded steps), and a sample of the steps
-        rates it as well, only over a longer window; a window that rises past the best's is
-        asked every step again); score the trees the text has decided since."""
+        paired on PAIRED steps or while the leader outruns it (_outrun): an answer costs a few
+        percent of a step (on a CPU, where the forward holds the cores, it lengthens the verify:
+        `lookahead`'s 0.42 ms on 33 ms embedded steps), and a sample of the steps rates it as
+        well, only over a longer window; a window that rises past the best's is asked every step
+        again); score the trees the text has decided since."""
         leader = self._rate(self._best()).per_second
         for name in self.shadowed:
             ledger = self._shadows[name]
@@ -757,8 +757,8 @@ class Auto(Drafter):
         half the speed (1 to 2 tokens a step) until a trial won it back; greedy too, on bursts
         of a repeated phrase (_outrun). Where the challenger is ahead on average (SmolLM2, where
         `redrafter` gains little) and beside an idle leader's plain steps (Rate.idle: its long
-        run may be older text), four are enough. (Not the pairing's own shadow rate: over four steps it
-        carries their luck and a wide error, and would let the cases above through.)"""
+        run may be older text), four are enough. (Not the pairing's own shadow rate: over four
+        steps it carries their luck and a wide error, and would let the cases above through.)"""
         return self.SETTLED if self._outrun(name, leader) else self.PAIRED
 
     def _outrun(self, name: str, leader: Optional[str]) -> bool:
