@@ -173,9 +173,12 @@ class Checkpoint:
 
         model.load_weights(str(self.folder / "weights.safetensors"))
         optimizer.state = tree_unflatten(list(mx.load(str(self.folder / "optimizer.safetensors")).items()))
-        progress = json.loads((self.folder / "progress.json").read_text())
+        progress = self._progress()
         self.saved_step = progress["step"]
         return progress
+
+    def _progress(self) -> dict:
+        return json.loads((self.folder / "progress.json").read_text())
 
     @contextmanager
     def resume_hint(self):
@@ -195,7 +198,7 @@ class Checkpoint:
     def _step_on_disk(self) -> int | None:
         try:
             if self.exists():
-                return int(json.loads((self.folder / "progress.json").read_text())["step"])
+                return int(self._progress()["step"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
         return self.saved_step
