@@ -28,15 +28,16 @@ The choice, in stages (_next):
   (mlx_spec/cost.py), scaled by how the real steps compare with the model on this machine now,
   plus the candidate's own answer time. Such a challenger takes the lead only where its shadow
   steps beat the real steps taken at the same places (Pairing; a tree the text is still
-  following counts what it matched so far: _pairing; over PAIRED steps, or SETTLED where its
-  long run (its window until that is SETTLED steps long) is below a busy model drafter
-  leader's: _paired_steps), not a rate from other
-  text, by the same margin as any switch (by SWITCH_MARGIN alone where the model drafter
-  leading sits at plain decoding: its steps are mostly plain, and the challenger drafts only
-  where its chooser expects a gain); so a model drafter leads first where there is one (at a
-  cold start and at each new request), until a text-only candidate is paired ahead. The asks
-  run while the target verifies the step's tree (while_verifying): on a GPU the host is idle
-  until the step's sync.
+  following counts what it matched so far: _pairing), not a rate from other text, by the same
+  margin as any switch (by SWITCH_MARGIN alone where the model drafter leading sits at plain
+  decoding: its steps are mostly plain, and the challenger drafts only where its chooser
+  expects a gain); so a model drafter leads first where there is one (at a cold start and at
+  each new request), until a text-only candidate is paired ahead. Paired on its drafts over
+  PAIRED steps; where its long run is below a busy model drafter leader's, on its asks that
+  found no draft too, counted as the plain steps they would have been, over SETTLED steps
+  (_judged_pairing). A text-only leader that finds no draft at a step hands that step to the
+  best model drafter (_fall_back): it leads where it drafts. The asks run while the target
+  verifies the step's tree (while_verifying): on a GPU the host is idle until the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
   candidate loses (where the loser is a model drafter whose chooser sits at plain decoding, a
   text-only candidate takes its lead instead: switch_instead).
@@ -209,10 +210,11 @@ class LongRate(Rate):
     ~14-step windows of steps that emit 1 to 10 tokens put a clearly slower one within noise of
     the faster, or ahead, in many of its trials (Auto._clearly_slower, _worth_a_trial and
     _steadiest read a model drafter's). (Longer memories replay the recorded benches alike but
-    follow a real change of order more slowly.) A text-only candidate's (its scored shadow steps
-    and its own) says whether it compares with a model drafter on average, or only on the bursts
-    of a predictable passage (Auto._outrun). Like its window, it leans high: a shadow ask that
-    finds no draft is not scored, and asks come every step while its window passes the best."""
+    follow a real change of order more slowly.) A text-only candidate's (its scored shadow steps,
+    its asks that found no draft as one-token steps, and its own steps) says whether it compares
+    with a model drafter on average, or only on the bursts of a predictable passage
+    (Auto._outrun). It still leans high where asks come every step while its window passes the
+    best (a burst), and every SHADOW_EVERY-th step elsewhere."""
     DECAY = 0.98
     KNOWN = 48
 
@@ -279,6 +281,8 @@ class Rates:
     real: Calibration = field(default_factory=Calibration)   # every real step
     own: dict = field(default_factory=dict)        # text-only candidate -> its real steps
     paired: dict = field(default_factory=dict)     # text-only candidate -> its Pairing
+    paired_all: dict = field(default_factory=dict)  # the same counting its asks that found no
+    # draft too, each as the plain step it would have taken (Auto._judged_pairing)
     leader: Optional[str] = None                   # the candidate proposing outside trials
     long: dict = field(default_factory=dict)       # model drafter -> its LongRate
     text_long: dict = field(default_factory=dict)  # text-only candidate -> its LongRate
@@ -372,10 +376,14 @@ class Auto(Drafter):
         # asks (made while the verify ran too: where they did not overlap it, on a CPU whose cores
         # the forward holds, they lengthened the wait)
         self._asked: list[list] = []  # this step's shadow entries, waiting for its real outcome
+        self._missed: dict[str, list] = {}  # text-only candidate -> its asks that found no draft
+        # since its last _shadow_steps, as (seconds, the real step)
         self._following: dict[str, list] = {}  # text-only candidate -> its open shadow trees the
         # text follows, as (tokens matched so far + 1, seconds, the real step): see _pairing
         self.rates: Optional[Rates] = None       # this request's regime (set at its first step)
-        self.current: str = next(iter(self.candidates))
+        self.current: str = next(iter(self.candidates))  # the leader, or a trial's candidate
+        self.proposer: str = self.current  # who proposed the step in flight (_fall_back)
+        self._outcome: Optional[tuple] = None  # the last step's (ctx, acceptance, out)
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
         self._trial: Optional[tuple[str, int]] = None   # (candidate, steps left)
         self._trial_steps = 0  # the running (or last) trial's steps, extensions included
@@ -404,11 +412,11 @@ class Auto(Drafter):
     def begin(self, prompt_tokens: list[int]) -> None:
         for drafter in self.candidates.values():
             drafter.begin(prompt_tokens)
-        self.rates, self._trial, self._last_observe = None, None, None
+        self.rates, self._trial, self._last_observe, self._outcome = None, None, None, None
         self.steps_by_method = {}
         for ledger in self._shadows.values():
             ledger.clear()
-        self._following = {}
+        self._following, self._missed = {}, {}
 
     def propose(self, ctx: StepContext):
         if self.rates is None:
@@ -427,7 +435,10 @@ class Auto(Drafter):
         self._drafted = ctx.max_drafts >= 1
         self._in_trial = self._trial is not None
         t0 = time.perf_counter()
+        self.proposer = self.current
         tree = self.candidates[self.current].propose(ctx)
+        if len(tree) == 1 and self._drafted:
+            tree = self._fall_back(ctx, tree)
         if not self.overlap:
             self._shadows_of_step(ctx)
         self._besides_s += time.perf_counter() - t0
@@ -435,7 +446,7 @@ class Auto(Drafter):
 
     def while_verifying(self, ctx: StepContext) -> None:
         t0 = time.perf_counter()
-        self.candidates[self.current].while_verifying(ctx)  # the tree in flight is its
+        self.candidates[self.proposer].while_verifying(ctx)  # the tree in flight is its
         if self.overlap:
             self._shadows_of_step(ctx)
         self._besides_s += time.perf_counter() - t0
@@ -458,6 +469,7 @@ class Auto(Drafter):
         text."""
         for name in self.shadowed:
             self.rates.paired.pop(name, None)
+            self.rates.paired_all.pop(name, None)
         if self.rates.leader in self.shadowed and self.trialled:
             self.rates.leader = self._steadiest(self.trialled)
 
@@ -472,7 +484,8 @@ class Auto(Drafter):
         percent of a step (on a CPU, where the forward holds the cores, it lengthens the verify:
         `lookahead`'s 0.42 ms on 33 ms embedded steps), and a sample of the steps rates it as
         well, only over a longer window; a window that rises past the best's is asked every step
-        again); score the trees the text has decided since."""
+        again); score the trees the text has decided since, and the asks that found no draft as
+        the plain steps they would have been (its long run, Rates.paired_all)."""
         leader = self._rate(self._best()).per_second
         for name in self.shadowed:
             ledger = self._shadows[name]
@@ -482,8 +495,12 @@ class Auto(Drafter):
                 rate.add(1 + matched, seconds)
                 long.add(1 + matched, seconds)
                 if real:  # the real step taken where this tree was asked for
-                    self.rates.paired.setdefault(name, Pairing()).add(1 + matched, seconds,
-                                                                      *real)
+                    for pairings in (self.rates.paired, self.rates.paired_all):
+                        pairings.setdefault(name, Pairing()).add(1 + matched, seconds, *real)
+            for seconds, real in self._missed.pop(name, ()):  # asks that found no draft
+                long.add(1, seconds)
+                if real:
+                    self.rates.paired_all.setdefault(name, Pairing()).add(1, seconds, *real)
             self._following[name] = ledger.so_far
             if name == self.current:
                 continue
@@ -496,18 +513,21 @@ class Auto(Drafter):
             t0 = time.perf_counter()
             tree = self.candidates[name].propose(ctx)
             answer_s = time.perf_counter() - t0
+            real = []  # filled by observe() with this step's real tokens and seconds
+            seconds = (self.rates.scale(name)
+                       * self.cost.step_seconds(len(tree), not tree.is_chain) + answer_s)
             if len(tree) > 1:
-                seconds = (self.rates.scale(name)
-                           * self.cost.step_seconds(len(tree), not tree.is_chain) + answer_s)
-                real = []  # filled by observe() with this step's real tokens and seconds
                 ledger.add(len(ctx.tokens), (_branches(tree), seconds, real))
-                self._asked.append(real)
+            else:  # the plain step it would have taken: one token (scored at the next step)
+                self._missed.setdefault(name, []).append((seconds, real))
+            self._asked.append(real)
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         now = ctx.clock()  # the decoder's own time: not what its consumer did between steps
         since, self._last_observe = self._last_observe, now
         besides, self._besides_s = self._besides_s, 0.0
-        name = self.current  # who proposed this step's tree
+        name = self.proposer  # who proposed this step's tree
+        self._outcome = None  # (prepare sets this step's where the next step may draft)
         self.candidates[name].observe(ctx, tree, acceptance, out)
         asked, self._asked = self._asked, []  # paired below with a drafting step's outcome only
         if not self._drafted:
@@ -560,7 +580,32 @@ class Auto(Drafter):
     def prepare(self, ctx, acceptance, out) -> None:
         t0 = time.perf_counter()
         self.candidates[self.current].prepare(ctx, acceptance, out)
+        self._outcome = (ctx, acceptance, out)  # (for a fallback's prepare: _fall_back)
         self._besides_s += time.perf_counter() - t0  # part of the next step (observe to observe)
+
+    def _fall_back(self, ctx: StepContext, empty: Tree) -> Tree:
+        """The step's tree where the leader, a text-only candidate, found no draft (`empty`):
+        the best model drafter's over the long run (_steadiest), prepared now from the last
+        step's outputs, where its rate beats plain decoding; it proposes this step
+        (self.proposer) and the text-only candidate keeps the lead. Alone, a text-only leader
+        steps one token at a time wherever the text stops repeating, until the lead passes back:
+        greedy on the embedded target `lookahead` led on a predictable opening and then emitted
+        5, 6, 1, 1, 1, 1 tokens a step where `redrafter` emits ~5 (a bench trace, session 42).
+        With the fallback a text-only leader is what its pairing of drafts (Rates.paired) judged
+        it: its drafts where it finds one, the model drafter's steps elsewhere."""
+        if self.current not in self.shadowed or not self.trialled or self._outcome is None:
+            return empty
+        model = self._steadiest(self.trialled)
+        plain_s = self.rates.real.scale * self.cost.step_seconds(1)
+        if self._rate(model).per_second * plain_s <= 1.0:
+            return empty
+        drafter = self.candidates[model]
+        drafter.prepare(*self._outcome)
+        tree = drafter.propose(ctx)
+        if len(tree) > 1:
+            self.proposer = model
+            return tree
+        return empty
 
     def proposers(self) -> dict[str, int]:
         return dict(self.steps_by_method)
@@ -671,6 +716,7 @@ class Auto(Drafter):
             # led on a burst: the old one is tried again within RECHECK steps
             rates.by_name[rates.leader].wait = self.RECHECK
             rates.paired.pop(rates.leader, None)  # (a text-only one's pairing predates its lead)
+            rates.paired_all.pop(rates.leader, None)
         rates.leader = held
         return held
 
@@ -722,8 +768,8 @@ class Auto(Drafter):
         # lead, whatever its rate from earlier text. (Not of a text-only leader's: two text-only
         # candidates of one token a step, each modelled a little faster than the other's real
         # steps, would hand the lead to and fro while a model drafter waits.)
-        paired = {n: p for n in self.shadowed for p in [self._pairing(n)]
-                  if p is not None and p.steps >= self._paired_steps(n, leader)}  # (built once)
+        paired = {n: p for n in self.shadowed for p in [self._judged_pairing(n, leader)]
+                  if p is not None}  # (built once)
         idle = leader not in self.shadowed and self._rate(leader).idle
         ahead = {n: p.ratio for n, p in paired.items()
                  if p.ratio > 1.0 + (self.SWITCH_MARGIN if idle and _plain(p.real)
@@ -746,25 +792,38 @@ class Auto(Drafter):
         margin = _margin(challenger, held)
         return best if challenger.per_second > held.per_second * (1.0 + margin) else leader
 
-    def _paired_steps(self, name: str, leader: Optional[str]) -> int:
-        """How many paired steps text-only `name` needs before it may take `leader`'s lead (and
-        is asked every step until then, unless the leader outruns it: _shadow_steps): SETTLED
-        where the leader outruns it (_outrun), else PAIRED. Four paired steps at T > 0 are as
-        bursty as the leader's steps beside them: on the embedded target at T = 0.7, `lookahead`
-        (about half `redrafter`'s rate over the long run) took its lead on four steps at 1.53x
-        of an unlucky opening (1, 1, 3, 1, 1 tokens), and on six steps at 2.9x in a predictable
-        stretch where `redrafter` emitted 8, 7 and 8 tokens a step too; a lead so taken ran at
-        half the speed (1 to 2 tokens a step) until a trial won it back; greedy too, on bursts
-        of a repeated phrase (_outrun). Where the challenger is ahead on average (SmolLM2, where
-        `redrafter` gains little) and beside an idle leader's plain steps (Rate.idle: its long
-        run may be older text), four are enough. (Not the pairing's own shadow rate: over four
-        steps it carries their luck and a wide error, and would let the cases above through.)"""
-        return self.SETTLED if self._outrun(name, leader) else self.PAIRED
+    def _judged_pairing(self, name: str, leader: Optional[str]) -> Optional[Pairing]:
+        """The pairing text-only `name` is judged by against `leader` (None while it has too few
+        steps to be judged). Where the leader outruns it (_outrun), the one counting its asks
+        that found no draft as the plain steps they would have been (Rates.paired_all), over
+        SETTLED steps; else the one of its drafts alone (Rates.paired), over PAIRED steps.
+
+        Hits alone are optimistic: where the text-only candidate finds nothing it would step one
+        token at a time while the leader drafts on. Beside a strong model drafter that is what
+        decides: greedy on the embedded target `pld`, paired 1.32x ahead of `redrafter` over 13
+        steps of its hits (of a story's first 24 steps), took the lead and emitted 2, 1, 1, 1,
+        1, 1 tokens a step (a bench trace, session 42). Counted alone, the misses cost where a
+        text-only candidate wins on average (SmolLM2, where `redrafter` gains little: 1.205x
+        against 1.233x greedy, README "Why auto's rules"): there the leader does not outrun it,
+        and its hits decide as before. Four paired steps at T > 0 are as bursty as the leader's
+        steps beside them: on the embedded target at T = 0.7, `lookahead` (about half
+        `redrafter`'s rate over the long run) took its lead on four steps at 1.53x of an unlucky
+        opening (1, 1, 3, 1, 1 tokens), and on six steps at 2.9x in a predictable stretch where
+        `redrafter` emitted 8, 7 and 8 tokens a step too; a lead so taken ran at half the speed
+        (1 to 2 tokens a step) until a trial won it back. Beside an idle leader's plain steps
+        (Rate.idle: its long run may be older text) four of its hits are enough. (Not the
+        pairing's own shadow rate: over four steps it carries their luck and a wide error, and
+        would let the cases above through.)"""
+        outrun = self._outrun(name, leader)
+        pairing = self._pairing(name, self.rates.paired_all if outrun else self.rates.paired)
+        needed = self.SETTLED if outrun else self.PAIRED
+        return pairing if pairing is not None and pairing.steps >= needed else None
 
     def _outrun(self, name: str, leader: Optional[str]) -> bool:
         """Whether `leader`, a busy model drafter, runs ahead of text-only `name` over the long
-        run: `name`'s long run (LongRate of its scored shadow steps and its own; its windowed
-        rate while that is shorter than SETTLED steps) is below the leader's. Its windowed rate
+        run: `name`'s long run (LongRate of its scored shadow steps, its asks that found no draft
+        and its own steps; its windowed rate while that is shorter than SETTLED steps) is below
+        the leader's. Its windowed rate
         is not the test once the long run is known: a burst of predictable text lifts it past the
         leader's long run for a few steps, which is when a pairing of four steps shows it ahead.
         Behind at all, not by the noise (may_beat): greedy on the embedded target `lookahead`
@@ -777,8 +836,8 @@ class Auto(Drafter):
         challenger = own if own is not None and own.steps >= self.SETTLED else self._rate(name)
         return challenger.raw < long.raw
 
-    def _pairing(self, name: str) -> Optional[Pairing]:
-        """Text-only `name`'s Pairing on this text, counting too its shadow trees that the text
+    def _pairing(self, name: str, pairings: Optional[dict] = None) -> Optional[Pairing]:
+        """Text-only `name`'s Pairing on this text (of `pairings`, default Rates.paired), counting too its shadow trees that the text
         is still following, each at what it has matched so far plus one (a lower bound of its
         score), beside its real step. A tree is scored once the text leaves it: while the
         leader emits a token a step, a followed tree of 5 drafts is scored 5 steps after it was
@@ -786,7 +845,8 @@ class Auto(Drafter):
         wherever it would win, most at the start of a short answer that copies its request
         (README, "Why `auto`'s rules are as they are"). With them, the trees counted are all
         those asked up to the last step."""
-        paired, following = self.rates.paired.get(name), self._following.get(name)
+        pairings = self.rates.paired if pairings is None else pairings
+        paired, following = pairings.get(name), self._following.get(name)
         if not following:
             return paired
         both = (Pairing(replace(paired.shadow), replace(paired.real)) if paired is not None

@@ -616,6 +616,103 @@ def test_a_text_only_candidate_far_behind_is_asked_only_every_few_steps(random_m
     assert memory.text_long["behind"].steps > 40  # its scored shadow steps feed its long run
 
 
+def test_a_text_only_candidates_asks_that_find_nothing_count_as_plain_steps(random_models):
+    """A text-only candidate that drafts on every other ask: its window and its pairing of
+    drafts (Rates.paired) count the asks with a draft alone; its long run and the pairing that
+    counts misses too (Rates.paired_all: what it is judged by where the leader outruns it) count
+    each empty ask as the one-token step it would have taken, so they see it emit fewer tokens a
+    step."""
+    from mlx_spec.drafters.autoregressive import Autoregressive
+    from mlx_spec.engine import Limits
+    from mlx_spec.sampling import SamplingParams
+
+    class EveryOther(TextOracle):
+        def __init__(self, full):
+            super().__init__(full)
+            self.asked = 0
+
+        def propose(self, ctx):
+            self.asked += 1
+            return super().propose(ctx) if self.asked % 2 else Tree.from_chain(ctx.tokens[-1], [])
+
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    limits = Limits(max_tokens=120)
+    steps = Decoder(Target(model.model), Autoregressive(model), "x").generate(
+        list(prompt), limits, SamplingParams())
+    expected = [t for step in steps for t in step.token_ids]
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+    memory = Rates(by_name={"oracle": rate(4000.0, 1.0, 40), "half": rate(100.0, 1.0, 40)})
+    half = EveryOther(prompt + expected)
+    auto = Auto({"oracle": Oracle(prompt + expected), "half": half}, lambda regime: memory, cost)
+    out = Decoder(Target(model.model), auto, "auto").generate(list(prompt), limits,
+                                                               SamplingParams())
+    assert [t for step in out for t in step.token_ids] == expected
+    drafts, every = memory.paired["half"], memory.paired_all["half"]
+    assert every.steps > drafts.steps >= Auto.PAIRED
+    per_step = lambda r: r.tokens / r.weight
+    assert per_step(every.shadow) < 0.8 * per_step(drafts.shadow)
+    assert per_step(every.real) == pytest.approx(per_step(drafts.real), rel=0.3)  # same leader
+    assert memory.text_long["half"].steps > memory.by_name["half"].steps - 40
+    assert per_step(memory.text_long["half"]) < 0.8 * per_step(drafts.shadow)
+
+
+def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model_drafter(
+        random_models):
+    """A text-only candidate that drafts four right tokens on every third ask and nothing on the
+    others, beside a model drafter that drafts one right token a step: paired ahead on its
+    drafts, the text-only one leads, and on its empty steps the model drafter proposes
+    (Auto._fall_back), so no step after the first is plain. Beside a slow model drafter, whose
+    rate does not beat plain decoding, the text-only leader's plain steps go out."""
+    class EveryThird(TextOracle):
+        def __init__(self, full):
+            super().__init__(full)
+            self.asked = 0
+
+        def propose(self, ctx):
+            self.asked += 1
+            return super().propose(ctx) if self.asked % 3 == 0 else Tree.from_chain(
+                ctx.tokens[-1], [])
+
+    class OneAhead(Oracle):
+        def propose(self, ctx):
+            n = len(ctx.tokens)
+            return Tree.from_chain(ctx.tokens[-1], self.full[n:n + min(1, ctx.max_drafts)])
+
+    model = random_models["llama"]
+    prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    expected = mlx_lm_greedy(model, PROMPTS[0], 120)
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+
+    def run(other):
+        auto = Auto({"model": other, "text": EveryThird(prompt + expected)},
+                    lambda regime: Rates(), cost)
+        auto._fall_back = trace(auto)
+        result = mlx_spec.generate(model, PROMPTS[0], max_tokens=120, raw=True,
+                                   decoder=Decoder(Target(model.model), auto, "auto"))
+        assert result.token_ids == expected
+        plain = sum(1 for nodes, _ in result.stats.verified_per_call if nodes == 1)
+        return auto, plain
+
+    def trace(auto):  # the proposer of each step where the leader found no draft
+        fall_back = auto._fall_back
+
+        def traced(ctx, empty):
+            tree = fall_back(ctx, empty)
+            handed.append(auto.proposer)
+            return tree
+        return traced
+
+    handed = []
+    auto, plain = run(OneAhead(prompt + expected))
+    assert auto.rates.leader == "text" and auto.steps_by_method["text"] >= 2
+    assert len(handed) >= 4 and set(handed) == {"model"} and plain <= 1  # (the first step:
+    # no outputs yet to prepare a fallback from)
+    handed = []
+    auto, plain = run(SlowWrong())
+    assert auto.rates.leader == "text" and set(handed) == {"text"} and plain >= len(handed) >= 4
+
+
 def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
@@ -928,13 +1025,16 @@ def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_pa
     yet SETTLED steps long or there is none, and where `m` sits idle at plain decoding (its long
     run is older text), PAIRED steps are enough. Once `t`'s own long run (its scored shadow
     steps and its own, LongRate) is SETTLED steps long, it decides in place of its window, and
-    below `m`'s at all, within the noise too, it needs SETTLED."""
+    below `m`'s at all, within the noise too, it needs SETTLED. Those SETTLED steps are of the
+    pairing that counts its asks that found no draft (Rates.paired_all): ahead on its drafts
+    alone while behind with its misses, `t` does not lead; where `m` does not outrun it, its
+    drafts alone decide."""
     from mlx_spec.drafters.auto import Pairing
 
-    def ahead(steps):
+    def ahead(steps, ratio=1.6):
         pairing = Pairing()
         for _ in range(steps):
-            pairing.add(2, 0.02 / 1.6, 2, 0.02)
+            pairing.add(2, 0.02 / ratio, 2, 0.02)
         return pairing
 
     short = LongRate()
@@ -958,14 +1058,20 @@ def test_a_text_only_candidate_far_below_a_model_drafters_long_run_needs_more_pa
             (30.0, long_rate(4.2), long_rate(4.0), False, Auto.PAIRED, "t"),
             (200.0, long_rate(3.8), long_rate(4.0), False, Auto.PAIRED, "m"),  # (within noise)
             (30.0, long_rate(1.0), long_rate(4.0), True, Auto.PAIRED, "t")):
-        auto = Auto({"m": Oracle([]), "t": TextOracle([])},
-                    cost=CostModel((1, 2), (0.01, 0.012), 128))
-        m = rate(50.0, 1.0, 40)
-        auto.rates = Rates(by_name={"m": idle(m) if m_idle else m, "t": rate(t_tokens, 1.0, 40)},
-                           paired={"t": ahead(steps)}, leader="m", step=50,
-                           long={"m": long} if long is not None else {},
-                           text_long={"t": t_long} if t_long is not None else {})
-        assert auto._hold("t") == expected
+        for with_misses, outcome in ((ahead(steps), expected),
+                                     (ahead(Auto.SETTLED, ratio=0.8), None)):
+            auto = Auto({"m": Oracle([]), "t": TextOracle([])},
+                        cost=CostModel((1, 2), (0.01, 0.012), 128))
+            m = rate(50.0, 1.0, 40)
+            auto.rates = Rates(by_name={"m": idle(m) if m_idle else m,
+                                        "t": rate(t_tokens, 1.0, 40)},
+                               paired={"t": ahead(steps)}, paired_all={"t": with_misses},
+                               leader="m", step=50,
+                               long={"m": long} if long is not None else {},
+                               text_long={"t": t_long} if t_long is not None else {})
+            outrun = auto._outrun("t", "m")
+            # behind with its misses: `m` holds where it outruns `t`, else the drafts decide
+            assert auto._hold("t") == (outcome or ("m" if outrun else expected))
 
 
 def test_against_an_idle_leaders_plain_steps_a_text_only_candidate_needs_only_the_switch_margin():
