@@ -384,6 +384,7 @@ class Auto(Drafter):
         self.current: str = next(iter(self.candidates))  # the leader, or a trial's candidate
         self.proposer: str = self.current  # who proposed the step in flight (_fall_back)
         self._outcome: Optional[tuple] = None  # the last step's (ctx, acceptance, out)
+        self._handed = Rate()  # this request's steps handed on by a text-only leader
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
         self._trial: Optional[tuple[str, int]] = None   # (candidate, steps left)
         self._trial_steps = 0  # the running (or last) trial's steps, extensions included
@@ -413,6 +414,7 @@ class Auto(Drafter):
         for drafter in self.candidates.values():
             drafter.begin(prompt_tokens)
         self.rates, self._trial, self._last_observe, self._outcome = None, None, None, None
+        self._handed = Rate()
         self.steps_by_method = {}
         for ledger in self._shadows.values():
             ledger.clear()
@@ -555,6 +557,8 @@ class Auto(Drafter):
             rate.add(*step, sent=len(tree) > 1)
             (self.rates.long if model else self.rates.text_long).setdefault(
                 name, LongRate()).add(*step)
+            if name != self.current:  # a step handed on by a text-only leader (_fall_back)
+                self._handed.add(*step)
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
                 for real in asked:
                     real.extend(step)
@@ -586,8 +590,10 @@ class Auto(Drafter):
     def _fall_back(self, ctx: StepContext, empty: Tree) -> Tree:
         """The step's tree where the leader, a text-only candidate, found no draft (`empty`):
         the best model drafter's over the long run (_steadiest), prepared now from the last
-        step's outputs, where its rate (its long run once SETTLED steps long) beats plain
-        decoding by SWITCH_MARGIN; it proposes this step
+        step's outputs, where it beats plain decoding by SWITCH_MARGIN: by the steps handed to
+        it on this request once there are Rate.PRIOR of them (they are the steps whose text the
+        leader could not draft, harder than the model drafter's average), before that by its
+        long run once SETTLED steps long; it proposes this step
         (self.proposer) and the text-only candidate keeps the lead. Alone, a text-only leader
         steps one token at a time wherever the text stops repeating, until the lead passes back:
         greedy on the embedded target `lookahead` led on a predictable opening and then emitted
@@ -596,13 +602,16 @@ class Auto(Drafter):
         it: its drafts where it finds one, the model drafter's steps elsewhere. Not a model
         drafter about as fast as plain decoding: on SmolLM2 greedy (`redrafter` 0.99x alone)
         its steps in `pld`'s lead were losses the back-off judged, and it paused `auto` on 359
-        of 962 steps where it had paused 137 of 905 before (1.053x against 1.069x)."""
+        of 962 steps where it had paused 137 of 905 before (1.053x against 1.069x); gated by
+        the long run alone, `draft` took 285 handed steps and the back-off paused 258 of 974
+        (58 of 960 without the fallback)."""
         if self.current not in self.shadowed or not self.trialled or self._outcome is None:
             return empty
         model = self._steadiest(self.trialled)
         long = self.rates.long.get(model)
-        rate = long.raw if long is not None and long.steps >= self.SETTLED else (
-            self._rate(model).per_second)
+        rate = (self._handed.raw if self._handed.steps >= Rate.PRIOR
+                else long.raw if long is not None and long.steps >= self.SETTLED
+                else self._rate(model).per_second)
         if rate * self.rates.real.scale * self.cost.step_seconds(1) <= 1.0 + self.SWITCH_MARGIN:
             return empty
         drafter = self.candidates[model]

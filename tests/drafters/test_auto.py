@@ -661,7 +661,9 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
     """Planted steps, no timing: text-only `text` leads, drafting 4 tokens on every third ask
     and nothing on the others. Beside a model drafter of 3 tokens a step, its empty steps are
     the model drafter's (Auto._fall_back), all accepted, and `text` keeps the lead. Beside one
-    that does not beat plain decoding by SWITCH_MARGIN, its plain steps go out."""
+    that does not beat plain decoding by SWITCH_MARGIN, its plain steps go out; so they do
+    after Rate.PRIOR handed steps that emitted one token each (the text `text` cannot draft
+    may be harder for the model drafter too)."""
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
 
@@ -678,9 +680,9 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
 
     cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
 
-    def steps(model_tokens):
+    def steps(model_tokens, handed_emit=3):
         """(proposer, nodes) of 20 steps after the first; `model_tokens` a step planted for the
-        model drafter (its fallback steps emit 3)."""
+        model drafter, `handed_emit` the tokens its steps emit."""
         rates = Rates(by_name={"text": rate(5.0 * 40, 0.8, 40),
                                "model": rate(model_tokens * 40, 0.8, 40)})
         auto = Auto({"model": TwoDrafts(), "text": EveryThird([])}, lambda regime: rates, cost)
@@ -695,7 +697,8 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
             if step == 0:  # (a new request hands a text-only lead to the model drafter)
                 rates.leader = "text"
             now[0] += 0.02
-            acceptance = Acceptance(path=list(range(len(tree))), tokens=[0] * len(tree))
+            emit = handed_emit if auto.proposer == "model" else len(tree)
+            acceptance = Acceptance(path=list(range(emit)), tokens=[0] * emit)
             auto.observe(ctx, tree, acceptance, None)
             assert auto.current == "text" or step == 0
             auto.prepare(ctx, acceptance, None)
@@ -705,6 +708,9 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
     assert set(handed) == {("text", 5), ("model", 3)} and handed.count(("model", 3)) >= 12
     plain = steps(model_tokens=1.0)
     assert set(plain) == {("text", 5), ("text", 1)} and plain.count(("text", 1)) >= 12
+    losing = steps(model_tokens=3.0, handed_emit=1)
+    assert losing.count(("model", 3)) == Rate.PRIOR and losing[-1] in {("text", 1), ("text", 5)}
+    assert losing.count(("text", 1)) >= 8
 
 
 def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
