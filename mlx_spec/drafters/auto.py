@@ -210,11 +210,12 @@ class LongRate(Rate):
     ~14-step windows of steps that emit 1 to 10 tokens put a clearly slower one within noise of
     the faster, or ahead, in many of its trials (Auto._clearly_slower, _worth_a_trial and
     _steadiest read a model drafter's). (Longer memories replay the recorded benches alike but
-    follow a real change of order more slowly.) A text-only candidate's (its scored shadow steps,
-    its asks that found no draft as one-token steps, and its own steps) says whether it compares
+    follow a real change of order more slowly.) A text-only candidate's says whether it compares
     with a model drafter on average, or only on the bursts of a predictable passage
-    (Auto._outrun). It still leans high where asks come every step while its window passes the
-    best (a burst), and every SHADOW_EVERY-th step elsewhere."""
+    (Auto._outrun): its scored shadow steps, its asks that found no draft (as the plain steps
+    they would have been), its own steps, and as a leader the steps where it found no draft
+    (Auto._fall_back). Its bursts weigh a little more than the rest: while its window passes
+    the best it is asked every step, elsewhere every SHADOW_EVERY-th."""
     DECAY = 0.98
     KNOWN = 48
 
@@ -384,7 +385,9 @@ class Auto(Drafter):
         self.current: str = next(iter(self.candidates))  # the leader, or a trial's candidate
         self.proposer: str = self.current  # who proposed the step in flight (_fall_back)
         self._outcome: Optional[tuple] = None  # the last step's (ctx, acceptance, out)
-        self._handed = Rate()  # this request's steps handed on by a text-only leader
+        self._handed: dict[str, Rate] = {}  # model drafter -> this request's steps handed to
+        # it by a text-only leader (_fall_back)
+        self._handed_at: dict[str, int] = {}  # model drafter -> auto's step of its last one
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
         self._trial: Optional[tuple[str, int]] = None   # (candidate, steps left)
         self._trial_steps = 0  # the running (or last) trial's steps, extensions included
@@ -414,7 +417,7 @@ class Auto(Drafter):
         for drafter in self.candidates.values():
             drafter.begin(prompt_tokens)
         self.rates, self._trial, self._last_observe, self._outcome = None, None, None, None
-        self._handed = Rate()
+        self._handed, self._handed_at = {}, {}
         self.steps_by_method = {}
         for ledger in self._shadows.values():
             ledger.clear()
@@ -535,7 +538,11 @@ class Auto(Drafter):
         if not self._drafted:
             return
         self.steps_by_method[name] = self.steps_by_method.get(name, 0) + 1
-        rate = self.rates.by_name.setdefault(name, Rate())
+        handed = name != self.current  # a step a text-only leader handed on (_fall_back): the
+        # lead's step, booked to the leader (its window is then what its lead gives, against a
+        # model drafter's own steps in trials) and not to the model drafter, whose handed steps
+        # are the text the leader could not draft, harder than its average
+        rate = self.rates.by_name.setdefault(self.current if handed else name, Rate())
         rate.last_step = self.rates.step
         self.rates.step += 1
         if since is None:  # the first step of a request has no start mark: not timed, and
@@ -555,10 +562,12 @@ class Auto(Drafter):
             tokens = acceptance.expected_tokens() if model else len(acceptance.tokens)
             step = (tokens, self._capped(now - since, besides, modelled))
             rate.add(*step, sent=len(tree) > 1)
-            (self.rates.long if model else self.rates.text_long).setdefault(
-                name, LongRate()).add(*step)
-            if name != self.current:  # a step handed on by a text-only leader (_fall_back)
-                self._handed.add(*step)
+            if handed:
+                self._handed.setdefault(name, Rate()).add(*step)
+                self._handed_at[name] = self.rates.step
+            else:
+                (self.rates.long if model else self.rates.text_long).setdefault(
+                    name, LongRate()).add(*step)
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
                 for real in asked:
                     real.extend(step)
@@ -590,37 +599,44 @@ class Auto(Drafter):
     def _fall_back(self, ctx: StepContext, empty: Tree) -> Tree:
         """The step's tree where the leader, a text-only candidate, found no draft (`empty`):
         the best model drafter's over the long run (_steadiest), prepared now from the last
-        step's outputs, where it beats plain decoding by SWITCH_MARGIN: by the steps handed to
-        it on this request once there are Rate.PRIOR of them (they are the steps whose text the
-        leader could not draft, harder than the model drafter's average), before that by its
-        long run once SETTLED steps long; it proposes this step
-        (self.proposer) and the text-only candidate keeps the lead. Alone, a text-only leader
-        steps one token at a time wherever the text stops repeating, until the lead passes back:
+        step's outputs; it proposes this step (self.proposer), the text-only candidate keeps
+        the lead, and the step is booked to the lead (observe). Alone, a text-only leader steps
+        one token at a time wherever the text stops repeating, until the lead passes back:
         greedy on the embedded target `lookahead` led on a predictable opening and then emitted
         5, 6, 1, 1, 1, 1 tokens a step where `redrafter` emits ~5 (a bench trace, session 42).
-        With the fallback a text-only leader is what its pairing of drafts (Rates.paired) judged
-        it: its drafts where it finds one, the model drafter's steps elsewhere. Not a model
-        drafter about as fast as plain decoding: on SmolLM2 greedy (`redrafter` 0.99x alone)
-        its steps in `pld`'s lead were losses the back-off judged, and it paused `auto` on 359
-        of 962 steps where it had paused 137 of 905 before (1.053x against 1.069x); gated by
-        the long run alone, `draft` took 285 handed steps and the back-off paused 258 of 974
-        (58 of 960 without the fallback)."""
+        With the fallback a text-only leader is what its pairing of drafts (Rates.paired)
+        judged it: its drafts where it finds one, the model drafter's steps elsewhere.
+
+        Only to a model drafter that beats plain decoding by SWITCH_MARGIN: judged by the steps
+        handed to it on this request once there are Rate.PRIOR of them and the last is at most
+        FIRST_GAP steps old (they are the text the leader could not draft, harder than the model
+        drafter's average; a gate closed so is tried again after FIRST_GAP steps), else by its
+        long run once SETTLED steps long, else by its window. Not one about as fast as plain
+        decoding: on SmolLM2 greedy (`redrafter` 0.99x alone) its steps in `pld`'s lead were
+        losses the back-off judged, and it paused `auto` on 359 of 962 steps where it had paused
+        137 of 905 before (1.053x against 1.069x); gated by the long run alone, `draft` took 285
+        handed steps and the back-off paused 258 of 974 (58 of 960 without the fallback)."""
         if self.current not in self.shadowed or not self.trialled or self._outcome is None:
             return empty
         model = self._steadiest(self.trialled)
-        long = self.rates.long.get(model)
-        rate = (self._handed.raw if self._handed.steps >= Rate.PRIOR
+        handed, long = self._handed.get(model), self.rates.long.get(model)
+        recent = self.rates.step - self._handed_at.get(model, -self.FIRST_GAP) < self.FIRST_GAP
+        rate = (handed.raw if handed is not None and handed.steps >= Rate.PRIOR and recent
                 else long.raw if long is not None and long.steps >= self.SETTLED
                 else self._rate(model).per_second)
-        if rate * self.rates.real.scale * self.cost.step_seconds(1) <= 1.0 + self.SWITCH_MARGIN:
+        plain_s = self.rates.real.scale * self.cost.step_seconds(1)
+        if rate * plain_s <= 1.0 + self.SWITCH_MARGIN:
             return empty
         drafter = self.candidates[model]
         drafter.prepare(*self._outcome)
         tree = drafter.propose(ctx)
-        if len(tree) > 1:
-            self.proposer = model
-            return tree
-        return empty
+        if len(tree) == 1:
+            return empty
+        self.proposer = model
+        # the leader's miss, for its own long run: the plain step it would have taken (_outrun)
+        self._missed.setdefault(self.current, []).append(
+            (self.rates.scale(self.current) * self.cost.step_seconds(1), []))
+        return tree
 
     def proposers(self) -> dict[str, int]:
         return dict(self.steps_by_method)
@@ -852,14 +868,14 @@ class Auto(Drafter):
         return challenger.raw < long.raw
 
     def _pairing(self, name: str, pairings: Optional[dict] = None) -> Optional[Pairing]:
-        """Text-only `name`'s Pairing on this text (of `pairings`, default Rates.paired), counting too its shadow trees that the text
-        is still following, each at what it has matched so far plus one (a lower bound of its
-        score), beside its real step. A tree is scored once the text leaves it: while the
-        leader emits a token a step, a followed tree of 5 drafts is scored 5 steps after it was
-        asked, and a miss the step after, so the scored trees alone undercount the candidate
-        wherever it would win, most at the start of a short answer that copies its request
-        (README, "Why `auto`'s rules are as they are"). With them, the trees counted are all
-        those asked up to the last step."""
+        """Text-only `name`'s Pairing on this text (of `pairings`, default Rates.paired),
+        counting too its shadow trees that the text is still following, each at what it has
+        matched so far plus one (a lower bound of its score), beside its real step. A tree is
+        scored once the text leaves it: while the leader emits a token a step, a followed tree
+        of 5 drafts is scored 5 steps after it was asked, and a miss the step after, so the
+        scored trees alone undercount the candidate wherever it would win, most at the start of
+        a short answer that copies its request (README, "Why `auto`'s rules are as they are").
+        With them, the trees counted are all those asked up to the last step."""
         pairings = self.rates.paired if pairings is None else pairings
         paired, following = pairings.get(name), self._following.get(name)
         if not following:

@@ -663,7 +663,8 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
     the model drafter's (Auto._fall_back), all accepted, and `text` keeps the lead. Beside one
     that does not beat plain decoding by SWITCH_MARGIN, its plain steps go out; so they do
     after Rate.PRIOR handed steps that emitted one token each (the text `text` cannot draft
-    may be harder for the model drafter too)."""
+    may be harder for the model drafter too). Handed steps are booked to the lead, not to the
+    model drafter's rates, and do not put off its trials."""
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
 
@@ -680,9 +681,10 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
 
     cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
 
-    def steps(model_tokens, handed_emit=3):
-        """(proposer, nodes) of 20 steps after the first; `model_tokens` a step planted for the
-        model drafter, `handed_emit` the tokens its steps emit."""
+    def steps(model_tokens, handed_emit=3, count=21):
+        """(proposer, leader or trial candidate, nodes) of the steps after the first, and the
+        rates; `model_tokens` a step planted for the model drafter, `handed_emit` the tokens
+        its steps emit."""
         rates = Rates(by_name={"text": rate(5.0 * 40, 0.8, 40),
                                "model": rate(model_tokens * 40, 0.8, 40)})
         auto = Auto({"model": TwoDrafts(), "text": EveryThird([])}, lambda regime: rates, cost)
@@ -691,26 +693,33 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
                           clock=lambda: now[0])
         auto.begin(ctx.tokens)
         proposed = []
-        for step in range(21):
+        for step in range(count):
             tree = auto.propose(ctx)
-            proposed.append((auto.proposer, len(tree)))
+            proposed.append((auto.proposer, auto.current, len(tree)))
             if step == 0:  # (a new request hands a text-only lead to the model drafter)
                 rates.leader = "text"
             now[0] += 0.02
             emit = handed_emit if auto.proposer == "model" else len(tree)
             acceptance = Acceptance(path=list(range(emit)), tokens=[0] * emit)
             auto.observe(ctx, tree, acceptance, None)
-            assert auto.current == "text" or step == 0
             auto.prepare(ctx, acceptance, None)
-        return proposed[1:]
+        return proposed[1:], rates
 
-    handed = steps(model_tokens=3.0)
-    assert set(handed) == {("text", 5), ("model", 3)} and handed.count(("model", 3)) >= 12
-    plain = steps(model_tokens=1.0)
-    assert set(plain) == {("text", 5), ("text", 1)} and plain.count(("text", 1)) >= 12
-    losing = steps(model_tokens=3.0, handed_emit=1)
-    assert losing.count(("model", 3)) == Rate.PRIOR and losing[-1] in {("text", 1), ("text", 5)}
-    assert losing.count(("text", 1)) >= 8
+    def led(proposed):  # (proposer, nodes) of the steps `text` led
+        return [(p, nodes) for p, current, nodes in proposed if current == "text"]
+
+    proposed, rates = steps(model_tokens=3.0, count=40)
+    handed = led(proposed)
+    assert set(handed) == {("text", 5), ("model", 3)} and handed.count(("model", 3)) >= 15
+    trial = [p for p, current, _ in proposed if current == "model"]
+    assert len(trial) >= Auto.KNOWN_TRIAL and set(trial) == {"model"}  # (its wait ran on)
+    assert rates.by_name["model"].steps == 40 + len(trial) == 40 + rates.long["model"].steps
+    assert rates.leader == "text"
+    plain, _ = steps(model_tokens=1.0)
+    assert set(led(plain)) == {("text", 5), ("text", 1)} and led(plain).count(("text", 1)) >= 12
+    losing, _ = steps(model_tokens=3.0, handed_emit=1)
+    assert led(losing).count(("model", 3)) == Rate.PRIOR and len(led(losing)) == 20
+    assert led(losing).count(("text", 1)) >= 8
 
 
 def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
