@@ -626,14 +626,10 @@ def test_a_text_only_candidates_asks_that_find_nothing_count_as_plain_steps(rand
     from mlx_spec.engine import Limits
     from mlx_spec.sampling import SamplingParams
 
-    class EveryOther(TextOracle):
-        def __init__(self, full):
-            super().__init__(full)
-            self.asked = 0
-
+    class EveryOther(Counting):
         def propose(self, ctx):
-            self.asked += 1
-            return super().propose(ctx) if self.asked % 2 else Tree.from_chain(ctx.tokens[-1], [])
+            tree = super().propose(ctx)
+            return tree if self.asked % 2 else Tree.from_chain(ctx.tokens[-1], [])
 
     model = random_models["llama"]
     prompt = model.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
