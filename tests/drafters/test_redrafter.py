@@ -316,3 +316,19 @@ def test_greedy_depth_adapts_and_carries_over_requests(random_models, tmp_path):
     first, second = drafted(), drafted()
     assert fixed >= 9 * 30 and first < fixed / 3
     assert second < first  # starts from the first request's depths, not the prior's
+
+
+def test_sampled_chains_draw_from_a_key_no_proposer_of_the_step_used():
+    """The chains for step n+1 are drawn in prepare() from step n's key; a `draft` step (inside
+    `auto`) draws its drafts from that key split once per draft token. The chains' key is none of
+    those, nor the key itself: drafts already in the text must not be correlated with them."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_spec.drafters.redrafter.method import chains_key
+
+    key = mx.random.key(7)
+    used = [key] + [k for n in range(1, 9) for k in mx.random.split(key, n)]
+    own = np.array(chains_key(key))
+    assert not any(np.array_equal(own, np.array(k)) for k in used)
+    assert np.array_equal(own, np.array(chains_key(mx.random.key(7))))  # (a seed still replays)

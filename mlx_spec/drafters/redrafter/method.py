@@ -210,8 +210,8 @@ class ReDrafter(Drafter):
             drafts = _Drafts(root, beams.tokens[0], log_probs=beams.token_log_probs[0])
         else:
             tokens, probs = sample_chains(head.model, self.embed, hidden, root, self.width,
-                                          depth + 1, ctx.sampling, ctx.key, head.tables,
-                                          head.temperature)
+                                          depth + 1, ctx.sampling, chains_key(ctx.key),
+                                          head.tables, head.temperature)
             drafts = _Drafts(root, tokens, probs=probs)
         if _EVAL_OVERLAPS:  # the GPU drafts while the engine commits the cache and streams
             mx.async_eval(*drafts.arrays())
@@ -219,6 +219,15 @@ class ReDrafter(Drafter):
 
     def end(self) -> None:
         self._pending = None
+
+
+def chains_key(key):
+    """The key the chains for the step after `key`'s are drawn with: one derived from it, not
+    `key` itself, which the step's own proposer may have drawn its drafts with (the `draft`
+    candidate splits it one level, once per draft token). Inside `auto` a `draft` step can be
+    followed by a `redrafter` one; chains drawn with that key would be correlated with drafts
+    already in the text, and exact acceptance needs chains independent of it given the text."""
+    return mx.random.split(mx.random.split(key, 2)[1], 2)[0]
 
 
 @dataclass
