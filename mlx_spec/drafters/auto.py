@@ -334,6 +334,11 @@ class Rates:
         return cls(by_name=by_name, leader=saved.leader if saved.leader in by_name else None,
                    long=long, text_long=text_long)
 
+    def unpair(self, name: str) -> None:
+        """Drop text-only `name`'s pairings (both: they are of the same asks)."""
+        self.paired.pop(name, None)
+        self.paired_all.pop(name, None)
+
     def scale(self, name: str) -> float:
         """How a shadow step of `name` scales: by its own real steps once there are a few (a
         wide tree with its drafter's updates costs more than a chain's ratio predicts), else by
@@ -386,8 +391,7 @@ class Auto(Drafter):
         self.proposer: str = self.current  # who proposed the step in flight (_fall_back)
         self._outcome: Optional[tuple] = None  # the last step's (ctx, acceptance, out)
         self._handed: dict[str, Rate] = {}  # model drafter -> this request's steps handed to
-        # it by a text-only leader (_fall_back)
-        self._handed_at: dict[str, int] = {}  # model drafter -> auto's step of its last one
+        # it by a text-only leader (_fall_back; its last_step: auto's step of the last one)
         self.steps_by_method: dict[str, int] = {}  # this request's proposing steps per candidate
         self._trial: Optional[tuple[str, int]] = None   # (candidate, steps left)
         self._trial_steps = 0  # the running (or last) trial's steps, extensions included
@@ -417,7 +421,7 @@ class Auto(Drafter):
         for drafter in self.candidates.values():
             drafter.begin(prompt_tokens)
         self.rates, self._trial, self._last_observe, self._outcome = None, None, None, None
-        self._handed, self._handed_at = {}, {}
+        self._handed = {}
         self.steps_by_method = {}
         for ledger in self._shadows.values():
             ledger.clear()
@@ -473,8 +477,7 @@ class Auto(Drafter):
         windows of model drafters that sat out while a text-only one led are rates of older
         text."""
         for name in self.shadowed:
-            self.rates.paired.pop(name, None)
-            self.rates.paired_all.pop(name, None)
+            self.rates.unpair(name)
         if self.rates.leader in self.shadowed and self.trialled:
             self.rates.leader = self._steadiest(self.trialled)
 
@@ -519,8 +522,7 @@ class Auto(Drafter):
             tree = self.candidates[name].propose(ctx)
             answer_s = time.perf_counter() - t0
             real = []  # filled by observe() with this step's real tokens and seconds
-            seconds = (self.rates.scale(name)
-                       * self.cost.step_seconds(len(tree), not tree.is_chain) + answer_s)
+            seconds = self._shadow_seconds(name, tree) + answer_s
             if len(tree) > 1:
                 ledger.add(len(ctx.tokens), (_branches(tree), seconds, real))
             else:  # the plain step it would have taken: one token (scored at the next step)
@@ -563,8 +565,9 @@ class Auto(Drafter):
             step = (tokens, self._capped(now - since, besides, modelled))
             rate.add(*step, sent=len(tree) > 1)
             if handed:
-                self._handed.setdefault(name, Rate()).add(*step)
-                self._handed_at[name] = self.rates.step
+                handed_rate = self._handed.setdefault(name, Rate())
+                handed_rate.add(*step)
+                handed_rate.last_step = self.rates.step
             else:
                 (self.rates.long if model else self.rates.text_long).setdefault(
                     name, LongRate()).add(*step)
@@ -620,8 +623,8 @@ class Auto(Drafter):
             return empty
         model = self._steadiest(self.trialled)
         handed, long = self._handed.get(model), self.rates.long.get(model)
-        recent = self.rates.step - self._handed_at.get(model, -self.FIRST_GAP) < self.FIRST_GAP
-        rate = (handed.raw if handed is not None and handed.steps >= Rate.PRIOR and recent
+        recent = handed is not None and self.rates.step - handed.last_step < self.FIRST_GAP
+        rate = (handed.raw if recent and handed.steps >= Rate.PRIOR
                 else long.raw if long is not None and long.steps >= self.SETTLED
                 else self._rate(model).per_second)
         plain_s = self.rates.real.scale * self.cost.step_seconds(1)
@@ -635,8 +638,13 @@ class Auto(Drafter):
         self.proposer = model
         # the leader's miss, for its own long run: the plain step it would have taken (_outrun)
         self._missed.setdefault(self.current, []).append(
-            (self.rates.scale(self.current) * self.cost.step_seconds(1), []))
+            (self._shadow_seconds(self.current, empty), []))
         return tree
+
+    def _shadow_seconds(self, name: str, tree: Tree) -> float:
+        """What a step of text-only `name`'s `tree` would take: the target's modelled verify,
+        scaled as the real steps run (Rates.scale), besides its own answer time."""
+        return self.rates.scale(name) * self.cost.step_seconds(len(tree), not tree.is_chain)
 
     def proposers(self) -> dict[str, int]:
         return dict(self.steps_by_method)
@@ -746,8 +754,7 @@ class Auto(Drafter):
             # a leader that just lost the lead was good a moment ago, and the new one may have
             # led on a burst: the old one is tried again within RECHECK steps
             rates.by_name[rates.leader].wait = self.RECHECK
-            rates.paired.pop(rates.leader, None)  # (a text-only one's pairing predates its lead)
-            rates.paired_all.pop(rates.leader, None)
+            rates.unpair(rates.leader)  # (a text-only one's pairing predates its lead)
         rates.leader = held
         return held
 
