@@ -222,14 +222,23 @@ def test_drafter_catches_up_after_a_back_off(random_models, near_copy_dirs):
     model = random_models["llama3-scaled"]
     decoder = mlx_spec.make_decoder(model, "draft", draft_model=str(near_copy_dirs["llama3-scaled"]),
                                     num_draft_tokens=4, backoff=False, draft_cost=0.0)
-    decoder.backoff = BackOff()
-    decoder.backoff.plain_left = 12  # start with 12 plain steps, then draft again
+    class Planted(BackOff):
+        """12 plain steps from the start, then drafting to the end: the request keeps the planted
+        pause (BackOff.new_request cuts one to PROBE steps) and no window is judged (a judged
+        window paused or not by its timing: 4 plain steps on a CI run where drafting won)."""
+        WINDOW = 10 ** 9
+
+        def new_request(self) -> None:
+            pass
+
+    decoder.backoff = Planted()
+    decoder.backoff.plain_left = 12
     prompt = mlx_spec.api.encode_prompt(model, PROMPTS[0], raw=True)
     steps = list(decoder.generate(list(prompt), Limits(max_tokens=40), SamplingParams()))
     ids = [t for step in steps for t in step.token_ids]
     assert ids == mlx_lm_greedy(model, PROMPTS[0], 40)
     stats = steps[-1].stats
-    assert stats.plain_calls >= 12 and stats.drafted_tokens > 0
+    assert stats.plain_calls == 12 and stats.drafted_tokens > 0
     cached = decoder.drafter.cached_tokens
     assert cached == (list(prompt) + ids)[:len(cached)] and len(cached) > len(prompt) + 12
 
