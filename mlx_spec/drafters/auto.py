@@ -52,9 +52,9 @@ across requests.
 Exactness is the candidates' own: every step is one method's step, verified and accepted by the
 same exact rules; only which method proposes depends on timing (so, as with the back-off, a seed
 does not reproduce auto's sampled text). For the same reason the candidates keep the draft sizes
-they learn while sampling across requests (Drafter.keep_learning): alone, a sampling redrafter or
-draft model starts each request afresh so that a seed gives the same text, and inside auto its
-trials of two or three steps per request would always draft at its prior's size.
+they learn while sampling across requests (Drafter.keep_learning, as they do alone with the
+back-off on): inside auto a candidate's trials of two or three steps per request would otherwise
+always draft at its prior's size.
 
 The measurements behind each rule and constant are in the README ("Why `auto`'s rules are as
 they are"), and `python -m mlx_spec.bench.replay` replays its choice on a bench's recorded steps.

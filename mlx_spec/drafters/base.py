@@ -61,8 +61,9 @@ class Drafter:
     def keep_learning(self) -> None:
         """Carry what the drafter learns while sampling (its draft sizes) across requests. By
         default a drafter whose sampled drafts depend on it starts afresh each request, so that a
-        seed gives the same text; method auto, whose text no seed reproduces, calls this on its
-        candidates (draft_length.ModelChoosers)."""
+        seed gives the same text; where no seed reproduces the text anyway, this is called: on
+        auto's candidates, and on a drafter whose decoder has the engine's back-off
+        (methods.make_decoder; draft_length.ModelChoosers)."""
 
     def propose(self, ctx: StepContext) -> Tree:
         raise NotImplementedError

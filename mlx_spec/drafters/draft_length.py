@@ -16,9 +16,10 @@ loaded target (mlx_spec/cost.py), or the line 1 + [n > 0] (verify_overhead + ver
 caller sets those constants or there is no model to measure. Falling acceptance (sampling at a high
 temperature, text the drafter does not know) shrinks drafts, down to plain decoding (size 0) where
 that is allowed; rising acceptance grows them again: a size deeper than a guess that matched to its
-end is unknown, and moves towards that outcome extended optimistically (PRIOR per further level),
-and after plain steps every size drifts slowly back to its prior, so drafting is probed again after
-a bad stretch. The drift is optimism, not evidence: a probe's outcome is learned from where the
+end is unknown, and moves towards that outcome extended optimistically (PRIOR per further level,
+or a sampling drafter's measured acceptance where it starts from that: ModelChoosers), and after
+plain steps every size drifts slowly back to its prior, so drafting is probed again after a bad
+stretch. The drift is optimism, not evidence: a probe's outcome is learned from where the
 size stood before it drifted (`learned`), so a failed probe puts it back where the misses had left
 it, and the next probe is again a whole drift away (~15 plain steps for a draft model on SmolLM2).
 Learned from the drifted value, a miss moved it only a step below the threshold the drift had just
@@ -119,7 +120,8 @@ class DraftChooser:
 
     def __init__(self, sizes, verify: VerifyCost, draft_cost: float = 0.0, rate: float = 0.15,
                  prior: Callable[[int], float] = chain_prior, min_size: int = 0,
-                 probe_backoff: bool = False, start: Optional[Callable[[int], float]] = None):
+                 probe_backoff: bool = False, start: Optional[Callable[[int], float]] = None,
+                 extend_level: float = PRIOR):
         self.sizes = sorted(set(sizes))
         if not self.sizes or self.sizes[0] < 0 or min_size > self.sizes[-1]:
             raise ValueError("need sizes >= 0 and min_size <= the largest size")
@@ -128,6 +130,7 @@ class DraftChooser:
         # `start`: the estimates of a reset chooser, where they differ from the prior that the
         # drift returns to (a drafter's measured acceptance: ModelChoosers)
         self.probe_backoff, self.start = probe_backoff, start or prior
+        self.extend_level = extend_level  # a fully matched chain's unknown deeper levels (record)
         self.reset()
 
     @classmethod
@@ -136,14 +139,15 @@ class DraftChooser:
                    verify: Optional[VerifyCost] = None, probe_backoff: bool = False,
                    start_level: float = PRIOR) -> "DraftChooser":
         """Every depth 0..max_length of a chain (or of beams). A reset chooser assumes each level
-        accepted with `start_level`; the drift after plain steps returns towards PRIOR, so a
-        chooser that starts at plain decoding still probes. `probe_backoff` only for a chooser
-        that learns from the drafts it sent alone (module docstring)."""
+        accepted with `start_level`, and so do the unknown levels below a chain that matched to
+        its end (record); the drift after plain steps returns towards PRIOR, so a chooser that
+        starts at plain decoding still probes. `probe_backoff` only for a chooser that learns
+        from the drafts it sent alone (module docstring)."""
         if not 0 <= min_length <= max_length:
             raise ValueError("need 0 <= min_length <= max_length")
         return cls(range(max_length + 1), verify or linear_verify_cost(verify_cost, verify_overhead),
                    draft_cost, rate, chain_prior, min_length, probe_backoff,
-                   functools.partial(chain_prior, level=start_level))
+                   functools.partial(chain_prior, level=start_level), start_level)
 
     @classmethod
     def for_budgets(cls, max_budget: int, verify_cost: float = 0.06, verify_overhead: float = 0.0,
@@ -204,8 +208,12 @@ class DraftChooser:
             sent = min(s, offered) if whole else s
             if s <= offered or accepted < offered or whole:
                 tokens = 1.0 + min(accepted, s)  # what a call of this size would have produced
-            else:  # matched to its end: deeper levels unknown, assumed to hold with PRIOR
-                tokens = 1.0 + accepted + sum(PRIOR ** d for d in range(1, s - offered + 1))
+            else:  # matched to its end: deeper levels unknown, assumed to hold as a level is
+                # assumed to before any outcome (extend_level: PRIOR, or a sampling drafter's
+                # measured acceptance; at 0.8, one accepted 1-token draft at T = 0.7 made SmolLM2's
+                # draft model send 3 the next step, 1.28 tokens for a 1.8x step)
+                level = self.extend_level
+                tokens = 1.0 + accepted + sum(level ** d for d in range(1, s - offered + 1))
             self._learn(s, tokens, width * sent)
         self.outcomes += 1
 
@@ -346,13 +354,16 @@ class ModelChoosers:
     """The draft-size choosers of a drafter that drafts from a model of its own (redrafter's head,
     a draft model), one per sampling regime. Greedy drafts never change the output, so the greedy
     chooser is shared per loaded model and settings and carries what it learned to the next
-    request (shared_chooser). Sampled drafts shape which text a seed gives, so by default their
-    chooser starts afresh with each request and a seed gives the same text every time. `carried`
-    (set through Drafter.keep_learning by method auto, whose text no seed reproduces: which
-    candidate proposes depends on timing) keeps one sampling chooser per loaded model, settings and
-    temperature across requests instead: auto lends a candidate a few trial steps per request, too
-    few for a chooser starting from its prior to learn (measured on SmolLM2 at T = 1.0:
-    redrafter's trials verified 7 nodes, 83-88 ms against a 55 ms plain step, for 1.1 tokens).
+    request (shared_chooser). Sampled drafts shape which text a seed gives, so without a reason
+    their chooser starts afresh with each request and a seed gives the same text every time.
+    `carried` (set through Drafter.keep_learning wherever no seed reproduces the text anyway: by
+    method auto, where which candidate proposes depends on timing, and by methods.make_decoder
+    wherever the engine's back-off, whose pauses follow the clock, is on) keeps one sampling
+    chooser per loaded model, settings and temperature across requests instead: auto lends a
+    candidate a few trial steps per request, too few for a chooser starting from its prior to
+    learn (measured on SmolLM2 at T = 1.0: redrafter's trials verified 7 nodes, 83-88 ms against
+    a 55 ms plain step, for 1.1 tokens), and alone, each request's opening steps drafted at the
+    start level until their misses had taught a fresh chooser what the last request had.
 
     A sampling chooser starts from `sampled_start`, the drafter's own measured acceptance per
     level (shipped_acceptance) where known, instead of PRIOR: starting afresh each request from

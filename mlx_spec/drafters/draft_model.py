@@ -260,7 +260,7 @@ class DraftModelDrafter(Drafter):
             self.choosers.carried = True
 
     def begin(self, prompt_tokens: list[int]) -> None:
-        if self.choosers is not None:  # a seed gives the same sampled text on every request
+        if self.choosers is not None:  # a fresh sampling chooser, unless carried (ModelChoosers)
             self.choosers.begin()
 
     def _chooser(self, ctx: StepContext) -> Optional[DraftChooser]:

@@ -252,6 +252,27 @@ def test_a_sampling_chooser_starts_from_the_drafters_shipped_acceptance(tmp_path
     assert 0 < plain < 500
 
 
+def test_a_full_match_extends_the_unknown_levels_at_the_start_level():
+    """A chain that matched to its end says nothing of the levels below it: a chooser starting
+    from a drafter's measured acceptance (0.43: SmolLM2's draft model at T = 0.7) assumes that of
+    them, not PRIOR. Costs of SmolLM2's verify (1.2x for 2 tokens, 1.45x, 1.71x, 1.75x): one
+    accepted 1-token draft keeps it at 1 token; at PRIOR it sent 4 (1.28 tokens for a 1.8x
+    step, measured)."""
+    from mlx_spec.drafters.draft_length import PRIOR
+
+    table = {0: 1.0, 1: 1.2, 2: 1.45, 3: 1.71, 4: 1.75}
+    measured = DraftChooser.for_depths(4, verify=lambda nodes: table[round(nodes)],
+                                       start_level=0.43)
+    assert measured.extend_level == 0.43 and measured.choose() == 1
+    at_prior = DraftChooser.for_depths(4, verify=lambda nodes: table[round(nodes)],
+                                       start_level=0.43)
+    at_prior.extend_level = PRIOR
+    for chooser in (measured, at_prior):
+        chooser.record(accepted=1, offered=1)
+    assert measured.choose() == 1 and at_prior.choose() == 4
+    assert DraftChooser.for_depths(4).extend_level == PRIOR  # greedy choosers: unchanged
+
+
 def test_a_probe_after_plain_steps_is_shallow_and_a_full_match_goes_deeper():
     """probe_backoff: the drift back to the prior makes deep drafts look good without evidence,
     so the first draft after plain steps sends at most PROBE_DEPTH tokens; when it matches to its

@@ -11,6 +11,7 @@ from mlx_lm.models.cache import make_prompt_cache
 import mlx_spec
 from mlx_spec.accept import accept
 from mlx_spec.drafters.base import StepContext
+from mlx_spec.drafters.shared import shared
 from mlx_spec.engine import Limits
 from mlx_spec.sampling import SamplingParams, log_probs
 from mlx_spec.target import Target
@@ -80,6 +81,31 @@ def test_draft_length_follows_acceptance_and_cost(random_models, random_model_di
                               draft_model=str(random_model_dirs["qwen3"]), temperature=1.0,
                               seed=5, draft_cost=0.5, backoff=False).token_ids for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_with_the_back_off_sampled_draft_sizes_carry_to_the_next_request(random_models,
+                                                                         random_model_dirs):
+    """The back-off's pauses follow the clock, so with it on (the default) no seed reproduces a
+    sampled text, and the sampling chooser keeps what it learned for the next request (each
+    request's opening otherwise drafted at the start level until its misses taught it again);
+    with backoff=False it starts afresh, and a seed gives one text (the test above)."""
+    from mlx_spec.drafters.draft_length import chain_prior
+
+    model, hot = random_models["llama"], SamplingParams(temperature=1.0)
+    options = {"draft_model": str(random_model_dirs["qwen3"]), "num_draft_tokens": 4}
+    shared(model).draft_lengths.clear()  # no chooser learned by earlier tests on this model
+    on = mlx_spec.make_decoder(model, "draft", **options)
+    off = mlx_spec.make_decoder(model, "draft", backoff=False, **options)
+    prompt = mlx_spec.api.encode_prompt(model, PROMPTS[0], raw=True)
+    for decoder in (on, off):
+        list(decoder.generate(list(prompt), Limits(max_tokens=24), hot, seed=1))
+    learned = dict(on.drafter.choosers.get(hot).tokens)
+    assert learned != {s: chain_prior(s) for s in learned}  # a random drafter's misses moved it
+    for decoder in (on, off):
+        decoder.drafter.begin(list(prompt))
+    assert on.drafter.choosers.get(hot).tokens == learned
+    fresh = off.drafter.choosers.get(hot)
+    assert fresh.tokens == {s: chain_prior(s) for s in fresh.tokens}
 
 
 def test_mlx_lm_baseline_greedy_equals_ours(random_models, near_copy_dirs):
