@@ -88,10 +88,11 @@ def make_decoder(model, method: str, kv_bits: Optional[int] = None, **options):
     if method not in DECODERS:
         backoff = options.pop("backoff", True)
         drafter = drafters.create(method, model, **options)
-        if backoff:  # its pauses follow the clock, so no seed reproduces a sampled text anyway:
-            drafter.keep_learning()  # draft sizes learned while sampling carry to the next request
+        backoff = _backoff(model, method, options) if backoff else None
+        if backoff is not None:  # its pauses follow the clock, so no seed reproduces a sampled
+            drafter.keep_learning()  # text anyway: draft sizes learned while sampling carry over
         return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method,
-                       backoff=_backoff(model, method, options) if backoff else None)
+                       backoff=backoff)
     factory = _factory(method)
     drafters.check_options(method, factory, model, kv_bits=kv_bits, **options)
     return factory(model, kv_bits=kv_bits, **options)

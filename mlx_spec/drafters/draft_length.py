@@ -204,18 +204,26 @@ class DraftChooser:
             self.drift_speed = 1.0 if accepted else max(self.drift_speed / 2, SLOWEST_DRIFT)
         self.plain_steps = 0
         width = nodes / offered if nodes else 1.0
+        level = self._deeper_level()
         for s in self.sizes:
             sent = min(s, offered) if whole else s
             if s <= offered or accepted < offered or whole:
                 tokens = 1.0 + min(accepted, s)  # what a call of this size would have produced
-            else:  # matched to its end: deeper levels unknown, assumed to hold as a level is
-                # assumed to before any outcome (extend_level: PRIOR, or a sampling drafter's
-                # measured acceptance; at 0.8, one accepted 1-token draft at T = 0.7 made SmolLM2's
-                # draft model send 3 the next step, 1.28 tokens for a 1.8x step)
-                level = self.extend_level
+            else:  # matched to its end: deeper levels unknown (_deeper_level)
                 tokens = 1.0 + accepted + sum(level ** d for d in range(1, s - offered + 1))
             self._learn(s, tokens, width * sent)
         self.outcomes += 1
+
+    def _deeper_level(self) -> float:
+        """The acceptance assumed of each unknown level below a chain that matched to its end:
+        `extend_level` (PRIOR; a sampling drafter's measured acceptance where it starts from
+        that), or as much as the first level has held since, up to PRIOR. At PRIOR alone, one
+        accepted 1-token draft at T = 0.7 made SmolLM2's draft model send 3 the next step (1.28
+        tokens for a 1.8x step, acceptance ~0.3 a level); at the start level alone, a drafter
+        whose first drafts all held would climb only as their acceptance neared 1."""
+        first = self.learned.get(1)
+        held = first - 1.0 if first is not None else 0.0
+        return max(self.extend_level, min(held, PRIOR))
 
     def record_ranks(self, matched_ranks: list[int], retrieved: int,
                      asked: Optional[int] = None) -> None:
@@ -235,7 +243,8 @@ class DraftChooser:
     def _learn(self, size: int, tokens: float, nodes: float) -> None:
         """Move towards an outcome: at `rate` once settled, but the first outcomes after a reset
         weigh as in a mean with the prior counted PRIOR_WEIGHT times, so that a chooser that
-        starts afresh with each request (sampled drafts, for a seed's sake) leaves an optimistic
+        starts afresh with each request (sampled drafts without the back-off, for a seed's sake;
+        or a drafter's first request) leaves an optimistic
         prior after ~5 misses rather than ~10 at `rate` alone: steps that each cost a
         four-token verify and four drafts for about one token. From the value before any drift
         (module text)."""

@@ -12,8 +12,8 @@ the target's measured verify cost and the drafter's own time per drafted token, 
 drafts (on SmolLM2-135M a 15M drafter's draft is ~0.14 of a target step, so four drafts at 30%
 agreement cost more than they win, one still wins). Greedy output does not depend on the drafts, so
 the greedy chooser carries what it learned to the next request; when sampling, the drafts shape
-the output drawn from a seed, so that chooser starts over with each request (except inside `auto`:
-draft_length.ModelChoosers).
+the output drawn from a seed, so that chooser starts over with each request where a seed can
+reproduce the text (backoff=False, outside `auto`: draft_length.ModelChoosers).
 
 A draft model's folder may carry a drafting vocabulary (draft_vocab.py): it then drafts only those
 tokens, projecting its last hidden state onto their columns of its vocabulary projection (the

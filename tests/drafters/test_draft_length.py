@@ -216,7 +216,7 @@ def test_each_failed_probe_slows_the_next_and_one_that_hits_restores_the_pace():
 
 def test_a_sampling_chooser_starts_from_the_drafters_shipped_acceptance(tmp_path):
     """training.json's held-out first-draft acceptance (one number, or one per temperature: the
-    lowest is kept) becomes the per-level prior of the choosers that start afresh each request;
+    lowest is kept) becomes the per-level prior of the sampling choosers;
     with SmolLM2's head (~0.47) a first step drafts 2 tokens, not the 7 that PRIOR = 0.8 sends
     at the same costs, while a drafter with no such record keeps PRIOR."""
     import json
@@ -256,8 +256,8 @@ def test_a_full_match_extends_the_unknown_levels_at_the_start_level():
     """A chain that matched to its end says nothing of the levels below it: a chooser starting
     from a drafter's measured acceptance (0.43: SmolLM2's draft model at T = 0.7) assumes that of
     them, not PRIOR. Costs of SmolLM2's verify (1.2x for 2 tokens, 1.45x, 1.71x, 1.75x): one
-    accepted 1-token draft keeps it at 1 token; at PRIOR it sent 4 (1.28 tokens for a 1.8x
-    step, measured)."""
+    accepted 1-token draft keeps it at 1 token, where at PRIOR it sends 4 (SmolLM2's draft model
+    sent 3, its most: 1.28 tokens for a 1.8x step, measured); two in a row go deeper."""
     from mlx_spec.drafters.draft_length import PRIOR
 
     table = {0: 1.0, 1: 1.2, 2: 1.45, 3: 1.71, 4: 1.75}
@@ -270,6 +270,8 @@ def test_a_full_match_extends_the_unknown_levels_at_the_start_level():
     for chooser in (measured, at_prior):
         chooser.record(accepted=1, offered=1)
     assert measured.choose() == 1 and at_prior.choose() == 4
+    measured.record(accepted=1, offered=1)
+    assert measured.choose() > 1
     assert DraftChooser.for_depths(4).extend_level == PRIOR  # greedy choosers: unchanged
 
 

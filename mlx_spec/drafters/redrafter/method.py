@@ -21,7 +21,8 @@ beam_length when it keeps hitting. Greedy too (adaptive=None or True; False draf
 always): on SmolLM2's chat answers the head misses for whole answers (36% agreement), where a fixed
 depth verified 9 drafts per step for 1.0 tokens until the back-off paused it, each such step ~2x a
 plain one. Greedy drafts never change the output, so the greedy chooser carries what it learned to
-the next request; a sampling one starts over (draft_length.ModelChoosers).
+the next request; a sampling one too, except with backoff=False, where it starts over so that a
+seed gives one text (draft_length.ModelChoosers).
 
 On a GPU the next beam search starts asynchronously as soon as a verification is observed, so it
 runs while the engine commits the cache and streams text.
