@@ -64,9 +64,9 @@ SMOLLM2 = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "sm
 def test_smollm2_finds_its_shipped_draft_and_head_and_decodes_losslessly():
     import json
 
-    from mlx_spec import cost
-
     from mlx_lm.utils import dequantize_model
+
+    from mlx_spec import cost
 
     model = mlx_spec.load(str(SMOLLM2))
     # the folder's 8-bit layers dequantized in memory: mlx's CPU quantized matmul took 0.4 s a

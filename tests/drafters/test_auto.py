@@ -736,8 +736,9 @@ def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
 def test_auto_candidates_keep_their_sampled_draft_sizes_across_requests(random_models,
                                                                          random_model_dirs):
     """Alone (built without make_decoder's back-off), a sampling draft model starts each request
-    from its chooser's prior (a seed gives the same text); inside auto it keeps what it learned, per temperature, for the next request
-    and the next decoder of the same model, so its few trial steps are sized by what it knows."""
+    from its chooser's prior (a seed gives the same text); inside auto it keeps what it learned,
+    per temperature, for the next request and the next decoder of the same model, so its few
+    trial steps are sized by what it knows."""
     from mlx_spec.drafters import create
     from mlx_spec.drafters.draft_length import chain_prior
     from mlx_spec.drafters.shared import shared

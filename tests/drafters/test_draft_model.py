@@ -248,6 +248,7 @@ def test_drafter_catches_up_after_a_back_off(random_models, near_copy_dirs):
     model = random_models["llama3-scaled"]
     decoder = mlx_spec.make_decoder(model, "draft", draft_model=str(near_copy_dirs["llama3-scaled"]),
                                     num_draft_tokens=4, backoff=False, draft_cost=0.0)
+
     class Planted(BackOff):
         """12 plain steps from the start, then drafting to the end: the request keeps the planted
         pause (BackOff.new_request cuts one to PROBE steps) and no window is judged (a judged
