@@ -20,8 +20,9 @@ end is unknown, and moves towards that outcome extended optimistically (PRIOR pe
 or a sampling drafter's measured acceptance where it starts from that, raised as its first level
 holds: DraftChooser._deeper_level), and after plain steps every size drifts slowly back to its
 prior, so drafting is probed again after a bad stretch. The drift is optimism, not evidence: a
-probe's outcome is learned from where the size stood before it drifted (`learned`), so a failed probe puts it back where the misses had left
-it, and the next probe is again a whole drift away (~15 plain steps for a draft model on SmolLM2).
+probe's outcome is learned from where the size stood before it drifted (`learned`), so a failed
+probe puts it back where the misses had left it, and the next probe is again a whole drift away
+(~15 plain steps for a draft model on SmolLM2).
 Learned from the drifted value, a miss moved it only a step below the threshold the drift had just
 reached, and the draft model probed one step in four for whole answers it never matched (~5%
 slower than plain decoding). Where a chooser learns only from what it sent (a drafter with a model
@@ -140,9 +141,9 @@ class DraftChooser:
                    start_level: float = PRIOR) -> "DraftChooser":
         """Every depth 0..max_length of a chain (or of beams). A reset chooser assumes each level
         accepted with `start_level`, and so, at least, do the unknown levels below a chain that
-        matched to its end (_deeper_level); the drift after plain steps returns towards PRIOR, so a chooser that
-        starts at plain decoding still probes. `probe_backoff` only for a chooser that learns
-        from the drafts it sent alone (module docstring)."""
+        matched to its end (_deeper_level); the drift after plain steps returns towards PRIOR,
+        so a chooser that starts at plain decoding still probes. `probe_backoff` only for a
+        chooser that learns from the drafts it sent alone (module docstring)."""
         if not 0 <= min_length <= max_length:
             raise ValueError("need 0 <= min_length <= max_length")
         return cls(range(max_length + 1), verify or linear_verify_cost(verify_cost, verify_overhead),
