@@ -21,9 +21,11 @@ predicts acceptance poorly with the embedded pair.
 confidence_threshold (max-confidence rule) 0.1 suits small drafters with broad distributions.
 
 The adaptive state (lambda and the running acceptance rate) is shared per loaded model (shared.py),
-per drafter,
-settings and sampling regime, so it keeps learning across the requests of one loaded model. Greedy
-decoding and each sampling setting keep their own state: the rule reads the sharpened greedy
+per drafter, settings and sampling regime, so it keeps learning across the requests of one loaded
+model: always when greedy (its drafts never change the output), and when sampling wherever the draft
+sizes carry over too (Drafter.keep_learning: with the engine's back-off, inside `auto`); with
+backoff=False a sampled rule starts afresh with each request, so that a seed gives one text.
+Greedy decoding and each sampling setting keep their own state: the rule reads the sharpened greedy
 entropy in the first case and the processed sampling distribution's in the others, on scales too
 different for one lambda to serve both.
 """
@@ -55,15 +57,26 @@ class AdaEDLDrafter(DraftModelDrafter):
                                    confidence_threshold=confidence_threshold,
                                    greedy_entropy_temperature=greedy_entropy_temperature)
         self._starting_lam = {True: lam, False: sampling_lam}  # keyed by sampling.greedy
-        self._rules = shared(model).stop_rules
+        self._shared_rules = shared(model).stop_rules
+        self._fresh_rules: dict = {}  # sampled rules of this request (not carried: begin)
+        self._carried = False
         self.stop_rule = self.rule_for(SamplingParams())
+
+    def keep_learning(self) -> None:
+        super().keep_learning()
+        self._carried = True
+
+    def begin(self, prompt_tokens: list[int]) -> None:
+        super().begin(prompt_tokens)
+        self._fresh_rules = {}
 
     def rule_for(self, sampling: SamplingParams) -> StopRule:
         lam = self._starting_lam[sampling.greedy]
         regime = None if sampling.greedy else astuple(sampling)
         key = ("stop-rule", self.draft.path, self.num_draft_tokens,
                tuple(sorted(self._rule_settings.items())), regime, lam)
-        if key not in self._rules:
-            self._rules[key] = make_rule(lam=lam, **self._rule_settings)
-        self.stop_rule = self._rules[key]  # what observe() updates after this round
+        rules = self._shared_rules if sampling.greedy or self._carried else self._fresh_rules
+        if key not in rules:
+            rules[key] = make_rule(lam=lam, **self._rule_settings)
+        self.stop_rule = rules[key]  # what observe() updates after this round
         return self.stop_rule

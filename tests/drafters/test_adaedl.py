@@ -143,6 +143,7 @@ def test_greedy_and_each_sampling_setting_keep_their_own_lambda(random_models, r
                    sampling_lam=0.1, backoff=False,
                    adaptive=False)  # the thresholds move only in drafting rounds
     decoder = mlx_spec.make_decoder(model, "adaedl", **options)
+    decoder.drafter.keep_learning()  # sampled rules carried too, as with the back-off on
     mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder)
     greedy = decoder.drafter.stop_rule
     assert greedy.threshold.lam != 0.3
@@ -154,6 +155,31 @@ def test_greedy_and_each_sampling_setting_keep_their_own_lambda(random_models, r
     assert greedy.threshold.lam == lam  # sampling did not move the greedy threshold
     mlx_spec.generate(model, PROMPTS[1], max_tokens=30, raw=True, decoder=decoder)
     assert decoder.drafter.stop_rule is greedy
+
+
+def test_without_the_back_off_a_seed_gives_one_sampled_text(random_models, random_model_dirs):
+    """With backoff=False nothing timed decides a step, so a sampled rule starts afresh with each
+    request (its lambda moved by the last one drafted other lengths: three runs at one seed gave
+    two texts) and a seed gives one text; with the back-off on it carries over, as the draft
+    sizes do."""
+    model = random_models["llama"]
+    options = dict(draft_model=str(random_model_dirs["qwen3"]), num_draft_tokens=4,
+                   sampling_lam=0.1, backoff=False, adaptive=False)
+    decoder = mlx_spec.make_decoder(model, "adaedl", **options)
+    texts = [mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder,
+                               temperature=1.0, seed=5).token_ids for _ in range(3)]
+    assert texts[0] == texts[1] == texts[2]
+    hot, prompt = SamplingParams(temperature=1.0), mlx_spec.api.encode_prompt(model, PROMPTS[0])
+    carried = mlx_spec.make_decoder(model, "adaedl", **{**options, "backoff": True})
+    mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=carried,
+                      temperature=1.0, seed=5)
+    for drafter in (decoder.drafter, carried.drafter):
+        assert drafter.rule_for(hot).threshold.lam != 0.1  # it did adapt within the request
+    lam = carried.drafter.rule_for(hot).threshold.lam
+    for drafter in (decoder.drafter, carried.drafter):
+        drafter.begin(list(prompt))
+    assert decoder.drafter.rule_for(hot).threshold.lam == 0.1
+    assert carried.drafter.rule_for(hot).threshold.lam == lam
 
 
 def test_unknown_stop_rule_is_a_one_line_error(random_models, random_model_dirs):
