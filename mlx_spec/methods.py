@@ -86,9 +86,9 @@ def make_decoder(model, method: str, kv_bits: Optional[int] = None, **options):
     """A decoder of `method` for a loaded SpecModel; unknown methods and options are clear errors."""
     check_name(method)
     if method not in DECODERS:
-        backoff = options.pop("backoff", True)
+        wanted = options.pop("backoff", True)
         drafter = drafters.create(method, model, **options)
-        backoff = _backoff(model, method, options) if backoff else None
+        backoff = _backoff(model, method, options) if wanted else None
         if backoff is not None:  # its pauses follow the clock, so no seed reproduces a sampled
             drafter.keep_learning()  # text anyway: draft sizes learned while sampling carry over
         return Decoder(Target(model.model, kv_bits=kv_bits), drafter, method=method,
