@@ -61,6 +61,25 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def regime(self) -> str:
+        """The name of the distribution these settings sample from, what a drafter's learned state
+        (draft sizes, stop rules, auto's rates) is kept under: a draft's acceptance depends on
+        each setting (the temperature, and a filter that drops the tail the drafts reach into), so
+        what one regime taught must not size another's drafts. "greedy" ignores the filters, as
+        greedy decoding does; the others name the temperature and each filter that is set, e.g.
+        "T=0.7" or "T=1 top_p=0.9 min_p=0.05"."""
+        if self.greedy:
+            return "greedy"
+        parts = [f"T={self.temperature:.2g}"]
+        if self.top_p < 1.0:
+            parts.append(f"top_p={self.top_p:.3g}")
+        if self.top_k:
+            parts.append(f"top_k={self.top_k}")
+        if self.min_p > 0:
+            parts.append(f"min_p={self.min_p:.3g}")
+        return " ".join(parts)
+
     def filters(self, vocab: int) -> bool:
         """Whether a top-k, top-p or min-p filter that may drop tokens of a `vocab`-token row is
         set (a top_k of 0 or of the whole vocabulary drops none; greedy decoding ignores them)."""

@@ -31,14 +31,13 @@ different for one lambda to serve both.
 """
 from __future__ import annotations
 
-from dataclasses import astuple
 from typing import Optional
 
 from ..sampling import SamplingParams
 from .stopping import StopRule, make_rule
 from . import CliFlag, register
 from .draft_model import DraftModelDrafter
-from .shared import shared
+from .shared import Learned, shared
 
 
 @register("adaedl", flags=[CliFlag("--stop-rule", "stop_rule", str,
@@ -57,26 +56,21 @@ class AdaEDLDrafter(DraftModelDrafter):
                                    confidence_threshold=confidence_threshold,
                                    greedy_entropy_temperature=greedy_entropy_temperature)
         self._starting_lam = {True: lam, False: sampling_lam}  # keyed by sampling.greedy
-        self._shared_rules = shared(model).stop_rules
-        self._fresh_rules: dict = {}  # sampled rules of this request (not carried: begin)
-        self._carried = False
+        self.rules = Learned(shared(model).stop_rules)  # kept as the draft sizes are
         self.stop_rule = self.rule_for(SamplingParams())
 
     def keep_learning(self) -> None:
         super().keep_learning()
-        self._carried = True
+        self.rules.carried = True
 
     def begin(self, prompt_tokens: list[int]) -> None:
         super().begin(prompt_tokens)
-        self._fresh_rules = {}
+        self.rules.begin()
 
     def rule_for(self, sampling: SamplingParams) -> StopRule:
         lam = self._starting_lam[sampling.greedy]
-        regime = None if sampling.greedy else astuple(sampling)
         key = ("stop-rule", self.draft.path, self.num_draft_tokens,
-               tuple(sorted(self._rule_settings.items())), regime, lam)
-        rules = self._shared_rules if sampling.greedy or self._carried else self._fresh_rules
-        if key not in rules:
-            rules[key] = make_rule(lam=lam, **self._rule_settings)
-        self.stop_rule = rules[key]  # what observe() updates after this round
-        return self.stop_rule
+               tuple(sorted(self._rule_settings.items())), sampling.regime, lam)
+        self.stop_rule = self.rules.get(key, lambda: make_rule(lam=lam, **self._rule_settings),
+                                        shapes_text=not sampling.greedy)
+        return self.stop_rule  # what observe() updates after this round

@@ -42,7 +42,7 @@ The choice, in stages (_next):
   candidate loses (where the loser is a model drafter whose chooser sits at plain decoding, a
   text-only candidate takes its lead instead: switch_instead).
 
-What auto measured is kept per loaded model and sampling regime (greedy, or each temperature), so
+What auto measured is kept per loaded model and sampling regime (SamplingParams.regime), so
 the next request starts from it, and saved at each request's end in the cache folder
 (Shared.auto_folder) for the next process: a one-shot `mlxspec generate` would otherwise spend its
 first steps trialling every model drafter. A text-only candidate is paired afresh on each request's
@@ -429,7 +429,7 @@ class Auto(Drafter):
 
     def propose(self, ctx: StepContext):
         if self.rates is None:
-            self._regime = _regime(ctx.sampling)
+            self._regime = ctx.sampling.regime
             self.rates = self._rates_for(self._regime)
             for rate in self.rates.by_name.values():  # the last request's text is not this one's
                 rate.discount(self.NEW_TEXT)
@@ -977,10 +977,6 @@ def _shadow_walk(kids: list[dict[int, int]], tokens: list[int], start: int):
             return matched, None
         matched += 1
     return matched, node
-
-
-def _regime(sampling) -> str:
-    return "greedy" if sampling.greedy else f"T={sampling.temperature:.2g}"
 
 
 def candidates_for(model, methods: Optional[str] = None, **options) -> dict:

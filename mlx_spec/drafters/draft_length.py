@@ -41,7 +41,7 @@ import math
 from pathlib import Path
 from typing import Callable, Optional
 
-from .shared import shared, target_cost
+from .shared import Learned, shared, target_cost
 
 VerifyCost = Callable[[float], float]  # drafts verified (root excluded) -> cost in one-token steps
 
@@ -300,44 +300,36 @@ class Guesses:
         return known
 
 
-def shared_chooser(model, key: tuple, make, own: dict):
-    """One chooser per loaded model and `key` (drafter settings, and the sampling regime where
-    it matters: regime_key; drafters/shared.py), so what it learned carries over to the next
-    request and decoder; where there is no model, one per key in `own` (the caller's dict: its
-    drafter's own). For
-    drafts that never change the output (pld, lookahead: the target's draws depend on the seed and
-    position alone; any greedy draft), since a carried-over state changes what is drafted; sampled
-    drafts only where no seed reproduces the text anyway (ModelChoosers.carried)."""
-    choosers = shared(model).draft_lengths if model is not None else own
-    if key not in choosers:
-        choosers[key] = make()
-    return choosers[key]
+def chooser_store(model) -> dict:
+    """Where choosers that outlive a request are kept: beside the loaded model (Shared), so every
+    decoder of that model shares them; without a model, a new dict (the drafter's own)."""
+    return shared(model).draft_lengths if model is not None else {}
 
 
 def regime_key(settings: tuple, sampling) -> tuple:
     """The key of the chooser for drafts made under `sampling` (a SamplingParams): a draft's
-    acceptance depends on the temperature (SmolLM2's `pld`: 1.15x greedy, ~1.0x at T = 1.0), so
-    what greedy requests taught must not size sampled drafts, nor the reverse."""
-    return settings if sampling.greedy else settings + ("sampling", sampling.temperature)
+    acceptance depends on the sampling regime (SmolLM2's `pld`: 1.15x greedy, ~1.0x at T = 1.0),
+    so what greedy requests taught must not size sampled drafts, nor one temperature or filter
+    another's (SamplingParams.regime)."""
+    return settings if sampling.greedy else settings + ("sampling", sampling.regime)
 
 
 class RegimeChoosers:
     """The choosers of a drafter whose drafts never change the output (pld, lookahead): one per
     loaded model, settings and sampling regime (regime_key), each carrying what it learned to the
-    next request of its regime (shared_chooser). `current` is the chooser of the last step's
+    next request of its regime (shared.Learned). `current` is the chooser of the last step's
     regime (greedy before any step): what expected_gain reads before a request's first step
     (the engine's BackOff.resume_if, at most the first PROBE steps of a request) is the last
     request's."""
 
     def __init__(self, model, settings: tuple, make: Callable[[], DraftChooser]):
-        self.model, self.settings, self.make = model, settings, make
-        self._own: dict = {}  # without a model: this drafter's own, per regime
-        self.current = shared_chooser(model, settings, make, self._own)
+        self.settings, self.make = settings, make
+        self.learned = Learned(chooser_store(model))
+        self.current = self.learned.get(settings, make)
 
     def use(self, sampling) -> DraftChooser:
         """The chooser for this step's drafts, kept as `current`."""
-        self.current = shared_chooser(self.model, regime_key(self.settings, sampling), self.make,
-                                      self._own)
+        self.current = self.learned.get(regime_key(self.settings, sampling), self.make)
         return self.current
 
 
@@ -362,18 +354,15 @@ class SizedByRegime:
 
 class ModelChoosers:
     """The draft-size choosers of a drafter that drafts from a model of its own (redrafter's head,
-    a draft model), one per sampling regime. Greedy drafts never change the output, so the greedy
-    chooser is shared per loaded model and settings and carries what it learned to the next
-    request (shared_chooser). Sampled drafts shape which text a seed gives, so without a reason
-    their chooser starts afresh with each request and a seed gives the same text every time.
-    `carried` (set through Drafter.keep_learning wherever no seed reproduces the text anyway: by
-    method auto, where which candidate proposes depends on timing, and by methods.make_decoder
-    wherever the engine's back-off, whose pauses follow the clock, is on) keeps one sampling
-    chooser per loaded model, settings and temperature across requests instead: auto lends a
-    candidate a few trial steps per request, too few for a chooser starting from its prior to
-    learn (measured on SmolLM2 at T = 1.0: redrafter's trials verified 7 nodes, 83-88 ms against
-    a 55 ms plain step, for 1.1 tokens), and alone, each request's opening steps drafted at the
-    start level until their misses had taught a fresh chooser what the last request had.
+    a draft model), one per settings and sampling regime (regime_key), kept by shared.Learned:
+    greedy drafts never change the output, so the greedy chooser carries what it learned to the
+    next request; sampled drafts shape which text a seed gives, so their chooser starts afresh
+    with each request unless carried (keep_learning). Carried, as inside auto and wherever the
+    engine's back-off is on: auto lends a candidate a few trial steps per request, too few for a
+    chooser starting from its prior to learn (measured on SmolLM2 at T = 1.0: redrafter's trials
+    verified 7 nodes, 83-88 ms against a 55 ms plain step, for 1.1 tokens), and alone, each
+    request's opening steps drafted at the start level until their misses had taught a fresh
+    chooser what the last request had.
 
     A sampling chooser starts from `sampled_start`, the drafter's own measured acceptance per
     level (shipped_acceptance) where known, instead of PRIOR: starting afresh each request from
@@ -383,33 +372,30 @@ class ModelChoosers:
 
     def __init__(self, model, settings: tuple, make: Callable[..., DraftChooser],
                  sampled_start: Optional[float] = None):
-        self.model, self.settings = model, settings
+        self.settings, self.make = settings, make
         self.make_sampled = (functools.partial(make, start_level=sampled_start)
                              if sampled_start is not None else make)
-        self._own: dict = {}  # without a model: this drafter's own (shared_chooser)
-        self.greedy = shared_chooser(model, settings, make, self._own)
-        self.carried = False
-        self._fresh = self.make_sampled()
+        self.learned = Learned(chooser_store(model))
+        self.greedy = self.learned.get(settings, make)
         self._paced: set = set()  # ids of the choosers whose pace this request has reset
+
+    def keep_learning(self) -> None:
+        """Carry the sampling choosers across requests (Drafter.keep_learning)."""
+        self.learned.carried = True
 
     def begin(self) -> None:
         """A new request: the sampling chooser starts over unless it is carried, and a carried
         one probes at the usual pace again (a new prompt may suit the drafter better: slowed by
         the last answers' failed probes, the greedy head missed a coding request it had won
         1.08x on, SmolLM2)."""
-        if not self.carried:
-            self._fresh.reset()
+        self.learned.begin()
         self._paced = set()
 
     def get(self, sampling) -> DraftChooser:
         """The chooser for drafts made under `sampling` (a SamplingParams)."""
-        if sampling.greedy:
-            chooser = self.greedy
-        elif not self.carried:
-            chooser = self._fresh
-        else:
-            chooser = shared_chooser(self.model, regime_key(self.settings, sampling),
-                                     self.make_sampled, self._own)
+        chooser = self.learned.get(regime_key(self.settings, sampling),
+                                   self.make if sampling.greedy else self.make_sampled,
+                                   shapes_text=not sampling.greedy)
         if id(chooser) not in self._paced:  # its first use in this request
             chooser.drift_speed = 1.0
             self._paced.add(id(chooser))

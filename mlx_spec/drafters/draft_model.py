@@ -257,7 +257,7 @@ class DraftModelDrafter(Drafter):
 
     def keep_learning(self) -> None:
         if self.choosers is not None:
-            self.choosers.carried = True
+            self.choosers.keep_learning()
 
     def begin(self, prompt_tokens: list[int]) -> None:
         if self.choosers is not None:  # a fresh sampling chooser, unless carried (ModelChoosers)

@@ -9,7 +9,8 @@ are known, then scored as if all of it had been sent (acceptance walks the targe
 what the target says does not depend on what was drafted). Guesses that keep failing (sampling at a
 high temperature, text that does not repeat) shrink the draft down to plain decoding; the scoring
 goes on, so drafting resumes when guesses start to match. What it learned is kept per loaded model
-and sampling regime (greedy, or each temperature), so the next request starts from it.
+and sampling regime (greedy, or each temperature and filter: SamplingParams.regime), so the next
+request starts from it.
 """
 from __future__ import annotations
 

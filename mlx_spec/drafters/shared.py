@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..cost import CostModel, cost_model
 from ..paths import cache_root
@@ -26,6 +26,32 @@ class Shared:
     output_trie: Optional[Any] = None                  # lookahead: n-grams of past outputs
     warmed_from: set = field(default_factory=set)      # lookahead: warm-start sources already read
     cost: Optional[CostModel] = None                   # the target's verify cost (cost.py)
+
+
+class Learned:
+    """What a drafter learns, one entry per key (its settings and sampling regime), kept as long
+    as a seed allows. What never changes the text (the sizes of greedy drafts; everything of pld
+    and lookahead, whose drafts never change the output) lives in `store` and carries over to the
+    next request and decoder: `store` is a field of the loaded target's Shared, or the drafter's
+    own dict where there is no model. What shapes a sampled text (a model drafter's sampled draft
+    sizes, adaedl's sampled stop rule) lives for one request (begin), so that a seed gives one
+    text, unless `carried`: set through Drafter.keep_learning wherever no seed reproduces the text
+    anyway (the engine's back-off, whose pauses follow the clock, is on; inside auto)."""
+
+    def __init__(self, store: dict):
+        self.store, self.carried = store, False
+        self._request: dict = {}  # what shapes a sampled text, this request's (not carried)
+
+    def begin(self) -> None:
+        """A new request: what shapes a sampled text starts afresh unless carried."""
+        self._request = {}
+
+    def get(self, key, make: Callable[[], Any], shapes_text: bool = False):
+        """The entry of `key`, made by `make()` where there is none yet in its place."""
+        place = self._request if shapes_text and not self.carried else self.store
+        if key not in place:
+            place[key] = make()
+        return place[key]
 
 
 def loaded_only(state: Shared) -> Shared:

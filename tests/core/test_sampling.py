@@ -120,3 +120,16 @@ def test_host_draws_follow_the_probabilities_and_never_a_zero_one():
     assert np.allclose(shares, [0.0, 0.25, 0.0, 0.5, 0.25, 0.0], atol=1e-3)
     assert {rows.draw(0, u) for u in (0.0, 1.0 - 2 ** -53, 1.0)} == {1, 4}  # (1.0: past the
     # CDF's end, the last token with probability)
+
+
+def test_the_regime_names_each_setting_that_changes_the_distribution():
+    """What drafters learn is kept per regime: greedy ignores the filters (as greedy decoding
+    does), a sampled regime names the temperature and every filter that is set, and settings
+    that sample one distribution share a name."""
+    assert SamplingParams().regime == SamplingParams(top_p=0.9, top_k=5).regime == "greedy"
+    assert SamplingParams(temperature=0.7).regime == "T=0.7"
+    assert SamplingParams(temperature=0.7, top_p=1.0, top_k=0, min_p=0.0).regime == "T=0.7"
+    assert (SamplingParams(temperature=1.0, top_p=0.9, top_k=40, min_p=0.05).regime
+            == "T=1 top_p=0.9 top_k=40 min_p=0.05")
+    names = {SamplingParams(temperature=t, top_p=p).regime for t in (0.7, 1.0) for p in (0.9, 1.0)}
+    assert len(names) == 4

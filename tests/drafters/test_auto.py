@@ -775,7 +775,7 @@ def test_auto_candidates_keep_their_sampled_draft_sizes_across_requests(random_m
     assert other.choosers.get(hot).tokens == learned  # and to the next decoder
     assert at_prior(other.choosers.get(SamplingParams(temperature=0.7)))  # another temperature learns on its own
     auto = mlx_spec.make_decoder(model, "auto", methods="draft", **options).drafter
-    assert auto.candidates["draft"].choosers.carried
+    assert auto.candidates["draft"].choosers.learned.carried
 
 
 def test_a_new_request_pairs_the_text_only_candidates_again():

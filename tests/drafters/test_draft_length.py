@@ -320,17 +320,19 @@ def test_a_new_request_restores_the_probing_pace_of_a_carried_chooser():
     assert choosers.get(greedy) is chooser and chooser.drift_speed == 1.0
 
 
-def test_a_carried_sampling_chooser_is_one_per_temperature_without_a_model_too():
+def test_a_carried_sampling_chooser_is_one_per_regime_without_a_model_too():
     """Carried (inside auto), a drafter's sampling chooser lasts across steps and requests, one
-    per temperature, also where there is no loaded model to keep it on (the drafter keeps it)."""
+    per sampling regime (temperature and filters), also where there is no loaded model to keep it
+    on (the drafter keeps it)."""
     from mlx_spec.drafters.draft_length import ModelChoosers
 
     choosers = ModelChoosers(None, ("test",), lambda start_level=0.8: DraftChooser.for_depths(4))
-    choosers.carried = True
+    choosers.keep_learning()
     warm, hot = SamplingParams(temperature=0.7), SamplingParams(temperature=1.0)
     choosers.begin()
     first = choosers.get(warm)
     assert choosers.get(warm) is first and choosers.get(hot) is not first
+    assert choosers.get(SamplingParams(temperature=0.7, top_p=0.9)) is not first  # a filter too
     choosers.begin()
     assert choosers.get(warm) is first and choosers.get(SamplingParams()) is choosers.greedy
 

@@ -143,7 +143,7 @@ class ReDrafter(Drafter):
 
     def keep_learning(self) -> None:
         if self.choosers is not None:
-            self.choosers.carried = True
+            self.choosers.keep_learning()
 
     def propose(self, ctx: StepContext) -> Tree:
         root, pending = ctx.tokens[-1], self._pending
