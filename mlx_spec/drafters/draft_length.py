@@ -53,12 +53,14 @@ def linear_verify_cost(verify_cost: float, verify_overhead: float) -> VerifyCost
 
 
 def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Optional[float],
-                    default: tuple[float, float], tree: bool = False) -> VerifyCost:
+                    default: tuple[float, float], tree: bool = False,
+                    sampled: bool = False) -> VerifyCost:
     """Constants a caller set win; otherwise the loaded target's measured cost model (of
-    branching trees where the drafter sends them); `default` (per draft, overhead) only where
-    there is no model to measure."""
+    branching trees where the drafter sends them; of sampling steps for a sampling regime's
+    chooser: CostModel.relative); `default` (per draft, overhead) only where there is no model
+    to measure."""
     if verify_cost is None and verify_overhead is None and model is not None:
-        return _tabled(target_cost(model), tree)
+        return _tabled(target_cost(model), tree, sampled)
     per_draft = default[0] if verify_cost is None else verify_cost
     overhead = default[1] if verify_overhead is None else verify_overhead
     if not (0 <= per_draft < math.inf and 0 <= overhead < math.inf):  # (NaN fails too)
@@ -66,17 +68,17 @@ def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Option
     return linear_verify_cost(per_draft, overhead)
 
 
-def _tabled(measured, tree: bool) -> VerifyCost:
+def _tabled(measured, tree: bool, sampled: bool) -> VerifyCost:
     """measured.relative(1 + nodes) read from a table of its values at whole node counts (the
     model's sizes are whole numbers, so interpolating between them is exact): a chooser weighs
     every size at every step, and np.interp per size had cost lookahead's 33 budgets ~0.2 ms a
     step, 2% of the embedded target's."""
-    table = [measured.relative(1 + k, tree) for k in range(int(measured.sizes[-1]))]
+    table = [measured.relative(1 + k, tree, sampled) for k in range(int(measured.sizes[-1]))]
 
     def verify(nodes: float) -> float:
         whole = int(nodes)
         if whole + 1 >= len(table) or nodes < 0:
-            return measured.relative(1 + nodes, tree)
+            return measured.relative(1 + nodes, tree, sampled)
         low = table[whole]
         return low + (nodes - whole) * (table[whole + 1] - low) if nodes > whole else low
     return verify
@@ -320,16 +322,18 @@ class RegimeChoosers:
     next request of its regime (shared.Learned). `current` is the chooser of the last step's
     regime (greedy before any step): what expected_gain reads before a request's first step
     (the engine's BackOff.resume_if, at most the first PROBE steps of a request) is the last
-    request's."""
+    request's. `make(sampled=...)` builds a chooser, pricing sampling steps where `sampled`
+    (verify_cost_for)."""
 
-    def __init__(self, model, settings: tuple, make: Callable[[], DraftChooser]):
+    def __init__(self, model, settings: tuple, make: Callable[..., DraftChooser]):
         self.settings, self.make = settings, make
         self.learned = Learned(chooser_store(model))
         self.current = self.learned.get(settings, make)
 
     def use(self, sampling) -> DraftChooser:
         """The chooser for this step's drafts, kept as `current`."""
-        self.current = self.learned.get(regime_key(self.settings, sampling), self.make)
+        self.current = self.learned.get(regime_key(self.settings, sampling),
+                                        functools.partial(self.make, sampled=not sampling.greedy))
         return self.current
 
 
@@ -368,13 +372,15 @@ class ModelChoosers:
     level (shipped_acceptance) where known, instead of PRIOR: starting afresh each request from
     0.8, SmolLM2's head opened each request with 9-token chains that failed (at T = 0.7: 54
     chains of 9-10 tokens in 16 requests, 1.07 tokens per call), until its misses had taught it.
-    `make(start_level)` builds a chooser."""
+    `make(start_level=..., sampled=...)` builds a chooser, pricing sampling steps where
+    `sampled` (verify_cost_for)."""
 
     def __init__(self, model, settings: tuple, make: Callable[..., DraftChooser],
                  sampled_start: Optional[float] = None):
         self.settings, self.make = settings, make
-        self.make_sampled = (functools.partial(make, start_level=sampled_start)
-                             if sampled_start is not None else make)
+        self.make_sampled = (functools.partial(make, start_level=sampled_start, sampled=True)
+                             if sampled_start is not None else
+                             functools.partial(make, sampled=True))
         self.learned = Learned(chooser_store(model))
         self.greedy = self.learned.get(settings, make)
         self._paced: set = set()  # ids of the choosers whose pace this request has reset

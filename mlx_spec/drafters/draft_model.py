@@ -205,10 +205,11 @@ class DraftModelDrafter(Drafter):
         self.choosers: Optional[ModelChoosers] = None  # None: num_draft_tokens every round
         if adaptive:
             measured = verify_cost is None and verify_overhead is None and model is not None
-            verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.2))
             self.time = DraftTime(target_cost(model).seconds[0] if measured else None, draft_cost)
 
-            def make(start_level=PRIOR):
+            def make(start_level=PRIOR, sampled=False):
+                verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.2),
+                                         sampled=sampled)
                 return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify,
                                                probe_backoff=True, start_level=start_level)
 

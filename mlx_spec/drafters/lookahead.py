@@ -76,10 +76,11 @@ class Lookahead(SizedByRegime, Drafter):
         # each time)
         self.choosers = (RegimeChoosers(model, ("lookahead", decoding_length, verify_cost,
                                                 verify_overhead),
-                                        lambda: DraftChooser.for_budgets(
+                                        lambda sampled=False: DraftChooser.for_budgets(
                                             decoding_length, verify=verify_cost_for(
                                                 model, verify_cost, verify_overhead,
-                                                default=(0.06, 0.25), tree=True)))
+                                                default=(0.06, 0.25), tree=True,
+                                                sampled=sampled)))
                          if adaptive else None)
         state = shared(model)
         if state.output_trie is None:

@@ -123,3 +123,22 @@ def test_chooser_reads_the_measured_cost_unless_constants_are_set(tiny, tmp_path
     fixed = verify_cost_for(tiny, 0.1, None, default=(0.07, 0.2))
     assert fixed(4) == pytest.approx(1.0 + 0.2 + 0.4)
     assert verify_cost_for(None, None, None, default=(0.07, 0.2))(1) == pytest.approx(1.27)
+
+
+def test_a_sampling_chooser_prices_sampled_verifies(tiny, monkeypatch):
+    """At T > 0 a chooser weighs a size by what a sampled verify of it costs over a sampled
+    one-token step: text drafters' choosers (pld here) of a sampling regime read those prices,
+    the greedy regime's the greedy ones."""
+    from mlx_spec.drafters import create
+    from mlx_spec.drafters.shared import Shared
+    from mlx_spec.sampling import SamplingParams
+
+    planted = CostModel((1, 2, 8), (0.010, 0.011, 0.02), 128, (), (0.012, 0.018, 0.03))
+    monkeypatch.setattr(tiny, "extras", Shared(cost=planted))  # nothing learned, this cost
+    assert planted.relative(2) == pytest.approx(1.1)
+    assert planted.relative(2, sampled=True) == pytest.approx(1.5)
+    assert verify_cost_for(tiny, None, None, default=(0.07, 0.2), sampled=True)(1) == \
+        pytest.approx(1.5)
+    choosers = create("pld", tiny).choosers
+    assert choosers.use(SamplingParams(temperature=0.7)).cost(1) == pytest.approx(1.5)
+    assert choosers.use(SamplingParams()).cost(1) == pytest.approx(1.1)

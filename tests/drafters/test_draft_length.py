@@ -233,7 +233,7 @@ def test_a_sampling_chooser_starts_from_the_drafters_shipped_acceptance(tmp_path
     assert shipped_acceptance(per_temperature) == 0.47 and shipped_acceptance(single) == 0.43
     assert shipped_acceptance(bare) is None and shipped_acceptance(tmp_path / "none") is None
 
-    def make(start_level=PRIOR):  # a 2-token verify costs 1.2 steps, each further one 0.08
+    def make(start_level=PRIOR, sampled=False):  # a 2-token verify costs 1.2 steps, each further one 0.08
         return DraftChooser.for_depths(9, verify_cost=0.08, verify_overhead=0.12,
                                        start_level=start_level)
 
@@ -303,7 +303,7 @@ def test_a_new_request_restores_the_probing_pace_of_a_carried_chooser():
     its failed probes: a new prompt may suit the drafter better."""
     from mlx_spec.drafters.draft_length import PRIOR, ModelChoosers
 
-    def make(start_level=PRIOR):
+    def make(start_level=PRIOR, sampled=False):
         return DraftChooser.for_depths(4, verify_cost=0.04, verify_overhead=0.1,
                                        draft_cost=0.06, probe_backoff=True,
                                        start_level=start_level)
@@ -326,7 +326,8 @@ def test_a_carried_sampling_chooser_is_one_per_regime_without_a_model_too():
     on (the drafter keeps it)."""
     from mlx_spec.drafters.draft_length import ModelChoosers
 
-    choosers = ModelChoosers(None, ("test",), lambda start_level=0.8: DraftChooser.for_depths(4))
+    choosers = ModelChoosers(None, ("test",),
+                             lambda start_level=0.8, sampled=False: DraftChooser.for_depths(4))
     choosers.keep_learning()
     warm, hot = SamplingParams(temperature=0.7), SamplingParams(temperature=1.0)
     choosers.begin()
@@ -335,6 +336,25 @@ def test_a_carried_sampling_chooser_is_one_per_regime_without_a_model_too():
     assert choosers.get(SamplingParams(temperature=0.7, top_p=0.9)) is not first  # a filter too
     choosers.begin()
     assert choosers.get(warm) is first and choosers.get(SamplingParams()) is choosers.greedy
+
+
+def test_a_sampling_regimes_chooser_prices_sampling_steps():
+    """A sampled chain's verify costs more than a greedy one's (SmolLM2, 2 tokens: ~1.2x a
+    one-token step sampled, as low as 1.04x greedy), so the choosers of a sampling regime are
+    made to price sampling steps (verify_cost_for's `sampled`), the greedy one greedy steps."""
+    from mlx_spec.drafters.draft_length import ModelChoosers
+
+    made = []
+
+    def make(start_level=0.8, sampled=False):
+        made.append(sampled)
+        return DraftChooser.for_depths(4, start_level=start_level)
+
+    choosers = ModelChoosers(None, ("test",), make, sampled_start=0.4)
+    assert made == [False]  # the greedy chooser, made at once
+    choosers.get(SamplingParams(temperature=0.7))
+    choosers.get(SamplingParams())
+    assert made == [False, True]
 
 
 def test_text_drafters_keep_one_chooser_per_sampling_regime(random_models):
