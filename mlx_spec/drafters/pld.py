@@ -8,7 +8,9 @@ Adaptive length (mlx_spec/drafters/draft_length.py): every lookup is remembered 
 are known, then scored as if all of it had been sent (acceptance walks the target's own draws, so
 what the target says does not depend on what was drafted). Guesses that keep failing (sampling at a
 high temperature, text that does not repeat) shrink the draft down to plain decoding; the scoring
-goes on, so drafting resumes when guesses start to match. What it learned is kept per loaded model
+goes on, so drafting resumes when guesses start to match. Guesses made while the text still follows
+an earlier one (inside a copied span) are sized and learned from by a chooser of their own, since
+they hold far more often than the rest (RegimeChoosers.of). What it learned is kept per loaded model
 and sampling regime (greedy, or each temperature and filter: SamplingParams.regime), so the next
 request starts from it.
 """
@@ -84,10 +86,11 @@ class PromptLookup(SizedByRegime, Drafter):
         if len(self.index.tokens) != len(ctx.tokens):
             self.index.extend(ctx.tokens[len(self.index.tokens):])
         draft = self.index.lookup(self.num_draft_tokens)
-        if self.choosers is not None:
-            chooser = self.choosers.use(ctx.sampling)
-            for matched, offered in self._guesses.settle(ctx.tokens):
-                chooser.record(matched, offered, whole=True)
+        if self.choosers is not None:  # a guess is sized and learned from by the chooser of
+            # whether the text followed an earlier guess when it was made (RegimeChoosers.of)
+            for (matched, offered), following in self._guesses.settle_each(ctx.tokens):
+                self.choosers.of(ctx.sampling, following).record(matched, offered, whole=True)
+            chooser = self.choosers.use(ctx.sampling, self._guesses.following)
             if draft:
                 self._guesses.add(len(ctx.tokens), draft)
                 draft = draft[:chooser.choose()]

@@ -383,6 +383,47 @@ def test_text_drafters_keep_one_chooser_per_sampling_regime(random_models):
             drafter.propose(StepContext(tokens=text[:10], max_drafts=8, sampling=hot))
             assert drafter.chooser is not taught and drafter.chooser.outcomes == 0
             drafter.propose(StepContext(tokens=text[:11], max_drafts=8, sampling=greedy))
-            assert drafter.chooser is taught and make().chooser is taught
+            assert drafter.chooser is taught
+            second = make().choosers  # (pld's `taught` may be its chooser inside copied spans)
+            assert taught in (second.of(greedy), second.of(greedy, following=True))
     finally:
         model.extras = kept
+
+
+def test_guesses_remember_whether_the_text_followed_an_earlier_one():
+    """A guess made while the text still follows an earlier guess (inside a copied span) is
+    settled with that said, and `following` says it after each settle."""
+    from mlx_spec.drafters.draft_length import Guesses
+    from mlx_spec.drafters.pld import _chain_outcome
+
+    guesses = Guesses(_chain_outcome)
+    tokens = [1, 2, 3]
+    guesses.add(3, [4, 5, 6])  # nothing open: made outside a run
+    tokens += [4]
+    assert guesses.settle_each(tokens) == [] and guesses.following  # the text follows it
+    guesses.add(4, [5, 6])  # made inside the run
+    tokens += [5, 6]
+    assert guesses.settle_each(tokens) == [((3, 3), False), ((2, 2), True)]
+    assert not guesses.following
+
+
+def test_pld_sizes_guesses_inside_a_copied_span_by_a_chooser_of_their_own():
+    """pld's guesses come true in runs: those made while the text follows an earlier guess teach
+    a twin of the regime's chooser, copied from it on first use, and the rest teach the regime's
+    own, so a run's outcomes neither lengthen the drafts after it nor are shortened by the misses
+    between runs."""
+    span = list(range(10, 30))
+    tokens = [1, 2] + span + [3, 4, 5, 6, 7] + span[:1]  # the answer starts copying the span
+    drafter = PromptLookup(None)
+    greedy = SamplingParams()
+    drafter.begin(list(tokens))
+    for token in span[1:]:  # plain steps along the copy: every lookup's outcome is learned
+        drafter.propose(StepContext(tokens=tokens, max_drafts=0, sampling=greedy, trees=False))
+        tokens.append(token)
+    drafter.propose(StepContext(tokens=tokens, max_drafts=0, sampling=greedy, trees=False))
+    outside = drafter.choosers.of(greedy)
+    inside = drafter.choosers.of(greedy, following=True)
+    assert inside is not outside
+    assert outside.outcomes == 1  # the guess that opened the run
+    assert inside.outcomes >= 8  # the guesses made inside it
+    assert drafter.choosers.use(greedy, following=True) is inside
