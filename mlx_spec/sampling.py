@@ -71,13 +71,13 @@ class SamplingParams:
         "T=0.7" or "T=1 top_p=0.9 min_p=0.05"."""
         if self.greedy:
             return "greedy"
-        parts = [f"T={self.temperature:.2g}"]
+        parts = [f"T={self.temperature:g}"]
         if self.top_p < 1.0:
-            parts.append(f"top_p={self.top_p:.3g}")
+            parts.append(f"top_p={self.top_p:g}")
         if self.top_k:
             parts.append(f"top_k={self.top_k}")
         if self.min_p > 0:
-            parts.append(f"min_p={self.min_p:.3g}")
+            parts.append(f"min_p={self.min_p:g}")
         return " ".join(parts)
 
     def filters(self, vocab: int) -> bool:

@@ -162,6 +162,14 @@ class DraftChooser:
         return cls(range(max_budget + 1),
                    verify or linear_verify_cost(verify_cost, verify_overhead), 0.0, rate, tree_prior)
 
+    def twin(self) -> "DraftChooser":
+        """A chooser that knows what this one knows now and learns apart from it (its settings,
+        pricing and draft cost shared)."""
+        twin = copy.copy(self)
+        twin.tokens, twin.learned = dict(self.tokens), dict(self.learned)
+        twin.nodes = dict(self.nodes)
+        return twin
+
     def reset(self) -> None:
         self.tokens = {s: self.start(s) for s in self.sizes}  # what choose() reads (drifted)
         self.learned = dict(self.tokens)  # the same before the drift since their last outcome
@@ -279,17 +287,15 @@ class Guesses:
         self.open: list[tuple[int, object, bool]] = []  # (start, guess, following then)
         self.so_far: list = []  # the last settle's Open.so_far of the guesses it left open
 
-    def add(self, start: int, guess) -> None:
-        """`guess` was made when the text was tokens[:start] (and whether the text was then
-        following an earlier guess is kept with it: settle_each)."""
-        self.open.append((start, guess, self.following))
+    def add(self, start: int, guess, following: bool = False) -> None:
+        """`guess` was made when the text was tokens[:start]; `following`: the text was then
+        following an earlier guess (kept with it: settle_each)."""
+        self.open.append((start, guess, following))
 
     @property
-    def following(self) -> bool:
-        """Whether the text, as of the last settle, still follows a guess made at an earlier
-        step: one left open has matched every token since it was made (at least one, a step
-        emitting one). A copied span is followed for several steps in a row, so this says much
-        of whether the next guess will hold (pld: RegimeChoosers.use's `following`)."""
+    def still_open(self) -> bool:
+        """Whether a guess made at an earlier step is open after the last settle: the text has
+        matched every token of it since it was made (at least one, a step emitting one)."""
         return bool(self.open)
 
     def clear(self) -> None:
@@ -334,11 +340,12 @@ def regime_key(settings: tuple, sampling) -> tuple:
 class RegimeChoosers:
     """The choosers of a drafter whose drafts never change the output (pld, lookahead): one per
     loaded model, settings and sampling regime (regime_key), each carrying what it learned to the
-    next request of its regime (shared.Learned). `current` is the chooser of the last step's
-    regime (greedy before any step): what expected_gain reads before a request's first step
-    (the engine's BackOff.resume_if, at most the first PROBE steps of a request) is the last
-    request's. `make(sampled=...)` builds a chooser, pricing sampling steps where `sampled`
-    (verify_cost_for)."""
+    next request of its regime (shared.Learned), and for pld its twin for guesses made inside a
+    copied span (`of`). `current` is the chooser of the last step (greedy before any step): what
+    expected_gain reads before a request's first step (the engine's BackOff.resume_if, at most
+    the first PROBE steps of a request) is the last request's, and inside a copied span the
+    twin's, so a pause of the back-off ends where a copy starts. `make(sampled=...)` builds a
+    chooser, pricing sampling steps where `sampled` (verify_cost_for)."""
 
     def __init__(self, model, settings: tuple, make: Callable[..., DraftChooser]):
         self.settings, self.make = settings, make
@@ -358,8 +365,7 @@ class RegimeChoosers:
         key = regime_key(self.settings, sampling)
         chooser = self.learned.get(key, functools.partial(self.make, sampled=not sampling.greedy))
         if following:
-            chooser = self.learned.get(key + ("following",), functools.partial(copy.deepcopy,
-                                                                               chooser))
+            chooser = self.learned.get(key + ("following",), chooser.twin)
         return chooser
 
     def use(self, sampling, following: bool = False) -> DraftChooser:

@@ -87,12 +87,17 @@ class PromptLookup(SizedByRegime, Drafter):
             self.index.extend(ctx.tokens[len(self.index.tokens):])
         draft = self.index.lookup(self.num_draft_tokens)
         if self.choosers is not None:  # a guess is sized and learned from by the chooser of
-            # whether the text followed an earlier guess when it was made (RegimeChoosers.of)
-            for (matched, offered), following in self._guesses.settle_each(ctx.tokens):
-                self.choosers.of(ctx.sampling, following).record(matched, offered, whole=True)
-            chooser = self.choosers.use(ctx.sampling, self._guesses.following)
+            # whether the text followed an earlier guess when it was made (RegimeChoosers.of):
+            # one still open, or one it matched to its end by this step
+            following = False
+            for (matched, offered), was_following in self._guesses.settle_each(ctx.tokens):
+                self.choosers.of(ctx.sampling, was_following).record(matched, offered,
+                                                                     whole=True)
+                following = following or matched == offered
+            following = following or self._guesses.still_open
+            chooser = self.choosers.use(ctx.sampling, following)
             if draft:
-                self._guesses.add(len(ctx.tokens), draft)
+                self._guesses.add(len(ctx.tokens), draft, following)
                 draft = draft[:chooser.choose()]
         return Tree.from_chain(ctx.tokens[-1], draft[:ctx.max_drafts])
 
