@@ -12,7 +12,8 @@ in units of a one-token target call,
     verify(nodes(s)) + draft_cost * s
 
 where verify(n) is the cost of a target call verifying n drafts: measured on this machine for the
-loaded target (mlx_spec/cost.py), or the line 1 + [n > 0] (verify_overhead + verify_cost n) when a
+loaded target (mlx_spec/cost.py; a sampling regime's chooser reads the sampled verifies' times,
+the greedy one the greedy ones), or the line 1 + [n > 0] (verify_overhead + verify_cost n) when a
 caller sets those constants or there is no model to measure. Falling acceptance (sampling at a high
 temperature, text the drafter does not know) shrinks drafts, down to plain decoding (size 0) where
 that is allowed; rising acceptance grows them again: a size deeper than a guess that matched to its
