@@ -11,11 +11,12 @@ Measured through the same Target.verify and acceptance the engine uses, up to th
 holding the target's tokens, as the engine's verify time is: `context` tokens are cached, then a
 chain of each size in SIZES is verified in `repeats` rounds over all sizes after a warm-up round
 (the fastest kept), rewinding the cache after each. The machine's other work only ever slows a
-forward, so each size's fastest round is its own time: with the median of SmolLM2's four rounds,
+forward, so each size's fastest round is its own time: with the median of SmolLM2's three rounds,
 a busy spell during the one-token timings (another process, at the bench's start) made a one-token
 step 89-119 ms where the run's steps took 71 and 65, and every larger size as cheap as it
 (2-16 tokens 1.00-1.06x, against 1.2-1.7x), so every draft looked free; a size whose every round
-was slowed only looks dearer, and is drafted less. Every size is timed, not a few to interpolate
+was slowed now only looks dearer, and is drafted less (but for the one-token step, the unit: a
+machine busy through all of its rounds still makes every size look cheaper). Every size is timed, not a few to interpolate
 between: the time is not smooth in the token count. On this project's 2-core CPU (OpenBLAS) a
 16-token verify costs what an 8-token one does and a 12-token one 1.45x that (SmolLM2: 8 tokens
 75 ms, 12 110 ms, 16 76 ms; 28 165 ms, 32 131 ms), so a model timed at powers of two only saw the

@@ -164,8 +164,8 @@ class DraftChooser:
                    verify or linear_verify_cost(verify_cost, verify_overhead), 0.0, rate, tree_prior)
 
     def twin(self) -> "DraftChooser":
-        """A chooser that knows what this one knows now and learns apart from it (its settings,
-        pricing and draft cost shared)."""
+        """A chooser that knows what this one knows now and learns apart from it (its settings
+        and pricing shared; its draft cost copied)."""
         twin = copy.copy(self)
         twin.tokens, twin.learned = dict(self.tokens), dict(self.learned)
         twin.nodes = dict(self.nodes)
@@ -355,14 +355,15 @@ class RegimeChoosers:
 
     def of(self, sampling, following: bool = False) -> DraftChooser:
         """The chooser of `sampling`'s regime; `following`: its twin for the steps where the text
-        follows an earlier guess (Guesses.following), made on first use as a copy of what the
+        follows an earlier guess (one still open, Guesses.still_open, or one it matched to its
+        end: PromptLookup.propose), made on first use as a copy of what the
         regime's chooser knows then. pld keeps the two apart: its guesses come true in runs (a
         span the answer copies, followed for several steps), so a guess made inside a run holds
         far more often than one made outside. Sized by one chooser, the misses between runs
         kept the drafts of a run short, and a run's outcomes, settled only once the text had
-        left it, left the chooser drafting on the misses after it (SmolLM2, the chat2 prompts
-        replayed on `ar`'s texts: greedy 1.091x -> 1.136x; at T = 0.7 code fixing 0.966x ->
-        1.034x; README)."""
+        left it, left the chooser drafting on the misses after it (SmolLM2, the chat2 prompts,
+        greedy: 1.068x -> 1.115x in one bench, 1.038x -> 1.070x replayed on `ar`'s texts;
+        README, session 44)."""
         key = regime_key(self.settings, sampling)
         chooser = self.learned.get(key, functools.partial(self.make, sampled=not sampling.greedy))
         if following:
