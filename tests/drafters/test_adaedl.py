@@ -150,7 +150,10 @@ def test_greedy_and_each_sampling_setting_keep_their_own_lambda(random_models, r
     lam = greedy.threshold.lam
     sampled = decoder.drafter.rule_for(SamplingParams(temperature=1.0))
     assert sampled is not greedy and sampled.threshold.lam == 0.1  # starts from sampling_lam
-    mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder, temperature=1.0)
+    # (seeded: an unseeded draw that ends the text at once leaves the rule unmoved)
+    out = mlx_spec.generate(model, PROMPTS[0], max_tokens=30, raw=True, decoder=decoder,
+                            temperature=1.0, seed=3)
+    assert len(out.token_ids) > 4
     assert decoder.drafter.stop_rule is sampled and sampled.threshold.lam != 0.1
     assert greedy.threshold.lam == lam  # sampling did not move the greedy threshold
     mlx_spec.generate(model, PROMPTS[1], max_tokens=30, raw=True, decoder=decoder)
