@@ -16,11 +16,12 @@ a busy spell during the one-token timings (another process, at the bench's start
 step 89-119 ms where the run's steps took 71 and 65, and every larger size as cheap as it
 (2-16 tokens 1.00-1.06x, against 1.2-1.7x), so every draft looked free; a size whose every round
 was slowed now only looks dearer, and is drafted less (but for the one-token step, the unit: a
-machine busy through all of its rounds still makes every size look cheaper). Every size is timed, not a few to interpolate
-between: the time is not smooth in the token count. On this project's 2-core CPU (OpenBLAS) a
-16-token verify costs what an 8-token one does and a 12-token one 1.45x that (SmolLM2: 8 tokens
-75 ms, 12 110 ms, 16 76 ms; 28 165 ms, 32 131 ms), so a model timed at powers of two only saw the
-cheap sizes and predicted the 10-13 token verifies the choosers sent 13-35% too low. Every round
+machine busy through all of its rounds still makes every size look cheaper).
+Every size is timed, not a few to interpolate between: the time is not smooth in the token
+count. On this project's 2-core CPU (OpenBLAS) a 16-token verify costs what an 8-token one does
+and a 12-token one 1.45x that (SmolLM2: 8 tokens 75 ms, 12 110 ms, 16 76 ms; 28 165 ms, 32 131
+ms), so a model timed at powers of two only saw the cheap sizes and predicted the 10-13 token
+verifies the choosers sent 13-35% too low. Every round
 caches one token more than the last, so no (tokens, cached length) shape is timed twice, as in
 decoding, where the cache grows every step: a backend that builds work per shape pays it in every
 step (mlx's CUDA build makes a cuDNN attention graph per query and key length: on an H200 a

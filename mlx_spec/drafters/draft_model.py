@@ -207,10 +207,12 @@ class DraftModelDrafter(Drafter):
             measured = verify_cost is None and verify_overhead is None and model is not None
             self.time = DraftTime(target_cost(model).seconds[0] if measured else None, draft_cost)
 
+            verify = {sampled: verify_cost_for(model, verify_cost, verify_overhead,
+                                               default=(0.07, 0.2), sampled=sampled)
+                      for sampled in (False, True)}  # priced once: a request's chooser reads it
+
             def make(start_level=PRIOR, sampled=False):
-                verify = verify_cost_for(model, verify_cost, verify_overhead, default=(0.07, 0.2),
-                                         sampled=sampled)
-                return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify,
+                return DraftChooser.for_depths(num_draft_tokens, 0, verify=verify[sampled],
                                                probe_backoff=True, start_level=start_level)
 
             # keyed by class too: adaedl's rounds, cut by its stop rule, teach another chooser

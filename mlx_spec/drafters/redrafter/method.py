@@ -113,12 +113,14 @@ class ReDrafter(Drafter):
         self.choosers: Optional[ModelChoosers] = None  # None: fixed depth
         folders = _head_folders(head, model.config)  # (greedy head, sampling head)
         if adaptive is not False:
+            verify = {sampled: verify_cost_for(model, verify_cost, verify_overhead,
+                                               default=(0.07, 0.15), tree=beam_width > 1,
+                                               sampled=sampled)
+                      for sampled in (False, True)}  # priced once: a request's chooser reads it
+
             def make(start_level=PRIOR, sampled=False):
-                verify = verify_cost_for(model, verify_cost, verify_overhead,
-                                         default=(0.07, 0.15), tree=beam_width > 1,
-                                         sampled=sampled)
                 return DraftChooser.for_depths(beam_length - 1, 0, draft_cost=draft_cost,
-                                               verify=verify, probe_backoff=True,
+                                               verify=verify[sampled], probe_backoff=True,
                                                start_level=start_level)
 
             settings = ("redrafter", head, beam_width, beam_length, top_k, min_prob,
