@@ -37,6 +37,16 @@ adds over the chain of the same size is smooth in the size (a mask, a softmax pe
 interpolated between EXTRA_SIZES and added to every size's chain. `relative(n)` is the
 interpolated time of an n-token verify over a one-token step; beyond the largest size it
 extrapolates the last segment.
+
+The time also grows with the cached length, a multi-token verify's far faster than a one-token
+step's (its attention reads every cached token for every verified one): on this CPU
+SmolLM2's 8-token verify costs 1.59x a one-token step at 128 cached tokens, 1.94x at 512 and
+2.03x at 1024, a 22-token one 2.42x, 3.01x and 3.75x (the embedded target: 8 tokens 1.47x,
+1.60x, 1.89x). Priced at 128 alone, a chat answer's 21-node trees cost 2.9-3.1x a plain step
+where the choosers expected 2.3x. So each chain of EXTRA_SIZES is timed again at LONG_CONTEXT
+cached tokens, and what one more cached token adds (`per_cached`, never negative: a size's two
+times differ by its attention alone, the matrix products being the same) is interpolated
+between them; `cached=` prices a verify at that cached length, linearly beyond both.
 """
 from __future__ import annotations
 
@@ -55,7 +65,8 @@ from .paths import cache_root
 SIZES = tuple(range(1, 34))  # every verify up to a 32-node tree and its root
 EXTRA_SIZES = (1, 2, 4, 8, 16, 32)  # where trees and sampled acceptance are timed too
 CONTEXT = 128
-VERSION = 9  # bump when what is measured changes, so old files on disk are not read
+LONG_CONTEXT = 1024  # the second cached length (per_cached), where the target allows it
+VERSION = 10  # bump when what is measured changes, so old files on disk are not read
 
 
 @dataclass(frozen=True)
@@ -65,27 +76,38 @@ class CostModel:
     context: int            # tokens cached while measuring
     tree_seconds: tuple = ()  # the same sizes verified as branching trees; () if not measured
     sampled_seconds: tuple = ()  # the chains with sampled acceptance; () if not measured
+    long_context: int = 0   # the second cached length timed (0: none)
+    per_cached: tuple = ()  # per size, seconds one more cached token adds; () if not measured
 
-    def step_seconds(self, tokens: float, tree: bool = False) -> float:
-        """Seconds of a verify forward of `tokens` tokens, as a chain or a branching tree."""
-        return self._interpolate(tokens, self.tree_seconds if tree and self.tree_seconds
-                                 else self.seconds)
+    def step_seconds(self, tokens: float, tree: bool = False,
+                     cached: Optional[float] = None) -> float:
+        """Seconds of a verify forward of `tokens` tokens, as a chain or a branching tree, with
+        `cached` tokens in the cache (None: as measured, `context`)."""
+        return (self._interpolate(tokens, self.tree_seconds if tree and self.tree_seconds
+                                  else self.seconds) + self._longer(tokens, cached))
 
     def sampled_step_seconds(self, tokens: float, tree: bool = False,
-                             visited: float = 1.0) -> float:
+                             visited: float = 1.0, cached: Optional[float] = None) -> float:
         """Seconds of a verify step when sampling: a chain as timed with sampled acceptance
         (all its rows made distributions with MLX's ops; on a CPU the rows its walk visited);
         a branching tree's only the `visited` rows of its acceptance walk."""
         if tree or not self.sampled_seconds:
-            return self.step_seconds(tokens, tree) + self.row_seconds * (visited if tree
-                                                                         else tokens)
-        return self._interpolate(tokens, self.sampled_seconds)
+            return self.step_seconds(tokens, tree, cached) + self.row_seconds * (
+                visited if tree else tokens)
+        return self._interpolate(tokens, self.sampled_seconds) + self._longer(tokens, cached)
 
     def verify_seconds(self, tokens: float, tree: bool, sampled: bool,
-                       visited: float = 1.0) -> float:
+                       visited: float = 1.0, cached: Optional[float] = None) -> float:
         """Seconds of a verify step, greedy (step_seconds) or sampled (sampled_step_seconds)."""
-        return (self.sampled_step_seconds(tokens, tree, visited) if sampled
-                else self.step_seconds(tokens, tree))
+        return (self.sampled_step_seconds(tokens, tree, visited, cached) if sampled
+                else self.step_seconds(tokens, tree, cached))
+
+    def _longer(self, tokens: float, cached: Optional[float]) -> float:
+        """What `cached` tokens in the cache add to (or, below `context`, take from) the time
+        measured at `context` for a verify of `tokens` tokens."""
+        if cached is None or not self.per_cached:
+            return 0.0
+        return self._interpolate(tokens, self.per_cached) * (max(0.0, cached) - self.context)
 
     @property
     def row_seconds(self) -> float:
@@ -108,16 +130,20 @@ class CostModel:
         slope = (seconds[j + 1] - seconds[j]) / (sizes[j + 1] - sizes[j])
         return float(slope * (tokens - sizes[j]) + seconds[j])
 
-    def relative(self, tokens: float, tree: bool = False, sampled: bool = False) -> float:
+    def relative(self, tokens: float, tree: bool = False, sampled: bool = False,
+                 cached: Optional[float] = None) -> float:
         """Cost of verifying `tokens` tokens in units of a one-token step (never below 1).
         `sampled`: of a sampling step over a sampling one-token step (sampled_step_seconds; a
         branching tree's walk visiting one row): the draft-size choosers of a sampling regime
         price their sizes so, since a sampled chain's verify costs more than a greedy one's
         (SmolLM2, 2 tokens: 1.19-1.31x a one-token step sampled, 1.04-1.22x greedy, in the
-        same measurements; the bench's sampled 2-token steps, 1.20-1.23x)."""
+        same measurements; the bench's sampled 2-token steps, 1.20-1.23x). `cached`: with that
+        many tokens cached (both steps; None: as measured)."""
         if not sampled:
-            return max(1.0, self.step_seconds(tokens, tree) / self.seconds[0])
-        return max(1.0, self.sampled_step_seconds(tokens, tree) / self.sampled_step_seconds(1))
+            return max(1.0, self.step_seconds(tokens, tree, cached)
+                       / self.step_seconds(1, cached=cached))
+        return max(1.0, self.sampled_step_seconds(tokens, tree, cached=cached)
+                   / self.sampled_step_seconds(1, cached=cached))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,14 +151,18 @@ class CostModel:
     @classmethod
     def from_dict(cls, data: dict) -> "CostModel":
         return cls(tuple(data["sizes"]), tuple(data["seconds"]), int(data["context"]),
-                   tuple(data.get("tree_seconds", ())), tuple(data.get("sampled_seconds", ())))
+                   tuple(data.get("tree_seconds", ())), tuple(data.get("sampled_seconds", ())),
+                   int(data.get("long_context", 0)), tuple(data.get("per_cached", ())))
 
 
 def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
-            budget_s: float = 3.0, max_repeats: int = 15) -> CostModel:
+            budget_s: float = 3.0, max_repeats: int = 15,
+            long_context: int = LONG_CONTEXT) -> CostModel:
     """Time the target's verify forward for each chain size (see the module docstring): at least
     `repeats` rounds, more (up to max_repeats) while the rounds so far took under budget_s, so a
-    small model's milliseconds get more samples for the same wait."""
+    small model's milliseconds get more samples for the same wait. Then, where `long_context`
+    is above what is cached by then, the chains of EXTRA_SIZES at about that many cached tokens,
+    in rounds by the same rule (0: not)."""
     import mlx.core as mx
 
     from .accept import accept
@@ -191,17 +221,36 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
                         times[kind][i].append(seconds)
         target.prefill([(5 * round_ + 1) % vocab])  # the next round's shapes are all new
         round_ += 1
-    target.reset()
     fastest = {kind: [float(np.min(t)) if t else None for t in kept]
                for kind, kept in times.items()}
+    long = None
+    if long_context > target.offset:  # the same chains, again each round at one more token,
+        # as many rounds as above (two measurements of SmolLM2 with three rounds here put its
+        # one-token step's increase at 1024 cached tokens at 16 and 40 ms)
+        target.prefill([(3 * i + 2) % vocab for i in range(long_context - target.offset)])
+        long_times = [[] for _ in sizes]
+        started, long_round = time.perf_counter(), 0
+        while long_round <= repeats or (long_round <= max_repeats
+                                        and time.perf_counter() - started < budget_s):
+            for i, shape in enumerate(shapes["sampled"]):  # (the chains of EXTRA_SIZES)
+                if shape is not None:
+                    seconds = timed(shape, greedy)
+                    if long_round:
+                        long_times[i].append(seconds)
+            target.prefill([(5 * long_round + 2) % vocab])
+            long_round += 1
+        long = [float(np.min(t)) if t else None for t in long_times]
+    target.reset()
     return from_times(sizes, fastest["chain"], fastest["tree"] if target.supports_trees else None,
-                      fastest["sampled"], context)
+                      fastest["sampled"], context, long, long_context if long else 0)
 
 
 def from_times(sizes, chain: list, tree: Optional[list], sampled: list,
-               context: int) -> CostModel:
+               context: int, long: Optional[list] = None, long_context: int = 0) -> CostModel:
     """The model from the seconds per size: `chain` at every size, `tree` and `sampled`
-    where timed (None elsewhere; tree None altogether where the target verifies no trees)."""
+    where timed (None elsewhere; tree None altogether where the target verifies no trees);
+    `long`: the chains at `long_context` cached tokens where timed (None elsewhere, or
+    altogether where not measured)."""
     # no verify costs less than a one-token step (a noisy 2 tokens at 0.98x of 1 would make
     # drafting look cheaper than not drafting); a larger size may cost less than a smaller one
     seconds = np.maximum(chain, chain[0])
@@ -216,8 +265,19 @@ def from_times(sizes, chain: list, tree: Optional[list], sampled: list,
         extra = np.interp(sizes, [n for n, _ in points], [e for _, e in points])
         return tuple(float(s) for s in seconds + extra)
 
+    per_cached = ()
+    if long is not None and long_context > context:
+        # what one more cached token adds, per size where timed (from the raw chain times: the
+        # matrix products, whatever their quirks at a size, are the same at both lengths),
+        # interpolated in between
+        points = [(n, max(0.0, (t - c) / (long_context - context)))
+                  for n, t, c in zip(sizes, long, chain) if t is not None]
+        if points:
+            per_cached = tuple(float(x) for x in np.interp(sizes, [n for n, _ in points],
+                                                           [x for _, x in points]))
     return CostModel(tuple(sizes), tuple(float(s) for s in seconds), context,
-                     with_extra(tree) if tree is not None else (), with_extra(sampled))
+                     with_extra(tree) if tree is not None else (), with_extra(sampled),
+                     long_context if per_cached else 0, per_cached)
 
 
 def machine_file(model, folder: Path, *more, weights: Optional[str] = None) -> Path:
@@ -248,7 +308,9 @@ def cost_model(model, refresh: bool = False) -> CostModel:
             return CostModel.from_dict(json.loads(file.read_text()))
         except (ValueError, KeyError, TypeError):
             pass  # a damaged file is measured again
-    measured = measure(model.model)
+    limit = model.context_length  # (a target with a shorter one is timed up to it)
+    measured = measure(model.model, long_context=LONG_CONTEXT if limit is None else
+                       min(LONG_CONTEXT, limit - SIZES[-1] - 8))
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp")
@@ -268,6 +330,10 @@ def describe(cost: CostModel, sizes=(2, 4, 8, 12, 16), tree_sizes=(8, 32)) -> st
     if cost.sampled_seconds:
         sampled = (f" (sampled {cost.sampled_seconds[0] * 1000:.1f}, "
                    f"8: {cost.sampled_step_seconds(8) * 1000:.1f})")
+    longer = ""
+    if cost.per_cached:
+        longer = f"; {cost.long_context} cached: " + ", ".join(
+            f"{n}: {cost.relative(n, cached=cost.long_context):.2f}x" for n in (2, 8, 32))
     return (f"1 token {cost.seconds[0] * 1000:.1f} ms{sampled}; {parts}"
-            + (f"; trees {trees}" if trees else ""))
+            + (f"; trees {trees}" if trees else "") + longer)
 

@@ -6,7 +6,8 @@ import time
 import pytest
 
 import mlx_spec
-from mlx_spec.cost import EXTRA_SIZES, SIZES, CostModel, cost_model, from_times, measure
+from mlx_spec.cost import (EXTRA_SIZES, SIZES, CostModel, cost_model, describe, from_times,
+                           measure)
 from mlx_spec.drafters.draft_length import verify_cost_for
 from mlx_spec.drafters.shared import shared
 from support.random_models import make_model_folder
@@ -56,6 +57,33 @@ def test_every_size_keeps_its_own_time_and_trees_add_their_interpolated_extra():
     assert from_times(sizes, chain, None, sampled, 128).tree_seconds == ()
 
 
+def test_a_verify_is_priced_at_its_cached_length():
+    """Each size's chain timed again at a longer cached length gives what one more cached token
+    adds to it (never negative), interpolated between sizes; a verify is priced at its cached
+    length, linearly beyond both, and its relative cost is over a one-token step at that length
+    too. Measured here (SmolLM2): 8 tokens 1.59x a one-token step at 128 cached, 2.03x at 1024."""
+    sizes = (1, 2, 4, 8)
+    chain, long = [10.0, 12.0, 14.0, 18.0], [10.9, 13.8, 17.6, 25.2]
+    cost = from_times(sizes, chain, None, [None] * 4, 128, long, 1024)
+    assert cost.long_context == 1024
+    assert cost.per_cached == pytest.approx((0.9 / 896, 1.8 / 896, 3.6 / 896, 7.2 / 896))
+    assert cost.step_seconds(8) == 18.0 and cost.step_seconds(8, cached=128) == 18.0
+    assert cost.step_seconds(8, cached=576) == pytest.approx(21.6)
+    assert cost.step_seconds(6, cached=1024) == pytest.approx(16.0 + 5.4)  # interpolated
+    assert cost.step_seconds(8, cached=1920) == pytest.approx(18.0 + 14.4)  # beyond: linear
+    assert cost.relative(8, cached=1024) == pytest.approx(25.2 / 10.9)
+    assert cost.relative(8, cached=1024) > cost.relative(8)
+    assert cost.verify_seconds(8, False, True, cached=1024) == pytest.approx(25.2)
+    assert CostModel.from_dict(json.loads(json.dumps(cost.to_dict()))) == cost
+    assert "1024 cached: 2: 1.27x, 8: 2.31x" in describe(cost)
+    # a longer length timed faster (noise) adds nothing; without one, no cached pricing
+    flat = from_times(sizes, chain, None, [None] * 4, 128, [9.0, 12.0, 14.0, 18.0], 1024)
+    assert flat.step_seconds(1, cached=4096) == 10.0
+    older = from_times(sizes, chain, None, [None] * 4, 128)
+    assert older.per_cached == () and older.step_seconds(8, cached=4096) == 18.0
+    assert CostModel.from_dict({"sizes": sizes, "seconds": chain, "context": 128}).per_cached == ()
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cost") / "llama"
@@ -78,6 +106,15 @@ def test_measure_times_every_size_and_leaves_the_model_usable(tiny):
                                                 raw=True).token_ids
 
 
+def test_measure_times_the_chains_again_at_a_longer_cached_length(tiny):
+    cost = measure(tiny.model, context=24, sizes=(1, 2, 4, 8), repeats=1, long_context=160)
+    assert cost.long_context == 160 and len(cost.per_cached) == 4
+    assert all(x >= 0 for x in cost.per_cached)
+    assert cost.step_seconds(8, cached=160) >= cost.step_seconds(8)
+    assert measure(tiny.model, context=24, sizes=(1, 2), repeats=1,
+                   long_context=0).per_cached == ()
+
+
 def test_measure_never_times_one_shape_twice(tiny, monkeypatch):
     """Decoding verifies at a new cached length every step; a backend that builds work per shape
     (mlx's CUDA build: a cuDNN attention graph per query and key length) pays that in each step,
@@ -92,11 +129,12 @@ def test_measure_never_times_one_shape_twice(tiny, monkeypatch):
         return verify(self, tree)
 
     monkeypatch.setattr(Target, "verify", recording)
-    measure(tiny.model, context=24, sizes=(1, 2, 4), repeats=3, max_repeats=3)
+    measure(tiny.model, context=24, sizes=(1, 2, 4), repeats=3, max_repeats=3, long_context=40)
     chains = [shape for shape in timed if shape[1]]
-    # each chain size is timed once greedy and once sampled per round, at that round's length
-    assert len(chains) == 2 * 3 * 4 and len(set(chains)) == len(chains) // 2
-    assert sorted({offset for _, _, offset in timed}) == [24, 25, 26, 27]
+    # each chain size is timed once greedy and once sampled per round, at that round's length,
+    # then once per round at the longer cached length (greedy)
+    assert len(chains) == 2 * 3 * 4 + 3 * 4 and len(set(chains)) == 3 * 4 + 3 * 4
+    assert sorted({offset for _, _, offset in timed}) == [24, 25, 26, 27, 40, 41, 42, 43]
 
 
 def test_cost_is_cached_on_disk_per_model(tiny, tmp_path, monkeypatch):
