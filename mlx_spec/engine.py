@@ -79,8 +79,9 @@ class BackOff:
     WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
     MARGIN, CLEAR, PAST = 0.02, 0.10, 0.5
 
-    def __init__(self, relative_cost: Optional[Callable[[float, bool], float]] = None):
-        self.relative = relative_cost  # (tokens verified, as a tree) -> cost in one-token steps
+    def __init__(self, relative_cost: Optional[Callable[..., float]] = None):
+        self.relative = relative_cost  # (tokens verified, as a tree, cached=tokens cached) ->
+        # cost in one-token steps (CostModel.relative)
         self.plain_s: Optional[float] = None   # measured seconds per plain step (running mean)
         self.hold = self.FIRST_HOLD
         self.plain_left = 0                    # plain steps still to run
@@ -128,10 +129,11 @@ class BackOff:
 
     def record(self, drafted: int, tokens: int, seconds: float, overhead_s: float,
                verify_s: float = 0.0, tree: bool = False,
-               switch: Optional[Callable[[float, float], bool]] = None) -> None:
+               switch: Optional[Callable[[float, float], bool]] = None,
+               cached: Optional[int] = None) -> None:
         """One step: `drafted` candidate tokens (a branching tree of them if `tree`), `tokens`
-        emitted, its wall time, the part of it outside drafting and verification, and its
-        verification time. `switch` (Drafter.switch_instead) is asked before a pause for a
+        emitted, its wall time, the part of it outside drafting and verification, its
+        verification time, and the tokens cached before it (its price grows with them). `switch` (Drafter.switch_instead) is asked before a pause for a
         loss: where it switches, the judged windows were another way of drafting's, and are
         dropped instead."""
         if not drafted and self.plain_left:
@@ -147,7 +149,7 @@ class BackOff:
         w.seconds += seconds
         w.overhead_s += overhead_s
         w.verify_s += verify_s
-        w.cost += self.relative(1 + drafted, tree) if self.relative else 0.0
+        w.cost += self.relative(1 + drafted, tree, cached=cached) if self.relative else 0.0
         if w.steps < self.WINDOW:
             return
         self._window = _Window()
@@ -311,7 +313,7 @@ class Decoder:
                 if self.backoff is not None and (flight.backed_off or self.drafter.steady()):
                     self.backoff.record(len(tree) - 1, len(acceptance.tokens),
                                         flight.draft_s + verify_s + other_s, other_s, verify_s,
-                                        branching, self.drafter.switch_instead)
+                                        branching, self.drafter.switch_instead, root_position)
                 flight = None
                 following = (ctx, acceptance, out, tokens, generated, limits, sampling, draft_key)
                 if finish is None and self.dispatch_ahead:  # the next tree before yielding

@@ -147,8 +147,18 @@ STALL = 4.0  # without a cost model: a step over this many times its prompt's me
 STALL_STEPS = 1.0  # with one: a step over its priced time by more than this many one-token steps
 
 
+def cached_lengths(run: Run) -> list[int]:
+    """Tokens cached before each of `run`'s steps (the prompt's, less its last, which the first
+    step verifies, and the tokens emitted before it): what its verify's price depends on."""
+    cached, found = run.stats.prompt_tokens - 1, []
+    for tokens, _ in run.steps:
+        found.append(cached)
+        cached += tokens
+    return found
+
+
 def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None,
-           sampled: bool = False) -> tuple[int, float]:
+           sampled: bool = False, cached: Optional[list] = None) -> tuple[int, float]:
     """(how many, seconds beyond the step's due) of the steps of one prompt where the machine
     stalled: not the method's work. This task's 2-core VM stalls ~100 ms at a time once it has
     been busy for about a minute (a loop of equal 12 ms matrix products: no stall in its first
@@ -166,12 +176,14 @@ def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None,
     on SmolLM2 (a 68 ms step) and 7-9 on the embedded target (12 ms). Without: a step over
     STALL times the prompt's median, which misses every stall of a step over ~30 ms (a
     32-node tree costs 3.5x a plain step: no lower multiple tells the two apart). Under 8
-    steps: no median."""
+    steps: no median. `cached`: the tokens cached before each step (cached_lengths), which
+    prices its verify (None: as the model was measured)."""
     if len(steps) < 8:
         return 0, 0.0
     if cost is not None and len(parts) == len(steps):
-        priced = [cost.verify_seconds(nodes, tree, sampled, visited=tokens)
-                  for (tokens, _), (*_, nodes, tree) in zip(steps, parts)]
+        priced = [cost.verify_seconds(nodes, tree, sampled, visited=tokens, cached=at)
+                  for (tokens, _), (*_, nodes, tree), at in zip(steps, parts,
+                                                                 cached or [None] * len(steps))]
         scale = median_high([part[1] / p for part, p in zip(parts, priced)])  # verify / price
         others = median_high([part[2] for part in parts])
         over = [s - part[0] - others - scale * p for (_, s), part, p in zip(steps, parts, priced)]
@@ -188,9 +200,19 @@ def _aggregate(runs: list[Run], cost: Optional[CostModel] = None, sampled: bool 
     decode_s = sum(r.stats.decode_s for r in runs)
     calls = sum(r.stats.target_calls for r in runs)
     per_call = [n for r in runs for n in r.stats.accepted_per_call]
-    stalled = [stalls(r.steps, r.parts, cost, sampled) for r in runs]
+    lengths = [cached_lengths(r) for r in runs]
+    stalled = [stalls(r.steps, r.parts, cost, sampled, cached)
+               for r, cached in zip(runs, lengths)]
     stall_s = sum(s for _, s in stalled)
-    return {
+    priced = {}
+    if cost is not None and runs and all(r.steps and len(r.parts) == len(r.steps)
+                                         for r in runs):
+        # the model's price of every verify at its cached length (add_verify_prediction)
+        priced["predicted_verify_s"] = sum(
+            cost.verify_seconds(nodes, tree, sampled, visited=tokens, cached=at)
+            for r, cached in zip(runs, lengths)
+            for (tokens, _), (*_, nodes, tree), at in zip(r.steps, r.parts, cached))
+    return {**priced,
         "tokens_per_s": tokens / decode_s if decode_s else 0.0,
         # the machine's stalls (see stalls) and the speed without them: the stalled steps at
         # their due
@@ -218,11 +240,13 @@ def _aggregate(runs: list[Run], cost: Optional[CostModel] = None, sampled: bool 
 def add_verify_prediction(methods: dict, cost: CostModel, sampled: bool = False) -> None:
     """Per method: the measured verify time per target call beside the cost model's prediction,
     the mean over its calls of the modelled time of what each verified (that many nodes, as a
-    chain or a branching tree), both in ms. When sampling, a chain's rows all become
-    distributions and a tree's walk converts the rows it visits (the method's mean tokens per
-    call). Also the measured time without the machine's stalls ("verify_ms_per_call_unstalled":
-    their seconds beyond their due taken out of the verify, where a step spends most of
-    its time), which is what the model, measured at the run's start, can be held to.
+    chain or a branching tree, at its cached length where the runs' steps were recorded:
+    "predicted_verify_s"), both in ms. When sampling, a chain's rows all become
+    distributions and a tree's walk converts the rows it visits (the step's tokens, or the
+    method's mean tokens per call). Also the measured time without the machine's stalls
+    ("verify_ms_per_call_unstalled": their seconds beyond their due taken out of the verify,
+    where a step spends most of its time), which is what the model, measured at the run's
+    start, can be held to.
     Where `ar` ran, also the prediction anchored to its calls ("..._anchored": scaled by `ar`'s
     measured time without stalls over its predicted time): the machine's speed drifts over a run
     (a SmolLM2 run at 0.7 measured every method's verifies 14-19% above the model, `ar`'s by
@@ -234,10 +258,12 @@ def add_verify_prediction(methods: dict, cost: CostModel, sampled: bool = False)
         m["verify_ms_per_call"] = 1000 * m["time_split_s"]["verify"] / calls
         m["verify_ms_per_call_unstalled"] = 1000 * max(
             0.0, m["time_split_s"]["verify"] - m.get("stall_s", 0.0)) / calls
-        m["predicted_verify_ms_per_call"] = 1000 * sum(
+        m["predicted_verify_ms_per_call"] = 1000 * (m["predicted_verify_s"] / calls
+                                                    if "predicted_verify_s" in m else sum(
             count * cost.verify_seconds(int(nodes), kind == "tree", sampled,
                                         visited=m["mean_accepted"])
-            for kind, sizes in m["verified_calls"].items() for nodes, count in sizes.items()) / calls
+            for kind, sizes in m["verified_calls"].items() for nodes, count in sizes.items())
+            / calls)
     plain = methods.get(REFERENCE)
     predicted = plain["predicted_verify_ms_per_call"] if plain else 0.0
     if predicted > 0 and plain["verify_ms_per_call_unstalled"] > 0:

@@ -128,8 +128,9 @@ def _along(drafter, text: Text, sampling: SamplingParams, cost: CostModel,
             tree = drafter.propose(ctx)
             own_s = time.perf_counter() - t0
             acceptance = accept_by_walking(tree, lambda node: output[done + tree.depths[node]])
+            cached = len(tokens) - 1  # (before the step's tokens join)
             verify_s = cost.verify_seconds(len(tree), not tree.is_chain, not sampling.greedy,
-                                           visited=len(acceptance.tokens))
+                                           visited=len(acceptance.tokens), cached=cached)
             tokens.extend(acceptance.tokens)
             done += len(acceptance.tokens)
             drafter.observe(ctx, tree, acceptance, None)
@@ -137,17 +138,18 @@ def _along(drafter, text: Text, sampling: SamplingParams, cost: CostModel,
             priced, drafting_s = priced + verify_s, drafting_s + own_s
             if backoff is not None and (not drafting or drafter.steady()):
                 backoff.record(len(tree) - 1, len(acceptance.tokens), verify_s, 0.0, verify_s,
-                               not tree.is_chain, drafter.switch_instead)
+                               not tree.is_chain, drafter.switch_instead, cached)
     finally:
         drafter.end()
     return Replayed(text, calls, drafted, priced, drafting_s)
 
 
 def speedup(replayed: list[Replayed], cost: CostModel, sampled: bool) -> float:
-    """Tokens per priced second over `ar`'s (a one-token verify per token)."""
-    plain = cost.verify_seconds(1, False, sampled)
-    return (sum(r.tokens for r in replayed) * plain / sum(r.priced_s for r in replayed)
-            if replayed else 0.0)
+    """Tokens per priced second over `ar`'s (a one-token verify per token, each priced at its
+    cached length as the method's verifies are)."""
+    plain = sum(cost.verify_seconds(1, False, sampled, cached=len(r.text.prompt) + i - 1)
+                for r in replayed for i in range(r.tokens))
+    return plain / sum(r.priced_s for r in replayed) if replayed else 0.0
 
 
 def summary(replayed: list[Replayed], cost: CostModel, sampled: bool) -> dict:

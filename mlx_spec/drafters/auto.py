@@ -522,7 +522,7 @@ class Auto(Drafter):
             tree = self.candidates[name].propose(ctx)
             answer_s = time.perf_counter() - t0
             real = []  # filled by observe() with this step's real tokens and seconds
-            seconds = self._shadow_seconds(name, tree) + answer_s
+            seconds = self._shadow_seconds(name, tree, len(ctx.tokens)) + answer_s
             if len(tree) > 1:
                 ledger.add(len(ctx.tokens), (_branches(tree), seconds, real))
             else:  # the plain step it would have taken: one token (scored at the next step)
@@ -553,7 +553,7 @@ class Auto(Drafter):
             if self._in_trial:
                 self._trial = (name, self._trial[1] + 1)
         else:
-            modelled = (self.cost.step_seconds(len(tree), not tree.is_chain)
+            modelled = (self.cost.step_seconds(len(tree), not tree.is_chain, len(ctx.tokens))
                         if self.cost is not None else None)
             model = not self.candidates[name].drafts_from_text
             # a model drafter's step counts the tokens its tree emits on average over the
@@ -627,7 +627,7 @@ class Auto(Drafter):
         rate = (handed.raw if recent and handed.steps >= Rate.PRIOR
                 else long.raw if long is not None and long.steps >= self.SETTLED
                 else self._rate(model).per_second)
-        plain_s = self.rates.real.scale * self.cost.step_seconds(1)
+        plain_s = self.rates.real.scale * self.cost.step_seconds(1, cached=len(ctx.tokens))
         if rate * plain_s <= 1.0 + self.SWITCH_MARGIN:
             return empty
         drafter = self.candidates[model]
@@ -638,13 +638,15 @@ class Auto(Drafter):
         self.proposer = model
         # the leader's miss, for its own long run: the plain step it would have taken (_outrun)
         self._missed.setdefault(self.current, []).append(
-            (self._shadow_seconds(self.current, empty), []))
+            (self._shadow_seconds(self.current, empty, len(ctx.tokens)), []))
         return tree
 
-    def _shadow_seconds(self, name: str, tree: Tree) -> float:
-        """What a step of text-only `name`'s `tree` would take: the target's modelled verify,
-        scaled as the real steps run (Rates.scale), besides its own answer time."""
-        return self.rates.scale(name) * self.cost.step_seconds(len(tree), not tree.is_chain)
+    def _shadow_seconds(self, name: str, tree: Tree, cached: int) -> float:
+        """What a step of text-only `name`'s `tree` would take with `cached` tokens cached: the
+        target's modelled verify, scaled as the real steps run (Rates.scale), besides its own
+        answer time."""
+        return self.rates.scale(name) * self.cost.step_seconds(len(tree), not tree.is_chain,
+                                                               cached)
 
     def proposers(self) -> dict[str, int]:
         return dict(self.steps_by_method)

@@ -45,13 +45,16 @@ from typing import Callable, Optional
 
 from .shared import Learned, shared, target_cost
 
-VerifyCost = Callable[[float], float]  # drafts verified (root excluded) -> cost in one-token steps
+# (drafts verified (root excluded), tokens cached or None) -> cost in one-token steps
+VerifyCost = Callable[[float, Optional[float]], float]
+CACHED_STEP = 64  # a measured price is tabled once per this many cached tokens (_tabled)
 
 
 def linear_verify_cost(verify_cost: float, verify_overhead: float) -> VerifyCost:
     """A fixed step up for any draft at all (one-row matmuls are matrix-vector products, cheaper
-    per row), then a cost per draft."""
-    return lambda nodes: 1.0 + (verify_overhead + verify_cost * nodes if nodes else 0.0)
+    per row), then a cost per draft (whatever the cached length)."""
+    return lambda nodes, cached=None: 1.0 + (verify_overhead + verify_cost * nodes
+                                             if nodes else 0.0)
 
 
 def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Optional[float],
@@ -71,18 +74,29 @@ def verify_cost_for(model, verify_cost: Optional[float], verify_overhead: Option
 
 
 def _tabled(measured, tree: bool, sampled: bool) -> VerifyCost:
-    """measured.relative(1 + nodes) read from a table of its values at whole node counts (the
-    model's sizes are whole numbers, so interpolating between them is exact): a chooser weighs
-    every size at every step, and np.interp per size had cost lookahead's 33 budgets ~0.2 ms a
-    step, 2% of the embedded target's."""
-    table = [measured.relative(1 + k, tree, sampled) for k in range(int(measured.sizes[-1]))]
+    """measured.relative(1 + nodes, cached=...) read from a table of its values at whole node
+    counts (the model's sizes are whole numbers, so interpolating between them is exact): a
+    chooser weighs every size at every step, and np.interp per size had cost lookahead's 33
+    budgets ~0.2 ms a step, 2% of the embedded target's. One table per CACHED_STEP cached
+    tokens, priced at the middle of its span (the price moves ~1% per 64 tokens at most: cost.py),
+    made when first asked for; cached=None: as measured."""
+    tables: dict = {}
 
-    def verify(nodes: float) -> float:
+    def table(cached: Optional[float]) -> tuple[list, Optional[float]]:
+        span = None if cached is None or not measured.per_cached else int(cached) // CACHED_STEP
+        if span not in tables:
+            at = None if span is None else (span + 0.5) * CACHED_STEP
+            tables[span] = ([measured.relative(1 + k, tree, sampled, at)
+                             for k in range(int(measured.sizes[-1]))], at)
+        return tables[span]
+
+    def verify(nodes: float, cached: Optional[float] = None) -> float:
+        prices, at = table(cached)
         whole = int(nodes)
-        if whole + 1 >= len(table) or nodes < 0:
-            return measured.relative(1 + nodes, tree, sampled)
-        low = table[whole]
-        return low + (nodes - whole) * (table[whole + 1] - low) if nodes > whole else low
+        if whole + 1 >= len(prices) or nodes < 0:
+            return measured.relative(1 + nodes, tree, sampled, at)
+        low = prices[whole]
+        return low + (nodes - whole) * (prices[whole + 1] - low) if nodes > whole else low
     return verify
 
 
@@ -136,6 +150,8 @@ class DraftChooser:
         # drift returns to (a drafter's measured acceptance: ModelChoosers)
         self.probe_backoff, self.start = probe_backoff, start or prior
         self.extend_level = extend_level  # a fully matched chain's unknown deeper levels (record)
+        self.cached: Optional[int] = None  # tokens cached at the last choose() (a verify's price
+        # grows with it: cost.py), None before any
         self.reset()
 
     @classmethod
@@ -183,14 +199,19 @@ class DraftChooser:
         return self.tokens[size]
 
     def cost(self, size: int) -> float:
-        return self.verify(self.nodes[size]) + self.draft_cost * size if size else 1.0
+        """A call of `size` in one-token steps, at the cached length of the last choose()."""
+        return self.verify(self.nodes[size], self.cached) + self.draft_cost * size if size else 1.0
 
     def expected_gain(self) -> float:
         """Expected tokens per unit of cost of the best size, plain decoding being 1."""
         return max(self.tokens[s] / self.cost(s) for s in self.sizes)
 
-    def choose(self, limit: int | None = None) -> int:
-        """The best size not above `limit` (nor below min_size, unless the limit is)."""
+    def choose(self, limit: int | None = None, cached: Optional[int] = None) -> int:
+        """The best size not above `limit` (nor below min_size, unless the limit is), priced
+        with `cached` tokens in the target's cache (kept for expected_gain; None: the last
+        one's)."""
+        if cached is not None:
+            self.cached = cached
         top = self.max_size if limit is None else max(min(limit, self.max_size), 0)
         allowed = [s for s in self.sizes if min(self.min_size, top) <= s <= top] or [self.sizes[0]]
         best = max(allowed, key=lambda s: (self.tokens[s] / self.cost(s), -s))

@@ -276,7 +276,8 @@ class DraftModelDrafter(Drafter):
     def propose(self, ctx: StepContext) -> Tree:
         chooser = self._chooser(ctx)
         k = min(self.num_draft_tokens, ctx.max_drafts,
-                chooser.choose() if chooser is not None else self.num_draft_tokens)
+                chooser.choose(cached=len(ctx.tokens)) if chooser is not None
+                else self.num_draft_tokens)
         self._max_drafts = k
         if k <= 0:
             return Tree.from_chain(ctx.tokens[-1], [])

@@ -160,7 +160,7 @@ class Lookahead(SizedByRegime, Drafter):
             chooser = self.choosers.use(ctx.sampling)
             for outcome in self._guesses.settle(tokens):
                 chooser.record_ranks(*outcome)
-            budget = chooser.choose() if ctx.max_drafts >= 1 else 0
+            budget = chooser.choose(cached=len(tokens)) if ctx.max_drafts >= 1 else 0
             if budget == 0:
                 self._plain_steps += 1
                 if self._plain_steps % PEEK_EVERY:  # the tries catch up on the next peek

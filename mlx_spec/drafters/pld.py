@@ -98,7 +98,7 @@ class PromptLookup(SizedByRegime, Drafter):
             chooser = self.choosers.use(ctx.sampling, following)
             if draft:
                 self._guesses.add(len(ctx.tokens), draft, following)
-                draft = draft[:chooser.choose()]
+                draft = draft[:chooser.choose(cached=len(ctx.tokens))]
         return Tree.from_chain(ctx.tokens[-1], draft[:ctx.max_drafts])
 
 

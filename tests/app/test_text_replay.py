@@ -107,7 +107,7 @@ def test_one_back_off_judges_all_the_requests(embedded, monkeypatch):
 def test_the_speedup_prices_each_call():
     """Planted: 12 tokens in 4 calls, priced 2 one-token steps each: 1.5x."""
     class Cost:
-        def verify_seconds(self, tokens, tree=False, sampled=False, visited=1.0):
+        def verify_seconds(self, tokens, tree=False, sampled=False, visited=1.0, cached=None):
             return 0.01
     text = tr.Text("p", "c", [1], list(range(12)))
     replayed = [tr.Replayed(text, target_calls=4, drafted_tokens=8, priced_s=0.08, drafting_s=0)]

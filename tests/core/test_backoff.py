@@ -14,7 +14,7 @@ from mlx_spec.tree import Tree
 
 
 # a fake cost model: verifying the root and 4 drafts costs 2 one-token steps
-SHAPE = lambda n, tree=False: 1.0 + 0.25 * (n - 1)  # noqa: E731
+SHAPE = lambda n, tree=False, **_: 1.0 + 0.25 * (n - 1)  # noqa: E731
 
 
 def run(backoff, steps, drafted_tokens, seconds, plain_s):
@@ -187,7 +187,7 @@ def test_a_losing_drafter_is_backed_off_and_the_output_is_unchanged(random_model
 
     reference = mlx_spec.generate(model, prompt, max_tokens=60, method="ar").token_ids
     always, always_stats = decode(None)
-    governed, stats = decode(BackOff(relative_cost=lambda n, tree=False: 1.0))
+    governed, stats = decode(BackOff(relative_cost=lambda n, tree=False, **_: 1.0))
     assert always == governed == reference
     assert always_stats.plain_calls == 0
     assert stats.plain_calls > 30 and stats.target_calls - stats.plain_calls < 30
@@ -224,7 +224,7 @@ def test_the_back_off_judges_only_the_steps_a_drafter_calls_steady(random_models
             super().record(drafted, *args, **kwargs)
 
     decoder = Decoder(Target(model.model), Exploring(prompt + reference), "exploring",
-                      backoff=Counting(relative_cost=lambda n, tree=False: 1.0))
+                      backoff=Counting(relative_cost=lambda n, tree=False, **_: 1.0))
     steps = list(decoder.generate(prompt, Limits(max_tokens=60), SamplingParams()))
     assert [t for s in steps for t in s.token_ids] == reference
     stats = steps[-1].stats

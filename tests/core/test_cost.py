@@ -183,6 +183,28 @@ def test_a_sampling_chooser_prices_sampled_verifies(tiny, monkeypatch):
     assert choosers.use(SamplingParams()).cost(1) == pytest.approx(1.1)
 
 
+def test_a_chooser_prices_a_size_at_the_cached_length_it_drafts_at(tiny, monkeypatch):
+    """The same acceptance drafts shallower where the cache is long: there a multi-token verify
+    costs more over a one-token step (cost.py). A chooser's table is priced at the middle of its
+    CACHED_STEP span; without a length, as measured."""
+    from mlx_spec.drafters.draft_length import CACHED_STEP, DraftChooser
+
+    sizes = (1, 2, 4, 8, 9)
+    planted = from_times(sizes, [0.010, 0.0115, 0.013, 0.015, 0.016], None, [None] * 5, 128,
+                         [0.011, 0.0135, 0.017, 0.023, 0.025], 1024)
+    monkeypatch.setattr(shared(tiny), "cost", planted)
+    verify = verify_cost_for(tiny, None, None, default=(0.07, 0.2))
+    assert verify(7) == pytest.approx(planted.relative(8))
+    at = (1024 // CACHED_STEP + 0.5) * CACHED_STEP
+    assert verify(7, 1024) == pytest.approx(planted.relative(8, cached=at))
+    assert verify(7, 1024) > verify(7, 100)
+    chooser = DraftChooser.for_depths(8, verify=verify)
+    chooser.tokens = {n: 1 + sum(0.7 ** d for d in range(1, n + 1)) for n in chooser.sizes}
+    short, long = chooser.choose(cached=100), chooser.choose(cached=3000)
+    assert short > long >= 1 and chooser.cached == 3000
+    assert chooser.choose() == long  # (the last length is kept)
+
+
 def test_measure_keeps_each_sizes_fastest_round(tiny, monkeypatch):
     """The machine's other work only slows a forward: a one-token step slowed in two of its
     three rounds (a busy spell) must not become the unit every size is priced in, which would

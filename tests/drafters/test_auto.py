@@ -1178,7 +1178,7 @@ class _FlatCost:
     def __init__(self, seconds):
         self.seconds = seconds
 
-    def step_seconds(self, nodes, tree=False):
+    def step_seconds(self, nodes, tree=False, cached=None):
         return self.seconds
 
 

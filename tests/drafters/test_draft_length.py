@@ -102,7 +102,7 @@ def test_a_cost_model_where_drafts_are_dear_backs_off_and_climbs_back():
     """Driven by a fake cost model (verify(n) in one-token steps) and planted acceptance: with
     drafts that never hit, the chooser falls to depth 0; the unused depths drift back towards the
     prior, so it probes again, and once probes hit it climbs back to long drafts."""
-    dear = DraftChooser.for_depths(max_length=8, verify=lambda n: 1.0 + 0.3 * n if n else 1.0)
+    dear = DraftChooser.for_depths(max_length=8, verify=lambda n, cached=None: 1.0 + 0.3 * n if n else 1.0)
     for _ in range(30):
         dear.record(accepted=0, offered=dear.choose() or 8)
     assert dear.choose() == 0
@@ -121,15 +121,15 @@ def test_the_same_acceptance_drafts_deeper_where_verifying_is_cheaper():
         c = DraftChooser.for_depths(max_length=10, verify=verify)
         c.tokens = {n: 1 + sum(0.7 ** d for d in range(1, n + 1)) for n in c.sizes}
         return c
-    cheap = chooser(lambda n: 1.0 + 0.01 * n if n else 1.0).choose()
-    dear = chooser(lambda n: 1.0 + 0.2 * n if n else 1.0).choose()
+    cheap = chooser(lambda n, cached=None: 1.0 + 0.01 * n if n else 1.0).choose()
+    dear = chooser(lambda n, cached=None: 1.0 + 0.2 * n if n else 1.0).choose()
     assert cheap > dear >= 1
 
 
 def test_a_short_whole_guess_costs_what_it_sends():
     """pld's lookup found 2 tokens, both right: every size would have sent those 2, so the deep
     sizes are neither credited with more tokens nor charged for nodes never sent."""
-    chooser = DraftChooser.for_depths(max_length=8, verify=lambda n: 1.0 + 0.2 * n if n else 1.0)
+    chooser = DraftChooser.for_depths(max_length=8, verify=lambda n, cached=None: 1.0 + 0.2 * n if n else 1.0)
     for _ in range(60):
         chooser.record(accepted=2, offered=2, whole=True)
     assert abs(chooser.expected_tokens(8) - 3.0) < 0.01
@@ -140,7 +140,7 @@ def test_a_short_whole_guess_costs_what_it_sends():
 def test_depths_and_budgets_are_one_chooser():
     """A chain is a ranked tree whose n-th node is its n-th level: the same outcomes give the
     same estimates through either door."""
-    chain = DraftChooser.for_depths(max_length=8, verify=lambda n: 1.0 + 0.1 * n if n else 1.0)
+    chain = DraftChooser.for_depths(max_length=8, verify=lambda n, cached=None: 1.0 + 0.1 * n if n else 1.0)
     ranked = DraftChooser(range(9), chain.verify)
     for accepted in (3, 0, 8, 5, 1):
         chain.record(accepted=accepted, offered=8)
@@ -171,7 +171,7 @@ def test_failed_probes_are_rare_where_drafts_never_hit():
     misses had left the size, not from the drifted value, so the next probe is again a whole
     drift away (learned from the drifted value, a miss left it just under the threshold and it
     probed one step in about four)."""
-    chooser = DraftChooser.for_depths(4, verify=lambda n: 1.1 + 0.04 * n if n else 1.0,
+    chooser = DraftChooser.for_depths(4, verify=lambda n, cached=None: 1.1 + 0.04 * n if n else 1.0,
                                       draft_cost=0.06)
     for _ in range(30):
         chooser.record(accepted=0, offered=chooser.choose() or 4)
@@ -262,10 +262,10 @@ def test_a_full_match_extends_the_unknown_levels_at_the_start_level():
     from mlx_spec.drafters.draft_length import PRIOR
 
     table = {0: 1.0, 1: 1.2, 2: 1.45, 3: 1.71, 4: 1.75}
-    measured = DraftChooser.for_depths(4, verify=lambda nodes: table[round(nodes)],
+    measured = DraftChooser.for_depths(4, verify=lambda nodes, cached=None: table[round(nodes)],
                                        start_level=0.43)
     assert measured.extend_level == 0.43 and measured.choose() == 1
-    at_prior = DraftChooser.for_depths(4, verify=lambda nodes: table[round(nodes)],
+    at_prior = DraftChooser.for_depths(4, verify=lambda nodes, cached=None: table[round(nodes)],
                                        start_level=0.43)
     at_prior.extend_level = PRIOR
     for chooser in (measured, at_prior):

@@ -196,7 +196,8 @@ class ReDrafter(Drafter):
     def prepare(self, ctx, acceptance, out) -> None:
         """Run the head on the hidden state of the last accepted token: the next root's drafts."""
         chooser = self._chooser(ctx)
-        depth = chooser.choose() if chooser is not None else self.length - 1
+        depth = (chooser.choose(cached=len(ctx.tokens)) if chooser is not None
+                 else self.length - 1)
         if depth == 0:  # plain decoding pays more here than drafting wins back
             self._pending = None
             return
