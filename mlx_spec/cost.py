@@ -42,11 +42,13 @@ The time also grows with the cached length, a multi-token verify's far faster th
 step's (its attention reads every cached token for every verified one): on this CPU
 SmolLM2's 8-token verify costs 1.59x a one-token step at 128 cached tokens, 1.94x at 512 and
 2.03x at 1024, a 22-token one 2.42x, 3.01x and 3.75x (the embedded target: 8 tokens 1.47x,
-1.60x, 1.89x). Priced at 128 alone, a chat answer's 21-node trees cost 2.9-3.1x a plain step
-where the choosers expected 2.3x. So each chain of EXTRA_SIZES is timed again at LONG_CONTEXT
-cached tokens, and what one more cached token adds (`per_cached`, never negative: a size's two
-times differ by its attention alone, the matrix products being the same) is interpolated
-between them; `cached=` prices a verify at that cached length, linearly beyond both.
+1.60x, 1.89x). Priced at 128 alone, drafts cost 18-25% more than their price at 512 cached
+tokens and 22-37% more at 1024. So each chain of EXTRA_SIZES is timed again at LONG_CONTEXT
+cached tokens (less where the target's context is shorter), and what one more cached token adds
+(`per_cached`, never negative: a size's two times differ by its attention alone, the matrix
+products being the same) is interpolated between them; `cached=` prices a verify at that cached
+length, linearly beyond the longer one, and as measured below `context` (the attention's share
+is small there, and a line drawn down from two noisy points could reach zero).
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ SIZES = tuple(range(1, 34))  # every verify up to a 32-node tree and its root
 EXTRA_SIZES = (1, 2, 4, 8, 16, 32)  # where trees and sampled acceptance are timed too
 CONTEXT = 128
 LONG_CONTEXT = 1024  # the second cached length (per_cached), where the target allows it
+MIN_GAP = 256  # the least span between the two lengths (cost_model)
 VERSION = 10  # bump when what is measured changes, so old files on disk are not read
 
 
@@ -103,11 +106,11 @@ class CostModel:
                 else self.step_seconds(tokens, tree, cached))
 
     def _longer(self, tokens: float, cached: Optional[float]) -> float:
-        """What `cached` tokens in the cache add to (or, below `context`, take from) the time
-        measured at `context` for a verify of `tokens` tokens."""
-        if cached is None or not self.per_cached:
+        """What `cached` tokens in the cache add to the time measured at `context` for a verify
+        of `tokens` tokens (nothing at or below `context`)."""
+        if cached is None or not self.per_cached or cached <= self.context:
             return 0.0
-        return self._interpolate(tokens, self.per_cached) * (max(0.0, cached) - self.context)
+        return self._interpolate(tokens, self.per_cached) * (cached - self.context)
 
     @property
     def row_seconds(self) -> float:
@@ -225,7 +228,7 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
                for kind, kept in times.items()}
     long = None
     if long_context > target.offset:  # the same chains, again each round at one more token,
-        # as many rounds as above (two measurements of SmolLM2 with three rounds here put its
+        # in rounds by the rule above (two measurements of SmolLM2 with three rounds here put its
         # one-token step's increase at 1024 cached tokens at 16 and 40 ms)
         target.prefill([(3 * i + 2) % vocab for i in range(long_context - target.offset)])
         long_times = [[] for _ in sizes]
@@ -308,9 +311,11 @@ def cost_model(model, refresh: bool = False) -> CostModel:
             return CostModel.from_dict(json.loads(file.read_text()))
         except (ValueError, KeyError, TypeError):
             pass  # a damaged file is measured again
-    limit = model.context_length  # (a target with a shorter one is timed up to it)
-    measured = measure(model.model, long_context=LONG_CONTEXT if limit is None else
-                       min(LONG_CONTEXT, limit - SIZES[-1] - 8))
+    limit = model.context_length  # (a target with a shorter one is timed within it: the long
+    # rounds add a token each, up to measure's max_repeats + 1, beside a chain of SIZES[-1]; and
+    # a second length less than MIN_GAP beyond the first would divide noise by a short span)
+    long = LONG_CONTEXT if limit is None else min(LONG_CONTEXT, limit - SIZES[-1] - 16 - 8)
+    measured = measure(model.model, long_context=long if long >= CONTEXT + MIN_GAP else 0)
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(".tmp")

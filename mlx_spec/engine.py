@@ -133,9 +133,9 @@ class BackOff:
                cached: Optional[int] = None) -> None:
         """One step: `drafted` candidate tokens (a branching tree of them if `tree`), `tokens`
         emitted, its wall time, the part of it outside drafting and verification, its
-        verification time, and the tokens cached before it (its price grows with them). `switch` (Drafter.switch_instead) is asked before a pause for a
-        loss: where it switches, the judged windows were another way of drafting's, and are
-        dropped instead."""
+        verification time, and the tokens cached before it (its price grows with them). `switch`
+        (Drafter.switch_instead) is asked before a pause for a loss: where it switches, the
+        judged windows were another way of drafting's, and are dropped instead."""
         if not drafted and self.plain_left:
             self.plain_s = seconds if self.plain_s is None else 0.7 * self.plain_s + 0.3 * seconds
             self.plain_left -= 1

@@ -147,18 +147,24 @@ STALL = 4.0  # without a cost model: a step over this many times its prompt's me
 STALL_STEPS = 1.0  # with one: a step over its priced time by more than this many one-token steps
 
 
-def cached_lengths(run: Run) -> list[int]:
-    """Tokens cached before each of `run`'s steps (the prompt's, less its last, which the first
-    step verifies, and the tokens emitted before it): what its verify's price depends on."""
-    cached, found = run.stats.prompt_tokens - 1, []
-    for tokens, _ in run.steps:
-        found.append(cached)
+def step_prices(run: Run, cost: Optional[CostModel], sampled: bool = False) -> Optional[list]:
+    """Per step of `run`, (the model's price of its verify, of a one-token step), both at the
+    length cached before it (the prompt's, less its last token, which the first step verifies,
+    and the tokens emitted since); `sampled`: as the bench prices a sampled verify, the rows its
+    tokens visited. None without a cost model, or where the steps are not one verify each
+    (`dsi`: a step commits several jobs' tokens)."""
+    if (cost is None or not run.steps or len(run.parts) != len(run.steps)
+            or run.stats.target_calls != len(run.steps)):
+        return None
+    cached, prices = run.stats.prompt_tokens - 1, []
+    for (tokens, _), (*_, nodes, tree) in zip(run.steps, run.parts):
+        prices.append((cost.verify_seconds(nodes, tree, sampled, visited=tokens, cached=cached),
+                       cost.verify_seconds(1, False, sampled, cached=cached)))
         cached += tokens
-    return found
+    return prices
 
 
-def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None,
-           sampled: bool = False, cached: Optional[list] = None) -> tuple[int, float]:
+def stalls(steps: list, parts: list = (), prices: Optional[list] = None) -> tuple[int, float]:
     """(how many, seconds beyond the step's due) of the steps of one prompt where the machine
     stalled: not the method's work. This task's 2-core VM stalls ~100 ms at a time once it has
     been busy for about a minute (a loop of equal 12 ms matrix products: no stall in its first
@@ -166,29 +172,25 @@ def stalls(steps: list, parts: list = (), cost: Optional[CostModel] = None,
     chance, and in one four-round run gave `auto` 2.9 s and `redrafter` 2.1 s of their 37 and
     35 s: a third of the 5% between them.
 
-    With the target's cost model and each step's `parts` (Run.parts), a step is due its own
-    drafting, the model's price for what it verified (`sampled`: as the bench prices a sampled
-    verify, the rows its tokens visited), scaled as the prompt's verifies ran, and the prompt's
-    median other work; a stall is a step over its due by more than STALL_STEPS one-token steps
+    With each step's `parts` (Run.parts) and `prices` (step_prices: the target's cost model at
+    the step's cached length), a step is due its own drafting, the model's price for what it
+    verified, scaled as the prompt's verifies ran, and the prompt's median other work; a stall
+    is a step over its due by more than STALL_STEPS one-token steps
     (a stall within the drafting is taken for drafting: a draft model's varies with its depth).
     Measured (SmolLM2 and the embedded target at T = 0.7, every method, 18,000 steps): the
     methods' own steps stay within one such step of their due, the stalls are 1.2-1.6 of them
     on SmolLM2 (a 68 ms step) and 7-9 on the embedded target (12 ms). Without: a step over
     STALL times the prompt's median, which misses every stall of a step over ~30 ms (a
     32-node tree costs 3.5x a plain step: no lower multiple tells the two apart). Under 8
-    steps: no median. `cached`: the tokens cached before each step (cached_lengths), which
-    prices its verify (None: as the model was measured)."""
+    steps: no median."""
     if len(steps) < 8:
         return 0, 0.0
-    if cost is not None and len(parts) == len(steps):
-        priced = [cost.verify_seconds(nodes, tree, sampled, visited=tokens, cached=at)
-                  for (tokens, _), (*_, nodes, tree), at in zip(steps, parts,
-                                                                 cached or [None] * len(steps))]
-        scale = median_high([part[1] / p for part, p in zip(parts, priced)])  # verify / price
+    if prices is not None and len(parts) == len(steps) == len(prices):
+        scale = median_high([part[1] / p for part, (p, _) in zip(parts, prices)])  # verify / price
         others = median_high([part[2] for part in parts])
-        over = [s - part[0] - others - scale * p for (_, s), part, p in zip(steps, parts, priced)]
-        step = scale * cost.verify_seconds(1, False, sampled)  # one one-token step
-        over = [x for x in over if x > STALL_STEPS * step]
+        over = [(s - part[0] - others - scale * p, scale * plain)  # (plain: a one-token
+                for (_, s), part, (p, plain) in zip(steps, parts, prices)]  # step, scaled)
+        over = [x for x, step in over if x > STALL_STEPS * step]
     else:
         median = median_high([s for _, s in steps])
         over = [s - median for _, s in steps if s > STALL * median]
@@ -200,18 +202,13 @@ def _aggregate(runs: list[Run], cost: Optional[CostModel] = None, sampled: bool 
     decode_s = sum(r.stats.decode_s for r in runs)
     calls = sum(r.stats.target_calls for r in runs)
     per_call = [n for r in runs for n in r.stats.accepted_per_call]
-    lengths = [cached_lengths(r) for r in runs]
-    stalled = [stalls(r.steps, r.parts, cost, sampled, cached)
-               for r, cached in zip(runs, lengths)]
+    prices = [step_prices(r, cost, sampled) for r in runs]
+    stalled = [stalls(r.steps, r.parts, p) for r, p in zip(runs, prices)]
     stall_s = sum(s for _, s in stalled)
     priced = {}
-    if cost is not None and runs and all(r.steps and len(r.parts) == len(r.steps)
-                                         for r in runs):
+    if runs and all(p is not None for p in prices):
         # the model's price of every verify at its cached length (add_verify_prediction)
-        priced["predicted_verify_s"] = sum(
-            cost.verify_seconds(nodes, tree, sampled, visited=tokens, cached=at)
-            for r, cached in zip(runs, lengths)
-            for (tokens, _), (*_, nodes, tree), at in zip(r.steps, r.parts, cached))
+        priced["predicted_verify_s"] = sum(p for run_prices in prices for p, _ in run_prices)
     return {**priced,
         "tokens_per_s": tokens / decode_s if decode_s else 0.0,
         # the machine's stalls (see stalls) and the speed without them: the stalled steps at

@@ -98,7 +98,7 @@ class _FlatCost:
     def __init__(self, seconds: float):
         self.seconds = seconds
 
-    def step_seconds(self, nodes: int, tree: bool = False) -> float:
+    def step_seconds(self, nodes: int, tree: bool = False, cached=None) -> float:
         return self.seconds
 
 

@@ -78,8 +78,8 @@ def _tabled(measured, tree: bool, sampled: bool) -> VerifyCost:
     counts (the model's sizes are whole numbers, so interpolating between them is exact): a
     chooser weighs every size at every step, and np.interp per size had cost lookahead's 33
     budgets ~0.2 ms a step, 2% of the embedded target's. One table per CACHED_STEP cached
-    tokens, priced at the middle of its span (the price moves ~1% per 64 tokens at most: cost.py),
-    made when first asked for; cached=None: as measured."""
+    tokens, priced at the middle of its span (SmolLM2's 32-token verify moves ~5% per 64 cached
+    tokens, smaller ones less: cost.py), made when first asked for; cached=None: as measured."""
     tables: dict = {}
 
     def table(cached: Optional[float]) -> tuple[list, Optional[float]]:

@@ -40,7 +40,7 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import mlx.core as mx
 import numpy as np
@@ -162,13 +162,15 @@ def load_draft_model(model: loading.SpecModel, path: Optional[str] = None) -> Dr
 
 class DraftTime:
     """The drafter's cost per drafted token in one-token target steps: the median over the last
-    rounds of its measured seconds per draft over the target's measured one-token step (only
-    rounds that fed at most a few new tokens: a prompt's prefill is not drafting). `fixed` (a
-    caller's constant), or DEFAULT where there is no measured target, wins."""
+    rounds of its measured seconds per draft over the target's measured one-token step at the
+    cached length of the round to price (only rounds that fed at most a few new tokens: a
+    prompt's prefill is not drafting). `fixed` (a caller's constant), or DEFAULT where there is
+    no measured target (`step_s` None; else step_s(cached) -> seconds), wins."""
 
     DEFAULT, ROUNDS, FRESH = 0.1, 16, 3
 
-    def __init__(self, step_s: Optional[float], fixed: Optional[float] = None):
+    def __init__(self, step_s: Optional[Callable[[Optional[int]], float]],
+                 fixed: Optional[float] = None):
         self.step_s, self.fixed = step_s, fixed
         self._per_draft_s: deque = deque(maxlen=self.ROUNDS)
 
@@ -176,13 +178,12 @@ class DraftTime:
         if drafts and fed <= self.FRESH:
             self._per_draft_s.append(seconds / drafts)
 
-    @property
-    def relative(self) -> float:
+    def relative(self, cached: Optional[int] = None) -> float:
         if self.fixed is not None:
             return self.fixed
-        if not self._per_draft_s or not self.step_s:
+        if not self._per_draft_s or self.step_s is None:
             return self.DEFAULT
-        return statistics.median(self._per_draft_s) / self.step_s
+        return statistics.median(self._per_draft_s) / self.step_s(cached)
 
 
 @register("draft")
@@ -205,7 +206,9 @@ class DraftModelDrafter(Drafter):
         self.choosers: Optional[ModelChoosers] = None  # None: num_draft_tokens every round
         if adaptive:
             measured = verify_cost is None and verify_overhead is None and model is not None
-            self.time = DraftTime(target_cost(model).seconds[0] if measured else None, draft_cost)
+            cost = target_cost(model) if measured else None
+            self.time = DraftTime(None if cost is None else
+                                  (lambda cached: cost.step_seconds(1, cached=cached)), draft_cost)
 
             verify = {sampled: verify_cost_for(model, verify_cost, verify_overhead,
                                                default=(0.07, 0.2), sampled=sampled)
@@ -270,7 +273,7 @@ class DraftModelDrafter(Drafter):
         if self.choosers is None:
             return None
         chooser = self.choosers.get(ctx.sampling)
-        chooser.draft_cost = self.time.relative
+        chooser.draft_cost = self.time.relative(len(ctx.tokens))
         return chooser
 
     def propose(self, ctx: StepContext) -> Tree:

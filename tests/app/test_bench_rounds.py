@@ -218,30 +218,34 @@ def test_with_the_cost_model_a_stall_is_told_by_each_steps_price():
 def test_each_step_is_priced_at_its_cached_length():
     """A verify costs more with more tokens cached: the bench prices each step at the length
     cached before it (the prompt's and what the steps before emitted), both for the stall rule
-    and for the predicted verify time per call, so a long answer's slower steps are neither
-    stalls nor a misprediction."""
+    and for the predicted verify time per call. Planted: a step that emits 4,000 tokens, after
+    which a one-token verify takes 5x as long; priced at one length, its two later steps would be
+    stalls (over their due by more than a one-token step)."""
     from mlx_spec.cost import from_times
 
-    cost = from_times((1, 2), [0.05, 0.06], None, [None, None], 128, [0.06, 0.07], 1152)
-    # 1e-5 s more per cached token
+    cost = from_times((1, 2), [0.01, 0.012], None, [None, None], 128, [0.02, 0.022], 1128)
+    emitted = [1] * 9 + [4000, 1, 1]  # 1e-5 s more per cached token
 
     def stepping(model, spec, prompt, max_tokens, temperature, seed):
-        stats = GenerationStats(method=spec.name, prompt_tokens=1001)
-        for step in range(max_tokens):
-            stats.generated_tokens += 1
+        stats = GenerationStats(method=spec.name, prompt_tokens=129)
+        cached = 128
+        for tokens in emitted:
+            stats.generated_tokens += tokens
             stats.target_calls += 1
-            stats.accepted_per_call.append(1)
+            stats.accepted_per_call.append(tokens)
             stats.verified_per_call.append((1, False))
-            stats.verify_s += cost.step_seconds(1, cached=1000 + step)
-            yield [step], stats
+            stats.verify_s += cost.step_seconds(1, cached=cached)
+            cached += tokens
+            yield [0] * tokens, stats
 
     specs = [MethodSpec("ar", "ar")]
     prompts = [{"id": "0", "category": "c", "prompt": "p0"}]
-    report = run_bench(FakeModel(), specs, prompts, 10, 0.0, 0, stepping, warmup_tokens=2,
+    report = run_bench(FakeModel(), specs, prompts, 5000, 0.0, 0, stepping, warmup_tokens=2,
                        interleave="steps", cost=cost)
     ar = report["methods"]["ar"]
-    expected = sum(cost.step_seconds(1, cached=1000 + step) for step in range(10))
+    lengths = [128 + sum(emitted[:i]) for i in range(len(emitted))]
+    expected = sum(cost.step_seconds(1, cached=c) for c in lengths)
+    assert cost.step_seconds(1, cached=lengths[-1]) > 4.9 * cost.step_seconds(1, cached=128)
     assert ar["predicted_verify_s"] == pytest.approx(expected)
-    assert ar["predicted_verify_ms_per_call"] == pytest.approx(100 * expected)
-    assert ar["predicted_verify_ms_per_call"] > 1000 * cost.step_seconds(1) * 1.1
+    assert ar["predicted_verify_ms_per_call"] == pytest.approx(1000 * expected / len(emitted))
     assert ar["stall_steps"] == 0

@@ -71,6 +71,7 @@ def test_a_verify_is_priced_at_its_cached_length():
     assert cost.step_seconds(8, cached=576) == pytest.approx(21.6)
     assert cost.step_seconds(6, cached=1024) == pytest.approx(16.0 + 5.4)  # interpolated
     assert cost.step_seconds(8, cached=1920) == pytest.approx(18.0 + 14.4)  # beyond: linear
+    assert cost.step_seconds(8, cached=20) == 18.0  # below the measured length: as measured
     assert cost.relative(8, cached=1024) == pytest.approx(25.2 / 10.9)
     assert cost.relative(8, cached=1024) > cost.relative(8)
     assert cost.verify_seconds(8, False, True, cached=1024) == pytest.approx(25.2)

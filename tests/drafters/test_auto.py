@@ -9,6 +9,7 @@ import pytest
 
 import mlx_spec
 from mlx_spec.accept import Acceptance
+from mlx_spec.bench.replay import _FlatCost  # a cost model of one step time, whatever the tree
 from mlx_spec.drafters import Drafter
 from mlx_spec.cost import CostModel
 from mlx_spec.drafters.auto import Auto, LongRate, Rate, Rates, candidates_for, may_beat
@@ -1170,16 +1171,6 @@ def test_a_cold_start_times_as_many_trial_steps_of_each_model_drafter():
     assert rates.by_name["a"].steps == rates.by_name["b"].steps == Auto.TRIAL
     # equal steps, equal rates: the first candidate is not left behind by its prior
     assert rates.by_name["a"].per_second == pytest.approx(rates.by_name["b"].per_second)
-
-
-class _FlatCost:
-    """A cost model of `seconds` per verify, whatever the tree."""
-
-    def __init__(self, seconds):
-        self.seconds = seconds
-
-    def step_seconds(self, nodes, tree=False, cached=None):
-        return self.seconds
 
 
 def test_a_stall_among_a_candidates_first_steps_counts_as_a_slow_step_by_the_cost_model():
