@@ -208,41 +208,38 @@ def measure(module, context: int = CONTEXT, sizes=SIZES, repeats: int = 3,
         shapes["chain"].append(Tree.from_chain(chain[0], chain[1:]))
         shapes["tree"].append(None if branches is None or branches.is_chain else branches)
         shapes["sampled"].append(shapes["chain"][-1] if extra else None)
-    params = {"chain": greedy, "tree": greedy, "sampled": sampled}
-    # rounds over every shape, the first one a warm-up: a size timed in one burst right after the
-    # prefill would carry the machine's warm-up and drift into that size alone (measured: 1 token
-    # 16.3 ms against 13.4 in the bench that followed, making 2-8 tokens look free)
-    times = {kind: [[] for _ in sizes] for kind in shapes}
-    started, round_ = time.perf_counter(), 0
-    while round_ <= repeats or (round_ <= max_repeats
-                                and time.perf_counter() - started < budget_s):
-        for i in range(len(sizes)):
-            for kind, kind_shapes in shapes.items():
-                if kind_shapes[i] is not None:
-                    seconds = timed(kind_shapes[i], params[kind])
-                    if round_:
-                        times[kind][i].append(seconds)
-        target.prefill([(5 * round_ + 1) % vocab])  # the next round's shapes are all new
-        round_ += 1
-    fastest = {kind: [float(np.min(t)) if t else None for t in kept]
-               for kind, kept in times.items()}
+
+    def fastest_rounds(kinds: dict, salt: int) -> dict:
+        """Per kind of `kinds` ({kind: (its shape per size, the sampling to accept it with)}),
+        per size, the fastest of its rounds (None where no shape): at least `repeats` rounds
+        over every shape, more (up to max_repeats) while under budget_s, the first one a
+        warm-up (a size timed in one burst right after the prefill would carry the machine's
+        warm-up and drift into that size alone: measured, 1 token 16.3 ms against 13.4 in the
+        bench that followed, making 2-8 tokens look free); each round caches one token more
+        (`salt` picks it), so the next round's shapes are all new."""
+        times = {kind: [[] for _ in sizes] for kind in kinds}
+        started, round_ = time.perf_counter(), 0
+        while round_ <= repeats or (round_ <= max_repeats
+                                    and time.perf_counter() - started < budget_s):
+            for i in range(len(sizes)):
+                for kind, (kind_shapes, sampling) in kinds.items():
+                    if kind_shapes[i] is not None:
+                        seconds = timed(kind_shapes[i], sampling)
+                        if round_:
+                            times[kind][i].append(seconds)
+            target.prefill([(5 * round_ + salt) % vocab])
+            round_ += 1
+        return {kind: [float(np.min(t)) if t else None for t in kept]
+                for kind, kept in times.items()}
+
+    fastest = fastest_rounds({"chain": (shapes["chain"], greedy), "tree": (shapes["tree"], greedy),
+                              "sampled": (shapes["sampled"], sampled)}, salt=1)
     long = None
-    if long_context > target.offset:  # the same chains, again each round at one more token,
-        # in rounds by the rule above (two measurements of SmolLM2 with three rounds here put its
-        # one-token step's increase at 1024 cached tokens at 16 and 40 ms)
+    if long_context > target.offset:  # the chains of EXTRA_SIZES again, at the longer length (two
+        # measurements of SmolLM2 with three rounds there put its one-token step's increase at
+        # 1024 cached tokens at 16 and 40 ms: the rounds follow the same budget)
         target.prefill([(3 * i + 2) % vocab for i in range(long_context - target.offset)])
-        long_times = [[] for _ in sizes]
-        started, long_round = time.perf_counter(), 0
-        while long_round <= repeats or (long_round <= max_repeats
-                                        and time.perf_counter() - started < budget_s):
-            for i, shape in enumerate(shapes["sampled"]):  # (the chains of EXTRA_SIZES)
-                if shape is not None:
-                    seconds = timed(shape, greedy)
-                    if long_round:
-                        long_times[i].append(seconds)
-            target.prefill([(5 * long_round + 2) % vocab])
-            long_round += 1
-        long = [float(np.min(t)) if t else None for t in long_times]
+        long = fastest_rounds({"long": (shapes["sampled"], greedy)}, salt=2)["long"]
     target.reset()
     return from_times(sizes, fastest["chain"], fastest["tree"] if target.supports_trees else None,
                       fastest["sampled"], context, long, long_context if long else 0)
