@@ -57,6 +57,7 @@ class _Window:
     verify_s: float = 0.0
     cost: float = 0.0        # the cost model's verify cost, in one-token steps
     drafts: int = 0          # draft tokens verified
+    sent: int = 0            # steps that sent drafts
 
     def plus(self, other: "_Window", weight: float) -> "_Window":
         return _Window(*(a + weight * b for a, b in zip(astuple(self), astuple(other))))
@@ -73,10 +74,14 @@ class BackOff:
     tell (gain within CLEAR of 1), PROBE plain steps are measured. A window is judged together
     with the earlier ones of its request, each halving in weight (PAST): at a high temperature a
     speculative step emits 1 to 3 tokens by chance, and one unlucky window of a method that wins
-    by 5% must not pause it. A step without drafts is the target's own step, so the output is
-    unchanged."""
+    by 5% must not pause it. A window is judged once SENT of its steps sent drafts (until then it
+    grows): steps where the drafter's chooser sent nothing are plain ones, and one missed draft
+    among them says little; `auto` on long SmolLM2 requests paused 16 steps on a window of seven
+    such steps of an idle `redrafter` and `pld`'s first, missed, 8-token draft, where `pld`
+    went on to emit 8, 2, 1, 6, 8 tokens a step. A step without drafts is the target's own
+    step, so the output is unchanged."""
 
-    WINDOW, PROBE, FIRST_HOLD, MAX_HOLD = 8, 4, 16, 512
+    WINDOW, PROBE, FIRST_HOLD, MAX_HOLD, SENT = 8, 4, 16, 512, 4
     MARGIN, CLEAR, PAST = 0.02, 0.10, 0.5
 
     def __init__(self, relative_cost: Optional[Callable[..., float]] = None):
@@ -145,12 +150,13 @@ class BackOff:
         w = self._window
         w.steps += 1
         w.drafts += drafted
+        w.sent += drafted > 0
         w.tokens += tokens
         w.seconds += seconds
         w.overhead_s += overhead_s
         w.verify_s += verify_s
         w.cost += self.relative(1 + drafted, tree, cached=cached) if self.relative else 0.0
-        if w.steps < self.WINDOW:
+        if w.steps < self.WINDOW or 0 < w.sent < self.SENT:
             return
         self._window = _Window()
         if not w.drafts:  # the drafter's own chooser is at plain decoding already: a gain

@@ -159,6 +159,23 @@ def test_windows_where_the_drafter_sent_nothing_are_not_judged():
     assert not backoff.drafting
 
 
+def test_a_window_is_judged_once_enough_of_its_steps_sent_drafts():
+    """Seven plain steps of a drafter whose chooser sent nothing and one missed draft: one draft
+    is not evidence of a loss, so the window grows until SENT of its steps drafted, and is
+    judged then (a drafter losing on every draft is paused)."""
+    backoff = BackOff(relative_cost=SHAPE)
+    backoff.plain_s = 0.010
+    for _ in range(BackOff.WINDOW - 1):
+        backoff.record(0, 1, 0.010, 0.0, verify_s=0.010)
+    backoff.record(4, 1, 0.020, 0.0, verify_s=0.020)  # a missed draft: 0.89x over the window
+    assert backoff.drafting
+    for _ in range(BackOff.SENT - 2):  # more missed drafts, still fewer than SENT
+        backoff.record(4, 1, 0.020, 0.0, verify_s=0.020)
+    assert backoff.drafting
+    backoff.record(4, 1, 0.020, 0.0, verify_s=0.020)  # the SENT-th: judged, and it lost
+    assert not backoff.drafting and backoff.plain_left == BackOff.FIRST_HOLD
+
+
 def test_no_cost_model_means_a_probe_first():
     backoff = BackOff()
     run(backoff, 8, 3.0, 0.015, 0.010)
