@@ -36,8 +36,11 @@ The choice, in stages (_next):
   PAIRED steps; where its long run is below a busy model drafter leader's, on its asks that
   found no draft too, counted as the plain steps they would have been, over SETTLED steps
   (_judged_pairing). A text-only leader that finds no draft at a step hands that step to the
-  best model drafter (_fall_back): it leads where it drafts. The asks run while the target
-  verifies the step's tree (while_verifying): on a GPU the host is idle until the step's sync.
+  best model drafter (_fall_back): it leads where it drafts. The other way round, a model
+  drafter leading with its chooser at plain decoding (Rate.idle) hands each step it sends
+  nothing to the best text-only candidate where that has a draft (_fall_forward). The asks run
+  while the target verifies the step's tree (while_verifying): on a GPU the host is idle until
+  the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
   candidate loses (where the loser is a model drafter whose chooser sits at plain decoding, a
   text-only candidate takes its lead instead: switch_instead).
@@ -71,6 +74,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from ..accept import Acceptance
 from ..cost import machine_file
 from ..errors import MlxSpecError
 from ..loading import weights_fingerprint
@@ -397,6 +401,8 @@ class Auto(Drafter):
         self._trial_steps = 0  # the running (or last) trial's steps, extensions included
         self._drafted = False  # the step in flight is its candidate's own (not a plain step)
         self._in_trial = False  # the step in flight is part of a trial
+        self._answered: set = set()  # text-only candidates asked for real this step
+        # (_fall_forward), not asked again in the shadow
         self._last_observe: Optional[float] = None
 
     @property
@@ -445,9 +451,11 @@ class Auto(Drafter):
         self._in_trial = self._trial is not None
         t0 = time.perf_counter()
         self.proposer = self.current
+        self._answered = set()
         tree = self.candidates[self.current].propose(ctx)
         if len(tree) == 1 and self._drafted:
-            tree = self._fall_back(ctx, tree)
+            tree = (self._fall_back(ctx, tree) if self.current in self.shadowed
+                    else self._fall_forward(ctx, tree))
         if not self.overlap:
             self._shadows_of_step(ctx)
         self._besides_s += time.perf_counter() - t0
@@ -510,7 +518,7 @@ class Auto(Drafter):
                 if real:
                     self.rates.paired_all.setdefault(name, Pairing()).add(1, seconds, *real)
             self._following[name] = ledger.so_far
-            if name == self.current:
+            if name == self.current or name in self._answered:
                 continue
             paired = self.rates.paired.get(name)
             if (rate.steps >= self.SETTLED and rate.per_second < leader
@@ -520,14 +528,19 @@ class Auto(Drafter):
                 continue
             t0 = time.perf_counter()
             tree = self.candidates[name].propose(ctx)
-            answer_s = time.perf_counter() - t0
-            real = []  # filled by observe() with this step's real tokens and seconds
-            seconds = self._shadow_seconds(name, tree, len(ctx.tokens)) + answer_s
-            if len(tree) > 1:
-                ledger.add(len(ctx.tokens), (_branches(tree), seconds, real))
-            else:  # the plain step it would have taken: one token (scored at the next step)
-                self._missed.setdefault(name, []).append((seconds, real))
-            self._asked.append(real)
+            self._book_ask(name, tree, len(ctx.tokens), time.perf_counter() - t0)
+
+    def _book_ask(self, name: str, tree: Tree, cached: int, answer_s: float) -> None:
+        """Text-only `name`'s answer to this step's ask, not proposed: a tree to score once the
+        text has gone past it, or, where it found no draft, the plain step it would have taken
+        (one token, scored at the next step); each paired with this step's real outcome."""
+        real = []  # filled by observe() with this step's real tokens and seconds
+        seconds = self._shadow_seconds(name, tree, cached) + answer_s
+        if len(tree) > 1:
+            self._shadows[name].add(cached, (_branches(tree), seconds, real))
+        else:
+            self._missed.setdefault(name, []).append((seconds, real))
+        self._asked.append(real)
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         now = ctx.clock()  # the decoder's own time: not what its consumer did between steps
@@ -540,10 +553,15 @@ class Auto(Drafter):
         if not self._drafted:
             return
         self.steps_by_method[name] = self.steps_by_method.get(name, 0) + 1
-        handed = name != self.current  # a step a text-only leader handed on (_fall_back): the
-        # lead's step, booked to the leader (its window is then what its lead gives, against a
-        # model drafter's own steps in trials) and not to the model drafter, whose handed steps
-        # are the text the leader could not draft, harder than its average
+        forward = name != self.current and name in self.shadowed  # (_fall_forward): its own
+        # step, the idle leader's plain step it would have been told as such (below)
+        if forward:
+            self.candidates[self.current].observe(ctx, Tree.from_chain(tree.tokens[0], []),
+                                                  Acceptance([0], acceptance.tokens), out)
+        handed = name != self.current and not forward  # a step a text-only leader handed on
+        # (_fall_back): the lead's step, booked to the leader (its window is then what its lead
+        # gives, against a model drafter's own steps in trials) and not to the model drafter,
+        # whose handed steps are the text the leader could not draft, harder than its average
         rate = self.rates.by_name.setdefault(self.current if handed else name, Rate())
         rate.last_step = self.rates.step
         self.rates.step += 1
@@ -574,6 +592,12 @@ class Auto(Drafter):
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
                 for real in asked:
                     real.extend(step)
+            if forward:  # its draft beside the plain step the idle leader would have taken,
+                # as its shadow steps are paired (it is not asked in the shadow on such a step)
+                plain = (1.0, self.rates.real.scale * self.cost.step_seconds(
+                    1, cached=len(ctx.tokens)))
+                for pairings in (self.rates.paired, self.rates.paired_all):
+                    pairings.setdefault(name, Pairing()).add(*step, *plain)
             if modelled is not None:
                 timed = (step[1] - besides, modelled)
                 self.rates.real.add(*timed)
@@ -639,6 +663,32 @@ class Auto(Drafter):
         # the leader's miss, for its own long run: the plain step it would have taken (_outrun)
         self._missed.setdefault(self.current, []).append(
             (self._shadow_seconds(self.current, empty, len(ctx.tokens)), []))
+        return tree
+
+    def _fall_forward(self, ctx: StepContext, empty: Tree) -> Tree:
+        """The step's tree where the leader, a model drafter whose chooser sits at plain
+        decoding (Rate.idle), sent nothing (`empty`): the best text-only candidate's, where it
+        has a draft (its own chooser sends one only where it expects a gain); it proposes the
+        step (self.proposer) as its own step, and the leader keeps the lead. Alone, an idle
+        leader steps one token at a time until a text-only candidate is paired ahead of it on
+        PAIRED of its hits: on long SmolLM2 requests (1,068-1,392 tokens, greedy) an idle
+        `redrafter` led 7-50 plain steps of each answer, which `pld` alone decodes at 1.3-1.7x
+        of plain decoding. The leader's own probes still propose, so a model drafter that wakes
+        on a text that suits it is seen as before. Not in a trial: it measures its candidate.
+        The candidate's answer is this step's ask of it (_book_ask: not asked again in the
+        shadow); a draft it sends is paired with the plain step it replaced (observe), so it
+        may take the lead as a shadow candidate would."""
+        if self._in_trial or not self.shadowed or not self._rate(self.current).idle:
+            return empty
+        name = self._fastest(self.shadowed)
+        t0 = time.perf_counter()
+        tree = self.candidates[name].propose(ctx)
+        answer_s = time.perf_counter() - t0
+        self._answered.add(name)
+        if len(tree) == 1:
+            self._book_ask(name, tree, len(ctx.tokens), answer_s)
+            return empty
+        self.proposer = name
         return tree
 
     def _shadow_seconds(self, name: str, tree: Tree, cached: int) -> float:

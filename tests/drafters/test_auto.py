@@ -719,6 +719,74 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
     assert led(losing).count(("text", 1)) >= 8
 
 
+def test_an_idle_model_drafters_empty_steps_go_to_the_best_text_only_candidate():
+    """Planted steps, no timing: model drafter `model` leads with its chooser at plain decoding
+    (Rate.idle: it sends the root alone), and text-only `text` drafts 4 tokens on every third
+    ask. Its drafts go out in the leader's empty steps (Auto._fall_forward), booked to its own
+    rate as its steps and paired with the plain steps they replaced; `model` keeps its rate of
+    its own plain steps and is told each handed step as the plain step it would have been;
+    `text` is asked once a step, not again in the shadow. Once PAIRED of its drafts are paired
+    ahead, `text` leads. Not in a trial (it measures its candidate), and not where the leader
+    sends drafts (not idle)."""
+    from mlx_spec.drafters.base import StepContext
+    from mlx_spec.sampling import SamplingParams
+
+    class EveryThird(TextOracle):
+        asked = 0
+
+        def propose(self, ctx):
+            self.asked += 1
+            return Tree.from_chain(ctx.tokens[-1], [1, 2, 3, 4] if self.asked % 3 == 0 else [])
+
+    class Told(Plain):
+        def __init__(self):
+            self.told = []
+
+        def observe(self, ctx, tree, acceptance, out):
+            self.told.append((len(tree), acceptance.accepted_drafts))
+
+    cost = CostModel(sizes=(1, 2, 4, 8), seconds=(0.010, 0.012, 0.014, 0.018), context=128)
+
+    def steps(leader_idle=True, trial=None, count=24):
+        model = rate(1.0 * 40, 0.8, 40)
+        rates = Rates(by_name={"text": rate(1.5 * 40, 0.8, 40),
+                               "model": idle(model) if leader_idle else model}, leader="model")
+        told, text = Told(), EveryThird([])
+        auto = Auto({"model": told, "text": text}, lambda regime: rates, cost)
+        now = [0.0]
+        ctx = StepContext(tokens=[0], max_drafts=8, sampling=SamplingParams(),
+                          clock=lambda: now[0])
+        auto.begin(ctx.tokens)
+        auto._trial = trial
+        proposed = []
+        for _ in range(count):
+            tree = auto.propose(ctx)
+            auto.while_verifying(ctx)
+            proposed.append((auto.proposer, auto.current, len(tree)))
+            now[0] += 0.02
+            acceptance = Acceptance(path=list(range(len(tree))), tokens=[0] * len(tree))
+            auto.observe(ctx, tree, acceptance, None)
+            auto.prepare(ctx, acceptance, None)
+        return proposed, rates, told, text
+
+    proposed, rates, told, text = steps()
+    handed = 3 * Auto.PAIRED  # (steps until PAIRED drafts: one ask in three drafts)
+    assert set(proposed[:handed]) == {("text", "model", 5), ("model", "model", 1)}
+    assert proposed[:handed].count(("text", "model", 5)) == Auto.PAIRED
+    assert rates.paired["text"].steps == Auto.PAIRED and rates.leader == "text"
+    recheck = [(p, current) for p, current, _ in proposed[handed:] if current != "text"]
+    assert set(recheck) <= {("model", "model")} and len(recheck) <= Auto.TRIAL  # its own steps
+    assert proposed[handed][1] == "text" and text.asked == 24
+    assert rates.by_name["model"].idle
+    # (the request's first step, the leader's, is not timed)
+    assert rates.by_name["model"].steps == 40 + 2 * Auto.PAIRED - 1 + len(recheck)
+    assert told.told == [(1, 0)] * (handed + len(recheck))  # each step, own or handed, as plain
+    trial, *_ = steps(trial=("model", 5))
+    assert {p for p, *_ in trial[:5]} == {"model"} and ("text", "model", 5) in trial[6:]
+    busy, *_ = steps(leader_idle=False, count=9)
+    assert {p for p, *_ in busy} == {"model"}
+
+
 def test_trial_steps_are_not_steady_so_the_back_off_does_not_judge_them():
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
