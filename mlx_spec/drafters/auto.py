@@ -401,8 +401,8 @@ class Auto(Drafter):
         self._trial_steps = 0  # the running (or last) trial's steps, extensions included
         self._drafted = False  # the step in flight is its candidate's own (not a plain step)
         self._in_trial = False  # the step in flight is part of a trial
-        self._answered: set = set()  # text-only candidates asked for real this step
-        # (_fall_forward), not asked again in the shadow
+        self._answered: dict = {}  # text-only candidate -> (its tree, answer seconds): asked
+        # for real this step (_fall_forward), not asked again in the shadow
         self._last_observe: Optional[float] = None
 
     @property
@@ -451,7 +451,7 @@ class Auto(Drafter):
         self._in_trial = self._trial is not None
         t0 = time.perf_counter()
         self.proposer = self.current
-        self._answered = set()
+        self._answered = {}
         tree = self.candidates[self.current].propose(ctx)
         if len(tree) == 1 and self._drafted:
             tree = (self._fall_back(ctx, tree) if self.current in self.shadowed
@@ -518,7 +518,12 @@ class Auto(Drafter):
                 if real:
                     self.rates.paired_all.setdefault(name, Pairing()).add(1, seconds, *real)
             self._following[name] = ledger.so_far
-            if name == self.current or name in self._answered:
+            if name == self.current:
+                continue
+            if name in self._answered:  # asked for real this step (_fall_forward): where it found
+                tree, answer_s = self._answered[name]  # no draft, booked as a shadow ask's miss
+                if len(tree) == 1:  # (here, after the misses of earlier steps were settled)
+                    self._book_ask(name, tree, len(ctx.tokens), answer_s)
                 continue
             paired = self.rates.paired.get(name)
             if (rate.steps >= self.SETTLED and rate.per_second < leader
@@ -564,6 +569,8 @@ class Auto(Drafter):
         # whose handed steps are the text the leader could not draft, harder than its average
         rate = self.rates.by_name.setdefault(self.current if handed else name, Rate())
         rate.last_step = self.rates.step
+        if forward:  # the leader's turn too (its wait for a recheck, its fading)
+            self.rates.by_name.setdefault(self.current, Rate()).last_step = self.rates.step
         self.rates.step += 1
         if since is None:  # the first step of a request has no start mark: not timed, and
             # not one of a trial's steps either (the cold start's first trial would have one
@@ -594,8 +601,7 @@ class Auto(Drafter):
                     real.extend(step)
             if forward:  # its draft beside the plain step the idle leader would have taken,
                 # as its shadow steps are paired (it is not asked in the shadow on such a step)
-                plain = (1.0, self.rates.real.scale * self.cost.step_seconds(
-                    1, cached=len(ctx.tokens)))
+                plain = (1.0, self._plain_seconds(len(ctx.tokens)))
                 for pairings in (self.rates.paired, self.rates.paired_all):
                     pairings.setdefault(name, Pairing()).add(*step, *plain)
             if modelled is not None:
@@ -651,8 +657,7 @@ class Auto(Drafter):
         rate = (handed.raw if recent and handed.steps >= Rate.PRIOR
                 else long.raw if long is not None and long.steps >= self.SETTLED
                 else self._rate(model).per_second)
-        plain_s = self.rates.real.scale * self.cost.step_seconds(1, cached=len(ctx.tokens))
-        if rate * plain_s <= 1.0 + self.SWITCH_MARGIN:
+        if rate * self._plain_seconds(len(ctx.tokens)) <= 1.0 + self.SWITCH_MARGIN:
             return empty
         drafter = self.candidates[model]
         drafter.prepare(*self._outcome)
@@ -675,21 +680,26 @@ class Auto(Drafter):
         `redrafter` led 7-50 plain steps of each answer, which `pld` alone decodes at 1.3-1.7x
         of plain decoding. The leader's own probes still propose, so a model drafter that wakes
         on a text that suits it is seen as before. Not in a trial: it measures its candidate.
-        The candidate's answer is this step's ask of it (_book_ask: not asked again in the
-        shadow); a draft it sends is paired with the plain step it replaced (observe), so it
-        may take the lead as a shadow candidate would."""
+        The candidate's answer is this step's ask of it (not asked again in the shadow: one
+        that found no draft is booked as a shadow ask's miss there); a draft it sends is paired
+        with the plain step it replaced (observe), so it may take the lead as a shadow candidate
+        would. The ask runs before the verify is dispatched (a few percent of a step for
+        `lookahead` on a CPU), on the leader's empty steps only."""
         if self._in_trial or not self.shadowed or not self._rate(self.current).idle:
             return empty
         name = self._fastest(self.shadowed)
         t0 = time.perf_counter()
         tree = self.candidates[name].propose(ctx)
-        answer_s = time.perf_counter() - t0
-        self._answered.add(name)
+        self._answered[name] = (tree, time.perf_counter() - t0)
         if len(tree) == 1:
-            self._book_ask(name, tree, len(ctx.tokens), answer_s)
             return empty
         self.proposer = name
         return tree
+
+    def _plain_seconds(self, cached: int) -> float:
+        """A plain step with `cached` tokens cached: the modelled one-token step, scaled as the
+        real steps run."""
+        return self.rates.real.scale * self.cost.step_seconds(1, cached=cached)
 
     def _shadow_seconds(self, name: str, tree: Tree, cached: int) -> float:
         """What a step of text-only `name`'s `tree` would take with `cached` tokens cached: the
@@ -712,7 +722,8 @@ class Auto(Drafter):
         the model drafters do not need. A model drafter's lost window at T > 0 is mostly the
         luck of its sampled steps, and handing its lead on would hand it to a slower one.
         Unless it is idle (Rate.idle): its chooser sits at plain decoding and the loss is a
-        probe's. The best text-only candidate not expected to lose to plain decoding leads
+        probe's, or the drafts of a text-only candidate it handed its empty steps to
+        (_fall_forward), which then leads and is judged as a text-only leader from there. The best text-only candidate not expected to lose to plain decoding leads
         then: it decodes about as plainly as a pause would, with the same shadow asks, and
         drafts where its look-ups expect a gain; a pause would also hold back a text that
         starts to repeat (SmolLM2 at T = 1.0: an extraction answer `lookahead` decoded at 1.26x

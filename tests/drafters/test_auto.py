@@ -774,6 +774,8 @@ def test_an_idle_model_drafters_empty_steps_go_to_the_best_text_only_candidate()
     assert set(proposed[:handed]) == {("text", "model", 5), ("model", "model", 1)}
     assert proposed[:handed].count(("text", "model", 5)) == Auto.PAIRED
     assert rates.paired["text"].steps == Auto.PAIRED and rates.leader == "text"
+    # its asks that found no draft too, as plain steps, but for the request's untimed first
+    assert rates.paired_all["text"].steps == 3 * Auto.PAIRED - 1
     recheck = [(p, current) for p, current, _ in proposed[handed:] if current != "text"]
     assert set(recheck) <= {("model", "model")} and len(recheck) <= Auto.TRIAL  # its own steps
     assert proposed[handed][1] == "text" and text.asked == 24
