@@ -654,6 +654,15 @@ def test_a_text_only_candidates_asks_that_find_nothing_count_as_plain_steps(rand
     assert per_step(memory.text_long["half"]) < 0.8 * per_step(drafts.shadow)
 
 
+class EveryThird(TextOracle):
+    """A text-only candidate that drafts 4 tokens on every third ask and nothing on the others."""
+    asked = 0
+
+    def propose(self, ctx):
+        self.asked += 1
+        return Tree.from_chain(ctx.tokens[-1], [1, 2, 3, 4] if self.asked % 3 == 0 else [])
+
+
 def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model_drafter():
     """Planted steps, no timing: text-only `text` leads, drafting 4 tokens on every third ask
     and nothing on the others. Beside a model drafter of 3 tokens a step, its empty steps are
@@ -664,13 +673,6 @@ def test_a_text_only_leader_that_finds_no_draft_hands_the_step_to_the_best_model
     model drafter's rates, and do not put off its trials."""
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
-
-    class EveryThird(TextOracle):
-        asked = 0
-
-        def propose(self, ctx):
-            self.asked += 1
-            return Tree.from_chain(ctx.tokens[-1], [1, 2, 3, 4] if self.asked % 3 == 0 else [])
 
     class TwoDrafts(Drafter):
         def propose(self, ctx):
@@ -730,13 +732,6 @@ def test_an_idle_model_drafters_empty_steps_go_to_the_best_text_only_candidate()
     sends drafts (not idle)."""
     from mlx_spec.drafters.base import StepContext
     from mlx_spec.sampling import SamplingParams
-
-    class EveryThird(TextOracle):
-        asked = 0
-
-        def propose(self, ctx):
-            self.asked += 1
-            return Tree.from_chain(ctx.tokens[-1], [1, 2, 3, 4] if self.asked % 3 == 0 else [])
 
     class Told(Plain):
         def __init__(self):
