@@ -74,12 +74,12 @@ class BackOff:
     tell (gain within CLEAR of 1), PROBE plain steps are measured. A window is judged together
     with the earlier ones of its request, each halving in weight (PAST): at a high temperature a
     speculative step emits 1 to 3 tokens by chance, and one unlucky window of a method that wins
-    by 5% must not pause it. A window is judged once SENT of its steps sent drafts (until then it
-    grows, up to LONGEST steps): steps where the drafter's chooser sent nothing are plain ones, and one missed draft
-    among them says little; `auto` on long SmolLM2 requests paused 16 steps on a window of seven
-    such steps of an idle `redrafter` and `pld`'s first, missed, 8-token draft, where `pld`
-    went on to emit 8, 2, 1, 6, 8 tokens a step. A step without drafts is the target's own
-    step, so the output is unchanged."""
+    by 5% must not pause it. A window is judged once SENT of its steps sent drafts (until then
+    it grows, up to LONGEST steps): steps where the drafter's chooser sent nothing are plain
+    ones, and one missed draft among them says little; `auto` on long SmolLM2 requests paused 16
+    steps on a window of seven such steps of an idle `redrafter` and `pld`'s first, missed,
+    8-token draft, where `pld` went on to emit 8, 2, 1, 6, 8 tokens a step. A step without
+    drafts is the target's own step, so the output is unchanged."""
 
     WINDOW, PROBE, FIRST_HOLD, MAX_HOLD, SENT = 8, 4, 16, 512, 4
     LONGEST = 4 * WINDOW  # a window of fewer than SENT drafting steps is judged at this length

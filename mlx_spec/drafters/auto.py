@@ -338,6 +338,14 @@ class Rates:
         return cls(by_name=by_name, leader=saved.leader if saved.leader in by_name else None,
                    long=long, text_long=text_long)
 
+    def pair(self, name: str, tokens: float, seconds: float, real_tokens: float,
+             real_seconds: float, drafted: bool = True) -> None:
+        """One step of text-only `name` beside the real step at the same place: a draft it
+        would send (or sent) goes to both pairings; an ask that found no draft (`drafted`
+        False), as the plain step it would have been, to paired_all alone."""
+        for pairings in (self.paired, self.paired_all) if drafted else (self.paired_all,):
+            pairings.setdefault(name, Pairing()).add(tokens, seconds, real_tokens, real_seconds)
+
     def unpair(self, name: str) -> None:
         """Drop text-only `name`'s pairings (both: they are of the same asks)."""
         self.paired.pop(name, None)
@@ -511,12 +519,11 @@ class Auto(Drafter):
                 rate.add(1 + matched, seconds)
                 long.add(1 + matched, seconds)
                 if real:  # the real step taken where this tree was asked for
-                    for pairings in (self.rates.paired, self.rates.paired_all):
-                        pairings.setdefault(name, Pairing()).add(1 + matched, seconds, *real)
+                    self.rates.pair(name, 1 + matched, seconds, *real)
             for seconds, real in self._missed.pop(name, ()):  # asks that found no draft
                 long.add(1, seconds)
                 if real:
-                    self.rates.paired_all.setdefault(name, Pairing()).add(1, seconds, *real)
+                    self.rates.pair(name, 1, seconds, *real, drafted=False)
             self._following[name] = ledger.so_far
             if name == self.current:
                 continue
@@ -601,9 +608,7 @@ class Auto(Drafter):
                     real.extend(step)
             if forward:  # its draft beside the plain step the idle leader would have taken,
                 # as its shadow steps are paired (it is not asked in the shadow on such a step)
-                plain = (1.0, self._plain_seconds(len(ctx.tokens)))
-                for pairings in (self.rates.paired, self.rates.paired_all):
-                    pairings.setdefault(name, Pairing()).add(*step, *plain)
+                self.rates.pair(name, *step, 1.0, self._plain_seconds(len(ctx.tokens)))
             if modelled is not None:
                 timed = (step[1] - besides, modelled)
                 self.rates.real.add(*timed)
@@ -723,16 +728,17 @@ class Auto(Drafter):
         luck of its sampled steps, and handing its lead on would hand it to a slower one.
         Unless it is idle (Rate.idle): its chooser sits at plain decoding and the loss is a
         probe's, or the drafts of a text-only candidate it handed its empty steps to
-        (_fall_forward), which then leads and is judged as a text-only leader from there. The best text-only candidate not expected to lose to plain decoding leads
-        then: it decodes about as plainly as a pause would, with the same shadow asks, and
-        drafts where its look-ups expect a gain; a pause would also hold back a text that
-        starts to repeat (SmolLM2 at T = 1.0: an extraction answer `lookahead` decoded at 1.26x
-        stayed paused after the idle `redrafter`'s first probe). Only at a loss: handing an idle
-        leader's lead to a text-only candidate paired ahead of its plain steps by any amount
-        (over SETTLED paired steps) cost SmolLM2 greedy coding 1.16x against 1.28x (a model
-        drafter at 0 wakes on a text that suits it, but in trials at 0 it sends nothing to show
-        it); without a loss the lead passes only as _hold hands it on, by SWITCH_MARGIN against
-        an idle leader's plain steps."""
+        (_fall_forward), which then leads and is judged as a text-only leader from there. The
+        best text-only candidate not expected to lose to plain decoding leads then: it decodes
+        about as plainly as a pause would, with the same shadow asks, and drafts where its
+        look-ups expect a gain; a pause would also hold back a text that starts to repeat
+        (SmolLM2 at T = 1.0: an extraction answer `lookahead` decoded at 1.26x stayed paused
+        after the idle `redrafter`'s first probe). Only at a loss: handing an idle leader's lead
+        to a text-only candidate paired ahead of its plain steps by any amount (over SETTLED
+        paired steps) cost SmolLM2 greedy coding 1.16x against 1.28x (a model drafter at 0 wakes
+        on a text that suits it, but in trials at 0 it sends nothing to show it); without a loss
+        the lead passes only as _hold hands it on, by SWITCH_MARGIN against an idle leader's
+        plain steps."""
         if self.rates is None:
             return False
         losing = self.rates.leader or self.current
