@@ -77,7 +77,8 @@ class Lookahead(SizedByRegime, Drafter):
         self.choosers = (RegimeChoosers(model, ("lookahead", decoding_length, verify_cost,
                                                 verify_overhead),
                                         lambda sampled=False: DraftChooser.for_budgets(
-                                            decoding_length, verify=verify_cost_for(
+                                            decoding_length, calibrated=True,
+                                            verify=verify_cost_for(
                                                 model, verify_cost, verify_overhead,
                                                 default=(0.06, 0.25), tree=True,
                                                 sampled=sampled)))

@@ -69,7 +69,7 @@ class PromptLookup(SizedByRegime, Drafter):
         self.index = NgramIndex(ngram_min, ngram_max)
         settings = ("pld", num_draft_tokens, verify_cost, verify_overhead)
         self.choosers = (RegimeChoosers(model, settings, lambda sampled=False: (
-            DraftChooser.for_depths(num_draft_tokens, 0, verify=verify_cost_for(
+            DraftChooser.for_depths(num_draft_tokens, 0, calibrated=True, verify=verify_cost_for(
                 model, verify_cost, verify_overhead, default=(0.07, 0.2), sampled=sampled))))
                          if adaptive else None)
         self._guesses = Guesses(_chain_outcome)

@@ -36,6 +36,37 @@ def test_a_fresh_chooser_leaves_its_prior_within_a_few_outcomes():
     assert fresh.outcomes == 0 and fresh.choose() == 4
 
 
+def _bursts(chooser, rounds: int) -> int:
+    """A lucky guess (7 of 8 drafts held) then seven that miss at once, `rounds` times, each
+    guess whole and learned from whether or not it would be sent (pld's way); the guesses the
+    chooser would have sent."""
+    sent = 0
+    for _ in range(rounds):
+        for accepted in (7, 0, 0, 0, 0, 0, 0, 0):
+            sent += chooser.choose() > 0
+            chooser.record(accepted=accepted, offered=8, whole=True)
+    return sent
+
+
+def test_a_calibrated_chooser_stops_drafting_where_its_forecasts_do_not_hold():
+    """Bursty outcomes: the running means read high right after a lucky guess, and an
+    uncalibrated chooser drafts on the misses that follow; where its forecasts held a small part
+    of what they promised, a calibrated one trusts them that much less. Forecasts that hold
+    raise the trust again."""
+    verify = lambda nodes, cached=None: 1.0 + (0.3 + 0.05 * nodes if nodes else 0.0)
+    plain = DraftChooser.for_depths(8, verify=verify)
+    calibrated = DraftChooser.for_depths(8, verify=verify, calibrated=True)
+    assert plain.trust == calibrated.trust == 1.0
+    _bursts(plain, 6), _bursts(calibrated, 6)  # what the first bursts teach both
+    assert calibrated.trust < 0.5
+    assert _bursts(calibrated, 6) < _bursts(plain, 6) / 2
+    for _ in range(20):  # every guess holds now: the forecasts hold, and it drafts again
+        calibrated.record(accepted=8, offered=8, whole=True)
+    assert calibrated.trust > 0.9 and calibrated.choose() == 8
+    calibrated.reset()
+    assert calibrated.trust == 1.0
+
+
 def test_length_tracks_where_acceptance_stops():
     chooser = DraftChooser.for_depths(max_length=12)
     for _ in range(40):
