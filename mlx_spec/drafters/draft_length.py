@@ -207,6 +207,11 @@ class DraftChooser:
         """Tokens per call of `size`: its estimate, its draft tokens scaled by `trust`."""
         return 1.0 + self.trust * (self.tokens[size] - 1.0)
 
+    def _best(self, allowed: list[int]) -> int:
+        """The size of `allowed` with the most estimated tokens per unit of cost (the smaller of
+        equals), by the estimates alone."""
+        return max(allowed, key=lambda s: (self.tokens[s] / self.cost(s), -s))
+
     @property
     def trust(self) -> float:
         """How far a calibrated chooser's estimates held where they would draft: the draft tokens
@@ -217,7 +222,10 @@ class DraftChooser:
         lifted its depth 8 to 2.1 tokens per call, and the five drafts that followed all
         missed. Measured over SmolLM2's chat2 requests, the draft tokens forecast there held
         0.14 of their forecast (pld, T = 1.0; lookahead 0.32), 0.76 greedy (lookahead 0.73),
-        and 0.91-1.00 for pld's guesses inside a copied span (its twin: RegimeChoosers.of)."""
+        and 0.91-1.00 for pld's guesses inside a copied span (its twin: RegimeChoosers.of).
+        The trust decides whether to draft, not how much (choose): scaling the estimates of
+        every size moved lookahead's greedy trees too, and it fell from 1.53x to 1.42x on long
+        SmolLM2 requests that copy their text."""
         if not self.calibrated:
             return 1.0
         forecast, held = self.forecasts
@@ -228,8 +236,13 @@ class DraftChooser:
         return self.verify(self.nodes[size], self.cached) + self.draft_cost * size if size else 1.0
 
     def expected_gain(self) -> float:
-        """Expected tokens per unit of cost of the best size, plain decoding being 1."""
-        return max(self.expected_tokens(s) / self.cost(s) for s in self.sizes)
+        """Expected tokens per unit of cost of the best size, plain decoding being 1 (of a
+        calibrated chooser, the size its estimates choose, its tokens as far as they are
+        trusted)."""
+        if not self.calibrated:
+            return max(self.tokens[s] / self.cost(s) for s in self.sizes)
+        best = self._best(self.sizes)
+        return max(1.0, self.expected_tokens(best) / self.cost(best)) if best else 1.0
 
     def choose(self, limit: int | None = None, cached: Optional[int] = None) -> int:
         """The best size not above `limit` (nor below min_size, unless the limit is), priced
@@ -239,12 +252,14 @@ class DraftChooser:
             self.cached = cached
         top = self.max_size if limit is None else max(min(limit, self.max_size), 0)
         allowed = [s for s in self.sizes if min(self.min_size, top) <= s <= top] or [self.sizes[0]]
-        best = max(allowed, key=lambda s: (self.expected_tokens(s) / self.cost(s), -s))
+        best = self._best(allowed)
+        if (best and self.calibrated and allowed[0] == 0
+                and self.expected_tokens(best) <= self.cost(best)):
+            return 0  # as far as its estimates are trusted, drafting would not gain (trust)
         if self.probe_backoff and self.plain_steps and best > PROBE_DEPTH:
             # a probe after plain steps drafts little: the drift, not evidence, made it look good
             shallow = [s for s in allowed if 0 < s <= PROBE_DEPTH]
-            best = (max(shallow, key=lambda s: self.expected_tokens(s) / self.cost(s))
-                    if shallow else best)
+            best = self._best(shallow) if shallow else best
         return best
 
     def _score_forecast(self, held: Callable[[int], Optional[int]]) -> None:
@@ -255,8 +270,7 @@ class DraftChooser:
         lets drafts through, and rises again where the forecasts start to hold."""
         if not self.calibrated:
             return
-        size = max((s for s in self.sizes if s >= self.min_size),
-                   key=lambda s: (self.tokens[s] / self.cost(s), -s))
+        size = self._best([s for s in self.sizes if s >= self.min_size])
         accepted = held(size) if size else None
         if accepted is None:
             return
