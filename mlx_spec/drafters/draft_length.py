@@ -20,7 +20,9 @@ that is allowed; rising acceptance grows them again: a size deeper than a guess 
 end is unknown, and moves towards that outcome extended optimistically (PRIOR per further level,
 or a sampling drafter's measured acceptance where it starts from that, raised as its first level
 holds: DraftChooser._deeper_level), and after plain steps every size drifts slowly back to its
-prior, so drafting is probed again after a bad stretch. The drift is optimism, not evidence: a
+prior, so drafting is probed again after a bad stretch. A chooser that learns from every guess,
+sent or not (pld's, lookahead's), also drafts only as far as its estimates held where they would
+have drafted before (DraftChooser.trust). The drift is optimism, not evidence: a
 probe's outcome is learned from where the size stood before it drifted (`learned`), so a failed
 probe puts it back where the misses had left it, and the next probe is again a whole drift away
 (~15 plain steps for a draft model on SmolLM2).
@@ -152,7 +154,9 @@ class DraftChooser:
         # drift returns to (a drafter's measured acceptance: ModelChoosers)
         self.probe_backoff, self.start = probe_backoff, start or prior
         self.extend_level = extend_level  # a fully matched chain's unknown deeper levels (record)
-        self.calibrated = calibrated  # scales its estimates by how its forecasts held (trust)
+        self.calibrated = calibrated  # drafts only where its estimates, as far as its forecasts
+        # held, beat the cost (trust)
+        self.held_back = False  # the last choose() chose 0 by the trust alone
         self.cached: Optional[int] = None  # tokens cached at the last choose() (a verify's price
         # grows with it: cost.py), None before any
         self.reset()
@@ -239,7 +243,7 @@ class DraftChooser:
         """Expected tokens per unit of cost of the best size, plain decoding being 1 (of a
         calibrated chooser, the size its estimates choose, its tokens as far as they are
         trusted)."""
-        if not self.calibrated:
+        if not self.calibrated or self.min_size > 0:
             return max(self.tokens[s] / self.cost(s) for s in self.sizes)
         best = self._best(self.sizes)
         return max(1.0, self.expected_tokens(best) / self.cost(best)) if best else 1.0
@@ -247,14 +251,17 @@ class DraftChooser:
     def choose(self, limit: int | None = None, cached: Optional[int] = None) -> int:
         """The best size not above `limit` (nor below min_size, unless the limit is), priced
         with `cached` tokens in the target's cache (kept for expected_gain; None: the last
-        one's)."""
+        one's); for a calibrated chooser, 0 where that size's tokens, as far as they are trusted,
+        do not beat its cost (`held_back` then: a smaller size is not tried instead, since the
+        estimates that chose the size are the ones not trusted)."""
         if cached is not None:
             self.cached = cached
         top = self.max_size if limit is None else max(min(limit, self.max_size), 0)
         allowed = [s for s in self.sizes if min(self.min_size, top) <= s <= top] or [self.sizes[0]]
         best = self._best(allowed)
-        if (best and self.calibrated and allowed[0] == 0
-                and self.expected_tokens(best) <= self.cost(best)):
+        self.held_back = bool(best and self.calibrated and allowed[0] == 0
+                              and self.expected_tokens(best) <= self.cost(best))
+        if self.held_back:
             return 0  # as far as its estimates are trusted, drafting would not gain (trust)
         if self.probe_backoff and self.plain_steps and best > PROBE_DEPTH:
             # a probe after plain steps drafts little: the drift, not evidence, made it look good

@@ -7,8 +7,10 @@ instead of rescanning the whole context.
 Adaptive length (mlx_spec/drafters/draft_length.py): every lookup is remembered until the tokens it guessed
 are known, then scored as if all of it had been sent (acceptance walks the target's own draws, so
 what the target says does not depend on what was drafted). Guesses that keep failing (sampling at a
-high temperature, text that does not repeat) shrink the draft down to plain decoding; the scoring
-goes on, so drafting resumes when guesses start to match. Guesses made while the text still follows
+high temperature, text that does not repeat) shrink the draft down to plain decoding, and the
+chooser drafts only as far as its forecasts held (DraftChooser.trust: at a high temperature one
+lucky guess lifts its estimates for the misses that follow); the scoring goes on, so drafting
+resumes when guesses start to match. Guesses made while the text still follows
 an earlier one (inside a copied span) are sized and learned from by a chooser of their own, since
 they hold far more often than the rest (RegimeChoosers.of). What it learned is kept per loaded model
 and sampling regime (greedy, or each temperature and filter: SamplingParams.regime), so the next
