@@ -20,9 +20,9 @@ that is allowed; rising acceptance grows them again: a size deeper than a guess 
 end is unknown, and moves towards that outcome extended optimistically (PRIOR per further level,
 or a sampling drafter's measured acceptance where it starts from that, raised as its first level
 holds: DraftChooser._deeper_level), and after plain steps every size drifts slowly back to its
-prior, so drafting is probed again after a bad stretch. A chooser that learns from every guess,
-sent or not (pld's, lookahead's), also drafts only as far as its estimates held where they would
-have drafted before (DraftChooser.trust). The drift is optimism, not evidence: a
+prior, so drafting is probed again after a bad stretch. pld's chooser, which learns from every
+guess, sent or not, also drafts only as far as its estimates held where they would have drafted
+before (DraftChooser.trust). The drift is optimism, not evidence: a
 probe's outcome is learned from where the size stood before it drifted (`learned`), so a failed
 probe puts it back where the misses had left it, and the next probe is again a whole drift away
 (~15 plain steps for a draft model on SmolLM2).
@@ -156,7 +156,6 @@ class DraftChooser:
         self.extend_level = extend_level  # a fully matched chain's unknown deeper levels (record)
         self.calibrated = calibrated  # drafts only where its estimates, as far as its forecasts
         # held, beat the cost (trust)
-        self.held_back = False  # the last choose() chose 0 by the trust alone
         self.cached: Optional[int] = None  # tokens cached at the last choose() (a verify's price
         # grows with it: cost.py), None before any
         self.reset()
@@ -171,7 +170,8 @@ class DraftChooser:
         matched to its end (_deeper_level); the drift after plain steps returns towards PRIOR,
         so a chooser that starts at plain decoding still probes. `probe_backoff` only for a
         chooser that learns from the drafts it sent alone (module docstring); `calibrated` only
-        for one that learns from every guess, sent or not (trust)."""
+        for one that learns from every guess, sent or not (trust), whose guesses are whole (the
+        forecasts are scored on its chain outcomes)."""
         if not 0 <= min_length <= max_length:
             raise ValueError("need 0 <= min_length <= max_length")
         return cls(range(max_length + 1), verify or linear_verify_cost(verify_cost, verify_overhead),
@@ -180,14 +180,12 @@ class DraftChooser:
 
     @classmethod
     def for_budgets(cls, max_budget: int, verify_cost: float = 0.06, verify_overhead: float = 0.0,
-                    rate: float = 0.2, verify: Optional[VerifyCost] = None,
-                    calibrated: bool = False) -> "DraftChooser":
+                    rate: float = 0.2, verify: Optional[VerifyCost] = None) -> "DraftChooser":
         """Every node budget of a ranked tree, 0 to max_budget: a verify's time is not smooth in
         its size (cost.py: on this CPU 15 drafts and the root cost what 7 do, 11 cost 1.45x), so
         a grid of a few budgets would miss the cheap ones."""
         return cls(range(max_budget + 1),
-                   verify or linear_verify_cost(verify_cost, verify_overhead), 0.0, rate, tree_prior,
-                   calibrated=calibrated)
+                   verify or linear_verify_cost(verify_cost, verify_overhead), 0.0, rate, tree_prior)
 
     def twin(self) -> "DraftChooser":
         """A chooser that knows what this one knows now and learns apart from it (its settings
@@ -225,11 +223,12 @@ class DraftChooser:
         size's is read where it is high: at T = 1.0 one lucky guess of pld's (7 of 8 drafts)
         lifted its depth 8 to 2.1 tokens per call, and the five drafts that followed all
         missed. Measured over SmolLM2's chat2 requests, the draft tokens forecast there held
-        0.14 of their forecast (pld, T = 1.0; lookahead 0.32), 0.76 greedy (lookahead 0.73),
-        and 0.91-1.00 for pld's guesses inside a copied span (its twin: RegimeChoosers.of).
-        The trust decides whether to draft, not how much (choose): scaling the estimates of
-        every size moved lookahead's greedy trees too, and it fell from 1.53x to 1.42x on long
-        SmolLM2 requests that copy their text."""
+        0.14 of their forecast (pld, T = 1.0), 0.76 greedy, and 0.91-1.00 for pld's guesses
+        inside a copied span (its twin: RegimeChoosers.of). The trust decides whether to draft,
+        not how much (choose). Only pld's choosers are calibrated: lookahead's forecasts held
+        0.32 (T = 1.0) and 0.73 (greedy) too, but calibrated (its trees scaled, or gated), it
+        fell from 1.53x to 1.42-1.44x on long SmolLM2 requests that copy their text, and
+        uncalibrated it kept >= 0.98x in every chat2 category at T = 1.0 (README, session 47)."""
         if not self.calibrated:
             return 1.0
         forecast, held = self.forecasts
@@ -252,16 +251,15 @@ class DraftChooser:
         """The best size not above `limit` (nor below min_size, unless the limit is), priced
         with `cached` tokens in the target's cache (kept for expected_gain; None: the last
         one's); for a calibrated chooser, 0 where that size's tokens, as far as they are trusted,
-        do not beat its cost (`held_back` then: a smaller size is not tried instead, since the
-        estimates that chose the size are the ones not trusted)."""
+        do not beat its cost (a smaller size is not tried instead: the estimates that chose the
+        size are the ones not trusted)."""
         if cached is not None:
             self.cached = cached
         top = self.max_size if limit is None else max(min(limit, self.max_size), 0)
         allowed = [s for s in self.sizes if min(self.min_size, top) <= s <= top] or [self.sizes[0]]
         best = self._best(allowed)
-        self.held_back = bool(best and self.calibrated and allowed[0] == 0
-                              and self.expected_tokens(best) <= self.cost(best))
-        if self.held_back:
+        if (best and self.calibrated and allowed[0] == 0
+                and self.expected_tokens(best) <= self.cost(best)):
             return 0  # as far as its estimates are trusted, drafting would not gain (trust)
         if self.probe_backoff and self.plain_steps and best > PROBE_DEPTH:
             # a probe after plain steps drafts little: the drift, not evidence, made it look good
@@ -330,8 +328,6 @@ class DraftChooser:
         of `retrieved` nodes: a budget s would have sent its first s nodes. `asked`: the tree was
         cut at that many nodes, so it says nothing about larger budgets (they are left as they
         are)."""
-        self._score_forecast(lambda s: sum(r <= s for r in matched_ranks)
-                             if asked is None or s <= asked else None)
         ranks, below = sorted(matched_ranks), 0  # `below`: the ranks <= s (sizes ascend)
         for s in self.sizes:
             if asked is not None and s > asked:

@@ -19,9 +19,7 @@ tree a budget of d would have sent (retrieval is best-first), so the drafter's c
 the tokens a call would have produced. It sends the budget with the best tokens per unit of
 verification cost, 0 (plain decoding) when guesses keep failing, and notices when they start
 matching again: while at 0 it retrieves only PEEK nodes on every PEEK_EVERY-th step, which teach
-the small budgets it grows back through, at a fraction of a full retrieval's cost (a whole one
-where its estimates would draft and only its trust in them holds it back: DraftChooser.trust,
-whose forecasts must go on being scored).
+the small budgets it grows back through, at a fraction of a full retrieval's cost.
 
 All trie work happens inside propose(), so the engine's draft time is this method's whole cost.
 """
@@ -79,8 +77,7 @@ class Lookahead(SizedByRegime, Drafter):
         self.choosers = (RegimeChoosers(model, ("lookahead", decoding_length, verify_cost,
                                                 verify_overhead),
                                         lambda sampled=False: DraftChooser.for_budgets(
-                                            decoding_length, calibrated=True,
-                                            verify=verify_cost_for(
+                                            decoding_length, verify=verify_cost_for(
                                                 model, verify_cost, verify_overhead,
                                                 default=(0.06, 0.25), tree=True,
                                                 sampled=sampled)))
@@ -175,9 +172,7 @@ class Lookahead(SizedByRegime, Drafter):
         # while plain decoding is chosen (by the chooser, or the engine's back-off), a retrieval
         # of PEEK nodes still teaches the budgets drafting grows back through, for a fraction of
         # a full one's cost
-        held_back = self.choosers is not None and ctx.max_drafts >= 1 and chooser.held_back
-        asked = (self.decoding_length if budget > 0 or held_back
-                 else min(PEEK, self.decoding_length))
+        asked = self.decoding_length if budget > 0 else min(PEEK, self.decoding_length)
         depth = min(self.branch_length, ctx.max_drafts) if budget else self.branch_length
         mode = self.mode if ctx.trees else "single"  # a chain-only target: the best branch
         found = retrieve([self.request_trie, self.output_trie], tokens[-self.match_length:],

@@ -186,29 +186,6 @@ def test_while_plain_decoding_is_chosen_only_a_peek_is_retrieved(random_model_di
     assert asked[-1] == 32
 
 
-def test_a_chooser_held_back_by_its_trust_retrieves_whole_trees(random_model_dirs,
-                                                                 monkeypatch):
-    """Where the estimates would draft and only the chooser's trust in them holds the draft back
-    (DraftChooser.trust), a peek retrieves the whole tree: budgets above PEEK are the ones whose
-    forecasts the trust is scored on, and a peek of PEEK nodes would leave it where it fell."""
-    from mlx_spec.drafters import lookahead
-
-    asked = []
-    real = lookahead.retrieve
-    monkeypatch.setattr(lookahead, "retrieve",
-                        lambda tries, context, budget, *rest: asked.append(budget)
-                        or real(tries, context, budget, *rest))
-    model = fresh(random_model_dirs["qwen3"])
-    decoder = mlx_spec.make_decoder(model, "lookahead", verify_cost=0.06, verify_overhead=0.25,
-                                    backoff=False)
-    chooser = decoder.drafter.chooser
-    chooser.forecasts = [100.0, 0.0]  # forecasts that never held: the prior's trees held back
-    assert chooser.choose() == 0 and chooser.held_back
-    result = mlx_spec.generate(model, PROMPTS[1], max_tokens=12, raw=True, decoder=decoder)
-    assert result.stats.drafted_tokens == 0
-    assert asked and asked[0] == 32  # the first peek (a held-back chooser's) is whole
-
-
 def test_adaptive_budget_drafts_little_when_nothing_matches(random_model_dirs):
     folder = random_model_dirs["qwen3"]  # random text: retrieved branches are almost always wrong
     # backoff=False: the budget chooser alone is under test (engine.BackOff would cut both); the
