@@ -20,9 +20,9 @@ that is allowed; rising acceptance grows them again: a size deeper than a guess 
 end is unknown, and moves towards that outcome extended optimistically (PRIOR per further level,
 or a sampling drafter's measured acceptance where it starts from that, raised as its first level
 holds: DraftChooser._deeper_level), and after plain steps every size drifts slowly back to its
-prior, so drafting is probed again after a bad stretch. pld's chooser, which learns from every
-guess, sent or not, also drafts only as far as its estimates held where they would have drafted
-before (DraftChooser.trust). The drift is optimism, not evidence: a
+prior, so drafting is probed again after a bad stretch. pld's sampling choosers, which learn
+from every guess, sent or not, also draft only as far as their estimates held where they would
+have drafted before (DraftChooser.trust). The drift is optimism, not evidence: a
 probe's outcome is learned from where the size stood before it drifted (`learned`), so a failed
 probe puts it back where the misses had left it, and the next probe is again a whole drift away
 (~15 plain steps for a draft model on SmolLM2).
@@ -225,10 +225,11 @@ class DraftChooser:
         missed. Measured over SmolLM2's chat2 requests, the draft tokens forecast there held
         0.14 of their forecast (pld, T = 1.0), 0.76 greedy, and 0.91-1.00 for pld's guesses
         inside a copied span (its twin: RegimeChoosers.of). The trust decides whether to draft,
-        not how much (choose). Only pld's choosers are calibrated: lookahead's forecasts held
-        0.32 (T = 1.0) and 0.73 (greedy) too, but calibrated (its trees scaled, or gated), it
-        fell from 1.53x to 1.42-1.44x on long SmolLM2 requests that copy their text, and
-        uncalibrated it kept >= 0.98x in every chat2 category at T = 1.0 (README, session 47)."""
+        not how much (choose). Only pld's sampling choosers are calibrated: at T > 0 a guess
+        that held is a lucky draw, where a greedy one that held repeats (with its greedy choosers
+        calibrated too, auto ran long SmolLM2 requests at 0.91-0.95 of pld, 0.955-0.974
+        before); lookahead's forecasts held 0.32 at T = 1.0, but it kept >= 0.98x in every
+        chat2 category there uncalibrated (README, session 47)."""
         if not self.calibrated:
             return 1.0
         forecast, held = self.forecasts

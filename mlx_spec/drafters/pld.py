@@ -7,10 +7,10 @@ instead of rescanning the whole context.
 Adaptive length (mlx_spec/drafters/draft_length.py): every lookup is remembered until the tokens it guessed
 are known, then scored as if all of it had been sent (acceptance walks the target's own draws, so
 what the target says does not depend on what was drafted). Guesses that keep failing (sampling at a
-high temperature, text that does not repeat) shrink the draft down to plain decoding, and the
-chooser drafts only as far as its forecasts held (DraftChooser.trust: at a high temperature one
-lucky guess lifts its estimates for the misses that follow); the scoring goes on, so drafting
-resumes when guesses start to match. Guesses made while the text still follows
+high temperature, text that does not repeat) shrink the draft down to plain decoding, and a
+sampling regime's chooser drafts only as far as its forecasts held (DraftChooser.trust: at a
+high temperature one lucky guess lifts its estimates for the misses that follow); the scoring
+goes on, so drafting resumes when guesses start to match. Guesses made while the text still follows
 an earlier one (inside a copied span) are sized and learned from by a chooser of their own, since
 they hold far more often than the rest (RegimeChoosers.of). What it learned is kept per loaded model
 and sampling regime (greedy, or each temperature and filter: SamplingParams.regime), so the next
@@ -71,7 +71,7 @@ class PromptLookup(SizedByRegime, Drafter):
         self.index = NgramIndex(ngram_min, ngram_max)
         settings = ("pld", num_draft_tokens, verify_cost, verify_overhead)
         self.choosers = (RegimeChoosers(model, settings, lambda sampled=False: (
-            DraftChooser.for_depths(num_draft_tokens, 0, calibrated=True, verify=verify_cost_for(
+            DraftChooser.for_depths(num_draft_tokens, 0, calibrated=sampled, verify=verify_cost_for(
                 model, verify_cost, verify_overhead, default=(0.07, 0.2), sampled=sampled))))
                          if adaptive else None)
         self._guesses = Guesses(_chain_outcome)

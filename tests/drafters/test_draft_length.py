@@ -86,6 +86,15 @@ def test_the_trust_decides_whether_to_draft_not_how_much():
     assert calibrated.expected_gain() == 1.0 and plain.choose() == 3
 
 
+def test_only_pld_sampling_choosers_are_calibrated():
+    """At T > 0 a guess that held is a lucky draw; greedy, one that held repeats
+    (DraftChooser.trust)."""
+    choosers = PromptLookup(None).choosers
+    assert not choosers.of(SamplingParams()).calibrated
+    assert choosers.of(SamplingParams(temperature=1.0)).calibrated
+    assert choosers.of(SamplingParams(temperature=1.0), following=True).calibrated
+
+
 def test_length_tracks_where_acceptance_stops():
     chooser = DraftChooser.for_depths(max_length=12)
     for _ in range(40):
