@@ -108,7 +108,8 @@ PRIOR_WEIGHT = 1  # outcomes the prior is worth when a chooser starts afresh (Dr
 SLOWEST_DRIFT = 1 / 8  # the drift's speed after consecutive failed probes (probe_backoff)
 PROBE_DEPTH = 2  # the deepest probe after plain steps (probe_backoff); a full match goes deeper
 TRUST_DECAY = 0.9  # per scored forecast: about the last 10 decide a calibrated chooser's trust
-TRUST_PRIOR = 1.0  # draft tokens of forecasts held exactly that a fresh trust counts (trust)
+TRUST_PRIOR = 1.0  # draft tokens of a forecast held exactly, always counted (trust): a few
+# forecasts of a fraction of a token each do not drive the trust to 0
 
 
 def chain_prior(size: int, level: float = PRIOR) -> float:
@@ -148,6 +149,8 @@ class DraftChooser:
         self.sizes = sorted(set(sizes))
         if not self.sizes or self.sizes[0] < 0 or min_size > self.sizes[-1]:
             raise ValueError("need sizes >= 0 and min_size <= the largest size")
+        if calibrated and (min_size > 0 or self.sizes[0] != 0):
+            raise ValueError("a calibrated chooser needs plain decoding (size 0) allowed")
         self.max_size, self.min_size = self.sizes[-1], min_size
         self.verify, self.draft_cost, self.rate, self.prior = verify, draft_cost, rate, prior
         # `start`: the estimates of a reset chooser, where they differ from the prior that the
@@ -188,8 +191,9 @@ class DraftChooser:
                    verify or linear_verify_cost(verify_cost, verify_overhead), 0.0, rate, tree_prior)
 
     def twin(self) -> "DraftChooser":
-        """A chooser that knows what this one knows now and learns apart from it (its settings
-        and pricing shared; its draft cost copied)."""
+        """A chooser that knows what this one knows now, but for its trust (its forecasts are
+        of other guesses), and learns apart from it (its settings and pricing shared; its draft
+        cost copied)."""
         twin = copy.copy(self)
         twin.tokens, twin.learned = dict(self.tokens), dict(self.learned)
         twin.nodes = dict(self.nodes)
@@ -218,7 +222,7 @@ class DraftChooser:
     def trust(self) -> float:
         """How far a calibrated chooser's estimates held where they would draft: the draft tokens
         their best size then held over those it forecast (decayed over about the last 10
-        forecasts, TRUST_DECAY; TRUST_PRIOR of exact ones count at first), at most 1; 1 for
+        forecasts, TRUST_DECAY; TRUST_PRIOR of an exact one always counts), at most 1; 1 for
         one not calibrated. The estimates are running means of bursty outcomes, and the best
         size's is read where it is high: at T = 1.0 one lucky guess of pld's (7 of 8 drafts)
         lifted its depth 8 to 2.1 tokens per call, and the five drafts that followed all
@@ -243,7 +247,7 @@ class DraftChooser:
         """Expected tokens per unit of cost of the best size, plain decoding being 1 (of a
         calibrated chooser, the size its estimates choose, its tokens as far as they are
         trusted)."""
-        if not self.calibrated or self.min_size > 0:
+        if not self.calibrated:
             return max(self.tokens[s] / self.cost(s) for s in self.sizes)
         best = self._best(self.sizes)
         return max(1.0, self.expected_tokens(best) / self.cost(best)) if best else 1.0
@@ -442,7 +446,7 @@ class RegimeChoosers:
         """The chooser of `sampling`'s regime; `following`: its twin for the steps where the text
         follows an earlier guess (one still open, Guesses.still_open, or one it matched to its
         end: PromptLookup.propose), made on first use as a copy of what the
-        regime's chooser knows then. pld keeps the two apart: its guesses come true in runs (a
+        regime's chooser knows then (its trust aside: DraftChooser.twin). pld keeps the two apart: its guesses come true in runs (a
         span the answer copies, followed for several steps), so a guess made inside a run holds
         far more often than one made outside. Sized by one chooser, the misses between runs
         kept the drafts of a run short, and a run's outcomes, settled only once the text had

@@ -1,5 +1,7 @@
 """The adaptive draft length (mlx_spec/drafters/draft_length.py) and pld's use of it: drafts grow while
 guesses are accepted, shrink to plain decoding when they keep failing, and come back."""
+import pytest
+
 from mlx_spec.drafters.draft_length import SLOWEST_DRIFT, DraftChooser
 from mlx_spec.drafters.base import StepContext
 from mlx_spec.drafters.pld import PromptLookup
@@ -93,6 +95,11 @@ def test_only_pld_sampling_choosers_are_calibrated():
     assert not choosers.of(SamplingParams()).calibrated
     assert choosers.of(SamplingParams(temperature=1.0)).calibrated
     assert choosers.of(SamplingParams(temperature=1.0), following=True).calibrated
+    chooser = choosers.of(SamplingParams(temperature=0.7))
+    chooser.forecasts = [10.0, 1.0]
+    assert chooser.trust < 0.5 and chooser.twin().trust == 1.0  # its forecasts are its own
+    with pytest.raises(ValueError, match="plain decoding"):
+        DraftChooser.for_depths(4, min_length=1, calibrated=True)
 
 
 def test_length_tracks_where_acceptance_stops():
