@@ -71,16 +71,20 @@ def test_a_calibrated_chooser_stops_drafting_where_its_forecasts_do_not_hold():
 
 def test_the_trust_decides_whether_to_draft_not_how_much():
     """A trust below 1 leaves the size the estimates pick where its trusted tokens still beat its
-    cost, and holds the draft back (plain decoding) where they do not; the expected
-    gain the back-off reads is the trusted one."""
-    verify = lambda nodes, cached=None: 1.0 + (0.3 + 0.05 * nodes if nodes else 0.0)
-    plain = DraftChooser.for_depths(12, verify=verify)
-    calibrated = DraftChooser.for_depths(12, verify=verify, calibrated=True)
+    cost, and holds the draft back (plain decoding) where they do not; the expected gain the
+    back-off reads is the trusted one. Every draft holds here, and a 3-draft verify costs 2 steps,
+    a 1-draft one 1.05: at half trust, estimates scaled by the trust would pick 1 draft (1.5 / 1.05
+    against 2.5 / 2), where the estimates' own pick, 3, still gains."""
+    prices = {0: 1.0, 1: 1.05, 2: 1.9, 3: 2.0}
+    verify = lambda nodes, cached=None: prices[round(nodes)]
+    plain = DraftChooser.for_depths(3, verify=verify)
+    calibrated = DraftChooser.for_depths(3, verify=verify, calibrated=True)
     for chooser in (plain, calibrated):
         chooser.outcomes = 100  # settled: learning at its rate
         for _ in range(40):
-            chooser.record(accepted=3, offered=12)  # the 4th token is always wrong
-    calibrated.forecasts = [3.0, 2.0]  # two thirds of the forecast draft tokens held
+            chooser.record(accepted=3, offered=3)
+    calibrated.forecasts = [5.0, 2.0]  # half the forecast draft tokens held
+    assert calibrated.trust == 0.5
     assert plain.choose() == calibrated.choose() == 3
     assert calibrated.expected_gain() < plain.expected_gain()
     calibrated.forecasts = [30.0, 0.0]  # none held
