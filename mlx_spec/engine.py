@@ -161,9 +161,9 @@ class BackOff:
             return
         self._window = _Window()
         if not w.drafts:  # the drafter's own chooser is at plain decoding already: a gain
-            return        # here is noise, and a pause would stop the chooser learning when to
-            # draft again (pld learns from guesses it looks up but does not send; a pause
-            # would cut a gain it had not measured, so a noisy window could keep it plain)
+            return        # here is noise, and a pause on it would hold back the drafts that
+            # chooser turns to once its look-ups expect a gain (pld learns from guesses it looks
+            # up but does not send), so a noisy window could keep it plain for whole answers
         w = self._past = w.plus(self._past, self.PAST)
         plain = self.plain_s
         if plain is None and self.relative is not None and w.verify_s > 0:

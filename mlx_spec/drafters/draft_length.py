@@ -263,8 +263,7 @@ class DraftChooser:
         top = self.max_size if limit is None else max(min(limit, self.max_size), 0)
         allowed = [s for s in self.sizes if min(self.min_size, top) <= s <= top] or [self.sizes[0]]
         best = self._best(allowed)
-        if (best and self.calibrated and allowed[0] == 0
-                and self.expected_tokens(best) <= self.cost(best)):
+        if best and self.calibrated and self.expected_tokens(best) <= self.cost(best):
             return 0  # as far as its estimates are trusted, drafting would not gain (trust)
         if self.probe_backoff and self.plain_steps and best > PROBE_DEPTH:
             # a probe after plain steps drafts little: the drift, not evidence, made it look good
@@ -280,7 +279,7 @@ class DraftChooser:
         lets drafts through, and rises again where the forecasts start to hold."""
         if not self.calibrated:
             return
-        size = self._best([s for s in self.sizes if s >= self.min_size])
+        size = self._best(self.sizes)  # (a calibrated chooser has no min_size)
         accepted = held(size) if size else None
         if accepted is None:
             return
@@ -444,15 +443,14 @@ class RegimeChoosers:
 
     def of(self, sampling, following: bool = False) -> DraftChooser:
         """The chooser of `sampling`'s regime; `following`: its twin for the steps where the text
-        follows an earlier guess (one still open, Guesses.still_open, or one it matched to its
-        end: PromptLookup.propose), made on first use as a copy of what the
-        regime's chooser knows then (its trust aside: DraftChooser.twin). pld keeps the two apart: its guesses come true in runs (a
-        span the answer copies, followed for several steps), so a guess made inside a run holds
-        far more often than one made outside. Sized by one chooser, the misses between runs
-        kept the drafts of a run short, and a run's outcomes, settled only once the text had
-        left it, left the chooser drafting on the misses after it (SmolLM2, the chat2 prompts,
-        greedy: 1.068x -> 1.115x in one bench, 1.038x -> 1.070x replayed on `ar`'s texts;
-        README, session 44)."""
+        follows an earlier guess (one still open, Guesses.still_open, or one it matched to its end:
+        PromptLookup.propose), made on first use as a copy of what the regime's chooser knows then
+        (its trust aside: DraftChooser.twin). pld keeps the two apart: its guesses come true in runs
+        (a span the answer copies, followed for several steps), so a guess made inside a run holds
+        far more often than one made outside. Sized by one chooser, the misses between runs kept the
+        drafts of a run short, and a run's outcomes, settled only once the text had left it, left
+        the chooser drafting on the misses after it (SmolLM2, the chat2 prompts, greedy: 1.068x ->
+        1.115x in one bench, 1.038x -> 1.070x replayed on `ar`'s texts; README, session 44)."""
         key = regime_key(self.settings, sampling)
         chooser = self.learned.get(key, functools.partial(self.make, sampled=not sampling.greedy))
         if following:
