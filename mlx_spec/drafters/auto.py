@@ -77,7 +77,7 @@ from typing import Optional
 from ..accept import Acceptance
 from ..cost import machine_file
 from ..errors import MlxSpecError
-from ..loading import weights_fingerprint
+from ..loading import resolve, weights_fingerprint
 from ..sampling import is_whole
 from ..target import has_hidden_states
 from ..tree import Tree
@@ -1087,6 +1087,8 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
             raise ValueError(f"num_draft_tokens must be a whole number, got {num_draft_tokens!r}")
         check_draft_size("num_draft_tokens", num_draft_tokens)
         num_draft_tokens = int(num_draft_tokens)  # (numpy's: it names the saved rates' file)
+    if draft_model is not None:  # a folder that is not there: refused before the candidates
+        resolve(draft_model)     # measure the target (~10 s on a fresh cache folder)
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)

@@ -257,6 +257,17 @@ def test_candidates_are_what_the_target_can_run(random_models, random_model_dirs
         mlx_spec.make_decoder(model, "auto", methods="pld,ar")
 
 
+def test_a_missing_draft_model_is_refused_before_the_target_is_measured(random_model_dirs):
+    """`--draft-model` naming no folder: refused at once, not after the candidates have measured
+    the target's cost model (~10 s for SmolLM2 where no measurement is cached yet)."""
+    from mlx_spec.drafters.shared import shared
+
+    model = mlx_spec.load(str(random_model_dirs["llama"]))  # its own Shared: nothing measured
+    with pytest.raises(mlx_spec.MlxSpecError, match="not found"):
+        mlx_spec.make_decoder(model, "auto", draft_model="/no/such/folder")
+    assert shared(model).cost is None
+
+
 def test_auto_with_a_draft_model_is_greedy_exact_and_remembers_per_model(random_models,
                                                                         random_model_dirs):
     model = random_models["mistral"]
