@@ -37,8 +37,8 @@ The choice, in stages (_next):
   found no draft too, counted as the plain steps they would have been, over SETTLED steps
   (_judged_pairing). A text-only leader that finds no draft at a step hands that step to the
   best model drafter (_fall_back): it leads where it drafts. The other way round, a model
-  drafter leading with its chooser at plain decoding (Rate.idle) hands each step it sends
-  nothing to the best text-only candidate where that has a draft (_fall_forward). The asks run
+  drafter leading hands each step it sends nothing (its chooser chose plain decoding there) to
+  the best text-only candidate where that has a draft (_fall_forward). The asks run
   while the target verifies the step's tree (while_verifying): on a GPU the host is idle until
   the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
@@ -676,21 +676,26 @@ class Auto(Drafter):
         return tree
 
     def _fall_forward(self, ctx: StepContext, empty: Tree) -> Tree:
-        """The step's tree where the leader, a model drafter whose chooser sits at plain
-        decoding (Rate.idle), sent nothing (`empty`): the best text-only candidate's, where it
-        has a draft (its own chooser sends one only where it expects a gain); it proposes the
-        step (self.proposer) as its own step, and the leader keeps the lead. Alone, an idle
-        leader steps one token at a time until a text-only candidate is paired ahead of it on
-        PAIRED of its hits: on long SmolLM2 requests (1,068-1,392 tokens, greedy) an idle
-        `redrafter` led 7-50 plain steps of each answer, which `pld` alone decodes at 1.3-1.7x
-        of plain decoding. The leader's own probes still propose, so a model drafter that wakes
-        on a text that suits it is seen as before. Not in a trial: it measures its candidate.
+        """The step's tree where the leader, a model drafter, sent nothing (`empty`: its chooser
+        chose plain decoding for this step): the best text-only candidate's, where it has a
+        draft (its own chooser sends one only where it expects a gain); it proposes the step
+        (self.proposer) as its own step, and the leader keeps the lead. Alone, such a leader
+        steps one token at a time until a text-only candidate is paired ahead of it on PAIRED of
+        its hits: on long SmolLM2 requests (1,068-1,392 tokens, greedy) an idle `redrafter` led
+        7-50 plain steps of each answer, which `pld` alone decodes at 1.3-1.7x of plain decoding.
+        Whether or not the leader is idle (Rate.idle): at a new request its discounted rate
+        (NEW_TEXT) is not idle for its first steps, and its failed one-draft probes keep it
+        from being idle, while each step it sends nothing is a plain step all the same (handed
+        on only where the leader was idle, `auto` ran 0.93-0.97x as fast, greedy, on those
+        requests, the embedded target and SmolLM2's `chat2`: README, session 48). The leader's own
+        drafts and probes still propose, so a model drafter that wakes on a text that suits it
+        is seen as before. Not in a trial: it measures its candidate.
         The candidate's answer is this step's ask of it (not asked again in the shadow: one
         that found no draft is booked as a shadow ask's miss there); a draft it sends is paired
         with the plain step it replaced (observe), so it may take the lead as a shadow candidate
         would. The ask runs before the verify is dispatched (a few percent of a step for
         `lookahead` on a CPU), on the leader's empty steps only."""
-        if self._in_trial or not self.shadowed or not self._rate(self.current).idle:
+        if self._in_trial or not self.shadowed:
             return empty
         name = self._fastest(self.shadowed)
         t0 = time.perf_counter()
