@@ -37,8 +37,8 @@ The choice, in stages (_next):
   found no draft too, counted as the plain steps they would have been, over SETTLED steps
   (_judged_pairing). A text-only leader that finds no draft at a step hands that step to the
   best model drafter (_fall_back): it leads where it drafts. The other way round, a model
-  drafter leading hands each step it sends nothing (its chooser chose plain decoding there) to
-  the best text-only candidate where that has a draft (_fall_forward). The asks run
+  drafter leading with its chooser at plain decoding (Rate.idle) hands each step it sends
+  nothing to the best text-only candidate where that has a draft (_fall_forward). The asks run
   while the target verifies the step's tree (while_verifying): on a GPU the host is idle until
   the step's sync.
 - Plain decoding is not a candidate: the engine's BackOff turns drafting off where even the best
@@ -409,7 +409,6 @@ class Auto(Drafter):
         self._trial_steps = 0  # the running (or last) trial's steps, extensions included
         self._drafted = False  # the step in flight is its candidate's own (not a plain step)
         self._in_trial = False  # the step in flight is part of a trial
-        self._beside_idle = False  # the leader was idle when the step was handed on (_fall_forward)
         self._answered: dict = {}  # text-only candidate -> (its tree, answer seconds): asked
         # for real this step (_fall_forward), not asked again in the shadow
         self._last_observe: Optional[float] = None
@@ -531,7 +530,7 @@ class Auto(Drafter):
             if name in self._answered:  # asked for real this step (_fall_forward): where it found
                 tree, answer_s = self._answered[name]  # no draft, booked as a shadow ask's miss
                 if len(tree) == 1:  # (here, after the misses of earlier steps were settled)
-                    self._book_ask(name, tree, len(ctx.tokens), answer_s, self._beside_idle)
+                    self._book_ask(name, tree, len(ctx.tokens), answer_s)
                 continue
             paired = self.rates.paired.get(name)
             if (rate.steps >= self.SETTLED and rate.per_second < leader
@@ -543,20 +542,17 @@ class Auto(Drafter):
             tree = self.candidates[name].propose(ctx)
             self._book_ask(name, tree, len(ctx.tokens), time.perf_counter() - t0)
 
-    def _book_ask(self, name: str, tree: Tree, cached: int, answer_s: float,
-                  paired: bool = True) -> None:
+    def _book_ask(self, name: str, tree: Tree, cached: int, answer_s: float) -> None:
         """Text-only `name`'s answer to this step's ask, not proposed: a tree to score once the
         text has gone past it, or, where it found no draft, the plain step it would have taken
-        (one token, scored at the next step); each paired with this step's real outcome unless
-        not `paired` (a busy leader's empty step: _fall_forward)."""
+        (one token, scored at the next step); each paired with this step's real outcome."""
         real = []  # filled by observe() with this step's real tokens and seconds
         seconds = self._shadow_seconds(name, tree, cached) + answer_s
         if len(tree) > 1:
             self._shadows[name].add(cached, (_branches(tree), seconds, real))
         else:
             self._missed.setdefault(name, []).append((seconds, real))
-        if paired:
-            self._asked.append(real)
+        self._asked.append(real)
 
     def observe(self, ctx, tree, acceptance, out) -> None:
         now = ctx.clock()  # the decoder's own time: not what its consumer did between steps
@@ -570,7 +566,7 @@ class Auto(Drafter):
             return
         self.steps_by_method[name] = self.steps_by_method.get(name, 0) + 1
         forward = name != self.current and name in self.shadowed  # (_fall_forward): its own
-        # step, the leader's plain step it would have been told and booked as such (below)
+        # step, the idle leader's plain step it would have been told as such (below)
         if forward:
             self.candidates[self.current].observe(ctx, Tree.from_chain(tree.tokens[0], []),
                                                   Acceptance([0], acceptance.tokens), out)
@@ -610,14 +606,9 @@ class Auto(Drafter):
             if not self._in_trial:  # paired with the leader's steps (a trial's say nothing of it)
                 for real in asked:
                     real.extend(step)
-            if forward:  # the plain step the leader would have taken: its own (it sent
-                # nothing; its idleness and long run count it), and beside an idle leader paired
-                # with the draft, as shadow steps are (not asked in the shadow on such a step)
-                plain = (1.0, self._plain_seconds(len(ctx.tokens)))
-                self.rates.by_name[self.current].add(*plain, sent=False)
-                self.rates.long.setdefault(self.current, LongRate()).add(*plain)
-                if self._beside_idle:
-                    self.rates.pair(name, *step, *plain)
+            if forward:  # its draft beside the plain step the idle leader would have taken,
+                # as its shadow steps are paired (it is not asked in the shadow on such a step)
+                self.rates.pair(name, *step, 1.0, self._plain_seconds(len(ctx.tokens)))
             if modelled is not None:
                 timed = (step[1] - besides, modelled)
                 self.rates.real.add(*timed)
@@ -685,34 +676,22 @@ class Auto(Drafter):
         return tree
 
     def _fall_forward(self, ctx: StepContext, empty: Tree) -> Tree:
-        """The step's tree where the leader, a model drafter, sent nothing (`empty`: its chooser
-        chose plain decoding for this step): the best text-only candidate's, where it has a
-        draft (its own chooser sends one only where it expects a gain); it proposes the step
-        (self.proposer) as its own step, and the leader keeps the lead. Alone, such a leader
-        steps one token at a time until a text-only candidate is paired ahead of it: on long
-        SmolLM2 requests (1,068-1,392 tokens, greedy) an idle `redrafter` led 7-50 plain steps of
-        each answer, which `pld` alone decodes at 1.3-1.7x of plain decoding. Whether or not the
-        leader is idle (Rate.idle): at a new request its rate holds the last request's steps,
-        which may have drafted, and a failed one-draft probe now and then keeps it from being
-        idle, while each step it sends nothing is a plain step all the same (on those requests
-        about half of `auto`'s plain steps went to drafts so; its speed, there and on the
-        embedded target and SmolLM2's `chat2`, stayed within the runs' spread: README, session
-        48). The leader's own drafts
-        and probes still propose, so a model drafter that wakes on a text that suits it is seen
-        as before. Not in a trial: it measures its candidate.
-        The candidate's answer is this step's ask of it (not asked again in the shadow: one that
-        found no draft is booked as a shadow ask's miss there). The leader is told, and booked,
-        the plain step it would have taken (observe), so its idleness and long run count the
-        steps it sent nothing. Beside an idle leader the candidate's draft (or miss) is paired
-        with that plain step, so it may take the lead as a shadow candidate would; beside a busy
-        one not: its empty steps are the ones where the candidate would draft under either lead,
-        and asked on every such step (the leader's drafting steps are sampled every
-        SHADOW_EVERY-th), they would tilt the pairing toward it where the leader outdrafts it.
-        The ask runs before the verify is dispatched (a few percent of a step for `lookahead` on
-        a CPU), on the leader's empty steps only."""
-        if self._in_trial or not self.shadowed:
+        """The step's tree where the leader, a model drafter whose chooser sits at plain
+        decoding (Rate.idle), sent nothing (`empty`): the best text-only candidate's, where it
+        has a draft (its own chooser sends one only where it expects a gain); it proposes the
+        step (self.proposer) as its own step, and the leader keeps the lead. Alone, an idle
+        leader steps one token at a time until a text-only candidate is paired ahead of it on
+        PAIRED of its hits: on long SmolLM2 requests (1,068-1,392 tokens, greedy) an idle
+        `redrafter` led 7-50 plain steps of each answer, which `pld` alone decodes at 1.3-1.7x
+        of plain decoding. The leader's own probes still propose, so a model drafter that wakes
+        on a text that suits it is seen as before. Not in a trial: it measures its candidate.
+        The candidate's answer is this step's ask of it (not asked again in the shadow: one
+        that found no draft is booked as a shadow ask's miss there); a draft it sends is paired
+        with the plain step it replaced (observe), so it may take the lead as a shadow candidate
+        would. The ask runs before the verify is dispatched (a few percent of a step for
+        `lookahead` on a CPU), on the leader's empty steps only."""
+        if self._in_trial or not self.shadowed or not self._rate(self.current).idle:
             return empty
-        self._beside_idle = self._rate(self.current).idle
         name = self._fastest(self.shadowed)
         t0 = time.perf_counter()
         tree = self.candidates[name].propose(ctx)
@@ -749,9 +728,7 @@ class Auto(Drafter):
         luck of its sampled steps, and handing its lead on would hand it to a slower one.
         Unless it is idle (Rate.idle): its chooser sits at plain decoding and the loss is a
         probe's, or the drafts of a text-only candidate it handed its empty steps to
-        (_fall_forward), which then leads and is judged as a text-only leader from there (a
-        busy leader hands its empty steps on too, and a window they lose with its own pauses
-        both, as any loss of a busy model drafter's). The
+        (_fall_forward), which then leads and is judged as a text-only leader from there. The
         best text-only candidate not expected to lose to plain decoding leads then: it decodes
         about as plainly as a pause would, with the same shadow asks, and drafts where its
         look-ups expect a gain; a pause would also hold back a text that starts to repeat
