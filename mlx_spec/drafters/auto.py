@@ -1053,8 +1053,7 @@ def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
     such as `auto[methods=redrafter+pld]`, by plus signs; default: every one in CANDIDATES
     that this target can run). A method named explicitly that cannot run is an error; a default
     one that cannot (no head, no draft model, no hidden states) is left out."""
-    names = CANDIDATES if methods is None else tuple(
-        n.strip() for n in re.split(r"[,+]", methods) if n.strip())
+    names = _named(methods)
     for name in names:
         if name not in NAMEABLE:
             raise MlxSpecError(f"auto: {name!r} cannot be a candidate; choose from "
@@ -1075,11 +1074,18 @@ def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
     return found
 
 
+def _named(methods: Optional[str]) -> tuple:
+    """The candidate names `methods` gives (candidates_for), CANDIDATES where it is None."""
+    return CANDIDATES if methods is None else tuple(
+        n.strip() for n in re.split(r"[,+]", methods) if n.strip())
+
+
 @register("auto")
 def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None,
          num_draft_tokens: Optional[int] = None, overlap: bool = True):
     """`methods`: the candidates (separated by commas or plus signs), default every available
-    one; `draft_model` / `num_draft_tokens` go to the draft-model candidates; `overlap=False`
+    one; `draft_model` / `num_draft_tokens` go to the draft-model candidates (`draft`,
+    `adaedl`: a draft_model where `methods` names neither is refused); `overlap=False`
     asks the text-only candidates before the verify is dispatched instead of while it runs
     (Drafter.while_verifying), for measuring what the overlap gives."""
     if num_draft_tokens is not None:  # checked here: the draft candidates may not run at all
@@ -1087,13 +1093,23 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
             raise ValueError(f"num_draft_tokens must be a whole number, got {num_draft_tokens!r}")
         check_draft_size("num_draft_tokens", num_draft_tokens)
         num_draft_tokens = int(num_draft_tokens)  # (numpy's: it names the saved rates' file)
-    if draft_model is not None:  # a folder that is not there: refused before the candidates
-        resolve(draft_model)     # measure the target (~10 s on a fresh cache folder)
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}
+    takers = [n for n in ("draft", "adaedl") if n in _named(methods)]  # (they draft with them)
+    if draft_model is not None and not takers:  # (dropped without a word, it would look used)
+        raise MlxSpecError(f"auto: draft_model given, but methods={methods!r} names no candidate "
+                           "that drafts with it (draft, adaedl)")
+    if draft_model is not None:  # a folder that is not there: refused before the candidates
+        try:                     # measure the target (~10 s on a fresh cache folder)
+            resolve(draft_model)
+        except MlxSpecError as exc:  # (named as candidates_for names a candidate's error)
+            raise type(exc)(f"auto: candidate {takers[0]!r}: {exc}") from None
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
     if draft_model is not None and methods is None and "draft" not in found:
-        create("draft", model, **draft_options)  # a draft model named that cannot run: its error
+        try:  # a draft model named that cannot run: its error
+            create("draft", model, **draft_options)
+        except MlxSpecError as exc:
+            raise type(exc)(f"auto: candidate 'draft': {exc}") from None
     state, cost = shared(model), target_cost(model)
     memory, folder, key = state.auto_rates, state.auto_folder, tuple(found)
     unit, files = cost.step_seconds(1), {}

@@ -263,8 +263,12 @@ def test_a_missing_draft_model_is_refused_before_the_target_is_measured(random_m
     from mlx_spec.drafters.shared import shared
 
     model = mlx_spec.load(str(random_model_dirs["llama"]))  # its own Shared: nothing measured
-    with pytest.raises(mlx_spec.MlxSpecError, match="not found"):
-        mlx_spec.make_decoder(model, "auto", draft_model="/no/such/folder")
+    for methods, named in ((None, "draft"), ("pld,draft", "draft"), ("adaedl", "adaedl")):
+        with pytest.raises(mlx_spec.MlxSpecError,  # the candidate it was for, named
+                           match=f"^auto: candidate '{named}': model folder not found: /no/such"):
+            mlx_spec.make_decoder(model, "auto", methods=methods, draft_model="/no/such/folder")
+    with pytest.raises(mlx_spec.MlxSpecError, match="names no candidate that drafts with it"):
+        mlx_spec.make_decoder(model, "auto", methods="pld", draft_model="/x")  # (was dropped)
     assert shared(model).cost is None
 
 
