@@ -1095,13 +1095,13 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
         num_draft_tokens = int(num_draft_tokens)  # (numpy's: it names the saved rates' file)
     draft_options = {k: v for k, v in (("draft_model", draft_model),
                                        ("num_draft_tokens", num_draft_tokens)) if v is not None}
-    takers = [n for n in ("draft", "adaedl") if n in _named(methods)]  # (they draft with them)
-    if draft_model is not None and not takers:  # (dropped without a word, it would look used)
-        raise MlxSpecError(f"auto: draft_model given, but methods={methods!r} names no candidate "
-                           "that drafts with it (draft, adaedl)")
-    if draft_model is not None:  # a folder that is not there: refused before the candidates
-        try:                     # measure the target (~10 s on a fresh cache folder)
-            resolve(draft_model)
+    if draft_model is not None:
+        takers = [n for n in ("draft", "adaedl") if n in _named(methods)]  # (they draft with it)
+        if not takers:  # (dropped without a word, it would look used)
+            raise MlxSpecError(f"auto: draft_model given, but methods={methods!r} names no "
+                               "candidate that drafts with it (draft, adaedl)")
+        try:  # a folder that is not there: refused before the candidates measure the target
+            resolve(draft_model)  # (~10 s on a fresh cache folder)
         except MlxSpecError as exc:  # (named as candidates_for names a candidate's error)
             raise type(exc)(f"auto: candidate {takers[0]!r}: {exc}") from None
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
