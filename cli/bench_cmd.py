@@ -177,6 +177,26 @@ def control_line(control: dict) -> str:
     return line + ": speedups this far from 1.00x are the run's noise, not a method's"
 
 
+def intervals_line(intervals: dict, sampled: bool) -> str:
+    """The footer's account of bench.speedup_intervals: each method's speedup, and its share of
+    the fastest method's speed, as far as these prompts and rounds pin them down."""
+    fastest = intervals["fastest"]
+    parts = []
+    for label, found in intervals["by_method"].items():
+        if label == "ar" or found["speedup"] is None:
+            continue
+        low, high = found["speedup"]
+        part = f"{label} {low:.2f}-{high:.2f}x"
+        if label != fastest and found["of_fastest"] is not None:
+            low, high = found["of_fastest"]
+            part += f" ({low:.3f}-{high:.3f} of {fastest})"
+        parts.append(part)
+    line = (f"{intervals['level']:.0%} intervals over the run's {intervals['units']} prompts x "
+            f"rounds, resampled alike for every method: " + "; ".join(parts))
+    return line + ("; sampling, each method writes a text of its own, which moves its figures "
+                   "from run to run further than the control's band of timing" if sampled else "")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("bench")
     @user_errors
@@ -286,6 +306,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"[dim]{escape(stalled)}[/]")
         if "control" in report:
             console.print(f"[dim]{escape(control_line(report['control']))}[/]")
+        if "intervals" in report:
+            console.print(f"[dim]{escape(intervals_line(report['intervals'], temp > 0))}[/]")
         missed = mispredicted(report["methods"])
         if missed:
             listed = "; ".join(f"{name} {ms:.1f} ms against {model_ms:.1f}"

@@ -25,7 +25,9 @@ ids with the `ar` run of the same prompt.
 The report keeps every method's steps per prompt ("steps": tokens and seconds of each step, timed
 alone), which replay.py reads to replay `auto`'s choice among its model drafters many times over,
 and counts the machine's stalls in them (steps far over their prompt's median, see `stalls`), with
-each method's speed again without them ("tokens_per_s_unstalled", "speedup_unstalled").
+each method's speed again without them ("tokens_per_s_unstalled", "speedup_unstalled"), and
+how far each speedup could move on other prompts and rounds like the run's ("intervals":
+speedup_intervals).
 The package also holds the other measurements users run: prompts.py (built-in prompt sets),
 memory.py (peak RSS), baselines/ (mlx-lm's own speculative decoding as a method) and exactness.py
 (`mlxspec exactness`: sampled steps against the target's exact distributions).
@@ -354,6 +356,60 @@ def control_band(methods: dict, by_category: dict) -> dict:
             "band": band(speedups), "band_unstalled": band(unstalled)}
 
 
+INTERVAL_LEVEL, RESAMPLES = 0.95, 2000  # speedup_intervals
+
+
+def speedup_intervals(runs: list[Run], resamples: int = RESAMPLES, seed: int = 0) -> Optional[dict]:
+    """How far each speedup could move on other prompts and rounds like these: a paired bootstrap
+    over the run's units, each one prompt of one round. A resample draws as many units with
+    replacement, the same units for every method, and computes each method's speedup over `ar`
+    (tokens over decode seconds, pooled as the tables pool them) and its ratio to the run's
+    fastest method. Returned: per method, the INTERVAL_LEVEL interval of each (percentiles of
+    the resamples), beside the fastest method's label and the number of units; None where `ar`
+    or a second unit is missing.
+
+    When sampling, each method writes its own text, and one round's texts are easier or harder
+    by chance: on the embedded target at T = 1.0 the same method's target calls per prompt moved
+    by ~18% between two rounds, so two methods' speedups over 24 units move ~4% apart from run to
+    run however quiet the machine (the control writes `ar`'s very text and its band shows
+    timing alone). Greedy, the texts are fixed and the intervals say how much the figures rest
+    on these prompts. Pairing the units keeps what every method shares (a hard prompt is hard
+    for all), so the ratio of two methods is known far better than either speedup alone."""
+    import numpy as np
+
+    units = sorted({(r.prompt_id, r.round) for r in runs})
+    labels = list(dict.fromkeys(r.method for r in runs))
+    if REFERENCE not in labels or len(units) < 2:
+        return None
+    index = {unit: i for i, unit in enumerate(units)}
+    tokens = np.zeros((len(labels), len(units)))  # [methods, units]
+    seconds = np.zeros((len(labels), len(units)))
+    for r in runs:
+        tokens[labels.index(r.method), index[(r.prompt_id, r.round)]] += r.stats.generated_tokens
+        seconds[labels.index(r.method), index[(r.prompt_id, r.round)]] += r.stats.decode_s
+    counts = np.random.default_rng(seed).multinomial(
+        len(units), [1 / len(units)] * len(units), size=resamples).T  # [units, resamples]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speed = (tokens @ counts) / (seconds @ counts)  # [methods, resamples]
+        speedup = speed / speed[labels.index(REFERENCE)]
+        pooled = tokens.sum(1) / seconds.sum(1)
+    candidates = [i for i, label in enumerate(labels) if label not in (REFERENCE, CONTROL)]
+    fastest = max(candidates or range(len(labels)), key=lambda i: pooled[i])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        of_fastest = speed / speed[fastest]
+    tail = 100 * (1 - INTERVAL_LEVEL) / 2
+
+    def interval(values) -> Optional[list]:
+        values = values[np.isfinite(values)]
+        return [float(v) for v in np.percentile(values, [tail, 100 - tail])] if values.size else None
+
+    return {"level": INTERVAL_LEVEL, "units": len(units), "resamples": resamples,
+            "fastest": labels[fastest],
+            "by_method": {label: {"speedup": interval(speedup[i]),
+                                  "of_fastest": interval(of_fastest[i])}
+                          for i, label in enumerate(labels)}}
+
+
 def machine_info() -> dict:
     import os
 
@@ -590,8 +646,10 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
         for table in (methods, *by_category.values()):
             add_verify_prediction(table, cost, sampled=temperature > 0)
     labels = [s.label for s in specs]
+    intervals = speedup_intervals(runs)
     return {"methods": methods, "by_category": by_category, "memory": memory.report(),
             **({"control": control_band(methods, by_category)} if CONTROL in labels else {}),
+            **({"intervals": intervals} if intervals is not None else {}),
             "cost_model": cost.to_dict() if cost is not None else None,
             "machine": machine_info(),
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,

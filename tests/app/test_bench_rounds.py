@@ -249,3 +249,46 @@ def test_each_step_is_priced_at_its_cached_length():
     assert ar["predicted_verify_s"] == pytest.approx(expected)
     assert ar["predicted_verify_ms_per_call"] == pytest.approx(1000 * expected / len(emitted))
     assert ar["stall_steps"] == 0
+
+
+def _unit_runs(seconds_by_method: dict, tokens: int = 100) -> list:
+    """Runs of one round per prompt: {method: [decode seconds on each prompt]}."""
+    from mlx_spec.bench import Run
+    return [Run(method, str(i), "c", [], GenerationStats(method=method, generated_tokens=tokens,
+                                                         verify_s=s))
+            for method, per_prompt in seconds_by_method.items() for i, s in enumerate(per_prompt)]
+
+
+def test_speedup_intervals_pair_the_prompts_so_a_steady_lead_shows_through_their_spread():
+    """`b` is 10% slower than `a` on every prompt, while the prompts' own spread (common to both)
+    is far wider: each speedup's interval overlaps the other's, and the ratio resampled on the
+    same prompts for both is exactly 1/1.1. Resampled apart it would span the spread."""
+    import random
+
+    from mlx_spec.bench import speedup_intervals
+
+    rng = random.Random(3)
+    ar = [rng.uniform(0.5, 2.0) for _ in range(30)]
+    a = [s / 2 * rng.uniform(0.6, 1.4) for s in ar]
+    b = [1.1 * s for s in a]
+    found = speedup_intervals(_unit_runs({"ar": ar, "a": a, "b": b}))
+    assert found["units"] == 30 and found["fastest"] == "a"
+    (a_low, a_high), (b_low, b_high) = (found["by_method"][m]["speedup"] for m in "ab")
+    assert a_low < sum(ar) / sum(a) < a_high  # (the pooled speedup the tables show)
+    assert b_low < a_low < b_high < a_high  # overlapping
+    assert found["by_method"]["b"]["of_fastest"] == pytest.approx([1 / 1.1, 1 / 1.1])
+    assert found["by_method"]["a"]["of_fastest"] == pytest.approx([1.0, 1.0])
+    assert found["by_method"]["ar"]["speedup"] == pytest.approx([1.0, 1.0])
+
+
+def test_speedup_intervals_need_ar_and_two_prompts_and_come_with_the_report():
+    from mlx_spec.bench import speedup_intervals
+
+    assert speedup_intervals(_unit_runs({"ar": [1.0], "a": [0.5]})) is None
+    assert speedup_intervals(_unit_runs({"a": [1.0, 2.0], "b": [0.5, 1.0]})) is None
+    specs = [MethodSpec("ar", "ar"), MethodSpec("fast", "fast")]
+    prompts = [{"id": str(i), "category": "c", "prompt": f"p{i}"} for i in range(2)]
+    LEARNED.clear()
+    report = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, fake_run, repeat=2)
+    assert report["intervals"]["units"] == 4
+    assert report["intervals"]["by_method"]["fast"]["speedup"][0] >= 2.0  # 2x and 4x rounds
