@@ -187,14 +187,14 @@ def intervals_line(intervals: dict, sampled: bool) -> str:
             continue
         low, high = found["speedup"]
         part = f"{label} {low:.2f}-{high:.2f}x"
-        if label != fastest and found["of_fastest"] is not None:
+        if fastest is not None and label != fastest and found["of_fastest"] is not None:
             low, high = found["of_fastest"]
             part += f" ({low:.3f}-{high:.3f} of {fastest})"
         parts.append(part)
-    line = (f"{intervals['level']:.0%} intervals over the run's {intervals['units']} prompts x "
-            f"rounds, resampled alike for every method: " + "; ".join(parts))
-    return line + ("; sampling, each method writes a text of its own, which moves its figures "
-                   "from run to run further than the control's band of timing" if sampled else "")
+    line = (f"{intervals['level']:.0%} intervals, drawing the run's {intervals['prompts']} prompts "
+            f"(and their rounds) alike for every method: " + "; ".join(parts))
+    return line + ("; sampling, each method writes a text of its own, which can move its figures "
+                   "from run to run further than timing alone" if sampled else "")
 
 
 def register(app: typer.Typer) -> None:

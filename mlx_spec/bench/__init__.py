@@ -361,52 +361,66 @@ INTERVAL_LEVEL, RESAMPLES = 0.95, 2000  # speedup_intervals
 
 def speedup_intervals(runs: list[Run], resamples: int = RESAMPLES, seed: int = 0) -> Optional[dict]:
     """How far each speedup could move on other prompts and rounds like these: a paired bootstrap
-    over the run's units, each one prompt of one round. A resample draws as many units with
-    replacement, the same units for every method, and computes each method's speedup over `ar`
-    (tokens over decode seconds, pooled as the tables pool them) and its ratio to the run's
-    fastest method. Returned: per method, the INTERVAL_LEVEL interval of each (percentiles of
-    the resamples), beside the fastest method's label and the number of units; None where `ar`
-    or a second unit is missing.
+    of the run. A resample draws the prompts with replacement and, within each prompt drawn, its
+    rounds with replacement (a prompt's rounds share its difficulty: drawn as units of their own,
+    12 prompts x 4 rounds would pass for 48 independent ones), the same draws for every method,
+    and computes each method's speedup over `ar` (tokens over decode seconds, pooled as the
+    tables pool them) and its ratio to the run's fastest method (not `ar` or the control; picked
+    on the same data, so a close second's ratio reads a little low). Returned: per method, the
+    INTERVAL_LEVEL interval of each (percentiles of the resamples; with a dozen prompts, if
+    anything a little narrow), beside the fastest method's label (None where there is none) and
+    the numbers of prompts and of units (prompt, round); None where `ar` is missing or there is
+    a single unit. Only the units every method ran (run_bench runs every method on each).
 
     When sampling, each method writes its own text, and one round's texts are easier or harder
-    by chance: on the embedded target at T = 1.0 the same method's target calls per prompt moved
-    by ~18% between two rounds, so two methods' speedups over 24 units move ~4% apart from run to
-    run however quiet the machine (the control writes `ar`'s very text and its band shows
-    timing alone). Greedy, the texts are fixed and the intervals say how much the figures rest
-    on these prompts. Pairing the units keeps what every method shares (a hard prompt is hard
-    for all), so the ratio of two methods is known far better than either speedup alone."""
+    by chance: on the embedded target at T = 1.0 a method's target calls on one prompt differed
+    by ~18% between two rounds, which the control cannot show (it writes `ar`'s very text, so its
+    band is timing alone). Greedy, the texts are fixed and the intervals say how much the figures
+    rest on these prompts. Pairing keeps what every method shares (a hard prompt is hard for
+    all), so the ratio of two methods is known better than either speedup alone."""
     import numpy as np
 
-    units = sorted({(r.prompt_id, r.round) for r in runs})
     labels = list(dict.fromkeys(r.method for r in runs))
+    ran: dict = defaultdict(set)  # unit -> the methods that ran it
+    for r in runs:
+        ran[(r.prompt_id, r.round)].add(r.method)
+    units = sorted(u for u, methods in ran.items() if len(methods) == len(labels))
     if REFERENCE not in labels or len(units) < 2:
         return None
     index = {unit: i for i, unit in enumerate(units)}
     tokens = np.zeros((len(labels), len(units)))  # [methods, units]
     seconds = np.zeros((len(labels), len(units)))
     for r in runs:
-        tokens[labels.index(r.method), index[(r.prompt_id, r.round)]] += r.stats.generated_tokens
-        seconds[labels.index(r.method), index[(r.prompt_id, r.round)]] += r.stats.decode_s
-    counts = np.random.default_rng(seed).multinomial(
-        len(units), [1 / len(units)] * len(units), size=resamples).T  # [units, resamples]
+        if (r.prompt_id, r.round) in index:
+            tokens[labels.index(r.method), index[(r.prompt_id, r.round)]] += r.stats.generated_tokens
+            seconds[labels.index(r.method), index[(r.prompt_id, r.round)]] += r.stats.decode_s
+    prompts = sorted({p for p, _ in units})
+    rounds_of = [[index[u] for u in units if u[0] == p] for p in prompts]
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((len(units), resamples))  # [units, resamples]: each unit's draws
+    for b in range(resamples):
+        for p in rng.integers(len(prompts), size=len(prompts)):
+            rounds = rounds_of[p]
+            np.add.at(counts[:, b], [rounds[i] for i in rng.integers(len(rounds), size=len(rounds))], 1)
+    candidates = [i for i, label in enumerate(labels) if label not in (REFERENCE, CONTROL)]
     with np.errstate(divide="ignore", invalid="ignore"):
         speed = (tokens @ counts) / (seconds @ counts)  # [methods, resamples]
         speedup = speed / speed[labels.index(REFERENCE)]
         pooled = tokens.sum(1) / seconds.sum(1)
-    candidates = [i for i, label in enumerate(labels) if label not in (REFERENCE, CONTROL)]
-    fastest = max(candidates or range(len(labels)), key=lambda i: pooled[i])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        of_fastest = speed / speed[fastest]
+        fastest = max(candidates, key=lambda i: np.nan_to_num(pooled[i])) if candidates else None
+        of_fastest = speed / speed[fastest] if fastest is not None else None
     tail = 100 * (1 - INTERVAL_LEVEL) / 2
 
     def interval(values) -> Optional[list]:
-        values = values[np.isfinite(values)]
-        return [float(v) for v in np.percentile(values, [tail, 100 - tail])] if values.size else None
+        if values is None or not np.isfinite(values).all():  # a resample with no time: unknown
+            return None
+        return [float(v) for v in np.percentile(values, [tail, 100 - tail])]
 
-    return {"level": INTERVAL_LEVEL, "units": len(units), "resamples": resamples,
-            "fastest": labels[fastest],
+    return {"level": INTERVAL_LEVEL, "prompts": len(prompts), "units": len(units),
+            "resamples": resamples, "fastest": None if fastest is None else labels[fastest],
             "by_method": {label: {"speedup": interval(speedup[i]),
-                                  "of_fastest": interval(of_fastest[i])}
+                                  "of_fastest": None if of_fastest is None
+                                  else interval(of_fastest[i])}
                           for i, label in enumerate(labels)}}
 
 

@@ -251,12 +251,15 @@ def test_each_step_is_priced_at_its_cached_length():
     assert ar["stall_steps"] == 0
 
 
-def _unit_runs(seconds_by_method: dict, tokens: int = 100) -> list:
-    """Runs of one round per prompt: {method: [decode seconds on each prompt]}."""
+def _unit_runs(seconds_by_method: dict, tokens=100, rounds: int = 1) -> list:
+    """Runs of `rounds` rounds per prompt: {method: [decode seconds of each unit, prompt by prompt
+    and round by round within it]}; `tokens` a number, or a list of the same shape."""
     from mlx_spec.bench import Run
-    return [Run(method, str(i), "c", [], GenerationStats(method=method, generated_tokens=tokens,
-                                                         verify_s=s))
-            for method, per_prompt in seconds_by_method.items() for i, s in enumerate(per_prompt)]
+    return [Run(method, str(i // rounds), "c", [],
+                GenerationStats(method=method, verify_s=s,
+                                generated_tokens=tokens[i] if isinstance(tokens, list) else tokens),
+                i % rounds)
+            for method, per_unit in seconds_by_method.items() for i, s in enumerate(per_unit)]
 
 
 def test_speedup_intervals_pair_the_prompts_so_a_steady_lead_shows_through_their_spread():
@@ -272,7 +275,7 @@ def test_speedup_intervals_pair_the_prompts_so_a_steady_lead_shows_through_their
     a = [s / 2 * rng.uniform(0.6, 1.4) for s in ar]
     b = [1.1 * s for s in a]
     found = speedup_intervals(_unit_runs({"ar": ar, "a": a, "b": b}))
-    assert found["units"] == 30 and found["fastest"] == "a"
+    assert (found["prompts"], found["units"], found["fastest"]) == (30, 30, "a")
     (a_low, a_high), (b_low, b_high) = (found["by_method"][m]["speedup"] for m in "ab")
     assert a_low < sum(ar) / sum(a) < a_high  # (the pooled speedup the tables show)
     assert b_low < a_low < b_high < a_high  # overlapping
@@ -281,14 +284,47 @@ def test_speedup_intervals_pair_the_prompts_so_a_steady_lead_shows_through_their
     assert found["by_method"]["ar"]["speedup"] == pytest.approx([1.0, 1.0])
 
 
-def test_speedup_intervals_need_ar_and_two_prompts_and_come_with_the_report():
+def test_speedup_intervals_draw_a_prompts_rounds_together():
+    """Three prompts on which `a` runs 1x, 2x and 4x, each in four rounds that agree: drawn by
+    prompt, a resample of one prompt three times comes one time in nine, so the interval reaches
+    each extreme; drawn as 12 units apart, resamples that all fall on one prompt would be too rare
+    for the interval to reach them (its ends would lie well inside, near 1.3x and 2.4x)."""
     from mlx_spec.bench import speedup_intervals
 
-    assert speedup_intervals(_unit_runs({"ar": [1.0], "a": [0.5]})) is None
-    assert speedup_intervals(_unit_runs({"a": [1.0, 2.0], "b": [0.5, 1.0]})) is None
+    a = [s for s in (1.0, 0.5, 0.25) for _ in range(4)]
+    found = speedup_intervals(_unit_runs({"ar": [1.0] * 12, "a": a}, rounds=4))
+    assert (found["prompts"], found["units"]) == (3, 12)
+    assert found["by_method"]["a"]["speedup"] == pytest.approx([1.0, 4.0])
+
+
+def test_speedup_intervals_leave_out_ar_the_control_and_units_not_every_method_ran():
+    from mlx_spec.bench import speedup_intervals
+
+    assert speedup_intervals(_unit_runs({"ar": [1.0], "a": [0.5]})) is None  # a single unit
+    assert speedup_intervals(_unit_runs({"a": [1.0, 2.0], "b": [0.5, 1.0]})) is None  # no `ar`
+    only_plain = speedup_intervals(_unit_runs({"ar": [1.0, 2.0], CONTROL: [0.5, 1.0]}))
+    assert only_plain["fastest"] is None and only_plain["by_method"][CONTROL]["of_fastest"] is None
+    runs = _unit_runs({"ar": [1.0, 1.0, 1.0], CONTROL: [0.25, 0.25, 0.25], "a": [0.5, 0.5, 0.5]})
+    runs = [r for r in runs if not (r.method == "a" and r.prompt_id == "2")]  # `a` skipped one
+    found = speedup_intervals(runs)
+    assert found["fastest"] == "a" and found["units"] == 2  # the control is never the fastest
+    assert found["by_method"]["a"]["speedup"] == pytest.approx([2.0, 2.0])
+
+
+def test_the_report_and_the_footer_give_the_intervals():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from cli.bench_cmd import intervals_line
+
     specs = [MethodSpec("ar", "ar"), MethodSpec("fast", "fast")]
     prompts = [{"id": str(i), "category": "c", "prompt": f"p{i}"} for i in range(2)]
     LEARNED.clear()
     report = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, fake_run, repeat=2)
-    assert report["intervals"]["units"] == 4
-    assert report["intervals"]["by_method"]["fast"]["speedup"][0] >= 2.0  # 2x and 4x rounds
+    found = report["intervals"]
+    assert (found["prompts"], found["units"], found["fastest"]) == (2, 4, "fast")
+    low, high = found["by_method"]["fast"]["speedup"]  # 2x in round 0, 4x in round 1
+    assert 2.0 <= low < high <= 4.0
+    line = intervals_line(found, sampled=True)
+    assert f"fast {low:.2f}-{high:.2f}x" in line and "2 prompts" in line
+    assert "its own" in line and "its own" not in intervals_line(found, sampled=False)
