@@ -15,7 +15,12 @@ Only candidates judged by trials (`redrafter`, `draft`): `pld` and `lookahead` a
 shadow on the text itself, which a recording of (tokens, seconds) does not hold. By default a
 text-only stand-in that never finds a draft stands beside them, so that auto treats its trialled
 candidates as in its default set (without any text-only candidate it shortens their waits at each
-new request, since no shadow step would see a prompt that suits another candidate). Steps are drawn
+new request, since no shadow step would see a prompt that suits another candidate); where auto
+gives that stand-in a step (it can lead where the model drafters run at about plain decoding's
+speed), the step is a plain one: one of the report's `ar` steps on that prompt. A stand-in's tree is the root
+alone, so auto reads every recorded candidate as idle (Rate.idle), whatever it drafted; the rules
+that differ for an idle leader (Auto._fall_forward, _outrun, _hold's margin against a text-only
+challenger) matter only where a text-only candidate could lead. Steps are drawn
 independently within a prompt, so runs keep each prompt's difficulty but not the order of its easy
 and hard stretches (`--keep-order` plays them in their recorded order from a random step on). The
 first step of each prompt is left out (auto does not time it either). A recording holds the tokens
@@ -43,6 +48,7 @@ from ..sampling import SamplingParams
 from ..tree import Tree
 
 TRIALLED = ("redrafter", "draft")  # auto's candidates that a recording can stand in for
+PLAIN = "plain"  # a step no recorded candidate proposed (replay_round)
 
 Steps = list[tuple[int, float]]  # (tokens, seconds) of each step of one prompt
 
@@ -132,10 +138,14 @@ def _played(steps: Steps, rng: random.Random, keep_order: bool) -> Steps:
 
 def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
                  sampling: SamplingParams, text_only: bool = True,
-                 keep_order: bool = False, step_s: Optional[float] = None
-                 ) -> tuple[float, dict[str, int]]:
+                 keep_order: bool = False, step_s: Optional[float] = None,
+                 plain: Optional[Recording] = None) -> tuple[float, dict[str, int]]:
     """One cold start over one round's prompts: (auto's tokens per second, steps per method).
-    `step_s`: the stand-in cost model's step (_median_step of `found`, where not given)."""
+    `step_s`: the stand-in cost model's step (_median_step of `found`, where not given). A step
+    that no recorded candidate proposed (the text-only stand-in leading where the model drafters
+    run at about plain decoding's speed, and not handing its empty step on: Auto._fall_back) is
+    a plain step: one of `plain`'s (the report's `ar`) on the same prompt, else one token in
+    `step_s`; counted as PLAIN."""
     asked: list[str] = []
     rates = Rates()
     candidates: dict[str, Drafter] = {name: _Recorded(name, asked) for name in found}
@@ -149,16 +159,18 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
     for prompt in range(len(next(iter(found.values())).rounds[round_])):
         plays = {n: _played(r.rounds[round_][prompt], rng, keep_order) for n, r in found.items()}
         left = min(sum(t for t, _ in steps) for steps in plays.values())
+        plays[PLAIN] = ([(1, s) for _, s in _played(plain.rounds[round_][prompt], rng, keep_order)]
+                        if plain is not None else []) or [(1, step_s or _median_step(found))]
         played = {n: 0 for n in plays}
         auto.begin(ctx.tokens)
         while left > 0:
             asked.clear()
             tree = auto.propose(ctx)
             auto.while_verifying(ctx)
-            name = asked[0]
+            name = asked[0] if asked else PLAIN
             step_tokens, seconds = plays[name][played[name] % len(plays[name])]
             played[name] += 1
-            used[name] += 1
+            used[name] = used.get(name, 0) + 1
             step_tokens = min(step_tokens, left)
             left -= step_tokens
             tokens += step_tokens
@@ -169,10 +181,11 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
 
 
 def replay(found: dict[str, Recording], runs: int = 600, seed: int = 0,
-           temperature: float = 0.7, text_only: bool = True, keep_order: bool = False) -> dict:
+           temperature: float = 0.7, text_only: bool = True, keep_order: bool = False,
+           plain: Optional[Recording] = None) -> dict:
     """`runs` cold starts (each on a round drawn at random): auto's speed relative to its fastest
     candidate alone on that round (mean, 10th and 5th percentile, lowest), and each candidate's
-    share of auto's steps."""
+    share of auto's steps (and PLAIN's, where plain steps were taken: replay_round)."""
     rng = random.Random(seed)
     sampling = SamplingParams(temperature=temperature)
     rounds = len(next(iter(found.values())).rounds)
@@ -180,10 +193,11 @@ def replay(found: dict[str, Recording], runs: int = 600, seed: int = 0,
     relative, steps = [], {name: 0 for name in found}
     for _ in range(runs):
         round_ = rng.randrange(rounds)
-        speed, used = replay_round(found, round_, rng, sampling, text_only, keep_order, step_s)
+        speed, used = replay_round(found, round_, rng, sampling, text_only, keep_order, step_s,
+                                   plain)
         relative.append(speed / max(r.speed(round_) for r in found.values()))
         for name, count in used.items():
-            steps[name] += count
+            steps[name] = steps.get(name, 0) + count
     relative.sort()
     total = max(sum(steps.values()), 1)
     return {"runs": runs, "mean": sum(relative) / runs, "p10": relative[runs // 10],
@@ -214,9 +228,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise MlxSpecError(f"cannot read the report {args.report}: {exc}") from None
         methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
         found = recordings(report, methods)
+        plain = (recordings(report, ["ar"])["ar"]  # (plain steps, where auto takes any)
+                 if any(p["method"] == "ar" for p in report["per_prompt"]) else None)
         temperature = float((report.get("settings") or {}).get("temperature", 0.0))
         result = replay(found, args.runs, args.seed, temperature, not args.no_text_only,
-                        args.keep_order)
+                        args.keep_order, plain)
     except MlxSpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

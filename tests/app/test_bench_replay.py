@@ -78,3 +78,28 @@ def test_without_text_only_candidates_auto_tries_its_others_at_each_new_prompt()
     beside = replay(found, runs=20)
     assert beside["share"]["draft"] < 0.9 * alone["share"]["draft"]
     assert set(beside["share"]) == {"redrafter", "draft"}  # the stand-in never proposes
+
+
+
+def test_steps_no_recorded_candidate_proposes_are_plain_steps(monkeypatch):
+    """A step auto gives no recorded candidate (the text-only stand-in leading where the model
+    drafters run at about plain decoding's speed, its empty step not handed on: Auto._fall_back;
+    seen on SmolLM2's chat2, where it was a traceback) is played as a plain step: one of the
+    report's `ar` steps on that prompt, or without one a token in the median recorded step.
+    Here an auto whose text-only stand-in leads every step."""
+    from mlx_spec.bench import replay as module
+
+    class TextOnlyLeads(module.Auto):
+        def _next(self):
+            return "text-only"
+
+        def _fall_back(self, ctx, empty):
+            return empty
+
+    monkeypatch.setattr(module, "Auto", TextOnlyLeads)
+    report = planted_report({"redrafter": 4, "draft": 2, "ar": 1})  # ar: 1 token in each 10 ms
+    found = recordings(report, ["redrafter", "draft"])
+    for plain in (recordings(report, ["ar"])["ar"], None):
+        result = replay(found, runs=4, plain=plain)
+        assert result["share"] == {"redrafter": 0.0, "draft": 0.0, "plain": 1.0}
+        assert result["mean"] == pytest.approx(0.25, rel=0.1)  # `ar`'s speed against ~4 tokens
