@@ -17,8 +17,9 @@ text-only stand-in that never finds a draft stands beside them, so that auto tre
 candidates as in its default set (without any text-only candidate it shortens their waits at each
 new request, since no shadow step would see a prompt that suits another candidate); where auto
 gives that stand-in a step (it can lead where the model drafters run at about plain decoding's
-speed), the step is a plain one: one of the report's `ar` steps on that prompt. A stand-in's tree is the root
-alone, so auto reads every recorded candidate as idle (Rate.idle), whatever it drafted; the rules
+speed), the step is a plain one: one of the report's `ar` steps on that prompt. A recorded
+candidate's stand-in proposes the root alone, so auto reads every recorded candidate as idle
+(Rate.idle), whatever it drafted; the rules
 that differ for an idle leader (Auto._fall_forward, _outrun, _hold's margin against a text-only
 challenger) matter only where a text-only candidate could lead. Steps are drawn
 independently within a prompt, so runs keep each prompt's difficulty but not the order of its easy
