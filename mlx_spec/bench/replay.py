@@ -18,10 +18,10 @@ candidates as in its default set (without any text-only candidate it shortens th
 new request, since no shadow step would see a prompt that suits another candidate); where auto
 gives that stand-in a step (it can lead where the model drafters run at about plain decoding's
 speed), the step is a plain one: one of the report's `ar` steps on that prompt. A recorded
-candidate's stand-in proposes the root alone, so auto reads every recorded candidate as idle
-(Rate.idle), whatever it drafted; the rules
-that differ for an idle leader (Auto._fall_forward, _outrun, _hold's margin against a text-only
-challenger) matter only where a text-only candidate could lead. Steps are drawn
+candidate's stand-in proposes a tree of one draft where the step it is about to play sent a
+draft (`step_parts`: more than one node verified; every step, in a report without them), else
+the root alone, so that auto tells a model drafter sitting at plain decoding (Rate.idle) as it
+would. Steps are drawn
 independently within a prompt, so runs keep each prompt's difficulty but not the order of its easy
 and hard stretches (`--keep-order` plays them in their recorded order from a random step on). The
 first step of each prompt is left out (auto does not time it either). A recording holds the tokens
@@ -51,7 +51,7 @@ from ..tree import Tree
 TRIALLED = ("redrafter", "draft")  # auto's candidates that a recording can stand in for
 PLAIN = "plain"  # a step no recorded candidate proposed (replay_round)
 
-Steps = list[tuple[int, float]]  # (tokens, seconds) of each step of one prompt
+Steps = list[tuple[int, float, bool]]  # (tokens, seconds, sent a draft) of each step of a prompt
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Recording:
     def speed(self, round_: int) -> float:
         """Tokens per second alone over one round."""
         steps = [s for prompt in self.rounds[round_] for s in prompt]
-        return sum(t for t, _ in steps) / max(sum(s for _, s in steps), 1e-12)
+        return sum(step[0] for step in steps) / max(sum(step[1] for step in steps), 1e-12)
 
 
 def recordings(report: dict, methods: Optional[list[str]] = None) -> dict[str, Recording]:
@@ -84,7 +84,9 @@ def recordings(report: dict, methods: Optional[list[str]] = None) -> dict[str, R
         by_round: list[list[Steps]] = [[] for _ in range(rounds)]
         for p in per_prompt:
             if p["method"] == method:
-                by_round[p["round"]].append([(int(t), float(s)) for t, s in p["steps"][1:]])
+                parts = p.get("step_parts") or [[0, 0, 0, 2]] * len(p["steps"])
+                by_round[p["round"]].append([(int(t), float(s), part[3] > 1) for (t, s), part
+                                             in zip(p["steps"][1:], parts[1:])])
         found[method] = Recording(by_round)
     return found
 
@@ -111,20 +113,21 @@ class _FlatCost:
 
 class _Recorded(Drafter):
     """A stand-in candidate: auto asks it for a tree, the replay then plays one of its method's
-    recorded steps (it proposes nothing itself)."""
+    recorded steps. Its tree only says whether that step sent a draft (`sends(name)`): a chain
+    of one, or the root alone."""
 
-    def __init__(self, name: str, asked: list):
-        self.name, self._asked = name, asked
+    def __init__(self, name: str, asked: list, sends):
+        self.name, self._asked, self._sends = name, asked, sends
 
     def propose(self, ctx: StepContext) -> Tree:
         self._asked.append(self.name)
-        return Tree.from_chain(ctx.tokens[-1], [])
+        return Tree.from_chain(ctx.tokens[-1], [0] if self._sends(self.name) else [])
 
 
 def _median_step(found: dict[str, Recording]) -> float:
     """The median seconds of every recorded step of every method."""
     seconds = sorted(s for r in found.values() for round_ in r.rounds for steps in round_
-                     for _, s in steps)
+                     for _, s, _ in steps)
     return seconds[len(seconds) // 2] if seconds else 1.0
 
 
@@ -149,7 +152,10 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
     `step_s`; counted as PLAIN."""
     asked: list[str] = []
     rates = Rates()
-    candidates: dict[str, Drafter] = {name: _Recorded(name, asked) for name in found}
+    def sends(name: str) -> bool:  # whether the step `name` plays next sent a draft
+        return plays[name][played[name] % len(plays[name])][2]
+
+    candidates: dict[str, Drafter] = {name: _Recorded(name, asked, sends) for name in found}
     if text_only:
         candidates["text-only"] = _NeverDrafts()
     auto = Auto(candidates, rates_for=lambda regime: rates,
@@ -159,9 +165,10 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
     tokens, used = 0, {name: 0 for name in found}
     for prompt in range(len(next(iter(found.values())).rounds[round_])):
         plays = {n: _played(r.rounds[round_][prompt], rng, keep_order) for n, r in found.items()}
-        left = min(sum(t for t, _ in steps) for steps in plays.values())
-        plays[PLAIN] = ([(1, s) for _, s in _played(plain.rounds[round_][prompt], rng, keep_order)]
-                        if plain is not None else []) or [(1, step_s or _median_step(found))]
+        left = min(sum(step[0] for step in steps) for steps in plays.values())
+        plays[PLAIN] = ([(1, s, False) for _, s, _ in
+                         _played(plain.rounds[round_][prompt], rng, keep_order)]
+                        if plain is not None else []) or [(1, step_s or _median_step(found), False)]
         played = {n: 0 for n in plays}
         auto.begin(ctx.tokens)
         while left > 0:
@@ -169,7 +176,7 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
             tree = auto.propose(ctx)
             auto.while_verifying(ctx)
             name = asked[0] if asked else PLAIN
-            step_tokens, seconds = plays[name][played[name] % len(plays[name])]
+            step_tokens, seconds, _ = plays[name][played[name] % len(plays[name])]
             played[name] += 1
             used[name] = used.get(name, 0) + 1
             step_tokens = min(step_tokens, left)

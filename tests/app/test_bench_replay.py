@@ -103,3 +103,29 @@ def test_steps_no_recorded_candidate_proposes_are_plain_steps(monkeypatch):
         result = replay(found, runs=4, plain=plain)
         assert result["share"] == {"redrafter": 0.0, "draft": 0.0, "plain": 1.0}
         assert result["mean"] == pytest.approx(0.25, rel=0.1)  # `ar`'s speed against ~4 tokens
+
+
+def test_a_stand_in_sends_a_draft_where_its_recorded_step_did(monkeypatch):
+    """From the report's `step_parts` (nodes verified per step): `redrafter`'s steps verified 5
+    nodes, `draft`'s only the root (it sat at plain decoding), so auto sees the one busy and the
+    other idle (Rate.idle), as it would have; a report without them counts every step a draft."""
+    from mlx_spec.bench import replay as module
+
+    seen = []
+
+    class Spy(module.Auto):
+        def observe(self, ctx, tree, acceptance, out):
+            seen.append((self.proposer, len(tree)))
+            super().observe(ctx, tree, acceptance, out)
+
+    monkeypatch.setattr(module, "Auto", Spy)
+    report = planted_report({"redrafter": 3, "draft": 2})
+    for run in report["per_prompt"]:
+        nodes = 5 if run["method"] == "redrafter" else 1
+        run["step_parts"] = [[0.0, 0.01, 0.0, nodes, False]] * len(run["steps"])
+    replay(recordings(report), runs=2)
+    assert {size for name, size in seen if name == "redrafter"} == {2}
+    assert {size for name, size in seen if name == "draft"} == {1}
+    seen.clear()
+    replay(recordings(planted_report({"redrafter": 3, "draft": 2})), runs=2)
+    assert {size for _, size in seen} == {2}
