@@ -397,11 +397,11 @@ def speedup_intervals(runs: list[Run], resamples: int = RESAMPLES, seed: int = 0
     prompts = sorted({p for p, _ in units})
     rounds_of = [[index[u] for u in units if u[0] == p] for p in prompts]
     rng = np.random.default_rng(seed)
+    drawn = rng.multinomial(len(prompts), [1 / len(prompts)] * len(prompts), size=resamples)
     counts = np.zeros((len(units), resamples))  # [units, resamples]: each unit's draws
-    for b in range(resamples):
-        for p in rng.integers(len(prompts), size=len(prompts)):
-            rounds = rounds_of[p]
-            np.add.at(counts[:, b], [rounds[i] for i in rng.integers(len(rounds), size=len(rounds))], 1)
+    for p, rounds in enumerate(rounds_of):  # a prompt drawn k times: k x its rounds drawn from
+        counts[rounds] = rng.multinomial(drawn[:, p] * len(rounds),  # them with replacement
+                                         [1 / len(rounds)] * len(rounds)).T
     candidates = [i for i, label in enumerate(labels) if label not in (REFERENCE, CONTROL)]
     with np.errstate(divide="ignore", invalid="ignore"):
         speed = (tokens @ counts) / (seconds @ counts)  # [methods, resamples]

@@ -21,7 +21,8 @@ speed), the step is a plain one: one of the report's `ar` steps on that prompt. 
 candidate's stand-in proposes a tree of one draft where the step it is about to play sent a
 draft (`step_parts`: more than one node verified; every step, in a report without them), else
 the root alone, so that auto tells a model drafter sitting at plain decoding (Rate.idle) as it
-would. Steps are drawn
+would; the steps its back-off held plain in the bench (and each prompt's last) read so too,
+where auto does not count such steps at all. Steps are drawn
 independently within a prompt, so runs keep each prompt's difficulty but not the order of its easy
 and hard stretches (`--keep-order` plays them in their recorded order from a random step on). The
 first step of each prompt is left out (auto does not time it either). A recording holds the tokens
@@ -84,7 +85,9 @@ def recordings(report: dict, methods: Optional[list[str]] = None) -> dict[str, R
         by_round: list[list[Steps]] = [[] for _ in range(rounds)]
         for p in per_prompt:
             if p["method"] == method:
-                parts = p.get("step_parts") or [[0, 0, 0, 2]] * len(p["steps"])
+                parts = p.get("step_parts") or []
+                if len(parts) != len(p["steps"]):  # (none, or not one per step: as drafting)
+                    parts = [[0, 0, 0, 2]] * len(p["steps"])
                 by_round[p["round"]].append([(int(t), float(s), part[3] > 1) for (t, s), part
                                              in zip(p["steps"][1:], parts[1:])])
         found[method] = Recording(by_round)
@@ -168,7 +171,8 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
         left = min(sum(step[0] for step in steps) for steps in plays.values())
         plays[PLAIN] = ([(1, s, False) for _, s, _ in
                          _played(plain.rounds[round_][prompt], rng, keep_order)]
-                        if plain is not None else []) or [(1, step_s or _median_step(found), False)]
+                        if plain is not None and prompt < len(plain.rounds[round_]) else []
+                        ) or [(1, step_s or _median_step(found), False)]
         played = {n: 0 for n in plays}
         auto.begin(ctx.tokens)
         while left > 0:
@@ -183,7 +187,9 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
             left -= step_tokens
             tokens += step_tokens
             now[0] += seconds
-            auto.observe(ctx, tree, Acceptance(path=[0], tokens=[0] * step_tokens), None)
+            acceptance = Acceptance(path=[0], tokens=[0] * step_tokens)
+            auto.observe(ctx, tree, acceptance, None)
+            auto.prepare(ctx, acceptance, None)  # (as the engine: a fallback prepares from it)
         auto.end()
     return tokens / max(now[0], 1e-12), dict(used)
 

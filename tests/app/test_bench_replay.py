@@ -111,12 +111,14 @@ def test_a_stand_in_sends_a_draft_where_its_recorded_step_did(monkeypatch):
     other idle (Rate.idle), as it would have; a report without them counts every step a draft."""
     from mlx_spec.bench import replay as module
 
-    seen = []
+    seen, idle = [], {}  # (proposer, tree size); each candidate's share of steps that sent
 
     class Spy(module.Auto):
         def observe(self, ctx, tree, acceptance, out):
             seen.append((self.proposer, len(tree)))
             super().observe(ctx, tree, acceptance, out)
+            idle.update({name: rate.sent / rate.weight for name in ("redrafter", "draft")
+                         for rate in [self._rate(name)] if rate.weight})  # (Rate.idle's share)
 
     monkeypatch.setattr(module, "Auto", Spy)
     report = planted_report({"redrafter": 3, "draft": 2})
@@ -126,6 +128,7 @@ def test_a_stand_in_sends_a_draft_where_its_recorded_step_did(monkeypatch):
     replay(recordings(report), runs=2)
     assert {size for name, size in seen if name == "redrafter"} == {2}
     assert {size for name, size in seen if name == "draft"} == {1}
+    assert idle == {"redrafter": pytest.approx(1.0), "draft": 0.0}
     seen.clear()
     replay(recordings(planted_report({"redrafter": 3, "draft": 2})), runs=2)
     assert {size for _, size in seen} == {2}
