@@ -155,6 +155,7 @@ def replay_round(found: dict[str, Recording], round_: int, rng: random.Random,
     `step_s`; counted as PLAIN."""
     asked: list[str] = []
     rates = Rates()
+
     def sends(name: str) -> bool:  # whether the step `name` plays next sent a draft
         return plays[name][played[name] % len(plays[name])][2]
 
