@@ -1064,7 +1064,7 @@ def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
             drafter = create(name, model, **options.get(name, {}))
         except MlxSpecError as exc:
             if methods is not None:
-                raise MlxSpecError(f"auto: candidate {name!r}: {exc}") from None
+                raise _candidate_error(name, exc, MlxSpecError) from None
             continue
         if drafter.needs_hidden_states and not has_hidden_states(model.model):
             if methods is not None:
@@ -1072,6 +1072,12 @@ def candidates_for(model, methods: Optional[str] = None, **options) -> dict:
             continue
         found[name] = drafter
     return found
+
+
+def _candidate_error(name: str, exc: MlxSpecError, cls=None) -> MlxSpecError:
+    """`exc` as the error of candidate `name` (its class, or `cls`): one wording wherever a
+    candidate cannot run."""
+    return (cls or type(exc))(f"auto: candidate {name!r}: {exc}")
 
 
 def _named(methods: Optional[str]) -> tuple:
@@ -1103,13 +1109,13 @@ def auto(model, methods: Optional[str] = None, draft_model: Optional[str] = None
         try:  # a folder that is not there: refused before the candidates measure the target
             resolve(draft_model)  # (~10 s on a fresh cache folder)
         except MlxSpecError as exc:  # (named as candidates_for names a candidate's error)
-            raise type(exc)(f"auto: candidate {takers[0]!r}: {exc}") from None
+            raise _candidate_error(takers[0], exc) from None
     found = candidates_for(model, methods, draft=draft_options, adaedl=draft_options)
     if draft_model is not None and methods is None and "draft" not in found:
         try:  # a draft model named that cannot run: its error
             create("draft", model, **draft_options)
         except MlxSpecError as exc:
-            raise type(exc)(f"auto: candidate 'draft': {exc}") from None
+            raise _candidate_error("draft", exc) from None
     state, cost = shared(model), target_cost(model)
     memory, folder, key = state.auto_rates, state.auto_folder, tuple(found)
     unit, files = cost.step_seconds(1), {}
