@@ -391,9 +391,11 @@ def speedup_intervals(runs: list[Run], resamples: int = RESAMPLES, seed: int = 0
     tokens = np.zeros((len(labels), len(units)))  # [methods, units]
     seconds = np.zeros((len(labels), len(units)))
     for r in runs:
-        if (r.prompt_id, r.round) in index:
-            tokens[labels.index(r.method), index[(r.prompt_id, r.round)]] += r.stats.generated_tokens
-            seconds[labels.index(r.method), index[(r.prompt_id, r.round)]] += r.stats.decode_s
+        unit = index.get((r.prompt_id, r.round))
+        if unit is not None:
+            row = labels.index(r.method)
+            tokens[row, unit] += r.stats.generated_tokens
+            seconds[row, unit] += r.stats.decode_s
     prompts = sorted({p for p, _ in units})
     rounds_of = [[index[u] for u in units if u[0] == p] for p in prompts]
     rng = np.random.default_rng(seed)
