@@ -118,7 +118,7 @@ def test_the_drafters_distribution_decides_where_drafting_stops(random_models, r
     rounds = []
     decoder = mlx_spec.make_decoder(model, "adaedl", draft_model=str(draft), num_draft_tokens=5,
                                     stop_rule="max-confidence", confidence_threshold=0.3,
-                                    adaptive=False)
+                                    adaptive=False, backoff=False)  # the rule alone drafts
     observe = decoder.drafter.observe
     decoder.drafter.observe = lambda ctx, tree, acc, out: (rounds.append(len(tree) - 1), observe(ctx, tree, acc, out))
     mlx_spec.generate(model, PROMPTS[1], max_tokens=60, raw=True, decoder=decoder)

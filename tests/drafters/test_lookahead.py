@@ -47,6 +47,11 @@ def trained_dir(tmp_path_factory):
     return folder
 
 
+# lookahead's costs set, where a test counts calls: measured while other tests run, the verify
+# cost can look dear enough to send small trees or none (as it once did for the draft model)
+FIXED_VERIFY = {"verify_cost": 0.06, "verify_overhead": 0.25}
+
+
 def fresh(folder):
     """A newly loaded model: same weights, empty extras (no shared trie yet)."""
     return mlx_spec.load(str(folder))
@@ -70,7 +75,7 @@ def test_greedy_matches_mlx_lm_on_a_trained_model_and_saves_calls(trained_dir, m
     prompt = CORPUS[:CORPUS.index("once upon", 10)] + STORY_PROMPT  # one story, then its start
     expected = mlx_lm_greedy(model, prompt, 60)
     result = mlx_spec.generate(model, prompt, method="lookahead", max_tokens=60, raw=True,
-                               mode=mode, backoff=False)  # calls counted without timed back-off
+                               mode=mode, backoff=False, **FIXED_VERIFY)  # no timed back-off
     assert result.token_ids == expected
     assert result.stats.generated_tokens == 60
     assert result.stats.target_calls < 48  # the answer reuses the prompt and itself
@@ -88,18 +93,18 @@ def test_greedy_matches_with_fixed_budget_and_short_limits(trained_dir):
 
 def test_outputs_persist_across_decoders_on_the_same_model(trained_dir):
     model = fresh(trained_dir)
-    # backoff=False in the call-count comparisons here: a timed back-off to plain steps would
-    # make the counts depend on the machine's load
+    # backoff=False and set costs in the call-count comparisons here: a timed back-off to plain
+    # steps, or a measured verify cost, would make the counts depend on the machine's load
     first = mlx_spec.generate(model, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True,
-                              backoff=False)
+                              backoff=False, **FIXED_VERIFY)
     assert shared(model).output_trie.size > 0
     second = mlx_spec.generate(model, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True,
-                               backoff=False)
+                               backoff=False, **FIXED_VERIFY)
     assert second.token_ids == first.token_ids
     assert second.stats.target_calls < first.stats.target_calls
     other = fresh(trained_dir)  # another loaded model does not share the trie
     third = mlx_spec.generate(other, STORY_PROMPT, method="lookahead", max_tokens=60, raw=True,
-                              backoff=False)
+                              backoff=False, **FIXED_VERIFY)
     assert third.stats.target_calls == first.stats.target_calls
 
 
@@ -116,11 +121,12 @@ def test_prompt_branches_last_one_request(trained_dir):
 
 def test_warm_start_from_past_answers_and_from_a_saved_trie(trained_dir, tmp_path):
     cold = mlx_spec.generate(fresh(trained_dir), STORY_PROMPT, method="lookahead", max_tokens=60,
-                             raw=True, backoff=False)
+                             raw=True, backoff=False, **FIXED_VERIFY)
     answers = tmp_path / "answers.txt"
     answers.write_text("an unrelated answer.\n\n" + STORY_PROMPT + cold.text + "\n")
     warm = mlx_spec.generate(fresh(trained_dir), STORY_PROMPT, method="lookahead", max_tokens=60,
-                             raw=True, warmup=str(answers), backoff=False)
+                             raw=True, warmup=str(answers), backoff=False,
+                             **FIXED_VERIFY)
     assert warm.token_ids == cold.token_ids
     assert warm.stats.target_calls < cold.stats.target_calls
 
@@ -128,7 +134,8 @@ def test_warm_start_from_past_answers_and_from_a_saved_trie(trained_dir, tmp_pat
     mlx_spec.generate(fresh(trained_dir), STORY_PROMPT, method="lookahead", max_tokens=60,
                       raw=True, save_trie=str(saved))
     from_file = mlx_spec.generate(fresh(trained_dir), STORY_PROMPT, method="lookahead",
-                                  max_tokens=60, raw=True, warmup=str(saved), backoff=False)
+                                  max_tokens=60, raw=True, warmup=str(saved), backoff=False,
+                                  **FIXED_VERIFY)
     assert from_file.token_ids == cold.token_ids
     assert from_file.stats.target_calls < cold.stats.target_calls
 
@@ -169,8 +176,7 @@ def test_while_plain_decoding_is_chosen_only_a_peek_is_retrieved(random_model_di
                         lambda tries, context, budget, *rest: asked.append(budget)
                         or real(tries, context, budget, *rest))
     model = fresh(random_model_dirs["qwen3"])
-    decoder = mlx_spec.make_decoder(model, "lookahead", verify_cost=0.06, verify_overhead=0.25,
-                                    backoff=False)
+    decoder = mlx_spec.make_decoder(model, "lookahead", backoff=False, **FIXED_VERIFY)
     chooser = decoder.drafter.chooser
     for _ in range(30):
         chooser.record_ranks([], retrieved=32)  # as after a stretch of misses
@@ -191,7 +197,7 @@ def test_adaptive_budget_drafts_little_when_nothing_matches(random_model_dirs):
     # backoff=False: the budget chooser alone is under test (engine.BackOff would cut both); the
     # costs are set, since this tiny model's measured verify cost is flat (drafting is free there)
     adaptive = mlx_spec.generate(fresh(folder), PROMPTS[1], method="lookahead", max_tokens=80,
-                                 raw=True, backoff=False, verify_cost=0.06, verify_overhead=0.25)
+                                 raw=True, backoff=False, **FIXED_VERIFY)
     fixed = mlx_spec.generate(fresh(folder), PROMPTS[1], method="lookahead", max_tokens=80,
                               raw=True, adaptive=False, backoff=False)
     assert adaptive.token_ids == fixed.token_ids
