@@ -79,12 +79,16 @@ def _drafter_options(name: str, block: int, draft_model, options: dict) -> dict:
 
 def make_dsi_decoder(model: SpecModel, workers: int = 2, block: int = 4,
                      drafter: str = "draft", draft_model: Optional[str] = None,
-                     job_timeout: float = 120.0, kv_bits: Optional[int] = None,
+                     job_timeout: float = 120.0, min_job_timeout: float = 30.0,
+                     kv_bits: Optional[int] = None,
                      num_draft_tokens: Optional[int] = None, lookahead: Optional[int] = None,
                      **drafter_options) -> DsiDecoder:
     """DSI over worker processes: `workers` target copies (spawned here, or the ranks mlx.launch
     started), `drafter` (any chain method) run ahead by `block` tokens per job. `lookahead` is
-    the block's earlier name (the DSI paper's; kept for callers, `lookahead` is also a method)."""
+    the block's earlier name (the DSI paper's; kept for callers, `lookahead` is also a method).
+    A worker is declared hung after `job_timeout` seconds without a reply until five replies are
+    seen (the first jobs load the model), then after 50 mean replies, at least `min_job_timeout`
+    (Orchestrator.reply_deadline); both are the pool's first decoder's."""
     from .launch import get_pool
 
     block = num_draft_tokens or lookahead or block
@@ -101,5 +105,5 @@ def make_dsi_decoder(model: SpecModel, workers: int = 2, block: int = 4,
         # so every DSI decoder of this process shares it and brings its own drafter
         pool.orchestrator = Orchestrator(pool.pool, proposer, block=block,
                                          job_timeout=job_timeout, on_failure=_tell_user,
-                                         drafting=drafting)
+                                         drafting=drafting, min_job_timeout=min_job_timeout)
     return DsiDecoder(pool.orchestrator, drafting=drafting, block=block)

@@ -21,8 +21,9 @@ def test_exact_output_with_injected_rejections(latencies, block):
 def test_perfect_drafter_needs_few_jobs():
     out, orch = run(FakePool([0.001, 0.001]), OracleDrafter(), block=5, n=60)
     assert out == target_text((3, 5, 8), 60)
-    # each applied job commits its 5 drafts and confirms the next root: 6 tokens
-    assert orch.counters.jobs_applied <= 60 // 6 + 2
+    # each applied job commits its 5 drafts and confirms the next root: 6 tokens (a few more
+    # where a stalled drafting thread let a job go out before its block was drafted)
+    assert orch.counters.jobs_applied <= 60 // 6 + 4
     assert orch.counters.jobs_cancelled == 0
 
 
@@ -63,11 +64,14 @@ def test_dead_worker_jobs_are_reissued():
 
 def test_hung_worker_times_out_and_jobs_are_reissued():
     told = []
-    pool = FakePool([0.001, 0.001], hang_after={2: 0})  # worker 2 gets the second job, at once
+    # worker 1 hangs on the first job, which is always the oldest in flight (worker 2's, the
+    # second, could be cancelled by a rejection in the first before its deadline, on a machine
+    # slow enough that the first job returned before the second was drafted)
+    pool = FakePool([0.001, 0.001], hang_after={1: 0})
     out, orch = run(pool, OracleDrafter(wrong=lambda p: p % 9 == 4), job_timeout=1.0,
                     on_failure=lambda w, why: told.append(w))
     assert out == target_text((3, 5, 8), 60)
-    assert told == [2] and orch.live == [1]
+    assert told == [1] and orch.live == [2]
     assert "hung" in orch.counters.failures[0]
 
 

@@ -31,8 +31,12 @@ SCRIPT = textwrap.dedent('''
                                   draft_model=draft, lookahead=lookahead)
             report[f"{name}-{lookahead}"] = [r.token_ids == ar, r.stats.target_calls,
                                              r.stats.accepted_drafts, len(r.token_ids)]
+    # a frozen worker is caught 3 s after its job; the first jobs, which load the model, may take
+    # up to 60 (a loaded machine): a first request sees them through
     decoder = mlx_spec.make_decoder(model, "dsi", workers=workers, draft_model=target, lookahead=2,
-                                    job_timeout=3.0)
+                                    job_timeout=60.0, min_job_timeout=3.0)
+    if mode == "hang":
+        mlx_spec.generate(model, prompt, method="dsi", max_tokens=30, raw=True, decoder=decoder)
     ids = []
     chunks = mlx_spec.stream_generate(model, prompt, method="dsi", max_tokens=30, raw=True,
                                       decoder=decoder)
