@@ -212,7 +212,7 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
         plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: speedups and accepted lengths."),
         warmup_tokens: int = typer.Option(16, "--warmup-tokens"),
-        repeat: int = typer.Option(1, "--repeat", help="Run the prompts this many rounds (round r samples with --seed + r); the speedup column then shows the rounds' range."),
+        repeat: int = typer.Option(1, "--repeat", help="Run the prompts this many rounds (every prompt of every round samples with a seed of its own: --seed + its index in the run); the speedup column then shows the rounds' range."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Decode every prompt to --max-tokens, past end-of-sequence (when sampling, methods otherwise write texts of different lengths)."),
         fresh: bool = typer.Option(False, "--fresh", help="Start every prompt with drafters that learned nothing, as one `mlxspec generate` per prompt would (`auto` reads the rates it saved at the earlier prompts' ends, in a folder of the run's own)."),
         interleave: Optional[str] = typer.Option(None, "--interleave", help="`steps`: every method decodes each prompt at once, a step of each in turn (default on the CPU); `prompts`: whole prompts in a rotating order (default on a GPU, where work runs on asynchronously)."),

@@ -15,11 +15,12 @@ LEARNED = []  # (method, seed, runs its drafter state had seen before this one)
 
 
 def fake_run(model, spec, prompt, max_tokens, temperature, seed):
-    """`ar` takes 1 s per prompt; `fast` is 2x faster in round 0 (seed 10) and 4x in round 1."""
+    """`ar` takes 1 s per prompt; `fast` is 2x faster in round 0 (seeds 10-12 with 3 prompts)
+    and 4x in round 1 (seeds 13-15)."""
     seen = model.extras.auto_rates
     LEARNED.append((spec.name, seed, len(seen)))
     seen[len(seen)] = "learned"
-    seconds = 1.0 if spec.name == "ar" else {10: 0.5, 11: 0.25}[seed]
+    seconds = 1.0 if spec.name == "ar" else 0.5 if seed < 13 else 0.25
     yield [seed, 1], GenerationStats(method=spec.name, generated_tokens=8, target_calls=4,
                                      accepted_per_call=[2] * 4, verify_s=seconds)
 
@@ -34,6 +35,8 @@ def test_rounds_use_their_own_seed_and_report_their_speedups():
     # run (on the first prompt) taught them is dropped before round 0 too
     for name in ("ar", "fast"):
         assert [n for m, seed, n in LEARNED if m == name] == [0, 0, 1, 2, 0, 1, 2]
+        # every prompt of every round its own seed (the warm-up's first), the same for each method
+        assert [seed for m, seed, n in LEARNED if m == name] == [10, 10, 11, 12, 13, 14, 15]
     fast = report["methods"]["fast"]
     assert fast["speedup_by_round"] == pytest.approx([2.0, 4.0])
     assert fast["speedup"] == pytest.approx(48 / (3 * 0.5 + 3 * 0.25) / 8)  # pooled over rounds
