@@ -229,8 +229,9 @@ def register(app: typer.Typer) -> None:
         from mlx_spec.bench import (INTERLEAVINGS, REFERENCE, MethodSpec, default_interleave,
                                     load_prompts, measure_rollback, mispredicted, run_bench,
                                     split_method_list)
-        from mlx_spec.sampling import SamplingParams
+        from mlx_spec.sampling import SamplingParams, check_seed
 
+        check_seed(seed)
         if max_tokens < 1:
             raise mlx_spec.MlxSpecError(f"--max-tokens must be >= 1, got {max_tokens}")
         if repeat < 1:

@@ -12,17 +12,17 @@ tokens a step than the same `ar` elsewhere in the run). On a GPU methods instead
 in a rotating order (`interleave="prompts"`), each with its usual overlap.
 Before the timed runs, one warm-up run per method on the first prompt, whose learned state
 (lookahead's trie, the choosers) is then dropped as at a new round. `repeat` runs the prompt set
-several rounds and reports each method's speedup per round beside
-the pooled one: a difference smaller than the rounds' spread is not a difference. Each round
-starts with drafters that learned nothing (loaded models are kept): greedy rounds write the same
-answers, which lookahead's trie of past outputs would otherwise retrieve whole. Every prompt of
-every round samples with a seed of its own, `seed` + its index in the run (round r's prompt j:
-seed + r x prompts + j), the same for every method on it: with one seed per round, each prompt's
-first step drew the same uniform in a round, and where that was small every story prompt of the
-round began with end-of-sequence (the embedded target at T = 1.0, `draft`'s round 1: 8 of 12
-prompts of 0 tokens), so a round's prompts were not independent draws, as the intervals take
-them to be. `auto` keeps its
-rates in this process only (not in the cache folder, drafters/shared.py), so a run does not
+several rounds and reports each method's speedup per round beside the pooled one: a difference
+smaller than the rounds' spread is not a difference. Each round starts with drafters that learned
+nothing (loaded models are kept): greedy rounds write the same answers, which lookahead's trie of
+past outputs would otherwise retrieve whole. Every prompt of every round samples with a seed of
+its own, `seed` + its index in the run (round r's prompt j: seed + r x prompts + j, modulo 2**64),
+the same for every method on it (runs meant as independent draws take seeds at least rounds x
+prompts apart). With one seed per round, a method that draws from the request's key (`draft`,
+`adaedl`, sampled `redrafter`) drew the same first uniform on every prompt of a round, and where
+that was small each prompt that made end-of-sequence likely began with it (the embedded target at
+T = 1.0, `draft`'s second round: 8 of 12 prompts of 0 tokens): a round's prompts were not the
+independent draws the intervals take them to be. `auto` keeps its rates in this process only (not in the cache folder, drafters/shared.py), so a run does not
 depend on earlier ones. `fresh` starts every prompt with drafters that learned nothing, as one
 `mlxspec generate` per prompt would; `auto` then reads the rates it saved at the end of the earlier
 prompts, in a folder of the run's own, as such a process reads the cache folder. Speed is decode
@@ -53,6 +53,7 @@ from typing import Callable, Optional
 from . import memory
 from ..cost import CostModel
 from ..errors import MlxSpecError
+from ..sampling import SEEDS
 from ..stats import GenerationStats
 
 REFERENCE = "ar"
@@ -636,7 +637,8 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
             states = {label: loaded_only(state) for label, state in states.items()}
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
         streams = {spec.label: stream_one(model, spec, prompt["prompt"], max_tokens, temperature,
-                                          seed + i) for spec in rotation}  # (module text)
+                                          (seed + i) % SEEDS) for spec in rotation}  # (module
+        # text)
         results = {label: ([], None, []) for label in streams}  # (ids, stats, steps)
         spent = {label: [0.0, 0.0, 0.0] for label in streams}  # (its draft, verify, other s)
         parts = {label: [] for label in streams}
@@ -675,7 +677,8 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
             "cost_model": cost.to_dict() if cost is not None else None,
             "machine": machine_info(),
             "model": model.path, "settings": {"max_tokens": max_tokens, "temperature": temperature,
-                                              "seed": seed, "prompts": len(prompts),
+                                              "seed": seed, "seeding": "per prompt",
+                                              "prompts": len(prompts),
                                               "repeat": repeat, "interleave": interleave,
                                               "fresh": auto_folder is not None,
                                               "method_specs": labels,

@@ -122,7 +122,8 @@ class _Workers:
         self.job_timeout, self.min_job_timeout = job_timeout, min(min_job_timeout, job_timeout)
         self.on_failure = on_failure
         self.clock = clock                      # the simulator runs the scheduler on a virtual one
-        self.replies, self.reply_s = 0, 0.0     # over the orchestrator's life (deadlines)
+        self.replies, self.reply_s = 0, 0.0     # over the orchestrator's life (deadlines), but
+        self.replied: set[int] = set()          # each worker's first reply: it loads the model
 
     def free(self) -> list[int]:
         return [w for w in self.live if w not in self.assigned]
@@ -140,7 +141,8 @@ class _Workers:
     def reply_deadline(self) -> float:
         """How long a worker may take before it is declared hung: `job_timeout` until replies
         have been seen (the first jobs load models and prefill), then 50 times the mean reply
-        time, at least min_job_timeout, at most job_timeout."""
+        time, at least min_job_timeout, at most job_timeout. Each worker's first reply is left
+        out of the mean: its model's loading (seconds) would hold the deadline at 50 times it."""
         if self.replies < 5:
             return self.job_timeout
         return min(self.job_timeout, max(self.min_job_timeout, 50 * self.reply_s / self.replies))
@@ -177,8 +179,10 @@ class _Workers:
         elapsed = self.clock() - job.sent_at
         counters.replies += 1
         counters.reply_s += elapsed
-        self.replies += 1
-        self.reply_s += elapsed
+        if result.worker in self.replied:
+            self.replies += 1
+            self.reply_s += elapsed
+        self.replied.add(result.worker)
         return job
 
     def fail(self, worker: int, reason: str, counters: DsiCounters) -> Optional[Job]:

@@ -1,5 +1,6 @@
-"""`mlxspec bench --repeat`: rounds of the same prompts, each sampling with its own seed, with each
-method's speedup per round beside the pooled one; greedy equality is checked round by round."""
+"""`mlxspec bench --repeat`: rounds of the same prompts, each prompt of each round sampling with
+its own seed, with each method's speedup per round beside the pooled one; greedy equality is
+checked round by round."""
 import pytest
 
 from mlx_spec.bench import CONTROL, MethodSpec, run_bench
@@ -43,7 +44,10 @@ def test_rounds_use_their_own_seed_and_report_their_speedups():
     assert fast["matches_ar"] is True  # each run against ar's run of its own round
     assert sorted({(r["prompt_id"], r["round"]) for r in report["per_prompt"]}) == [
         (str(i), k) for i in range(3) for k in (0, 1)]
-    assert report["settings"]["repeat"] == 2
+    assert report["settings"]["repeat"] == 2 and report["settings"]["seeding"] == "per prompt"
+    LEARNED.clear()  # the seeds wrap round at 2**64 (mx.random.key's range)
+    run_bench(FakeModel(), specs[:1], prompts, 8, 0.0, 2 ** 64 - 1, fake_run, interleave="prompts")
+    assert [seed for m, seed, n in LEARNED] == [2 ** 64 - 1, 2 ** 64 - 1, 0, 1]
     single = run_bench(FakeModel(), specs, prompts, 8, 0.0, 10, fake_run, interleave="prompts")
     assert "speedup_by_round" not in single["methods"]["fast"]
 

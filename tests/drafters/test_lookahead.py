@@ -47,8 +47,8 @@ def trained_dir(tmp_path_factory):
     return folder
 
 
-# lookahead's costs set, where a test counts calls: measured while other tests run, the verify
-# cost can look dear enough to send small trees or none (as it once did for the draft model)
+# lookahead's default costs set, where a test counts calls: measured while other tests run, the
+# verify cost can look dear enough to send small trees or none (as it once did for the draft model)
 FIXED_VERIFY = {"verify_cost": 0.06, "verify_overhead": 0.25}
 
 
@@ -75,7 +75,7 @@ def test_greedy_matches_mlx_lm_on_a_trained_model_and_saves_calls(trained_dir, m
     prompt = CORPUS[:CORPUS.index("once upon", 10)] + STORY_PROMPT  # one story, then its start
     expected = mlx_lm_greedy(model, prompt, 60)
     result = mlx_spec.generate(model, prompt, method="lookahead", max_tokens=60, raw=True,
-                               mode=mode, backoff=False, **FIXED_VERIFY)  # no timed back-off
+                               mode=mode, backoff=False, **FIXED_VERIFY)  # (counted calls)
     assert result.token_ids == expected
     assert result.stats.generated_tokens == 60
     assert result.stats.target_calls < 48  # the answer reuses the prompt and itself

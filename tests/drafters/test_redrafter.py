@@ -143,6 +143,11 @@ def random_head_for(model, folder, seed=0):
     return str(folder)
 
 
+# redrafter's default costs, where a test counts drafts: measured while other tests run, the
+# verify cost can look dear enough to shrink the first request's trees at once
+FIXED_VERIFY = {"verify_cost": 0.07, "verify_overhead": 0.15}
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_greedy_equals_ar_on_random_models(random_models, tmp_path, arch):
     model = random_models[arch]
@@ -308,9 +313,7 @@ def test_greedy_depth_adapts_and_carries_over_requests(random_models, tmp_path):
 
     def drafted(**options) -> int:
         result = mlx_spec.generate(model, PROMPTS[0], method="redrafter", max_tokens=40, raw=True,
-                                   head=head, backoff=False, verify_cost=0.07,
-                                   verify_overhead=0.15, **options)  # (costs set: not measured
-        # while other tests run, which can make the first request's trees look dear at once)
+                                   head=head, backoff=False, **FIXED_VERIFY, **options)
         ar = mlx_spec.generate(model, PROMPTS[0], method="ar", max_tokens=40, raw=True)
         assert result.token_ids == ar.token_ids
         return result.stats.drafted_tokens

@@ -90,6 +90,17 @@ def test_stale_replies_from_a_finished_request_are_ignored():
     pool.close()
 
 
+def test_each_workers_first_reply_is_left_out_of_the_deadlines_mean():
+    """A worker's first job loads its model: counted, seconds of it held the deadline at 50x."""
+    pool = FakePool([0.001, 0.001])
+    orch = Orchestrator(pool, OracleDrafter(wrong=lambda p: p % 5 == 0), block=3)
+    out = [t for c in orch.generate([3, 5, 8], 30, GREEDY) for t in c.tokens]
+    assert out == target_text((3, 5, 8), 30)
+    assert orch.workers.replied == {1, 2}
+    assert orch.workers.replies == orch.counters.replies - 2 > 0
+    pool.close()
+
+
 def test_reply_deadline_adapts_to_observed_reply_times():
     orch = Orchestrator(FakePool([0.0]), OracleDrafter(), job_timeout=120.0, min_job_timeout=2.0)
     assert orch.reply_deadline() == 120.0  # nothing seen yet: first jobs load and prefill
