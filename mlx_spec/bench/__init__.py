@@ -22,8 +22,8 @@ prompts apart). With one seed per round, a method that draws from the request's 
 `adaedl`, sampled `redrafter`) drew the same first uniform on every prompt of a round, and where
 that was small each prompt that made end-of-sequence likely began with it (the embedded target at
 T = 1.0, `draft`'s second round: 8 of 12 prompts of 0 tokens): a round's prompts were not the
-independent draws the intervals take them to be. `auto` keeps its rates in this process only (not in the cache folder, drafters/shared.py), so a run does not
-depend on earlier ones. `fresh` starts every prompt with drafters that learned nothing, as one
+independent draws the intervals take them to be. `auto` keeps its rates in this process only
+(not in the cache folder, drafters/shared.py), so a run does not depend on earlier ones. `fresh` starts every prompt with drafters that learned nothing, as one
 `mlxspec generate` per prompt would; `auto` then reads the rates it saved at the end of the earlier
 prompts, in a folder of the run's own, as such a process reads the cache folder. Speed is decode
 tokens/s (prefill excluded, it is the same for every method); "matches_ar" compares greedy token
@@ -636,9 +636,9 @@ def _run_bench(model, specs, prompts, max_tokens, temperature, seed, stream_one,
         if (rnd and prompt is prompts[0]) or auto_folder:
             states = {label: loaded_only(state) for label, state in states.items()}
         rotation = specs[i % len(specs):] + specs[:i % len(specs)]
+        prompt_seed = (seed + i) % SEEDS  # every prompt of every round its own (module text)
         streams = {spec.label: stream_one(model, spec, prompt["prompt"], max_tokens, temperature,
-                                          (seed + i) % SEEDS) for spec in rotation}  # (module
-        # text)
+                                          prompt_seed) for spec in rotation}
         results = {label: ([], None, []) for label in streams}  # (ids, stats, steps)
         spent = {label: [0.0, 0.0, 0.0] for label in streams}  # (its draft, verify, other s)
         parts = {label: [] for label in streams}
