@@ -23,11 +23,12 @@ prompts apart). With one seed per round, a method that draws from the request's 
 that was small each prompt that made end-of-sequence likely began with it (the embedded target at
 T = 1.0, `draft`'s second round: 8 of 12 prompts of 0 tokens): a round's prompts were not the
 independent draws the intervals take them to be. `auto` keeps its rates in this process only
-(not in the cache folder, drafters/shared.py), so a run does not depend on earlier ones. `fresh` starts every prompt with drafters that learned nothing, as one
-`mlxspec generate` per prompt would; `auto` then reads the rates it saved at the end of the earlier
-prompts, in a folder of the run's own, as such a process reads the cache folder. Speed is decode
-tokens/s (prefill excluded, it is the same for every method); "matches_ar" compares greedy token
-ids with the `ar` run of the same prompt.
+(not in the cache folder, drafters/shared.py), so a run does not depend on earlier ones.
+`fresh` starts every prompt with drafters that learned nothing, as one `mlxspec generate` per
+prompt would; `auto` then reads the rates it saved at the end of the earlier prompts, in a folder
+of the run's own, as such a process reads the cache folder. Speed is decode tokens/s (prefill
+excluded, it is the same for every method); "matches_ar" compares greedy token ids with the `ar`
+run of the same prompt.
 The report keeps every method's steps per prompt ("steps": tokens and seconds of each step, timed
 alone), which replay.py reads to replay `auto`'s choice among its model drafters many times over,
 and counts the machine's stalls in them (steps far over their prompt's median, see `stalls`), with
