@@ -86,10 +86,11 @@ def make_dsi_decoder(model: SpecModel, workers: int = 2, block: int = 4,
     """DSI over worker processes: `workers` target copies (spawned here, or the ranks mlx.launch
     started), `drafter` (any chain method) run ahead by `block` tokens per job. `lookahead` is
     the block's earlier name (the DSI paper's; kept for callers, `lookahead` is also a method).
-    A worker is declared hung after `job_timeout` seconds without a reply until five replies are
-    seen (the first jobs load the model), then after 50 times the mean reply time, at least
-    `min_job_timeout`, at most `job_timeout` (Orchestrator.reply_deadline); both are the pool's
-    first decoder's (a later decoder of the same pool shares its orchestrator)."""
+    A worker is declared hung after `job_timeout` seconds without a reply until five replies
+    besides each worker's first are seen (the first jobs load the model), then after 50 times
+    their mean reply time, at least `min_job_timeout`, at most `job_timeout`
+    (Orchestrator.reply_deadline); both are the pool's first decoder's (a later decoder of the
+    same pool shares its orchestrator)."""
     from .launch import get_pool
 
     block = num_draft_tokens or lookahead or block

@@ -32,9 +32,10 @@ SCRIPT = textwrap.dedent('''
             report[f"{name}-{lookahead}"] = [r.token_ids == ar, r.stats.target_calls,
                                              r.stats.accepted_drafts, len(r.token_ids)]
     # hang: the first jobs, which load the model, may take up to 60 s (a loaded machine); after
-    # a first request's replies a frozen worker is caught 3 s after its job (50 mean replies of
-    # these tiny models are far less). kill: the dsi requests above made the pool's orchestrator
-    # with the defaults, which this decoder shares (a lost connection needs no deadline)
+    # a first request's replies a frozen worker is caught 3 s after its job (50 times the mean
+    # reply of these tiny models is far less). kill: the dsi requests above made the pool's
+    # orchestrator with the defaults, which this decoder shares (a lost connection needs no
+    # deadline)
     decoder = mlx_spec.make_decoder(model, "dsi", workers=workers, draft_model=target, lookahead=2,
                                     job_timeout=60.0, min_job_timeout=3.0)
     if mode == "hang":
